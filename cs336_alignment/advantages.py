@@ -1,0 +1,269 @@
+"""Advantages: how much better than expected was each response (or each token)?
+
+- Group baselines (no critic): GRPO's group-normalized rewards (Shao et al. 2024, DeepSeekMath, eq. 3 and
+  §4.1.2) and RLOO's leave-one-out baseline (Ahmadian et al. 2024, "Back to Basics", eq. 5).
+- A learned critic: generalized advantage estimation, GAE(gamma, lambda) (Schulman et al. 2016, eq. 16),
+  over the response tokens of a (B, T) batch, for PPO.
+- PPO's per-token rewards: the sequence score at the last token minus beta * KL to the reference at every
+  token (Ziegler et al. 2019, eq. 2; Ouyang et al. 2022, eq. 2), and a penalty for responses with no EOS.
+"""
+from __future__ import annotations
+
+from typing import Callable, Literal
+
+import torch
+from torch import Tensor
+
+from cs336_alignment.masked import masked_whiten
+from cs336_alignment.policy_losses import kl_estimate
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Group baselines: GRPO and RLOO
+# ---------------------------------------------------------------------------------------------------------
+
+def group_normalize(rewards: Tensor, group_size: int, advantage_eps: float,
+                    normalize_by_std: bool) -> Tensor:
+    """GRPO advantages from a flat tensor of rewards, in contiguous groups of `group_size`.
+
+    A_i = r_i - mean(group), divided by (std(group) + advantage_eps) when normalize_by_std, where std is
+    the *unbiased* sample standard deviation (Shao et al. 2024, §4.1.2: "normalized reward"). Dr. GRPO
+    (Liu et al. 2025) argues for normalize_by_std=False: dividing by std up-weights groups that are
+    nearly all right or all wrong. A group whose rewards are all equal carries no signal: its advantages
+    are exactly 0 (never NaN, and never rounding noise blown up by a tiny std).
+
+    Args:
+        rewards: (N,) float, N = n_prompts * group_size; group g is rewards[g*G:(g+1)*G].
+        group_size: G, responses per prompt (>= 2 when normalize_by_std, since the std needs two samples).
+        advantage_eps: added to the std in the denominator.
+        normalize_by_std: divide by the group std (GRPO) or only subtract the group mean.
+
+    Returns:
+        (N,) advantages, same dtype as `rewards`.
+
+    Raises:
+        ValueError: if N is not a multiple of group_size, or group_size < 1 (< 2 with normalize_by_std).
+    """
+    if rewards.dim() != 1:
+        raise ValueError(f"rewards must be 1-d (N,), got shape {tuple(rewards.shape)}")
+    if group_size < (2 if normalize_by_std else 1) or rewards.numel() % group_size != 0:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    # BEGIN SOLUTION
+    grouped = rewards.view(-1, group_size)                                     # (n_groups, G)
+    advantages = grouped - grouped.mean(dim=-1, keepdim=True)
+    if normalize_by_std:
+        std = grouped.std(dim=-1, keepdim=True)                                # unbiased (divides by G - 1)
+        advantages = advantages / (std + advantage_eps)                        # DeepSeekMath §4.1.2
+    # An all-equal group's mean can differ from its members by rounding; make its advantages exactly 0.
+    constant = (grouped == grouped[:, :1]).all(dim=-1, keepdim=True)           # (n_groups, 1)
+    advantages = torch.where(constant, 0.0, advantages)
+    return advantages.reshape(-1)
+    # END SOLUTION
+
+
+def compute_group_normalized_rewards(reward_fn: Callable[[str, str], dict[str, float]],
+                                     rollout_responses: list[str], repeated_ground_truths: list[str],
+                                     group_size: int, advantage_eps: float,
+                                     normalize_by_std: bool) -> tuple[Tensor, Tensor, dict[str, float]]:
+    """Score every rollout with `reward_fn` and turn the rewards into GRPO advantages (CS336 assignment 5).
+
+    Args:
+        reward_fn: reward_fn(response, ground_truth) -> dict with a "reward" key (other keys, e.g.
+            "format_reward" and "answer_reward", are averaged into the metadata).
+        rollout_responses: N = n_prompts * group_size responses; the G responses to one prompt are contiguous.
+        repeated_ground_truths: N ground truths, each repeated G times to line up with the responses.
+        group_size: G.
+        advantage_eps: added to the group std.
+        normalize_by_std: see `group_normalize`.
+
+    Returns:
+        (advantages (N,) float32, raw_rewards (N,) float32, metadata) where metadata has the mean, std, max
+        and min of the raw rewards and the mean of every other key returned by reward_fn (Python floats).
+        Nothing is masked here: advantages are per response, broadcast over its tokens by the loss.
+
+    Raises:
+        ValueError: if the lists are empty, differ in length or do not split into groups of group_size.
+    """
+    if len(rollout_responses) != len(repeated_ground_truths) or not rollout_responses:
+        raise ValueError(f"{len(rollout_responses)} responses but {len(repeated_ground_truths)} ground truths")
+    # BEGIN SOLUTION
+    scores = [reward_fn(response, truth) for response, truth in zip(rollout_responses, repeated_ground_truths)]
+    raw_rewards = torch.tensor([float(s["reward"]) for s in scores], dtype=torch.float32)   # (N,)
+    advantages = group_normalize(raw_rewards, group_size, advantage_eps, normalize_by_std)   # (N,)
+    metadata = {"reward/mean": raw_rewards.mean().item(), "reward/std": raw_rewards.std().item(),
+                "reward/max": raw_rewards.max().item(), "reward/min": raw_rewards.min().item()}
+    for key in scores[0]:
+        if key != "reward":
+            metadata[f"reward/{key}_mean"] = sum(float(s[key]) for s in scores) / len(scores)
+    return advantages, raw_rewards, metadata
+    # END SOLUTION
+
+
+def compute_rloo_advantages(rewards: Tensor, group_size: int) -> Tensor:
+    """REINFORCE leave-one-out (RLOO) advantages (Ahmadian et al. 2024, eq. 5; Kool et al. 2019).
+
+    A_i = r_i - mean_{j != i} r_j over the G responses to the same prompt: each sample's baseline uses only
+    the *other* samples, so it is independent of the sample and the gradient estimate stays unbiased
+    (the plain group mean includes r_i and shrinks the advantage by (G - 1) / G).
+
+    Args:
+        rewards: (N,) float, contiguous groups of `group_size`.
+        group_size: G >= 2.
+
+    Returns:
+        (N,) advantages, same dtype as `rewards`.
+
+    Raises:
+        ValueError: if group_size < 2 or N is not a multiple of group_size.
+    """
+    if rewards.dim() != 1 or group_size < 2 or rewards.numel() % group_size != 0:
+        raise ValueError(f"rewards of shape {tuple(rewards.shape)} do not split into groups of {group_size} >= 2")
+    # BEGIN SOLUTION
+    grouped = rewards.view(-1, group_size)                                     # (n_groups, G)
+    baseline = (grouped.sum(dim=-1, keepdim=True) - grouped) / (group_size - 1)  # mean of the others
+    return (grouped - baseline).reshape(-1)                                    # RLOO eq. 5
+    # END SOLUTION
+
+
+# ---------------------------------------------------------------------------------------------------------
+# GAE(gamma, lambda) for PPO
+# ---------------------------------------------------------------------------------------------------------
+
+def compute_gae(rewards: Tensor, values: Tensor, response_mask: Tensor, gamma: float,
+                lam: float) -> tuple[Tensor, Tensor]:
+    """Generalized advantage estimation over the masked (response) tokens of each row.
+
+    Tokens where response_mask is 0 (prompt, padding) are skipped: the "next" state of a response token is
+    the next *masked* token of its row, and the last masked token is terminal (value 0 after it). With
+    delta_t = r_t + gamma * V_{t+1} - V_t (Schulman et al. 2016, eq. 10):
+        A_t = delta_t + gamma * lam * A_{t+1}     (the recursive form of eq. 16)
+        R_t = A_t + V_t                           (the lambda-return, the value target)
+    lam = 1 gives the Monte Carlo return minus the value; lam = 0 the one-step TD error.
+
+    Args:
+        rewards: (B, T) float, per-token rewards (e.g. from `compute_kl_shaped_rewards`).
+        values: (B, T) float, value estimates V(s_t) (treated as constants: no gradient flows).
+        response_mask: (B, T) bool or 0/1, True on response tokens.
+        gamma: discount in [0, 1].
+        lam: GAE lambda in [0, 1].
+
+    Returns:
+        (advantages, returns), each (B, T) in `rewards`' dtype, 0 where the mask is 0, detached.
+
+    Raises:
+        ValueError: if the shapes differ or gamma / lam are outside [0, 1].
+    """
+    if not rewards.shape == values.shape == response_mask.shape or rewards.dim() != 2:
+        raise ValueError(f"rewards {tuple(rewards.shape)}, values {tuple(values.shape)} and response_mask "
+                         f"{tuple(response_mask.shape)} must all be (B, T)")
+    if not (0.0 <= gamma <= 1.0 and 0.0 <= lam <= 1.0):
+        raise ValueError(f"gamma and lam must lie in [0, 1], got gamma={gamma}, lam={lam}")
+    # BEGIN SOLUTION
+    rewards, values = rewards.detach(), values.detach()
+    mask = response_mask.bool()
+    B, T = rewards.shape
+    advantages = torch.zeros_like(rewards)                                     # (B, T)
+    next_value = torch.zeros(B, dtype=rewards.dtype, device=rewards.device)    # V of the next masked token
+    next_advantage = torch.zeros_like(next_value)                              # A of the next masked token
+    for t in reversed(range(T)):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]              # TD error, GAE eq. 10
+        advantage = delta + gamma * lam * next_advantage                       # GAE eq. 16, recursively
+        m = mask[:, t]
+        advantages[:, t] = torch.where(m, advantage, 0.0)
+        next_value = torch.where(m, values[:, t], next_value)                  # skipped tokens pass through
+        next_advantage = torch.where(m, advantage, next_advantage)
+    returns = torch.where(mask, advantages + values, 0.0)
+    return advantages, returns
+    # END SOLUTION
+
+
+def whiten(values: Tensor, mask: Tensor | None = None, shift_mean: bool = True) -> Tensor:
+    """Advantage whitening: `masked_whiten` over the masked entries (all entries when mask is None).
+
+    Args:
+        values: float tensor, e.g. (B, T) advantages.
+        mask: same shape, bool or 0/1, or None for no mask.
+        shift_mean: subtract the mean (advantages) or keep it (rewards).
+
+    Returns:
+        Same shape and dtype as `values`, 0 where the mask is 0.
+    """
+    if mask is None:
+        mask = torch.ones_like(values, dtype=torch.bool)
+    return masked_whiten(values, mask, shift_mean=shift_mean)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# PPO per-token rewards
+# ---------------------------------------------------------------------------------------------------------
+
+def compute_kl_shaped_rewards(scores: Tensor, policy_log_probs: Tensor, ref_log_probs: Tensor,
+                              response_mask: Tensor, kl_coef: float,
+                              kl_kind: Literal["k1", "k3"] = "k1") -> tuple[Tensor, dict[str, Tensor]]:
+    """Per-token rewards for PPO-RLHF: -kl_coef * KL_t on every response token, plus the sequence score
+    on its last response token.
+
+    R(x, y) = r(x, y) - beta * log(pi(y|x) / pi_ref(y|x)) (Ziegler et al. 2019, eq. 2; InstructGPT eq. 2),
+    with the log-ratio spread over tokens: summing the per-token rewards gives back R(x, y) for "k1".
+
+    Args:
+        scores: (B,) float, the reward model's (or gold) score of each response.
+        policy_log_probs: (B, T) float, log pi of the sampled tokens (the rollout policy's).
+        ref_log_probs: (B, T) float, log pi_ref of the same tokens.
+        response_mask: (B, T) bool or 0/1; each row needs at least one response token.
+        kl_coef: beta >= 0.
+        kl_kind: per-token KL estimator, "k1" (log-ratio, unbiased) or "k3" (non-negative), see `kl_estimate`.
+
+    Returns:
+        (rewards (B, T) detached, 0 off the mask; metadata {"objective/kl": mean summed KL per sequence,
+        "objective/non_score_reward": mean summed -beta * KL, "objective/scores": mean score}).
+
+    Raises:
+        ValueError: on shape mismatch, a row with no response token, or kl_coef < 0.
+    """
+    if not policy_log_probs.shape == ref_log_probs.shape == response_mask.shape or policy_log_probs.dim() != 2:
+        raise ValueError("policy_log_probs, ref_log_probs and response_mask must all be (B, T)")
+    if scores.shape != policy_log_probs.shape[:1]:
+        raise ValueError(f"scores must be (B,) = ({policy_log_probs.shape[0]},), got {tuple(scores.shape)}")
+    if kl_coef < 0:
+        raise ValueError(f"kl_coef must be >= 0, got {kl_coef}")
+    if not bool(response_mask.bool().any(dim=-1).all()):
+        raise ValueError("every row needs at least one response token")
+    # BEGIN SOLUTION
+    mask = response_mask.bool()
+    T = mask.shape[1]
+    kl = torch.where(mask, kl_estimate(policy_log_probs.detach(), ref_log_probs.detach(), kl_kind), 0.0)  # (B, T)
+    non_score = -kl_coef * kl                                                  # Ziegler et al. 2019 eq. 2
+    last = (torch.arange(T, device=mask.device) * mask).argmax(dim=-1)         # (B,) last response token
+    rewards = non_score.scatter_add(1, last[:, None], scores.detach().to(non_score.dtype)[:, None])
+    metadata = {"objective/kl": kl.sum(-1).mean(), "objective/non_score_reward": non_score.sum(-1).mean(),
+                "objective/scores": scores.detach().float().mean()}
+    return rewards, metadata
+    # END SOLUTION
+
+
+def apply_missing_eos_penalty(scores: Tensor, response_ids: Tensor, response_mask: Tensor,
+                              eos_token_id: int | list[int], penalty: float) -> Tensor:
+    """Subtract `penalty` from the score of every response that never emitted an EOS token.
+
+    A response cut off by the length limit has no end, and a reward model may still like it; penalizing
+    it keeps the policy from learning to ramble (TRL's `missing_eos_penalty`; Huang et al. 2024,
+    "The N+ implementation details of RLHF with PPO", detail on EOS tricks).
+
+    Args:
+        scores: (B,) float rewards.
+        response_ids: (B, T) long, the sampled response tokens (padding allowed).
+        response_mask: (B, T) bool or 0/1, True on real response tokens.
+        eos_token_id: id (or ids, e.g. end-of-turn and end-of-text) that end a response.
+        penalty: amount subtracted (>= 0).
+
+    Returns:
+        (B,) new scores, same dtype as `scores`.
+    """
+    if response_ids.shape != response_mask.shape or scores.shape != response_ids.shape[:1]:
+        raise ValueError("need scores (B,), response_ids (B, T) and response_mask (B, T)")
+    # BEGIN SOLUTION
+    eos_ids = torch.as_tensor(eos_token_id, device=response_ids.device).reshape(-1)
+    has_eos = (torch.isin(response_ids, eos_ids) & response_mask.bool()).any(dim=-1)   # (B,)
+    return torch.where(has_eos, scores, scores - penalty)
+    # END SOLUTION

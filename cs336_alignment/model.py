@@ -1,0 +1,414 @@
+"""The CS336 assignment-1 Transformer language model, written out by hand, plus batched generation with a KV cache.
+
+Pre-norm decoder (Xiong et al. 2020) with RMSNorm (Zhang & Sennrich 2019), rotary position embeddings
+(RoPE, Su et al. 2021, https://arxiv.org/abs/2104.09864, eq. 34 on interleaved pairs), causal multi-head
+self-attention (Vaswani et al. 2017, eq. 1) and a SwiGLU feed-forward (Shazeer 2020, eq. 6); untied input
+embedding and output head. Module and parameter names are CS336's, so its state dicts load unchanged.
+A ScalarHead (d -> 1) turns the final hidden states into rewards or values.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cs336_alignment.nn_utils import silu, softmax
+
+# ---------------------------------------------------------------------------------------------------------
+# Building blocks
+# ---------------------------------------------------------------------------------------------------------
+
+
+class Linear(nn.Module):
+    """y = x W^T, no bias. weight (out_features, in_features), init N(0, 2/(in+out)) truncated at ±3σ (CS336)."""
+
+    def __init__(self, in_features: int, out_features: int, device=None, dtype=None):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
+        std = math.sqrt(2.0 / (in_features + out_features))
+        nn.init.trunc_normal_(self.weight, mean=0.0, std=std, a=-3 * std, b=3 * std)
+
+    def forward(self, x: Tensor) -> Tensor:  # (..., in) -> (..., out)
+        return x @ self.weight.T
+
+
+class Embedding(nn.Module):
+    """Lookup table weight (num_embeddings, embedding_dim), init N(0, 1) truncated at ±3 (CS336)."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, device=None, dtype=None):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_embeddings, embedding_dim, device=device, dtype=dtype))
+        nn.init.trunc_normal_(self.weight, mean=0.0, std=1.0, a=-3.0, b=3.0)
+
+    def forward(self, token_ids: Tensor) -> Tensor:  # (...) long -> (..., embedding_dim)
+        return self.weight[token_ids]
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm(x) = x / sqrt(mean(x²) + eps) · g (Zhang & Sennrich 2019, eq. 4), computed in float32, cast back."""
+
+    def __init__(self, d_model: int, eps: float = 1e-5, device=None, dtype=None):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d_model, device=device, dtype=dtype))
+
+    def forward(self, x: Tensor) -> Tensor:  # (..., d_model) -> same shape and dtype
+        in_dtype = x.dtype
+        x = x.float()  # squares of bf16 activations overflow/lose precision
+        rms = torch.sqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps)  # (..., 1)
+        return (x / rms * self.weight).to(in_dtype)
+
+
+class RotaryPositionalEmbedding(nn.Module):
+    """RoPE: rotate each interleaved pair (x[2k], x[2k+1]) by angle pos · theta^(-2k/d_k) (Su et al. 2021, eq. 34).
+
+    cos/sin tables (max_seq_len, d_k/2) are non-persistent buffers: they are not in the state dict.
+    """
+
+    def __init__(self, theta: float, d_k: int, max_seq_len: int, device=None):
+        super().__init__()
+        if d_k % 2:
+            raise ValueError(f"RoPE needs an even d_k, got {d_k}")
+        inv_freq = theta ** (-torch.arange(0, d_k, 2, device=device, dtype=torch.float32) / d_k)  # (d_k/2,)
+        angles = torch.arange(max_seq_len, device=device, dtype=torch.float32)[:, None] * inv_freq  # (S, d_k/2)
+        self.register_buffer("cos", torch.cos(angles), persistent=False)
+        self.register_buffer("sin", torch.sin(angles), persistent=False)
+
+    def forward(self, x: Tensor, token_positions: Tensor) -> Tensor:
+        """x (..., T, d_k); token_positions (..., T) long, broadcastable to x's leading dims. Returns x's shape."""
+        cos = self.cos[token_positions].to(x.dtype)  # (..., T, d_k/2)
+        sin = self.sin[token_positions].to(x.dtype)
+        x_even, x_odd = x[..., 0::2], x[..., 1::2]  # (..., T, d_k/2) each
+        rotated = torch.stack((x_even * cos - x_odd * sin, x_even * sin + x_odd * cos), dim=-1)  # (..., T, d_k/2, 2)
+        return rotated.flatten(-2)  # pairs back in place: (..., T, d_k)
+
+
+def causal_mask(num_queries: int, num_keys: int, device=None) -> Tensor:
+    """(Tq, Tk) bool, True where query i may attend key j: j ≤ i + (Tk − Tq) (queries are the last Tq keys)."""
+    q_pos = torch.arange(num_queries, device=device)[:, None] + (num_keys - num_queries)
+    return torch.arange(num_keys, device=device)[None, :] <= q_pos
+
+
+def scaled_dot_product_attention(Q: Tensor, K: Tensor, V: Tensor, mask: Tensor | None = None) -> Tensor:
+    """softmax(Q K^T / sqrt(d_k)) V (Vaswani et al. 2017, eq. 1).
+
+    Args:
+        Q: (..., Tq, d_k); K: (..., Tk, d_k); V: (..., Tk, d_v). Tk may exceed Tq (cached keys).
+        mask: bool (..., Tq, Tk) broadcastable, True = may attend. A query with no allowed key gives NaN.
+    Returns:
+        (..., Tq, d_v), dtype of Q.
+    """
+    scores = Q @ K.transpose(-2, -1) / math.sqrt(Q.shape[-1])  # (..., Tq, Tk)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return softmax(scores, dim=-1) @ V
+
+
+class KVCache:
+    """Keys and values of the positions seen so far, one preallocated (B, H, max_len, d_head) buffer pair per layer.
+
+    Buffers are allocated on first use with the dtype/device of the keys. `length` counts stored positions;
+    TransformerLM.forward advances it after all layers have appended.
+    """
+
+    def __init__(self, num_layers: int, max_len: int):
+        self.max_len, self.length = max_len, 0
+        self.k: list[Tensor | None] = [None] * num_layers
+        self.v: list[Tensor | None] = [None] * num_layers
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store k, v (B, H, T, d_head) after the cached positions; return all keys/values (B, H, length+T, d_head)."""
+        B, H, T, dh = k.shape
+        end = self.length + T
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions, asked for {end}")
+        if self.k[layer] is None:
+            self.k[layer] = k.new_empty(B, H, self.max_len, dh)
+            self.v[layer] = v.new_empty(B, H, self.max_len, dh)
+        self.k[layer][:, :, self.length:end] = k
+        self.v[layer][:, :, self.length:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """Causal multi-head self-attention with q/k/v/output projections and optional RoPE on queries and keys.
+
+    use_sdpa=True calls torch's fused F.scaled_dot_product_attention instead of the hand-written one (same maths).
+    """
+
+    def __init__(self, d_model: int, num_heads: int, rope: RotaryPositionalEmbedding | None = None,
+                 use_sdpa: bool = False, device=None, dtype=None):
+        super().__init__()
+        if d_model % num_heads:
+            raise ValueError(f"d_model {d_model} is not divisible by num_heads {num_heads}")
+        self.num_heads, self.d_head, self.rope, self.use_sdpa = num_heads, d_model // num_heads, rope, use_sdpa
+        self.q_proj = Linear(d_model, d_model, device, dtype)
+        self.k_proj = Linear(d_model, d_model, device, dtype)
+        self.v_proj = Linear(d_model, d_model, device, dtype)
+        self.output_proj = Linear(d_model, d_model, device, dtype)
+
+    def forward(self, x: Tensor, token_positions: Tensor | None = None, mask: Tensor | None = None,
+                kv_cache: KVCache | None = None, layer_idx: int = 0) -> Tensor:
+        """x (..., T, d_model) -> (..., T, d_model).
+
+        token_positions (..., T) long for RoPE (default: arange after the cached positions).
+        mask: bool (..., Tq, Tk) or (Tq, Tk), True = may attend; it *replaces* the causal mask (the caller
+        includes causality). Default: causal. kv_cache/layer_idx: append this call's keys/values and attend
+        over every cached position too (x must then be (B, T, d_model)).
+        """
+        *lead, T, _ = x.shape
+        past = kv_cache.length if kv_cache is not None else 0
+        split = lambda t: t.view(*lead, T, self.num_heads, self.d_head).transpose(-3, -2)  # (..., H, T, dh)
+        q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
+        if self.rope is not None:
+            if token_positions is None:
+                token_positions = torch.arange(past, past + T, device=x.device)  # (T,)
+            positions = token_positions.unsqueeze(-2)  # (..., 1, T): the same positions for every head
+            q, k = self.rope(q, positions), self.rope(k, positions)
+        if kv_cache is not None:
+            k, v = kv_cache.update(layer_idx, k, v)  # (B, H, past + T, dh)
+        Tk = k.shape[-2]
+        if self.use_sdpa and mask is None and Tk == T:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # fast causal kernel
+        else:
+            mask = causal_mask(T, Tk, x.device) if mask is None else mask
+            attend = F.scaled_dot_product_attention if self.use_sdpa else scaled_dot_product_attention
+            out = attend(q, k, v, mask)  # (..., H, T, dh)
+        out = out.transpose(-3, -2).reshape(*lead, T, self.num_heads * self.d_head)  # heads back side by side
+        return self.output_proj(out)
+
+
+class SwiGLU(nn.Module):
+    """FFN(x) = W2 (SiLU(W1 x) ⊙ W3 x) (Shazeer 2020, eq. 6). w1, w3: (d_ff, d_model); w2: (d_model, d_ff)."""
+
+    def __init__(self, d_model: int, d_ff: int, device=None, dtype=None):
+        super().__init__()
+        self.w1 = Linear(d_model, d_ff, device, dtype)
+        self.w2 = Linear(d_ff, d_model, device, dtype)
+        self.w3 = Linear(d_model, d_ff, device, dtype)
+
+    def forward(self, x: Tensor) -> Tensor:  # (..., d_model) -> (..., d_model)
+        return self.w2(silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block: x + Attn(RMSNorm(x)), then y + FFN(RMSNorm(y))."""
+
+    def __init__(self, d_model: int, num_heads: int, d_ff: int, rope: RotaryPositionalEmbedding | None = None,
+                 use_sdpa: bool = False, device=None, dtype=None):
+        super().__init__()
+        self.ln1 = RMSNorm(d_model, device=device, dtype=dtype)
+        self.attn = MultiHeadSelfAttention(d_model, num_heads, rope, use_sdpa, device, dtype)
+        self.ln2 = RMSNorm(d_model, device=device, dtype=dtype)
+        self.ffn = SwiGLU(d_model, d_ff, device, dtype)
+
+    def forward(self, x: Tensor, token_positions: Tensor | None = None, mask: Tensor | None = None,
+                kv_cache: KVCache | None = None, layer_idx: int = 0) -> Tensor:  # (..., T, d) -> (..., T, d)
+        x = x + self.attn(self.ln1(x), token_positions, mask, kv_cache, layer_idx)
+        return x + self.ffn(self.ln2(x))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The language model
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TransformerConfig:
+    vocab_size: int  # V, rows of the embedding table and of lm_head
+    context_length: int  # longest sequence (also the RoPE table size)
+    d_model: int  # residual stream width d
+    num_layers: int
+    num_heads: int  # d_model / num_heads must be even (RoPE rotates pairs)
+    d_ff: int  # SwiGLU inner width (CS336: about 8/3 · d_model, a multiple of 64)
+    rope_theta: float = 10000.0  # RoPE base θ
+    use_sdpa: bool = True  # torch's fused attention (same maths as the hand-written one; faster)
+
+
+class TransformerLM(nn.Module):
+    """Token embedding -> num_layers pre-norm blocks -> final RMSNorm -> untied lm_head (V, d)."""
+
+    def __init__(self, config: TransformerConfig, device=None, dtype=None):
+        super().__init__()
+        c = self.config = config
+        rope = RotaryPositionalEmbedding(c.rope_theta, c.d_model // c.num_heads, c.context_length, device)
+        self.token_embeddings = Embedding(c.vocab_size, c.d_model, device, dtype)
+        self.layers = nn.ModuleList(
+            TransformerBlock(c.d_model, c.num_heads, c.d_ff, rope, c.use_sdpa, device, dtype)
+            for _ in range(c.num_layers))
+        self.ln_final = RMSNorm(c.d_model, device=device, dtype=dtype)
+        self.lm_head = Linear(c.d_model, c.vocab_size, device, dtype)
+
+    def num_params(self, include_embeddings: bool = True) -> int:
+        """Number of parameters (optionally without the input embedding table)."""
+        n = sum(p.numel() for p in self.parameters())
+        return n if include_embeddings else n - self.token_embeddings.weight.numel()
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, *, return_hidden: bool = False,
+                kv_cache: KVCache | None = None) -> Tensor:
+        """Next-token logits for every position.
+
+        Args:
+            input_ids: (B, T) long.
+            attention_mask: (B, T) bool/int, 1 = real token, 0 = padding (with a kv_cache: (B, past + T),
+                covering the cached positions too). Padding keys are masked and positions are cumsum(mask) − 1,
+                so a left- or right-padded sequence gets the logits it gets alone. Logits at padding positions
+                are finite but meaningless. None = no padding.
+            return_hidden: return the final RMSNorm-ed hidden states (B, T, d) instead of logits (lm_head not
+                applied; used by fused log-prob kernels and scalar heads).
+            kv_cache: append this call's keys/values to the cache and attend over the cached positions.
+        Returns:
+            (B, T, V) logits, or (B, T, d) hidden states; dtype of the parameters.
+        Raises:
+            ValueError: if past + T exceeds config.context_length or attention_mask has the wrong shape.
+        """
+        B, T = input_ids.shape
+        past = kv_cache.length if kv_cache is not None else 0
+        if past + T > self.config.context_length:
+            raise ValueError(f"sequence of {past + T} tokens exceeds context_length {self.config.context_length}")
+        positions, mask = None, None  # defaults: positions past..past+T-1, causal mask
+        if attention_mask is not None:
+            if attention_mask.shape != (B, past + T):
+                raise ValueError(f"attention_mask {tuple(attention_mask.shape)} should be {(B, past + T)}")
+            real = attention_mask.bool()  # (B, past + T)
+            positions = (real.long().cumsum(-1) - 1).clamp(min=0)[:, past:]  # (B, T): padding doesn't count
+            allowed = causal_mask(T, past + T, input_ids.device) & real[:, None, :]  # (B, T, past + T)
+            # Each query may also attend to itself, so a padding query (e.g. position 0 when left-padded)
+            # has one allowed key: no all -inf row, no NaN that could reach real tokens through 0 · NaN.
+            query_pos = torch.arange(past, past + T, device=input_ids.device)  # (T,)
+            allowed |= torch.arange(past + T, device=input_ids.device) == query_pos[:, None]  # the diagonal
+            mask = allowed[:, None]  # (B, 1, T, past + T), broadcast over heads
+        x = self.token_embeddings(input_ids)  # (B, T, d)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, positions, mask, kv_cache, i)
+        if kv_cache is not None:
+            kv_cache.length += T
+        x = self.ln_final(x)  # (B, T, d)
+        return x if return_hidden else self.lm_head(x)  # (B, T, V)
+
+
+class ScalarHead(nn.Module):
+    """r = w·h + b: one scalar per position (reward or value). weight (1, d) ~ N(0, 1/(d+1)), bias 0."""
+
+    def __init__(self, d_model: int, device=None, dtype=None):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(1, d_model, device=device, dtype=dtype) / math.sqrt(d_model + 1))
+        self.bias = nn.Parameter(torch.zeros(1, device=device, dtype=dtype))
+
+    def forward(self, hidden: Tensor) -> Tensor:  # (B, T, d) -> (B, T) float32
+        return (hidden @ self.weight.T + self.bias).squeeze(-1).float()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Generation
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GenerationOutput:
+    tokens: list[list[int]]  # new tokens per prompt, EOS included if emitted
+    logprobs: list[Tensor]  # (n_i,) float32 on CPU: log softmax(logits / temperature) of each new token
+
+
+def sample_next_token(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,
+                      top_p: float | None = None, generator: torch.Generator | None = None) -> Tensor:
+    """Sample one token per row from softmax(logits / temperature), optionally truncated.
+
+    temperature 0 = greedy (argmax). top_k keeps the k largest logits (ties with the k-th are kept);
+    top_p keeps the smallest set of most likely tokens whose probability sums to ≥ top_p (nucleus sampling,
+    Holtzman et al. 2020, https://arxiv.org/abs/1904.09751, eq. 3). Both may be combined (top-k first).
+
+    Args:
+        logits: (B, V) float.  generator: a torch.Generator on logits' device, for reproducible samples.
+    Returns:
+        (B,) long.
+    """
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature  # (B, V)
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth_largest = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs  # mass of the strictly more likely tokens
+        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))  # the top token survives
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)  # (B,)
+
+
+@torch.no_grad()
+def generate(model: TransformerLM, prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, eos_token_id: int | list[int] | None = None,
+             pad_token_id: int = 0, generator: torch.Generator | None = None,
+             use_kv_cache: bool = True) -> GenerationOutput:
+    """Batched sampling: left-pad the prompts, prefill once, then decode one token at a time with a KV cache.
+
+    A row stops after it emits an EOS token (kept in its output). Padding is masked and positions skip it,
+    so each row gets the tokens and logprobs it would get alone. The model runs in eval mode under no_grad;
+    its training mode is restored afterwards. use_kv_cache=False recomputes the whole prefix at every step
+    (same result; the baseline of `bench generate`).
+
+    Args:
+        prompts: B non-empty lists of token ids.  max_new_tokens: ≥ 0.
+        temperature: ≥ 0; 0 = greedy (logprobs are then the temperature-1 log-probabilities).
+        top_k, top_p, generator: see sample_next_token.  eos_token_id: one id or several.
+        pad_token_id: filler for padding (never attended to).
+    Returns:
+        GenerationOutput: tokens[i] (≤ max_new_tokens ids) and logprobs[i] (len(tokens[i]),) float32 on CPU,
+        log softmax(logits / temperature) at the sampled token, before top-k/top-p truncation.
+    Raises:
+        ValueError: on empty prompts, negative max_new_tokens/temperature, or if the longest prompt plus
+            max_new_tokens exceeds model.config.context_length (we raise rather than silently truncate).
+    """
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("generate needs at least one prompt and no empty prompt")
+    if max_new_tokens < 0 or temperature < 0:
+        raise ValueError(f"need max_new_tokens >= 0 and temperature >= 0, got {max_new_tokens}, {temperature}")
+    B, P = len(prompts), max(len(p) for p in prompts)
+    if P + max_new_tokens > model.config.context_length:
+        raise ValueError(f"prompt ({P}) + max_new_tokens ({max_new_tokens}) exceeds context_length "
+                         f"{model.config.context_length}")
+    device = next(model.parameters()).device
+    ids = torch.full((B, P), pad_token_id, dtype=torch.long, device=device)  # (B, P), left-padded
+    mask = torch.zeros((B, P), dtype=torch.bool, device=device)
+    for i, p in enumerate(prompts):
+        ids[i, P - len(p):] = torch.tensor(p, dtype=torch.long)
+        mask[i, P - len(p):] = True
+    eos = torch.tensor([] if eos_token_id is None else eos_token_id, dtype=torch.long, device=device).view(-1)
+    new_tokens = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=device)  # (B, N)
+    new_logprobs = torch.zeros((B, max_new_tokens), dtype=torch.float32, device=device)
+    lengths = torch.full((B,), max_new_tokens, dtype=torch.long, device=device)  # set when a row hits EOS
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+
+    was_training = model.training
+    model.eval()
+    try:
+        cache = KVCache(model.config.num_layers, P + max_new_tokens) if use_kv_cache else None
+        step_ids = ids  # what the model reads next: the prompt, then one token (cache) or everything (no cache)
+        for t in range(max_new_tokens):
+            hidden = model(step_ids, mask, return_hidden=True, kv_cache=cache)[:, -1]  # (B, d), last position
+            logits = model.lm_head(hidden).float()  # (B, V)
+            token = sample_next_token(logits, temperature, top_k, top_p, generator)  # (B,)
+            token = torch.where(done, pad_token_id, token)  # finished rows only carry padding
+            logp = torch.log_softmax(logits / (temperature or 1.0), dim=-1)  # (B, V)
+            new_tokens[:, t] = token
+            new_logprobs[:, t] = logp.gather(-1, token[:, None]).squeeze(-1)
+            hit_eos = ~done & torch.isin(token, eos)
+            lengths[hit_eos] = t + 1
+            done |= hit_eos
+            if t == max_new_tokens - 1 or bool(done.all()):
+                break
+            ids = torch.cat([ids, token[:, None]], dim=1)  # (B, P + t + 1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            step_ids = token[:, None] if use_kv_cache else ids
+    finally:
+        model.train(was_training)
+    lengths, new_tokens, new_logprobs = lengths.tolist(), new_tokens.cpu(), new_logprobs.cpu()
+    return GenerationOutput(tokens=[new_tokens[i, :n].tolist() for i, n in enumerate(lengths)],
+                            logprobs=[new_logprobs[i, :n] for i, n in enumerate(lengths)])

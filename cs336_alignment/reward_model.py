@@ -1,0 +1,181 @@
+"""Reward models: a language-model trunk with a scalar head, trained on human (or synthetic) preferences.
+
+- Bradley-Terry pairwise loss -log sigma(r_chosen - r_rejected) (Ouyang et al. 2022, InstructGPT eq. 1),
+  with Llama 2's optional margin (Touvron et al. 2023, eq. 2) and a reward-centering term that pins the
+  free additive constant of the rewards near 0 (Eisenstein et al. 2023, "Helping or Herding?").
+- Listwise losses for K ranked responses: best-of-K (Ziegler et al. 2019; Stiennon et al. 2020) and the
+  full Plackett-Luce ranking likelihood (Plackett 1975; Luce 1959); for K = 2 both equal Bradley-Terry.
+- `RewardModel`: a TransformerLM trunk plus a `ScalarHead`, whose reward is the head's output at the last
+  real token of each sequence (the EOS / end-of-turn token), whatever the padding side or amount.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cs336_alignment.model import ScalarHead, TransformerConfig, TransformerLM
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pairwise (Bradley-Terry) loss and accuracy
+# ---------------------------------------------------------------------------------------------------------
+
+def reward_accuracy(chosen_rewards: Tensor, rejected_rewards: Tensor) -> Tensor:
+    """Fraction of pairs the rewards order correctly: mean of [r_chosen > r_rejected], a tie counts 1/2.
+
+    Args:
+        chosen_rewards, rejected_rewards: (B,) float.
+
+    Returns:
+        0-d float32 tensor in [0, 1] (detached).
+    """
+    if chosen_rewards.shape != rejected_rewards.shape:
+        raise ValueError("chosen_rewards and rejected_rewards must have the same shape")
+    # BEGIN SOLUTION
+    c, r = chosen_rewards.detach(), rejected_rewards.detach()
+    # A tie is a coin flip: counting it as wrong would score a constant reward model at 0, not 0.5.
+    return ((c > r).float() + 0.5 * (c == r).float()).mean()
+    # END SOLUTION
+
+
+def bradley_terry_loss(chosen_rewards: Tensor, rejected_rewards: Tensor, margin: Tensor | float | None = None,
+                       center_coef: float = 0.0) -> tuple[Tensor, dict[str, Tensor]]:
+    """Pairwise reward-model loss: mean of -log sigma(r_chosen - r_rejected - margin), plus
+    center_coef * mean((r_chosen + r_rejected)^2).
+
+    Under the Bradley-Terry model P(chosen > rejected) = sigma(r_chosen - r_rejected); the loss is its
+    negative log-likelihood (InstructGPT eq. 1). A margin m > 0 asks for a gap of at least ~m on pairs the
+    labellers found clearly different (Llama 2 eq. 2). The loss only sees differences, so the rewards'
+    mean drifts freely; the centering term (Eisenstein et al. 2023) keeps it near 0.
+
+    Args:
+        chosen_rewards: (B,) float, reward of the preferred response.
+        rejected_rewards: (B,) float, reward of the other response.
+        margin: None, a float, or a (B,) tensor of per-pair margins (constants).
+        center_coef: weight of the centering term (>= 0; 0 disables it; TRL suggests 0.01).
+
+    Returns:
+        (loss 0-d, metrics) with detached 0-d "rm/accuracy" (see `reward_accuracy`), "rm/margin"
+        (mean r_chosen - r_rejected), "rm/chosen_reward" and "rm/rejected_reward" (means).
+
+    Raises:
+        ValueError: on shape mismatch or center_coef < 0.
+    """
+    if chosen_rewards.shape != rejected_rewards.shape or chosen_rewards.dim() != 1:
+        raise ValueError(f"chosen_rewards {tuple(chosen_rewards.shape)} and rejected_rewards "
+                         f"{tuple(rejected_rewards.shape)} must both be (B,)")
+    if center_coef < 0:
+        raise ValueError(f"center_coef must be >= 0, got {center_coef}")
+    # BEGIN SOLUTION
+    logits = chosen_rewards - rejected_rewards                                  # (B,)
+    if margin is not None:
+        logits = logits - margin                                                # Llama 2 eq. 2
+    loss = -F.logsigmoid(logits).mean()                                         # InstructGPT eq. 1 (K = 2)
+    if center_coef > 0:
+        loss = loss + center_coef * ((chosen_rewards + rejected_rewards) ** 2).mean()
+    metrics = {"rm/accuracy": reward_accuracy(chosen_rewards, rejected_rewards),
+               "rm/margin": (chosen_rewards - rejected_rewards).detach().mean(),
+               "rm/chosen_reward": chosen_rewards.detach().mean(),
+               "rm/rejected_reward": rejected_rewards.detach().mean()}
+    return loss, metrics
+    # END SOLUTION
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Listwise losses: best-of-K and Plackett-Luce
+# ---------------------------------------------------------------------------------------------------------
+
+def plackett_luce_loss(ranked_rewards: Tensor, top_k: int | None = None) -> Tensor:
+    """Negative log-likelihood of a ranking of K responses under the Plackett-Luce model.
+
+    The ranking is built by picking the best response with probability softmax(r) over all K, then the
+    second best among the rest, and so on:
+        loss = mean over the batch of  sum_{k < top_k} [ logsumexp(r_k, ..., r_{K-1}) - r_k ]
+    top_k = 1 keeps only the first choice: the "best-of-K" loss -log softmax(r)_best of Ziegler et al. 2019
+    and Stiennon et al. 2020 (labellers picked the best of 4). top_k = None (K - 1) scores the full ranking
+    (the last factor is always 1). For K = 2 every choice gives the Bradley-Terry loss.
+
+    Args:
+        ranked_rewards: (B, K) float, rewards of K responses to one prompt, ordered best first.
+        top_k: number of ranked positions to score, 1 <= top_k <= K - 1 (None = K - 1).
+
+    Returns:
+        0-d loss (nats per ranking).
+
+    Raises:
+        ValueError: if ranked_rewards is not (B, K) with K >= 2, or top_k is out of range.
+    """
+    if ranked_rewards.dim() != 2 or ranked_rewards.shape[1] < 2:
+        raise ValueError(f"ranked_rewards must be (B, K) with K >= 2, got {tuple(ranked_rewards.shape)}")
+    K = ranked_rewards.shape[1]
+    top_k = K - 1 if top_k is None else top_k
+    if not 1 <= top_k <= K - 1:
+        raise ValueError(f"top_k must be in [1, {K - 1}], got {top_k}")
+    # BEGIN SOLUTION
+    # logsumexp over the responses still in the race at step k: a reversed cumulative logsumexp.
+    remaining = torch.logcumsumexp(ranked_rewards.flip(-1), dim=-1).flip(-1)   # (B, K)
+    nll = (remaining - ranked_rewards)[:, :top_k]                              # (B, top_k), -log P(choice k)
+    return nll.sum(dim=-1).mean()
+    # END SOLUTION
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------------------------
+
+class RewardModel(nn.Module):
+    """TransformerLM trunk + ScalarHead; the reward of a sequence is the head's value at its last real token.
+
+    The trunk is a whole TransformerLM (its unused lm_head included, so its state dict is an LM's and
+    `from_lm` is a plain copy); it is called with return_hidden=True. Right after `from_lm` the reward is
+    a random linear function of the SFT model's features, which is the usual starting point (InstructGPT
+    initializes its reward model from the SFT model).
+    """
+
+    def __init__(self, config: TransformerConfig, trunk: TransformerLM | None = None):
+        super().__init__()
+        self.config = config
+        self.trunk = trunk if trunk is not None else TransformerLM(config)
+        self.head = ScalarHead(config.d_model)
+
+    @classmethod
+    def from_lm(cls, lm: TransformerLM) -> RewardModel:
+        """A reward model whose trunk is a deep copy of `lm` (e.g. the SFT policy) and whose head is new."""
+        return cls(lm.config, trunk=copy.deepcopy(lm))
+
+    def token_scores(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Head output at every position: (B, T) long ids (+ (B, T) mask) -> (B, T) float32."""
+        hidden = self.trunk(input_ids, attention_mask, return_hidden=True)    # (B, T, d)
+        return self.head(hidden)                                              # (B, T)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Reward of each sequence, read at its last real token.
+
+        Args:
+            input_ids: (B, T) long, prompt + response (ending in EOS / end-of-turn), left- or right-padded.
+            attention_mask: (B, T) bool or 0/1, 1 = real token; None = no padding.
+
+        Returns:
+            (B,) float32 rewards. The same sequence gets the same reward however it is padded.
+
+        Raises:
+            ValueError: if a row of attention_mask has no real token or the shapes differ.
+        """
+        if attention_mask is not None:
+            if attention_mask.shape != input_ids.shape:
+                raise ValueError("attention_mask must have the shape of input_ids")
+            if not bool(attention_mask.bool().any(dim=-1).all()):
+                raise ValueError("every row needs at least one real token")
+        # BEGIN SOLUTION
+        scores = self.token_scores(input_ids, attention_mask)                 # (B, T)
+        T = input_ids.shape[1]
+        if attention_mask is None:
+            return scores[:, -1]
+        # Index of the last real token: the largest position whose mask is 1 (works for either padding side).
+        positions = torch.arange(T, device=input_ids.device)                  # (T,)
+        last = (positions * attention_mask.bool()).argmax(dim=-1)             # (B,)
+        return scores.gather(1, last[:, None]).squeeze(1)                     # (B,)
+        # END SOLUTION

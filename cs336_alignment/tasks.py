@@ -1,0 +1,292 @@
+"""The embedded task world: seeded arithmetic word problems in GSM8K's format, and their gold reward.
+
+Every stage of the pipeline is measured against a reward that is known exactly, so the world is
+generated rather than downloaded. Problems use the jsonl schema of GSM8K (Cobbe et al. 2021,
+https://arxiv.org/abs/2110.14168), so the same loader and grader also serve the real data set:
+
+    {"question": "Tom has 5 apples. He buys 7 more apples. He gives away 3 apples.
+                  How many apples does Tom have now?",
+     "answer": "5 + 7 = 12\\n12 - 3 = 9\\n#### 9"}
+
+The world
+  * A problem is a chain of 1-3 operations on one quantity of objects owned by one person. It
+    starts from a count ("Tom has 5 apples.") or from a product ("Tom buys 4 bags of apples. Each
+    bag holds 6 apples.", which is the first operation, ``4 * 6 = 24``). Each later sentence
+    applies + ("buys 7 more"), - ("gives away 3"), x ("now has 2 times as many") or an exact
+    division ("splits them into 3 equal piles and keeps one pile").
+  * Every operand is in 1..20 and every intermediate value in 1..99 (operands that would leave
+    this range are redrawn). Difficulty was calibrated so that a 1M-parameter model trained for a
+    few CPU-minutes is far from perfect: about a third right after pretraining, two thirds after SFT.
+  * Text varies over 20 names (with pronouns), 15 objects (singular/plural), 4 containers and
+    several phrasings per operation, so questions are not memorised as a handful of strings.
+  * The answer has one worked step per operation, ``"<x> <op> <y> = <z>"`` with op in + - * /,
+    then the GSM8K final line ``#### <number>``.
+
+Splits and determinism
+  ``generate_problems(n, split, seed)`` draws from ``random.Random(seed)`` and keeps the first n
+  distinct questions whose split is ``split``. The split is a pure function of the question text
+  (sha256; 1 in 10 questions is "test"), so train and test never share a question whatever the seeds,
+  and a longer list from the same seed extends a shorter one.
+
+Formats
+  * raw (base model, pretraining): ``format_raw_prompt(q) = "Question: {q}\\nAnswer:"``; a document
+    is that prompt + " " + answer, and ``pretraining_text`` ends every document with <|endoftext|>.
+  * chat (SFT and RL): ``[{"role": "user", "content": q}, {"role": "assistant", "content": a}]``,
+    rendered by ``cs336_alignment.tokenizer.Tokenizer.render``.
+
+Grading
+  ``gold_reward(response, ground_truth)`` gives format_reward 1 when the response ends with a
+  ``#### <number>`` line and answer_reward 1 when that number equals the ground truth's (commas,
+  ``$`` and trailing zeros ignored: "1,234" == "1234", "3.50" == "3.5"); reward = answer_reward.
+  ``parse_gsm8k_response`` and ``parse_mmlu_response`` are the looser parsers of CS336 assignment 5.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from fractions import Fraction
+from typing import Any, Literal
+
+ENDOFTEXT = "<|endoftext|>"  # same string as cs336_alignment.tokenizer.ENDOFTEXT (document separator)
+
+# ----------------------------------------------------------------------------
+# Vocabulary of the world
+
+NAMES = [("Tom", "he"), ("Mia", "she"), ("Sam", "he"), ("Ana", "she"), ("Leo", "he"), ("Zoe", "she"),
+         ("Ben", "he"), ("Ivy", "she"), ("Max", "he"), ("Eva", "she"), ("Jack", "he"), ("Lily", "she"),
+         ("Noah", "he"), ("Emma", "she"), ("Omar", "he"), ("Rosa", "she"), ("Ravi", "he"), ("Nina", "she"),
+         ("Carl", "he"), ("Grace", "she")]
+OBJECTS = [("apple", "apples"), ("pencil", "pencils"), ("sticker", "stickers"), ("marble", "marbles"),
+           ("cookie", "cookies"), ("book", "books"), ("shell", "shells"), ("card", "cards"), ("egg", "eggs"),
+           ("balloon", "balloons"), ("stamp", "stamps"), ("coin", "coins"), ("button", "buttons"),
+           ("candy", "candies"), ("flower", "flowers")]
+CONTAINERS = [("box", "boxes"), ("bag", "bags"), ("pack", "packs"), ("jar", "jars")]
+PRONOUNS = {"he": ("He", "him", "his"), "she": ("She", "her", "her")}
+
+MIN_OPERAND, MAX_OPERAND = 1, 20
+MIN_VALUE, MAX_VALUE = 1, 99
+TEST_FRACTION_DENOMINATOR = 10  # 1 question in 10 (by hash) belongs to the test split
+
+# Phrasings per operation; {n} is the operand and {obj} agrees with it in number.
+_ADD = ["{P} buys {n} more {obj}.", "{friend} gives {him} {n} more {obj}.", "{P} finds {n} more {obj}.",
+        "{P} collects {n} more {obj}."]
+_SUB = ["{P} gives away {n} {obj}.", "{P} gives {n} {obj} to {friend}.", "{P} loses {n} {obj}.",
+        "{P} sells {n} {obj}."]
+_MUL = ["{P} now has {n} times as many {objs} as before.", "Then {his} pile of {objs} becomes {n} times as big."]
+_DIV = ["{P} splits the {objs} into {n} equal piles and keeps one pile.",
+        "{P} shares the {objs} equally among {n} kids, {him} included, and keeps {his} share."]
+_QUESTION = ["How many {objs} does {name} have now?", "How many {objs} does {name} have in the end?"]
+
+
+# ----------------------------------------------------------------------------
+# Generation
+
+def split_of(question: str) -> Literal["train", "test"]:
+    """The split a question belongs to: "test" when sha256(question) mod 10 == 0, else "train"."""
+    digest = hashlib.sha256(question.encode("utf-8")).digest()
+    return "test" if int.from_bytes(digest[:8], "big") % TEST_FRACTION_DENOMINATOR == 0 else "train"
+
+
+def _noun(pair: tuple[str, str], n: int) -> str:
+    return pair[0] if n == 1 else pair[1]
+
+
+def _draw_operation(rng: random.Random, x: int) -> tuple[str, int, int] | None:
+    """One operation applied to the running value x: (symbol, operand, result) inside the ranges, or None."""
+    symbol = rng.choices(["+", "-", "*", "/"], weights=[4, 4, 2, 1])[0]
+    if symbol == "+" and x + MIN_OPERAND <= MAX_VALUE:
+        n = rng.randint(MIN_OPERAND, min(MAX_OPERAND, MAX_VALUE - x))
+        return "+", n, x + n
+    if symbol == "-" and x - MIN_OPERAND >= MIN_VALUE:
+        n = rng.randint(MIN_OPERAND, min(MAX_OPERAND, x - MIN_VALUE))
+        return "-", n, x - n
+    if symbol == "*" and 2 * x <= MAX_VALUE:
+        n = rng.randint(2, min(MAX_OPERAND, MAX_VALUE // x))
+        return "*", n, x * n
+    if symbol == "/":
+        divisors = [d for d in range(2, min(MAX_OPERAND, x) + 1) if x % d == 0]
+        if divisors:
+            n = rng.choice(divisors)
+            return "/", n, x // n
+    return None  # the drawn operation does not fit; the caller draws again
+
+
+def _draw_problem(rng: random.Random) -> dict[str, str]:
+    name, pronoun = rng.choice(NAMES)
+    friend = rng.choice([other for other, _ in NAMES if other != name])
+    P, him, his = PRONOUNS[pronoun]
+    obj = rng.choice(OBJECTS)
+    words = dict(name=name, friend=friend, P=P, him=him, his=his, objs=obj[1])
+    n_ops = rng.randint(1, 3)
+    sentences, steps = [], []
+
+    if rng.random() < 0.3:  # start from a product: it is the first operation
+        box = rng.choice(CONTAINERS)
+        a, b = rng.randint(2, 9), rng.randint(2, 11)
+        sentences.append(f"{name} buys {a} {_noun(box, a)} of {obj[1]}. Each {box[0]} holds {b} {obj[1]}.")
+        x = a * b
+        steps.append(f"{a} * {b} = {x}")
+        n_ops -= 1
+    else:
+        x = rng.randint(MIN_OPERAND, MAX_OPERAND)
+        start = rng.choice(["{name} has {n} {obj}.", "{name} collects {n} {obj}.",
+                            "There are {n} {obj} in {name}'s " + rng.choice(CONTAINERS)[0] + "."])
+        sentences.append(start.format(name=name, n=x, obj=_noun(obj, x)))
+
+    for _ in range(n_ops):
+        op = None
+        while op is None:
+            op = _draw_operation(rng, x)
+        symbol, n, y = op
+        template = rng.choice({"+": _ADD, "-": _SUB, "*": _MUL, "/": _DIV}[symbol])
+        sentences.append(template.format(n=n, obj=_noun(obj, n), **words))
+        steps.append(f"{x} {symbol} {n} = {y}")
+        x = y
+
+    sentences.append(rng.choice(_QUESTION).format(**words))
+    return {"question": " ".join(sentences), "answer": "\n".join(steps) + f"\n#### {x}"}
+
+
+def generate_problems(n: int, split: Literal["train", "test"], seed: int = 0) -> list[dict[str, str]]:
+    """The first n distinct problems of `split` drawn from the world with `random.Random(seed)`.
+
+    Args:
+        n: number of problems (>= 0).
+        split: "train" or "test"; membership is `split_of(question)`, so splits are disjoint for any seeds.
+        seed: the generator's seed. Same (n, split, seed) -> same list; a larger n extends a smaller one.
+    Returns:
+        list of {"question": str, "answer": "<steps>\\n#### <number>"} (GSM8K jsonl schema).
+    Raises:
+        ValueError: on a negative n or an unknown split.
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    problems: list[dict[str, str]] = []
+    while len(problems) < n:
+        problem = _draw_problem(rng)
+        if problem["question"] in seen:
+            continue
+        seen.add(problem["question"])
+        if split_of(problem["question"]) == split:
+            problems.append(problem)
+    return problems
+
+
+# ----------------------------------------------------------------------------
+# Formats: raw text for the base model, chat messages for SFT / RL
+
+def format_raw_prompt(question: str) -> str:
+    """The base model's prompt: "Question: {question}\\nAnswer:" (the answer follows after one space)."""
+    return f"Question: {question}\nAnswer:"
+
+
+def raw_document(problem: dict[str, str]) -> str:
+    """One pretraining document: the raw prompt, a space, and the worked answer (no separator)."""
+    return format_raw_prompt(problem["question"]) + " " + problem["answer"]
+
+
+def pretraining_text(n_problems: int, seed: int = 0) -> str:
+    """n_problems train-split documents, each followed by <|endoftext|> (so the base model learns to stop)."""
+    return "".join(raw_document(p) + ENDOFTEXT for p in generate_problems(n_problems, "train", seed))
+
+
+def to_messages(problem: dict[str, str]) -> list[dict[str, str]]:
+    """A problem as a chat: the question as the user's turn, the worked answer as the assistant's."""
+    return [{"role": "user", "content": problem["question"]},
+            {"role": "assistant", "content": problem["answer"]}]
+
+
+def sft_examples(n: int, seed: int = 0, split: Literal["train", "test"] = "train") -> list[list[dict[str, str]]]:
+    """n chat conversations (message lists, see `to_messages`) for SFT, from `generate_problems(n, split, seed)`."""
+    return [to_messages(p) for p in generate_problems(n, split, seed)]
+
+
+# ----------------------------------------------------------------------------
+# Grading
+
+def gold_reward(response: str, ground_truth: str) -> dict[str, float]:
+    """The task world's verifiable reward (also grades real GSM8K answers).
+
+    The response is formatted when its last non-empty line is ``#### <number>`` (trailing whitespace and
+    trailing special-token markers such as "<|end|>" are ignored; the number may carry a "$", thousands
+    commas, a sign and decimals, and be followed by a "."). It is correct when that number equals the
+    ground truth's final number exactly (compared as fractions: "1,234" == "1234", "3.50" == "3.5").
+
+    Args:
+        response: model output text.
+        ground_truth: a full GSM8K answer ("<steps>\\n#### <number>") or just the number.
+    Returns:
+        {"reward": answer_reward, "format_reward": 0. or 1., "answer_reward": 0. or 1.}; answer_reward is 1
+        only for a formatted response with the right number.
+    Raises:
+        ValueError: when the ground truth has no final number.
+    """
+    if not isinstance(response, str) or not isinstance(ground_truth, str):
+        raise TypeError("response and ground_truth must be str")
+    # BEGIN SOLUTION
+    def as_fraction(number: str) -> Fraction | None:
+        try:
+            return Fraction(number.replace(",", "").replace("$", "").strip())
+        except (ValueError, ZeroDivisionError):
+            return None
+
+    truth = as_fraction(ground_truth.rsplit("####", 1)[-1])
+    if truth is None:
+        raise ValueError(f"ground truth {ground_truth!r} has no final number")
+    text = re.sub(r"(?:<\|[a-z_]+\|>|\s)+$", "", response)  # drop trailing "<|end|>" etc. and whitespace
+    last_line = text.rsplit("\n", 1)[-1]
+    match = re.fullmatch(r"\s*####\s*\$?\s*(-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)\s*\.?", last_line)
+    formatted = match is not None
+    correct = formatted and as_fraction(match.group(1)) == truth
+    return {"reward": float(correct), "format_reward": float(formatted), "answer_reward": float(correct)}
+    # END SOLUTION
+
+
+def parse_gsm8k_response(model_output: str) -> str | None:
+    """The last number in a GSM8K-style model output, as a string (CS336 assignment 5 semantics).
+
+    Thousands commas are removed ("1,234" -> "1234"); a "-" counts as a sign only when it does not follow a
+    word character ("x = -3" -> "-3", but "48-24" -> "24"); decimals are kept as written ("3.50").
+
+    Args:
+        model_output: free text.
+    Returns:
+        the last number as a string, or None when the text contains no digit.
+    """
+    # BEGIN SOLUTION
+    numbers = re.findall(r"(?:(?<![\w.])-)?\d+(?:,\d{3}(?!\d))*(?:\.\d+)?", model_output)
+    if not numbers:
+        return None
+    return numbers[-1].replace(",", "")
+    # END SOLUTION
+
+
+def parse_mmlu_response(mmlu_example: dict[str, Any], model_output: str) -> str | None:
+    """The letter the model chose for a multiple-choice question (CS336 assignment 5 semantics).
+
+    Looks for "The correct answer is X" (the phrase in any case, then an optional ":" or "(") where X is
+    one of the example's capital option letters ("A".."D" for the usual 4 options) standing alone, so
+    "is a bit unclear" or "is Alpha" do not count; the last such phrase wins.
+
+    Args:
+        mmlu_example: dict with "options" (list of option strings; also "subject", "question", "answer").
+        model_output: free text.
+    Returns:
+        "A".."D" (up to the number of options), or None when no valid letter is stated.
+    Raises:
+        ValueError: when the example has no "options" list or more than 26 options.
+    """
+    options = mmlu_example.get("options") if isinstance(mmlu_example, dict) else None
+    if not isinstance(options, list) or not 1 <= len(options) <= 26:
+        raise ValueError("mmlu_example must have an 'options' list of 1..26 choices")
+    # BEGIN SOLUTION
+    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[: len(options)]
+    found = re.findall(r"(?i:correct answer is)\s*:?\s*\(?([A-Z])\b", model_output)
+    found = [letter for letter in found if letter in letters]
+    return found[-1] if found else None
+    # END SOLUTION

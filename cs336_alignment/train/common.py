@@ -1,0 +1,252 @@
+"""What every training loop shares, and nothing more: config -> argparse, device and autocast, threads and
+seeds, loading a TransformerLM from a checkpoint, and the metrics logger.
+
+The loops themselves (pretrain.py, sft.py, ...) write their steps out in full, CleanRL style: the
+forward pass, `loss.backward()`, clipping, `optimizer.step()` and `optimizer.zero_grad(set_to_none=True)`
+are in each loop, not behind a helper here.
+
+Metric names (one vocabulary across loops, see the README):
+    loss/train         mean training loss over the optimizer steps since the last log line (nats / token)
+    loss/eval          loss on held-out data (nats / token)
+    lr                 learning rate of the last step
+    grad_norm          global L2 norm of the gradient before clipping (mean since the last log line)
+    perf/tokens_per_s  tokens fed through the model per wall-clock second since the last log line
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import contextlib
+import dataclasses
+import inspect
+import json
+import math
+import os
+import random
+import sys
+import textwrap
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+C = TypeVar("C")
+
+# ---------------------------------------------------------------------------------------------------------
+# Config: one flat dataclass per entry point, each field documented by the string literal under it
+# ---------------------------------------------------------------------------------------------------------
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """{field name: the docstring written under it} for a dataclass (the CleanRL `Args` convention)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
+        for node, following in zip(body, body[1:]):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                    and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
+                    and isinstance(following.value.value, str)):
+                docs[node.target.id] = " ".join(following.value.value.split())
+    return docs
+
+
+def build_parser(cls: type, prog: str, description: str | None = None) -> argparse.ArgumentParser:
+    """An argparse parser with one `--flag` per dataclass field (dashes or underscores), typed, with its doc.
+
+    bool fields become `--flag / --no-flag`; `X | None` fields accept X; defaults are shown by --help.
+    """
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    hints, docs = typing.get_type_hints(cls), field_docs(cls)
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):  # `str | None` -> str
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        names = sorted({f"--{f.name.replace('_', '-')}", f"--{f.name}"}, key=lambda s: "_" in s)
+        kwargs: dict[str, Any] = dict(dest=f.name, default=f.default, help=docs.get(f.name, " "))
+        if kind is bool:
+            parser.add_argument(*names, action=argparse.BooleanOptionalAction, **kwargs)
+        elif typing.get_origin(kind) is typing.Literal:
+            choices = typing.get_args(kind)
+            parser.add_argument(*names, type=type(choices[0]), choices=choices, **kwargs)
+        else:
+            parser.add_argument(*names, type=kind, **kwargs)
+    return parser
+
+
+def parse_config(cls: type[C], argv: list[str] | None, prog: str, description: str | None = None) -> C:
+    """Parse command-line flags into `cls`; unknown flags and wrong types exit with argparse's message."""
+    args = build_parser(cls, prog, description).parse_args(argv)
+    return cls(**vars(args))
+
+
+def config_from_dict(cls: type[C], values: dict[str, Any]) -> C:
+    """Build `cls` from a dict, rejecting unknown keys by name (nanoGPT's configurator is just as strict).
+
+    Raises:
+        ValueError: naming the unknown keys and listing the valid ones.
+    """
+    valid = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - valid)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys {unknown}; valid keys: {sorted(valid)}")
+    return cls(**values)
+
+
+def run_dir(name: str, out: str) -> Path:
+    """The output directory of a run: `out` if given, else runs/<name>."""
+    return Path(out) if out else Path("runs") / name
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Device, precision, threads, seeds
+# ---------------------------------------------------------------------------------------------------------
+
+
+def get_device(name: str = "auto") -> torch.device:
+    """"auto" picks cuda, then mps (Apple GPUs), then cpu; any other string is passed to torch.device."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (matmuls in bfloat16, reductions and weights in float32); a no-op elsewhere.
+
+    On CPU, bf16 matmuls are slower than float32 for models this small, and on mps bf16 support varies.
+    """
+    if device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def set_threads(threads: int) -> None:
+    """torch.set_num_threads(threads) when threads > 0 (0 leaves torch's default).
+
+    On the 2-core machines we measured, 2 threads ran ~10x *slower* than 1 when another process used the
+    other core (the threads wait for each other), so the loops default to 1.
+    """
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+def set_seed(seed: int) -> None:
+    """Seed python's, numpy's and torch's global generators (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Models and checkpoints
+# ---------------------------------------------------------------------------------------------------------
+
+
+def load_model(path: str | os.PathLike, device: torch.device | str = "cpu"):
+    """Rebuild the TransformerLM stored in a checkpoint written by our loops (its config is saved with it).
+
+    Returns:
+        (model on `device`, the checkpoint's extra dict: {"config", "model_config", "rng", ...}).
+    Raises:
+        FileNotFoundError, or KeyError when the checkpoint has no "model_config" (not one of ours).
+    """
+    from cs336_alignment.checkpoint import load_checkpoint, load_checkpoint_extra
+    from cs336_alignment.model import TransformerConfig, TransformerLM
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    extra = load_checkpoint_extra(path)
+    if "model_config" not in extra:
+        raise KeyError(f"{path} has no 'model_config': was it written by cs336_alignment's train loops?")
+    model = TransformerLM(TransformerConfig(**extra["model_config"]))
+    load_checkpoint(path, model)
+    return model.to(device), extra
+
+
+def num_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Logging: one console line per log step + metrics.jsonl
+# ---------------------------------------------------------------------------------------------------------
+
+
+def format_metrics(step: int, num_steps: int, metrics: dict[str, float]) -> str:
+    """`step 40/200 | loss 0.412 | loss/eval 0.455 | lr 3.0e-04 | 1.9k tok/s` (loss = loss/train)."""
+    parts = [f"step {step}/{num_steps}"]
+    for key, value in metrics.items():
+        if key == "perf/tokens_per_s":
+            continue
+        name = "loss" if key == "loss/train" else key
+        parts.append(f"{name} {value:.2e}" if key == "lr" else f"{name} {value:.4g}")
+    if "perf/tokens_per_s" in metrics:
+        tps = metrics["perf/tokens_per_s"]
+        parts.append(f"{tps / 1000:.1f}k tok/s" if tps >= 1000 else f"{tps:.0f} tok/s")
+    return " | ".join(parts)
+
+
+class MetricsLogger:
+    """Appends {"step": s, **metrics} lines to <out>/metrics.jsonl and prints one console line per log step.
+
+    The first line of a run is {"config": {...}} (and {"config": ..., "resumed_from": s} on resume, after
+    dropping any records past step s that the interrupted run wrote after its last checkpoint).
+    `write` prints through tqdm so a progress bar (if any) stays at the bottom.
+    """
+
+    def __init__(self, out_dir: Path, num_steps: int, config: dict[str, Any], resumed_from: int = 0,
+                 quiet: bool = False):
+        self.path = Path(out_dir) / "metrics.jsonl"
+        self.num_steps, self.quiet = num_steps, quiet
+        kept = []
+        if resumed_from and self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line and json.loads(line).get("step", 0) <= resumed_from]
+        header = {"config": config, **({"resumed_from": resumed_from} if resumed_from else {})}
+        self.path.write_text("".join(line + "\n" for line in kept + [json.dumps(header)]))
+        self.write(f"config: {json.dumps(config)}")
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        self.write(format_metrics(step, self.num_steps, metrics))
+
+    def write(self, line: str) -> None:
+        if not self.quiet:
+            from tqdm import tqdm
+            tqdm.write(line, file=sys.stdout)
+
+
+def progress_bar(total: int, initial: int, desc: str):
+    """A tqdm bar on an interactive terminal; a no-op object otherwise (logs and CI stay clean)."""
+    from tqdm import tqdm
+    return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, leave=False,
+                disable=not sys.stderr.isatty())
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, float]]:
+    """The {"step", ...} records of a metrics.jsonl (config lines skipped), in file order."""
+    records = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return [r for r in records if "step" in r]
+
+
+def cosine_lr(step: int, lr: float, min_lr: float, warmup_steps: int, num_steps: int) -> float:
+    """Learning rate at optimizer step `step` (0-based): linear warmup, cosine decay to min_lr at num_steps."""
+    from cs336_alignment.nn_utils import get_lr_cosine_schedule
+    return get_lr_cosine_schedule(step, lr, min_lr, warmup_steps, max(num_steps - 1, warmup_steps))
+
+
+def finite_or_raise(loss: float, step: int) -> None:
+    """Stop a run whose loss became NaN/inf, naming the step (a bad lr is the usual cause)."""
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"loss is {loss} at step {step}: lower --lr or check the data")

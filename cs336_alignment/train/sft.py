@@ -1,0 +1,263 @@
+"""Supervised fine-tuning (SFT) on chat demonstrations, with the loss on the assistant's tokens only.
+
+    python -m cs336_alignment sft --init runs/pretrain/ckpt.pt                 # task-world demonstrations
+    python -m cs336_alignment sft --init CKPT --data train.jsonl               # your own data
+    python -m cs336_alignment sft --init CKPT --resume                         # continue runs/sft exactly
+
+--data accepts GSM8K {"question", "answer"}, {"prompt", "response"} or {"messages": [...]} lines
+(`data.load_sft_examples`; a bad line raises DataError naming file:line). Every conversation is rendered
+with the chat template; the tokens trained on are the assistant's content and its closing <|end|>
+(InstructGPT's SFT stage, Ouyang et al. 2022 §3.5). Per-token log-probs come from
+`logprobs.get_response_log_probs`, and the loss and backward pass from `sft.sft_microbatch_train_step`.
+
+Normalisation: each example's summed NLL is divided by one constant, the mean number of response tokens
+per training example. This makes every response token weigh the same whatever its sequence's length,
+and the loss reads as nats per token.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cs336_alignment.checkpoint import load_checkpoint, load_checkpoint_extra, rng_state, save_checkpoint, set_rng_state
+from cs336_alignment.data import collate_chat, load_sft_examples
+from cs336_alignment.logprobs import get_response_log_probs
+from cs336_alignment.model import TransformerConfig, TransformerLM
+from cs336_alignment.nn_utils import AdamW, clip_gradients
+from cs336_alignment.sft import sft_microbatch_train_step
+from cs336_alignment.train.common import (MetricsLogger, autocast, cosine_lr, finite_or_raise, get_device, load_model,
+                                          num_params, parse_config, progress_bar, run_dir, set_seed, set_threads)
+
+
+@dataclass
+class SFTConfig:
+    # --- run
+    name: str = "sft"
+    """run name: outputs go to runs/<name>/ unless --out is given"""
+    out: str = ""
+    """output directory (ckpt.pt, metrics.jsonl); default runs/<name>"""
+    seed: int = 0
+    """seed of the task-world data and the example order"""
+    device: str = "auto"
+    """cuda, mps, cpu, or auto (cuda, then mps, then cpu)"""
+    threads: int = 1
+    """torch.set_num_threads; 0 = torch's default (1 was fastest on a shared 2-core CPU)"""
+    resume: bool = False
+    """continue from <out>/ckpt.pt (same losses as an uninterrupted run)"""
+    init: str = ""
+    """checkpoint to start from (e.g. runs/pretrain/ckpt.pt); empty = random init with the model fields below"""
+    # --- data
+    data: str = ""
+    """jsonl of demonstrations; empty = the task world's train split"""
+    eval_data: str = ""
+    """jsonl for loss/eval; empty = the task world's test split (or the last examples of --data)"""
+    n_examples: int = 4000
+    """task-world demonstrations (when --data is empty)"""
+    n_eval_examples: int = 128
+    """examples for loss/eval"""
+    # --- model (used only without --init)
+    context_length: int = 128
+    """maximum sequence length; longer conversations are cut"""
+    d_model: int = 128
+    """residual stream width"""
+    num_layers: int = 4
+    """transformer blocks"""
+    num_heads: int = 4
+    """attention heads"""
+    d_ff: int = 384
+    """SwiGLU hidden width"""
+    # --- optimisation
+    num_steps: int = 300
+    """optimizer steps"""
+    batch_size: int = 32
+    """conversations per optimizer step (split into grad_accum_steps micro-batches)"""
+    grad_accum_steps: int = 1
+    """micro-batches per optimizer step; batch_size must be divisible by it"""
+    lr: float = 1e-3
+    """peak learning rate (after linear warmup)"""
+    min_lr: float = 1e-4
+    """learning rate at the end of the cosine decay"""
+    warmup_steps: int = 20
+    """linear warmup steps"""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay"""
+    beta1: float = 0.9
+    """AdamW beta1"""
+    beta2: float = 0.95
+    """AdamW beta2"""
+    grad_clip: float = 1.0
+    """clip the global gradient L2 norm to this value"""
+    fused_logprobs: bool = True
+    """memory-efficient log-probs from hidden states and lm_head (same values as log_softmax + gather)"""
+    # --- logging / eval / checkpoints
+    log_every: int = 20
+    """optimizer steps between console/metrics lines"""
+    eval_every: int = 100
+    """optimizer steps between loss/eval measurements (and at the last step)"""
+    checkpoint_every: int = 100
+    """optimizer steps between checkpoints (and at the last step)"""
+    quiet: bool = False
+    """no console lines (metrics.jsonl is still written)"""
+
+
+def load_conversations(cfg: SFTConfig) -> tuple[list, list]:
+    """(train, eval) lists of chat conversations (lists of {"role", "content"} messages)."""
+    from cs336_alignment import tasks
+
+    if cfg.data:
+        train = [e["messages"] for e in load_sft_examples(cfg.data)]
+    else:
+        train = tasks.sft_examples(cfg.n_examples, cfg.seed, split="train")
+    if cfg.eval_data:
+        evals = [e["messages"] for e in load_sft_examples(cfg.eval_data)][:cfg.n_eval_examples]
+    elif cfg.data:  # hold out the end of the file
+        n_eval = min(cfg.n_eval_examples, len(train) // 10)
+        train, evals = train[:len(train) - n_eval], train[len(train) - n_eval:]
+    else:
+        evals = tasks.sft_examples(cfg.n_eval_examples, cfg.seed, split="test")
+    if not train:
+        raise ValueError("no training conversations")
+    return train, evals
+
+
+def train(cfg: SFTConfig) -> dict:
+    """Run SFT. Returns {"checkpoint": path, "loss/train": last, "loss/eval": last, "steps": n}."""
+    from cs336_alignment.tokenizer import load_tokenizer
+
+    # ---------------------------------------------------------------------------------------------------
+    # Setup
+    # ---------------------------------------------------------------------------------------------------
+    if cfg.batch_size % cfg.grad_accum_steps:
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by grad_accum_steps {cfg.grad_accum_steps}")
+    micro_batch_size = cfg.batch_size // cfg.grad_accum_steps  # to be filled in at runtime
+    out = run_dir(cfg.name, cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "ckpt.pt"
+    set_threads(cfg.threads)
+    set_seed(cfg.seed)
+    device = get_device(cfg.device)
+
+    tokenizer = load_tokenizer()
+    if cfg.init:
+        model, init_extra = load_model(cfg.init, device)
+        model_config = TransformerConfig(**init_extra["model_config"])
+    else:
+        model_config = TransformerConfig(vocab_size=tokenizer.vocab_size, context_length=cfg.context_length,
+                                         d_model=cfg.d_model, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
+                                         d_ff=cfg.d_ff)
+        model = TransformerLM(model_config).to(device)
+    context = model_config.context_length
+    train_chats, eval_chats = load_conversations(cfg)
+    # One constant for the whole run: the mean number of trained-on tokens per conversation.
+    n_response = [sum(tokenizer.render(c)[1][1:context + 1]) for c in train_chats]
+    normalize_constant = float(np.mean(n_response))
+    optimizer = AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+
+    start_step = 0
+    if cfg.resume and ckpt_path.exists():
+        start_step = load_checkpoint(ckpt_path, model, optimizer)
+        set_rng_state(load_checkpoint_extra(ckpt_path)["rng"])
+    logger = MetricsLogger(out, cfg.num_steps, dataclasses.asdict(cfg), resumed_from=start_step, quiet=cfg.quiet)
+    logger.write(f"sft: {num_params(model) / 1e6:.2f}M parameters, {len(train_chats)} train / {len(eval_chats)} "
+                 f"eval conversations, {normalize_constant:.1f} response tokens per conversation, device {device}"
+                 + (f", resumed at step {start_step}" if start_step else ""))
+
+    @functools.lru_cache(maxsize=2)
+    def epoch_order(epoch: int) -> list[int]:
+        """A fresh permutation of the training conversations per epoch, a pure function of (seed, epoch):
+        resuming at any step draws the same examples without replaying a generator."""
+        generator = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
+        return torch.randperm(len(train_chats), generator=generator).tolist()
+
+    def batch_indices(step: int, micro: int) -> list[int]:
+        first = step * cfg.batch_size + micro * micro_batch_size  # position in the endless example stream
+        return [epoch_order(p // len(train_chats))[p % len(train_chats)]
+                for p in range(first, first + micro_batch_size)]
+
+    @torch.no_grad()
+    def evaluate() -> float:
+        """Mean NLL per response token on the held-out conversations (nats)."""
+        model.eval()
+        nll, count = 0.0, 0
+        for i in range(0, len(eval_chats), micro_batch_size):
+            batch = {k: v.to(device) for k, v in collate_chat(eval_chats[i:i + micro_batch_size], tokenizer,
+                                                               max_length=context).items()}
+            with autocast(device):
+                log_probs = get_response_log_probs(model, batch["input_ids"], batch["labels"],
+                                                   fused=cfg.fused_logprobs)["log_probs"]  # (B, T)
+            nll -= float((log_probs.float() * batch["response_mask"]).sum())
+            count += int(batch["response_mask"].sum())
+        model.train()
+        return nll / max(count, 1)
+
+    # ---------------------------------------------------------------------------------------------------
+    # Training loop
+    # ---------------------------------------------------------------------------------------------------
+    model.train()
+    window_nll, window_count, window_norms, window_tokens, t0 = 0.0, 0, [], 0, time.perf_counter()
+    last = {}
+    bar = progress_bar(cfg.num_steps, start_step, "sft")
+    for step in range(start_step, cfg.num_steps):
+        # --- learning rate: linear warmup then cosine decay
+        lr = cosine_lr(step, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.num_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        # --- forward / backward over micro-batches (gradient accumulation)
+        step_nll, step_count = 0.0, 0
+        for micro in range(cfg.grad_accum_steps):
+            chats = [train_chats[i] for i in batch_indices(step, micro)]
+            batch = {k: v.to(device) for k, v in collate_chat(chats, tokenizer, max_length=context).items()}
+            with autocast(device):
+                log_probs = get_response_log_probs(model, batch["input_ids"], batch["labels"],
+                                                   fused=cfg.fused_logprobs)["log_probs"]  # (B, T) nats
+            # Per conversation: -sum of response log-probs / normalize_constant; mean over the micro-batch;
+            # / grad_accum_steps, so the accumulated gradient is the mean over the whole batch. Calls backward.
+            loss, _ = sft_microbatch_train_step(log_probs, batch["response_mask"], cfg.grad_accum_steps,
+                                                normalize_constant=normalize_constant)
+            step_nll -= float((log_probs.detach().float() * batch["response_mask"]).sum())
+            step_count += int(batch["response_mask"].sum())
+            window_tokens += int((batch["input_ids"] != tokenizer.pad_token_id).sum())
+        finite_or_raise(step_nll, step + 1)
+
+        # --- update
+        grad_norm = clip_gradients(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        window_nll, window_count = window_nll + step_nll, window_count + step_count
+        window_norms.append(float(grad_norm))
+        bar.update(1)
+
+        # --- log / eval / checkpoint
+        done = step + 1
+        is_last = done == cfg.num_steps
+        is_eval = done % cfg.eval_every == 0 or is_last
+        if done % cfg.log_every == 0 or is_eval:
+            tokens_per_s = window_tokens / (time.perf_counter() - t0)  # training only, eval not counted
+            metrics = {"loss/train": window_nll / window_count, "lr": lr, "grad_norm": float(np.mean(window_norms))}
+            if is_eval:
+                metrics["loss/eval"] = evaluate()
+            metrics["perf/tokens_per_s"] = tokens_per_s
+            logger.log(done, metrics)
+            last.update(metrics)
+            window_nll, window_count, window_norms, window_tokens, t0 = 0.0, 0, [], 0, time.perf_counter()
+        if done % cfg.checkpoint_every == 0 or is_last:
+            save_checkpoint(model, optimizer, done, ckpt_path, config=dataclasses.asdict(cfg),
+                            model_config=dataclasses.asdict(model_config), rng=rng_state())
+    bar.close()
+    return {"checkpoint": str(ckpt_path), "steps": cfg.num_steps, "loss/train": last.get("loss/train"),
+            "loss/eval": last.get("loss/eval")}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = parse_config(SFTConfig, argv, "python -m cs336_alignment sft", __doc__.split("\n\n")[0])
+    return train(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+"""The grading plugin: points per part, parametrize splits, Gradescope results.json, no answers in the output.
+
+Each test runs pytest in a subprocess on a tiny synthetic test tree (no torch), with the plugin loaded both from
+the tree's conftest (as tests/conftest.py does) and with `-p` (as the CLI does).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import cs336_alignment
+from cs336_alignment.grading import part_number, redact
+
+REPO_ROOT = Path(cs336_alignment.__file__).resolve().parents[1]
+
+PYPROJECT = """
+[tool.pytest.ini_options]
+testpaths = ["tests"]
+markers = ["points(n): graded", "slow: slow"]
+"""
+
+CONFTEST = 'pytest_plugins = ["cs336_alignment.grading"]\n'
+
+TEST_PART = '''
+import pytest
+
+PART = "2.1 Losses"
+
+
+@pytest.mark.points(3)
+@pytest.mark.parametrize("x", [1, 2, 3])
+def test_param(x):
+    assert x != 3, "third case fails"
+
+
+@pytest.mark.points(2)
+def test_pass():
+    pass
+
+
+@pytest.mark.points(1)
+def test_chained():
+    try:
+        raise NotImplementedError
+    except NotImplementedError as e:
+        raise ValueError("wrapped") from e
+
+
+@pytest.mark.points(1)
+def test_leaky():
+    expected = "tensor([0.123456, (0.654321)])"
+    raise AssertionError("y" * 5000 + " expected " + expected)
+
+
+def test_ungraded():
+    pass
+
+
+@pytest.mark.skip(reason="not today")
+def test_ungraded_skipped():
+    pass
+
+
+def test_ungraded_fails():
+    raise KeyError("oops")
+'''
+
+TEST_MISC = '''
+import pytest
+
+
+@pytest.mark.points(2)
+def test_no_part():
+    pass
+'''
+
+TEST_HIDDEN = '''
+import pytest
+
+PART = "9 Hidden"
+
+
+@pytest.mark.points(1)
+def test_hidden():
+    pass
+'''
+
+
+def _tree(root: Path, files: dict[str, str]) -> Path:
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+    return root
+
+
+def _run(root: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYTHONDONTWRITEBYTECODE="1")
+    code = "import sys; from cs336_alignment.grading import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, "-p", "no:cacheprovider", *args], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory):
+    root = _tree(tmp_path_factory.mktemp("suite"), {
+        "pyproject.toml": PYPROJECT, "tests/conftest.py": CONFTEST, "tests/test_part.py": TEST_PART,
+        "tests/test_misc.py": TEST_MISC, "tests/hidden/test_hidden.py": TEST_HIDDEN,
+        "tests/test_broken.py": "import a_module_that_does_not_exist\n"})
+    proc = _run(root, "--results-json", "out/results.json", "--continue-on-collection-errors")
+    results = json.loads((root / "out/results.json").read_text())
+    return root, proc, results
+
+
+def test_results_json_scores_and_parametrize_split(suite):
+    _, _, r = suite
+    tests = {t["name"]: t for t in r["tests"]}
+    param = [tests[f"tests/test_part.py::test_param[{x}]"] for x in (1, 2, 3)]
+    assert [t["max_score"] for t in param] == [1.0, 1.0, 1.0]            # 3 points over 3 cases
+    assert [t["score"] for t in param] == [1.0, 1.0, 0.0]
+    assert [t["status"] for t in param] == ["passed", "passed", "failed"]
+    assert tests["tests/test_part.py::test_pass"]["score"] == 2.0
+    assert r["score"] == 2 + 2 + 2 + 1                                    # param, pass, misc, hidden
+    assert sum(t["max_score"] for t in r["tests"]) == 3 + 2 + 1 + 1 + 2 + 1
+    assert set(tests) == {t["name"] for t in r["tests"]}                  # graded only in "tests"
+    assert not any("ungraded" in name for name in tests)
+    assert isinstance(r["execution_time"], float)
+
+
+def test_results_json_fields(suite):
+    _, _, r = suite
+    tests = {t["name"]: t for t in r["tests"]}
+    t = tests["tests/test_part.py::test_pass"]
+    assert t["number"] == "2.1" and t["tags"] == ["2.1 Losses"] and "visibility" not in t
+    assert t["outcome"] == "passed" and t["exception"] is None and t["output"] == ""
+    misc = tests["tests/test_misc.py::test_no_part"]
+    assert misc["tags"] == ["misc"] and "number" not in misc
+    hidden = tests["tests/hidden/test_hidden.py::test_hidden"]
+    assert hidden["visibility"] == "after_due_date" and hidden["number"] == "9"
+    chained = tests["tests/test_part.py::test_chained"]
+    assert chained["outcome"] == "failed" and chained["exception"] == "ValueError"
+    assert chained["exception_chain"] == ["ValueError", "NotImplementedError"]
+    ungraded = {u["name"].split("::")[1]: u for u in r["extra_data"]["ungraded"]}
+    assert ungraded["test_ungraded"]["outcome"] == "passed"
+    assert ungraded["test_ungraded_skipped"]["outcome"] == "skipped"
+    assert ungraded["test_ungraded_fails"]["outcome"] == "failed"
+    assert ungraded["test_ungraded_fails"]["exception"] == "KeyError"
+    assert ungraded["test_ungraded_fails"]["tags"] == ["2.1 Losses"] and "score" not in ungraded["test_ungraded"]
+    (err,) = r["extra_data"]["collection_errors"]
+    assert err["name"] == "tests/test_broken.py" and "a_module_that_does_not_exist" in err["output"]
+    assert "could not be collected" in r["output"]
+
+
+def test_failure_output_is_short_and_redacted(suite):
+    _, _, r = suite
+    leaky = next(t for t in r["tests"] if t["name"].endswith("test_leaky"))
+    assert 0 < len(leaky["output"]) <= 2000
+    assert "0.123456" not in leaky["output"] and "0.654321" not in leaky["output"]
+    assert "tensor(<redacted>)" in leaky["output"]
+    assert redact("x = tensor([[1., 2.]], dtype=torch.float64) + array([3])") == \
+        "x = tensor(<redacted>) + array(<redacted>)"
+
+
+def test_terminal_table_per_part(suite):
+    _, proc, _ = suite
+    out = proc.stdout
+    assert proc.returncode == 1, out[-2000:]                              # some tests fail
+    section = out[out.index("= grade ="):]
+    lines = [line.split() for line in section.splitlines()[1:5]]
+    assert lines[0][:2] == ["2.1", "Losses"] and lines[0][2:5] == ["4.00", "/", "7.00"]
+    assert lines[1][:2] == ["9", "Hidden"] and lines[1][2:5] == ["1.00", "/", "1.00"]
+    assert lines[2][:4] == ["misc", "2.00", "/", "2.00"]
+    assert lines[3][:4] == ["TOTAL", "7.00", "/", "10.00"]
+
+
+def test_deselection_keeps_the_parametrize_split(tmp_path):
+    root = _tree(tmp_path, {"pyproject.toml": PYPROJECT, "tests/conftest.py": CONFTEST,
+                            "tests/test_part.py": TEST_PART})
+    proc = _run(root, "-k", "test_param and 1", "--results-json", "r.json")
+    (t,) = json.loads((root / "r.json").read_text())["tests"]
+    assert t["name"].endswith("test_param[1]") and t["max_score"] == 1.0 and t["score"] == 1.0, proc.stdout[-1000:]
+
+
+def test_points_marker_must_be_a_positive_number(tmp_path):
+    root = _tree(tmp_path, {"pyproject.toml": PYPROJECT, "tests/conftest.py": CONFTEST, "tests/test_bad.py": '''
+        import pytest
+
+        @pytest.mark.points("two")
+        def test_bad():
+            pass
+        '''})
+    proc = _run(root)
+    assert proc.returncode != 0 and "positive number" in proc.stdout + proc.stderr
+
+
+def test_part_number():
+    assert part_number("3.2 SFT") == "3.2"
+    assert part_number("10 Everything") == "10"
+    assert part_number("SFT") is None and part_number(None) is None

@@ -1,0 +1,380 @@
+"""The handout builder and its invert gate, on a tiny synthetic repo made in tmp_path (no torch in subprocesses).
+
+Marker lines are assembled from pieces (BS, ES, ...) so that this file itself holds no marker line.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import cs336_alignment
+from cs336_alignment import grading, handout
+from cs336_alignment.handout import HandoutError, build, check, strip_markers, stub_adapter_functions
+
+REPO_ROOT = Path(cs336_alignment.__file__).resolve().parents[1]
+BS, ES = "# BEGIN " + "SOLUTION", "# END " + "SOLUTION"
+BI, EI = "# BEGIN " + "INSTRUCTOR", "# END " + "INSTRUCTOR"
+HINT = "# TODO: implement this (the reference solution is {} line{})"
+
+OPS = f'''\
+"""Toy ops."""
+
+
+def scale_and_shift(x, factor, offset_value):
+    """x * factor + offset_value."""
+    if factor == 0:
+        raise ValueError("factor must be nonzero")
+    {BS}
+    # scale first
+    scaled_value = x * factor
+    return scaled_value + offset_value
+    {ES}
+
+
+class Accumulator:
+    def add(self, v):
+        {BS}
+        self.total_so_far = getattr(self, "total_so_far", 0) + v
+        {ES}
+        return self.total_so_far
+
+
+def helper(x):
+    return x + 1
+'''
+
+CONFTEST = f'''\
+pytest_plugins = ["cs336_alignment.grading"]
+
+
+def pytest_addoption(parser):
+    {BI}
+    parser.addoption("--regen-answers", action="store_true")
+    {EI}
+    pass
+
+
+def regen_flag(config):
+    if config:
+        {BI}
+        return config.getoption("--regen-answers")
+        {EI}
+    return False
+'''
+
+TEST_OPS = '''\
+import pytest
+
+from toypkg.ops import Accumulator, helper, scale_and_shift
+
+PART = "1.1 Ops"
+
+
+@pytest.mark.points(2)
+@pytest.mark.parametrize("x", [1, 2])
+def test_scale(x):
+    assert scale_and_shift(x, 2, 1) == 2 * x + 1
+
+
+@pytest.mark.points(1)
+def test_accumulator():
+    acc = Accumulator()
+    acc.add(2)
+    assert acc.add(3) == 5
+
+
+def test_helper():
+    assert helper(1) == 2
+
+
+def test_argument_checks_stay():
+    with pytest.raises(ValueError):
+        scale_and_shift(1, 0, 0)
+'''
+
+ADAPTERS = '''\
+"""Adapters."""
+
+
+def run_scale(x, factor, offset_value):
+    """Glue."""
+    from toypkg.ops import scale_and_shift
+    return scale_and_shift(x, factor, offset_value)
+
+
+def get_helper():
+    from toypkg.ops import helper
+    return helper
+
+
+def _private(x):
+    return x
+'''
+
+PYPROJECT = '''\
+[tool.pytest.ini_options]
+testpaths = ["tests"]
+markers = ["points(n): graded", "slow: slow"]
+
+[tool.cs336_alignment.handout]
+exclude = ["secret/**", "tests/hidden/**"]
+'''
+
+HIDDEN = '''\
+import pytest
+
+from toypkg.ops import scale_and_shift
+
+PART = "1.2 Hidden"
+
+
+@pytest.mark.points(1)
+def test_negative():
+    assert scale_and_shift(-1, 3, 0) == -3
+'''
+
+
+def notebook() -> str:
+    cells = [
+        {"cell_type": "markdown", "metadata": {}, "source": ["# Demo\n", "Run the cell below.\n"]},
+        {"cell_type": "code", "execution_count": 3, "metadata": {},
+         "outputs": [{"output_type": "stream", "name": "stdout", "text": ["42000\n"]}],
+         "source": ["from toypkg.ops import helper\n", BS + "\n", "answer_value = helper(41) * 1000\n",
+                    ES + "\n", "print(answer_value)"]},
+    ]
+    return json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
+
+
+def make_repo(root: Path) -> Path:
+    files = {"pyproject.toml": PYPROJECT, "README.md": "# Toy\n", "toypkg/__init__.py": "", "toypkg/ops.py": OPS,
+             "tests/conftest.py": CONFTEST, "tests/test_ops.py": TEST_OPS, "tests/adapters.py": ADAPTERS,
+             "tests/hidden/test_hidden.py": HIDDEN, "secret/notes.txt": "instructor notes\n",
+             "notebooks/demo.ipynb": notebook(), "toypkg/__pycache__/ops.cpython-311.pyc": "cache",
+             "runs/exp/metrics.jsonl": "{}\n"}
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _plugin_on_path(monkeypatch):
+    """Subprocesses import the grading plugin from this checkout (the synthetic repos have no cs336_alignment)."""
+    monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("handout")
+    repo, out, log = make_repo(root / "repo"), root / "out", []
+    result = build(repo, out, log=log.append)
+    return repo, out, result, log
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Markers
+# ---------------------------------------------------------------------------------------------------------
+
+def test_solution_region_becomes_indented_stub():
+    s = strip_markers(OPS, "toypkg/ops.py")
+    assert s.regions == 2
+    assert f"    {HINT.format(2, 's')}\n    raise NotImplementedError\n" in s.text   # comment lines not counted
+    assert f"        {HINT.format(1, '')}\n        raise NotImplementedError\n        return self.total_so_far" in s.text
+    assert 'raise ValueError("factor must be nonzero")' in s.text and '"""x * factor + offset_value."""' in s.text
+    assert "scaled_value" not in s.text and "total_so_far +" not in s.text
+    assert [line for _, line in s.solution][:2] == ["# scale first", "scaled_value = x * factor"]
+    assert s.solution[1][0] == 10                                       # source line numbers
+    namespace = {}
+    exec(compile(s.text, "ops.py", "exec"), namespace)
+    with pytest.raises(ValueError):
+        namespace["scale_and_shift"](1, 0, 0)
+    with pytest.raises(NotImplementedError):
+        namespace["scale_and_shift"](1, 2, 3)
+
+
+def test_instructor_regions_dropped_and_empty_blocks_get_pass():
+    s = strip_markers(CONFTEST, "tests/conftest.py")
+    assert "--regen-answers" not in s.text and "INSTRUCTOR" not in s.text and s.instructor_lines == 2 and not s.solution
+    assert "    if config:\n        pass\n    return False" in s.text     # the block would have been empty
+    assert "def pytest_addoption(parser):\n    pass\n\n" in s.text         # the `pass` that was there; no second one
+    compile(s.text, "conftest.py", "exec")
+
+
+@pytest.mark.parametrize("text, line, message", [
+    (f"def f():\n    {BS}\n    {BS}\n    x = 1\n    {ES}\n", 3, "nested"),
+    (f"def f():\n    {BS}\n    x = 1\n", 2, "never closed"),
+    (f"def f():\n    x = 1\n    {ES}\n", 3, "without a matching"),
+    (f"def f():\n    {BS}\n    x = 1\n    {EI}\n", 4, "closes the SOLUTION region"),
+    ("def f():\n    ### BEGIN SOLUTION\n    x = 1\n", 2, "malformed marker"),
+    (f"{BS}\nX = 1\n{ES}\n", 1, "module level"),
+])
+def test_bad_markers_name_file_and_line(text, line, message):
+    with pytest.raises(HandoutError, match=f"^pkg/bad.py:{line}: .*{message}"):
+        strip_markers(text, "pkg/bad.py")
+
+
+def test_build_refuses_bad_markers_and_writes_nothing(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    (repo / "toypkg/bad.py").write_text(f"def f():\n    {BS}\n    return 1\n")
+    with pytest.raises(HandoutError, match="toypkg/bad.py:2: '# BEGIN SOLUTION' is never closed"):
+        build(repo, tmp_path / "out", log=lambda *a: None)
+    assert not (tmp_path / "out").exists()
+
+
+def test_tooling_files_hold_no_markers():
+    for path in [Path(handout.__file__), Path(grading.__file__), Path(__file__),
+                 Path(__file__).with_name("test_grading.py")]:
+        assert strip_markers(path.read_text(), path.name).regions == 0
+
+
+def test_stub_adapters():
+    text = stub_adapter_functions(ADAPTERS)
+    assert '    """Glue."""\n    raise NotImplementedError\n\n\ndef get_helper():\n    raise NotImplementedError\n' in text
+    assert "def _private(x):\n    return x" in text                     # only run_*/get_* functions
+    assert stub_adapter_functions(text) == text                          # idempotent
+
+
+# ---------------------------------------------------------------------------------------------------------
+# build + check on the synthetic repo
+# ---------------------------------------------------------------------------------------------------------
+
+def test_build_output(built):
+    repo, out, result, log = built
+    assert log[0] == "5 solution lines stripped from 2 files"         # 3 + 1 in ops.py, 1 in the notebook
+    files = set(handout.list_files(out))
+    assert "secret/notes.txt" not in files and "tests/hidden/test_hidden.py" not in files
+    assert not (out / "runs").exists() and not (out / "toypkg/__pycache__").exists()
+    assert (out / "tests/adapters.py").read_text() == ADAPTERS            # working glue by default
+    meta = json.loads((out.parent / "out.solution-lines.json").read_text())
+    assert meta["n_lines"] == 5 and {x["file"] for x in meta["lines"]} == {"toypkg/ops.py", "notebooks/demo.ipynb"}
+    nb = json.loads((out / "notebooks/demo.ipynb").read_text())
+    code = nb["cells"][1]
+    assert code["outputs"] == [] and code["execution_count"] is None
+    assert code["source"] == ["from toypkg.ops import helper\n", HINT.format(1, "") + "\n",
+                              "raise NotImplementedError\n", "print(answer_value)"]
+    assert nb["cells"][0]["source"] == ["# Demo\n", "Run the cell below.\n"]
+
+
+def test_check_passes_on_clean_handout(built):
+    _, out, _, _ = built
+    log = []
+    failures = check(out, "toypkg", log=log.append)
+    assert failures == [], "\n".join(log)
+    assert any("handout score: 0 / 3 points over 3 graded tests" in line for line in log)
+    results = json.loads((out.parent / "out.check-results.json").read_text())
+    assert {t["outcome"] for t in results["tests"]} == {"failed"}
+
+
+def test_check_reports_every_kind_of_problem(built, tmp_path):
+    _, clean, _, _ = built
+    out = tmp_path / "out"
+    shutil.copytree(clean, out)
+    shutil.copy(clean.parent / "out.solution-lines.json", tmp_path / "out.solution-lines.json")
+    with open(out / "tests/test_ops.py", "a") as f:
+        f.write("\n\n@pytest.mark.points(1)\ndef test_free():\n    assert helper(1) == 2\n"
+                "\n\n@pytest.mark.points(1)\ndef test_wrong_error():\n    raise KeyError('x')\n"
+                "\n\ndef test_ungraded_broken():\n    assert helper(1) == 3\n")
+    (out / "README.md").write_text("# Toy\nHint: `scaled_value = x * factor`\n")
+    (out / "toypkg/broken.py").write_text(f"raise RuntimeError('boom')\n\n\ndef g():\n    {BS}\n    return 1\n    {ES}\n")
+    nb = json.loads((out / "notebooks/demo.ipynb").read_text())
+    nb["cells"][1]["outputs"] = [{"output_type": "stream", "name": "stdout", "text": ["42000\n"]}]
+    (out / "notebooks/demo.ipynb").write_text(json.dumps(nb))
+    log = []
+    failures = check(out, "toypkg", log=log.append)
+    text = "\n".join(failures)
+    assert "markers: toypkg/broken.py:5: " + BS in text
+    assert "notebook outputs: notebooks/demo.ipynb cell 1" in text
+    assert "idempotence: toypkg/broken.py: changes when building from the handout" in text
+    assert "solution leaks: README.md:2: 'scaled_value = x * factor' (solution line toypkg/ops.py:10)" in text
+    assert "imports: toypkg.broken: RuntimeError: boom" in text
+    assert "tests/test_ops.py::test_free: graded test passes in the handout (free points)" in text
+    assert "tests/test_ops.py::test_wrong_error: graded test failed with KeyError, not NotImplementedError" in text
+    assert "tests/test_ops.py::test_ungraded_broken: ungraded test failed with AssertionError" in text
+    assert {f.split(":")[0] for f in failures} == {"markers", "notebook outputs", "idempotence", "solution leaks",
+                                                   "imports", "tests"}
+    assert log[-1] == "handout check: FAILED"
+    assert handout.main(["check", str(out), "--package", "toypkg"]) == 1
+
+
+def test_stub_adapters_build_passes_check(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    (repo / "tests/test_adapters_glue.py").write_text(
+        "from adapters import get_helper\n\n\ndef test_glue():\n    assert get_helper()(1) == 2\n")
+    (repo / "tests/conftest.py").write_text(CONFTEST + "\nimport sys, os\nsys.path.insert(0, os.path.dirname(__file__))\n")
+    out = tmp_path / "out"
+    assert handout.main(["build", str(out), "--repo", str(repo), "--stub-adapters"]) == 0
+    assert "raise NotImplementedError" in (out / "tests/adapters.py").read_text()
+    log = []
+    assert check(out, "toypkg", log=log.append) == [], "\n".join(log)   # ungraded glue test may raise NIE here
+
+
+def test_build_refuses_to_overwrite_a_foreign_directory(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious/file.txt").write_text("keep me")
+    with pytest.raises(HandoutError, match="not a handout built by this tool"):
+        build(repo, tmp_path / "precious", log=lambda *a: None)
+    with pytest.raises(HandoutError, match="contains the repository"):
+        build(repo, tmp_path, log=lambda *a: None)
+    build(repo, tmp_path / "h", log=lambda *a: None)
+    build(repo, tmp_path / "h", log=lambda *a: None)                      # rebuilding a handout is fine
+
+
+def test_git_repo_copies_tracked_and_untracked_but_not_ignored(tmp_path):
+    if shutil.which("git") is None:
+        pytest.skip("git not installed")
+    repo = make_repo(tmp_path / "repo")
+    (repo / ".gitignore").write_text("ignored.txt\n__pycache__/\nruns/\n")
+    (repo / "ignored.txt").write_text("x")
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    files = handout.list_files(repo)
+    assert "ignored.txt" not in files and "toypkg/ops.py" in files and ".gitignore" in files
+    assert not any(f.startswith((".git/", "runs/")) or "__pycache__" in f for f in files)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Gradescope autograder zip and the student's submission
+# ---------------------------------------------------------------------------------------------------------
+
+def test_autograder_zip_grades_a_submission(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    zip_path = tmp_path / "autograder.zip"
+    handout.autograder(zip_path, repo, package="toypkg", log=lambda *a: None)
+    root = tmp_path / "ag"
+    with zipfile.ZipFile(zip_path) as z:
+        names = set(z.namelist())
+        assert {"setup.sh", "run_autograder", "handout/tests/hidden/test_hidden.py"} <= names
+        assert "handout/secret/notes.txt" not in names
+        assert z.getinfo("run_autograder").external_attr >> 16 & 0o111
+        z.extractall(root / "source")
+    (root / "submission/my_repo/toypkg").mkdir(parents=True)
+    shutil.copy(repo / "toypkg/ops.py", root / "submission/my_repo/toypkg/ops.py")   # the student's solution
+    env = dict(os.environ, AUTOGRADER_ROOT=str(root))
+    proc = subprocess.run(["bash", str(root / "source/run_autograder")], env=env, capture_output=True, text=True,
+                          timeout=120)
+    results = json.loads((root / "results/results.json").read_text())
+    assert results["score"] == 4 == sum(t["max_score"] for t in results["tests"]), proc.stdout[-2000:]
+    hidden = next(t for t in results["tests"] if "hidden" in t["name"])
+    assert hidden["visibility"] == "after_due_date"
+
+
+def test_submit_zips_package_and_notebooks_only(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    (repo / "toypkg/weights.pt").write_text("big")
+    (repo / "data").mkdir()
+    (repo / "data/train.jsonl").write_text("{}\n")
+    zip_path = tmp_path / "submission.zip"
+    handout.submit(repo, zip_path, package="toypkg", log=lambda *a: None)
+    with zipfile.ZipFile(zip_path) as z:
+        names = set(z.namelist())
+        results = json.loads(z.read("test_results.json"))
+    assert names == {"toypkg/__init__.py", "toypkg/ops.py", "notebooks/demo.ipynb", "test_results.json"}
+    assert results["score"] == 4                                           # the solution (hidden tests too)

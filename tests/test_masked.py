@@ -1,0 +1,146 @@
+"""Masked reductions: masked_mean, masked_normalize, masked_whiten."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tests.adapters import run_masked_mean, run_masked_normalize, run_masked_whiten
+
+PART = "3.1 Masked reductions"
+
+
+@pytest.fixture
+def tensor_and_mask():
+    tensor = torch.randn(4, 6)                                   # (B, T)
+    mask = torch.rand(4, 6) > 0.4                                # (B, T) bool
+    mask[:, 0] = True                                            # no empty row or column
+    mask[0, :] = True
+    return tensor, mask
+
+
+def _reduce_over(tensor, mask, dim):
+    """Naive oracle: masked sums and counts over `dim` (None = everything), with python loops."""
+    B, T = tensor.shape
+    if dim is None:
+        groups = [[(b, t) for b in range(B) for t in range(T)]]
+    elif dim % 2 == 1:                                            # reduce over T: one group per row
+        groups = [[(b, t) for t in range(T)] for b in range(B)]
+    else:                                                         # reduce over B: one group per column
+        groups = [[(b, t) for b in range(B)] for t in range(T)]
+    sums = [sum(tensor[b, t].item() for b, t in group if mask[b, t]) for group in groups]
+    counts = [sum(bool(mask[b, t]) for b, t in group) for group in groups]
+    return (sums[0], counts[0]) if dim is None else (sums, counts)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# masked_mean
+# ---------------------------------------------------------------------------------------------------------
+
+@pytest.mark.points(1)
+def test_masked_mean_hand_computed():
+    tensor = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    mask = torch.tensor([[True, True, False], [False, False, True]])
+    torch.testing.assert_close(run_masked_mean(tensor, mask), torch.tensor(3.0), msg="dim=None")   # (1+2+6)/3
+    torch.testing.assert_close(run_masked_mean(tensor, mask, dim=1), torch.tensor([1.5, 6.0]), msg="dim=1")
+    torch.testing.assert_close(run_masked_mean(tensor, mask, dim=0), torch.tensor([1.0, 2.0, 6.0]), msg="dim=0")
+    # A 0/1 float mask means the same as a bool mask.
+    torch.testing.assert_close(run_masked_mean(tensor, mask.float(), dim=1), torch.tensor([1.5, 6.0]),
+                               msg="float mask")
+
+
+@pytest.mark.points(2)
+@pytest.mark.parametrize("dim", [None, 0, 1, -1])
+def test_masked_mean(numpy_snapshot, tensor_and_mask, dim):
+    tensor, mask = tensor_and_mask
+    out = run_masked_mean(tensor=tensor, mask=mask, dim=dim)
+    sums, counts = _reduce_over(tensor, mask, dim)
+    expected = torch.tensor(sums) / torch.tensor(counts, dtype=torch.float32)
+    assert out.shape == expected.shape, "wrong output shape (no keepdim; 0-d for dim=None)"
+    torch.testing.assert_close(out, expected, msg="masked_mean differs from the naive loop")
+    numpy_snapshot.assert_match(out, f"test_masked_mean_dim{dim}")
+
+
+@pytest.mark.points(1)
+def test_masked_mean_empty_slice_is_nan():
+    tensor = torch.randn(2, 3)
+    mask = torch.tensor([[True, False, True], [False, False, False]])
+    out = run_masked_mean(tensor, mask, dim=-1)
+    assert torch.isfinite(out[0]), "a row with masked entries must be finite"
+    assert torch.isnan(out[1]), "a row without masked entries is 0/0 = NaN (do not clamp the count)"
+
+
+def test_masked_mean_ignores_nonfinite_masked_out_entries():
+    tensor = torch.tensor([[1.0, float("-inf"), 3.0], [float("nan"), 2.0, 4.0]])
+    mask = torch.tensor([[True, False, True], [False, True, True]])
+    torch.testing.assert_close(run_masked_mean(tensor, mask, dim=-1), torch.tensor([2.0, 3.0]))
+
+
+@pytest.mark.points(1)
+def test_masked_mean_gradcheck(tensor_and_mask):
+    tensor, mask = tensor_and_mask
+    x = tensor.double().requires_grad_()
+    for dim in (None, 0, 1):
+        assert torch.autograd.gradcheck(lambda t: run_masked_mean(t, mask, dim), (x,)), f"dim={dim}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# masked_normalize
+# ---------------------------------------------------------------------------------------------------------
+
+@pytest.mark.points(2)
+@pytest.mark.parametrize("dim", [None, 0, 1, -1])
+@pytest.mark.parametrize("normalize_constant", [1.0, 42.0])
+def test_masked_normalize(numpy_snapshot, tensor_and_mask, dim, normalize_constant):
+    tensor, mask = tensor_and_mask
+    out = run_masked_normalize(tensor=tensor, mask=mask, dim=dim, normalize_constant=normalize_constant)
+    sums, _ = _reduce_over(tensor, mask, dim)
+    expected = torch.tensor(sums) / normalize_constant
+    assert out.shape == expected.shape, "wrong output shape"
+    torch.testing.assert_close(out, expected, msg="masked_normalize differs from the naive loop")
+    numpy_snapshot.assert_match(out, f"test_masked_normalize_dim{dim}_c{normalize_constant:g}")
+
+
+@pytest.mark.points(1)
+def test_masked_normalize_gradcheck(tensor_and_mask):
+    tensor, mask = tensor_and_mask
+    x = tensor.double().requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: run_masked_normalize(t, mask, -1, 7.0), (x,))
+    assert torch.autograd.gradcheck(lambda t: run_masked_normalize(t, mask, None, 0.5), (x,))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# masked_whiten
+# ---------------------------------------------------------------------------------------------------------
+
+@pytest.mark.points(2)
+@pytest.mark.parametrize("shift_mean", [True, False])
+def test_masked_whiten(numpy_snapshot, tensor_and_mask, shift_mean):
+    tensor, mask = tensor_and_mask
+    tensor = 3.0 * tensor + 1.5
+    out = run_masked_whiten(values=tensor, mask=mask, shift_mean=shift_mean)
+    selected = [v.item() for v, m in zip(tensor.flatten(), mask.flatten()) if m]
+    n = len(selected)
+    mean = sum(selected) / n
+    var = sum((v - mean) ** 2 for v in selected) / (n - 1)                        # unbiased
+    expected = torch.zeros_like(tensor)
+    for b in range(tensor.shape[0]):
+        for t in range(tensor.shape[1]):
+            if mask[b, t]:
+                expected[b, t] = (tensor[b, t].item() - mean) / math.sqrt(var + 1e-8) + (0 if shift_mean else mean)
+    torch.testing.assert_close(out, expected, msg="masked_whiten differs from the naive formula")
+    numpy_snapshot.assert_match(out, f"test_masked_whiten_shift{shift_mean}")
+
+
+@pytest.mark.points(1)
+def test_masked_whiten_gradcheck(tensor_and_mask):
+    tensor, mask = tensor_and_mask
+    x = tensor.double().requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: run_masked_whiten(t, mask, True), (x,))
+    assert torch.autograd.gradcheck(lambda t: run_masked_whiten(t, mask, False), (x,))
+
+
+def test_masked_whiten_needs_two_entries():
+    with pytest.raises(ValueError):
+        run_masked_whiten(torch.randn(2, 3), torch.tensor([[True, False, False], [False, False, False]]))

@@ -1,0 +1,173 @@
+"""The task world: answer parsers and the gold reward (graded), the problem generator (ungraded).
+
+Oracles: CS336 assignment 5's parser examples, hand-graded responses (including real GSM8K answers),
+and the worked steps of every generated problem re-evaluated with Python arithmetic.
+"""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from cs336_alignment.tasks import (ENDOFTEXT, MAX_OPERAND, MAX_VALUE, format_raw_prompt, generate_problems,
+                                   gold_reward, pretraining_text, sft_examples, split_of)
+from tests.adapters import run_parse_gsm8k_response, run_parse_mmlu_response
+
+PART = "2.1 Answer parsing and gold reward"
+
+GSM8K_ANSWER = ("Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n"
+                "Natalia sold 48+24 = <<48+24=72>>72 clips altogether in April and May.\n#### 72")
+MMLU_EXAMPLE = {"subject": "virology", "question": "How many human polyomaviruses are known at present?",
+                "options": ["100", "1", "10", "unknown"], "answer": "A"}
+
+
+# ----------------------------------------------------------------------------
+# Parsers (CS336 assignment 5)
+
+@pytest.mark.points(1)
+def test_parse_gsm8k_response():
+    output = ("Natalia sold 48/2 = 24 clips in May. Natalia sold 48+24 = 72 clips altogether in April and May. "
+              "The answer is 72.")
+    assert run_parse_gsm8k_response(model_output=output) == "72"
+    assert run_parse_gsm8k_response(model_output="It costs $1,234 in total, not 5") == "5"
+    assert run_parse_gsm8k_response(model_output="It costs $1,234.") == "1234"
+    assert run_parse_gsm8k_response(model_output="x = -3") == "-3"
+    assert run_parse_gsm8k_response(model_output="48-24") == "24"          # a minus after a digit is not a sign
+    assert run_parse_gsm8k_response(model_output="The price is 3.50 now") == "3.50"
+    assert run_parse_gsm8k_response(model_output="5 + 7 = 12\n12 - 3 = 9\n#### 9") == "9"
+
+
+@pytest.mark.points(1)
+def test_parse_gsm8k_response_unknown():
+    output = ("Natalia sold twenty-four clips in May. Thus, Natalia sold seventy-two clips altogether in April "
+              "and May. The answer is seventy-two.")
+    assert run_parse_gsm8k_response(model_output=output) is None
+    assert run_parse_gsm8k_response(model_output="") is None
+
+
+@pytest.mark.points(1)
+def test_parse_mmlu_response():
+    output = "The correct answer is B. There are 14 known human polyomaviruses."
+    assert run_parse_mmlu_response(mmlu_example=MMLU_EXAMPLE, model_output=output) == "B"
+    assert run_parse_mmlu_response(mmlu_example=MMLU_EXAMPLE, model_output="the correct answer is: (D)") == "D"
+    two = "The correct answer is A. Wait, no: the correct answer is C"
+    assert run_parse_mmlu_response(mmlu_example=MMLU_EXAMPLE, model_output=two) == "C"   # the last one counts
+
+
+@pytest.mark.points(1)
+def test_parse_mmlu_response_unknown():
+    for output in ["The correct answer is 10000 polyomaviruses.", "The correct answer is a mystery.",
+                   "The correct answer is E.", "I think B."]:
+        assert not run_parse_mmlu_response(mmlu_example=MMLU_EXAMPLE, model_output=output), output
+
+
+# ----------------------------------------------------------------------------
+# Gold reward
+
+def R(response: str, truth: str) -> tuple[float, float, float]:
+    r = gold_reward(response, truth)
+    assert set(r) == {"reward", "format_reward", "answer_reward"}
+    return r["reward"], r["format_reward"], r["answer_reward"]
+
+
+@pytest.mark.points(2)
+def test_gold_reward_task_world_cases():
+    truth = "5 + 7 = 12\n12 - 3 = 9\n#### 9"
+    assert R(truth, truth) == (1.0, 1.0, 1.0)
+    assert R("#### 9", "9") == (1.0, 1.0, 1.0)                                # truth given as the number only
+    assert R(" 5 + 7 = 12\n12 - 3 = 9\n#### 9<|end|>", truth) == (1.0, 1.0, 1.0)   # trailing end-of-turn marker
+    assert R("5 + 7 = 12\n#### 9\n\n  ", truth) == (1.0, 1.0, 1.0)             # trailing whitespace
+    assert R("5 + 7 = 12\n12 - 3 = 8\n#### 8", truth) == (0.0, 1.0, 0.0)      # formatted, wrong
+    assert R("5 + 7 = 12\n12 - 3 = 9", truth) == (0.0, 0.0, 0.0)              # right number, no final line
+    assert R("The answer is 9", truth) == (0.0, 0.0, 0.0)
+    assert R("#### 9\nQuestion: Tom has 3 apples.", truth) == (0.0, 0.0, 0.0)  # rambles past the answer
+    assert R("#### nine", truth) == (0.0, 0.0, 0.0)
+    assert R("", truth) == (0.0, 0.0, 0.0)
+
+
+@pytest.mark.points(2)
+def test_gold_reward_gsm8k_number_formats():
+    assert R("48/2 = 24\n48 + 24 = 72\n#### 72", GSM8K_ANSWER) == (1.0, 1.0, 1.0)
+    assert R("#### 1,234", "1234") == (1.0, 1.0, 1.0)
+    assert R("#### 1234", "#### 1,234") == (1.0, 1.0, 1.0)
+    assert R("#### -5", "-5") == (1.0, 1.0, 1.0)
+    assert R("#### 5", "-5") == (0.0, 1.0, 0.0)
+    assert R("#### 3.50", "3.5") == (1.0, 1.0, 1.0)
+    assert R("#### 18.00", "18") == (1.0, 1.0, 1.0)
+    assert R("#### 3.51", "3.5") == (0.0, 1.0, 0.0)
+    assert R("#### $18", "18") == (1.0, 1.0, 1.0)
+    assert R("#### 18.", "18") == (1.0, 1.0, 1.0)
+    assert R("####18", "18") == (1.0, 1.0, 1.0)
+    assert R("#### 1,23", "123") == (0.0, 0.0, 0.0)                         # not a number
+    with pytest.raises(ValueError):
+        gold_reward("#### 1", "no number here")
+
+
+@pytest.mark.points(1)
+def test_gold_reward_on_generated_problems():
+    for p in generate_problems(200, "test", seed=5):
+        assert R(p["answer"], p["answer"]) == (1.0, 1.0, 1.0)
+        final = int(p["answer"].rsplit("#### ", 1)[1])
+        wrong = p["answer"].rsplit("#### ", 1)[0] + f"#### {final + 1}"
+        assert R(wrong, p["answer"]) == (0.0, 1.0, 0.0)
+
+
+# ----------------------------------------------------------------------------
+# The generator (ungraded infrastructure: must work in the handout)
+
+STEP = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
+
+
+def test_generate_problems_deterministic_and_prefix_stable():
+    a = generate_problems(60, "train", seed=3)
+    assert a == generate_problems(60, "train", seed=3)
+    assert generate_problems(20, "train", seed=3) == a[:20]
+    assert a != generate_problems(60, "train", seed=4)
+    assert len({p["question"] for p in a}) == 60
+    assert generate_problems(0, "test") == []
+    with pytest.raises(ValueError):
+        generate_problems(3, "validation")
+
+
+def test_train_and_test_are_disjoint():
+    train = {p["question"] for seed in (0, 1) for p in generate_problems(1500, "train", seed=seed)}
+    test = {p["question"] for seed in (0, 1) for p in generate_problems(300, "test", seed=seed)}
+    assert not train & test
+    assert all(split_of(q) == "test" for q in test) and all(split_of(q) == "train" for q in train)
+
+
+def test_worked_steps_are_correct_and_in_range():
+    ops = {"+": lambda x, y: x + y, "-": lambda x, y: x - y, "*": lambda x, y: x * y, "/": lambda x, y: x / y}
+    n_steps = set()
+    for p in generate_problems(400, "train", seed=7):
+        *lines, final = p["answer"].split("\n")
+        steps = [STEP.fullmatch(line) for line in lines]
+        assert all(steps) and final.startswith("#### "), p["answer"]
+        n_steps.add(len(steps))
+        previous = None
+        operands = []
+        for x, op, y, z in (s.groups() for s in steps):
+            x, y, z = int(x), int(y), int(z)
+            assert ops[op](x, y) == z                        # the arithmetic itself
+            assert 1 <= z <= MAX_VALUE and 1 <= y <= MAX_OPERAND
+            assert previous is None or x == previous         # a chain on one quantity
+            assert previous is not None or 1 <= x <= MAX_OPERAND
+            operands += [x] if previous is None else []
+            operands.append(y)
+            previous = z
+        assert int(final[5:]) == previous
+        # The question states exactly the operands, in order (names and objects carry no digits).
+        assert [int(n) for n in re.findall(r"\d+", p["question"])] == operands, p
+    assert n_steps == {1, 2, 3}
+
+
+def test_raw_and_chat_formats():
+    assert format_raw_prompt("Tom has 2 apples.") == "Question: Tom has 2 apples.\nAnswer:"
+    text = pretraining_text(5, seed=2)
+    docs = text.split(ENDOFTEXT)
+    assert docs[-1] == "" and len(docs) == 6
+    for doc, p in zip(docs, generate_problems(5, "train", seed=2)):
+        assert doc == f"Question: {p['question']}\nAnswer: {p['answer']}"
+    chats = sft_examples(3, seed=2)
+    assert [c[0]["content"] for c in chats] == [p["question"] for p in generate_problems(3, "train", seed=2)]
+    assert all([m["role"] for m in c] == ["user", "assistant"] for c in chats)
