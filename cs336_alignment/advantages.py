@@ -1,7 +1,7 @@
 """Advantages: how much better than expected was each response (or each token)?
 
 - Group baselines (no critic): GRPO's group-normalized rewards (Shao et al. 2024, DeepSeekMath, eq. 3 and
-  §4.1.2) and RLOO's leave-one-out baseline (Ahmadian et al. 2024, "Back to Basics", eq. 5).
+  §4.1.2) and RLOO's leave-one-out baseline (Ahmadian et al. 2024, "Back to Basics").
 - A learned critic: generalized advantage estimation, GAE(gamma, lambda) (Schulman et al. 2016, eq. 16),
   over the response tokens of a (B, T) batch, for PPO.
 - PPO's per-token rewards: the sequence score at the last token minus beta * KL to the reference at every
@@ -100,7 +100,7 @@ def compute_group_normalized_rewards(reward_fn: Callable[[str, str], dict[str, f
 
 
 def compute_rloo_advantages(rewards: Tensor, group_size: int) -> Tensor:
-    """REINFORCE leave-one-out (RLOO) advantages (Ahmadian et al. 2024, eq. 5; Kool et al. 2019).
+    """REINFORCE leave-one-out (RLOO) advantages (Ahmadian et al. 2024; Kool et al. 2019).
 
     A_i = r_i - mean_{j != i} r_j over the G responses to the same prompt: each sample's baseline uses only
     the *other* samples, so it is independent of the sample and the gradient estimate stays unbiased
@@ -121,7 +121,7 @@ def compute_rloo_advantages(rewards: Tensor, group_size: int) -> Tensor:
     # BEGIN SOLUTION
     grouped = rewards.view(-1, group_size)                                     # (n_groups, G)
     baseline = (grouped.sum(dim=-1, keepdim=True) - grouped) / (group_size - 1)  # mean of the others
-    return (grouped - baseline).reshape(-1)                                    # RLOO eq. 5
+    return (grouped - baseline).reshape(-1)                                    # RLOO (Ahmadian et al. 2024)
     # END SOLUTION
 
 
@@ -135,7 +135,7 @@ def compute_gae(rewards: Tensor, values: Tensor, response_mask: Tensor, gamma: f
 
     Tokens where response_mask is 0 (prompt, padding) are skipped: the "next" state of a response token is
     the next *masked* token of its row, and the last masked token is terminal (value 0 after it). With
-    delta_t = r_t + gamma * V_{t+1} - V_t (Schulman et al. 2016, eq. 10):
+    the TD residual delta_t = r_t + gamma * V_{t+1} - V_t (Schulman et al. 2016, §3):
         A_t = delta_t + gamma * lam * A_{t+1}     (the recursive form of eq. 16)
         R_t = A_t + V_t                           (the lambda-return, the value target)
     lam = 1 gives the Monte Carlo return minus the value; lam = 0 the one-step TD error.
@@ -166,7 +166,7 @@ def compute_gae(rewards: Tensor, values: Tensor, response_mask: Tensor, gamma: f
     next_value = torch.zeros(B, dtype=rewards.dtype, device=rewards.device)    # V of the next masked token
     next_advantage = torch.zeros_like(next_value)                              # A of the next masked token
     for t in reversed(range(T)):
-        delta = rewards[:, t] + gamma * next_value - values[:, t]              # TD error, GAE eq. 10
+        delta = rewards[:, t] + gamma * next_value - values[:, t]              # TD residual (GAE §3)
         advantage = delta + gamma * lam * next_advantage                       # GAE eq. 16, recursively
         m = mask[:, t]
         advantages[:, t] = torch.where(m, advantage, 0.0)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import ast
 import fnmatch
+import io
 import json
 import os
 import re
@@ -32,6 +33,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
+import tokenize
 import tomllib
 import zipfile
 from dataclasses import dataclass, field
@@ -47,15 +50,20 @@ HIDDEN_TESTS = "tests/hidden/**"      # left out of the student handout, kept in
 SKIP_DIRS = {".git", "__pycache__", ".pytest_cache", ".ipynb_checkpoints", ".mypy_cache", ".ruff_cache"}
 SKIP_TOP_DIRS = {"runs", "build", "dist"}
 
-# Leak check: stripped solution lines this long must not appear anywhere in the handout, except these generic ones.
+# Leak check: a solution line (the first line of a statement, or a comment) this long must not appear anywhere in
+# the handout, unless it is generic: listed here or matching a pattern below (checked on the stripped line).
 LEAK_MIN_CHARS = 12
 LEAK_ALLOW = {
-    "return loss, metadata", "return loss, metrics", "return loss, meta", "loss.backward()",
-    "return loss, metadata, metrics", "return tuple(outputs)", "return outputs", "return metrics",
-    "return metadata", "metadata = {}", "metrics = {}", "B, T = input_ids.shape", "B, T, V = logits.shape",
-    "return total_norm", "return advantages", "return log_probs", "return logits", "return self.weight",
-    "else:", "@torch.no_grad()", "with torch.no_grad():",
+    "loss.backward()", "return loss.detach(), metadata", "return loss.detach(), metrics", "@torch.no_grad()",
+    "with torch.no_grad():", "except (ValueError, ZeroDivisionError):", "raise NotImplementedError",
 }
+LEAK_ALLOW_PATTERNS = [re.compile(p) for p in (
+    r"[\w, ]+ = [\w.]+\.shape(\[[-\d:]+\])?",              # B, T = input_ids.shape
+    r"return [\w., ]+",                                      # return loss, metadata
+    r"[\w.]+ = [\[{(]",                                      # metadata = {
+    r"(el)?if (not )?[\w.]+( (==|!=|is|is not|in|>|<) [\w.'\"]+)?:",   # if loss_type == "grpo_clip":
+    r"for \w+ in (reversed\()?range\(\w+\)\)?:",               # for t in reversed(range(T)):
+)]
 
 
 class HandoutError(Exception):
@@ -69,7 +77,7 @@ class HandoutError(Exception):
 @dataclass
 class Stripped:
     text: str
-    solution: list[tuple[int, str]] = field(default_factory=list)  # (source line, stripped text) of solution lines
+    solution: list[tuple[int, str, bool]] = field(default_factory=list)  # (source line, stripped text, continuation)
     instructor_lines: int = 0
     regions: int = 0
 
@@ -80,6 +88,21 @@ def _indent(line: str) -> str:
 
 def _is_code(line: str) -> bool:
     return bool(line.strip()) and not line.lstrip().startswith("#")
+
+
+def _continuations(body: list[str]) -> set[int]:
+    """Indices of the lines that continue a statement begun on an earlier line (inside brackets, strings, ...)."""
+    starts, at_start = set(), True
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(textwrap.dedent("".join(body))).readline):
+            if tok.type == tokenize.NEWLINE:
+                at_start = True
+            elif tok.type not in (tokenize.NL, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER) and at_start:
+                starts.add(tok.start[0] - 1)
+                at_start = tok.type == tokenize.COMMENT
+    except (tokenize.TokenError, IndentationError, SyntaxError):
+        return set()
+    return {k for k, line in enumerate(body) if line.strip() and k not in starts}
 
 
 def strip_markers(text: str, where: str, *, module_level_ok: bool = False) -> Stripped:
@@ -113,7 +136,8 @@ def strip_markers(text: str, where: str, *, module_level_ok: bool = False) -> St
             n = sum(map(_is_code, body))
             out.append(indent + STUB_HINT.format(n=n, s="" if n == 1 else "s") + eol)
             out.append(indent + STUB_RAISE + eol)
-            result.solution += [(start + k + 1, b.strip()) for k, b in enumerate(body) if b.strip()]
+            cont = _continuations(body)
+            result.solution += [(start + k + 1, b.strip(), k in cont) for k, b in enumerate(body) if b.strip()]
         else:
             result.instructor_lines += sum(1 for b in body if b.strip())
             previous = next((o for o in reversed(out) if _is_code(o)), None)
@@ -144,7 +168,7 @@ def strip_notebook(raw: str, where: str) -> Stripped:
         s = strip_markers(text, f"{where} cell {k}", module_level_ok=True)
         if s.regions:
             cell["source"] = s.text.splitlines(keepends=True)
-            total.solution += [(line, t) for line, t in s.solution]
+            total.solution += s.solution
             total.instructor_lines += s.instructor_lines
             total.regions += s.regions
         cell["outputs"], cell["execution_count"] = [], None
@@ -267,7 +291,8 @@ def build(repo: Path, out: Path, *, stub_adapters: bool = False, keep: tuple[str
                             errors.append(f"{rel}:{e.lineno}: the stripped file does not parse ({e.msg})")
                 if s.regions:
                     result.stripped_files.append(rel)
-                    result.solution += [{"file": rel, "line": n, "text": t} for n, t in s.solution]
+                    result.solution += [{"file": rel, "line": n, "text": t, **({"continuation": True} if c else {})}
+                                        for n, t, c in s.solution]
                     result.instructor_lines += s.instructor_lines
         if stub_adapters and rel == ADAPTERS:
             data = stub_adapter_functions(data if data is not None else path.read_text())
@@ -391,12 +416,19 @@ def _check_idempotent(out: Path) -> list[str]:
         return bad
 
 
+def is_generic(line: str) -> bool:
+    """Too short or too generic for the leak check (LEAK_MIN_CHARS, LEAK_ALLOW, LEAK_ALLOW_PATTERNS)."""
+    return len(line) < LEAK_MIN_CHARS or line in LEAK_ALLOW or any(p.fullmatch(line) for p in LEAK_ALLOW_PATTERNS)
+
+
 def _check_leaks(out: Path, files: list[str], solution: list[dict]) -> list[str]:
     needles: dict[str, str] = {}
     for rec in solution:
+        if rec.get("continuation"):          # `old_log_probs, cliprange)`: the statement's first line is checked
+            continue
         line = rec["text"]
-        for candidate in (line, line.split("  # ")[0].rstrip()):   # also the code without its end-of-line comment
-            if len(candidate) >= LEAK_MIN_CHARS and candidate not in LEAK_ALLOW:
+        for candidate in {line, line.split("  # ")[0].rstrip()}:  # also the code without its end-of-line comment
+            if not is_generic(candidate):
                 needles.setdefault(candidate, f"{rec['file']}:{rec['line']}")
     bad = []
     for rel in files:
@@ -463,7 +495,7 @@ def check(out: Path, package: str = "cs336_alignment", *, slow: bool = False, lo
     2 imports: every module of `package` imports from the handout (pkgutil.walk_packages, in a subprocess);
     3 graded tests: each fails (or errors) with NotImplementedError somewhere in its exception chain;
     4 ungraded tests: each passes or is skipped (with --stub-adapters, NotImplementedError is fine too);
-    5 leaks: no stripped solution line of >= LEAK_MIN_CHARS characters (minus LEAK_ALLOW) in any text file;
+    5 leaks: no solution line (a statement's first line or a comment; see `is_generic`) in any text file;
     6 idempotence: building from the handout changes nothing;
     7 notebooks: no outputs or execution counts.
     Tests marked slow (notebooks) are deselected unless slow=True. The pytest results go to OUT.check-results.json.
@@ -639,7 +671,7 @@ def main(argv: list[str] | None = None) -> int:
             autograder(args.zip, (args.repo or _default_repo()).resolve())
         else:
             extra = [a for a in args.pytest_args if a != "--"] or None
-            return submit(args.repo or Path.cwd(), args.out, run_tests=not args.skip_tests, pytest_args=extra)
+            return submit(args.repo or _default_repo(), args.out, run_tests=not args.skip_tests, pytest_args=extra)
     except HandoutError as e:
         print(f"handout {args.cmd}: error\n{e}", file=sys.stderr)
         return 1

@@ -109,5 +109,5 @@ def masked_whiten(values: Tensor, mask: Tensor, shift_mean: bool = True, eps: fl
     whitened = (values - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean
-    return torch.where(mask, whitened, 0)
+    return whitened.masked_fill(~mask, 0.0)
     # END SOLUTION

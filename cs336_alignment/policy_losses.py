@@ -128,11 +128,10 @@ def compute_policy_gradient_loss(policy_log_probs: Tensor, loss_type: PolicyLoss
     if missing:
         raise ValueError(f"loss_type {loss_type!r} needs {', '.join(missing)}")
     # BEGIN SOLUTION
-    if loss_type == "no_baseline":
-        return compute_naive_policy_gradient_loss(raw_rewards, policy_log_probs), {}
-    if loss_type == "reinforce_with_baseline":
-        return compute_naive_policy_gradient_loss(advantages, policy_log_probs), {}
-    return compute_grpo_clip_loss(advantages, policy_log_probs, old_log_probs, cliprange)
+    if loss_type == "grpo_clip":
+        return compute_grpo_clip_loss(advantages, policy_log_probs, old_log_probs, cliprange=cliprange)
+    weights = raw_rewards if loss_type == "no_baseline" else advantages    # the baseline is already subtracted
+    return compute_naive_policy_gradient_loss(weights, policy_log_probs), {}
     # END SOLUTION
 
 
@@ -153,7 +152,7 @@ def grpo_microbatch_train_step(policy_log_probs: Tensor, response_mask: Tensor, 
     The per-sequence reduction:
       - "sequence" (GRPO, Shao et al. 2024 eq. 3; CS336): masked *mean*, 1/|o_i| per token. A token of a
         short response then weighs more than a token of a long one, which biases towards long wrong answers.
-      - "constant" (Dr. GRPO, Liu et al. 2025 §3.2): masked *sum* / max_response_length, the same constant
+      - "constant" (Dr. GRPO, Liu et al. 2025): masked *sum* / max_response_length, the same constant
         for every sequence, so each token's gradient is independent of its sequence's length.
 
     Args:
@@ -321,12 +320,12 @@ def kl_estimate(log_probs: Tensor, ref_log_probs: Tensor, kind: Literal["k1", "k
     if log_probs.shape != ref_log_probs.shape:
         raise ValueError(f"log_probs {tuple(log_probs.shape)} and ref_log_probs {tuple(ref_log_probs.shape)} differ")
     # BEGIN SOLUTION
-    log_r = ref_log_probs - log_probs
+    log_ratio = ref_log_probs - log_probs                   # log r, r = pi_ref / pi
     if kind == "k1":
-        return -log_r
+        return -log_ratio
     if kind == "k2":
-        return 0.5 * log_r ** 2
-    return torch.expm1(log_r) - log_r                       # (r - 1) - log r, expm1 is exact near r = 1
+        return 0.5 * log_ratio ** 2
+    return torch.expm1(log_ratio) - log_ratio               # (r - 1) - log r; expm1 is accurate near r = 1
     # END SOLUTION
 
 

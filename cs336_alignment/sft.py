@@ -63,9 +63,9 @@ def sft_microbatch_train_step(policy_log_probs: Tensor, response_mask: Tensor, g
         normalize_constant: divisor of each example's summed NLL (see `sft_loss`).
 
     Returns:
-        (loss, metadata): loss is the scaled 0-d loss (detached, as used for the backward pass);
-        metadata has "loss/sft" (the unscaled loss) and "response/num_tokens" (masked tokens in the micro-batch)
-        and "loss/nll_per_token" (the token-mean NLL, for logging), all detached 0-d tensors.
+        (loss, metadata): loss is the scaled 0-d loss (detached; backward has already run). metadata holds
+        detached 0-d tensors: "loss/sft" (the unscaled loss), "loss/nll_per_token" (token-mean NLL, for
+        logging) and "response/num_tokens" (response tokens in the micro-batch).
 
     Raises:
         ValueError: if gradient_accumulation_steps < 1 or the shapes differ.

@@ -14,9 +14,9 @@ The world
     bag holds 6 apples.", which is the first operation, ``4 * 6 = 24``). Each later sentence
     applies + ("buys 7 more"), - ("gives away 3"), x ("now has 2 times as many") or an exact
     division ("splits them into 3 equal piles and keeps one pile").
-  * Every operand is in 1..20 and every intermediate value in 1..99 (operands that would leave
-    this range are redrawn). Difficulty was calibrated so that a 1M-parameter model trained for a
-    few CPU-minutes is far from perfect: about a third right after pretraining, two thirds after SFT.
+  * Every operand is in 1..20 and every intermediate value in 1..99 (operations that would leave
+    this range are redrawn). Numbers are kept this small so that a ~1M-parameter model learns the
+    task in a few CPU-minutes yet stays far from perfect, which leaves room for RL to help.
   * Text varies over 20 names (with pronouns), 15 objects (singular/plural), 4 containers and
     several phrasings per operation, so questions are not memorised as a handful of strings.
   * The answer has one worked step per operation, ``"<x> <op> <y> = <z>"`` with op in + - * /,
@@ -27,6 +27,9 @@ Splits and determinism
   distinct questions whose split is ``split``. The split is a pure function of the question text
   (sha256; 1 in 10 questions is "test"), so train and test never share a question whatever the seeds,
   and a longer list from the same seed extends a shorter one.
+
+Command line (jsonl to stdout, or raw pretraining text with --format raw):
+    python -m cs336_alignment.tasks --n 500 --split test --seed 0 > test.jsonl
 
 Formats
   * raw (base model, pretraining): ``format_raw_prompt(q) = "Question: {q}\\nAnswer:"``; a document
@@ -42,7 +45,9 @@ Grading
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
+import json
 import random
 import re
 from fractions import Fraction
@@ -290,3 +295,25 @@ def parse_mmlu_response(mmlu_example: dict[str, Any], model_output: str) -> str 
     found = [letter for letter in found if letter in letters]
     return found[-1] if found else None
     # END SOLUTION
+
+
+# ----------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Print task-world problems: jsonl (gsm8k, chat) or raw text.")
+    parser.add_argument("--n", type=int, default=100, help="number of problems")
+    parser.add_argument("--split", choices=["train", "test"], default="train")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--format", choices=["gsm8k", "chat", "raw"], default="gsm8k",
+                        help='{"question","answer"} | {"messages": [...]} | documents ending in <|endoftext|>')
+    args = parser.parse_args(argv)
+    problems = generate_problems(args.n, args.split, args.seed)
+    if args.format == "raw":
+        print("".join(raw_document(p) + ENDOFTEXT for p in problems), end="")
+        return
+    for p in problems:
+        print(json.dumps(p if args.format == "gsm8k" else {"messages": to_messages(p)}))
+
+
+if __name__ == "__main__":
+    main()

@@ -184,8 +184,8 @@ def test_kl_shaped_rewards(numpy_snapshot):
     torch.testing.assert_close(rewards.sum(-1), scores - 0.1 * torch.where(mask, log_probs - ref_log_probs, 0).sum(-1))
     torch.testing.assert_close(metadata["objective/kl"], torch.tensor((-1.0 + 1.8) / 2), msg="mean sequence KL")
     k3_rewards, _ = compute_kl_shaped_rewards(scores, log_probs, ref_log_probs, mask, 0.1, kl_kind="k3")
-    log_r = ref_log_probs - log_probs
-    expected_k3 = torch.where(mask, -0.1 * (torch.exp(log_r) - 1 - log_r), 0.0)
+    ratio = torch.exp(ref_log_probs - log_probs)                               # pi_ref / pi
+    expected_k3 = torch.where(mask, -0.1 * (ratio - 1 - ratio.log()), 0.0)
     expected_k3[0, 2] += 2.0
     expected_k3[1, 3] -= 1.0
     torch.testing.assert_close(k3_rewards, expected_k3, msg="k3-shaped rewards")

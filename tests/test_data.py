@@ -73,8 +73,8 @@ def test_tokenize_prompt_and_output_seam(tok):
     B, T = out["input_ids"].shape
     lengths = [len(tok.encode(p)) + len(tok.encode(o)) for p, o in zip(prompts, outputs)]
     assert B == 16 and T == max(lengths) - 1
-    for i, (p, o) in enumerate(zip(prompts, outputs)):
-        p_ids, o_ids = tok.encode(p), tok.encode(o)
+    for i, (prompt, output) in enumerate(zip(prompts, outputs)):
+        p_ids, o_ids = tok.encode(prompt), tok.encode(output)
         mask = out["response_mask"][i]
         assert mask.sum().item() == len(o_ids)                               # every output token, nothing else
         assert out["labels"][i][mask].tolist() == o_ids                      # ... at the right positions
@@ -135,11 +135,14 @@ def test_packed_sft_dataset_shuffle_permutes_documents(tmp_path, tok):
     total = sum(len(d) for d in documents)
     assert len(stream) == (total - 1) // seq_length * seq_length + 1           # only the partial tail is dropped
     # Walk the stream: it must be whole documents, each used once, in some order.
-    position, used = 0, set()
+    position, order = 0, []
     while position < len(stream):
-        doc = next(d for d in documents - used if tuple(stream[position: position + len(d)]) == d[: len(stream) - position])
-        used.add(doc)
+        doc = next(d for d in documents - set(order)
+                   if tuple(stream[position: position + len(d)]) == d[: len(stream) - position])
+        order.append(doc)
         position += len(doc)
+    file_order = [tuple(tok.render(c)[0] + [tok.eos_token_id]) for c in conversations]
+    assert order != file_order[: len(order)]                                    # seeded: not the file order
 
 
 @pytest.mark.points(2)

@@ -190,7 +190,7 @@ def test_solution_region_becomes_indented_stub():
     assert f"        {HINT.format(1, '')}\n        raise NotImplementedError\n        return self.total_so_far" in s.text
     assert 'raise ValueError("factor must be nonzero")' in s.text and '"""x * factor + offset_value."""' in s.text
     assert "scaled_value" not in s.text and "total_so_far +" not in s.text
-    assert [line for _, line in s.solution][:2] == ["# scale first", "scaled_value = x * factor"]
+    assert [line for _, line, _ in s.solution][:2] == ["# scale first", "scaled_value = x * factor"]
     assert s.solution[1][0] == 10                                       # source line numbers
     namespace = {}
     exec(compile(s.text, "ops.py", "exec"), namespace)
@@ -233,6 +233,18 @@ def test_tooling_files_hold_no_markers():
     for path in [Path(handout.__file__), Path(grading.__file__), Path(__file__),
                  Path(__file__).with_name("test_grading.py")]:
         assert strip_markers(path.read_text(), path.name).regions == 0
+
+
+def test_leak_needles_skip_continuations_and_generic_lines():
+    body = f"def f(a, b):\n    {BS}\n    total = combine(a,\n                    b)  # (B,)\n    if a:\n" \
+           f"        return total\n    {ES}\n"
+    s = strip_markers(body, "f.py")
+    assert [(line, cont) for _, line, cont in s.solution] == [
+        ("total = combine(a,", False), ("b)  # (B,)", True), ("if a:", False), ("return total", False)]
+    assert handout.is_generic("B, T = rewards.shape") and handout.is_generic("metadata = {")
+    assert handout.is_generic('if loss_type == "grpo_clip":') and handout.is_generic("return loss, metrics")
+    assert not handout.is_generic("kl_term = ref_scores - new_scores")
+    assert not handout.is_generic("return torch.where(flags, values, 0)")
 
 
 def test_stub_adapters():

@@ -255,7 +255,8 @@ def test_compute_ppo_value_loss(numpy_snapshot, batch):
     torch.testing.assert_close(loss, torch.tensor(sum(terms) / len(terms)), msg="clipped value loss")
     torch.testing.assert_close(metrics["value/clipfrac"], torch.tensor(sum(clipped) / len(clipped)))
     r, v = returns[mask], values[mask]
-    torch.testing.assert_close(metrics["value/explained_variance"], 1 - (r - v).var(unbiased=False) / r.var(unbiased=False))
+    explained = 1 - (r - v).var(unbiased=False) / r.var(unbiased=False)
+    torch.testing.assert_close(metrics["value/explained_variance"], explained, msg="explained variance")
     x = values.double().requires_grad_()
     assert torch.autograd.gradcheck(
         lambda val: run_compute_ppo_value_loss(val, old_values.double(), returns.double(), mask, 0.2)[0], (x,))

@@ -1,0 +1,290 @@
+"""Preference data: a synthetic annotator around the gold reward, labelled pairs sampled from a policy, and
+preference files (ours, HH-RLHF and UltraFeedback style).
+
+The annotator (Bradley & Terry 1952; the labelling model assumed by InstructGPT, Ouyang et al. 2022 §3.5,
+and by DPO, Rafailov et al. 2023 eq. 1) prefers response a over b with probability
+
+    P(a > b) = sigma((u(a) - u(b)) / tau),      u = gold reward + style terms + length_bias * n_tokens,
+
+where the gold reward is the task world's verifiable reward (1 for a right, formatted final number), the
+style terms give partial credit (a final "#### N" line; arithmetically valid worked steps "x op y = z"),
+and tau is the annotator's noise: tau -> 0 always picks the higher utility, tau -> inf flips coins.
+`length_bias > 0` makes longer responses look better than they are: the knob that lets a reward model
+trained on these labels be hacked by length (Singhal et al. 2023, "A Long Way to Go").
+
+Because u is known exactly, the noise ceiling of any reward model is known too: on held-out labels, no
+model can beat the accuracy of sign(u(a) - u(b)) in expectation (a tie counts 1/2).
+
+Pair records (what `make_preference_pairs` writes and `load_preferences` returns):
+    {"prompt": str, "prompt_messages": [{"role", "content"}, ...], "chosen": str, "rejected": str, ...}
+plus, for annotator-made pairs, "ground_truth", "u_chosen", "u_rejected", "p_chosen" = sigma(du / tau),
+"gold_chosen", "gold_rejected", "len_chosen", "len_rejected" (tokens).
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from cs336_alignment.data import DataError, _iter_jsonl, write_jsonl
+
+# ---------------------------------------------------------------------------------------------------------
+# The synthetic annotator
+# ---------------------------------------------------------------------------------------------------------
+
+_STEP = re.compile(r"^\s*(-?\d+)\s*([-+*/])\s*(-?\d+)\s*=\s*(-?\d+)\s*$")
+
+
+def step_validity(response: str) -> float:
+    """Fraction of the worked-step lines "x op y = z" (op in + - * /) whose arithmetic holds; 0 if none.
+
+    Checks each line on its own (a step may start from a wrong number and still be valid arithmetic).
+    """
+    ok, total = 0, 0
+    for line in response.splitlines():
+        match = _STEP.match(line)
+        if match is None:
+            continue
+        x, op, y, z = int(match[1]), match[2], int(match[3]), int(match[4])
+        value = {"+": x + y, "-": x - y, "*": x * y, "/": x / y if y else math.nan}[op]
+        ok += value == z
+        total += 1
+    return ok / total if total else 0.0
+
+
+def preference_probability(u_a: float, u_b: float, tau: float) -> float:
+    """P(a preferred over b) = sigma((u_a - u_b) / tau) under the Bradley-Terry model (Bradley & Terry 1952).
+
+    Args:
+        u_a, u_b: utilities of the two responses.
+        tau: annotator temperature >= 0; tau = 0 is the noiseless limit (1, 0, or 1/2 on a tie).
+
+    Returns:
+        float in [0, 1], computed without overflow for any |u_a - u_b| / tau.
+
+    Raises:
+        ValueError: if tau < 0.
+    """
+    if tau < 0:
+        raise ValueError(f"tau must be >= 0, got {tau}")
+    # BEGIN SOLUTION
+    delta = u_a - u_b
+    if tau == 0 or delta == 0:
+        return 1.0 if delta > 0 else 0.0 if delta < 0 else 0.5
+    z = delta / tau
+    # sigma(z) = 1 / (1 + e^-z) for z >= 0 and e^z / (1 + e^z) for z < 0: exp never overflows.
+    return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+    # END SOLUTION
+
+
+@dataclass(frozen=True)
+class Annotator:
+    """Labels pairs with Bradley-Terry noise around u = gold + style + length_bias * tokens (module docstring)."""
+
+    tau: float = 0.25
+    """noise temperature of the labels (utility units); 0 = noiseless"""
+    format_weight: float = 0.25
+    """utility of a final "#### <number>" line (style)"""
+    steps_weight: float = 0.25
+    """utility of worked steps whose arithmetic is valid, times their fraction (style)"""
+    length_bias: float = 0.0
+    """utility added per response token (0 = no bias; 0.05 makes 20 extra tokens worth a right answer)"""
+
+    def __post_init__(self):
+        if self.tau < 0:
+            raise ValueError(f"tau must be >= 0, got {self.tau}")
+
+    def utility(self, response: str, ground_truth: str, n_tokens: int) -> float:
+        """u(response) = gold reward + format_weight * format + steps_weight * step validity + length_bias * n_tokens."""
+        from cs336_alignment.tasks import gold_reward
+
+        gold = gold_reward(response, ground_truth)
+        return (gold["reward"] + self.format_weight * gold["format_reward"]
+                + self.steps_weight * step_validity(response) + self.length_bias * n_tokens)
+
+    def prefers_first(self, u_a: float, u_b: float, rng: random.Random) -> bool:
+        """One noisy label: True with probability sigma((u_a - u_b) / tau)."""
+        return rng.random() < preference_probability(u_a, u_b, self.tau)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pairs from a policy's samples
+# ---------------------------------------------------------------------------------------------------------
+
+
+def sample_responses(model, tokenizer, questions: list[str], k: int, *, max_new_tokens: int, temperature: float = 1.0,
+                     seed: int = 0, batch_size: int = 128) -> list[list[dict[str, Any]]]:
+    """k sampled chat responses per question: [[{"text", "tokens", "n_tokens", "truncated"}] * k] * len(questions).
+
+    tokens are the generated ids (the stop token included when emitted); text and n_tokens leave the stop
+    token out; truncated = stopped by max_new_tokens.
+    Sampling uses a torch.Generator seeded with `seed`, so the same call gives the same samples.
+    """
+    import torch
+
+    from cs336_alignment.evaluate import build_prompt, stop_token_ids
+    from cs336_alignment.model import generate
+
+    stops = stop_token_ids(tokenizer, "chat")
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    flat = [q for q in questions for _ in range(k)]
+    out: list[dict[str, Any]] = []
+    for i in range(0, len(flat), batch_size):
+        prompts = [build_prompt(q, tokenizer, "chat") for q in flat[i:i + batch_size]]
+        room = model.config.context_length - max(len(p) for p in prompts)
+        gen = generate(model, prompts, max_new_tokens=min(max_new_tokens, room), temperature=temperature,
+                       eos_token_id=stops, pad_token_id=tokenizer.pad_token_id, generator=generator)
+        for tokens in gen.tokens:
+            stopped = bool(tokens) and tokens[-1] in stops
+            body = tokens[:-1] if stopped else tokens
+            out.append({"text": tokenizer.decode(body), "tokens": tokens, "n_tokens": len(body),
+                        "truncated": not stopped})
+    return [out[j * k:(j + 1) * k] for j in range(len(questions))]
+
+
+def make_preference_pairs(problems: list[dict[str, str]], samples: list[list[dict[str, Any]]], annotator: Annotator,
+                          seed: int = 0, max_pairs_per_prompt: int | None = None) -> list[dict[str, Any]]:
+    """Label every pair of distinct responses to each problem with the annotator.
+
+    InstructGPT (§3.5) shows labellers K = 4..9 responses and uses all K choose 2 pairs; we do the same, but
+    skip pairs of identical text (they carry no preference). Labels are drawn with random.Random(seed).
+
+    Args:
+        problems: [{"question", "answer"}] (task-world problems).
+        samples: per problem, the responses from `sample_responses`.
+        annotator: the labelling model.
+        max_pairs_per_prompt: keep at most this many pairs per prompt (a random subset), None = all.
+
+    Returns:
+        pair records (see the module docstring), in problem order.
+    """
+    if len(problems) != len(samples):
+        raise ValueError(f"{len(problems)} problems but {len(samples)} sample lists")
+    rng = random.Random(seed)
+    pairs = []
+    for problem, responses in zip(problems, samples):
+        utils = [annotator.utility(r["text"], problem["answer"], r["n_tokens"]) for r in responses]
+        candidates = [(i, j) for i in range(len(responses)) for j in range(i + 1, len(responses))
+                      if responses[i]["text"] != responses[j]["text"]]
+        if max_pairs_per_prompt is not None and len(candidates) > max_pairs_per_prompt:
+            candidates = rng.sample(candidates, max_pairs_per_prompt)
+        for i, j in candidates:
+            a_wins = annotator.prefers_first(utils[i], utils[j], rng)
+            c, r = (i, j) if a_wins else (j, i)
+            pairs.append(pair_record(problem, responses[c], responses[r], utils[c], utils[r], annotator))
+    return pairs
+
+
+def pair_record(problem: dict[str, str], chosen: dict[str, Any], rejected: dict[str, Any], u_chosen: float,
+                u_rejected: float, annotator: Annotator) -> dict[str, Any]:
+    from cs336_alignment.tasks import gold_reward
+
+    return {"prompt": problem["question"], "prompt_messages": [{"role": "user", "content": problem["question"]}],
+            "chosen": chosen["text"], "rejected": rejected["text"], "ground_truth": problem["answer"],
+            "u_chosen": u_chosen, "u_rejected": u_rejected,
+            "p_chosen": preference_probability(u_chosen, u_rejected, annotator.tau),
+            "gold_chosen": gold_reward(chosen["text"], problem["answer"])["reward"],
+            "gold_rejected": gold_reward(rejected["text"], problem["answer"])["reward"],
+            "len_chosen": chosen["n_tokens"], "len_rejected": rejected["n_tokens"]}
+
+
+def conversations(pair: dict[str, Any]) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """The chosen and rejected conversations of a pair: prompt messages + the assistant response."""
+    prompt = pair["prompt_messages"]
+    return (prompt + [{"role": "assistant", "content": pair["chosen"]}],
+            prompt + [{"role": "assistant", "content": pair["rejected"]}])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Preference files
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _messages(value: Any, where: str, field: str) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value:
+        raise DataError(f"{where}: field '{field}': must be a string or a non-empty list of messages")
+    for i, message in enumerate(value):
+        if (not isinstance(message, dict) or message.get("role") not in ("system", "user", "assistant")
+                or not isinstance(message.get("content"), str)):
+            raise DataError(f"{where}: field '{field}[{i}]': must be {{'role': system|user|assistant, "
+                            f"'content': str}}")
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+def _split_conversation(messages: list[dict[str, str]], where: str, field: str):
+    """(prompt messages, final assistant text) of a full conversation."""
+    if messages[-1]["role"] != "assistant":
+        raise DataError(f"{where}: field '{field}[{len(messages) - 1}].role': the last message must be the "
+                        "assistant's response")
+    return messages[:-1], messages[-1]["content"]
+
+
+def parse_preference(record: dict[str, Any], where: str) -> dict[str, Any]:
+    """One preference record in any accepted schema -> our pair record (see `load_preferences`)."""
+    for field in ("chosen", "rejected"):
+        if field not in record:
+            raise DataError(f"{where}: field '{field}': missing")
+    prompt_messages = None
+    if "prompt" in record:
+        if isinstance(record["prompt"], str):
+            if not record["prompt"].strip():
+                raise DataError(f"{where}: field 'prompt': is empty")
+            prompt_messages = [{"role": "user", "content": record["prompt"]}]
+        else:
+            prompt_messages = _messages(record["prompt"], where, "prompt")
+    texts = {}
+    for field in ("chosen", "rejected"):
+        value = record[field]
+        if isinstance(value, str):
+            if prompt_messages is None:
+                raise DataError(f"{where}: field 'prompt': missing (needed when '{field}' is a string)")
+            texts[field] = value
+            continue
+        prefix, texts[field] = _split_conversation(_messages(value, where, field), where, field)
+        if prompt_messages is None:
+            if not prefix:
+                raise DataError(f"{where}: field '{field}': has no user turn before the response")
+            prompt_messages = prefix
+        elif prefix and prefix != prompt_messages:  # HH-RLHF style: both conversations share the prompt
+            raise DataError(f"{where}: field '{field}': its conversation before the response differs from the prompt")
+    for field in ("chosen", "rejected"):
+        if not texts[field].strip():
+            raise DataError(f"{where}: field '{field}': the response is empty")
+    if texts["chosen"] == texts["rejected"]:
+        raise DataError(f"{where}: field 'rejected': identical to 'chosen' (a pair must differ)")
+    users = [m["content"] for m in prompt_messages if m["role"] == "user"]
+    if not users or not users[-1].strip():
+        raise DataError(f"{where}: field 'prompt': no non-empty user turn")
+    extras = {k: v for k, v in record.items() if k not in ("prompt", "chosen", "rejected", "prompt_messages")}
+    return {"prompt": users[-1], "prompt_messages": prompt_messages, "chosen": texts["chosen"],
+            "rejected": texts["rejected"], **extras}
+
+
+def load_preferences(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Load a preference jsonl file; each line is one of
+
+    * {"prompt": str, "chosen": str, "rejected": str}            (ours, TRL's standard format)
+    * {"prompt": [messages], "chosen": str | [messages], "rejected": ...}   (TRL conversational)
+    * {"chosen": [messages], "rejected": [messages]}             (HH-RLHF / UltraFeedback: two whole chats that
+                                                                  share every message before the last assistant one)
+
+    Extra fields (e.g. our "u_chosen", "gold_chosen") are kept.
+
+    Returns:
+        [{"prompt": last user turn, "prompt_messages": [...], "chosen": str, "rejected": str, ...}].
+    Raises:
+        DataError: "<path>:<line>: field '<name>': <problem>" on malformed JSON, a missing or mistyped field,
+            an empty response, conversations with different prompts, or chosen == rejected.
+    """
+    pairs = [parse_preference(record, f"{path}:{lineno}") for lineno, record in _iter_jsonl(path)]
+    if not pairs:
+        raise DataError(f"{path}: no preference pairs")
+    return pairs
+
+
+def write_preferences(path: str | os.PathLike, pairs: list[dict[str, Any]]) -> None:
+    """Write pair records as jsonl (readable back by `load_preferences`)."""
+    write_jsonl(path, pairs)

@@ -1,0 +1,164 @@
+"""Rollouts for RL on language models: sample G responses per prompt and lay them out for training.
+
+An RL step (REINFORCE / GRPO / PPO, and best-of-N sampling) starts the same way: repeat each prompt G times,
+sample a response to every copy with the KV-cached `model.generate`, score the responses, and compute
+log-probabilities of the *sampled tokens* again with gradients. This file does the sampling and the layout:
+
+  * `sample_rollouts(policy, tokenizer, prompts, group_size, ...)` -> `Rollouts`: prompt ids, response ids
+    (exactly the sampled tokens, stop token included), response texts (stop token removed), the sampler's
+    log-probs, and padded next-token tensors input_ids / labels / response_mask (B, T).
+  * `build_training_tensors(prompt_ids, response_ids, pad_token_id)`: the (B, T) tensors from token ids,
+    laid out like `data.tokenize_prompt_and_output` (right-padded; labels = inputs shifted by one;
+    response_mask True where the label is a response token), but without re-tokenizing text. Decoding a
+    sample and encoding it again can give different tokens, and then the trainer would compute log-probs
+    of tokens the policy never sampled (the ratio pi / pi_old would no longer be 1 on-policy).
+
+Layout: rollouts are in contiguous groups, rows [g*G, (g+1)*G) answer prompt g, as
+`advantages.compute_group_normalized_rewards` expects (GRPO, Shao et al. 2024, §4.1.2).
+
+Alignment: row i of the training tensors has response_mask True at positions P_i - 1 ... P_i + R_i - 2
+(P_i prompt tokens, R_i response tokens): position t holds token t and predicts labels[t] = token t + 1.
+`get_response_log_probs(policy, input_ids, labels)` over the mask gives back `sampler_log_probs` (the
+generator's log softmax(logits / temperature); equal up to float rounding). Right padding needs no
+attention mask: causal attention never lets a real token see the padding after it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from cs336_alignment.model import generate
+
+# ---------------------------------------------------------------------------------------------------------
+# Training tensors from token ids
+# ---------------------------------------------------------------------------------------------------------
+
+
+def build_training_tensors(prompt_ids: list[list[int]], response_ids: list[list[int]],
+                           pad_token_id: int) -> dict[str, Tensor]:
+    """Right-padded next-token tensors for prompt + response token lists (no tokenization involved).
+
+    Same layout as `data.tokenize_prompt_and_output`: full_i = prompt_i + response_i, padded to
+    L = max_i |full_i|; input_ids = full[:, :-1], labels = full[:, 1:], and response_mask marks the label
+    positions that hold response tokens (row i has exactly len(response_ids[i]) True entries).
+
+    Args:
+        prompt_ids: B non-empty lists of token ids.
+        response_ids: B non-empty lists of token ids (the sampled tokens, stop token included).
+        pad_token_id: filler after each row's last token (never a label inside the mask).
+    Returns:
+        {"input_ids": (B, L-1) long, "labels": (B, L-1) long, "response_mask": (B, L-1) bool}.
+    Raises:
+        ValueError: on empty or mismatched lists, or an empty prompt or response.
+    """
+    if len(prompt_ids) != len(response_ids) or not prompt_ids:
+        raise ValueError(f"need as many prompts as responses (>= 1), got {len(prompt_ids)}, {len(response_ids)}")
+    for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
+        if not p or not r:
+            raise ValueError(f"row {i} has an empty prompt or response: every row needs a token to train on")
+    B, L = len(prompt_ids), max(len(p) + len(r) for p, r in zip(prompt_ids, response_ids))
+    full = torch.full((B, L), pad_token_id, dtype=torch.long)                 # (B, L)
+    is_response = torch.zeros((B, L), dtype=torch.bool)                       # (B, L) True on response tokens
+    for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
+        full[i, :len(p) + len(r)] = torch.tensor(p + r, dtype=torch.long)
+        is_response[i, len(p):len(p) + len(r)] = True
+    # Position t predicts token t + 1, so the response mask moves with the labels.
+    return {"input_ids": full[:, :-1], "labels": full[:, 1:], "response_mask": is_response[:, 1:]}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sampling
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Rollouts:
+    """N = n_prompts * group_size sampled responses, in contiguous groups (rows g*G .. g*G + G - 1 share a prompt).
+
+    Token lists are per row; tensors are (N, T) with T = longest prompt + response - 1.
+    """
+
+    prompt_ids: list[list[int]]  # N prompts (each repeated group_size times)
+    response_ids: list[list[int]]  # N sampled responses, stop token included if one was emitted
+    response_texts: list[str]  # N decoded responses, the trailing stop token removed
+    sampler_log_probs: list[Tensor]  # N tensors (R_i,) float32: log softmax(logits / temperature) at each sample
+    input_ids: Tensor  # (N, T) long, right-padded
+    labels: Tensor  # (N, T) long: input_ids shifted left by one
+    response_mask: Tensor  # (N, T) bool: True where labels[i, t] is a sampled response token
+    group_size: int  # G
+    temperature: float  # the sampling temperature (recompute log-probs at the same one)
+    finished: Tensor  # (N,) bool: the response ended with a stop token (False = cut at max_new_tokens)
+
+    def __len__(self) -> int:
+        return len(self.response_ids)
+
+    @property
+    def response_lengths(self) -> Tensor:
+        """(N,) long: number of response tokens per row (stop token included)."""
+        return self.response_mask.sum(dim=-1)
+
+    def sampler_log_probs_padded(self) -> Tensor:
+        """(N, T) float32: the sampler's log-probs placed at the response positions of the tensors, 0 elsewhere."""
+        out = torch.zeros(self.labels.shape, dtype=torch.float32)               # (N, T)
+        out[self.response_mask] = torch.cat(self.sampler_log_probs)             # row-major: same order as the mask
+        return out
+
+    def sequences(self) -> tuple[Tensor, Tensor]:
+        """(ids (N, T+1), attention_mask (N, T+1) bool): whole prompt + response sequences, right-padded
+        (e.g. for a reward model that reads the score at the last real token)."""
+        ids = torch.cat([self.input_ids[:, :1], self.labels], dim=1)           # (N, T + 1)
+        lengths = torch.tensor([len(p) + len(r) for p, r in zip(self.prompt_ids, self.response_ids)])
+        mask = torch.arange(ids.shape[1])[None, :] < lengths[:, None]          # (N, T + 1)
+        return ids, mask
+
+
+@torch.no_grad()
+def sample_rollouts(policy, tokenizer, prompts: list[str] | list[list[int]], group_size: int, *,
+                    temperature: float = 1.0, max_new_tokens: int = 64, generator: torch.Generator | None = None,
+                    top_k: int | None = None, top_p: float | None = None, stop_token_ids: list[int] | None = None,
+                    batch_size: int | None = None) -> Rollouts:
+    """Sample `group_size` responses to each prompt with the KV-cached sampler and lay them out for training.
+
+    Args:
+        policy: a TransformerLM (anything `model.generate` accepts).
+        tokenizer: a `cs336_alignment.tokenizer.Tokenizer` (needs prompt_ids, decode, pad/end ids).
+        prompts: n questions (str; rendered with the chat template, `tokenizer.prompt_ids`) or n lists of
+            prompt token ids (used as they are).
+        group_size: G >= 1 responses per prompt; prompt g's responses are rows g*G .. g*G + G - 1.
+        temperature: > 0 for RL (0 = greedy; the log-probs are then the temperature-1 ones).
+        max_new_tokens: >= 1; lowered so that the longest prompt + response fits the context.
+        generator: torch.Generator for reproducible samples.
+        top_k, top_p: optional truncation (the stored log-probs are the untruncated ones, see `generate`).
+        stop_token_ids: tokens that end a response; default <|end|> and <|endoftext|>.
+        batch_size: generate at most this many rows at once (None = all N together).
+    Returns:
+        Rollouts with N = n * G rows.
+    Raises:
+        ValueError: on no prompts, group_size < 1, max_new_tokens < 1 or a prompt that fills the context.
+    """
+    if not prompts or group_size < 1 or max_new_tokens < 1:
+        raise ValueError(f"need prompts, group_size >= 1 and max_new_tokens >= 1, got {len(prompts)} prompts, "
+                         f"{group_size}, {max_new_tokens}")
+    stops = stop_token_ids if stop_token_ids is not None else [tokenizer.end_of_turn_id, tokenizer.eos_token_id]
+    prompt_ids = [tokenizer.prompt_ids(p) if isinstance(p, str) else list(p) for p in prompts]
+    repeated = [ids for ids in prompt_ids for _ in range(group_size)]          # contiguous groups
+    room = policy.config.context_length - max(len(p) for p in repeated)
+    if room < 1:
+        raise ValueError(f"a prompt of {policy.config.context_length - room} tokens leaves no room to respond")
+    step = batch_size or len(repeated)
+    response_ids, sampler_log_probs = [], []
+    for start in range(0, len(repeated), step):
+        out = generate(policy, repeated[start:start + step], max_new_tokens=min(max_new_tokens, room),
+                       temperature=temperature, top_k=top_k, top_p=top_p, eos_token_id=stops,
+                       pad_token_id=tokenizer.pad_token_id, generator=generator)
+        response_ids += out.tokens
+        sampler_log_probs += out.logprobs
+    finished = torch.tensor([bool(r) and r[-1] in stops for r in response_ids])  # (N,)
+    texts = [tokenizer.decode(r[:-1] if done else r) for r, done in zip(response_ids, finished.tolist())]
+    tensors = build_training_tensors(repeated, response_ids, tokenizer.pad_token_id)
+    return Rollouts(prompt_ids=repeated, response_ids=response_ids, response_texts=texts,
+                    sampler_log_probs=sampler_log_probs, input_ids=tensors["input_ids"], labels=tensors["labels"],
+                    response_mask=tensors["response_mask"], group_size=group_size, temperature=temperature,
+                    finished=finished)
