@@ -66,11 +66,238 @@ def bench_generate(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# bench logprobs  (filled by the fused-kernel work)
+# bench logprobs
 # ---------------------------------------------------------------------------------------------------------
 
+LOGPROBS_METHODS = ("naive", "cross_entropy", "native", "fused", "naive+entropy", "fused+entropy")
+
+
+def profiled_peak_bytes(fn) -> int:
+    """Peak CPU memory allocated by torch while fn() runs, above the level when it started (bytes).
+
+    From torch.profiler(profile_memory=True)'s raw allocation events ("[memory]", +bytes for an allocation,
+    -bytes for a free, including frees of tensors that existed before): the maximum of their running sum.
+    Every allocation counts, also temporaries freed inside one op (unlike the per-op totals of prof.events()).
+    """
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
+    level = peak = 0
+    for _, nbytes in events:
+        level += nbytes
+        peak = max(peak, level)
+    return peak
+
+
+def _rss_kib(field: str) -> int:
+    """VmRSS / VmHWM of this process from /proc/self/status (KiB; 0 where /proc is missing)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+    except (OSError, StopIteration):
+        return 0
+
+
+def _logprobs_problem(N: int, d: int, V: int, device: str, seed: int = 0):
+    """Inputs of one benchmark shape: hidden (N, d), weight (V, d) (leaf tensors), labels, upstream grads."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(N, d, generator=g).to(device).requires_grad_()
+    weight = torch.randn(V, d, generator=g).mul_(d ** -0.5).to(device).requires_grad_()  # logits ~ N(0, 1)
+    labels = torch.randint(0, V, (N,), generator=g).to(device)
+    grads = torch.randn(2, N, generator=g).to(device)  # arbitrary per-token upstream gradients
+    return hidden, weight, labels, grads
+
+
+def _logprobs_step(method: str, hidden, weight, labels, grads) -> None:
+    """One forward + backward of `method`, with per-token upstream gradients; grads are cleared first."""
+    import torch
+    import torch.nn.functional as F
+
+    from cs336_alignment.logprobs import fused_linear_log_probs, naive_linear_log_probs
+
+    hidden.grad = weight.grad = None
+    entropy = method.endswith("+entropy")
+    if method.startswith("naive"):
+        out = naive_linear_log_probs(hidden, weight, labels, return_entropy=entropy)
+    elif method.startswith("fused"):
+        out = fused_linear_log_probs(hidden, weight, labels, return_entropy=entropy)
+    elif method == "cross_entropy":  # F.cross_entropy(reduction="none") = -log p(label)
+        out = -F.cross_entropy(F.linear(hidden, weight), labels, reduction="none")
+    elif method == "native":  # torch's chunked linear_cross_entropy, automatic chunk size
+        out = -F.linear_cross_entropy(hidden, weight, labels, reduction="none",
+                                      options=torch.nn.LinearCrossEntropyOptions())
+    else:
+        raise ValueError(f"unknown method {method!r}")
+    if entropy:
+        torch.autograd.backward(out, (grads[0], grads[1]))
+    else:
+        out.backward(grads[0])
+
+
+def _logprobs_worker(spec: dict) -> dict:
+    """Run in a fresh process: memory of the first step (profiler or CUDA peak, and RSS), then timed steps."""
+    import time
+
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    problem = _logprobs_problem(spec["N"], spec["d"], spec["V"], device)
+    step = lambda: _logprobs_step(spec["method"], *problem)  # noqa: E731
+
+    def timed() -> float:
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    # warm up libraries (and the profiler) on a tiny problem so that RSS below counts this shape's memory only
+    tiny = _logprobs_problem(64, spec["d"], 512, device)
+    profiled_peak_bytes(lambda: _logprobs_step(spec["method"], *tiny)) if device == "cpu" else None
+    del tiny
+    result = {"rss_mib": None}
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        first = timed()
+        result["peak_mib"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+    else:
+        rss0 = _rss_kib("VmRSS")
+        try:  # reset the high-water mark (Linux); otherwise input creation is the only earlier peak
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            pass
+        start = time.perf_counter()
+        result["peak_mib"] = profiled_peak_bytes(step) / 2**20
+        first = time.perf_counter() - start
+        result["rss_mib"] = (_rss_kib("VmHWM") - rss0) / 1024 if rss0 else None
+    # time the steps after the first (warm-up); slow shapes get fewer repeats, at least one
+    repeats = max(1, min(spec["repeats"], int(spec["budget_s"] / max(first, 1e-3))))
+    result["seconds"] = [timed() for _ in range(repeats)]
+    return result
+
+
+def _logprobs_fresh(method: str, N: int, d: int, V: int, args) -> dict:
+    """_logprobs_worker in a new python process (clean allocator, page cache and high-water mark)."""
+    import json
+    import subprocess
+    import sys
+
+    spec = {"method": method, "N": N, "d": d, "V": V, "threads": args.threads,
+            "repeats": getattr(args, "repeats", 3), "budget_s": 60.0}
+    code = ("import json, sys; from cs336_alignment.bench import _logprobs_worker; "
+            "print('RESULT', json.dumps(_logprobs_worker(json.loads(sys.argv[1]))))")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True, env=env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"bench worker {spec} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def _logprobs_accuracy(d: int, V: int, rows: int = 256) -> dict:
+    """fused_linear_log_probs in float32 vs naive float64 on `rows` tokens of this (d, V): max errors."""
+    import torch
+
+    from cs336_alignment.logprobs import fused_linear_log_probs, naive_linear_log_probs
+
+    hidden, weight, labels, grads = _logprobs_problem(rows, d, V, "cpu", seed=1)
+    out = {}
+    hidden, weight = hidden.detach(), weight.detach()
+    for name, fn, (h, w) in (("fused", fused_linear_log_probs, (hidden, weight)),
+                             ("ref", naive_linear_log_probs, (hidden.double(), weight.double()))):
+        h, w = h.detach().requires_grad_(), w.detach().requires_grad_()
+        lp, ent = fn(h, w, labels, return_entropy=True)
+        torch.autograd.backward((lp, ent), (grads[0].to(lp.dtype), grads[1].to(lp.dtype)))
+        out[name] = (lp.detach().double(), ent.detach().double(), h.grad.double(), w.grad.double())
+    (lp, ent, gh, gw), (lp_ref, ent_ref, gh_ref, gw_ref) = out["fused"], out["ref"]
+    rel = lambda a, b: float((a - b).norm() / b.norm())  # noqa: E731
+    return {"log_prob_max_err": float((lp - lp_ref).abs().max()), "entropy_max_err": float((ent - ent_ref).abs().max()),
+            "grad_h_rel_err": rel(gh, gh_ref), "grad_w_rel_err": rel(gw, gw_ref)}
+
+
 def bench_logprobs(args: argparse.Namespace) -> None:
-    pass
+    """Forward + backward of per-token log-probs from (N, d) hidden states and a (V, d) head, four ways.
+
+    naive: log_softmax(h @ W.T).gather (+ entropy from the log-softmax); cross_entropy: F.cross_entropy on
+    F.linear logits, reduction="none"; native: torch's F.linear_cross_entropy with its automatic chunking
+    (when the installed torch has it); fused: ours. Each (shape, method) runs in a fresh process: its first
+    step measures peak memory, then the following steps are timed (median). Upstream gradients are random per
+    token. Then the fused/naive time ratios are measured again, interleaved in this process.
+    """
+    import statistics
+    import time
+
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(args.threads)
+    cuda = torch.cuda.is_available()
+    shapes = ([(512, 64, 4096)] if args.quick else
+              [(N, d, V) for N in (2048, 8192) for d in (256, 768) for V in (8192, 50257)])
+    methods = [m for m in LOGPROBS_METHODS if m != "native" or hasattr(F, "linear_cross_entropy")]
+    how = ("torch.cuda.max_memory_allocated() above the inputs" if cuda else
+           "torch.profiler(profile_memory=True): peak of allocated CPU memory above the inputs; "
+           "RSS = VmHWM - VmRSS before (cross-check, includes allocator slack)")
+    print(f"bench logprobs: float32, {'CUDA' if cuda else f'CPU, {args.threads} thread(s)'}, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, torch {torch.__version__}")
+    print(f"memory: {how}.\nbound: the gradients of hidden and weight + the outputs (the least any method "
+          f"must allocate). time: median of the steps after a warm-up step, each method in a fresh process.")
+    header = (f"{'N':>5} {'d':>4} {'V':>6}  {'method':<14}{'time s':>8}{'peak MiB':>10}{'RSS MiB':>9}"
+              f"{'bound':>7}{'t/naive':>8}{'mem naive/x':>12}{'t/native':>9}")
+    print(header)
+    fresh: dict[tuple, dict] = {}
+    for N, d, V in shapes:
+        for method in methods:
+            r = fresh[N, d, V, method] = _logprobs_fresh(method, N, d, V, args)
+            r["time"] = statistics.median(r["seconds"])
+            entropy = method.endswith("+entropy")
+            naive = fresh.get((N, d, V, "naive+entropy" if entropy else "naive"))
+            native = fresh.get((N, d, V, "native"))
+            bound = ((N + V) * d * 4 + N * 4 * (2 if entropy else 1)) / 2**20
+            rss = "-" if r["rss_mib"] is None else f"{r['rss_mib']:.0f}"
+            print(f"{N:>5} {d:>4} {V:>6}  {method:<14}{r['time']:>8.2f}{r['peak_mib']:>10.0f}{rss:>9}{bound:>7.0f}"
+                  f"{r['time'] / naive['time']:>8.2f}{naive['peak_mib'] / r['peak_mib']:>12.1f}"
+                  + (f"{r['time'] / native['time']:>9.2f}" if native and method.startswith("fused") else ""),
+                  flush=True)
+
+    print("\ninterleaved in one process (fused / naive time, median of 2 each, order A B B A):")
+    for N, d, V in shapes:
+        problem = _logprobs_problem(N, d, V, "cuda" if cuda else "cpu")
+        ratios = []
+        for suffix in ("", "+entropy"):
+            seconds: dict[str, list[float]] = {"naive" + suffix: [], "fused" + suffix: []}
+            for method in seconds:  # warm-up
+                _logprobs_step(method, *problem)
+            for method in ["naive" + suffix, "fused" + suffix, "fused" + suffix, "naive" + suffix]:
+                if cuda:
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                _logprobs_step(method, *problem)
+                if cuda:
+                    torch.cuda.synchronize()
+                seconds[method].append(time.perf_counter() - start)
+            ratios.append(statistics.median(seconds["fused" + suffix]) / statistics.median(seconds["naive" + suffix]))
+        print(f"  N={N} d={d} V={V}: {ratios[0]:.2f}x, with entropy {ratios[1]:.2f}x", flush=True)
+        del problem
+
+    d, V = shapes[-1][1:]
+    acc = _logprobs_accuracy(d, V)
+    print(f"\naccuracy of fused (float32) vs float64 naive, 256 tokens, d={d}, V={V}: log-prob max err "
+          f"{acc['log_prob_max_err']:.1e}, entropy {acc['entropy_max_err']:.1e}, grad_h rel-norm "
+          f"{acc['grad_h_rel_err']:.1e}, grad_W rel-norm {acc['grad_w_rel_err']:.1e}")
 
 
 # ---------------------------------------------------------------------------------------------------------

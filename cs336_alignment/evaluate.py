@@ -103,8 +103,8 @@ def gold_rewards(responses: list[str], ground_truths: list[str]) -> list[dict[st
 
 
 def response_lengths(responses: list[str], tokenizer) -> list[int]:
-    """Length of each response in tokens (read as plain text)."""
-    return [len(tokenizer.encode_ordinary(r)) for r in responses]
+    """Length of each response in tokens (special tokens inside a response count as one token each)."""
+    return [len(tokenizer.encode(r)) for r in responses]
 
 
 def summarize(rewards: list[dict[str, float]], lengths: list[int]) -> dict[str, float]:

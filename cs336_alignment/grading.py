@@ -27,6 +27,7 @@ infrastructure) are kept under "extra_data" for `handout check`, which requires 
 """
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import sys
@@ -210,7 +211,7 @@ class Grader:
                 number = part_number(r.part)
                 if number:
                     d["number"] = number
-                d.update(score=round(r.score, 6), max_score=round(r.points, 6))
+                d.update(score=r.score, max_score=r.points)  # unrounded: they sum exactly to "score"
             ok = ("passed",) if r.graded else ("passed", "skipped", "xfailed", "not run")
             d["status"] = "passed" if r.outcome in ok else "failed"
             d["output"] = r.output
@@ -226,7 +227,7 @@ class Grader:
             output += (f"\n{len(self.collection_errors)} test module(s) could not be collected (their tests are "
                        f"missing above): " + ", ".join(e["name"] for e in self.collection_errors))
         return {
-            "score": round(sum(t["score"] for t in graded), 6),
+            "score": sum(t["score"] for t in graded),
             "execution_time": round(time.time() - self.start, 1),
             "output": output.strip(),
             "tests": graded,
@@ -263,7 +264,8 @@ def pytest_configure(config: pytest.Config) -> None:
 def main(argv: list[str] | None = None) -> int:
     """`python -m cs336_alignment grade [pytest args]`: run pytest with this plugin and print the grade table."""
     args = list(sys.argv[1:] if argv is None else argv)
-    return int(pytest.main(["-p", PLUGIN_NAME, *args]))
+    # Pass the module object (not `-p`): it is already imported, and pytest warns when it cannot rewrite it.
+    return int(pytest.main(args, plugins=[importlib.import_module(PLUGIN_NAME)]))
 
 
 if __name__ == "__main__":

@@ -82,10 +82,10 @@ def stage_configs(preset: Preset, out: Path, seed: int, device: str, threads: in
     from cs336_alignment.train.sft import SFTConfig
 
     p = preset
-    common = dict(seed=seed, device=device, threads=threads, log_every=p.log_every, eval_every=p.eval_every)
-    pretrain = PretrainConfig(out=str(out / "pretrain"), n_problems=p.pretrain_problems,
-                              context_length=p.context_length, d_model=p.d_model, num_layers=p.num_layers,
-                              num_heads=p.num_heads, d_ff=p.d_ff, num_steps=p.pretrain_steps,
+    common = dict(seed=seed, device=device, threads=threads, log_every=p.log_every, eval_every=p.eval_every,
+                  context_length=p.context_length, d_model=p.d_model, num_layers=p.num_layers,
+                  num_heads=p.num_heads, d_ff=p.d_ff)  # SFT reads the model shape from its init checkpoint
+    pretrain = PretrainConfig(out=str(out / "pretrain"), n_problems=p.pretrain_problems, num_steps=p.pretrain_steps,
                               batch_size=p.pretrain_batch_size, lr=p.pretrain_lr, min_lr=p.pretrain_lr / 10,
                               warmup_steps=max(1, p.pretrain_steps // 10), checkpoint_every=p.pretrain_steps,
                               **common)
@@ -115,7 +115,8 @@ def plot_loss_curves(out: Path, stages: list[str]) -> Path:
             points = [(r["step"], r[key]) for r in records if key in r]
             if points:
                 ax.plot(*zip(*points), style, label=key)
-        ax.set(title=stage, xlabel="optimizer step", ylabel="loss (nats / token)")
+        ax.set(title=stage, xlabel="optimizer step",
+               ylabel="loss (nats / token)" if stage == "pretrain" else "loss (nats / response token)")
         ax.grid(alpha=0.3)
         ax.legend()
     path = out / "loss_curves.png"
@@ -140,13 +141,13 @@ def write_report(out: Path, report: dict) -> Path:
     for label, m in report["models"].items():
         lines.append(f"| {label} | {m['format']} | {_pct(m['reward/gold_mean'], n)} | "
                      f"{_pct(m['reward/format_mean'], n)} | {m['response/length_mean']:.1f} |")
-    lines += ["", "| stage | steps | loss/train | loss/eval | wall time |", "|---|---|---|---|---|"]
+    lines += ["", "| stage | steps | loss/train | loss/eval | wall time | CPU time |", "|---|---|---|---|---|---|"]
     for stage, s in report["stages"].items():
         fmt = lambda v: "" if v is None else f"{v:.3f}"  # noqa: E731
         lines.append(f"| {stage} | {s.get('steps', '')} | {fmt(s.get('loss/train'))} | {fmt(s.get('loss/eval'))} "
-                     f"| {s['wall_s']:.0f} s |")
-    lines += ["", f"Total wall time: {report['wall_s_total']:.0f} s "
-              f"({report['threads']} thread(s), device {report['device']}).", "",
+                     f"| {s['wall_s']:.0f} s | {s['cpu_s']:.0f} s |")
+    lines += ["", f"Total wall time: {report['wall_s_total']:.0f} s ({report['threads']} thread(s), device "
+              f"{report['device']}). CPU time is this process's; wall time above it means the CPU was shared.", "",
               "![loss curves](loss_curves.png)", "", "## Samples (first test problems)", ""]
     for sample in report["samples"]:
         lines += [f"**Q:** {sample['question']}  ", f"**gold:** `{sample['answer'].splitlines()[-1]}`", ""]
@@ -184,17 +185,17 @@ def run(preset_name: str = "tiny", out: str = "", name: str = "", threads: int =
     t_start = time.perf_counter()
 
     # --- 1. pretrain the base model on raw text
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     stages["pretrain"] = pretrain.train(pretrain_cfg)
-    stages["pretrain"]["wall_s"] = time.perf_counter() - t0
+    stages["pretrain"].update(wall_s=time.perf_counter() - t0, cpu_s=time.process_time() - c0)
 
     # --- 2. SFT on chat demonstrations, from the base model
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     stages["sft"] = sft.train(sft_cfg)
-    stages["sft"]["wall_s"] = time.perf_counter() - t0
+    stages["sft"].update(wall_s=time.perf_counter() - t0, cpu_s=time.process_time() - c0)
 
     # --- 3. evaluate both on the held-out test split
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     torch_device = get_device(device)
     tokenizer = load_tokenizer()
     problems = generate_problems(preset.eval_problems, "test", seed)
@@ -206,7 +207,7 @@ def run(preset_name: str = "tiny", out: str = "", name: str = "", threads: int =
                                                  batch_size=preset.eval_batch_size)
         models[label] = {"format": fmt, **metrics}
         print(f"eval {label} ({fmt}): " + " | ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-    stages["eval"] = {"wall_s": time.perf_counter() - t0}
+    stages["eval"] = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
 
     report = {"name": name, "preset": preset_name, "seed": seed, "threads": threads, "device": str(torch_device),
               "n_test_problems": len(problems), "models": models,
@@ -229,8 +230,8 @@ def main(argv: list[str] | None = None) -> dict:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny",
                         help="smoke (< 1 min), tiny (< 10 min on 2 CPU cores), small (one GPU)")
-    parser.add_argument("--name", default="", help="run name: outputs go to runs/<name>/ (default: the preset)")
-    parser.add_argument("--out", default="", help="output directory (default runs/<name>)")
+    parser.add_argument("--name", default="", help="run name: outputs go to runs/<name>/; empty = the preset's name")
+    parser.add_argument("--out", default="", help="output directory; empty = runs/<name>")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (0 = torch's default)")
     parser.add_argument("--device", default="auto", help="cuda, mps, cpu or auto (cuda, then mps, then cpu)")
     parser.add_argument("--seed", type=int, default=0, help="seed of data, initialisation and sampling")

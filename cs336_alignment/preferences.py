@@ -199,6 +199,78 @@ def conversations(pair: dict[str, Any]) -> tuple[list[dict[str, str]], list[dict
 
 
 # ---------------------------------------------------------------------------------------------------------
+# The preference-data stage: files if given, else samples from a policy labelled by the annotator
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PreferenceDataConfig:
+    """Fields shared by every stage that reads preference pairs (rm, dpo)."""
+
+    data: str = ""
+    """preference jsonl to train on; empty = sample from --init on task-world prompts and label with the annotator"""
+    eval_data: str = ""
+    """held-out preference jsonl; empty = task-world test prompts (or the last 10% of --data)"""
+    n_prompts: int = 384
+    """task-world train prompts to sample pairs on (when --data is empty)"""
+    n_eval_prompts: int = 128
+    """task-world test prompts for held-out pairs (when --eval-data is empty)"""
+    k_samples: int = 4
+    """responses sampled per prompt; all pairs of distinct responses are labelled (InstructGPT's K)"""
+    max_new_tokens: int = 48
+    """response length limit when sampling"""
+    tau: float = 0.25
+    """annotator noise: P(a > b) = sigmoid((u(a) - u(b)) / tau)"""
+    format_weight: float = 0.25
+    """annotator utility of a final '#### N' line"""
+    steps_weight: float = 0.25
+    """annotator utility of arithmetically valid worked steps (times their fraction)"""
+    length_bias: float = 0.0
+    """annotator utility per response token: > 0 makes longer look better (reward hacking)"""
+
+
+def annotator_from(cfg: PreferenceDataConfig) -> Annotator:
+    return Annotator(tau=cfg.tau, format_weight=cfg.format_weight, steps_weight=cfg.steps_weight,
+                     length_bias=cfg.length_bias)
+
+
+def preference_data(cfg: PreferenceDataConfig, model, tokenizer, out_dir, seed: int = 0, log=print
+                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(train pairs, held-out pairs): loaded from cfg.data / cfg.eval_data, or made by sampling `model`.
+
+    Made pairs are written to out_dir/preferences_train.jsonl and preferences_eval.jsonl, so that another
+    stage (e.g. DPO after the reward model) can train on exactly the same labels with --data.
+    """
+    from pathlib import Path
+
+    from cs336_alignment.tasks import generate_problems
+
+    if cfg.data:
+        train = load_preferences(cfg.data)
+        if cfg.eval_data:
+            evals = load_preferences(cfg.eval_data)
+        else:
+            n_eval = max(1, len(train) // 10)
+            train, evals = train[:-n_eval], train[-n_eval:]
+        if not train:
+            raise DataError(f"{cfg.data}: too few pairs to hold out 10% for evaluation")
+        return train, evals
+    annotator = annotator_from(cfg)
+    out = {}
+    for split, n, offset in (("train", cfg.n_prompts, 0), ("test", cfg.n_eval_prompts, 1)):
+        problems = generate_problems(n, split, seed)
+        samples = sample_responses(model, tokenizer, [p["question"] for p in problems], cfg.k_samples,
+                                   max_new_tokens=cfg.max_new_tokens, seed=seed + offset)
+        out[split] = make_preference_pairs(problems, samples, annotator, seed=seed + offset)
+        path = Path(out_dir) / f"preferences_{'eval' if split == 'test' else 'train'}.jsonl"
+        write_preferences(path, out[split])
+        log(f"preferences: {len(out[split])} pairs from {n} {split} prompts x {cfg.k_samples} samples -> {path}")
+    if not out["train"] or not out["test"]:
+        raise ValueError("the policy gave identical responses to every prompt: no pairs to label")
+    return out["train"], out["test"]
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Preference files
 # ---------------------------------------------------------------------------------------------------------
 
@@ -228,7 +300,9 @@ def parse_preference(record: dict[str, Any], where: str) -> dict[str, Any]:
         if field not in record:
             raise DataError(f"{where}: field '{field}': missing")
     prompt_messages = None
-    if "prompt" in record:
+    if "prompt_messages" in record:  # our own files: the whole conversation before the response
+        prompt_messages = _messages(record["prompt_messages"], where, "prompt_messages")
+    elif "prompt" in record:
         if isinstance(record["prompt"], str):
             if not record["prompt"].strip():
                 raise DataError(f"{where}: field 'prompt': is empty")

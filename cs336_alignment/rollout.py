@@ -90,6 +90,7 @@ class Rollouts:
     group_size: int  # G
     temperature: float  # the sampling temperature (recompute log-probs at the same one)
     finished: Tensor  # (N,) bool: the response ended with a stop token (False = cut at max_new_tokens)
+    pad_token_id: int  # the filler of the padded tensors
 
     def __len__(self) -> int:
         return len(self.response_ids)
@@ -108,7 +109,7 @@ class Rollouts:
     def sequences(self) -> tuple[Tensor, Tensor]:
         """(ids (N, T+1), attention_mask (N, T+1) bool): whole prompt + response sequences, right-padded
         (e.g. for a reward model that reads the score at the last real token)."""
-        ids = torch.cat([self.input_ids[:, :1], self.labels], dim=1)           # (N, T + 1)
+        ids = torch.cat([self.input_ids[:, :1], self.labels], dim=1)           # (N, T + 1), pad_token_id after
         lengths = torch.tensor([len(p) + len(r) for p, r in zip(self.prompt_ids, self.response_ids)])
         mask = torch.arange(ids.shape[1])[None, :] < lengths[:, None]          # (N, T + 1)
         return ids, mask
@@ -161,4 +162,4 @@ def sample_rollouts(policy, tokenizer, prompts: list[str] | list[list[int]], gro
     return Rollouts(prompt_ids=repeated, response_ids=response_ids, response_texts=texts,
                     sampler_log_probs=sampler_log_probs, input_ids=tensors["input_ids"], labels=tensors["labels"],
                     response_mask=tensors["response_mask"], group_size=group_size, temperature=temperature,
-                    finished=finished)
+                    finished=finished, pad_token_id=tokenizer.pad_token_id)

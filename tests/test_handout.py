@@ -293,7 +293,8 @@ def test_check_reports_every_kind_of_problem(built, tmp_path):
     with open(out / "tests/test_ops.py", "a") as f:
         f.write("\n\n@pytest.mark.points(1)\ndef test_free():\n    assert helper(1) == 2\n"
                 "\n\n@pytest.mark.points(1)\ndef test_wrong_error():\n    raise KeyError('x')\n"
-                "\n\ndef test_ungraded_broken():\n    assert helper(1) == 3\n")
+                "\n\ndef test_ungraded_broken():\n    assert helper(1) == 3\n"
+                "\n\ndef test_ungraded_smoke():\n    scale_and_shift(1, 2, 3)\n")
     (out / "README.md").write_text("# Toy\nHint: `scaled_value = x * factor`\n")
     (out / "toypkg/broken.py").write_text(f"raise RuntimeError('boom')\n\n\ndef g():\n    {BS}\n    return 1\n    {ES}\n")
     nb = json.loads((out / "notebooks/demo.ipynb").read_text())
@@ -310,6 +311,7 @@ def test_check_reports_every_kind_of_problem(built, tmp_path):
     assert "tests/test_ops.py::test_free: graded test passes in the handout (free points)" in text
     assert "tests/test_ops.py::test_wrong_error: graded test failed with KeyError, not NotImplementedError" in text
     assert "tests/test_ops.py::test_ungraded_broken: ungraded test failed with AssertionError" in text
+    assert "tests/test_ops.py::test_ungraded_smoke: ungraded test failed with NotImplementedError" in text
     assert {f.split(":")[0] for f in failures} == {"markers", "notebook outputs", "idempotence", "solution leaks",
                                                    "imports", "tests"}
     assert log[-1] == "handout check: FAILED"

@@ -6,8 +6,9 @@ forward pass, `loss.backward()`, clipping, `optimizer.step()` and `optimizer.zer
 are in each loop, not behind a helper here.
 
 Metric names (one vocabulary across loops, see the README):
-    loss/train         mean training loss over the optimizer steps since the last log line (nats / token)
-    loss/eval          loss on held-out data (nats / token)
+    loss/train         mean training loss over the steps since the last log line (nats per token; in SFT
+                       per response token)
+    loss/eval          the same loss on held-out data
     lr                 learning rate of the last step
     grad_norm          global L2 norm of the gradient before clipping (mean since the last log line)
     perf/tokens_per_s  tokens fed through the model per wall-clock second since the last log line

@@ -33,7 +33,7 @@ class PretrainConfig:
     name: str = "pretrain"
     """run name: outputs go to runs/<name>/ unless --out is given"""
     out: str = ""
-    """output directory (ckpt.pt, metrics.jsonl); default runs/<name>"""
+    """output directory (ckpt.pt, metrics.jsonl); empty = runs/<name>"""
     seed: int = 0
     """seed of the data, the initialisation and the batch sampling"""
     device: str = "auto"

@@ -40,7 +40,7 @@ class SFTConfig:
     name: str = "sft"
     """run name: outputs go to runs/<name>/ unless --out is given"""
     out: str = ""
-    """output directory (ckpt.pt, metrics.jsonl); default runs/<name>"""
+    """output directory (ckpt.pt, metrics.jsonl); empty = runs/<name>"""
     seed: int = 0
     """seed of the task-world data and the example order"""
     device: str = "auto"

@@ -1,0 +1,149 @@
+"""Best-of-N sampling with a reward model: the simplest way to optimise a learned reward, and a ruler for the rest.
+
+    python -m cs336_alignment bon --init runs/sft/ckpt.pt --rm runs/rm/ckpt.pt
+
+For each test prompt we draw one pool of 64 temperature-1 samples from the SFT policy and score every
+sample with the reward model (the proxy) and the gold reward. Best-of-N for N = 1, 2, 4, ..., 64 returns
+the sample with the highest proxy reward among N. Rather than re-drawing random subsets, we average over
+*all* N-subsets of the pool exactly (`metrics.best_of_n_weights`): the limit of subsampling the pool
+infinitely often, with no extra noise. The gold-oracle best-of-N (pick by the gold reward) is pass@N
+(`metrics.pass_at_k`, Chen et al. 2021), the ceiling any reward model could reach with N samples.
+
+Best-of-N needs no training, and its KL from the sampling policy is known in closed form,
+KL = log N - (N - 1) / N (Stiennon et al. 2020; an upper bound when samples repeat, Beirami et al. 2024),
+so gold and proxy reward against sqrt(KL) trace the reward-model over-optimisation curve of Gao et al. 2023
+("Scaling Laws for Reward Model Overoptimization"), with no optimiser in the way.
+
+One metrics.jsonl line per N (step = N): reward/gold_mean, reward/proxy_mean, reward/oracle_mean (pass@N),
+kl/sft (the closed form), response/length_mean, response/distinct_2 (of best-of-N among the first N samples
+of each pool: one concrete draw).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from cs336_alignment.metrics import best_of_n_kl, best_of_n_weights, distinct_n, pass_at_k
+from cs336_alignment.train.common import MetricsLogger, get_device, load_model, parse_config, run_dir, set_seed, set_threads
+
+
+@dataclass
+class BoNConfig:
+    # --- run
+    name: str = "bon"
+    """run name: outputs go to runs/<name>/ unless --out is given"""
+    out: str = ""
+    """output directory (metrics.jsonl, bon.json); default runs/<name>"""
+    seed: int = 0
+    """seed of the test prompts and of the samples"""
+    device: str = "auto"
+    """cuda, mps, cpu, or auto (cuda, then mps, then cpu)"""
+    threads: int = 1
+    """torch.set_num_threads; 0 = torch's default (1 was fastest on a shared 2-core CPU)"""
+    init: str = "runs/sft/ckpt.pt"
+    """the sampling policy (SFT checkpoint)"""
+    rm: str = "runs/rm/ckpt.pt"
+    """reward-model checkpoint (written by `python -m cs336_alignment rm`)"""
+    # --- sampling
+    n_prompts: int = 64
+    """task-world test prompts"""
+    pool_size: int = 64
+    """samples per prompt; N runs over the powers of two up to it"""
+    max_new_tokens: int = 48
+    """response length limit"""
+    temperature: float = 1.0
+    """sampling temperature (the KL formula is for samples of the policy itself, i.e. 1.0)"""
+    batch_size: int = 256
+    """sequences generated / scored together"""
+    quiet: bool = False
+    """no console lines (metrics.jsonl is still written)"""
+
+
+def best_of_n_curve(proxy: torch.Tensor, gold: torch.Tensor, lengths: torch.Tensor, ns: list[int]) -> list[dict]:
+    """Exact best-of-N statistics over all N-subsets of each prompt's pool.
+
+    Args:
+        proxy: (P, n) reward-model scores of n samples for each of P prompts (selection is by these).
+        gold: (P, n) gold rewards (0/1 for the task world).
+        lengths: (P, n) response lengths (tokens).
+        ns: the N values (each 1 <= N <= n).
+
+    Returns:
+        one dict per N: {"n", "reward/proxy_mean", "reward/gold_mean", "reward/oracle_mean" (pass@N with the
+        gold reward as the selector, exact for 0/1 gold rewards), "response/length_mean", "kl/sft" (closed form)}.
+    """
+    P, n = proxy.shape
+    order = proxy.double().argsort(dim=1, stable=True)                      # (P, n) ascending by proxy
+    ranked = {name: t.double().gather(1, order) for name, t in (("proxy", proxy), ("gold", gold), ("len", lengths))}
+    correct = (gold > 0.5).sum(dim=1).tolist()                              # per prompt, for pass@N
+    rows = []
+    for N in ns:
+        w = best_of_n_weights(n, N)                                         # (n,) weight of each rank
+        rows.append({"n": N, "reward/proxy_mean": float((ranked["proxy"] @ w).mean()),
+                     "reward/gold_mean": float((ranked["gold"] @ w).mean()),
+                     "reward/oracle_mean": sum(pass_at_k(n, c, N) for c in correct) / P,
+                     "response/length_mean": float((ranked["len"] @ w).mean()), "kl/sft": best_of_n_kl(N)})
+    return rows
+
+
+def train(cfg: BoNConfig) -> dict:
+    """Sample the pools, score them, and write the best-of-N curve. Returns {"rows": [...], "wall_s": ...}."""
+    from cs336_alignment.preferences import sample_responses
+    from cs336_alignment.tasks import generate_problems, gold_reward
+    from cs336_alignment.tokenizer import load_tokenizer
+    from cs336_alignment.train.reward_model import load_reward_model, score_responses
+
+    out = run_dir(cfg.name, cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    set_threads(cfg.threads)
+    set_seed(cfg.seed)
+    device = get_device(cfg.device)
+    tokenizer = load_tokenizer()
+    policy, _ = load_model(cfg.init, device)
+    reward_model, _ = load_reward_model(cfg.rm, device)
+    ns = [2 ** i for i in range(int(math.log2(cfg.pool_size)) + 1)]
+    logger = MetricsLogger(out, ns[-1], dataclasses.asdict(cfg), quiet=cfg.quiet)
+
+    # --- one pool of samples per prompt, scored by the gold reward and the reward model
+    t0 = time.perf_counter()
+    problems = generate_problems(cfg.n_prompts, "test", cfg.seed)
+    questions = [p["question"] for p in problems]
+    pools = sample_responses(policy, tokenizer, questions, cfg.pool_size, max_new_tokens=cfg.max_new_tokens,
+                             temperature=cfg.temperature, seed=cfg.seed, batch_size=cfg.batch_size)
+    t_sample = time.perf_counter() - t0
+    n_tokens = sum(s["n_tokens"] for pool in pools for s in pool)
+    logger.write(f"bon: {cfg.n_prompts} prompts x {cfg.pool_size} samples, {n_tokens} tokens in {t_sample:.0f} s "
+                 f"({n_tokens / t_sample:.0f} tok/s)")
+    flat_q = [q for q in questions for _ in range(cfg.pool_size)]
+    flat = [s for pool in pools for s in pool]
+    proxy = torch.tensor(score_responses(reward_model, tokenizer, flat_q, [s["text"] for s in flat],
+                                         batch_size=cfg.batch_size)).view(cfg.n_prompts, cfg.pool_size)
+    gold = torch.tensor([gold_reward(s["text"], p["answer"])["reward"] for p, pool in zip(problems, pools)
+                         for s in pool]).view(cfg.n_prompts, cfg.pool_size)
+    lengths = torch.tensor([float(s["n_tokens"]) for s in flat]).view(cfg.n_prompts, cfg.pool_size)
+
+    # --- the curve, plus distinct-2 of one concrete best-of-N draw (the first N samples of each pool)
+    rows = best_of_n_curve(proxy, gold, lengths, ns)
+    for row in rows:
+        N = row["n"]
+        picks = [pool[int(proxy[j, :N].argmax())] for j, pool in enumerate(pools)]
+        row["response/distinct_2"] = distinct_n([s["tokens"][:s["n_tokens"]] for s in picks], 2)
+        logger.log(N, {k: v for k, v in row.items() if k != "n"})
+    result = {"rows": rows, "n_prompts": cfg.n_prompts, "pool_size": cfg.pool_size, "sample_wall_s": t_sample,
+              "wall_s": time.perf_counter() - t0, "perf/tokens_per_s": n_tokens / t_sample}
+    (out / "bon.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = parse_config(BoNConfig, argv, "python -m cs336_alignment bon", __doc__.split("\n\n")[0])
+    return train(cfg)
+
+
+if __name__ == "__main__":
+    main()

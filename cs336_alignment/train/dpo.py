@@ -1,0 +1,228 @@
+"""Direct Preference Optimization on preference pairs, from the SFT policy (Rafailov et al. 2023).
+
+    python -m cs336_alignment dpo --init runs/sft/ckpt.pt                       # pairs sampled + labelled here
+    python -m cs336_alignment dpo --init CKPT --data runs/rm/preferences_train.jsonl \\
+                                  --eval-data runs/rm/preferences_eval.jsonl   # the reward model's pairs
+    python -m cs336_alignment dpo --init CKPT --data prefs.jsonl --loss-type ipo
+
+No reward model and no sampling during training: the policy's implicit reward beta * log(pi / pi_ref) is
+fitted to the labels directly with `dpo.dpo_loss` (eq. 7). The reference is the frozen initial policy, and
+its log-probs never change, so they are computed once for every pair before the first step (the usual
+trick; TRL's `precompute_ref_log_probs`). Sequence log-probs are sums over the response tokens (the
+assistant content and its closing <|end|>) from `logprobs.get_response_log_probs(fused=True)`.
+
+Metrics: loss/train, dpo/margin (mean implicit-reward gap), dpo/accuracy (fraction of pairs whose chosen
+response has the higher implicit reward), dpo/chosen_reward, dpo/rejected_reward; at eval steps loss/eval,
+dpo/eval_accuracy on held-out pairs and accuracy/greedy (gold accuracy of greedy answers to test problems).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+from cs336_alignment.checkpoint import rng_state, save_checkpoint
+from cs336_alignment.data import collate_chat
+from cs336_alignment.dpo import dpo_loss
+from cs336_alignment.logprobs import get_response_log_probs
+from cs336_alignment.model import TransformerConfig
+from cs336_alignment.nn_utils import AdamW, clip_gradients
+from cs336_alignment.preferences import PreferenceDataConfig, conversations, preference_data
+from cs336_alignment.train.common import (MetricsLogger, autocast, cosine_lr, finite_or_raise, get_device, load_model,
+                                          num_params, parse_config, progress_bar, run_dir, set_seed, set_threads)
+
+
+@dataclass
+class DPOConfig(PreferenceDataConfig):
+    # --- run
+    name: str = "dpo"
+    """run name: outputs go to runs/<name>/ unless --out is given"""
+    out: str = ""
+    """output directory (ckpt.pt, metrics.jsonl); default runs/<name>"""
+    seed: int = 0
+    """seed of the prompts, samples and labels (when made here) and of the pair order"""
+    device: str = "auto"
+    """cuda, mps, cpu, or auto (cuda, then mps, then cpu)"""
+    threads: int = 1
+    """torch.set_num_threads; 0 = torch's default (1 was fastest on a shared 2-core CPU)"""
+    init: str = "runs/sft/ckpt.pt"
+    """SFT checkpoint: the initial policy and the frozen reference"""
+    # --- DPO
+    beta: float = 0.1
+    """KL strength: the implicit reward is beta * log(pi / pi_ref)"""
+    loss_type: Literal["sigmoid", "ipo"] = "sigmoid"
+    """sigmoid = DPO (eq. 7), ipo = IPO's squared loss (Azar et al. 2023)"""
+    label_smoothing: float = 0.0
+    """assumed label-flip rate (cDPO); sigmoid only"""
+    # --- optimisation
+    num_steps: int = 120
+    """optimizer steps"""
+    batch_size: int = 32
+    """preference pairs per optimizer step"""
+    lr: float = 1e-4
+    """peak learning rate (after linear warmup)"""
+    min_lr: float = 1e-5
+    """learning rate at the end of the cosine decay"""
+    warmup_steps: int = 10
+    """linear warmup steps"""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay"""
+    grad_clip: float = 1.0
+    """clip the global gradient L2 norm to this value"""
+    # --- logging / eval
+    log_every: int = 10
+    """optimizer steps between console/metrics lines"""
+    eval_every: int = 40
+    """optimizer steps between held-out evaluations (and at the last step)"""
+    n_gold_problems: int = 128
+    """test problems answered greedily at each evaluation (0 = skip the gold evaluation)"""
+    quiet: bool = False
+    """no console lines (metrics.jsonl is still written)"""
+
+
+def train(cfg: DPOConfig) -> dict:
+    """Run DPO. Returns {"checkpoint", "steps", "loss/train", "loss/eval", "dpo/eval_accuracy",
+    "accuracy/greedy", ...} (the last logged values)."""
+    from cs336_alignment.evaluate import evaluate_model
+    from cs336_alignment.tasks import generate_problems
+    from cs336_alignment.tokenizer import load_tokenizer
+
+    # ---------------------------------------------------------------------------------------------------
+    # Setup: policy, frozen reference, pairs, reference log-probs (once)
+    # ---------------------------------------------------------------------------------------------------
+    out = run_dir(cfg.name, cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    set_threads(cfg.threads)
+    set_seed(cfg.seed)
+    device = get_device(cfg.device)
+    tokenizer = load_tokenizer()
+    model, init_extra = load_model(cfg.init, device)
+    model_config = TransformerConfig(**init_extra["model_config"])
+    reference = copy.deepcopy(model).eval().requires_grad_(False)
+    context = model_config.context_length
+    logger = MetricsLogger(out, cfg.num_steps, dataclasses.asdict(cfg), quiet=cfg.quiet)
+    t_data = time.perf_counter()
+    train_pairs, eval_pairs = preference_data(cfg, model, tokenizer, out, cfg.seed, log=logger.write)
+    train_chats = [conversations(p) for p in train_pairs]                        # [(chosen, rejected)]
+    eval_chats = [conversations(p) for p in eval_pairs]
+    gold_problems = generate_problems(cfg.n_gold_problems, "test", cfg.seed)
+
+    def batch_logps(m, chats: list[tuple]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed response log-probs of the chosen (B,) and rejected (B,) responses, one forward pass."""
+        batch = collate_chat([c for pair in chats for c in pair], tokenizer, max_length=context)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with autocast(device):
+            log_probs = get_response_log_probs(m, batch["input_ids"], batch["labels"], fused=True)["log_probs"]
+        seq = torch.where(batch["response_mask"], log_probs.float(), 0.0).sum(-1)  # (2B,)
+        return seq[0::2], seq[1::2]
+
+    @torch.no_grad()
+    def precompute(chats: list[tuple], bs: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+        parts = [batch_logps(reference, chats[i:i + bs]) for i in range(0, len(chats), bs)]
+        return torch.cat([c for c, _ in parts]), torch.cat([r for _, r in parts])    # (N,), (N,)
+
+    ref_train, ref_eval = precompute(train_chats), precompute(eval_chats)
+    pair_tokens = [sum(len(tokenizer.render(c)[0]) for c in pair) for pair in train_chats]  # for perf/tokens_per_s
+    t_data = time.perf_counter() - t_data
+    optimizer = AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    logger.write(f"dpo: {num_params(model) / 1e6:.2f}M parameters, {len(train_pairs)} train / {len(eval_pairs)} "
+                 f"held-out pairs, beta {cfg.beta}, reference log-probs precomputed ({t_data:.0f} s with the "
+                 f"pairs), device {device}")
+
+    @functools.lru_cache(maxsize=2)
+    def epoch_order(epoch: int) -> list[int]:
+        generator = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
+        return torch.randperm(len(train_chats), generator=generator).tolist()
+
+    def batch_indices(step: int) -> list[int]:
+        first = step * cfg.batch_size
+        return [epoch_order(p // len(train_chats))[p % len(train_chats)]
+                for p in range(first, first + cfg.batch_size)]
+
+    @torch.no_grad()
+    def evaluate() -> dict[str, float]:
+        model.eval()
+        parts = [batch_logps(model, eval_chats[i:i + 64]) for i in range(0, len(eval_chats), 64)]
+        chosen, rejected = torch.cat([c for c, _ in parts]), torch.cat([r for _, r in parts])
+        loss, m = dpo_loss(chosen, rejected, ref_eval[0], ref_eval[1], cfg.beta, cfg.loss_type, cfg.label_smoothing)
+        metrics = {"loss/eval": float(loss), "dpo/eval_accuracy": float(m["dpo/accuracy"]),
+                   "dpo/eval_margin": float(m["dpo/margin"])}
+        if gold_problems:
+            gold, _ = evaluate_model(model, tokenizer, gold_problems, fmt="chat", max_new_tokens=cfg.max_new_tokens)
+            metrics["accuracy/greedy"] = gold["reward/gold_mean"]
+            metrics["response/length_mean"] = gold["response/length_mean"]
+        model.train()
+        return metrics
+
+    # ---------------------------------------------------------------------------------------------------
+    # Training loop
+    # ---------------------------------------------------------------------------------------------------
+    model.train()
+    keys = ("dpo/margin", "dpo/accuracy", "dpo/chosen_reward", "dpo/rejected_reward")
+    window: dict[str, list[float]] = {k: [] for k in ("loss", "norm", *keys)}
+    window_tokens, t0, last = 0, time.perf_counter(), {}
+    if cfg.eval_every > 0:
+        logger.log(0, evaluate())  # the SFT policy: loss/eval = log 2, accuracy/greedy = SFT's
+    bar = progress_bar(cfg.num_steps, 0, "dpo")
+    for step in range(cfg.num_steps):
+        lr = cosine_lr(step, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.num_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        # --- forward: policy log-probs of chosen and rejected; the reference's were precomputed
+        idx = batch_indices(step)
+        policy_chosen, policy_rejected = batch_logps(model, [train_chats[i] for i in idx])   # (B,), (B,)
+        index = torch.tensor(idx)
+        loss, metrics = dpo_loss(policy_chosen, policy_rejected, ref_train[0][index].to(device),
+                                 ref_train[1][index].to(device), cfg.beta, cfg.loss_type, cfg.label_smoothing)
+        finite_or_raise(loss.item(), step + 1)
+
+        # --- backward / update
+        loss.backward()
+        grad_norm = clip_gradients(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        window["loss"].append(loss.item())
+        window["norm"].append(float(grad_norm))
+        for k in keys:
+            window[k].append(float(metrics[k]))
+        window_tokens += sum(pair_tokens[i] for i in idx)
+        bar.update(1)
+
+        # --- log / eval / checkpoint
+        done = step + 1
+        is_last = done == cfg.num_steps
+        is_eval = (cfg.eval_every > 0 and done % cfg.eval_every == 0) or is_last
+        if done % cfg.log_every == 0 or is_eval:
+            tokens_per_s = window_tokens / (time.perf_counter() - t0)
+            log = {"loss/train": np.mean(window["loss"]), **{k: np.mean(window[k]) for k in keys}, "lr": lr,
+                   "grad_norm": np.mean(window["norm"])}
+            if is_eval:
+                log.update(evaluate())
+            log["perf/tokens_per_s"] = tokens_per_s
+            logger.log(done, log)
+            last.update(log)
+            window = {k: [] for k in window}
+            window_tokens, t0 = 0, time.perf_counter()
+    bar.close()
+    ckpt_path = out / "ckpt.pt"
+    save_checkpoint(model, optimizer, cfg.num_steps, ckpt_path, config=dataclasses.asdict(cfg),
+                    model_config=dataclasses.asdict(model_config), rng=rng_state())
+    return {"checkpoint": str(ckpt_path), "steps": cfg.num_steps, "data_wall_s": t_data,
+            "n_pairs": len(train_pairs), "n_eval_pairs": len(eval_pairs),
+            **{k: float(v) for k, v in last.items() if k not in ("lr", "grad_norm", "perf/tokens_per_s")}}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = parse_config(DPOConfig, argv, "python -m cs336_alignment dpo", __doc__.split("\n\n")[0])
+    return train(cfg)
+
+
+if __name__ == "__main__":
+    main()

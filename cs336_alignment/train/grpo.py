@@ -1,0 +1,381 @@
+"""REINFORCE / GRPO: policy-gradient RL with group baselines (no critic), from an SFT policy.
+
+    python -m cs336_alignment grpo --init runs/tiny/sft/ckpt.pt                          # gold (verifiable) reward
+    python -m cs336_alignment grpo --init SFT --reward rm --reward-model runs/tiny/rm/ckpt.pt --kl-coef 0.05
+    python -m cs336_alignment grpo --init SFT --loss-type reinforce_with_baseline --epochs-per-rollout-batch 1
+
+One step (Shao et al. 2024, DeepSeekMath §4.1, eq. 3; Stanford CS336 assignment 5):
+  1. take `prompts_per_step` questions and sample `group_size` responses to each at `temperature`
+     (`rollout.sample_rollouts`, KV cache, contiguous groups);
+  2. score them, with the gold reward (`tasks.gold_reward`, right number in "#### N" format) or a learned
+     reward model, and turn the scores into advantages with `advantages.compute_group_normalized_rewards`
+     (reward minus the group mean, divided by the group std);
+  3. optionally drop the groups whose rewards are all equal: their advantages are 0, so they only cost compute;
+  4. for `epochs_per_rollout_batch` epochs, split the rows into `minibatches` optimizer steps (each over
+     micro-batches of `micro_batch_size`) and minimize the loss of `policy_losses.grpo_microbatch_train_step`
+     ("no_baseline", "reinforce_with_baseline" or the clipped "grpo_clip"), plus, if kl_coef > 0, the k3
+     estimate of KL(pi || pi_ref) to the frozen reference (DeepSeekMath eq. 3-4), per-sequence means.
+For grpo_clip, old log-probs come from a no-grad pass of the policy before the first update, in the same
+micro-batches as the first epoch, so the first ratio is exactly 1 (after that, the clip has work to do).
+
+For the pipeline (no argparse needed):
+    from cs336_alignment.train import grpo
+    result = grpo.train(grpo.GRPOConfig(init=sft_ckpt, out=str(run / "grpo"), reward="gold", num_steps=40))
+    result -> {"checkpoint": path, "steps": n, "cpu_s": CPU seconds of training, "eval": {...last eval...}}
+and runs/<name>/grpo/metrics.jsonl holds one line per step (names below) and the eval/* lines.
+
+Metrics: reward/gold_mean, reward/format_mean, reward/proxy_mean (with an RM), response/length_mean,
+loss/policy, policy/clipfrac, policy/approx_kl (k3 of KL(pi_old || pi)), policy/entropy (nats per token),
+kl/ref (k3 per token, with kl_coef > 0), groups/kept_fraction, grad_norm, lr, perf/tokens_per_s (tokens
+through the trained forward passes per second), perf/cpu_s (process CPU seconds, evals excluded);
+eval/greedy_accuracy, eval/sampled_accuracy (T = 1), eval/format_rate, eval/length_mean, eval/kl_ref
+(summed log-ratio per sampled response: an estimate of KL(pi || pi_ref) in nats per sequence).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import torch
+
+from cs336_alignment.advantages import compute_group_normalized_rewards
+from cs336_alignment.checkpoint import load_checkpoint, load_checkpoint_extra, rng_state, save_checkpoint, set_rng_state
+from cs336_alignment.logprobs import get_response_log_probs
+from cs336_alignment.masked import masked_mean
+from cs336_alignment.nn_utils import AdamW, clip_gradients
+from cs336_alignment.policy_losses import grpo_microbatch_train_step, kl_estimate
+from cs336_alignment.rollout import Rollouts, sample_rollouts
+from cs336_alignment.tasks import gold_reward
+from cs336_alignment.train.common import (MetricsLogger, cosine_lr, finite_or_raise, get_device, load_model,
+                                          num_params, parse_config, progress_bar, run_dir, set_seed, set_threads)
+
+
+@dataclass
+class GRPOConfig:
+    # --- run
+    name: str = "grpo"
+    """run name: outputs go to runs/<name>/ unless --out is given"""
+    out: str = ""
+    """output directory (ckpt.pt, metrics.jsonl); default runs/<name>"""
+    seed: int = 0
+    """seed of the prompt order and of the sampling"""
+    device: str = "auto"
+    """cuda, mps, cpu, or auto"""
+    threads: int = 1
+    """torch.set_num_threads; 0 = torch's default (1 was fastest on a shared 2-core CPU)"""
+    resume: bool = False
+    """continue from <out>/ckpt.pt"""
+    init: str = ""
+    """the SFT checkpoint to start from (required); also the frozen reference"""
+    # --- reward and data
+    reward: Literal["gold", "rm"] = "gold"
+    """gold = the task world's verifiable reward; rm = the learned reward model at --reward-model"""
+    reward_model: str = ""
+    """reward-model checkpoint (train/reward_model.py) for --reward rm"""
+    data: str = ""
+    """jsonl of {"question", "answer"} prompts; empty = the task world's train split"""
+    n_problems: int = 4000
+    """task-world prompts in the pool (when --data is empty)"""
+    n_eval_problems: int = 200
+    """held-out test problems for eval/* (greedy and sampled accuracy)"""
+    # --- sampling
+    prompts_per_step: int = 32
+    """questions per rollout batch"""
+    group_size: int = 8
+    """responses sampled per question (G)"""
+    temperature: float = 1.0
+    """sampling temperature (log-probs are recomputed at the same temperature)"""
+    max_new_tokens: int = 64
+    """response length limit"""
+    # --- loss
+    loss_type: Literal["no_baseline", "reinforce_with_baseline", "grpo_clip"] = "grpo_clip"
+    """per-token loss (policy_losses.compute_policy_gradient_loss)"""
+    cliprange: float = 0.2
+    """PPO/GRPO clip epsilon"""
+    advantage_eps: float = 1e-6
+    """added to the group std"""
+    normalize_by_std: bool = True
+    """divide advantages by the group std (GRPO) or only subtract the mean (Dr. GRPO)"""
+    length_normalization: Literal["sequence", "constant"] = "sequence"
+    """per-sequence mean (GRPO) or sum / max_new_tokens (Dr. GRPO)"""
+    drop_zero_variance_groups: bool = True
+    """skip groups whose rewards are all equal (advantage 0: no gradient, only cost)"""
+    kl_coef: float = 0.0
+    """weight of the k3 KL(pi || pi_ref) term in the loss (0 = no reference pass)"""
+    epochs_per_rollout_batch: int = 2
+    """passes over each rollout batch (> 1 makes the updates off-policy: use grpo_clip)"""
+    minibatches: int = 1
+    """optimizer steps per epoch (the kept rows are split evenly)"""
+    micro_batch_size: int = 64
+    """rows per forward/backward (gradient accumulation inside an optimizer step)"""
+    # --- optimisation
+    num_steps: int = 40
+    """rollout batches (each gives epochs_per_rollout_batch * minibatches optimizer steps)"""
+    lr: float = 1e-4
+    """peak learning rate"""
+    min_lr: float = 1e-4
+    """learning rate at the end of the cosine decay (= lr: constant after warmup)"""
+    warmup_steps: int = 3
+    """rollout batches of linear warmup"""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay"""
+    beta1: float = 0.9
+    """AdamW beta1"""
+    beta2: float = 0.95
+    """AdamW beta2"""
+    grad_clip: float = 1.0
+    """clip the global gradient L2 norm to this value"""
+    # --- logging / eval / checkpoints
+    log_every: int = 1
+    """rollout batches between console/metrics lines"""
+    eval_every: int = 10
+    """rollout batches between evaluations (also before the first and after the last)"""
+    checkpoint_every: int = 20
+    """rollout batches between checkpoints (and at the last)"""
+    quiet: bool = False
+    """no console lines (metrics.jsonl is still written)"""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Helpers shared with ppo.py
+# ---------------------------------------------------------------------------------------------------------
+
+
+def load_problems(data: str, n_problems: int, split: str, seed: int) -> list[dict[str, str]]:
+    """{"question", "answer"} prompts from a jsonl file or the task world."""
+    from cs336_alignment.data import load_jsonl
+    from cs336_alignment.tasks import generate_problems
+
+    if data:
+        return load_jsonl(data, fields={"question": str, "answer": str})
+    return generate_problems(n_problems, split, seed)
+
+
+def prompt_indices(step: int, n_pool: int, per_step: int, seed: int) -> list[int]:
+    """The pool indices used at `step`: an endless stream of per-epoch permutations, a pure function of
+    (seed, step), so a resumed run draws the same prompts."""
+    first = step * per_step
+    order = lambda epoch: torch.randperm(n_pool, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+    return [int(order(p // n_pool)[p % n_pool]) for p in range(first, first + per_step)]
+
+
+def sequence_widths(rollouts: Rollouts) -> torch.Tensor:
+    """(N,) long: real (non-padding) positions of each row of the training tensors (prompt + response - 1)."""
+    return torch.tensor([len(p) + len(r) - 1 for p, r in zip(rollouts.prompt_ids, rollouts.response_ids)])
+
+
+def micro_batch(tensors: dict[str, torch.Tensor], rows: torch.Tensor, widths: torch.Tensor,
+                device: torch.device) -> dict[str, torch.Tensor]:
+    """Rows `rows` of each (N, T) tensor, cut to the longest real row among them (right padding only)."""
+    width = int(widths[rows].max())
+    return {k: v[rows, :width].to(device) for k, v in tensors.items()}
+
+
+@torch.no_grad()
+def evaluate_policy(policy, tokenizer, problems: list[dict[str, str]], *, max_new_tokens: int,
+                    reference=None, samples_per_problem: int = 1, seed: int = 0, batch_size: int = 256) -> dict:
+    """Greedy accuracy, sampled (T = 1) accuracy and, with a reference model, KL(pi || pi_ref) on test problems.
+
+    eval/kl_ref = mean over sampled responses of sum_t [log pi(y_t) - log pi_ref(y_t)] (k1 summed over the
+    response: an unbiased estimate of the sequence-level KL, in nats).
+    """
+    from cs336_alignment.evaluate import generate_responses
+
+    device = next(policy.parameters()).device
+    questions, answers = [p["question"] for p in problems], [p["answer"] for p in problems]
+    greedy = generate_responses(policy, tokenizer, questions, fmt="chat", max_new_tokens=max_new_tokens,
+                                batch_size=batch_size, temperature=0.0)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    ro = sample_rollouts(policy, tokenizer, questions, samples_per_problem, temperature=1.0,
+                         max_new_tokens=max_new_tokens, generator=generator, batch_size=batch_size)
+    sampled = [gold_reward(t, a) for t, a in zip(ro.response_texts, [a for a in answers
+                                                                         for _ in range(samples_per_problem)])]
+    metrics = {"eval/greedy_accuracy": sum(gold_reward(r, a)["reward"] for r, a in zip(greedy, answers)) / len(greedy),
+               "eval/sampled_accuracy": sum(s["reward"] for s in sampled) / len(sampled),
+               "eval/format_rate": sum(s["format_reward"] for s in sampled) / len(sampled),
+               "eval/length_mean": float(ro.response_lengths.float().mean()), "eval/n": float(len(sampled))}
+    if reference is not None:
+        policy_lp, kl = ro.sampler_log_probs_padded(), []
+        for i in range(0, len(ro), batch_size):
+            rows = slice(i, i + batch_size)
+            ref_lp = get_response_log_probs(reference, ro.input_ids[rows].to(device),
+                                            ro.labels[rows].to(device))["log_probs"].cpu()  # (b, T)
+            kl.append(((policy_lp[rows] - ref_lp) * ro.response_mask[rows]).sum(-1))
+        metrics["eval/kl_ref"] = float(torch.cat(kl).mean())
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------------------
+
+
+def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | None = None) -> dict:
+    """Run GRPO / REINFORCE. Returns {"checkpoint", "steps", "cpu_s", "eval": last eval metrics}.
+
+    reward_fn(response, ground_truth) -> {"reward": float, ...}, if given, replaces cfg.reward as the
+    training reward (custom tasks, tests); reward/gold_mean still logs the task world's gold reward.
+    """
+    from cs336_alignment.tokenizer import load_tokenizer
+    from cs336_alignment.train.ppo import reward_model_scores
+    from cs336_alignment.train.reward_model import load_reward_model
+
+    # ---------------------------------------------------------------------------------------------------
+    # Setup
+    # ---------------------------------------------------------------------------------------------------
+    if not cfg.init:
+        raise ValueError("--init (the SFT checkpoint) is required: RL starts from an SFT policy")
+    if cfg.reward == "rm" and not cfg.reward_model and reward_fn is None:
+        raise ValueError("--reward rm needs --reward-model CKPT")
+    if cfg.group_size < 2 and cfg.loss_type != "no_baseline":
+        raise ValueError("group baselines need group_size >= 2")
+    out = run_dir(cfg.name, cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "ckpt.pt"
+    set_threads(cfg.threads)
+    set_seed(cfg.seed)
+    device = get_device(cfg.device)
+    tokenizer = load_tokenizer()
+    policy, init_extra = load_model(cfg.init, device)
+    reference = copy.deepcopy(policy).eval().requires_grad_(False)  # frozen SFT policy: KL and eval/kl_ref
+    reward_model = None
+    if cfg.reward == "rm" and reward_fn is None:
+        reward_model = load_reward_model(cfg.reward_model, device)[0].requires_grad_(False)
+    problems = load_problems(cfg.data, cfg.n_problems, "train", cfg.seed + 2)
+    eval_problems = load_problems("", cfg.n_eval_problems, "test", 0)
+    optimizer = AdamW(policy.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    start_step = 0
+    if cfg.resume and ckpt_path.exists():
+        start_step = load_checkpoint(ckpt_path, policy, optimizer)
+        set_rng_state(load_checkpoint_extra(ckpt_path)["rng"])
+    logger = MetricsLogger(out, cfg.num_steps, dataclasses.asdict(cfg), resumed_from=start_step, quiet=cfg.quiet)
+    logger.write(f"grpo: {num_params(policy) / 1e6:.2f}M parameters, {len(problems)} prompts, reward {cfg.reward}, "
+                 f"{cfg.prompts_per_step} x {cfg.group_size} rollouts per step, device {device}")
+
+    def run_eval(step: int) -> dict:
+        if not eval_problems:
+            return {}
+        metrics = evaluate_policy(policy, tokenizer, eval_problems, max_new_tokens=cfg.max_new_tokens,
+                                  reference=reference, seed=cfg.seed + 1)
+        logger.log(step, metrics)
+        return metrics
+
+    last_eval = run_eval(start_step) if start_step == 0 else {}
+    cpu_s, bar = 0.0, progress_bar(cfg.num_steps, start_step, "grpo")
+    for step in range(start_step, cfg.num_steps):
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        # step + 1: the first rollout batch already trains at lr / warmup_steps (not at 0)
+        lr = cosine_lr(step + 1, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.num_steps + 1)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        # --- 1. rollouts: G samples per prompt, contiguous groups
+        batch = [problems[i] for i in prompt_indices(step, len(problems), cfg.prompts_per_step, cfg.seed)]
+        generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step)
+        ro = sample_rollouts(policy, tokenizer, [p["question"] for p in batch], cfg.group_size,
+                             temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, generator=generator)
+        truths = [p["answer"] for p in batch for _ in range(cfg.group_size)]
+        rollout_s = time.perf_counter() - t0
+
+        # --- 2. rewards -> group-normalized advantages (the gold reward, or the RM score looked up by row)
+        gold = [gold_reward(text, truth) for text, truth in zip(ro.response_texts, truths)]
+        metrics = {"reward/gold_mean": sum(g["reward"] for g in gold) / len(gold),
+                   "reward/format_mean": sum(g["format_reward"] for g in gold) / len(gold)}
+        if reward_model is None:
+            score_fn, keys = reward_fn or gold_reward, truths
+        else:  # the RM already scored every row from its token ids; reward_fn reads row i's score
+            proxy = reward_model_scores(reward_model, ro).tolist()
+            score_fn, keys = (lambda response, row: {"reward": proxy[int(row)]}), [str(i) for i in range(len(ro))]
+            metrics["reward/proxy_mean"] = sum(proxy) / len(proxy)
+        advantages, raw_rewards, _ = compute_group_normalized_rewards(
+            score_fn, ro.response_texts, keys, cfg.group_size, cfg.advantage_eps, cfg.normalize_by_std)  # (N,)
+
+        # --- 3. keep the groups that carry signal
+        grouped = raw_rewards.view(-1, cfg.group_size)                               # (n_prompts, G)
+        informative = (grouped != grouped[:, :1]).any(dim=-1)                        # (n_prompts,)
+        if not cfg.drop_zero_variance_groups or cfg.loss_type == "no_baseline":
+            informative = torch.ones_like(informative)
+        keep = informative.repeat_interleave(cfg.group_size).nonzero().squeeze(-1)   # (K,) row indices
+        metrics.update({"reward/mean": float(raw_rewards.mean()), "groups/kept_fraction": float(informative.float().mean()),
+                        "response/length_mean": float(ro.response_lengths.float().mean())})
+
+        # --- 4. policy-gradient epochs over the kept rows
+        widths = sequence_widths(ro)
+        tensors = {"input_ids": ro.input_ids, "labels": ro.labels, "response_mask": ro.response_mask}
+        shuffle = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        n_mini = max(1, min(cfg.minibatches, len(keep)))
+        plan = [[mini.split(cfg.micro_batch_size) for mini in keep[torch.randperm(len(keep), generator=shuffle)]
+                 .tensor_split(n_mini)] for _ in range(cfg.epochs_per_rollout_batch)] if len(keep) else []
+        # plan[epoch][minibatch] = the micro-batches (row-index tensors) of one optimizer step
+        with torch.no_grad():  # old / reference log-probs, in the first epoch's micro-batches (first ratio == 1)
+            for name, model, needed in (("old_log_probs", policy, cfg.loss_type == "grpo_clip"),
+                                        ("ref_log_probs", reference, cfg.kl_coef > 0)):
+                if needed and plan:
+                    tensors[name] = torch.zeros(ro.labels.shape)                 # (N, T)
+                    for rows in (rows for mini in plan[0] for rows in mini):
+                        mb = micro_batch(tensors, rows, widths, device)
+                        lp = get_response_log_probs(model, mb["input_ids"], mb["labels"],
+                                                    temperature=cfg.temperature)["log_probs"]  # (b, T')
+                        tensors[name][rows, :lp.shape[1]] = lp.float().cpu()
+        stats: dict[str, list[float]] = {}
+        n_tokens, train_t0, norms = 0, time.perf_counter(), []
+        for minibatches in plan:
+            for micros in minibatches:
+                mini_rows = sum(len(rows) for rows in micros)
+                for rows in micros:
+                    mb = micro_batch(tensors, rows, widths, device)
+                    out_lp = get_response_log_probs(policy, mb["input_ids"], mb["labels"], return_token_entropy=True,
+                                                    temperature=cfg.temperature)
+                    log_probs, mask = out_lp["log_probs"], mb["response_mask"]        # (b, T')
+                    # Weigh each micro-batch by its share of the minibatch's rows (a float accumulation
+                    # factor), so uneven micro-batches still give exactly the minibatch mean.
+                    accumulation = mini_rows / len(rows)
+                    if cfg.kl_coef > 0:  # k3 KL to the reference, per-sequence mean (DeepSeekMath eq. 3)
+                        kl = masked_mean(kl_estimate(log_probs, mb["ref_log_probs"], "k3"), mask, dim=-1).mean()
+                        (cfg.kl_coef * kl / accumulation).backward(retain_graph=True)
+                        stats.setdefault("kl/ref", []).append(float(kl.detach()))
+                    _, info = grpo_microbatch_train_step(
+                        log_probs, mask, accumulation, cfg.loss_type,
+                        raw_rewards=raw_rewards[rows].unsqueeze(-1).to(device),       # (b, 1)
+                        advantages=advantages[rows].unsqueeze(-1).to(device),         # (b, 1)
+                        old_log_probs=mb.get("old_log_probs"), cliprange=cfg.cliprange,
+                        length_normalization=cfg.length_normalization, max_response_length=cfg.max_new_tokens)
+                    for key, value in info.items():
+                        stats.setdefault(key, []).append(float(value))
+                    stats.setdefault("policy/entropy", []).append(
+                        float(masked_mean(out_lp["token_entropy"].detach(), mask)))
+                    n_tokens += int(mb["input_ids"].numel())
+                finite_or_raise(stats["loss/policy"][-1], step + 1)
+                norms.append(float(clip_gradients(policy.parameters(), cfg.grad_clip)))
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        cpu_s += time.process_time() - cpu0
+        bar.update(1)
+
+        # --- log / eval / checkpoint
+        done = step + 1
+        metrics.update({k: sum(v) / len(v) for k, v in stats.items()})
+        metrics.update({"grad_norm": sum(norms) / len(norms) if norms else 0.0, "lr": lr,
+                        "perf/tokens_per_s": n_tokens / max(time.perf_counter() - train_t0, 1e-9),
+                        "perf/rollout_s": rollout_s, "perf/step_s": time.perf_counter() - t0, "perf/cpu_s": cpu_s})
+        if done % cfg.log_every == 0 or done == cfg.num_steps:
+            logger.log(done, metrics)
+        if done % cfg.eval_every == 0 or done == cfg.num_steps:
+            last_eval = run_eval(done)
+        if done % cfg.checkpoint_every == 0 or done == cfg.num_steps:
+            save_checkpoint(policy, optimizer, done, ckpt_path, config=dataclasses.asdict(cfg),
+                            model_config=init_extra["model_config"], rng=rng_state())
+    bar.close()
+    return {"checkpoint": str(ckpt_path), "steps": cfg.num_steps, "cpu_s": cpu_s, "eval": last_eval}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = parse_config(GRPOConfig, argv, "python -m cs336_alignment grpo", __doc__.split("\n\n")[0])
+    return train(cfg)
+
+
+if __name__ == "__main__":
+    main()

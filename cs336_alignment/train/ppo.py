@@ -1,0 +1,331 @@
+"""PPO for language models (RLHF): policy, value model, frozen reference and frozen reward model.
+
+    python -m cs336_alignment ppo --init runs/tiny/sft/ckpt.pt --reward-model runs/tiny/rm/ckpt.pt
+    python -m cs336_alignment ppo --init SFT --reward gold                       # the verifiable reward
+    python -m cs336_alignment ppo --init SFT --reward-model RM --target-kl 6     # adaptive KL coefficient
+
+One step (Ziegler et al. 2019; Stiennon et al. 2020; Ouyang et al. 2022 §3.5; Huang et al. 2024, "The N+
+implementation details of RLHF with PPO"):
+  1. sample responses (`rollout.sample_rollouts`) and score each whole response: the reward model's score
+     (read at its last token) or the gold reward;
+  2. with no gradient, in the first epoch's micro-batches: the policy's log-probs (pi_old), the reference's,
+     and the value model's V(s_t) at every response token;
+  3. per-token rewards: -beta * KL_t on every token plus the score on the last one
+     (`advantages.compute_kl_shaped_rewards`); then GAE(gamma, lambda) advantages and lambda-returns
+     (`advantages.compute_gae`), and whitened advantages (`advantages.whiten`);
+  4. `ppo_epochs` passes, each split into `minibatches` optimizer steps: clipped policy loss
+     (`policy_losses.compute_ppo_policy_loss`), clipped value loss (`compute_ppo_value_loss`) and an
+     optional entropy bonus; the policy and the value model have their own optimizers;
+  5. with --target-kl, update beta with `policy_losses.AdaptiveKLController` (Ziegler et al. 2019 §2.2).
+The value model is a RewardModel (LM trunk + ScalarHead): a copy of the reward model (InstructGPT) or of
+the SFT trunk with a new head. On the first minibatch of the first epoch the policy is the rollout policy,
+so the ratio pi / pi_old is exactly 1 there.
+
+For the pipeline (no argparse needed):
+    from cs336_alignment.train import ppo
+    result = ppo.train(ppo.PPOConfig(init=sft_ckpt, reward_model=rm_ckpt, out=str(run / "ppo"), num_steps=30))
+    result -> {"checkpoint": path, "steps": n, "cpu_s": CPU seconds of training, "eval": {...last eval...}}
+Per-step metrics.jsonl lines: reward/proxy_mean (RM score), reward/gold_mean, reward/format_mean,
+response/length_mean, objective/kl (summed k1 per sequence, nats), objective/kl_coef, policy/approx_kl,
+policy/clipfrac, policy/entropy, value/explained_variance, value/clipfrac, loss/policy, loss/value,
+perf/tokens_per_s, perf/cpu_s; eval lines as in grpo.py (eval/greedy_accuracy, eval/sampled_accuracy,
+eval/kl_ref, ...). Plot reward/proxy_mean and reward/gold_mean against step (or objective/kl) to see
+over-optimization of a flawed reward model.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import torch
+
+from cs336_alignment.advantages import apply_missing_eos_penalty, compute_gae, compute_kl_shaped_rewards, whiten
+from cs336_alignment.checkpoint import rng_state, save_checkpoint
+from cs336_alignment.logprobs import get_response_log_probs
+from cs336_alignment.nn_utils import AdamW, clip_gradients
+from cs336_alignment.policy_losses import (AdaptiveKLController, compute_entropy_bonus, compute_ppo_policy_loss,
+                                           compute_ppo_value_loss)
+from cs336_alignment.reward_model import RewardModel
+from cs336_alignment.rollout import Rollouts, sample_rollouts
+from cs336_alignment.tasks import gold_reward
+from cs336_alignment.train.reward_model import load_reward_model, score_sequences
+from cs336_alignment.train.common import (MetricsLogger, cosine_lr, finite_or_raise, get_device, load_model,
+                                          num_params, parse_config, progress_bar, run_dir, set_seed, set_threads)
+from cs336_alignment.train.grpo import (evaluate_policy, load_problems, micro_batch, prompt_indices,
+                                        sequence_widths)
+
+
+@dataclass
+class PPOConfig:
+    # --- run
+    name: str = "ppo"
+    """run name: outputs go to runs/<name>/ unless --out is given"""
+    out: str = ""
+    """output directory (ckpt.pt, value.pt, metrics.jsonl); default runs/<name>"""
+    seed: int = 0
+    """seed of the prompt order and of the sampling"""
+    device: str = "auto"
+    """cuda, mps, cpu, or auto"""
+    threads: int = 1
+    """torch.set_num_threads; 0 = torch's default"""
+    init: str = ""
+    """the SFT checkpoint to start from (required); also the frozen reference"""
+    # --- reward, value model and data
+    reward: Literal["rm", "gold"] = "rm"
+    """rm = the learned reward model at --reward-model; gold = the task world's verifiable reward"""
+    reward_model: str = ""
+    """reward-model checkpoint (train/reward_model.py)"""
+    value_init: Literal["auto", "rm", "sft"] = "auto"
+    """value model = copy of the RM (rm) or SFT trunk + new head (sft); auto = rm when there is one"""
+    missing_eos_penalty: float = 0.0
+    """subtracted from the score of a response cut at max_new_tokens (0 = off)"""
+    data: str = ""
+    """jsonl of {"question", "answer"} prompts; empty = the task world's train split"""
+    n_problems: int = 4000
+    """task-world prompts in the pool (when --data is empty)"""
+    n_eval_problems: int = 200
+    """held-out test problems for eval/*"""
+    # --- sampling
+    prompts_per_step: int = 64
+    """questions per rollout batch"""
+    group_size: int = 2
+    """responses per question"""
+    temperature: float = 1.0
+    """sampling temperature"""
+    max_new_tokens: int = 64
+    """response length limit"""
+    # --- PPO
+    kl_coef: float = 0.05
+    """beta: per-token KL penalty to the reference in the reward (initial value when adaptive)"""
+    target_kl: float = 0.0
+    """> 0: adapt beta so that the summed KL per sequence tracks this many nats (0 = fixed beta)"""
+    kl_horizon: int = 10000
+    """adaptive KL horizon (samples)"""
+    gamma: float = 1.0
+    """discount"""
+    lam: float = 0.95
+    """GAE lambda"""
+    cliprange: float = 0.2
+    """policy ratio clip epsilon"""
+    cliprange_value: float = 0.2
+    """value clip (reward units)"""
+    vf_coef: float = 0.5
+    """weight of the value loss (the value model has its own optimizer; this scales its gradient)"""
+    ent_coef: float = 0.0
+    """weight of the entropy bonus"""
+    ppo_epochs: int = 2
+    """passes over each rollout batch"""
+    minibatches: int = 2
+    """optimizer steps per epoch"""
+    micro_batch_size: int = 64
+    """rows per forward/backward"""
+    # --- optimisation
+    num_steps: int = 30
+    """rollout batches"""
+    lr: float = 3e-5
+    """policy learning rate"""
+    value_lr: float = 1e-4
+    """value model learning rate"""
+    warmup_steps: int = 2
+    """rollout batches of linear warmup"""
+    grad_clip: float = 1.0
+    """global gradient-norm clip (each model separately)"""
+    # --- logging / eval / checkpoints
+    log_every: int = 1
+    """rollout batches between console/metrics lines"""
+    eval_every: int = 10
+    """rollout batches between evaluations (also before the first and after the last)"""
+    checkpoint_every: int = 10
+    """rollout batches between checkpoints (and at the last)"""
+    quiet: bool = False
+    """no console lines"""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reward-model scores of rollouts (shared with grpo.py)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def reward_model_scores(reward_model: RewardModel, rollouts: Rollouts, batch_size: int = 128) -> torch.Tensor:
+    """(N,) float32: the reward model's score of each prompt + sampled response (the sampled token ids, no
+    re-tokenization; read at the last token, which is the stop token when the response has one)."""
+    sequences = [p + r for p, r in zip(rollouts.prompt_ids, rollouts.response_ids)]
+    return torch.tensor(score_sequences(reward_model, sequences, rollouts.pad_token_id, batch_size))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------------------
+
+
+def train(cfg: PPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | None = None) -> dict:
+    """Run PPO. Returns {"checkpoint", "steps", "cpu_s", "eval": last eval metrics}.
+
+    reward_fn(response, ground_truth) -> {"reward": float, ...}, if given, replaces cfg.reward as the
+    sequence score (custom tasks, tests); reward/gold_mean still logs the task world's gold reward.
+    """
+    from cs336_alignment.tokenizer import load_tokenizer
+
+    # ---------------------------------------------------------------------------------------------------
+    # Setup
+    # ---------------------------------------------------------------------------------------------------
+    if not cfg.init:
+        raise ValueError("--init (the SFT checkpoint) is required: RL starts from an SFT policy")
+    if cfg.reward == "rm" and not cfg.reward_model and reward_fn is None:
+        raise ValueError("--reward rm needs --reward-model CKPT (or use --reward gold)")
+    out = run_dir(cfg.name, cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    set_threads(cfg.threads)
+    set_seed(cfg.seed)
+    device = get_device(cfg.device)
+    tokenizer = load_tokenizer()
+    policy, init_extra = load_model(cfg.init, device)
+    reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    reward_model = load_reward_model(cfg.reward_model, device)[0].requires_grad_(False) if cfg.reward_model else None
+    value_init = cfg.value_init if cfg.value_init != "auto" else ("rm" if reward_model is not None else "sft")
+    if value_init == "rm" and reward_model is None:
+        raise ValueError("--value-init rm needs --reward-model")
+    value_model = copy.deepcopy(reward_model) if value_init == "rm" else RewardModel.from_lm(policy)
+    value_model.train().requires_grad_(True)
+    problems = load_problems(cfg.data, cfg.n_problems, "train", cfg.seed + 2)
+    eval_problems = load_problems("", cfg.n_eval_problems, "test", 0)
+    optimizer = AdamW(policy.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    value_optimizer = AdamW(value_model.parameters(), lr=cfg.value_lr, betas=(0.9, 0.95), weight_decay=0.0)
+    kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon) if cfg.target_kl > 0 else None
+    kl_coef = cfg.kl_coef
+    stops = [tokenizer.end_of_turn_id, tokenizer.eos_token_id]
+    logger = MetricsLogger(out, cfg.num_steps, dataclasses.asdict(cfg), quiet=cfg.quiet)
+    logger.write(f"ppo: {num_params(policy) / 1e6:.2f}M-parameter policy, value from {value_init}, reward "
+                 f"{cfg.reward}, {cfg.prompts_per_step} x {cfg.group_size} rollouts per step, device {device}")
+
+    def run_eval(step: int) -> dict:
+        if not eval_problems:
+            return {}
+        metrics = evaluate_policy(policy, tokenizer, eval_problems, max_new_tokens=cfg.max_new_tokens,
+                                  reference=reference, seed=cfg.seed + 1)
+        logger.log(step, metrics)
+        return metrics
+
+    last_eval, cpu_s = run_eval(0), 0.0
+    bar = progress_bar(cfg.num_steps, 0, "ppo")
+    for step in range(cfg.num_steps):
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        lr_scale = cosine_lr(step + 1, 1.0, 1.0, cfg.warmup_steps, cfg.num_steps + 1)  # warmup, then constant
+        for opt, lr in ((optimizer, cfg.lr), (value_optimizer, cfg.value_lr)):
+            for group in opt.param_groups:
+                group["lr"] = lr * lr_scale
+
+        # --- 1. rollouts and sequence scores
+        batch = [problems[i] for i in prompt_indices(step, len(problems), cfg.prompts_per_step, cfg.seed)]
+        generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step)
+        ro = sample_rollouts(policy, tokenizer, [p["question"] for p in batch], cfg.group_size,
+                             temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, generator=generator,
+                             stop_token_ids=stops)
+        gold = [gold_reward(t, p["answer"]) for t, p in zip(ro.response_texts, (p for p in batch
+                                                                                 for _ in range(cfg.group_size)))]
+        gold_scores = torch.tensor([g["reward"] for g in gold])                    # (N,)
+        metrics = {"reward/gold_mean": float(gold_scores.mean()),
+                   "reward/format_mean": sum(g["format_reward"] for g in gold) / len(gold),
+                   "response/length_mean": float(ro.response_lengths.float().mean())}
+        if reward_fn is not None:
+            truths = [p["answer"] for p in batch for _ in range(cfg.group_size)]
+            scores = torch.tensor([float(reward_fn(t, a)["reward"]) for t, a in zip(ro.response_texts, truths)])
+            metrics["reward/proxy_mean"] = float(scores.mean())
+        elif cfg.reward == "rm":
+            scores = reward_model_scores(reward_model, ro)                         # (N,)
+            metrics["reward/proxy_mean"] = float(scores.mean())
+        else:
+            scores = gold_scores
+        if cfg.missing_eos_penalty:
+            scores = apply_missing_eos_penalty(scores, ro.labels, ro.response_mask, stops, cfg.missing_eos_penalty)
+
+        # --- 2. no-grad passes in the first epoch's micro-batches: pi_old, pi_ref, V_old
+        N, widths = len(ro), sequence_widths(ro)
+        shuffle = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        plan = [[mini.split(cfg.micro_batch_size) for mini in torch.randperm(N, generator=shuffle)
+                 .tensor_split(min(cfg.minibatches, N))] for _ in range(cfg.ppo_epochs)]
+        tensors = {"input_ids": ro.input_ids, "labels": ro.labels, "response_mask": ro.response_mask}
+        for name in ("old_log_probs", "ref_log_probs", "old_values"):
+            tensors[name] = torch.zeros(ro.labels.shape)                           # (N, T)
+        with torch.no_grad():
+            for rows in (rows for mini in plan[0] for rows in mini):
+                mb = micro_batch(tensors, rows, widths, device)
+                width = mb["input_ids"].shape[1]
+                for name, model in (("old_log_probs", policy), ("ref_log_probs", reference)):
+                    tensors[name][rows, :width] = get_response_log_probs(
+                        model, mb["input_ids"], mb["labels"], temperature=cfg.temperature)["log_probs"].float().cpu()
+                # V(s_t) at position t: the state after token t, before the action labels[t]
+                tensors["old_values"][rows, :width] = value_model.token_scores(mb["input_ids"]).float().cpu()
+
+        # --- 3. KL-shaped per-token rewards -> GAE -> whitened advantages
+        mask = ro.response_mask
+        rewards, kl_info = compute_kl_shaped_rewards(scores, tensors["old_log_probs"], tensors["ref_log_probs"],
+                                                     mask, kl_coef)             # (N, T)
+        advantages, returns = compute_gae(rewards, tensors["old_values"], mask, cfg.gamma, cfg.lam)
+        tensors["advantages"] = whiten(advantages, mask) if int(mask.sum()) > 1 else advantages
+        tensors["returns"] = returns
+        metrics.update({"objective/kl": float(kl_info["objective/kl"]), "objective/kl_coef": kl_coef,
+                        "objective/non_score_reward": float(kl_info["objective/non_score_reward"])})
+
+        # --- 4. clipped PPO epochs over minibatches
+        stats: dict[str, list[float]] = {}
+        n_tokens, train_t0 = 0, time.perf_counter()
+        for minibatches in plan:
+            for micros in minibatches:
+                mini_rows = sum(len(rows) for rows in micros)
+                for rows in micros:
+                    mb = micro_batch(tensors, rows, widths, device)
+                    m, weight = mb["response_mask"], len(rows) / mini_rows  # micro-batch share of the minibatch
+                    out_lp = get_response_log_probs(policy, mb["input_ids"], mb["labels"],
+                                                    return_token_entropy=True, temperature=cfg.temperature)
+                    pg_loss, pg_info = compute_ppo_policy_loss(mb["advantages"], out_lp["log_probs"],
+                                                               mb["old_log_probs"], m, cfg.cliprange)
+                    ent_loss, ent_info = compute_entropy_bonus(out_lp["token_entropy"], m)
+                    values = value_model.token_scores(mb["input_ids"])                 # (b, T')
+                    vf_loss, vf_info = compute_ppo_value_loss(values, mb["old_values"], mb["returns"], m,
+                                                              cfg.cliprange_value)
+                    # Separate models, so the sum's gradients are the policy's and the value model's own.
+                    ((pg_loss + cfg.ent_coef * ent_loss + cfg.vf_coef * vf_loss) * weight).backward()
+                    for key, value in {**pg_info, **ent_info, **vf_info, "loss/policy": pg_loss.detach(),
+                                       "loss/value": vf_loss.detach()}.items():
+                        stats.setdefault(key, []).append(float(value))
+                    n_tokens += 2 * int(mb["input_ids"].numel())  # through the policy and the value model
+                finite_or_raise(stats["loss/policy"][-1] + stats["loss/value"][-1], step + 1)
+                stats.setdefault("grad_norm", []).append(float(clip_gradients(policy.parameters(), cfg.grad_clip)))
+                clip_gradients(value_model.parameters(), cfg.grad_clip)
+                for opt in (optimizer, value_optimizer):
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+        if kl_ctl is not None:
+            kl_coef = kl_ctl.update(metrics["objective/kl"], N)
+        cpu_s += time.process_time() - cpu0
+        bar.update(1)
+
+        # --- log / eval / checkpoint
+        done = step + 1
+        metrics.update({k: sum(v) / len(v) for k, v in stats.items()})
+        metrics.update({"perf/tokens_per_s": n_tokens / max(time.perf_counter() - train_t0, 1e-9),
+                        "perf/step_s": time.perf_counter() - t0, "perf/cpu_s": cpu_s})
+        if done % cfg.log_every == 0 or done == cfg.num_steps:
+            logger.log(done, metrics)
+        if done % cfg.eval_every == 0 or done == cfg.num_steps:
+            last_eval = run_eval(done)
+        if done % cfg.checkpoint_every == 0 or done == cfg.num_steps:
+            save_checkpoint(policy, optimizer, done, out / "ckpt.pt", config=dataclasses.asdict(cfg),
+                            model_config=init_extra["model_config"], rng=rng_state())
+            save_checkpoint(value_model, value_optimizer, done, out / "value.pt",
+                            model_config=init_extra["model_config"])
+    bar.close()
+    return {"checkpoint": str(out / "ckpt.pt"), "steps": cfg.num_steps, "cpu_s": cpu_s, "eval": last_eval}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = parse_config(PPOConfig, argv, "python -m cs336_alignment ppo", __doc__.split("\n\n")[0])
+    return train(cfg)
+
+
+if __name__ == "__main__":
+    main()

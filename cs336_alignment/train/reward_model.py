@@ -1,0 +1,262 @@
+"""Reward-model training on preference pairs with the Bradley-Terry loss (InstructGPT's RM stage).
+
+    python -m cs336_alignment rm --init runs/sft/ckpt.pt                        # pairs sampled + labelled here
+    python -m cs336_alignment rm --init CKPT --length-bias 0.05                 # an annotator that likes length
+    python -m cs336_alignment rm --init CKPT --data prefs.jsonl                 # your own pairs (HH-RLHF style ok)
+
+The reward model is the SFT model's trunk with a new scalar head (`RewardModel.from_lm`), read at the last
+token of prompt + response (Ouyang et al. 2022 §3.5). Each step scores the chosen and rejected responses
+of a batch of pairs in one forward pass and minimises `bradley_terry_loss` (InstructGPT eq. 1).
+
+Held-out metrics (on pairs from test-split prompts):
+    rm/eval_accuracy     fraction of held-out labels the reward model orders correctly (a tie counts 1/2)
+    rm/eval_ece          expected calibration error of sigma(r_a - r_b) against the labels (both orders)
+    rm/ceiling_accuracy  the same accuracy for the annotator's own utility u: the best any model can expect,
+                         since the labels are noisy (only for pairs made by our annotator)
+    rm/gold_accuracy     the same for the gold reward alone (how often the labels agree with correctness)
+After training the head's bias is shifted so that the mean reward of the training responses is 0 (the
+Bradley-Terry loss only sees differences; InstructGPT normalises its RM the same way, §C.2).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cs336_alignment.checkpoint import load_checkpoint, load_checkpoint_extra, save_checkpoint
+from cs336_alignment.data import pad_sequences
+from cs336_alignment.metrics import pairwise_calibration_error
+from cs336_alignment.model import TransformerConfig
+from cs336_alignment.nn_utils import AdamW, clip_gradients
+from cs336_alignment.preferences import PreferenceDataConfig, conversations, preference_data
+from cs336_alignment.reward_model import RewardModel, bradley_terry_loss, reward_accuracy
+from cs336_alignment.train.common import (MetricsLogger, autocast, cosine_lr, finite_or_raise, get_device, load_model,
+                                          num_params, parse_config, progress_bar, run_dir, set_seed, set_threads)
+
+
+@dataclass
+class RMConfig(PreferenceDataConfig):
+    # --- run
+    name: str = "rm"
+    """run name: outputs go to runs/<name>/ unless --out is given"""
+    out: str = ""
+    """output directory (ckpt.pt, metrics.jsonl, preferences_*.jsonl); default runs/<name>"""
+    seed: int = 0
+    """seed of the prompts, the samples, the labels and the pair order"""
+    device: str = "auto"
+    """cuda, mps, cpu, or auto (cuda, then mps, then cpu)"""
+    threads: int = 1
+    """torch.set_num_threads; 0 = torch's default (1 was fastest on a shared 2-core CPU)"""
+    init: str = "runs/sft/ckpt.pt"
+    """SFT checkpoint: the reward model's trunk, and the policy that samples the pairs"""
+    # --- optimisation
+    num_steps: int = 120
+    """optimizer steps"""
+    batch_size: int = 32
+    """preference pairs per optimizer step (2 x batch_size sequences)"""
+    lr: float = 1e-4
+    """peak learning rate (after linear warmup)"""
+    min_lr: float = 1e-5
+    """learning rate at the end of the cosine decay"""
+    warmup_steps: int = 10
+    """linear warmup steps"""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay"""
+    grad_clip: float = 1.0
+    """clip the global gradient L2 norm to this value"""
+    center_coef: float = 0.0
+    """reward-centering term of the loss (Eisenstein et al. 2023); the final re-centering is always done"""
+    # --- logging / eval
+    log_every: int = 10
+    """optimizer steps between console/metrics lines"""
+    eval_every: int = 40
+    """optimizer steps between held-out evaluations (and at the last step)"""
+    quiet: bool = False
+    """no console lines (metrics.jsonl is still written)"""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Scoring helpers (also used by best-of-N, PPO and the report)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def load_reward_model(path, device: torch.device | str = "cpu") -> tuple[RewardModel, dict]:
+    """Rebuild a RewardModel saved by this loop. Returns (model in eval mode, the checkpoint's extra dict)."""
+    extra = load_checkpoint_extra(path)
+    if extra.get("kind") != "reward_model":
+        raise ValueError(f"{path} is not a reward-model checkpoint (written by `python -m cs336_alignment rm`)")
+    model = RewardModel(TransformerConfig(**extra["model_config"]))
+    load_checkpoint(path, model)
+    return model.to(device).eval(), extra
+
+
+def _batch_rewards(model: RewardModel, sequences: list[list[int]], pad_token_id: int) -> torch.Tensor:
+    """Rewards (B,) of right-padded token sequences (differentiable)."""
+    device = next(model.parameters()).device
+    ids, mask = pad_sequences(sequences, pad_token_id)                             # (B, L) each
+    with autocast(device):
+        return model(ids.to(device), mask.to(device)).float()                     # (B,)
+
+
+@torch.no_grad()
+def score_responses(model: RewardModel, tokenizer, prompts: list[str], responses: list[str],
+                    batch_size: int = 64) -> list[float]:
+    """Reward of each (user prompt, assistant response), rendered with the chat template (<|end|> appended)."""
+    context = model.config.context_length
+    sequences = [tokenizer.render([{"role": "user", "content": p}, {"role": "assistant", "content": r}])[0][:context]
+                 for p, r in zip(prompts, responses)]
+    return score_sequences(model, sequences, tokenizer.pad_token_id, batch_size)
+
+
+@torch.no_grad()
+def score_sequences(model: RewardModel, sequences: list[list[int]], pad_token_id: int, batch_size: int = 64
+                    ) -> list[float]:
+    was_training = model.training
+    model.eval()
+    scores = [r for i in range(0, len(sequences), batch_size)
+              for r in _batch_rewards(model, sequences[i:i + batch_size], pad_token_id).tolist()]
+    model.train(was_training)
+    return scores
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------------------
+
+
+def train(cfg: RMConfig) -> dict:
+    """Train a reward model. Returns {"checkpoint", "steps", "loss/train", "rm/eval_accuracy", "rm/eval_ece",
+    "rm/ceiling_accuracy", "rm/gold_accuracy", "n_pairs", "n_eval_pairs", "preferences_train", ...}."""
+    from cs336_alignment.tokenizer import load_tokenizer
+
+    # ---------------------------------------------------------------------------------------------------
+    # Setup: the SFT model, preference pairs, the reward model
+    # ---------------------------------------------------------------------------------------------------
+    out = run_dir(cfg.name, cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    set_threads(cfg.threads)
+    set_seed(cfg.seed)
+    device = get_device(cfg.device)
+    tokenizer = load_tokenizer()
+    sft_model, init_extra = load_model(cfg.init, device)
+    model_config = TransformerConfig(**init_extra["model_config"])
+    logger = MetricsLogger(out, cfg.num_steps, dataclasses.asdict(cfg), quiet=cfg.quiet)
+    t_data = time.perf_counter()
+    train_pairs, eval_pairs = preference_data(cfg, sft_model, tokenizer, out, cfg.seed, log=logger.write)
+    t_data = time.perf_counter() - t_data
+    model = RewardModel.from_lm(sft_model).to(device)
+    del sft_model
+    context = model_config.context_length
+
+    def tokenize(pairs):  # -> [(chosen ids, rejected ids)], cut to the context
+        return [tuple(tokenizer.render(c)[0][:context] for c in conversations(p)) for p in pairs]
+
+    train_seqs, eval_seqs = tokenize(train_pairs), tokenize(eval_pairs)
+    optimizer = AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    logger.write(f"rm: {num_params(model) / 1e6:.2f}M parameters, {len(train_pairs)} train / {len(eval_pairs)} "
+                 f"held-out pairs ({t_data:.0f} s to make/load them), device {device}")
+
+    @functools.lru_cache(maxsize=2)
+    def epoch_order(epoch: int) -> list[int]:
+        generator = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
+        return torch.randperm(len(train_seqs), generator=generator).tolist()
+
+    def batch_indices(step: int) -> list[int]:
+        first = step * cfg.batch_size
+        return [epoch_order(p // len(train_seqs))[p % len(train_seqs)] for p in range(first, first + cfg.batch_size)]
+
+    # Ceiling: the annotator's own utility ordering the held-out labels (needs our u_* fields).
+    has_u = all("u_chosen" in p for p in eval_pairs)
+    ceiling = {}
+    if has_u:
+        def acc(key):
+            return float(reward_accuracy(torch.tensor([p[f"{key}_chosen"] for p in eval_pairs], dtype=torch.float64),
+                                         torch.tensor([p[f"{key}_rejected"] for p in eval_pairs], dtype=torch.float64)))
+        ceiling = {"rm/ceiling_accuracy": acc("u"), "rm/gold_accuracy": acc("gold")}
+        logger.write(f"held-out label ceiling: utility orders {ceiling['rm/ceiling_accuracy']:.3f} of the labels, "
+                     f"gold reward alone {ceiling['rm/gold_accuracy']:.3f}")
+
+    @torch.no_grad()
+    def evaluate() -> dict[str, float]:
+        flat = [s for pair in eval_seqs for s in pair]                             # chosen, rejected, chosen, ...
+        r = torch.tensor(score_sequences(model, flat, tokenizer.pad_token_id))     # (2n,)
+        chosen, rejected = r[0::2], r[1::2]
+        loss, metrics = bradley_terry_loss(chosen, rejected)
+        return {"loss/eval": float(loss), "rm/eval_accuracy": float(metrics["rm/accuracy"]),
+                "rm/eval_ece": pairwise_calibration_error(chosen, rejected), **ceiling}
+
+    # ---------------------------------------------------------------------------------------------------
+    # Training loop
+    # ---------------------------------------------------------------------------------------------------
+    model.train()
+    window = {"loss": [], "acc": [], "margin": [], "norm": []}
+    window_tokens, t0, last = 0, time.perf_counter(), {}
+    if cfg.eval_every > 0:
+        logger.log(0, evaluate())  # the untrained head: accuracy ~ 0.5
+    bar = progress_bar(cfg.num_steps, 0, "rm")
+    for step in range(cfg.num_steps):
+        lr = cosine_lr(step, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.num_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        # --- forward: chosen and rejected of every pair in one right-padded batch
+        batch = [train_seqs[i] for i in batch_indices(step)]
+        sequences = [s for pair in batch for s in pair]                            # 2B sequences
+        rewards = _batch_rewards(model, sequences, tokenizer.pad_token_id)         # (2B,)
+        loss, metrics = bradley_terry_loss(rewards[0::2], rewards[1::2], center_coef=cfg.center_coef)
+        finite_or_raise(loss.item(), step + 1)
+
+        # --- backward / update
+        loss.backward()
+        grad_norm = clip_gradients(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        window["loss"].append(loss.item())
+        window["acc"].append(float(metrics["rm/accuracy"]))
+        window["margin"].append(float(metrics["rm/margin"]))
+        window["norm"].append(float(grad_norm))
+        window_tokens += sum(len(s) for s in sequences)
+        bar.update(1)
+
+        # --- log / eval
+        done = step + 1
+        is_last = done == cfg.num_steps
+        is_eval = (cfg.eval_every > 0 and done % cfg.eval_every == 0) or is_last
+        if done % cfg.log_every == 0 or is_eval:
+            tokens_per_s = window_tokens / (time.perf_counter() - t0)
+            metrics = {"loss/train": np.mean(window["loss"]), "rm/accuracy": np.mean(window["acc"]),
+                       "rm/margin": np.mean(window["margin"]), "lr": lr, "grad_norm": np.mean(window["norm"])}
+            if is_eval:
+                metrics.update(evaluate())
+            metrics["perf/tokens_per_s"] = tokens_per_s
+            logger.log(done, metrics)
+            last.update(metrics)
+            window = {k: [] for k in window}
+            window_tokens, t0 = 0, time.perf_counter()
+    bar.close()
+
+    # --- centre the rewards on the training responses, then save
+    offset = float(np.mean(score_sequences(model, [s for pair in train_seqs for s in pair], tokenizer.pad_token_id)))
+    with torch.no_grad():
+        model.head.bias -= offset
+    ckpt_path = out / "ckpt.pt"
+    save_checkpoint(model, None, cfg.num_steps, ckpt_path, kind="reward_model", config=dataclasses.asdict(cfg),
+                    model_config=dataclasses.asdict(model_config), reward_offset=offset)
+    keys = ("loss/train", "loss/eval", "rm/eval_accuracy", "rm/eval_ece", "rm/ceiling_accuracy", "rm/gold_accuracy")
+    return {"checkpoint": str(ckpt_path), "steps": cfg.num_steps, **{k: float(last[k]) for k in keys if k in last},
+            "n_pairs": len(train_pairs), "n_eval_pairs": len(eval_pairs), "data_wall_s": t_data,
+            "preferences_train": str(out / "preferences_train.jsonl") if not cfg.data else cfg.data,
+            "preferences_eval": str(out / "preferences_eval.jsonl") if not cfg.data else cfg.eval_data}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = parse_config(RMConfig, argv, "python -m cs336_alignment rm", __doc__.split("\n\n")[0])
+    return train(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""Smoke runs of the RL loops (train/grpo.py, train/ppo.py) on a tiny random model with a learnable reward.
+
+The reward is "the response starts with a lowercase ASCII letter" (about a quarter of the vocabulary at
+initialization). Whether training raised it is measured exactly, not from noisy samples: the policy's
+probability that the first response token is such a token, before and after.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from cs336_alignment.checkpoint import save_checkpoint
+from cs336_alignment.model import TransformerConfig, TransformerLM
+from cs336_alignment.tokenizer import load_tokenizer
+from cs336_alignment.train import grpo, ppo
+from cs336_alignment.train.common import load_model, read_metrics
+
+
+def starts_lowercase(response: str, ground_truth: str) -> dict[str, float]:
+    return {"reward": float(response[:1].isascii() and response[:1].islower())}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def init_ckpt(tmp_path_factory, tokenizer):
+    torch.manual_seed(0)
+    config = TransformerConfig(vocab_size=tokenizer.vocab_size, context_length=128, d_model=32, num_layers=1,
+                               num_heads=2, d_ff=64)
+    path = tmp_path_factory.mktemp("rl") / "init.pt"
+    save_checkpoint(TransformerLM(config), None, 0, path, model_config=dataclasses.asdict(config))
+    return str(path)
+
+
+@torch.no_grad()
+def prob_first_token_lowercase(ckpt: str, tokenizer) -> float:
+    """Mean over training prompts of P(first response token decodes to a lowercase ASCII letter first)."""
+    model, _ = load_model(ckpt)
+    lower = torch.tensor([tokenizer.decode([i])[:1].isascii() and tokenizer.decode([i])[:1].islower()
+                          for i in range(tokenizer.vocab_size)])
+    probs = []
+    for problem in grpo.load_problems("", 16, "train", seed=2):  # the loops' prompt pool (seed + 2)
+        ids = torch.tensor([tokenizer.prompt_ids(problem["question"])])
+        probs.append(float(torch.softmax(model(ids)[0, -1], dim=-1)[lower].sum()))
+    return sum(probs) / len(probs)
+
+
+COMMON = dict(n_problems=16, n_eval_problems=4, max_new_tokens=3, warmup_steps=0, quiet=True, eval_every=100)
+
+
+def test_grpo_smoke_reward_rises(tmp_path, init_ckpt, tokenizer, monkeypatch):
+    seen = []  # (policy_log_probs, old_log_probs, mask) of every micro-batch step
+    original = grpo.grpo_microbatch_train_step
+
+    def spy(policy_log_probs, response_mask, *args, **kwargs):
+        seen.append((policy_log_probs.detach().clone(), kwargs["old_log_probs"].clone(), response_mask.clone()))
+        return original(policy_log_probs, response_mask, *args, **kwargs)
+
+    monkeypatch.setattr(grpo, "grpo_microbatch_train_step", spy)
+    cfg = grpo.GRPOConfig(init=init_ckpt, out=str(tmp_path), num_steps=10, prompts_per_step=8, group_size=8,
+                          lr=1e-2, min_lr=1e-2, epochs_per_rollout_batch=2, micro_batch_size=32, **COMMON)
+    before = prob_first_token_lowercase(init_ckpt, tokenizer)
+    result = grpo.train(cfg, reward_fn=starts_lowercase)
+    after = prob_first_token_lowercase(result["checkpoint"], tokenizer)
+    assert after > before + 0.15, f"P(reward) went from {before:.3f} to {after:.3f}"
+    # On-policy first micro-batch: pi == pi_old bit for bit, so the ratio is exactly 1.
+    lp, old, mask = seen[0]
+    assert torch.equal(torch.exp(lp - old)[mask], torch.ones(int(mask.sum())))
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    steps = [r for r in records if "reward/mean" in r]
+    assert len(steps) == 10
+    for key in ("policy/clipfrac", "policy/approx_kl", "policy/entropy", "reward/gold_mean", "perf/cpu_s"):
+        assert key in steps[-1], key
+    assert "eval/greedy_accuracy" in records[0] and "eval/kl_ref" in records[-1]
+    assert abs(records[0]["eval/kl_ref"]) < 1e-4  # before training the policy is the reference
+
+
+def test_grpo_other_losses_and_kl_run(tmp_path, init_ckpt):
+    for loss_type, kl_coef in (("reinforce_with_baseline", 0.1), ("no_baseline", 0.0)):
+        cfg = grpo.GRPOConfig(init=init_ckpt, out=str(tmp_path / loss_type), num_steps=2, prompts_per_step=2,
+                              group_size=4, loss_type=loss_type, kl_coef=kl_coef, epochs_per_rollout_batch=1,
+                              minibatches=2, micro_batch_size=3, **COMMON)
+        grpo.train(cfg, reward_fn=starts_lowercase)
+        last = read_metrics(tmp_path / loss_type / "metrics.jsonl")[-2]  # the step line before the last eval
+        assert ("kl/ref" in last) == (kl_coef > 0)
+
+
+def test_ppo_smoke_reward_rises(tmp_path, init_ckpt, tokenizer, monkeypatch):
+    ratios = []  # ratio of each minibatch call
+    original = ppo.compute_ppo_policy_loss
+
+    def spy(advantages, policy_log_probs, old_log_probs, response_mask, cliprange):
+        ratios.append(torch.exp(policy_log_probs.detach() - old_log_probs)[response_mask.bool()])
+        return original(advantages, policy_log_probs, old_log_probs, response_mask, cliprange)
+
+    monkeypatch.setattr(ppo, "compute_ppo_policy_loss", spy)
+    cfg = ppo.PPOConfig(init=init_ckpt, out=str(tmp_path), reward="gold", num_steps=10, prompts_per_step=16,
+                        group_size=2, lr=1e-2, value_lr=3e-3, kl_coef=0.01, ppo_epochs=2, minibatches=2,
+                        micro_batch_size=32, **COMMON)
+    before = prob_first_token_lowercase(init_ckpt, tokenizer)
+    result = ppo.train(cfg, reward_fn=starts_lowercase)
+    after = prob_first_token_lowercase(result["checkpoint"], tokenizer)
+    assert after > before + 0.15, f"P(reward) went from {before:.3f} to {after:.3f}"
+    assert torch.equal(ratios[0], torch.ones_like(ratios[0]))     # first minibatch of the first epoch
+    assert not torch.equal(ratios[1], torch.ones_like(ratios[1]))  # after one update the policy moved
+    steps = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "policy/approx_kl" in r]
+    assert len(steps) == 10
+    for key in ("policy/clipfrac", "policy/entropy", "value/explained_variance", "reward/proxy_mean",
+                "reward/gold_mean", "response/length_mean", "objective/kl"):
+        assert key in steps[-1], key
+    assert max(s["policy/clipfrac"] for s in steps) > 0
+    config = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])["config"]
+    assert config["ppo_epochs"] == 2 and (tmp_path / "value.pt").exists()
+
+
+def test_ppo_adaptive_kl_moves_beta(tmp_path, init_ckpt):
+    cfg = ppo.PPOConfig(init=init_ckpt, out=str(tmp_path), reward="gold", num_steps=2, prompts_per_step=4,
+                        group_size=2, kl_coef=0.1, target_kl=100.0, kl_horizon=100, ppo_epochs=1, minibatches=1,
+                        **COMMON)
+    ppo.train(cfg, reward_fn=starts_lowercase)
+    betas = [r["objective/kl_coef"] for r in read_metrics(tmp_path / "metrics.jsonl") if "objective/kl_coef" in r]
+    assert betas[0] == 0.1 and betas[1] < 0.1  # KL far below target: beta shrinks
+
+
+def test_rl_loops_need_an_init(tmp_path):
+    with pytest.raises(ValueError):
+        grpo.train(grpo.GRPOConfig(out=str(tmp_path)))
+    with pytest.raises(ValueError):
+        ppo.train(ppo.PPOConfig(out=str(tmp_path), reward="rm", init="x"))
+
+
+def test_prompt_indices_are_a_pure_function_of_step():
+    first = [grpo.prompt_indices(s, 10, 4, seed=3) for s in range(5)]
+    assert first == [grpo.prompt_indices(s, 10, 4, seed=3) for s in range(5)]
+    epoch0 = sum(first[:2], []) + first[2][:2]       # steps 0, 1 and half of 2 cover the pool once
+    assert sorted(epoch0) == list(range(10))
+
+
+
+@pytest.fixture(scope="module")
+def rm_ckpt(tmp_path_factory, init_ckpt):
+    from cs336_alignment.reward_model import RewardModel
+
+    torch.manual_seed(1)
+    policy, extra = load_model(init_ckpt)
+    path = tmp_path_factory.mktemp("rm") / "rm.pt"
+    save_checkpoint(RewardModel.from_lm(policy), None, 0, path, kind="reward_model",
+                    model_config=extra["model_config"])
+    return str(path)
+
+
+def test_reward_model_scores_match_unpadded_forward(rm_ckpt, init_ckpt, tokenizer):
+    from cs336_alignment.rollout import sample_rollouts
+    from cs336_alignment.train.reward_model import load_reward_model
+
+    rm, _ = load_reward_model(rm_ckpt)
+    policy, _ = load_model(init_ckpt)
+    ro = sample_rollouts(policy, tokenizer, ["Tom has 3 apples.", "Mia has 12 eggs. She buys 2 more."], 2,
+                         max_new_tokens=4, generator=torch.Generator().manual_seed(0))
+    scores = ppo.reward_model_scores(rm, ro, batch_size=3)
+    with torch.no_grad():  # oracle: each sequence alone, no padding, the head at its last position
+        alone = [float(rm(torch.tensor([p + r]))[0]) for p, r in zip(ro.prompt_ids, ro.response_ids)]
+    torch.testing.assert_close(scores, torch.tensor(alone), atol=1e-5, rtol=1e-5)
+
+
+def test_rl_against_a_reward_model_runs(tmp_path, init_ckpt, rm_ckpt):
+    ppo.train(ppo.PPOConfig(init=init_ckpt, out=str(tmp_path / "ppo"), reward_model=rm_ckpt, num_steps=2,
+                            prompts_per_step=4, group_size=2, ppo_epochs=1, minibatches=1, **COMMON))
+    grpo.train(grpo.GRPOConfig(init=init_ckpt, out=str(tmp_path / "grpo"), reward="rm", reward_model=rm_ckpt,
+                               num_steps=2, prompts_per_step=2, group_size=4, **COMMON))
+    for run in ("ppo", "grpo"):
+        steps = [r for r in read_metrics(tmp_path / run / "metrics.jsonl") if "reward/proxy_mean" in r]
+        assert len(steps) == 2 and all(s["reward/proxy_mean"] != 0 for s in steps)

@@ -1,0 +1,137 @@
+"""Smoke runs of the reward-model, DPO and best-of-N stages on a tiny random model (a few CPU seconds each).
+
+Each asserts what its stage is for: the Bradley-Terry loss falls and held-out accuracy rises (rm), the DPO
+loss starts at log 2 (policy == reference) and falls (dpo), and the proxy reward rises with N while the
+KL follows log N - (N - 1) / N (bon). The preference data is learnable by construction: chosen = the
+task world's worked answer, rejected = a refusal.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+
+from cs336_alignment.checkpoint import save_checkpoint
+from cs336_alignment.metrics import best_of_n_kl
+from cs336_alignment.model import TransformerConfig, TransformerLM
+from cs336_alignment.preferences import load_preferences, write_preferences
+from cs336_alignment.tasks import generate_problems
+from cs336_alignment.tokenizer import load_tokenizer
+from cs336_alignment.train import bon, dpo, reward_model
+from cs336_alignment.train.common import read_metrics
+
+REFUSAL = "I am not sure how to solve this one."
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    config = TransformerConfig(vocab_size=load_tokenizer().vocab_size, context_length=128, d_model=32,
+                               num_layers=1, num_heads=2, d_ff=64)
+    path = tmp_path_factory.mktemp("tiny") / "ckpt.pt"
+    save_checkpoint(TransformerLM(config), None, 0, path, model_config=dataclasses.asdict(config))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def pref_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prefs")
+    paths = {}
+    for split, n in (("train", 48), ("test", 16)):
+        pairs = [{"prompt": p["question"], "chosen": p["answer"], "rejected": REFUSAL}
+                 for p in generate_problems(n, split, seed=3)]
+        paths[split] = root / f"{split}.jsonl"
+        write_preferences(paths[split], pairs)
+    return str(paths["train"]), str(paths["test"])
+
+
+@pytest.fixture(scope="module")
+def trained_rm(tiny_ckpt, pref_files, tmp_path_factory):
+    out = tmp_path_factory.mktemp("rm")
+    cfg = reward_model.RMConfig(init=tiny_ckpt, out=str(out), data=pref_files[0], eval_data=pref_files[1],
+                                num_steps=16, batch_size=16, lr=3e-3, warmup_steps=1, log_every=4, eval_every=8,
+                                quiet=True)
+    return out, reward_model.train(cfg)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reward model
+# ---------------------------------------------------------------------------------------------------------
+
+def test_rm_smoke_loss_falls_and_accuracy_rises(trained_rm, pref_files):
+    out, result = trained_rm
+    records = read_metrics(out / "metrics.jsonl")
+    losses = [r["loss/train"] for r in records if "loss/train" in r]
+    eval_losses = [r["loss/eval"] for r in records if "loss/eval" in r]
+    assert losses[-1] < losses[0] and eval_losses[-1] < eval_losses[0], "Bradley-Terry loss falls, held out too"
+    assert result["rm/eval_accuracy"] >= 0.9, "held-out pairs ordered"
+    assert 0.0 <= result["rm/eval_ece"] <= 1.0
+    # The saved model loads, and its rewards are centred on the training responses.
+    model, extra = reward_model.load_reward_model(result["checkpoint"])
+    pairs = load_preferences(pref_files[0])
+    scores = reward_model.score_responses(model, load_tokenizer(), [p["prompt"] for p in pairs] * 2,
+                                          [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs])
+    assert abs(sum(scores) / len(scores)) < 1e-3, "mean reward 0 on the training responses"
+    assert extra["kind"] == "reward_model"
+
+
+def test_rm_samples_and_labels_its_own_pairs(tiny_ckpt, tmp_path):
+    cfg = reward_model.RMConfig(init=tiny_ckpt, out=str(tmp_path), n_prompts=4, n_eval_prompts=2, k_samples=3,
+                                max_new_tokens=8, num_steps=2, batch_size=4, warmup_steps=1, quiet=True)
+    result = reward_model.train(cfg)
+    train_pairs = load_preferences(tmp_path / "preferences_train.jsonl")
+    assert len(train_pairs) == result["n_pairs"] > 0
+    assert {"u_chosen", "u_rejected", "p_chosen", "gold_chosen", "len_chosen"} <= set(train_pairs[0])
+    assert 0.0 <= result["rm/ceiling_accuracy"] <= 1.0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# DPO
+# ---------------------------------------------------------------------------------------------------------
+
+def test_dpo_smoke_loss_starts_at_log2_and_falls(tiny_ckpt, pref_files, tmp_path):
+    cfg = dpo.DPOConfig(init=tiny_ckpt, out=str(tmp_path), data=pref_files[0], eval_data=pref_files[1],
+                        num_steps=16, batch_size=16, lr=3e-3, warmup_steps=1, log_every=4, eval_every=8,
+                        n_gold_problems=2, max_new_tokens=8, quiet=True)
+    result = dpo.train(cfg)
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert records[0]["step"] == 0 and abs(records[0]["loss/eval"] - math.log(2)) < 1e-5, "policy == reference"
+    losses = [r["loss/train"] for r in records if "loss/train" in r]
+    assert losses[-1] < losses[0], "DPO loss falls"
+    assert result["dpo/margin"] > 0 and result["loss/eval"] < math.log(2), "chosen gains on rejected, held out too"
+    assert (tmp_path / "ckpt.pt").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Best-of-N
+# ---------------------------------------------------------------------------------------------------------
+
+def test_best_of_n_curve_hand_example():
+    proxy = torch.tensor([[0.1, 0.4, 0.3, 0.2]])
+    gold = torch.tensor([[0.0, 1.0, 0.0, 1.0]])
+    lengths = torch.tensor([[10.0, 20.0, 30.0, 40.0]])
+    rows = bon.best_of_n_curve(proxy, gold, lengths, [1, 2, 4])
+    assert rows[0]["reward/gold_mean"] == pytest.approx(0.5) and rows[0]["reward/proxy_mean"] == pytest.approx(0.25)
+    # N = 2: the 6 pairs' winners are 0.4 (3 pairs: gold 1, len 20), 0.3 (2 pairs: gold 0, len 30), 0.2 (1: gold 1)
+    assert rows[1]["reward/gold_mean"] == pytest.approx(4 / 6)
+    assert rows[1]["reward/proxy_mean"] == pytest.approx((3 * 0.4 + 2 * 0.3 + 0.2) / 6)
+    assert rows[1]["response/length_mean"] == pytest.approx((3 * 20 + 2 * 30 + 40) / 6)
+    assert rows[1]["reward/oracle_mean"] == pytest.approx(1 - 1 / 6), "only the pair of wrong answers fails"
+    assert rows[2]["reward/gold_mean"] == 1.0 and rows[2]["kl/sft"] == pytest.approx(math.log(4) - 0.75)
+
+
+def test_bon_smoke_proxy_rises_with_n(tiny_ckpt, trained_rm, tmp_path):
+    _, rm_result = trained_rm
+    result = bon.main(["--init", tiny_ckpt, "--rm", rm_result["checkpoint"], "--out", str(tmp_path),
+                       "--n-prompts", "3", "--pool-size", "8", "--max-new-tokens", "8", "--quiet"])
+    rows = result["rows"]
+    assert [r["n"] for r in rows] == [1, 2, 4, 8]
+    proxies = [r["reward/proxy_mean"] for r in rows]
+    assert all(b > a for a, b in zip(proxies, proxies[1:])), "best-of-N proxy reward rises with N"
+    assert all(r["kl/sft"] == pytest.approx(best_of_n_kl(r["n"])) for r in rows)
+    assert all(r["reward/oracle_mean"] >= r["reward/gold_mean"] - 1e-9 for r in rows), "pass@N is the ceiling"
+    assert len(read_metrics(tmp_path / "metrics.jsonl")) == 4
+    assert json.loads((tmp_path / "bon.json").read_text())["pool_size"] == 8
