@@ -303,6 +303,17 @@ def test_fused_bfloat16_accumulates_in_float32():
         assert (got.float() - want).norm() / want.norm() < 2e-2
 
 
+def test_fused_under_autocast():
+    """An autocast trunk hands bf16 hidden states to a float32 head: the head is cast, its gradient is float32."""
+    hidden, weight, labels = linear_problem(64, 16, 300, dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lp = fused_linear_log_probs(hidden.to(torch.bfloat16), weight, labels, chunk_size=16, vocab_chunk_size=128)
+        lp.sum().backward()
+    assert lp.dtype == weight.grad.dtype == hidden.grad.dtype == torch.float32
+    logits = hidden.detach().to(torch.bfloat16).double() @ weight.detach().to(torch.bfloat16).double().T
+    assert (lp.double() - oracle_log_probs(logits, labels)).abs().max() < 0.05
+
+
 def test_fused_rejects_bad_inputs():
     hidden, weight, labels = linear_problem(6, 4, 9)
     with pytest.raises(ValueError):
