@@ -129,7 +129,8 @@ def sample_rollouts(policy, tokenizer, prompts: list[str] | list[list[int]], gro
             prompt token ids (used as they are).
         group_size: G >= 1 responses per prompt; prompt g's responses are rows g*G .. g*G + G - 1.
         temperature: > 0 for RL (0 = greedy; the log-probs are then the temperature-1 ones).
-        max_new_tokens: >= 1; lowered so that the longest prompt + response fits the context.
+        max_new_tokens: >= 1; lowered for a row whose prompt leaves less room in the context (rows are
+            generated in buckets of equal limit, so one long prompt does not shorten the others).
         generator: torch.Generator for reproducible samples.
         top_k, top_p: optional truncation (the stored log-probs are the untruncated ones, see `generate`).
         stop_token_ids: tokens that end a response; default <|end|> and <|endoftext|>.
@@ -145,17 +146,23 @@ def sample_rollouts(policy, tokenizer, prompts: list[str] | list[list[int]], gro
     stops = stop_token_ids if stop_token_ids is not None else [tokenizer.end_of_turn_id, tokenizer.eos_token_id]
     prompt_ids = [tokenizer.prompt_ids(p) if isinstance(p, str) else list(p) for p in prompts]
     repeated = [ids for ids in prompt_ids for _ in range(group_size)]          # contiguous groups
-    room = policy.config.context_length - max(len(p) for p in repeated)
-    if room < 1:
-        raise ValueError(f"a prompt of {policy.config.context_length - room} tokens leaves no room to respond")
-    step = batch_size or len(repeated)
-    response_ids, sampler_log_probs = [], []
-    for start in range(0, len(repeated), step):
-        out = generate(policy, repeated[start:start + step], max_new_tokens=min(max_new_tokens, room),
-                       temperature=temperature, top_k=top_k, top_p=top_p, eos_token_id=stops,
-                       pad_token_id=tokenizer.pad_token_id, generator=generator)
-        response_ids += out.tokens
-        sampler_log_probs += out.logprobs
+    # Each row may generate min(max_new_tokens, room left by its own prompt). `generate` takes one limit per
+    # call, so rows are generated in buckets of equal limit: one long prompt must not cut every response.
+    limits = [min(max_new_tokens, policy.config.context_length - len(p)) for p in repeated]
+    if min(limits) < 1:
+        raise ValueError(f"a prompt of {max(len(p) for p in repeated)} tokens leaves no room to respond")
+    response_ids: list[list[int]] = [[] for _ in repeated]
+    sampler_log_probs: list[Tensor] = [torch.zeros(0) for _ in repeated]
+    for limit in sorted(set(limits), reverse=True):
+        rows = [i for i, n in enumerate(limits) if n == limit]
+        step = batch_size or len(rows)
+        for start in range(0, len(rows), step):
+            chunk = rows[start:start + step]
+            out = generate(policy, [repeated[i] for i in chunk], max_new_tokens=limit, temperature=temperature,
+                           top_k=top_k, top_p=top_p, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id,
+                           generator=generator)
+            for i, tokens, log_probs in zip(chunk, out.tokens, out.logprobs):
+                response_ids[i], sampler_log_probs[i] = tokens, log_probs
     finished = torch.tensor([bool(r) and r[-1] in stops for r in response_ids])  # (N,)
     texts = [tokenizer.decode(r[:-1] if done else r) for r, done in zip(response_ids, finished.tolist())]
     tensors = build_training_tensors(repeated, response_ids, tokenizer.pad_token_id)

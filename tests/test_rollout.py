@@ -122,6 +122,16 @@ def test_batched_generation_gives_the_same_rows(tiny_lm, tokenizer, questions):
     assert all(whole.response_ids[2 * g] == whole.response_ids[2 * g + 1] for g in range(len(questions)))
 
 
+def test_a_long_prompt_does_not_shorten_the_other_responses(tiny_lm, tokenizer):
+    short, long = tokenizer.prompt_ids("Hi"), [5] * 155                # the long one leaves 5 positions
+    ro = sample_rollouts(tiny_lm, tokenizer, [short, long], group_size=2, max_new_tokens=10, stop_token_ids=[],
+                         generator=torch.Generator().manual_seed(0))
+    assert [len(r) for r in ro.response_ids] == [10, 10, 5, 5]
+    assert ro.prompt_ids == [short, short, long, long]
+    recomputed = get_response_log_probs(tiny_lm, ro.input_ids, ro.labels)["log_probs"][ro.response_mask]
+    torch.testing.assert_close(recomputed, torch.cat(ro.sampler_log_probs), atol=2e-5, rtol=1e-5)
+
+
 def test_sample_rollouts_argument_errors(tiny_lm, tokenizer):
     with pytest.raises(ValueError):
         sample_rollouts(tiny_lm, tokenizer, [], group_size=2)

@@ -129,6 +129,13 @@ def test_sft_reads_all_three_schemas(tmp_path):
     assert len(train_losses(tmp_path / "out")) == 2
 
 
+def test_sft_skips_conversations_cut_before_their_response(tmp_path):
+    # With a 40-token context most task-world prompts (40-80 tokens) leave nothing to train on: those are
+    # dropped at setup instead of failing in the middle of the run.
+    sft.main(sft_args(tmp_path, 2, "--context-length", "40", "--n-examples", "64"))
+    assert len(train_losses(tmp_path)) == 2
+
+
 def test_sft_bad_data_file_names_file_and_line(tmp_path):
     data = tmp_path / "bad.jsonl"
     data.write_text(json.dumps({"prompt": "ok", "response": "fine"}) + "\n" + '{"prompt": "no response"}\n')

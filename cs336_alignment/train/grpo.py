@@ -81,6 +81,8 @@ class GRPOConfig:
     """task-world prompts in the pool (when --data is empty)"""
     n_eval_problems: int = 200
     """held-out test problems for eval/* (greedy and sampled accuracy)"""
+    eval_samples: int = 2
+    """T = 1 samples per eval problem for eval/sampled_accuracy"""
     # --- sampling
     prompts_per_step: int = 32
     """questions per rollout batch"""
@@ -182,12 +184,10 @@ def evaluate_policy(policy, tokenizer, problems: list[dict[str, str]], *, max_ne
     eval/kl_ref = mean over sampled responses of sum_t [log pi(y_t) - log pi_ref(y_t)] (k1 summed over the
     response: an unbiased estimate of the sequence-level KL, in nats).
     """
-    from cs336_alignment.evaluate import generate_responses
-
     device = next(policy.parameters()).device
     questions, answers = [p["question"] for p in problems], [p["answer"] for p in problems]
-    greedy = generate_responses(policy, tokenizer, questions, fmt="chat", max_new_tokens=max_new_tokens,
-                                batch_size=batch_size, temperature=0.0)
+    greedy = sample_rollouts(policy, tokenizer, questions, 1, temperature=0.0, max_new_tokens=max_new_tokens,
+                             batch_size=batch_size).response_texts
     generator = torch.Generator(device=device).manual_seed(seed)
     ro = sample_rollouts(policy, tokenizer, questions, samples_per_problem, temperature=1.0,
                          max_new_tokens=max_new_tokens, generator=generator, batch_size=batch_size)
@@ -259,7 +259,7 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
         if not eval_problems:
             return {}
         metrics = evaluate_policy(policy, tokenizer, eval_problems, max_new_tokens=cfg.max_new_tokens,
-                                  reference=reference, seed=cfg.seed + 1)
+                                  reference=reference, samples_per_problem=cfg.eval_samples, seed=cfg.seed + 1)
         logger.log(step, metrics)
         return metrics
 

@@ -88,6 +88,8 @@ class PPOConfig:
     """task-world prompts in the pool (when --data is empty)"""
     n_eval_problems: int = 200
     """held-out test problems for eval/*"""
+    eval_samples: int = 2
+    """T = 1 samples per eval problem for eval/sampled_accuracy"""
     # --- sampling
     prompts_per_step: int = 64
     """questions per rollout batch"""
@@ -205,7 +207,7 @@ def train(cfg: PPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | No
         if not eval_problems:
             return {}
         metrics = evaluate_policy(policy, tokenizer, eval_problems, max_new_tokens=cfg.max_new_tokens,
-                                  reference=reference, seed=cfg.seed + 1)
+                                  reference=reference, samples_per_problem=cfg.eval_samples, seed=cfg.seed + 1)
         logger.log(step, metrics)
         return metrics
 

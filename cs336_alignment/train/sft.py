@@ -153,9 +153,15 @@ def train(cfg: SFTConfig) -> dict:
         model = TransformerLM(model_config).to(device)
     context = model_config.context_length
     train_chats, eval_chats = load_conversations(cfg)
+    # Conversations longer than the context are cut at its end; drop those left with no response token.
+    n_cut = sum(len(tokenizer.render(c)[0]) > context + 1 for c in train_chats + eval_chats)
+    n_trained = [sum(tokenizer.render(c)[1][1:context + 1]) for c in train_chats]  # labels are ids[1:]
+    train_chats = [c for c, n in zip(train_chats, n_trained) if n > 0]
+    eval_chats = [c for c in eval_chats if sum(tokenizer.render(c)[1][1:context + 1]) > 0]
+    if not train_chats:
+        raise ValueError(f"no training conversation has a response token within context_length {context}")
     # One constant for the whole run: the mean number of trained-on tokens per conversation.
-    n_response = [sum(tokenizer.render(c)[1][1:context + 1]) for c in train_chats]
-    normalize_constant = float(np.mean(n_response))
+    normalize_constant = float(np.mean([n for n in n_trained if n > 0]))
     optimizer = AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
 
     start_step = 0
@@ -164,8 +170,8 @@ def train(cfg: SFTConfig) -> dict:
         set_rng_state(load_checkpoint_extra(ckpt_path)["rng"])
     logger = MetricsLogger(out, cfg.num_steps, dataclasses.asdict(cfg), resumed_from=start_step, quiet=cfg.quiet)
     logger.write(f"sft: {num_params(model) / 1e6:.2f}M parameters, {len(train_chats)} train / {len(eval_chats)} "
-                 f"eval conversations, {normalize_constant:.1f} response tokens per conversation, device {device}"
-                 + (f", resumed at step {start_step}" if start_step else ""))
+                 f"eval conversations ({n_cut} cut to context_length {context}), {normalize_constant:.1f} response "
+                 f"tokens per conversation, device {device}" + (f", resumed at step {start_step}" if start_step else ""))
 
     @functools.lru_cache(maxsize=2)
     def epoch_order(epoch: int) -> list[int]:
@@ -193,7 +199,7 @@ def train(cfg: SFTConfig) -> dict:
             nll -= float((log_probs.float() * batch["response_mask"]).sum())
             count += int(batch["response_mask"].sum())
         model.train()
-        return nll / max(count, 1)
+        return nll / count
 
     # ---------------------------------------------------------------------------------------------------
     # Training loop
@@ -240,7 +246,7 @@ def train(cfg: SFTConfig) -> dict:
         if done % cfg.log_every == 0 or is_eval:
             tokens_per_s = window_tokens / (time.perf_counter() - t0)  # training only, eval not counted
             metrics = {"loss/train": window_nll / window_count, "lr": lr, "grad_norm": float(np.mean(window_norms))}
-            if is_eval:
+            if is_eval and eval_chats:
                 metrics["loss/eval"] = evaluate()
             metrics["perf/tokens_per_s"] = tokens_per_s
             logger.log(done, metrics)
