@@ -50,7 +50,7 @@ class PretrainConfig:
     val_fraction: float = 0.02
     """fraction of the token stream (its end) held out for loss/eval"""
     # --- model (CS336 assignment-1 TransformerLM)
-    context_length: int = 256
+    context_length: int = 128
     """maximum sequence length (RoPE table size); training windows use all of it"""
     d_model: int = 128
     """residual stream width"""
@@ -63,7 +63,7 @@ class PretrainConfig:
     rope_theta: float = 10000.0
     """RoPE base"""
     # --- optimisation
-    num_steps: int = 400
+    num_steps: int = 500
     """optimizer steps"""
     batch_size: int = 16
     """sequences per optimizer step (split into grad_accum_steps micro-batches)"""
@@ -73,7 +73,7 @@ class PretrainConfig:
     """peak learning rate (after linear warmup)"""
     min_lr: float = 3e-4
     """learning rate at the end of the cosine decay"""
-    warmup_steps: int = 40
+    warmup_steps: int = 50
     """linear warmup steps"""
     weight_decay: float = 0.1
     """AdamW decoupled weight decay"""

@@ -72,15 +72,15 @@ class SFTConfig:
     d_ff: int = 384
     """SwiGLU hidden width"""
     # --- optimisation
-    num_steps: int = 300
+    num_steps: int = 400
     """optimizer steps"""
     batch_size: int = 32
     """conversations per optimizer step (split into grad_accum_steps micro-batches)"""
     grad_accum_steps: int = 1
     """micro-batches per optimizer step; batch_size must be divisible by it"""
-    lr: float = 1e-3
+    lr: float = 2e-3
     """peak learning rate (after linear warmup)"""
-    min_lr: float = 1e-4
+    min_lr: float = 2e-4
     """learning rate at the end of the cosine decay"""
     warmup_steps: int = 20
     """linear warmup steps"""
