@@ -66,7 +66,7 @@ PRESETS: dict[str, Preset] = {
     # The laptop run (measured figures in the README).
     "tiny": Preset(context_length=128, d_model=128, num_layers=4, num_heads=4, d_ff=384,
                    pretrain_problems=20000, pretrain_steps=500, pretrain_batch_size=16, pretrain_lr=3e-3,
-                   sft_examples=4000, sft_steps=400, sft_batch_size=32, sft_lr=2e-3,
+                   sft_examples=4000, sft_steps=400, sft_batch_size=32, sft_lr=3e-3,
                    eval_problems=500, eval_batch_size=100, max_new_tokens=48, log_every=25, eval_every=100),
     # One GPU: 4x wider, 2x deeper, many more steps.
     "small": Preset(context_length=256, d_model=384, num_layers=8, num_heads=6, d_ff=1024,

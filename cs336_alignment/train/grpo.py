@@ -90,8 +90,8 @@ class GRPOConfig:
     """responses sampled per question (G)"""
     temperature: float = 1.0
     """sampling temperature (log-probs are recomputed at the same temperature)"""
-    max_new_tokens: int = 64
-    """response length limit"""
+    max_new_tokens: int = 48
+    """response length limit (task-world answers are at most ~40 tokens)"""
     # --- loss
     loss_type: Literal["no_baseline", "reinforce_with_baseline", "grpo_clip"] = "grpo_clip"
     """per-token loss (policy_losses.compute_policy_gradient_loss)"""

@@ -78,9 +78,9 @@ class SFTConfig:
     """conversations per optimizer step (split into grad_accum_steps micro-batches)"""
     grad_accum_steps: int = 1
     """micro-batches per optimizer step; batch_size must be divisible by it"""
-    lr: float = 2e-3
+    lr: float = 3e-3
     """peak learning rate (after linear warmup)"""
-    min_lr: float = 2e-4
+    min_lr: float = 3e-4
     """learning rate at the end of the cosine decay"""
     warmup_steps: int = 20
     """linear warmup steps"""
