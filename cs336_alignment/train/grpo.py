@@ -24,17 +24,21 @@ For the pipeline (no argparse needed):
     result -> {"checkpoint": path, "steps": n, "cpu_s": CPU seconds of training, "eval": {...last eval...}}
 and runs/<name>/grpo/metrics.jsonl holds one line per step (names below) and the eval/* lines.
 
-Metrics: reward/gold_mean, reward/format_mean, reward/proxy_mean (with an RM), response/length_mean,
-loss/policy, policy/clipfrac, policy/approx_kl (k3 of KL(pi_old || pi)), policy/entropy (nats per token),
-kl/ref (k3 per token, with kl_coef > 0), groups/kept_fraction, grad_norm, lr, perf/tokens_per_s (tokens
-through the trained forward passes per second), perf/cpu_s (process CPU seconds, evals excluded);
-eval/greedy_accuracy, eval/sampled_accuracy (T = 1), eval/format_rate, eval/length_mean, eval/kl_ref
-(summed log-ratio per sampled response: an estimate of KL(pi || pi_ref) in nats per sequence).
+Metrics, one line per rollout batch: reward/mean (the training reward), reward/gold_mean, reward/format_mean,
+reward/proxy_mean (with an RM), response/length_mean, loss/policy, policy/clipfrac, policy/approx_kl (k3 of
+KL(pi_old || pi)), policy/entropy (nats per token), kl/ref (k3 per token, with kl_coef > 0),
+groups/kept_fraction, grad_norm, lr, perf/tokens_per_s (through the trained forward passes), perf/rollout_s,
+perf/step_s, perf/cpu_s (process CPU seconds of training, evals excluded: compare runs by this).
+Held-out evaluations (before the first step, every eval_every, after the last) are separate lines whose keys
+are `metrics.evaluate_policy`'s with an "eval/" prefix: eval/accuracy/greedy, eval/reward/gold_mean
+(accuracy of T = 1 samples), eval/reward/format_mean, eval/reward/proxy_mean (with an RM), eval/kl/sft
+(sequence KL to the SFT reference, nats), eval/response/length_mean, eval/response/distinct_2.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import time
 from dataclasses import dataclass
 from typing import Callable, Literal
@@ -176,35 +180,18 @@ def micro_batch(tensors: dict[str, torch.Tensor], rows: torch.Tensor, widths: to
     return {k: v[rows, :width].to(device) for k, v in tensors.items()}
 
 
-@torch.no_grad()
-def evaluate_policy(policy, tokenizer, problems: list[dict[str, str]], *, max_new_tokens: int,
-                    reference=None, samples_per_problem: int = 1, seed: int = 0, batch_size: int = 256) -> dict:
-    """Greedy accuracy, sampled (T = 1) accuracy and, with a reference model, KL(pi || pi_ref) on test problems.
+def run_eval(logger: MetricsLogger, step: int, policy, tokenizer, problems: list[dict[str, str]], *, reference,
+             reward_model, samples: int, max_new_tokens: int, seed: int) -> dict:
+    """`metrics.evaluate_policy` on held-out problems, logged with an "eval/" prefix (the report's evaluator:
+    greedy accuracy, T = 1 gold reward, proxy reward, KL to the SFT reference, length, distinct-2)."""
+    from cs336_alignment.metrics import evaluate_policy
 
-    eval/kl_ref = mean over sampled responses of sum_t [log pi(y_t) - log pi_ref(y_t)] (k1 summed over the
-    response: an unbiased estimate of the sequence-level KL, in nats).
-    """
-    device = next(policy.parameters()).device
-    questions, answers = [p["question"] for p in problems], [p["answer"] for p in problems]
-    greedy = sample_rollouts(policy, tokenizer, questions, 1, temperature=0.0, max_new_tokens=max_new_tokens,
-                             batch_size=batch_size).response_texts
-    generator = torch.Generator(device=device).manual_seed(seed)
-    ro = sample_rollouts(policy, tokenizer, questions, samples_per_problem, temperature=1.0,
-                         max_new_tokens=max_new_tokens, generator=generator, batch_size=batch_size)
-    sampled = [gold_reward(t, a) for t, a in zip(ro.response_texts, [a for a in answers
-                                                                         for _ in range(samples_per_problem)])]
-    metrics = {"eval/greedy_accuracy": sum(gold_reward(r, a)["reward"] for r, a in zip(greedy, answers)) / len(greedy),
-               "eval/sampled_accuracy": sum(s["reward"] for s in sampled) / len(sampled),
-               "eval/format_rate": sum(s["format_reward"] for s in sampled) / len(sampled),
-               "eval/length_mean": float(ro.response_lengths.float().mean()), "eval/n": float(len(sampled))}
-    if reference is not None:
-        policy_lp, kl = ro.sampler_log_probs_padded(), []
-        for i in range(0, len(ro), batch_size):
-            rows = slice(i, i + batch_size)
-            ref_lp = get_response_log_probs(reference, ro.input_ids[rows].to(device),
-                                            ro.labels[rows].to(device))["log_probs"].cpu()  # (b, T)
-            kl.append(((policy_lp[rows] - ref_lp) * ro.response_mask[rows]).sum(-1))
-        metrics["eval/kl_ref"] = float(torch.cat(kl).mean())
+    if not problems:
+        return {}
+    metrics = evaluate_policy(policy, tokenizer, problems, reference=reference, reward_model=reward_model,
+                              samples_per_prompt=samples, max_new_tokens=max_new_tokens, seed=seed)
+    metrics = {f"eval/{key}": value for key, value in metrics.items()}
+    logger.log(step, metrics)
     return metrics
 
 
@@ -255,15 +242,11 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
     logger.write(f"grpo: {num_params(policy) / 1e6:.2f}M parameters, {len(problems)} prompts, reward {cfg.reward}, "
                  f"{cfg.prompts_per_step} x {cfg.group_size} rollouts per step, device {device}")
 
-    def run_eval(step: int) -> dict:
-        if not eval_problems:
-            return {}
-        metrics = evaluate_policy(policy, tokenizer, eval_problems, max_new_tokens=cfg.max_new_tokens,
-                                  reference=reference, samples_per_problem=cfg.eval_samples, seed=cfg.seed + 1)
-        logger.log(step, metrics)
-        return metrics
+    evaluate = functools.partial(run_eval, logger, policy=policy, tokenizer=tokenizer, problems=eval_problems,
+                                 reference=reference, reward_model=reward_model, samples=cfg.eval_samples,
+                                 max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 1)
 
-    last_eval = run_eval(start_step) if start_step == 0 else {}
+    last_eval = evaluate(start_step) if start_step == 0 else {}
     cpu_s, bar = 0.0, progress_bar(cfg.num_steps, start_step, "grpo")
     for step in range(start_step, cfg.num_steps):
         cpu0, t0 = time.process_time(), time.perf_counter()
@@ -364,7 +347,7 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
         if done % cfg.log_every == 0 or done == cfg.num_steps:
             logger.log(done, metrics)
         if done % cfg.eval_every == 0 or done == cfg.num_steps:
-            last_eval = run_eval(done)
+            last_eval = evaluate(done)
         if done % cfg.checkpoint_every == 0 or done == cfg.num_steps:
             save_checkpoint(policy, optimizer, done, ckpt_path, config=dataclasses.asdict(cfg),
                             model_config=init_extra["model_config"], rng=rng_state())

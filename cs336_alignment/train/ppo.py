@@ -28,14 +28,15 @@ For the pipeline (no argparse needed):
 Per-step metrics.jsonl lines: reward/proxy_mean (RM score), reward/gold_mean, reward/format_mean,
 response/length_mean, objective/kl (summed k1 per sequence, nats), objective/kl_coef, policy/approx_kl,
 policy/clipfrac, policy/entropy, value/explained_variance, value/clipfrac, loss/policy, loss/value,
-perf/tokens_per_s, perf/cpu_s; eval lines as in grpo.py (eval/greedy_accuracy, eval/sampled_accuracy,
-eval/kl_ref, ...). Plot reward/proxy_mean and reward/gold_mean against step (or objective/kl) to see
-over-optimization of a flawed reward model.
+perf/tokens_per_s, perf/cpu_s; eval/* lines as in grpo.py (eval/accuracy/greedy, eval/reward/gold_mean,
+eval/reward/proxy_mean, eval/kl/sft, eval/response/length_mean, ...). Plot reward/proxy_mean and
+reward/gold_mean against step (or eval/kl/sft) to see over-optimization of a flawed reward model.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import time
 from dataclasses import dataclass
 from typing import Callable, Literal
@@ -54,8 +55,7 @@ from cs336_alignment.tasks import gold_reward
 from cs336_alignment.train.reward_model import load_reward_model, score_sequences
 from cs336_alignment.train.common import (MetricsLogger, cosine_lr, finite_or_raise, get_device, load_model,
                                           num_params, parse_config, progress_bar, run_dir, set_seed, set_threads)
-from cs336_alignment.train.grpo import (evaluate_policy, load_problems, micro_batch, prompt_indices,
-                                        sequence_widths)
+from cs336_alignment.train.grpo import load_problems, micro_batch, prompt_indices, run_eval, sequence_widths
 
 
 @dataclass
@@ -203,15 +203,11 @@ def train(cfg: PPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | No
     logger.write(f"ppo: {num_params(policy) / 1e6:.2f}M-parameter policy, value from {value_init}, reward "
                  f"{cfg.reward}, {cfg.prompts_per_step} x {cfg.group_size} rollouts per step, device {device}")
 
-    def run_eval(step: int) -> dict:
-        if not eval_problems:
-            return {}
-        metrics = evaluate_policy(policy, tokenizer, eval_problems, max_new_tokens=cfg.max_new_tokens,
-                                  reference=reference, samples_per_problem=cfg.eval_samples, seed=cfg.seed + 1)
-        logger.log(step, metrics)
-        return metrics
+    evaluate = functools.partial(run_eval, logger, policy=policy, tokenizer=tokenizer, problems=eval_problems,
+                                 reference=reference, reward_model=reward_model, samples=cfg.eval_samples,
+                                 max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 1)
 
-    last_eval, cpu_s = run_eval(0), 0.0
+    last_eval, cpu_s = evaluate(0), 0.0
     bar = progress_bar(cfg.num_steps, 0, "ppo")
     for step in range(cfg.num_steps):
         cpu0, t0 = time.process_time(), time.perf_counter()
@@ -314,7 +310,7 @@ def train(cfg: PPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | No
         if done % cfg.log_every == 0 or done == cfg.num_steps:
             logger.log(done, metrics)
         if done % cfg.eval_every == 0 or done == cfg.num_steps:
-            last_eval = run_eval(done)
+            last_eval = evaluate(done)
         if done % cfg.checkpoint_every == 0 or done == cfg.num_steps:
             save_checkpoint(policy, optimizer, done, out / "ckpt.pt", config=dataclasses.asdict(cfg),
                             model_config=init_extra["model_config"], rng=rng_state())
