@@ -60,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(module, "main"):
         print(f"`{command}`: {name} has no main(argv)", file=sys.stderr)
         return 2
-    module.main(rest)
-    return 0
+    result = module.main(rest)
+    # Commands that check things (handout check, grade) return an exit code; training commands return a dict.
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":
