@@ -98,7 +98,7 @@ class Annotator:
             raise ValueError(f"tau must be >= 0, got {self.tau}")
 
     def utility(self, response: str, ground_truth: str, n_tokens: int) -> float:
-        """u(response) = gold reward + format_weight * format + steps_weight * step validity + length_bias * n_tokens."""
+        """u = gold reward + format_weight * format + steps_weight * step validity + length_bias * n_tokens."""
         from cs336_alignment.tasks import gold_reward
 
         gold = gold_reward(response, ground_truth)

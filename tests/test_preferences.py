@@ -224,8 +224,8 @@ def test_load_preferences_schemas(tmp_path):
     ({"prompt": "q", "chosen": 3, "rejected": "no"}, "chosen"),
     ({"chosen": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "x"}],
       "rejected": [{"role": "user", "content": "b"}, {"role": "assistant", "content": "y"}]}, "rejected"),
-    ({"chosen": [{"role": "user", "content": "a"}], "rejected": [{"role": "user", "content": "a"},
-                                                                  {"role": "assistant", "content": "y"}]}, "chosen[0].role"),
+    ({"chosen": [{"role": "user", "content": "a"}],
+      "rejected": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "y"}]}, "chosen[0].role"),
     ({"prompt": "q", "chosen": [{"role": "robot", "content": "x"}], "rejected": "y"}, "chosen[0]"),
 ])
 def test_load_preferences_errors_name_file_line_field(tmp_path, bad, field):

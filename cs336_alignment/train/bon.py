@@ -29,7 +29,8 @@ from dataclasses import dataclass
 import torch
 
 from cs336_alignment.metrics import best_of_n_kl, best_of_n_weights, distinct_n, pass_at_k
-from cs336_alignment.train.common import MetricsLogger, get_device, load_model, parse_config, run_dir, set_seed, set_threads
+from cs336_alignment.train.common import (MetricsLogger, get_device, load_model, parse_config, run_dir, set_seed,
+                                          set_threads)
 
 
 @dataclass

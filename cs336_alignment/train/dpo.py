@@ -11,9 +11,10 @@ its log-probs never change, so they are computed once for every pair before the 
 trick; TRL's `precompute_ref_log_probs`). Sequence log-probs are sums over the response tokens (the
 assistant content and its closing <|end|>) from `logprobs.get_response_log_probs(fused=True)`.
 
-Metrics: loss/train, dpo/margin (mean implicit-reward gap), dpo/accuracy (fraction of pairs whose chosen
-response has the higher implicit reward), dpo/chosen_reward, dpo/rejected_reward; at eval steps loss/eval,
-dpo/eval_accuracy on held-out pairs and accuracy/greedy (gold accuracy of greedy answers to test problems).
+Metrics: loss/train (plus the NLL term when nll_coef > 0), dpo/margin (mean implicit-reward gap),
+dpo/accuracy (fraction of pairs whose chosen response has the higher implicit reward), dpo/chosen_reward,
+dpo/rejected_reward; at eval steps loss/eval, dpo/eval_accuracy on held-out pairs and accuracy/greedy (gold
+accuracy of greedy answers to test problems).
 """
 from __future__ import annotations
 
@@ -60,6 +61,8 @@ class DPOConfig(PreferenceDataConfig):
     """sigmoid = DPO (eq. 7), ipo = IPO's squared loss (Azar et al. 2023)"""
     label_smoothing: float = 0.0
     """assumed label-flip rate (cDPO); sigmoid only"""
+    nll_coef: float = 0.0
+    """add nll_coef x the chosen responses' NLL per token (RPO, Pang et al. 2024 eq. 1); 0 = plain DPO"""
     # --- optimisation
     num_steps: int = 120
     """optimizer steps"""
@@ -113,13 +116,16 @@ def train(cfg: DPOConfig) -> dict:
     eval_chats = [conversations(p) for p in eval_pairs]
     gold_problems = generate_problems(cfg.n_gold_problems, "test", cfg.seed)
 
-    def batch_logps(m, chats: list[tuple]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed response log-probs of the chosen (B,) and rejected (B,) responses, one forward pass."""
+    def batch_logps(m, chats: list[tuple], with_lengths: bool = False):
+        """Summed response log-probs of the chosen (B,) and rejected (B,) responses, one forward pass
+        (and the chosen responses' token counts (B,) if with_lengths)."""
         batch = collate_chat([c for pair in chats for c in pair], tokenizer, max_length=context)
         batch = {k: v.to(device) for k, v in batch.items()}
         with autocast(device):
             log_probs = get_response_log_probs(m, batch["input_ids"], batch["labels"], fused=True)["log_probs"]
         seq = torch.where(batch["response_mask"], log_probs.float(), 0.0).sum(-1)  # (2B,)
+        if with_lengths:
+            return seq[0::2], seq[1::2], batch["response_mask"][0::2].sum(-1)
         return seq[0::2], seq[1::2]
 
     @torch.no_grad()
@@ -177,10 +183,14 @@ def train(cfg: DPOConfig) -> dict:
 
         # --- forward: policy log-probs of chosen and rejected; the reference's were precomputed
         idx = batch_indices(step)
-        policy_chosen, policy_rejected = batch_logps(model, [train_chats[i] for i in idx])   # (B,), (B,)
+        policy_chosen, policy_rejected, n_chosen = batch_logps(model, [train_chats[i] for i in idx], True)
         index = torch.tensor(idx)
         loss, metrics = dpo_loss(policy_chosen, policy_rejected, ref_train[0][index].to(device),
                                  ref_train[1][index].to(device), cfg.beta, cfg.loss_type, cfg.label_smoothing)
+        if cfg.nll_coef > 0:
+            # RPO: keep the chosen responses likely. DPO alone may lower both log-probs (only their gap is
+            # fitted), which on reasoning tasks costs accuracy (Pang et al. 2024, "Iterative Reasoning PO").
+            loss = loss + cfg.nll_coef * (-policy_chosen / n_chosen).mean()
         finite_or_raise(loss.item(), step + 1)
 
         # --- backward / update

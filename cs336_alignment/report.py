@@ -1,0 +1,164 @@
+"""The pipeline's report: report.md (tables), the PNG plots, from the report dict that report.json also holds.
+
+Plots
+  training_curves.png   one panel per stage: its loss and the metric the stage is for (held-out RM
+                        accuracy against the annotator's ceiling, DPO's greedy accuracy, RL's gold and
+                        proxy reward), against the optimizer step
+  overoptimization.png  gold and proxy (reward-model) reward against sqrt(KL to SFT), for best-of-N and
+                        along PPO's training, and the mean response length (Gao et al. 2023, fig. 1)
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+# ---------------------------------------------------------------------------------------------------------
+# Plots
+# ---------------------------------------------------------------------------------------------------------
+
+# stage -> (left-axis metrics, right-axis metrics, left label, right label)
+CURVES = {
+    "pretrain": (["loss/train", "loss/eval"], [], "loss (nats / token)", ""),
+    "sft": (["loss/train", "loss/eval"], ["eval/accuracy/greedy"], "loss (nats / response token)", "accuracy"),
+    "rm": (["loss/train", "loss/eval"], ["rm/eval_accuracy", "rm/ceiling_accuracy"], "Bradley-Terry loss",
+           "held-out pairwise accuracy"),
+    "dpo": (["loss/train", "loss/eval"], ["accuracy/greedy"], "DPO loss", "greedy gold accuracy"),
+    "grpo_gold": (["reward/gold_mean"], ["eval/accuracy/greedy"], "gold reward of rollouts", "greedy accuracy"),
+    "grpo_rm": (["reward/gold_mean", "reward/proxy_mean"], ["eval/accuracy/greedy"], "reward of rollouts",
+                "greedy accuracy"),
+    "ppo": (["reward/gold_mean", "reward/proxy_mean"], ["objective/kl"], "reward of rollouts", "KL to SFT (nats)"),
+}
+
+
+def plot_training_curves(out: Path, stages: list[str]) -> Path:
+    """training_curves.png: one panel per stage that wrote a metrics.jsonl (see CURVES)."""
+    from matplotlib.figure import Figure
+
+    from cs336_alignment.train.common import read_metrics
+
+    stages = [s for s in stages if s in CURVES and (out / s / "metrics.jsonl").is_file()]
+    cols = min(4, max(1, len(stages)))
+    rows = math.ceil(len(stages) / cols)
+    fig = Figure(figsize=(4.6 * cols, 3.4 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, stage in zip(axes, stages):
+        records = read_metrics(out / stage / "metrics.jsonl")
+        left, right, left_label, right_label = CURVES[stage]
+        lines = []
+        for key in left:
+            points = [(r["step"], r[key]) for r in records if key in r]
+            if points:
+                lines += ax.plot(*zip(*points), "-" if "train" in key or "reward" in key else "o--", label=key)
+        if right and any(k in r for r in records for k in right):
+            twin = ax.twinx()
+            for key, color in zip(right, ("tab:green", "tab:gray")):
+                points = [(r["step"], r[key]) for r in records if key in r]
+                if points:
+                    lines += twin.plot(*zip(*points), "s:", color=color, label=key)
+            twin.set_ylabel(right_label)
+        ax.set(title=stage, xlabel="optimizer step", ylabel=left_label)
+        ax.grid(alpha=0.3)
+        ax.legend(handles=lines, fontsize=7, loc="best")
+    for ax in axes[len(stages):]:
+        ax.set_visible(False)
+    path = out / "training_curves.png"
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def plot_overoptimization(out: Path, bon_rows: list[dict], ppo_records: list[dict], title: str) -> Path:
+    """overoptimization.png: gold and proxy reward (top) and mean length (bottom) against sqrt(KL to SFT),
+    for best-of-N (closed-form KL) and along PPO training (KL measured on its rollouts)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 6.4), layout="constrained")
+    (ax_bon, ax_ppo), (len_bon, len_ppo) = fig.subplots(2, 2, sharex="col")
+    curves = [("best-of-N (reward model)", ax_bon, len_bon,
+               [(math.sqrt(r["kl/sft"]), r["reward/gold_mean"], r["reward/proxy_mean"], r["response/length_mean"],
+                 r.get("reward/oracle_mean")) for r in bon_rows])]
+    ppo = [(math.sqrt(max(r["objective/kl"], 0.0)), r["reward/gold_mean"], r["reward/proxy_mean"],
+            r["response/length_mean"], None) for r in ppo_records
+           if {"objective/kl", "reward/gold_mean", "reward/proxy_mean"} <= set(r)]
+    curves.append(("PPO against the reward model", ax_ppo, len_ppo, ppo))
+    for name, ax, ax_len, points in curves:
+        if not points:
+            ax.set_title(f"{name}: not run")
+            continue
+        x, gold, proxy, length, oracle = zip(*points)
+        h = ax.plot(x, gold, "o-", color="tab:blue", label="gold reward")
+        if oracle[0] is not None:
+            h += ax.plot(x, oracle, "^:", color="tab:cyan", label="gold-oracle best-of-N (pass@N)")
+        twin = ax.twinx()
+        h += twin.plot(x, proxy, "s-", color="tab:red", label="proxy (reward model)")
+        twin.set_ylabel("proxy reward", color="tab:red")
+        ax.set(title=name, ylabel="gold reward (accuracy)")
+        ax.grid(alpha=0.3)
+        ax.legend(handles=h, fontsize=7, loc="lower right")
+        ax_len.plot(x, length, "d-", color="tab:purple")
+        ax_len.set(xlabel="sqrt(KL to SFT)  (sqrt nats)", ylabel="mean response length (tokens)")
+        ax_len.grid(alpha=0.3)
+    fig.suptitle(title)
+    path = out / "overoptimization.png"
+    fig.savefig(path, dpi=100)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Markdown
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _pct(p: float | None, n: int | None = None) -> str:
+    if p is None:
+        return "—"
+    if n is None:
+        return f"{100 * p:.1f}%"
+    return f"{100 * p:.1f}% ± {100 * math.sqrt(max(p * (1 - p), 0.0) / max(n, 1)):.1f}"
+
+
+def _num(v: float | None, fmt: str = ".3f") -> str:
+    return "—" if v is None else format(v, fmt)
+
+
+def write_report(out: Path, report: dict) -> Path:
+    """report.md from the report dict (report.json holds the same numbers)."""
+    n, n_s = report["n_test_problems"], report["n_sampled"]
+    lines = [f"# Pipeline report: {report['name']} (preset `{report['preset']}`)", "",
+             f"Held-out test split of the task world. **gold accuracy**: greedy answers to {n} problems "
+             f"(± one standard error). The other columns are measured on {n_s} temperature-1 samples: "
+             "**mean gold reward**, **proxy** (the reward model's score), **KL to SFT** (mean over the "
+             "policy's own samples of log pi - log pi_SFT, summed over the response, nats; for best-of-N the "
+             "closed form log N - (N-1)/N), **length** (tokens) and **distinct-2**. Annotator: "
+             f"tau = {report['annotator']['tau']}, length bias = {report['annotator']['length_bias']} per token.",
+             "", "| policy | gold accuracy | mean gold reward | proxy (RM) reward | KL to SFT | length | distinct-2 |",
+             "|---|---|---|---|---|---|---|"]
+    for label, m in report["models"].items():
+        lines.append(f"| {label} | {_pct(m.get('accuracy/greedy'), n)} | {_pct(m.get('reward/gold_mean'))} | "
+                     f"{_num(m.get('reward/proxy_mean'))} | {_num(m.get('kl/sft'), '.2f')} | "
+                     f"{_num(m.get('response/length_mean'), '.1f')} | {_num(m.get('response/distinct_2'))} |")
+    if "rm" in report:
+        rm = report["rm"]
+        lines += ["", f"**Reward model** ({rm['n_pairs']} training pairs, {rm['n_eval_pairs']} held-out pairs on "
+                  f"test prompts): held-out pairwise accuracy {_pct(rm.get('rm/eval_accuracy'))}, ECE "
+                  f"{_num(rm.get('rm/eval_ece'))}; the annotator's own utility orders "
+                  f"{_pct(rm.get('rm/ceiling_accuracy'))} of those labels (the noise ceiling), the gold reward alone "
+                  f"{_pct(rm.get('rm/gold_accuracy'))}."]
+    if "bon" in report:
+        lines += ["", "**Best-of-N** with the reward model, exact average over all N-subsets of "
+                  f"{report['bon']['pool_size']} samples for each of {report['bon']['n_prompts']} test prompts:", "",
+                  "| N | KL (closed form) | proxy | gold | gold-oracle (pass@N) | length | distinct-2 |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in report["bon"]["rows"]:
+            lines.append(f"| {r['n']} | {r['kl/sft']:.2f} | {r['reward/proxy_mean']:.3f} | "
+                         f"{_pct(r['reward/gold_mean'])} | {_pct(r['reward/oracle_mean'])} | "
+                         f"{r['response/length_mean']:.1f} | {r['response/distinct_2']:.3f} |")
+    lines += ["", "| stage | steps | wall time | CPU time |", "|---|---|---|---|"]
+    for stage, s in report["stages"].items():
+        lines.append(f"| {stage} | {s.get('steps', '')} | {s['wall_s']:.0f} s | {s['cpu_s']:.0f} s |")
+    lines += ["", f"Total wall time: {report['wall_s_total']:.0f} s, CPU time {report['cpu_s_total']:.0f} s "
+              f"({report['threads']} thread(s), device {report['device']}). CPU time is this process's; wall time "
+              "above it means the CPU was shared.", "",
+              "![training curves](training_curves.png)", "", "![over-optimisation](overoptimization.png)", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
