@@ -345,7 +345,8 @@ def load_preferences(path: str | os.PathLike) -> list[dict[str, Any]]:
     * {"chosen": [messages], "rejected": [messages]}             (HH-RLHF / UltraFeedback: two whole chats that
                                                                   share every message before the last assistant one)
 
-    Extra fields (e.g. our "u_chosen", "gold_chosen") are kept.
+    Our own files (`write_preferences`) also carry "prompt_messages", the whole conversation before the
+    response, which then takes precedence over "prompt". Extra fields (e.g. "u_chosen", "gold_chosen") are kept.
 
     Returns:
         [{"prompt": last user turn, "prompt_messages": [...], "chosen": str, "rejected": str, ...}].

@@ -10,7 +10,7 @@ from cs336_alignment.advantages import (apply_missing_eos_penalty, compute_kl_sh
                                         compute_rloo_advantages)
 from tests.adapters import run_compute_gae, run_compute_group_normalized_rewards, run_whiten
 
-PART = "3.4 Advantages (GRPO, RLOO, GAE)"
+PART = "4.1 Advantages (GRPO, RLOO, GAE)"
 
 
 def _reward_fn(response: str, ground_truth: str) -> dict[str, float]:

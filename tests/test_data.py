@@ -19,7 +19,7 @@ from cs336_alignment.tasks import generate_problems, sft_examples
 from cs336_alignment.tokenizer import load_tokenizer
 from tests.adapters import get_packed_sft_dataset, run_iterate_batches, run_tokenize_prompt_and_output
 
-PART = "2.2 SFT data"
+PART = "1.2 SFT data"
 
 
 class CharTokenizer:

@@ -10,7 +10,7 @@ import torch
 from cs336_alignment.dpo import dpo_implicit_rewards
 from tests.adapters import run_compute_per_instance_dpo_loss, run_dpo_loss
 
-PART = "3.6 DPO"
+PART = "5.1 DPO"
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import torch
 
 from tests.adapters import run_masked_mean, run_masked_normalize, run_masked_whiten
 
-PART = "3.1 Masked reductions"
+PART = "2.2 Masked reductions"
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from tests.adapters import (run_compute_grpo_clip_loss, run_compute_naive_policy
                             run_compute_policy_gradient_loss, run_compute_ppo_value_loss,
                             run_grpo_microbatch_train_step, run_kl_estimate)
 
-PART = "3.5 Policy losses (REINFORCE, GRPO, PPO)"
+PART = "4.2 Policy losses (REINFORCE, GRPO, PPO)"
 
 B, T = 4, 6
 

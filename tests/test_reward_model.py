@@ -9,7 +9,7 @@ import torch
 from cs336_alignment.reward_model import plackett_luce_loss, reward_accuracy
 from tests.adapters import run_bradley_terry_loss
 
-PART = "3.3 Reward model"
+PART = "3.1 Reward model"
 
 
 def _neg_log_sigmoid(x: float) -> float:

@@ -7,7 +7,7 @@ import torch
 from cs336_alignment.sft import sft_loss
 from tests.adapters import run_sft_microbatch_train_step
 
-PART = "3.2 SFT"
+PART = "2.3 SFT"
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from cs336_alignment.tasks import (ENDOFTEXT, MAX_OPERAND, MAX_VALUE, format_raw
                                    gold_reward, pretraining_text, sft_examples, split_of)
 from tests.adapters import run_parse_gsm8k_response, run_parse_mmlu_response
 
-PART = "2.1 Answer parsing and gold reward"
+PART = "1.1 Answer parsing and gold reward"
 
 GSM8K_ANSWER = ("Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n"
                 "Natalia sold 48+24 = <<48+24=72>>72 clips altogether in April and May.\n#### 72")
