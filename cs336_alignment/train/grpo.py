@@ -74,6 +74,8 @@ class GRPOConfig:
     """continue from <out>/ckpt.pt"""
     init: str = ""
     """the SFT checkpoint to start from (required); also the frozen reference"""
+    init_optimizer: bool = False
+    """start AdamW's second moments from those saved in --init (SFT's gradient scale) instead of zeros"""
     # --- reward and data
     reward: Literal["gold", "rm"] = "gold"
     """gold = the task world's verifiable reward; rm = the learned reward model at --reward-model"""
@@ -180,6 +182,22 @@ def micro_batch(tensors: dict[str, torch.Tensor], rows: torch.Tensor, widths: to
     return {k: v[rows, :width].to(device) for k, v in tensors.items()}
 
 
+def load_sft_optimizer_state(path: str, optimizer) -> None:
+    """Start `optimizer` from the second moments (and step counts) of the AdamW state saved with the init
+    checkpoint, with zero momentum and the optimizer's own hyperparameters. A fresh Adam's first updates are
+    about lr * sign(g) for every weight, whatever the gradient's size; with SFT's second moments, a small RL
+    gradient gives a small step. (The momentum is zeroed: SFT's would keep doing SFT for a few steps.)"""
+    hyper = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    state = torch.load(path, map_location="cpu", weights_only=True)["optimizer"]
+    if state is None:
+        raise ValueError(f"{path} has no optimizer state: use --no-init-optimizer")
+    optimizer.load_state_dict(state)
+    for group, saved in zip(optimizer.param_groups, hyper):
+        group.update(saved)
+    for param_state in optimizer.state.values():  # keep only the scale: SFT's momentum would be more SFT
+        param_state["exp_avg"].zero_()
+
+
 def run_eval(logger: MetricsLogger, step: int, policy, tokenizer, problems: list[dict[str, str]], *, reference,
              reward_model, samples: int, max_new_tokens: int, seed: int) -> dict:
     """`metrics.evaluate_policy` on held-out problems, logged with an "eval/" prefix (the report's evaluator:
@@ -234,6 +252,8 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
     problems = load_problems(cfg.data, cfg.n_problems, "train", cfg.seed + 2)
     eval_problems = load_problems("", cfg.n_eval_problems, "test", 0)
     optimizer = AdamW(policy.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    if cfg.init_optimizer:
+        load_sft_optimizer_state(cfg.init, optimizer)
     start_step = 0
     if cfg.resume and ckpt_path.exists():
         start_step = load_checkpoint(ckpt_path, policy, optimizer)

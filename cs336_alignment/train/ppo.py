@@ -55,7 +55,8 @@ from cs336_alignment.tasks import gold_reward
 from cs336_alignment.train.reward_model import load_reward_model, score_sequences
 from cs336_alignment.train.common import (MetricsLogger, cosine_lr, finite_or_raise, get_device, load_model,
                                           num_params, parse_config, progress_bar, run_dir, set_seed, set_threads)
-from cs336_alignment.train.grpo import load_problems, micro_batch, prompt_indices, run_eval, sequence_widths
+from cs336_alignment.train.grpo import (load_problems, load_sft_optimizer_state, micro_batch, prompt_indices, run_eval,
+                                        sequence_widths)
 
 
 @dataclass
@@ -73,6 +74,8 @@ class PPOConfig:
     """torch.set_num_threads; 0 = torch's default"""
     init: str = ""
     """the SFT checkpoint to start from (required); also the frozen reference"""
+    init_optimizer: bool = False
+    """start the policy's AdamW second moments from those saved in --init (see grpo.load_sft_optimizer_state)"""
     # --- reward, value model and data
     reward: Literal["rm", "gold"] = "rm"
     """rm = the learned reward model at --reward-model; gold = the task world's verifiable reward"""
@@ -196,6 +199,8 @@ def train(cfg: PPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | No
     eval_problems = load_problems("", cfg.n_eval_problems, "test", 0)
     optimizer = AdamW(policy.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
     value_optimizer = AdamW(value_model.parameters(), lr=cfg.value_lr, betas=(0.9, 0.95), weight_decay=0.0)
+    if cfg.init_optimizer:
+        load_sft_optimizer_state(cfg.init, optimizer)
     kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon) if cfg.target_kl > 0 else None
     kl_coef = cfg.kl_coef
     stops = [tokenizer.end_of_turn_id, tokenizer.eos_token_id]
