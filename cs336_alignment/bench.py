@@ -322,6 +322,7 @@ def main(argv: list[str] | None = None) -> None:
     g.set_defaults(func=bench_generate)
     lp = sub.add_parser("logprobs", help="fused log-prob kernels vs naive, F.cross_entropy and native")
     lp.add_argument("--quick", action="store_true", help="one small shape only")
+    lp.add_argument("--repeats", type=int, default=3, help="timed repeats per method (median reported)")
     lp.add_argument("--threads", type=int, default=2)
     lp.set_defaults(func=bench_logprobs)
     args = parser.parse_args(argv)

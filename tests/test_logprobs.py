@@ -19,7 +19,7 @@ from cs336_alignment.logprobs import (fused_linear_log_probs, get_response_log_p
                                       naive_linear_log_probs, naive_log_probs, selective_log_softmax)
 from tests.adapters import run_compute_entropy, run_get_response_log_probs
 
-PART = "3.0 Log-probs and entropy"
+PART = "2.1 Log-probs and entropy"
 
 
 def oracle_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -178,3 +178,23 @@ def test_rl_against_a_reward_model_runs(tmp_path, init_ckpt, rm_ckpt):
     for run in ("ppo", "grpo"):
         steps = [r for r in read_metrics(tmp_path / run / "metrics.jsonl") if "reward/proxy_mean" in r]
         assert len(steps) == 2 and all(s["reward/proxy_mean"] != 0 for s in steps)
+
+
+def test_load_sft_optimizer_state_keeps_second_moments_only(tmp_path):
+    from cs336_alignment.nn_utils import AdamW
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    sft_opt = AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+    model(torch.randn(4, 3)).pow(2).sum().backward()
+    sft_opt.step()
+    save_checkpoint(model, sft_opt, 1, tmp_path / "sft.pt")
+    rl_opt = AdamW(model.parameters(), lr=5e-5, weight_decay=0.0)
+    grpo.load_sft_optimizer_state(str(tmp_path / "sft.pt"), rl_opt)
+    for p in model.parameters():
+        saved, loaded = sft_opt.state[p], rl_opt.state[p]
+        assert torch.equal(loaded["exp_avg_sq"], saved["exp_avg_sq"]) and not loaded["exp_avg"].any()
+    assert rl_opt.param_groups[0]["lr"] == 5e-5 and rl_opt.param_groups[0]["weight_decay"] == 0.0
+    save_checkpoint(model, None, 1, tmp_path / "weights_only.pt")
+    with pytest.raises(ValueError):
+        grpo.load_sft_optimizer_state(str(tmp_path / "weights_only.pt"), rl_opt)
