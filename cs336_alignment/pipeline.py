@@ -109,7 +109,7 @@ PRESETS: dict[str, Preset] = {
                    sft_examples=4000, sft_steps=600, sft_batch_size=32, sft_lr=1e-3, sft_warmup=20,
                    sft2_examples=20000, sft2_steps=600, sft2_lr=3e-4,
                    pref_prompts=2048, pref_k=4, rm_steps=70, rm_lr=2e-4, dpo_steps=70, dpo_lr=1e-5, dpo_beta=0.1,
-                   grpo_steps=30, grpo_prompts_per_step=32, ppo_steps=30, ppo_prompts_per_step=64,
+                   grpo_steps=30, grpo_prompts_per_step=16, ppo_steps=30, ppo_prompts_per_step=32,
                    rl_eval_problems=100, bon_prompts=64, bon_pool=64,
                    eval_problems=400, eval_batch_size=100, max_new_tokens=48, log_every=25, eval_every=100),
     # One GPU: 4x wider, 2x deeper, many more steps.
