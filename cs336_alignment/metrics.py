@@ -175,12 +175,13 @@ def sequence_log_probs(model, prompts: list[list[int]], responses: list[list[int
 @torch.no_grad()
 def evaluate_policy(policy, tokenizer, problems: list[dict[str, str]], *, reference=None, reward_model=None,
                     samples_per_prompt: int = 1, max_new_tokens: int = 48, seed: int = 0, batch_size: int = 128,
-                    greedy: bool = True) -> dict[str, float]:
+                    greedy: bool = True, distinct_over: int | None = None) -> dict[str, float]:
     """The report's columns for one policy (see the module docstring for the names).
 
     Samples `samples_per_prompt` temperature-1 responses per problem (seeded), and scores them with the gold
     reward, the reward model (if given) and the reference's log-probs (if given). With greedy=True it also
-    measures greedy gold accuracy on the same problems.
+    measures greedy gold accuracy on the same problems. distinct-2 is over the samples of the first
+    `distinct_over` problems (None = all): distinct-n falls as a corpus grows, so compare equal counts.
     """
     from cs336_alignment.evaluate import build_prompt, evaluate_model
     from cs336_alignment.preferences import sample_responses
@@ -210,5 +211,6 @@ def evaluate_policy(policy, tokenizer, problems: list[dict[str, str]], *, refere
         kl = sequence_log_probs(policy, prompts, responses) - sequence_log_probs(reference, prompts, responses)
         metrics["kl/sft"] = float(kl.mean())
     metrics["response/length_mean"] = sum(s["n_tokens"] for s in flat) / len(flat)
-    metrics["response/distinct_2"] = distinct_n([s["tokens"][:s["n_tokens"]] for s in flat], 2)
+    first = flat[:None if distinct_over is None else distinct_over * samples_per_prompt]
+    metrics["response/distinct_2"] = distinct_n([s["tokens"][:s["n_tokens"]] for s in first], 2)
     return metrics

@@ -108,8 +108,8 @@ PRESETS: dict[str, Preset] = {
                    pretrain_problems=20000, pretrain_steps=500, pretrain_batch_size=16, pretrain_lr=3e-3,
                    sft_examples=4000, sft_steps=600, sft_batch_size=32, sft_lr=1e-3, sft_warmup=20,
                    sft2_examples=20000, sft2_steps=600, sft2_lr=3e-4,
-                   pref_prompts=2048, pref_k=4, rm_steps=70, rm_lr=2e-4, dpo_steps=70, dpo_lr=1e-5, dpo_beta=0.1,
-                   grpo_steps=30, grpo_prompts_per_step=16, ppo_steps=30, ppo_prompts_per_step=32,
+                   pref_prompts=1536, pref_k=4, rm_steps=60, rm_lr=2e-4, dpo_steps=60, dpo_lr=1e-5, dpo_beta=0.1,
+                   grpo_steps=24, grpo_prompts_per_step=16, ppo_steps=24, ppo_prompts_per_step=32,
                    rl_eval_problems=100, bon_prompts=64, bon_pool=64,
                    eval_problems=400, eval_batch_size=100, max_new_tokens=48, log_every=25, eval_every=100),
     # One GPU: 4x wider, 2x deeper, many more steps.
@@ -175,7 +175,7 @@ def post_configs(p: Preset, out: Path, sft_ckpt: str, seed: int, device: str, th
         "dpo": DPOConfig(out=str(out / "dpo"), beta=p.dpo_beta, num_steps=p.dpo_steps, lr=p.dpo_lr,
                          min_lr=p.dpo_lr / 10,
                          warmup_steps=max(1, p.dpo_steps // 10), log_every=max(1, p.dpo_steps // 12),
-                         eval_every=max(1, p.dpo_steps // 3), n_gold_problems=min(200, p.eval_problems),
+                         eval_every=max(1, p.dpo_steps // 3), n_gold_problems=p.rl_eval_problems,
                          **pairs, **common),
         "grpo_gold": GRPOConfig(out=str(out / "grpo_gold"), reward="gold", num_steps=p.grpo_steps,
                                 prompts_per_step=p.grpo_prompts_per_step, checkpoint_every=p.grpo_steps, **rl),
@@ -251,7 +251,8 @@ def evaluate_policies(policies: dict[str, str], base_ckpt: str, sft_ckpt: str, r
         policy = load_model(ckpt, device)[0]
         models[label] = {"format": "chat", **evaluate_policy(
             policy, tokenizer, problems, reference=reference, reward_model=reward_model,
-            max_new_tokens=preset.max_new_tokens, seed=seed + 1, batch_size=preset.eval_batch_size)}
+            max_new_tokens=preset.max_new_tokens, seed=seed + 1, batch_size=preset.eval_batch_size,
+            distinct_over=preset.bon_prompts)}  # the best-of-N rows' prompts (the first test problems)
         print(f"eval {label}: " + " | ".join(f"{k} {v:.4g}" for k, v in models[label].items() if k != "format"))
     return models
 
@@ -351,8 +352,10 @@ def run(preset_name: str = "tiny", out: str = "", name: str = "", threads: int =
     report["cpu_s_total"] = time.process_time() - c_start
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
     plot_training_curves(out_dir, [s for s, _ in base_sft] + run_stages)
-    ppo_records = read_metrics(out_dir / "ppo" / "metrics.jsonl") if "ppo" in results else []
-    plot_overoptimization(out_dir, report.get("bon", {}).get("rows", []), ppo_records,
+    rl_runs = {title: read_metrics(out_dir / stage / "metrics.jsonl") for stage, title in
+               (("ppo", "PPO against the reward model"), ("grpo_rm", "GRPO against the reward model"))
+               if stage in results}
+    plot_overoptimization(out_dir, report.get("bon", {}).get("rows", []), rl_runs,
                           f"reward-model over-optimisation (annotator length bias {length_bias} per token)")
     path = write_report(out_dir, report)
     print(f"wrote {path}, report.json, training_curves.png and overoptimization.png in {out_dir} "

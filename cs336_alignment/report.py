@@ -5,7 +5,8 @@ Plots
                         accuracy against the annotator's ceiling, DPO's greedy accuracy, RL's gold and
                         proxy reward), against the optimizer step
   overoptimization.png  gold and proxy (reward-model) reward against sqrt(KL to SFT), for best-of-N and
-                        along PPO's training, and the mean response length (Gao et al. 2023, fig. 1)
+                        along the RL runs against the reward model (PPO, GRPO), and the mean response
+                        length (Gao et al. 2023, "Scaling Laws for Reward Model Overoptimization", fig. 1)
 """
 from __future__ import annotations
 
@@ -66,37 +67,54 @@ def plot_training_curves(out: Path, stages: list[str]) -> Path:
     return path
 
 
-def plot_overoptimization(out: Path, bon_rows: list[dict], ppo_records: list[dict], title: str) -> Path:
-    """overoptimization.png: gold and proxy reward (top) and mean length (bottom) against sqrt(KL to SFT),
-    for best-of-N (closed-form KL) and along PPO training (KL measured on its rollouts)."""
+def rl_points(records: list[dict]) -> tuple[list[tuple], list[tuple]]:
+    """(eval points, per-step points) of an RL run's metrics.jsonl as (sqrt KL, gold, proxy, length) tuples.
+
+    Eval lines measure the policy on held-out problems (eval/kl/sft: KL to SFT on its own samples); the
+    per-step lines measure the training rollouts (objective/kl for PPO). Both are sorted by KL."""
+    evals = [(math.sqrt(max(r["eval/kl/sft"], 0.0)), r["eval/reward/gold_mean"], r.get("eval/reward/proxy_mean"),
+              r["eval/response/length_mean"]) for r in records
+             if {"eval/kl/sft", "eval/reward/gold_mean", "eval/response/length_mean"} <= set(r)]
+    steps = [(math.sqrt(max(r["objective/kl"], 0.0)), r["reward/gold_mean"], r.get("reward/proxy_mean"),
+              r["response/length_mean"]) for r in records
+             if {"objective/kl", "reward/gold_mean", "response/length_mean"} <= set(r)]
+    return sorted(evals), sorted(steps)
+
+
+def plot_overoptimization(out: Path, bon_rows: list[dict], rl_runs: dict[str, list[dict]], title: str) -> Path:
+    """overoptimization.png: gold and proxy reward (top) and mean length (bottom) against sqrt(KL to SFT), for
+    best-of-N (closed-form KL, exact averages) and for each RL run against the reward model (its eval points
+    as a line, its training rollouts as faint dots)."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 6.4), layout="constrained")
-    (ax_bon, ax_ppo), (len_bon, len_ppo) = fig.subplots(2, 2, sharex="col")
-    curves = [("best-of-N (reward model)", ax_bon, len_bon,
-               [(math.sqrt(r["kl/sft"]), r["reward/gold_mean"], r["reward/proxy_mean"], r["response/length_mean"],
-                 r.get("reward/oracle_mean")) for r in bon_rows])]
-    ppo = [(math.sqrt(max(r["objective/kl"], 0.0)), r["reward/gold_mean"], r["reward/proxy_mean"],
-            r["response/length_mean"], None) for r in ppo_records
-           if {"objective/kl", "reward/gold_mean", "reward/proxy_mean"} <= set(r)]
-    curves.append(("PPO against the reward model", ax_ppo, len_ppo, ppo))
-    for name, ax, ax_len, points in curves:
-        if not points:
-            ax.set_title(f"{name}: not run")
-            continue
-        x, gold, proxy, length, oracle = zip(*points)
-        h = ax.plot(x, gold, "o-", color="tab:blue", label="gold reward")
-        if oracle[0] is not None:
-            h += ax.plot(x, oracle, "^:", color="tab:cyan", label="gold-oracle best-of-N (pass@N)")
-        twin = ax.twinx()
-        h += twin.plot(x, proxy, "s-", color="tab:red", label="proxy (reward model)")
-        twin.set_ylabel("proxy reward", color="tab:red")
+    panels = [("best-of-N (reward model)", [(math.sqrt(r["kl/sft"]), r["reward/gold_mean"], r["reward/proxy_mean"],
+                                              r["response/length_mean"]) for r in bon_rows], [],
+               [(math.sqrt(r["kl/sft"]), r["reward/oracle_mean"]) for r in bon_rows])]
+    panels += [(name, *rl_points(records), []) for name, records in rl_runs.items()]
+    fig = Figure(figsize=(4.8 * len(panels), 6.4), layout="constrained")
+    axes = fig.subplots(2, len(panels), squeeze=False, sharex="col")
+    for col, (name, line, dots, oracle) in enumerate(panels):
+        ax, ax_len = axes[0, col], axes[1, col]
         ax.set(title=name, ylabel="gold reward (accuracy)")
-        ax.grid(alpha=0.3)
-        ax.legend(handles=h, fontsize=7, loc="lower right")
-        ax_len.plot(x, length, "d-", color="tab:purple")
         ax_len.set(xlabel="sqrt(KL to SFT)  (sqrt nats)", ylabel="mean response length (tokens)")
-        ax_len.grid(alpha=0.3)
+        for a in (ax, ax_len):
+            a.grid(alpha=0.3)
+        if not line and not dots:
+            continue
+        twin = ax.twinx()
+        twin.set_ylabel("proxy (reward-model) reward", color="tab:red")
+        handles = []
+        for points, style, alpha in ((dots, ".", 0.35), (line, "o-", 1.0)):
+            if not points:
+                continue
+            x, gold, proxy, length = zip(*points)
+            handles += ax.plot(x, gold, style, color="tab:blue", alpha=alpha, label="gold reward")
+            if proxy[0] is not None:
+                handles += twin.plot(x, proxy, style.replace("o", "s"), color="tab:red", alpha=alpha, label="proxy")
+            ax_len.plot(x, length, style.replace("o", "d"), color="tab:purple", alpha=alpha)
+        if oracle:
+            handles += ax.plot(*zip(*oracle), "^:", color="tab:cyan", label="gold-oracle best-of-N (pass@N)")
+        ax.legend(handles=handles[-3:], fontsize=7, loc="lower left")
     fig.suptitle(title)
     path = out / "overoptimization.png"
     fig.savefig(path, dpi=100)
