@@ -20,7 +20,7 @@ from cs336_alignment.metrics import (best_of_n_kl, best_of_n_weights, distinct_n
 from cs336_alignment.preferences import (Annotator, load_preferences, make_preference_pairs, preference_probability,
                                          step_validity, write_preferences)
 
-PART = "3.7 Preferences, calibration and best-of-N"
+PART = "3.2 Preferences, calibration and best-of-N"
 
 RIGHT = "5 + 7 = 12\n12 - 3 = 9\n#### 9"          # ground truth "... #### 9"
 WRONG_FORMATTED = "5 + 7 = 12\n12 - 3 = 8\n#### 8"  # one invalid step, wrong answer, formatted
