@@ -302,7 +302,8 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
         if not cfg.drop_zero_variance_groups or cfg.loss_type == "no_baseline":
             informative = torch.ones_like(informative)
         keep = informative.repeat_interleave(cfg.group_size).nonzero().squeeze(-1)   # (K,) row indices
-        metrics.update({"reward/mean": float(raw_rewards.mean()), "groups/kept_fraction": float(informative.float().mean()),
+        metrics.update({"reward/mean": float(raw_rewards.mean()),
+                        "groups/kept_fraction": float(informative.float().mean()),
                         "response/length_mean": float(ro.response_lengths.float().mean())})
 
         # --- 4. policy-gradient epochs over the kept rows
