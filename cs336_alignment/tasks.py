@@ -206,9 +206,49 @@ def to_messages(problem: dict[str, str]) -> list[dict[str, str]]:
             {"role": "assistant", "content": problem["answer"]}]
 
 
-def sft_examples(n: int, seed: int = 0, split: Literal["train", "test"] = "train") -> list[list[dict[str, str]]]:
-    """n chat conversations (message lists, see `to_messages`) for SFT, from `generate_problems(n, split, seed)`."""
-    return [to_messages(p) for p in generate_problems(n, split, seed)]
+_QUESTION_PARTS = re.compile(r"How many (\w+) does (\w+) have (?:now|in the end)\?$")
+
+
+def explained_answer(problem: dict[str, str], opening: bool, closing: bool) -> str:
+    """The worked answer with optional prose lines, as a more talkative demonstration writer puts it.
+
+    opening repeats the question's last sentence ("How many {objs} does {name} have now?") before the steps; closing adds
+    "So {name} has {N} {obj}." before the final "#### N" line. The steps and the final line are unchanged, so
+    the gold reward and the step checks read both styles alike; only the length differs (about 10 tokens a line).
+    """
+    match = _QUESTION_PARTS.search(problem["question"])
+    if match is None:
+        raise ValueError(f"not a task-world question: {problem['question']!r}")
+    objs, name = match.groups()
+    question = match.group(0)
+    steps, final = problem["answer"].rsplit("\n", 1)
+    number = int(final.removeprefix("#### "))
+    noun = next((one for one, many in OBJECTS if many == objs), objs) if number == 1 else objs
+    lines = ([question] if opening else []) + [steps]
+    lines += [f"So {name} has {number} {noun}."] if closing else []
+    return "\n".join(lines + [final])
+
+
+def sft_examples(n: int, seed: int = 0, split: Literal["train", "test"] = "train",
+                 verbosity: float = 0.0) -> list[list[dict[str, str]]]:
+    """n chat conversations (message lists, see `to_messages`) for SFT, from `generate_problems(n, split, seed)`.
+
+    verbosity: probability that a demonstration has the opening line, and independently the closing line, of
+    `explained_answer` (0 = every answer terse, as in the problems; 0.5 = four styles, a quarter each, as if
+    written by several annotators). The styles are drawn with `random.Random(seed)`, after the problems.
+    Response lengths then vary for the same question, which a length-biased reward model can exploit.
+    """
+    if not 0.0 <= verbosity <= 1.0:
+        raise ValueError(f"verbosity must be in [0, 1], got {verbosity}")
+    problems = generate_problems(n, split, seed)
+    if verbosity == 0.0:
+        return [to_messages(p) for p in problems]
+    rng = random.Random(seed)
+    chats = []
+    for p in problems:
+        opening, closing = rng.random() < verbosity, rng.random() < verbosity
+        chats.append(to_messages({"question": p["question"], "answer": explained_answer(p, opening, closing)}))
+    return chats
 
 
 # ----------------------------------------------------------------------------

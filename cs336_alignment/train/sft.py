@@ -58,8 +58,15 @@ class SFTConfig:
     """jsonl for loss/eval; empty = the task world's test split (or the last examples of --data)"""
     n_examples: int = 4000
     """task-world demonstrations (when --data is empty)"""
+    verbosity: float = 0.0
+    """task-world demonstrations: probability of each optional prose line (tasks.sft_examples; the pipeline's
+    tiny preset uses 0.5, so that response lengths vary); 0 = every answer terse"""
     n_eval_examples: int = 128
     """examples for loss/eval"""
+    n_eval_problems: int = 0
+    """held-out test problems answered at each eval (greedy accuracy and T = 1 sampled accuracy); 0 = loss only"""
+    max_new_tokens: int = 64
+    """response length limit of those answers"""
     # --- model (used only without --init)
     context_length: int = 128
     """maximum sequence length; longer conversations are cut"""
@@ -112,14 +119,14 @@ def load_conversations(cfg: SFTConfig) -> tuple[list, list]:
     if cfg.data:
         train = [e["messages"] for e in load_sft_examples(cfg.data)]
     else:
-        train = tasks.sft_examples(cfg.n_examples, cfg.seed, split="train")
+        train = tasks.sft_examples(cfg.n_examples, cfg.seed, split="train", verbosity=cfg.verbosity)
     if cfg.eval_data:
         evals = [e["messages"] for e in load_sft_examples(cfg.eval_data)][:cfg.n_eval_examples]
     elif cfg.data:  # hold out the end of the file
         n_eval = min(cfg.n_eval_examples, len(train) // 10)
         train, evals = train[:len(train) - n_eval], train[len(train) - n_eval:]
     else:
-        evals = tasks.sft_examples(cfg.n_eval_examples, cfg.seed, split="test")
+        evals = tasks.sft_examples(cfg.n_eval_examples, cfg.seed, split="test", verbosity=cfg.verbosity)
     if not train:
         raise ValueError("no training conversations")
     return train, evals
@@ -127,6 +134,8 @@ def load_conversations(cfg: SFTConfig) -> tuple[list, list]:
 
 def train(cfg: SFTConfig) -> dict:
     """Run SFT. Returns {"checkpoint": path, "loss/train": last, "loss/eval": last, "steps": n}."""
+    from cs336_alignment import tasks
+    from cs336_alignment.metrics import evaluate_policy
     from cs336_alignment.tokenizer import load_tokenizer
 
     # ---------------------------------------------------------------------------------------------------
@@ -201,6 +210,18 @@ def train(cfg: SFTConfig) -> dict:
         model.train()
         return nll / count
 
+    eval_problems = tasks.generate_problems(cfg.n_eval_problems, "test", seed=cfg.seed + 1000)
+
+    @torch.no_grad()
+    def evaluate_accuracy() -> dict[str, float]:
+        """Held-out gold accuracy: greedy, and of 2 temperature-1 samples per problem (the plateau curve)."""
+        model.eval()
+        with autocast(device):
+            result = evaluate_policy(model, tokenizer, eval_problems, samples_per_prompt=2,
+                                     max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+        model.train()
+        return {"eval/accuracy/greedy": result["accuracy/greedy"], "eval/reward/gold_mean": result["reward/gold_mean"]}
+
     # ---------------------------------------------------------------------------------------------------
     # Training loop
     # ---------------------------------------------------------------------------------------------------
@@ -248,6 +269,8 @@ def train(cfg: SFTConfig) -> dict:
             metrics = {"loss/train": window_nll / window_count, "lr": lr, "grad_norm": float(np.mean(window_norms))}
             if is_eval and eval_chats:
                 metrics["loss/eval"] = evaluate()
+            if is_eval and eval_problems:
+                metrics.update(evaluate_accuracy())
             metrics["perf/tokens_per_s"] = tokens_per_s
             logger.log(done, metrics)
             last.update(metrics)
