@@ -25,7 +25,7 @@ from typing import Literal
 
 import torch
 
-from cs336_alignment.model import generate
+from cs336_alignment.rollout import generate_per_row
 
 Format = Literal["chat", "raw"]
 
@@ -65,26 +65,29 @@ def generate_responses(model, tokenizer, questions: list[str], *, fmt: Format, m
 
     Args:
         questions: N question strings.  fmt: "chat" or "raw" (see the module docstring).
-        max_new_tokens: upper bound per response; lowered per batch so prompt + response fits the context.
-        temperature: 0 = greedy (the default for evaluation).
+        max_new_tokens: upper bound per response (tokens, stop token included); a question whose prompt
+            leaves less room in the context gets min(max_new_tokens, context_length - prompt length)
+            (`rollout.generate_per_row`), without shortening the other responses of its batch.
+        batch_size: prompts generated together.
+        temperature: 0 = greedy (the default for evaluation).  generator: for reproducible samples at T > 0.
     Returns:
-        N strings.
+        N strings, in the order of `questions`.
+    Raises:
+        ValueError: if a prompt fills the whole context (no room for a response).
     """
     stops = stop_token_ids(tokenizer, fmt)
-    context = model.config.context_length
+    prompts = [build_prompt(q, tokenizer, fmt) for q in questions]
+    if not prompts:
+        return []
+    out = generate_per_row(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                           temperature=temperature, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id,
+                           generator=generator)
     responses: list[str] = []
-    for i in range(0, len(questions), batch_size):
-        prompts = [build_prompt(q, tokenizer, fmt) for q in questions[i:i + batch_size]]
-        room = context - max(len(p) for p in prompts)
-        if room <= 0:
-            raise ValueError(f"a prompt of {context - room} tokens leaves no room in context_length {context}")
-        out = generate(model, prompts, max_new_tokens=min(max_new_tokens, room), temperature=temperature,
-                       eos_token_id=stops, pad_token_id=tokenizer.pad_token_id, generator=generator)
-        for tokens in out.tokens:
-            if tokens and tokens[-1] in stops:
-                tokens = tokens[:-1]
-            text = tokenizer.decode(tokens)
-            responses.append(cut_raw_response(text) if fmt == "raw" else text)
+    for tokens in out.tokens:
+        if tokens and tokens[-1] in stops:
+            tokens = tokens[:-1]
+        text = tokenizer.decode(tokens)
+        responses.append(cut_raw_response(text) if fmt == "raw" else text)
     return responses
 
 

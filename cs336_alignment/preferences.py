@@ -120,28 +120,33 @@ def sample_responses(model, tokenizer, questions: list[str], k: int, *, max_new_
     """k sampled chat responses per question: [[{"text", "tokens", "n_tokens", "truncated"}] * k] * len(questions).
 
     tokens are the generated ids (the stop token included when emitted); text and n_tokens leave the stop
-    token out; truncated = stopped by max_new_tokens.
+    token out; truncated = stopped by the length limit. Each response may have up to max_new_tokens tokens,
+    or fewer when its own prompt leaves less room in the context (`rollout.generate_per_row`; a long
+    question does not shorten the responses to the others). The k copies of each question are consecutive
+    rows, generated `batch_size` rows at a time.
     Sampling uses a torch.Generator seeded with `seed`, so the same call gives the same samples.
+    Raises:
+        ValueError: if a prompt fills the whole context (no room for a response).
     """
     import torch
 
     from cs336_alignment.evaluate import build_prompt, stop_token_ids
-    from cs336_alignment.model import generate
+    from cs336_alignment.rollout import generate_per_row
 
     stops = stop_token_ids(tokenizer, "chat")
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    flat = [q for q in questions for _ in range(k)]
+    prompts = [build_prompt(q, tokenizer, "chat") for q in questions for _ in range(k)]
+    if not prompts:
+        return [[] for _ in questions]
+    gen = generate_per_row(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                           temperature=temperature, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id,
+                           generator=generator)
     out: list[dict[str, Any]] = []
-    for i in range(0, len(flat), batch_size):
-        prompts = [build_prompt(q, tokenizer, "chat") for q in flat[i:i + batch_size]]
-        room = model.config.context_length - max(len(p) for p in prompts)
-        gen = generate(model, prompts, max_new_tokens=min(max_new_tokens, room), temperature=temperature,
-                       eos_token_id=stops, pad_token_id=tokenizer.pad_token_id, generator=generator)
-        for tokens in gen.tokens:
-            stopped = bool(tokens) and tokens[-1] in stops
-            body = tokens[:-1] if stopped else tokens
-            out.append({"text": tokenizer.decode(body), "tokens": tokens, "n_tokens": len(body),
-                        "truncated": not stopped})
+    for tokens in gen.tokens:
+        stopped = bool(tokens) and tokens[-1] in stops
+        body = tokens[:-1] if stopped else tokens
+        out.append({"text": tokenizer.decode(body), "tokens": tokens, "n_tokens": len(body),
+                    "truncated": not stopped})
     return [out[j * k:(j + 1) * k] for j in range(len(questions))]
 
 

@@ -1,9 +1,12 @@
 """The pipeline's report: report.md (tables), the PNG plots, from the report dict that report.json also holds.
 
+report.md: the policies' table, the reward model, best-of-N, GRPO against SFT and against SFT trained further
+for the same CPU time (the matched-compute baseline), SFT's held-out accuracy along training, the stage times.
+
 Plots
-  training_curves.png   one panel per stage: its loss and the metric the stage is for (held-out RM
-                        accuracy against the annotator's ceiling, DPO's greedy accuracy, RL's gold and
-                        proxy reward), against the optimizer step
+  training_curves.png   one panel per stage: its loss and the metric the stage is for (SFT's held-out
+                        accuracy, held-out RM accuracy against the annotator's ceiling, DPO's greedy
+                        accuracy, RL's gold and proxy reward), against the optimizer step
   overoptimization.png  gold and proxy (reward-model) reward against sqrt(KL to SFT), for best-of-N and
                         along the RL runs against the reward model (PPO, GRPO), and the mean response
                         length (Gao et al. 2023, "Scaling Laws for Reward Model Overoptimization", fig. 1)
@@ -18,9 +21,13 @@ from pathlib import Path
 # ---------------------------------------------------------------------------------------------------------
 
 # stage -> (left-axis metrics, right-axis metrics, left label, right label)
+SFT_CURVES = (["loss/train", "loss/eval"], ["eval/accuracy/greedy", "eval/reward/gold_mean"],
+              "loss (nats / response token)", "held-out accuracy (greedy, T = 1)")
 CURVES = {
     "pretrain": (["loss/train", "loss/eval"], [], "loss (nats / token)", ""),
-    "sft": (["loss/train", "loss/eval"], ["eval/accuracy/greedy"], "loss (nats / response token)", "accuracy"),
+    "sft": SFT_CURVES,
+    "sft_more": SFT_CURVES,
+    "sft_baseline": SFT_CURVES,
     "rm": (["loss/train", "loss/eval"], ["rm/eval_accuracy", "rm/ceiling_accuracy"], "Bradley-Terry loss",
            "held-out pairwise accuracy"),
     "dpo": (["loss/train", "loss/eval"], ["accuracy/greedy"], "DPO loss", "greedy gold accuracy"),
@@ -125,6 +132,65 @@ def plot_overoptimization(out: Path, bon_rows: list[dict], rl_runs: dict[str, li
 # Markdown
 # ---------------------------------------------------------------------------------------------------------
 
+SFT_EVAL_KEYS = ("loss/eval", "eval/accuracy/greedy", "eval/reward/gold_mean")
+
+
+def sft_progress(out: Path, stages: list[str]) -> dict:
+    """SFT's held-out evals and training CPU time, from the metrics.jsonl of its phases `stages` (trained in the
+    run, or copied with the shipped checkpoints).
+
+    Returns:
+        {"curve": [{"stage", "step", "loss/eval", "eval/accuracy/greedy", "eval/reward/gold_mean"}, ...] (the evals
+        that measured accuracy), "cpu_s": process CPU seconds of training summed over the phases (perf/cpu_s),
+        None when a phase did not log it}.
+    """
+    from cs336_alignment.train.common import read_metrics
+
+    curve, cpu_s = [], 0.0
+    for stage in stages:
+        path = out / stage / "metrics.jsonl"
+        records = read_metrics(path) if path.is_file() else []
+        curve += [{"stage": stage, "step": r["step"], **{k: r.get(k) for k in SFT_EVAL_KEYS}} for r in records
+                  if "eval/accuracy/greedy" in r]
+        logged = [r["perf/cpu_s"] for r in records if "perf/cpu_s" in r]
+        cpu_s = cpu_s + logged[-1] if logged and cpu_s is not None else None
+    return {"curve": curve, "cpu_s": cpu_s}
+
+
+def _matched_compute(report: dict) -> list[str]:
+    """The issue's comparison: GRPO against the gold reward vs SFT vs SFT trained further for GRPO's CPU time."""
+    models, stages = report["models"], report["stages"]
+    grpo, more = "GRPO (gold)", "SFT + more SFT (matched CPU)"
+    if grpo not in models or more not in models:
+        return []
+
+    def cpu(seconds: float | None, plus: str = "") -> str:
+        return "CPU time not logged" if seconds is None else f"{plus}{seconds:.1f} s CPU"
+
+    parts = [f"SFT {_pct(models['SFT']['accuracy/greedy'])} / {_pct(models['SFT']['reward/gold_mean'])} "
+             f"({cpu(report['sft']['cpu_s'])} of SFT training)"]
+    for label, stage in ((more, "sft_baseline"), (grpo, "grpo_gold")):
+        parts.append(f"{label} {_pct(models[label]['accuracy/greedy'])} / {_pct(models[label]['reward/gold_mean'])} "
+                     f"({cpu(stages[stage].get('train_cpu_s'), '+')}, {stages[stage]['steps']} steps)")
+    above = {kind: "yes" if models[grpo][key] > max(models["SFT"][key], models[more][key]) else "no"
+             for kind, key in (("greedy", "accuracy/greedy"), ("sampled", "reward/gold_mean"))}
+    return ["", "**GRPO vs SFT vs matched-compute SFT** (greedy accuracy / T = 1 sampled accuracy, training CPU "
+            "time): " + "; ".join(parts) + f". GRPO above both: greedy {above['greedy']}, sampled {above['sampled']}."]
+
+
+def _sft_curve(report: dict) -> list[str]:
+    """SFT's held-out accuracy at each of its evals: where more SFT stops helping."""
+    curve = report["sft"]["curve"]
+    if not curve:
+        return []
+    lines = ["", f"**SFT held-out accuracy along training** ({report['preset_config']['sft_eval_problems']} test "
+             "problems of SFT's own eval; sampled: 2 temperature-1 answers per problem):", "",
+             "| phase | step | held-out loss | greedy accuracy | sampled accuracy |", "|---|---|---|---|---|"]
+    for r in curve:
+        lines.append(f"| {r['stage']} | {r['step']} | {_num(r['loss/eval'], '.4f')} | "
+                     f"{_pct(r['eval/accuracy/greedy'])} | {_pct(r['eval/reward/gold_mean'])} |")
+    return lines
+
 
 def _pct(p: float | None, n: int | None = None) -> str:
     if p is None:
@@ -170,12 +236,17 @@ def write_report(out: Path, report: dict) -> Path:
             lines.append(f"| {r['n']} | {r['kl/sft']:.2f} | {r['reward/proxy_mean']:.3f} | "
                          f"{_pct(r['reward/gold_mean'])} | {_pct(r['reward/oracle_mean'])} | "
                          f"{r['response/length_mean']:.1f} | {r['response/distinct_2']:.3f} |")
-    lines += ["", "| stage | steps | wall time | CPU time |", "|---|---|---|---|"]
+    lines += _matched_compute(report) + _sft_curve(report)
+    lines += ["", "**Stage times** (CPU time: of the process that ran the stage, evaluations included; training: the "
+              "loop's own count, evaluations excluded):", "",
+              "| stage | steps | wall time | CPU time | training CPU time |", "|---|---|---|---|---|"]
     for stage, s in report["stages"].items():
-        lines.append(f"| {stage} | {s.get('steps', '')} | {s['wall_s']:.0f} s | {s['cpu_s']:.0f} s |")
-    lines += ["", f"Total wall time: {report['wall_s_total']:.0f} s, CPU time {report['cpu_s_total']:.0f} s "
-              f"({report['threads']} thread(s), device {report['device']}). CPU time is this process's; wall time "
-              "above it means the CPU was shared.", "",
+        training = f"{s['train_cpu_s']:.0f} s" if "train_cpu_s" in s else "—"
+        lines.append(f"| {stage} | {s.get('steps', '')} | {s['wall_s']:.0f} s | {s['cpu_s']:.0f} s | {training} |")
+    lines += ["", f"Total wall time: {report['wall_s_total']:.0f} s, CPU time {report['cpu_s_total']:.0f} s summed "
+              f"over this process and its workers (--jobs {report['jobs']}, {report['threads']} thread(s) each, "
+              f"device {report['device']}). Stages in different workers run at the same time, so their wall times "
+              "overlap; a wall time well above the CPU time means the stage waited for a CPU.", "",
               "![training curves](training_curves.png)", "", "![over-optimisation](overoptimization.png)", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))

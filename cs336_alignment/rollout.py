@@ -7,6 +7,8 @@ log-probabilities of the *sampled tokens* again with gradients. This file does t
   * `sample_rollouts(policy, tokenizer, prompts, group_size, ...)` -> `Rollouts`: prompt ids, response ids
     (exactly the sampled tokens, stop token included), response texts (stop token removed), the sampler's
     log-probs, and padded next-token tensors input_ids / labels / response_mask (B, T).
+  * `generate_per_row(model, prompts, max_new_tokens=...)`: `model.generate` where each row may use the
+    room its own prompt leaves in the context (also used by evaluation and preference sampling).
   * `build_training_tensors(prompt_ids, response_ids, pad_token_id)`: the (B, T) tensors from token ids,
     laid out like `data.tokenize_prompt_and_output` (right-padded; labels = inputs shifted by one;
     response_mask True where the label is a response token), but without re-tokenizing text. Decoding a
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from cs336_alignment.model import generate
+from cs336_alignment.model import GenerationOutput, generate
 
 # ---------------------------------------------------------------------------------------------------------
 # Training tensors from token ids
@@ -116,6 +118,48 @@ class Rollouts:
 
 
 @torch.no_grad()
+def generate_per_row(model, prompts: list[list[int]], *, max_new_tokens: int, batch_size: int | None = None,
+                     **sampling) -> GenerationOutput:
+    """`model.generate` with a length limit per row: row i may generate up to
+    min(max_new_tokens, context_length - len(prompts[i])) tokens.
+
+    `generate` takes one limit per call, and that limit must fit the longest prompt of the call; calling it
+    on a whole batch would cut every response short because of one long prompt. So the rows are generated
+    in buckets of equal limit (largest limit first), each bucket in chunks of `batch_size` rows. When every
+    prompt leaves room for max_new_tokens there is one bucket, and the calls are exactly `generate` on
+    consecutive chunks of `batch_size` prompts (the same samples for the same generator).
+
+    Args:
+        model: a TransformerLM (anything `model.generate` accepts; needs model.config.context_length).
+        prompts: B non-empty lists of token ids.
+        max_new_tokens: >= 0, the limit for a row whose prompt leaves enough room.
+        batch_size: rows per `generate` call (None = a whole bucket at once).
+        **sampling: passed on to `generate` (temperature, top_k, top_p, eos_token_id, pad_token_id, generator).
+    Returns:
+        GenerationOutput with tokens[i] and logprobs[i] of prompts[i], in the order of `prompts`.
+    Raises:
+        ValueError: if a prompt leaves no room in the context (len(prompt) >= context_length), or from
+            `generate` (empty prompt, negative max_new_tokens or temperature).
+    """
+    context = model.config.context_length
+    if max((len(p) for p in prompts), default=0) >= context:
+        raise ValueError(f"a prompt of {max(len(p) for p in prompts)} tokens leaves no room to respond in "
+                         f"context_length {context}")
+    limits = [min(max_new_tokens, context - len(p)) for p in prompts]
+    tokens: list[list[int]] = [[] for _ in prompts]
+    logprobs: list[Tensor] = [torch.zeros(0) for _ in prompts]
+    for limit in sorted(set(limits), reverse=True):
+        rows = [i for i, n in enumerate(limits) if n == limit]
+        step = batch_size or len(rows)
+        for start in range(0, len(rows), step):
+            chunk = rows[start:start + step]
+            out = generate(model, [prompts[i] for i in chunk], max_new_tokens=limit, **sampling)
+            for i, row_tokens, row_logprobs in zip(chunk, out.tokens, out.logprobs):
+                tokens[i], logprobs[i] = row_tokens, row_logprobs
+    return GenerationOutput(tokens=tokens, logprobs=logprobs)
+
+
+@torch.no_grad()
 def sample_rollouts(policy, tokenizer, prompts: list[str] | list[list[int]], group_size: int, *,
                     temperature: float = 1.0, max_new_tokens: int = 64, generator: torch.Generator | None = None,
                     top_k: int | None = None, top_p: float | None = None, stop_token_ids: list[int] | None = None,
@@ -129,8 +173,8 @@ def sample_rollouts(policy, tokenizer, prompts: list[str] | list[list[int]], gro
             prompt token ids (used as they are).
         group_size: G >= 1 responses per prompt; prompt g's responses are rows g*G .. g*G + G - 1.
         temperature: > 0 for RL (0 = greedy; the log-probs are then the temperature-1 ones).
-        max_new_tokens: >= 1; lowered for a row whose prompt leaves less room in the context (rows are
-            generated in buckets of equal limit, so one long prompt does not shorten the others).
+        max_new_tokens: >= 1; lowered for a row whose prompt leaves less room in the context
+            (`generate_per_row`: one long prompt does not shorten the others).
         generator: torch.Generator for reproducible samples.
         top_k, top_p: optional truncation (the stored log-probs are the untruncated ones, see `generate`).
         stop_token_ids: tokens that end a response; default <|end|> and <|endoftext|>.
@@ -146,23 +190,10 @@ def sample_rollouts(policy, tokenizer, prompts: list[str] | list[list[int]], gro
     stops = stop_token_ids if stop_token_ids is not None else [tokenizer.end_of_turn_id, tokenizer.eos_token_id]
     prompt_ids = [tokenizer.prompt_ids(p) if isinstance(p, str) else list(p) for p in prompts]
     repeated = [ids for ids in prompt_ids for _ in range(group_size)]          # contiguous groups
-    # Each row may generate min(max_new_tokens, room left by its own prompt). `generate` takes one limit per
-    # call, so rows are generated in buckets of equal limit: one long prompt must not cut every response.
-    limits = [min(max_new_tokens, policy.config.context_length - len(p)) for p in repeated]
-    if min(limits) < 1:
-        raise ValueError(f"a prompt of {max(len(p) for p in repeated)} tokens leaves no room to respond")
-    response_ids: list[list[int]] = [[] for _ in repeated]
-    sampler_log_probs: list[Tensor] = [torch.zeros(0) for _ in repeated]
-    for limit in sorted(set(limits), reverse=True):
-        rows = [i for i, n in enumerate(limits) if n == limit]
-        step = batch_size or len(rows)
-        for start in range(0, len(rows), step):
-            chunk = rows[start:start + step]
-            out = generate(policy, [repeated[i] for i in chunk], max_new_tokens=limit, temperature=temperature,
-                           top_k=top_k, top_p=top_p, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id,
-                           generator=generator)
-            for i, tokens, log_probs in zip(chunk, out.tokens, out.logprobs):
-                response_ids[i], sampler_log_probs[i] = tokens, log_probs
+    out = generate_per_row(policy, repeated, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                           temperature=temperature, top_k=top_k, top_p=top_p, eos_token_id=stops,
+                           pad_token_id=tokenizer.pad_token_id, generator=generator)
+    response_ids, sampler_log_probs = out.tokens, out.logprobs
     finished = torch.tensor([bool(r) and r[-1] in stops for r in response_ids])  # (N,)
     texts = [tokenizer.decode(r[:-1] if done else r) for r, done in zip(response_ids, finished.tolist())]
     tensors = build_training_tensors(repeated, response_ids, tokenizer.pad_token_id)

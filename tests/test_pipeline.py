@@ -1,11 +1,14 @@
 """The main job end to end: `python -m cs336_alignment pipeline --preset smoke` into a temporary directory
-runs every stage (pretrain, SFT, reward model, DPO, GRPO x2, PPO, best-of-N) and writes the report, the
-plots and report.json with the numbers filled in; shipping base/SFT checkpoints is reproducible bit for bit."""
+runs every stage (pretrain, SFT, reward model, DPO, GRPO x2, the matched-compute SFT baseline, PPO,
+best-of-N), two at a time in worker processes, and writes the report, the plots and report.json with the
+numbers filled in; --jobs 1 (in process) gives the same numbers; skipping a stage skips the stages that need
+it; shipping base/SFT checkpoints is reproducible bit for bit."""
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+import time
 
 import pytest
 
@@ -13,26 +16,38 @@ from cs336_alignment import pipeline
 from cs336_alignment.pipeline import PRESETS, main
 
 STAGE_FILES = ("pretrain/ckpt.pt", "sft/ckpt.pt", "rm/ckpt.pt", "rm/preferences_train.jsonl",
-               "rm/preferences_eval.jsonl", "dpo/ckpt.pt", "grpo_gold/ckpt.pt", "grpo_rm/ckpt.pt", "ppo/ckpt.pt",
-               "bon/bon.json")
+               "rm/preferences_eval.jsonl", "dpo/ckpt.pt", "grpo_gold/ckpt.pt", "sft_baseline/ckpt.pt",
+               "grpo_rm/ckpt.pt", "ppo/ckpt.pt", "bon/bon.json")
+BASELINE = "SFT + more SFT (matched CPU)"
+
+
+def smoke(out, *flags: str) -> dict:
+    return main(["--preset", "smoke", "--out", str(out), "--threads", "1", "--device", "cpu", *flags])
+
+
+def numbers(stage: dict) -> dict:
+    """A stage's results without its times (keys *_s) and paths, which differ between two identical runs."""
+    return {k: v for k, v in stage.items() if not k.endswith("_s") and not isinstance(v, str)}
 
 
 def test_smoke_pipeline_writes_report(tmp_path):
     out = tmp_path / "smoke"
-    returned = main(["--preset", "smoke", "--out", str(out), "--threads", "1", "--device", "cpu"])
+    cpu0 = time.process_time()
+    returned = smoke(out, "--jobs", "2")
+    cpu_here = time.process_time() - cpu0
 
     for path in STAGE_FILES + ("report.md", "report.json", "training_curves.png", "overoptimization.png"):
         assert (out / path).is_file() and (out / path).stat().st_size > 0, path
         if path.endswith(".png"):
             assert (out / path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    for stage in ("pretrain", "sft", "rm", "dpo", "grpo_gold", "grpo_rm", "ppo", "bon"):
+    for stage in ("pretrain", "sft", "rm", "dpo", "grpo_gold", "sft_baseline", "grpo_rm", "ppo", "bon"):
         assert (out / stage / "metrics.jsonl").is_file(), stage
 
     report = json.loads((out / "report.json").read_text())
     assert report == json.loads(json.dumps(returned))
     n, pool = PRESETS["smoke"].eval_problems, PRESETS["smoke"].bon_pool
     models = report["models"]
-    assert list(models)[:6] == ["base", "SFT", "GRPO (gold)", "GRPO (RM)", "PPO", "DPO"]
+    assert list(models)[:7] == ["base", "SFT", BASELINE, "GRPO (gold)", "GRPO (RM)", "PPO", "DPO"]
     assert [k for k in models if k.startswith("BoN-")][:3] == ["BoN-1", "BoN-2", "BoN-4"]
     for label, m in models.items():
         if m.get("accuracy/greedy") is not None:
@@ -41,19 +56,46 @@ def test_smoke_pipeline_writes_report(tmp_path):
     assert models["BoN-4"]["kl/sft"] == pytest.approx(math.log(4) - 3 / 4)
     assert {"rm/eval_accuracy", "rm/eval_ece", "rm/ceiling_accuracy"} <= set(report["rm"])
     assert len(report["bon"]["rows"]) == int(math.log2(pool)) + 1
-    assert all(stage["wall_s"] > 0 for stage in report["stages"].values())
+    assert all(stage["wall_s"] > 0 and stage["cpu_s"] > 0 for stage in report["stages"].values())
+
+    # --jobs 2: the post-training stages and the evaluations ran in two worker processes, not in this one
+    assert report["jobs"] == 2
+    worker_cpu_s = sum(s["cpu_s"] for name, s in report["stages"].items() if name not in ("pretrain", "sft"))
+    assert cpu_here < report["cpu_s_total"] - 0.8 * worker_cpu_s
+
+    # The matched-compute baseline: SFT continued on SFT's demonstrations for grpo_gold's training CPU seconds
+    stages = report["stages"]
+    config = json.loads((out / "sft_baseline" / "metrics.jsonl").read_text().splitlines()[0])["config"]
+    sft_config = json.loads((out / "sft" / "metrics.jsonl").read_text().splitlines()[0])["config"]
+    assert config["max_cpu_s"] == stages["grpo_gold"]["train_cpu_s"] > 0
+    assert stages["sft_baseline"]["train_cpu_s"] >= config["max_cpu_s"] and stages["sft_baseline"]["steps"] >= 1
+    assert config["init"] == str(out / "sft" / "ckpt.pt")
+    assert all(config[k] == sft_config[k] for k in ("seed", "n_examples", "verbosity"))
+    assert report["sft"]["cpu_s"] > 0 and report["sft"]["curve"][-1]["step"] == PRESETS["smoke"].sft_steps
 
     md = (out / "report.md").read_text()
     assert "training_curves.png" in md and "overoptimization.png" in md
-    for label in ("SFT", "PPO", "DPO", "BoN-4"):
+    for label in ("SFT", BASELINE, "PPO", "DPO", "BoN-4"):
         row = next(line for line in md.splitlines() if line.startswith(f"| {label} |"))
         assert f"{models[label]['kl/sft']:.2f}" in row and f"{models[label]['response/length_mean']:.1f}" in row
+    for heading in ("**GRPO vs SFT vs matched-compute SFT**", "**SFT held-out accuracy along training**",
+                    "**Stage times**", "| sft_baseline |", "--jobs 2"):
+        assert heading in md, heading
+
+    # --jobs 1 (one stage at a time, in this process) gives the same numbers: each stage seeds itself. Not the
+    # baseline's: its length is measured CPU time.
+    sequential = smoke(tmp_path / "sequential", "--jobs", "1")
+    assert {k: v for k, v in sequential["models"].items() if k != BASELINE} == \
+           {k: v for k, v in models.items() if k != BASELINE}
+    for name, stage in stages.items():
+        if name != "sft_baseline":
+            assert numbers(sequential["stages"][name]) == numbers(stage), name
 
 
 def test_skip_and_unknown_stage(tmp_path):
-    report = main(["--preset", "smoke", "--out", str(tmp_path), "--device", "cpu",
-                   "--skip", "grpo_gold,grpo_rm,ppo,dpo"])
+    report = smoke(tmp_path, "--jobs", "1", "--skip", "grpo_gold,grpo_rm,ppo,dpo")
     assert set(report["models"]) >= {"base", "SFT", "BoN-1"} and "PPO" not in report["models"]
+    assert set(report["stages"]) == {"pretrain", "sft", "rm", "bon", "eval"}  # no grpo_gold: no sft_baseline
     with pytest.raises(ValueError, match="not a post-training stage"):
         main(["--preset", "smoke", "--out", str(tmp_path), "--skip", "sft"])
 
@@ -62,11 +104,12 @@ def test_ship_rebuilds_bit_for_bit(tmp_path, monkeypatch):
     digests = []
     for i in range(2):
         monkeypatch.setattr(pipeline, "SHIPPED", tmp_path / f"shipped{i}")
-        main(["--preset", "smoke", "--out", str(tmp_path / f"run{i}"), "--device", "cpu", "--ship"])
+        smoke(tmp_path / f"run{i}", "--ship")
         digests.append({f: hashlib.sha256((tmp_path / f"shipped{i}" / "smoke" / f).read_bytes()).hexdigest()
                         for f in ("base.pt", "sft.pt")})
     assert digests[0] == digests[1], "the shipped checkpoints are a pure function of the command"
     # A run then starts from the shipped models instead of training them.
-    report = main(["--preset", "smoke", "--out", str(tmp_path / "from_shipped"), "--device", "cpu",
-                   "--skip", "dpo,grpo_gold,grpo_rm,ppo,bon"])
-    assert report["base_sft"] == "shipped" and "pretrain" not in report["stages"]
+    # Skipping rm and grpo_gold skips every stage that needs them (dpo, grpo_rm, ppo, bon; sft_baseline).
+    report = smoke(tmp_path / "from_shipped", "--jobs", "1", "--skip", "rm,grpo_gold")
+    assert report["base_sft"] == "shipped" and set(report["stages"]) == {"eval"}
+    assert set(report["models"]) == {"base", "SFT"}

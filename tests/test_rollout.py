@@ -6,8 +6,8 @@ import torch
 
 from cs336_alignment.data import tokenize_prompt_and_output
 from cs336_alignment.logprobs import get_response_log_probs
-from cs336_alignment.model import TransformerConfig, TransformerLM
-from cs336_alignment.rollout import build_training_tensors, sample_rollouts
+from cs336_alignment.model import TransformerConfig, TransformerLM, generate
+from cs336_alignment.rollout import build_training_tensors, generate_per_row, sample_rollouts
 from cs336_alignment.tasks import generate_problems
 from cs336_alignment.tokenizer import load_tokenizer
 
@@ -130,6 +130,17 @@ def test_a_long_prompt_does_not_shorten_the_other_responses(tiny_lm, tokenizer):
     assert ro.prompt_ids == [short, short, long, long]
     recomputed = get_response_log_probs(tiny_lm, ro.input_ids, ro.labels)["log_probs"][ro.response_mask]
     torch.testing.assert_close(recomputed, torch.cat(ro.sampler_log_probs), atol=2e-5, rtol=1e-5)
+
+
+def test_generate_per_row_is_generate_in_chunks_when_every_prompt_fits(tiny_lm, tokenizer, questions):
+    prompts = [tokenizer.prompt_ids(q) for q in questions for _ in range(2)]
+    kwargs = dict(max_new_tokens=6, temperature=1.0, pad_token_id=tokenizer.pad_token_id)
+    out = generate_per_row(tiny_lm, prompts, batch_size=4, generator=torch.Generator().manual_seed(3), **kwargs)
+    generator = torch.Generator().manual_seed(3)
+    chunks = [generate(tiny_lm, prompts[i:i + 4], generator=generator, **kwargs) for i in range(0, len(prompts), 4)]
+    assert out.tokens == [t for c in chunks for t in c.tokens]
+    for got, expected in zip(out.logprobs, [lp for c in chunks for lp in c.logprobs]):
+        assert torch.equal(got, expected)
 
 
 def test_sample_rollouts_argument_errors(tiny_lm, tokenizer):

@@ -9,7 +9,8 @@ import re
 
 import pytest
 
-from cs336_alignment.tasks import (ENDOFTEXT, MAX_OPERAND, MAX_VALUE, format_raw_prompt, generate_problems,
+from cs336_alignment.tasks import (ENDOFTEXT, MAX_OPERAND, MAX_VALUE, explained_answer, format_raw_prompt,
+                                   generate_problems,
                                    gold_reward, pretraining_text, sft_examples, split_of)
 from tests.adapters import run_parse_gsm8k_response, run_parse_mmlu_response
 
@@ -171,3 +172,35 @@ def test_raw_and_chat_formats():
     chats = sft_examples(3, seed=2)
     assert [c[0]["content"] for c in chats] == [p["question"] for p in generate_problems(3, "train", seed=2)]
     assert all([m["role"] for m in c] == ["user", "assistant"] for c in chats)
+
+
+def test_explained_answer_hand_example():
+    problem = {"question": "Tom has 5 apples. He gives away 4 apples. How many apples does Tom have now?",
+               "answer": "5 - 4 = 1\n#### 1"}
+    assert explained_answer(problem, False, False) == problem["answer"]
+    assert explained_answer(problem, True, True) == ("How many apples does Tom have now?\n5 - 4 = 1\n"
+                                                     "So Tom has 1 apple.\n#### 1")
+    with pytest.raises(ValueError, match="not a task-world question"):
+        explained_answer({"question": "What is 2 + 2?", "answer": "2 + 2 = 4\n#### 4"}, True, True)
+
+
+def test_verbose_demonstrations_keep_gold_reward_and_steps():
+    from cs336_alignment.preferences import step_validity
+
+    terse = sft_examples(200, seed=5)
+    mixed = sft_examples(200, seed=5, verbosity=0.5)
+    assert [c[0] for c in mixed] == [c[0] for c in terse]  # same questions
+    styles = {(a[1]["content"].count("\n") - b[1]["content"].count("\n")) for a, b in zip(mixed, terse)}
+    assert styles == {0, 1, 2}  # no extra line, one, or both
+    n_opening = sum(m[1]["content"].startswith("How many") for m in mixed)
+    assert 70 <= n_opening <= 130  # each optional line with probability 1/2
+    for m, t in zip(mixed, terse):
+        answer = t[1]["content"]
+        assert gold_reward(m[1]["content"], answer)["reward"] == 1.0
+        assert step_validity(m[1]["content"]) == 1.0
+        assert [line for line in m[1]["content"].splitlines() if "=" in line] == answer.splitlines()[:-1]
+    assert sft_examples(200, seed=5, verbosity=0.0) == terse
+    assert all(m[1]["content"].count("\n") == t[1]["content"].count("\n") + 2
+               for m, t in zip(sft_examples(20, seed=5, verbosity=1.0), terse))
+    with pytest.raises(ValueError, match="verbosity"):
+        sft_examples(2, verbosity=1.5)

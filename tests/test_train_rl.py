@@ -12,11 +12,12 @@ import json
 import pytest
 import torch
 
-from cs336_alignment.checkpoint import save_checkpoint
+from cs336_alignment.checkpoint import load_checkpoint_extra, save_checkpoint
 from cs336_alignment.model import TransformerConfig, TransformerLM
 from cs336_alignment.tokenizer import load_tokenizer
 from cs336_alignment.train import grpo, ppo
 from cs336_alignment.train.common import load_model, read_metrics
+from test_train_smoke import run_interrupted_then_resume
 
 
 def starts_lowercase(response: str, ground_truth: str) -> dict[str, float]:
@@ -117,7 +118,54 @@ def test_ppo_smoke_reward_rises(tmp_path, init_ckpt, tokenizer, monkeypatch):
         assert key in steps[-1], key
     assert max(s["policy/clipfrac"] for s in steps) > 0
     config = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])["config"]
-    assert config["ppo_epochs"] == 2 and (tmp_path / "value.pt").exists()
+    assert config["ppo_epochs"] == 2
+    extra = load_checkpoint_extra(tmp_path / "ckpt.pt")  # the value model travels in the policy's checkpoint
+    assert {"value_model", "value_optimizer", "kl_coef", "rng"} <= set(extra)
+
+
+def test_ppo_resume_reproduces_uninterrupted_run(tmp_path, init_ckpt, monkeypatch):
+    """4 steps straight vs 2 steps, a crash right after the checkpoint, and --resume for the last 2: the same
+    policy, value model, optimizer states and adaptive beta, bit for bit."""
+    def args(out):
+        return ["--init", init_ckpt, "--out", str(out), "--reward", "gold", "--num-steps", "4",
+                "--checkpoint-every", "2", "--eval-every", "2", "--prompts-per-step", "4", "--group-size", "2",
+                "--max-new-tokens", "3", "--n-problems", "16", "--n-eval-problems", "4", "--warmup-steps", "0",
+                "--lr", "1e-2", "--value-lr", "3e-3", "--kl-coef", "0.1", "--target-kl", "1.0",
+                "--kl-horizon", "100", "--minibatches", "2", "--micro-batch-size", "3", "--quiet"]
+    ppo.main(args(tmp_path / "a"))
+    run_interrupted_then_resume(ppo, args(tmp_path / "b"), monkeypatch)
+
+    a, b = (torch.load(tmp_path / run / "ckpt.pt", weights_only=True) for run in ("a", "b"))
+    assert a["iteration"] == b["iteration"] == 4
+    assert a["extra"]["kl_coef"] == b["extra"]["kl_coef"] != 0.1  # beta moved, and the resumed run carried it on
+    for x, y in ((a["model"], b["model"]), (a["optimizer"], b["optimizer"]),
+                 (a["extra"]["value_model"], b["extra"]["value_model"]),
+                 (a["extra"]["value_optimizer"], b["extra"]["value_optimizer"])):
+        assert_identical(x, y)
+
+    def records(run):  # the metrics lines without timings
+        return [{k: v for k, v in r.items() if not k.startswith("perf/")}
+                for r in read_metrics(tmp_path / run / "metrics.jsonl")]
+    assert records("a") == records("b")
+    headers = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+               if line.startswith('{"config"')]
+    assert headers[-1]["resumed_from"] == 2
+
+
+def assert_identical(x, y, where: str = "") -> None:
+    """Nested dicts / lists of tensors and plain values (state dicts) are equal, tensors bit for bit."""
+    if isinstance(x, dict):
+        assert x.keys() == y.keys(), where
+        for key in x:
+            assert_identical(x[key], y[key], f"{where}[{key!r}]")
+    elif isinstance(x, (list, tuple)):
+        assert len(x) == len(y), where
+        for i, (u, v) in enumerate(zip(x, y)):
+            assert_identical(u, v, f"{where}[{i}]")
+    elif isinstance(x, torch.Tensor):
+        assert torch.equal(x, y), where
+    else:
+        assert x == y, where
 
 
 def test_ppo_adaptive_kl_moves_beta(tmp_path, init_ckpt):
@@ -156,15 +204,15 @@ def rm_ckpt(tmp_path_factory, init_ckpt):
     return str(path)
 
 
-def test_reward_model_scores_match_unpadded_forward(rm_ckpt, init_ckpt, tokenizer):
+def test_score_rollouts_match_unpadded_forward(rm_ckpt, init_ckpt, tokenizer):
     from cs336_alignment.rollout import sample_rollouts
-    from cs336_alignment.train.reward_model import load_reward_model
+    from cs336_alignment.train.reward_model import load_reward_model, score_rollouts
 
     rm, _ = load_reward_model(rm_ckpt)
     policy, _ = load_model(init_ckpt)
     ro = sample_rollouts(policy, tokenizer, ["Tom has 3 apples.", "Mia has 12 eggs. She buys 2 more."], 2,
                          max_new_tokens=4, generator=torch.Generator().manual_seed(0))
-    scores = ppo.reward_model_scores(rm, ro, batch_size=3)
+    scores = score_rollouts(rm, ro, batch_size=3)
     with torch.no_grad():  # oracle: each sequence alone, no padding, the head at its last position
         alone = [float(rm(torch.tensor([p + r]))[0]) for p, r in zip(ro.prompt_ids, ro.response_ids)]
     torch.testing.assert_close(scores, torch.tensor(alone), atol=1e-5, rtol=1e-5)

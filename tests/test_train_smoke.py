@@ -1,6 +1,6 @@
 """Every training loop for a few CPU steps on tiny settings (CleanRL style): the loss falls, gradient
 accumulation is an invariance (1 x 8 = 2 x 4), --resume reproduces an uninterrupted run exactly, and
-bad data fails naming file:line. Also the CLI dispatch and the config parser."""
+bad data fails naming file:line, a CPU budget ends SFT early. Also the CLI dispatch and the config parser."""
 from __future__ import annotations
 
 import json
@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from cs336_alignment.__main__ import main as cli_main
+from cs336_alignment.checkpoint import load_checkpoint
 from cs336_alignment.data import DataError
 from cs336_alignment.train import pretrain, sft
 from cs336_alignment.train.common import config_from_dict, load_model, read_metrics
@@ -117,6 +118,18 @@ def test_sft_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch):
     run_interrupted_then_resume(sft, sft_args(tmp_path / "b", 8, *args), monkeypatch)
     assert train_losses(tmp_path / "b") == train_losses(tmp_path / "a")
 
+
+
+def test_sft_max_cpu_s_stops_early_with_a_loadable_checkpoint(tmp_path):
+    """The pipeline's matched-compute baseline: a CPU budget, not a step count, ends the run."""
+    result = sft.main(sft_args(tmp_path, 100_000, "--max-cpu-s", "0.5", "--checkpoint-every", "100000"))
+    assert 1 <= result["steps"] < 100_000
+    assert result["cpu_s"] >= 0.5
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert records[-1]["step"] == result["steps"] and "loss/eval" in records[-1]  # the last step is evaluated
+    model, extra = load_model(tmp_path / "ckpt.pt")
+    assert load_checkpoint(tmp_path / "ckpt.pt", model) == result["steps"]
+    assert extra["config"]["max_cpu_s"] == 0.5 and extra["cpu_s"] == result["cpu_s"]
 
 def test_sft_reads_all_three_schemas(tmp_path):
     data = tmp_path / "train.jsonl"

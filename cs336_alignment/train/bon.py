@@ -29,8 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from cs336_alignment.metrics import best_of_n_kl, best_of_n_weights, distinct_n, pass_at_k
-from cs336_alignment.train.common import (MetricsLogger, get_device, load_model, parse_config, run_dir, set_seed,
-                                          set_threads)
+from cs336_alignment.train.common import MetricsLogger, load_model, parse_config, setup_run
 
 
 @dataclass
@@ -99,11 +98,7 @@ def train(cfg: BoNConfig) -> dict:
     from cs336_alignment.tokenizer import load_tokenizer
     from cs336_alignment.train.reward_model import load_reward_model, score_responses
 
-    out = run_dir(cfg.name, cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    set_threads(cfg.threads)
-    set_seed(cfg.seed)
-    device = get_device(cfg.device)
+    out, device = setup_run(cfg)
     tokenizer = load_tokenizer()
     policy, _ = load_model(cfg.init, device)
     reward_model, _ = load_reward_model(cfg.rm, device)

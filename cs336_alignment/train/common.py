@@ -1,5 +1,6 @@
 """What every training loop shares, and nothing more: config -> argparse, device and autocast, threads and
-seeds, loading a TransformerLM from a checkpoint, and the metrics logger.
+seeds (`setup_run` does the output directory, threads, seed and device in one call), loading a TransformerLM
+from a checkpoint, and the metrics logger.
 
 The loops themselves (pretrain.py, sft.py, ...) write their steps out in full, CleanRL style: the
 forward pass, `loss.backward()`, clipping, `optimizer.step()` and `optimizer.zero_grad(set_to_none=True)`
@@ -145,6 +146,20 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def setup_run(cfg: Any) -> tuple[Path, torch.device]:
+    """The first lines of every loop, from the config fields name, out, threads, seed and device:
+    create the output directory (`run_dir`), `set_threads`, `set_seed`, and pick the device (`get_device`).
+
+    Returns:
+        (output directory, torch.device).
+    """
+    out = run_dir(cfg.name, cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    set_threads(cfg.threads)
+    set_seed(cfg.seed)
+    return out, get_device(cfg.device)
 
 
 # ---------------------------------------------------------------------------------------------------------

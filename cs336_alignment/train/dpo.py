@@ -35,8 +35,8 @@ from cs336_alignment.logprobs import get_response_log_probs
 from cs336_alignment.model import TransformerConfig
 from cs336_alignment.nn_utils import AdamW, clip_gradients
 from cs336_alignment.preferences import PreferenceDataConfig, conversations, preference_data
-from cs336_alignment.train.common import (MetricsLogger, autocast, cosine_lr, finite_or_raise, get_device, load_model,
-                                          num_params, parse_config, progress_bar, run_dir, set_seed, set_threads)
+from cs336_alignment.train.common import (MetricsLogger, autocast, cosine_lr, finite_or_raise, load_model, num_params,
+                                          parse_config, progress_bar, setup_run)
 
 
 @dataclass
@@ -99,11 +99,7 @@ def train(cfg: DPOConfig) -> dict:
     # ---------------------------------------------------------------------------------------------------
     # Setup: policy, frozen reference, pairs, reference log-probs (once)
     # ---------------------------------------------------------------------------------------------------
-    out = run_dir(cfg.name, cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    set_threads(cfg.threads)
-    set_seed(cfg.seed)
-    device = get_device(cfg.device)
+    out, device = setup_run(cfg)
     tokenizer = load_tokenizer()
     model, init_extra = load_model(cfg.init, device)
     model_config = TransformerConfig(**init_extra["model_config"])

@@ -225,7 +225,7 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
     training reward (custom tasks, tests); reward/gold_mean still logs the task world's gold reward.
     """
     from cs336_alignment.tokenizer import load_tokenizer
-    from cs336_alignment.train.ppo import reward_model_scores
+    from cs336_alignment.train.reward_model import score_rollouts
     from cs336_alignment.train.reward_model import load_reward_model
 
     # ---------------------------------------------------------------------------------------------------
@@ -290,7 +290,7 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
         if reward_model is None:
             score_fn, keys = reward_fn or gold_reward, truths
         else:  # the RM already scored every row from its token ids; reward_fn reads row i's score
-            proxy = reward_model_scores(reward_model, ro).tolist()
+            proxy = score_rollouts(reward_model, ro).tolist()
             score_fn, keys = (lambda response, row: {"reward": proxy[int(row)]}), [str(i) for i in range(len(ro))]
             metrics["reward/proxy_mean"] = sum(proxy) / len(proxy)
         advantages, raw_rewards, _ = compute_group_normalized_rewards(

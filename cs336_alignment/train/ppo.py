@@ -3,6 +3,7 @@
     python -m cs336_alignment ppo --init runs/tiny/sft/ckpt.pt --reward-model runs/tiny/rm/ckpt.pt
     python -m cs336_alignment ppo --init SFT --reward gold                       # the verifiable reward
     python -m cs336_alignment ppo --init SFT --reward-model RM --target-kl 6     # adaptive KL coefficient
+    python -m cs336_alignment ppo --init SFT --reward-model RM --resume          # continue runs/ppo exactly
 
 One step (Ziegler et al. 2019; Stiennon et al. 2020; Ouyang et al. 2022 §3.5; Huang et al. 2024, "The N+
 implementation details of RLHF with PPO"):
@@ -20,6 +21,12 @@ implementation details of RLHF with PPO"):
 The value model is a RewardModel (LM trunk + ScalarHead): a copy of the reward model (InstructGPT) or of
 the SFT trunk with a new head. On the first minibatch of the first epoch the policy is the rollout policy,
 so the ratio pi / pi_old is exactly 1 there.
+
+Checkpoints: <out>/ckpt.pt holds the policy and its optimizer (what `load_model` and the other stages read)
+and, in its extra dict, everything else a resumed run needs: the value model ("value_model") and its
+optimizer ("value_optimizer"), the current KL coefficient ("kl_coef", which --target-kl adapts) and the RNG
+states. One file, written atomically, so a crash mid-save never leaves a policy and a value model from
+different steps. --resume continues from it and gives the same weights as an uninterrupted run.
 
 For the pipeline (no argparse needed):
     from cs336_alignment.train import ppo
@@ -44,19 +51,20 @@ from typing import Callable, Literal
 import torch
 
 from cs336_alignment.advantages import apply_missing_eos_penalty, compute_gae, compute_kl_shaped_rewards, whiten
-from cs336_alignment.checkpoint import rng_state, save_checkpoint
+from cs336_alignment.checkpoint import load_checkpoint, load_checkpoint_extra, rng_state, save_checkpoint, set_rng_state
 from cs336_alignment.logprobs import get_response_log_probs
 from cs336_alignment.nn_utils import AdamW, clip_gradients
 from cs336_alignment.policy_losses import (AdaptiveKLController, compute_entropy_bonus, compute_ppo_policy_loss,
                                            compute_ppo_value_loss)
 from cs336_alignment.reward_model import RewardModel
-from cs336_alignment.rollout import Rollouts, sample_rollouts
+from cs336_alignment.rollout import sample_rollouts
 from cs336_alignment.tasks import gold_reward
-from cs336_alignment.train.reward_model import load_reward_model, score_sequences
-from cs336_alignment.train.common import (MetricsLogger, cosine_lr, finite_or_raise, get_device, load_model,
-                                          num_params, parse_config, progress_bar, run_dir, set_seed, set_threads)
+from cs336_alignment.train.common import (MetricsLogger, cosine_lr, finite_or_raise, load_model, num_params,
+                                          parse_config, progress_bar, setup_run)
 from cs336_alignment.train.grpo import (load_problems, load_sft_optimizer_state, micro_batch, prompt_indices, run_eval,
                                         sequence_widths)
+from cs336_alignment.train.reward_model import load_reward_model, score_rollouts
+
 
 
 @dataclass
@@ -65,13 +73,15 @@ class PPOConfig:
     name: str = "ppo"
     """run name: outputs go to runs/<name>/ unless --out is given"""
     out: str = ""
-    """output directory (ckpt.pt, value.pt, metrics.jsonl); default runs/<name>"""
+    """output directory (ckpt.pt, metrics.jsonl); default runs/<name>"""
     seed: int = 0
     """seed of the prompt order and of the sampling"""
     device: str = "auto"
     """cuda, mps, cpu, or auto"""
     threads: int = 1
     """torch.set_num_threads; 0 = torch's default"""
+    resume: bool = False
+    """continue from <out>/ckpt.pt (policy, value model, both optimizers, KL coefficient, RNG states)"""
     init: str = ""
     """the SFT checkpoint to start from (required); also the frozen reference"""
     init_optimizer: bool = False
@@ -150,18 +160,6 @@ class PPOConfig:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Reward-model scores of rollouts (shared with grpo.py)
-# ---------------------------------------------------------------------------------------------------------
-
-
-def reward_model_scores(reward_model: RewardModel, rollouts: Rollouts, batch_size: int = 128) -> torch.Tensor:
-    """(N,) float32: the reward model's score of each prompt + sampled response (the sampled token ids, no
-    re-tokenization; read at the last token, which is the stop token when the response has one)."""
-    sequences = [p + r for p, r in zip(rollouts.prompt_ids, rollouts.response_ids)]
-    return torch.tensor(score_sequences(reward_model, sequences, rollouts.pad_token_id, batch_size))
-
-
-# ---------------------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------------------
 
@@ -171,6 +169,13 @@ def train(cfg: PPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | No
 
     reward_fn(response, ground_truth) -> {"reward": float, ...}, if given, replaces cfg.reward as the
     sequence score (custom tasks, tests); reward/gold_mean still logs the task world's gold reward.
+    With cfg.resume and an <out>/ckpt.pt, training continues from that checkpoint's step ("cpu_s" then
+    counts only this call's steps; "eval" is {} if no step was left to run).
+
+    Raises:
+        ValueError: without --init, with --reward rm but no --reward-model, with --value-init rm but no
+            reward model, or on --resume from a checkpoint that holds no value model.
+        FloatingPointError: when a loss becomes NaN/inf.
     """
     from cs336_alignment.tokenizer import load_tokenizer
 
@@ -181,14 +186,11 @@ def train(cfg: PPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | No
         raise ValueError("--init (the SFT checkpoint) is required: RL starts from an SFT policy")
     if cfg.reward == "rm" and not cfg.reward_model and reward_fn is None:
         raise ValueError("--reward rm needs --reward-model CKPT (or use --reward gold)")
-    out = run_dir(cfg.name, cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    set_threads(cfg.threads)
-    set_seed(cfg.seed)
-    device = get_device(cfg.device)
+    out, device = setup_run(cfg)
+    ckpt_path = out / "ckpt.pt"
     tokenizer = load_tokenizer()
     policy, init_extra = load_model(cfg.init, device)
-    reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    reference = copy.deepcopy(policy).eval().requires_grad_(False)  # the SFT policy, also when resuming
     reward_model = load_reward_model(cfg.reward_model, device)[0].requires_grad_(False) if cfg.reward_model else None
     value_init = cfg.value_init if cfg.value_init != "auto" else ("rm" if reward_model is not None else "sft")
     if value_init == "rm" and reward_model is None:
@@ -203,18 +205,31 @@ def train(cfg: PPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | No
         load_sft_optimizer_state(cfg.init, optimizer)
     kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon) if cfg.target_kl > 0 else None
     kl_coef = cfg.kl_coef
+    start_step = 0
+    if cfg.resume and ckpt_path.exists():
+        start_step = load_checkpoint(ckpt_path, policy, optimizer)
+        extra = load_checkpoint_extra(ckpt_path)
+        if "value_model" not in extra:
+            raise ValueError(f"{ckpt_path} holds no value model (written before PPO runs could resume): start anew")
+        value_model.load_state_dict(extra["value_model"])
+        value_optimizer.load_state_dict(extra["value_optimizer"])
+        kl_coef = extra["kl_coef"]
+        if kl_ctl is not None:
+            kl_ctl.value = kl_coef
+        set_rng_state(extra["rng"])
     stops = [tokenizer.end_of_turn_id, tokenizer.eos_token_id]
-    logger = MetricsLogger(out, cfg.num_steps, dataclasses.asdict(cfg), quiet=cfg.quiet)
+    logger = MetricsLogger(out, cfg.num_steps, dataclasses.asdict(cfg), resumed_from=start_step, quiet=cfg.quiet)
     logger.write(f"ppo: {num_params(policy) / 1e6:.2f}M-parameter policy, value from {value_init}, reward "
-                 f"{cfg.reward}, {cfg.prompts_per_step} x {cfg.group_size} rollouts per step, device {device}")
+                 f"{cfg.reward}, {cfg.prompts_per_step} x {cfg.group_size} rollouts per step, device {device}"
+                 + (f", resumed at step {start_step}" if start_step else ""))
 
     evaluate = functools.partial(run_eval, logger, policy=policy, tokenizer=tokenizer, problems=eval_problems,
                                  reference=reference, reward_model=reward_model, samples=cfg.eval_samples,
                                  max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 1)
 
-    last_eval, cpu_s = evaluate(0), 0.0
-    bar = progress_bar(cfg.num_steps, 0, "ppo")
-    for step in range(cfg.num_steps):
+    last_eval = evaluate(0) if start_step == 0 else {}
+    cpu_s, bar = 0.0, progress_bar(cfg.num_steps, start_step, "ppo")
+    for step in range(start_step, cfg.num_steps):
         cpu0, t0 = time.process_time(), time.perf_counter()
         lr_scale = cosine_lr(step + 1, 1.0, 1.0, cfg.warmup_steps, cfg.num_steps + 1)  # warmup, then constant
         for opt, lr in ((optimizer, cfg.lr), (value_optimizer, cfg.value_lr)):
@@ -238,7 +253,7 @@ def train(cfg: PPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | No
             scores = torch.tensor([float(reward_fn(t, a)["reward"]) for t, a in zip(ro.response_texts, truths)])
             metrics["reward/proxy_mean"] = float(scores.mean())
         elif cfg.reward == "rm":
-            scores = reward_model_scores(reward_model, ro)                         # (N,)
+            scores = score_rollouts(reward_model, ro)                              # (N,)
             metrics["reward/proxy_mean"] = float(scores.mean())
         else:
             scores = gold_scores
@@ -317,12 +332,12 @@ def train(cfg: PPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | No
         if done % cfg.eval_every == 0 or done == cfg.num_steps:
             last_eval = evaluate(done)
         if done % cfg.checkpoint_every == 0 or done == cfg.num_steps:
-            save_checkpoint(policy, optimizer, done, out / "ckpt.pt", config=dataclasses.asdict(cfg),
-                            model_config=init_extra["model_config"], rng=rng_state())
-            save_checkpoint(value_model, value_optimizer, done, out / "value.pt",
-                            model_config=init_extra["model_config"])
+            save_checkpoint(policy, optimizer, done, ckpt_path, config=dataclasses.asdict(cfg),
+                            model_config=init_extra["model_config"], rng=rng_state(),
+                            value_model=value_model.state_dict(), value_optimizer=value_optimizer.state_dict(),
+                            kl_coef=float(kl_coef))
     bar.close()
-    return {"checkpoint": str(out / "ckpt.pt"), "steps": cfg.num_steps, "cpu_s": cpu_s, "eval": last_eval}
+    return {"checkpoint": str(ckpt_path), "steps": cfg.num_steps, "cpu_s": cpu_s, "eval": last_eval}
 
 
 def main(argv: list[str] | None = None) -> dict:

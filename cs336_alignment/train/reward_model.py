@@ -34,8 +34,9 @@ from cs336_alignment.model import TransformerConfig
 from cs336_alignment.nn_utils import AdamW, clip_gradients
 from cs336_alignment.preferences import PreferenceDataConfig, conversations, preference_data
 from cs336_alignment.reward_model import RewardModel, bradley_terry_loss, reward_accuracy
-from cs336_alignment.train.common import (MetricsLogger, autocast, cosine_lr, finite_or_raise, get_device, load_model,
-                                          num_params, parse_config, progress_bar, run_dir, set_seed, set_threads)
+from cs336_alignment.rollout import Rollouts
+from cs336_alignment.train.common import (MetricsLogger, autocast, cosine_lr, finite_or_raise, load_model, num_params,
+                                          parse_config, progress_bar, setup_run)
 
 
 @dataclass
@@ -105,7 +106,11 @@ def _batch_rewards(model: RewardModel, sequences: list[list[int]], pad_token_id:
 @torch.no_grad()
 def score_responses(model: RewardModel, tokenizer, prompts: list[str], responses: list[str],
                     batch_size: int = 64) -> list[float]:
-    """Reward of each (user prompt, assistant response), rendered with the chat template (<|end|> appended)."""
+    """Reward of each (user prompt, assistant response) text pair.
+
+    Each pair is rendered with the chat template (<|end|> appended to the response), cut to the model's
+    context_length, and scored by `score_sequences`. Returns one float per pair, in order.
+    """
     context = model.config.context_length
     sequences = [tokenizer.render([{"role": "user", "content": p}, {"role": "assistant", "content": r}])[0][:context]
                  for p, r in zip(prompts, responses)]
@@ -113,8 +118,23 @@ def score_responses(model: RewardModel, tokenizer, prompts: list[str], responses
 
 
 @torch.no_grad()
+def score_rollouts(model: RewardModel, rollouts: Rollouts, batch_size: int = 128) -> torch.Tensor:
+    """(N,) float32: the reward of each prompt + sampled response of a `rollout.Rollouts`, from the sampled
+    token ids themselves (no decoding and re-tokenizing), read at the last token, which is the stop token
+    when the response has one. Scored by `score_sequences`."""
+    sequences = [p + r for p, r in zip(rollouts.prompt_ids, rollouts.response_ids)]
+    return torch.tensor(score_sequences(model, sequences, rollouts.pad_token_id, batch_size))
+
+
+@torch.no_grad()
 def score_sequences(model: RewardModel, sequences: list[list[int]], pad_token_id: int, batch_size: int = 64
                     ) -> list[float]:
+    """Reward of each token sequence (prompt + response ids), read at its last token; no gradient.
+
+    Sequences are right-padded with pad_token_id in batches of `batch_size` (the padding is masked, so a
+    score does not depend on the batch it is in, up to float rounding). The model is scored in eval mode and
+    its training mode is restored afterwards. Returns one float per sequence, in order.
+    """
     was_training = model.training
     model.eval()
     scores = [r for i in range(0, len(sequences), batch_size)
@@ -136,11 +156,7 @@ def train(cfg: RMConfig) -> dict:
     # ---------------------------------------------------------------------------------------------------
     # Setup: the SFT model, preference pairs, the reward model
     # ---------------------------------------------------------------------------------------------------
-    out = run_dir(cfg.name, cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    set_threads(cfg.threads)
-    set_seed(cfg.seed)
-    device = get_device(cfg.device)
+    out, device = setup_run(cfg)
     tokenizer = load_tokenizer()
     sft_model, init_extra = load_model(cfg.init, device)
     model_config = TransformerConfig(**init_extra["model_config"])

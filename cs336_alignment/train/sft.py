@@ -81,6 +81,9 @@ class SFTConfig:
     # --- optimisation
     num_steps: int = 400
     """optimizer steps"""
+    max_cpu_s: float = 0.0
+    """stop after this many process CPU seconds of training (evals excluded), saving the checkpoint; 0 = no limit
+    (the pipeline's matched-compute baseline: SFT trained further for the CPU time GRPO used)"""
     batch_size: int = 32
     """conversations per optimizer step (split into grad_accum_steps micro-batches)"""
     grad_accum_steps: int = 1
@@ -133,7 +136,8 @@ def load_conversations(cfg: SFTConfig) -> tuple[list, list]:
 
 
 def train(cfg: SFTConfig) -> dict:
-    """Run SFT. Returns {"checkpoint": path, "loss/train": last, "loss/eval": last, "steps": n}."""
+    """Run SFT. Returns {"checkpoint": path, "loss/train": last, "loss/eval": last, "steps": optimizer steps
+    done (fewer than num_steps when max_cpu_s stopped the run), "cpu_s": process CPU seconds of training}."""
     from cs336_alignment import tasks
     from cs336_alignment.metrics import evaluate_policy
     from cs336_alignment.tokenizer import load_tokenizer
@@ -173,10 +177,12 @@ def train(cfg: SFTConfig) -> dict:
     normalize_constant = float(np.mean([n for n in n_trained if n > 0]))
     optimizer = AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
 
-    start_step = 0
+    start_step, cpu_s = 0, 0.0  # cpu_s: process CPU seconds of training so far (evals and checkpoints excluded)
     if cfg.resume and ckpt_path.exists():
         start_step = load_checkpoint(ckpt_path, model, optimizer)
-        set_rng_state(load_checkpoint_extra(ckpt_path)["rng"])
+        resumed = load_checkpoint_extra(ckpt_path)
+        set_rng_state(resumed["rng"])
+        cpu_s = resumed.get("cpu_s", 0.0)
     logger = MetricsLogger(out, cfg.num_steps, dataclasses.asdict(cfg), resumed_from=start_step, quiet=cfg.quiet)
     logger.write(f"sft: {num_params(model) / 1e6:.2f}M parameters, {len(train_chats)} train / {len(eval_chats)} "
                  f"eval conversations ({n_cut} cut to context_length {context}), {normalize_constant:.1f} response "
@@ -227,9 +233,10 @@ def train(cfg: SFTConfig) -> dict:
     # ---------------------------------------------------------------------------------------------------
     model.train()
     window_nll, window_count, window_norms, window_tokens, t0 = 0.0, 0, [], 0, time.perf_counter()
-    last = {}
+    last, done = {}, start_step
     bar = progress_bar(cfg.num_steps, start_step, "sft")
     for step in range(start_step, cfg.num_steps):
+        cpu0 = time.process_time()
         # --- learning rate: linear warmup then cosine decay
         lr = cosine_lr(step, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.num_steps)
         for group in optimizer.param_groups:
@@ -258,11 +265,12 @@ def train(cfg: SFTConfig) -> dict:
         optimizer.zero_grad(set_to_none=True)
         window_nll, window_count = window_nll + step_nll, window_count + step_count
         window_norms.append(float(grad_norm))
+        cpu_s += time.process_time() - cpu0
         bar.update(1)
 
         # --- log / eval / checkpoint
         done = step + 1
-        is_last = done == cfg.num_steps
+        is_last = done == cfg.num_steps or 0 < cfg.max_cpu_s <= cpu_s
         is_eval = done % cfg.eval_every == 0 or is_last
         if done % cfg.log_every == 0 or is_eval:
             tokens_per_s = window_tokens / (time.perf_counter() - t0)  # training only, eval not counted
@@ -271,15 +279,17 @@ def train(cfg: SFTConfig) -> dict:
                 metrics["loss/eval"] = evaluate()
             if is_eval and eval_problems:
                 metrics.update(evaluate_accuracy())
-            metrics["perf/tokens_per_s"] = tokens_per_s
+            metrics.update({"perf/tokens_per_s": tokens_per_s, "perf/cpu_s": cpu_s})
             logger.log(done, metrics)
             last.update(metrics)
             window_nll, window_count, window_norms, window_tokens, t0 = 0.0, 0, [], 0, time.perf_counter()
         if done % cfg.checkpoint_every == 0 or is_last:
             save_checkpoint(model, optimizer, done, ckpt_path, config=dataclasses.asdict(cfg),
-                            model_config=dataclasses.asdict(model_config), rng=rng_state())
+                            model_config=dataclasses.asdict(model_config), rng=rng_state(), cpu_s=cpu_s)
+        if is_last:
+            break
     bar.close()
-    return {"checkpoint": str(ckpt_path), "steps": cfg.num_steps, "loss/train": last.get("loss/train"),
+    return {"checkpoint": str(ckpt_path), "steps": done, "cpu_s": cpu_s, "loss/train": last.get("loss/train"),
             "loss/eval": last.get("loss/eval")}
 
 

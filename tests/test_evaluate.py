@@ -1,0 +1,102 @@
+"""Batched generation for evaluation and preference sampling: each row gets the room its own prompt leaves.
+
+Oracles: each question generated alone (greedy is independent of the batching), and, for prompts that all
+fit, the plain `model.generate` calls on consecutive batches that these functions made before rows got
+their own limits (the same samples from the same generator).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cs336_alignment.evaluate import build_prompt, generate_responses, stop_token_ids
+from cs336_alignment.model import TransformerConfig, TransformerLM, generate
+from cs336_alignment.preferences import sample_responses
+from cs336_alignment.tasks import generate_problems
+from cs336_alignment.tokenizer import load_tokenizer
+
+MAX_NEW = 12
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def questions():
+    return [p["question"] for p in generate_problems(3, "train", seed=5)]  # prompts of 41, 28, 28 tokens
+
+
+@pytest.fixture(scope="module")
+def long_question(questions):
+    return " ".join(questions)  # a prompt of 89 tokens
+
+
+def tiny_lm(tokenizer, context_length: int) -> TransformerLM:
+    torch.manual_seed(0)
+    config = TransformerConfig(vocab_size=tokenizer.vocab_size, context_length=context_length, d_model=32,
+                               num_layers=2, num_heads=2, d_ff=64)
+    return TransformerLM(config).eval()
+
+
+def old_batches(model, tokenizer, questions, k, max_new_tokens, batch_size, temperature, generator):
+    """What the functions did before: one `generate` per batch, its limit set by the batch's longest prompt."""
+    stops = stop_token_ids(tokenizer, "chat")
+    flat = [build_prompt(q, tokenizer, "chat") for q in questions for _ in range(k)]
+    tokens = []
+    for i in range(0, len(flat), batch_size):
+        prompts = flat[i:i + batch_size]
+        room = model.config.context_length - max(len(p) for p in prompts)
+        tokens += generate(model, prompts, max_new_tokens=min(max_new_tokens, room), temperature=temperature,
+                           eos_token_id=stops, pad_token_id=tokenizer.pad_token_id, generator=generator).tokens
+    return tokens
+
+
+def test_generate_responses_equals_each_question_alone(tokenizer, questions):
+    model = tiny_lm(tokenizer, 96)
+    batched = generate_responses(model, tokenizer, questions, fmt="chat", max_new_tokens=MAX_NEW, batch_size=2)
+    alone = [generate_responses(model, tokenizer, [q], fmt="chat", max_new_tokens=MAX_NEW)[0] for q in questions]
+    assert batched == alone
+
+
+def test_a_long_prompt_does_not_truncate_the_other_responses(tokenizer, questions, long_question):
+    long_len = len(tokenizer.prompt_ids(long_question))
+    model = tiny_lm(tokenizer, long_len + 4)                    # the long prompt leaves room for 4 tokens
+    batch = [questions[1], long_question, questions[2]]
+    batched = generate_responses(model, tokenizer, batch, fmt="chat", max_new_tokens=MAX_NEW)
+    alone = [generate_responses(model, tokenizer, [q], fmt="chat", max_new_tokens=MAX_NEW)[0] for q in batch]
+    assert batched == alone
+    # The old per-batch limit (4 tokens for every row) cut the short prompts' responses.
+    stops = stop_token_ids(tokenizer, "chat")
+    old = [tokenizer.decode(t[:-1] if t and t[-1] in stops else t)
+           for t in old_batches(model, tokenizer, batch, 1, MAX_NEW, 64, 0.0, None)]
+    assert old[1] == batched[1] and (old[0], old[2]) != (batched[0], batched[2])
+
+
+def test_generate_responses_rejects_a_prompt_that_fills_the_context(tokenizer, questions, long_question):
+    model = tiny_lm(tokenizer, len(tokenizer.prompt_ids(long_question)))
+    with pytest.raises(ValueError):
+        generate_responses(model, tokenizer, [questions[0], long_question], fmt="chat")
+
+
+def test_sample_responses_unchanged_when_every_prompt_fits(tokenizer, questions):
+    model = tiny_lm(tokenizer, 96)
+    samples = sample_responses(model, tokenizer, questions, 3, max_new_tokens=MAX_NEW, seed=7, batch_size=4)
+    expected = old_batches(model, tokenizer, questions, 3, MAX_NEW, 4, 1.0, torch.Generator().manual_seed(7))
+    assert [s["tokens"] for pool in samples for s in pool] == expected
+    assert [len(pool) for pool in samples] == [3, 3, 3]
+
+
+def test_sample_responses_give_each_row_its_own_room(tokenizer, questions, long_question):
+    long_len = len(tokenizer.prompt_ids(long_question))
+    model = tiny_lm(tokenizer, long_len + 4)
+    samples = sample_responses(model, tokenizer, [questions[1], long_question], 2, max_new_tokens=MAX_NEW,
+                               temperature=0.0, batch_size=4)
+    stops = stop_token_ids(tokenizer, "chat")
+    for question, pool in zip([questions[1], long_question], samples):
+        alone = generate(model, [build_prompt(question, tokenizer, "chat")], temperature=0.0, eos_token_id=stops,
+                         max_new_tokens=min(MAX_NEW, model.config.context_length - len(tokenizer.prompt_ids(question))),
+                         pad_token_id=tokenizer.pad_token_id).tokens[0]
+        assert [s["tokens"] for s in pool] == [alone, alone]
+    assert len(samples[1][0]["tokens"]) <= 4 < len(samples[0][0]["tokens"])
