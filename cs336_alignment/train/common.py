@@ -70,7 +70,7 @@ def build_parser(cls: type, prog: str, description: str | None = None) -> argpar
         if typing.get_origin(kind) in (typing.Union, types.UnionType):  # `str | None` -> str
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
         names = sorted({f"--{f.name.replace('_', '-')}", f"--{f.name}"}, key=lambda s: "_" in s)
-        kwargs: dict[str, Any] = dict(dest=f.name, default=f.default, help=docs.get(f.name, " "))
+        kwargs: dict[str, Any] = dict(dest=f.name, default=f.default, help=docs.get(f.name, " ").replace("%", "%%"))
         if kind is bool:
             parser.add_argument(*names, action=argparse.BooleanOptionalAction, **kwargs)
         elif typing.get_origin(kind) is typing.Literal:
