@@ -174,7 +174,7 @@ def sequence_log_probs(model, prompts: list[list[int]], responses: list[list[int
 
 @torch.no_grad()
 def evaluate_policy(policy, tokenizer, problems: list[dict[str, str]], *, reference=None, reward_model=None,
-                    samples_per_prompt: int = 1, max_new_tokens: int = 48, seed: int = 0, batch_size: int = 128,
+                    samples_per_prompt: int = 1, max_new_tokens: int = 64, seed: int = 0, batch_size: int = 128,
                     greedy: bool = True, distinct_over: int | None = None) -> dict[str, float]:
     """The report's columns for one policy (see the module docstring for the names).
 

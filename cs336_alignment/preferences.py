@@ -222,7 +222,7 @@ class PreferenceDataConfig:
     """task-world test prompts for held-out pairs (when --eval-data is empty)"""
     k_samples: int = 4
     """responses sampled per prompt; all pairs of distinct responses are labelled (InstructGPT's K)"""
-    max_new_tokens: int = 48
+    max_new_tokens: int = 64
     """response length limit when sampling"""
     tau: float = 0.25
     """annotator noise: P(a > b) = sigmoid((u(a) - u(b)) / tau)"""

@@ -346,13 +346,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--format", choices=["gsm8k", "chat", "raw"], default="gsm8k",
                         help='{"question","answer"} | {"messages": [...]} | documents ending in <|endoftext|>')
+    parser.add_argument("--verbosity", type=float, default=0.0,
+                        help="chat format: probability of each optional prose line of a demonstration (sft_examples)")
     args = parser.parse_args(argv)
     problems = generate_problems(args.n, args.split, args.seed)
     if args.format == "raw":
         print("".join(raw_document(p) + ENDOFTEXT for p in problems), end="")
         return
+    if args.format == "chat":
+        for messages in sft_examples(args.n, args.seed, args.split, verbosity=args.verbosity):
+            print(json.dumps({"messages": messages}))
+        return
     for p in problems:
-        print(json.dumps(p if args.format == "gsm8k" else {"messages": to_messages(p)}))
+        print(json.dumps(p))
 
 
 if __name__ == "__main__":

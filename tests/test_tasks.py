@@ -204,3 +204,17 @@ def test_verbose_demonstrations_keep_gold_reward_and_steps():
                for m, t in zip(sft_examples(20, seed=5, verbosity=1.0), terse))
     with pytest.raises(ValueError, match="verbosity"):
         sft_examples(2, verbosity=1.5)
+
+
+def test_command_line_formats(capsys):
+    import json
+
+    from cs336_alignment.tasks import main
+
+    main(["--n", "3", "--split", "test", "--seed", "4"])
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == generate_problems(3, "test", 4)
+    main(["--n", "3", "--format", "chat", "--verbosity", "1.0"])
+    lines = [json.loads(line)["messages"] for line in capsys.readouterr().out.splitlines()]
+    assert lines == sft_examples(3, verbosity=1.0)
+    main(["--n", "2", "--format", "raw"])
+    assert capsys.readouterr().out == pretraining_text(2)

@@ -54,7 +54,7 @@ class BoNConfig:
     """task-world test prompts"""
     pool_size: int = 64
     """samples per prompt; N runs over the powers of two up to it"""
-    max_new_tokens: int = 48
+    max_new_tokens: int = 64
     """response length limit"""
     temperature: float = 1.0
     """sampling temperature (the KL formula is for samples of the policy itself, i.e. 1.0)"""

@@ -96,8 +96,8 @@ class GRPOConfig:
     """responses sampled per question (G)"""
     temperature: float = 1.0
     """sampling temperature (log-probs are recomputed at the same temperature)"""
-    max_new_tokens: int = 48
-    """response length limit (task-world answers are at most ~40 tokens)"""
+    max_new_tokens: int = 64
+    """response length limit (task-world answers: at most ~40 tokens terse, ~60 with both prose lines)"""
     # --- loss
     loss_type: Literal["no_baseline", "reinforce_with_baseline", "grpo_clip"] = "grpo_clip"
     """per-token loss (policy_losses.compute_policy_gradient_loss)"""

@@ -110,8 +110,8 @@ class PPOConfig:
     """responses per question"""
     temperature: float = 1.0
     """sampling temperature"""
-    max_new_tokens: int = 48
-    """response length limit (task-world answers are at most ~40 tokens)"""
+    max_new_tokens: int = 64
+    """response length limit (task-world answers: at most ~40 tokens terse, ~60 with both prose lines)"""
     # --- PPO
     kl_coef: float = 0.05
     """beta: per-token KL penalty to the reference in the reward (initial value when adaptive)"""
