@@ -17,7 +17,7 @@ from cs336_alignment.model import TransformerConfig, TransformerLM
 from cs336_alignment.tokenizer import load_tokenizer
 from cs336_alignment.train import grpo, ppo
 from cs336_alignment.train.common import load_model, read_metrics
-from test_train_smoke import run_interrupted_then_resume
+from test_train_smoke import interrupt_then_resume, run_interrupted_then_resume
 
 
 def starts_lowercase(response: str, ground_truth: str) -> dict[str, float]:
@@ -159,17 +159,8 @@ def test_grpo_resume_reproduces_uninterrupted_run(tmp_path, init_ckpt, monkeypat
         return grpo.GRPOConfig(init=init_ckpt, out=str(out), num_steps=4, checkpoint_every=2, prompts_per_step=4,
                                group_size=3, lr=1e-2, kl_coef=0.1, resume=resume, **{**COMMON, "eval_every": 2})
     grpo.train(config(tmp_path / "a"), reward_fn=starts_lowercase)
-    real_save = grpo.save_checkpoint
-
-    def save_then_die(*args, **kwargs):
-        real_save(*args, **kwargs)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(grpo, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        grpo.train(config(tmp_path / "b"), reward_fn=starts_lowercase)
-    monkeypatch.setattr(grpo, "save_checkpoint", real_save)
-    grpo.train(config(tmp_path / "b", resume=True), reward_fn=starts_lowercase)
+    interrupt_then_resume(grpo, lambda resume: grpo.train(config(tmp_path / "b", resume), reward_fn=starts_lowercase),
+                          monkeypatch)
 
     a, b = (torch.load(tmp_path / run / "ckpt.pt", weights_only=True) for run in ("a", "b"))
     init = torch.load(init_ckpt, weights_only=True)["model"]

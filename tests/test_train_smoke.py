@@ -38,8 +38,9 @@ class Interrupted(Exception):
     pass
 
 
-def run_interrupted_then_resume(module, args: list[str], monkeypatch) -> None:
-    """Run `module.main(args)`, kill it right after its first checkpoint, then run it again with --resume."""
+def interrupt_then_resume(module, run, monkeypatch) -> None:
+    """Call run(resume=False) with `module.save_checkpoint` killing the run right after its first checkpoint,
+    then run(resume=True)."""
     real_save = module.save_checkpoint
 
     def save_then_die(*a, **k):
@@ -48,9 +49,14 @@ def run_interrupted_then_resume(module, args: list[str], monkeypatch) -> None:
 
     monkeypatch.setattr(module, "save_checkpoint", save_then_die)
     with pytest.raises(Interrupted):
-        module.main(args)
+        run(resume=False)
     monkeypatch.setattr(module, "save_checkpoint", real_save)
-    module.main([*args, "--resume"])
+    run(resume=True)
+
+
+def run_interrupted_then_resume(module, args: list[str], monkeypatch) -> None:
+    """Run `module.main(args)`, kill it right after its first checkpoint, then run it again with --resume."""
+    interrupt_then_resume(module, lambda resume: module.main([*args, "--resume"] if resume else args), monkeypatch)
 
 
 # ---------------------------------------------------------------------------------------------------------
