@@ -10,6 +10,9 @@ proxy (reward-model) reward and KL to the SFT reference measured on its own samp
   estimator of Chen et al. 2021, eq. 1).
 - KL to the reference on the policy's samples: mean over y ~ pi of sum_t log pi(y_t | .) - log pi_ref(y_t | .)
   (the k1 estimator at sequence level, unbiased; Schulman 2020, "Approximating KL Divergence").
+- Paired differences: two policies scored on the same problems differ by mean(a_i - b_i), with standard error
+  sd(a_i - b_i) / sqrt(n) (the paired t-test's denominator; Miller 2024, "Adding Error Bars to Evals").
+  Problem difficulty cancels in a_i - b_i, so this is much tighter than the two accuracies' own errors.
 
 Metric names returned by `evaluate_policy` (one vocabulary with the training loops):
     accuracy/greedy       gold accuracy of greedy responses (tasks.gold_reward)
@@ -140,6 +143,24 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     # END SOLUTION
 
 
+def paired_difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """Mean and standard error of a_i - b_i: how much policy a beats policy b on the same n problems.
+
+    Args:
+        a, b: per-problem scores of the two policies (e.g. 0/1 greedy correctness, or a problem's mean gold
+            reward over its samples), in the same problem order.
+    Returns:
+        (mean difference, standard error sd(a - b) / sqrt(n) with the n - 1 sample variance), in the scores'
+        units. A difference more than ~2 standard errors from 0 is unlikely to be evaluation noise.
+    Raises:
+        ValueError: if the lengths differ or n < 2 (no variance estimate).
+    """
+    if len(a) != len(b) or len(a) < 2:
+        raise ValueError(f"need two equal-length score lists of at least 2 problems, got {len(a)} and {len(b)}")
+    diff = torch.tensor(a, dtype=torch.float64) - torch.tensor(b, dtype=torch.float64)  # (n,)
+    return float(diff.mean()), float(diff.std(correction=1) / math.sqrt(len(diff)))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # A policy measured on its own samples
 # ---------------------------------------------------------------------------------------------------------
@@ -175,13 +196,18 @@ def sequence_log_probs(model, prompts: list[list[int]], responses: list[list[int
 @torch.no_grad()
 def evaluate_policy(policy, tokenizer, problems: list[dict[str, str]], *, reference=None, reward_model=None,
                     samples_per_prompt: int = 1, max_new_tokens: int = 64, seed: int = 0, batch_size: int = 128,
-                    greedy: bool = True, distinct_over: int | None = None) -> dict[str, float]:
+                    greedy: bool = True, distinct_over: int | None = None, return_per_problem: bool = False
+                    ) -> dict[str, float] | tuple[dict[str, float], dict[str, list[float]]]:
     """The report's columns for one policy (see the module docstring for the names).
 
     Samples `samples_per_prompt` temperature-1 responses per problem (seeded), and scores them with the gold
     reward, the reward model (if given) and the reference's log-probs (if given). With greedy=True it also
     measures greedy gold accuracy on the same problems. distinct-2 is over the samples of the first
     `distinct_over` problems (None = all): distinct-n falls as a corpus grows, so compare equal counts.
+
+    With return_per_problem=True it returns (metrics, per_problem), per_problem = {"sampled": each problem's
+    mean gold reward over its samples, "greedy": each problem's greedy gold reward (with greedy=True)}, lists
+    in the order of `problems`: the inputs of `paired_difference`.
     """
     from cs336_alignment.evaluate import build_prompt, evaluate_model
     from cs336_alignment.preferences import sample_responses
@@ -196,10 +222,13 @@ def evaluate_policy(policy, tokenizer, problems: list[dict[str, str]], *, refere
     flat = [s for group in samples for s in group]
     gold = [gold_reward(s["text"], a) for s, a in zip(flat, flat_a)]
     metrics: dict[str, float] = {}
+    per_problem = {"sampled": [sum(g["reward"] for g in gold[i:i + samples_per_prompt]) / samples_per_prompt
+                               for i in range(0, len(gold), samples_per_prompt)]}
     if greedy:
-        greedy_metrics, _ = evaluate_model(policy, tokenizer, problems, fmt="chat", max_new_tokens=max_new_tokens,
-                                           batch_size=batch_size)
+        greedy_metrics, greedy_samples = evaluate_model(policy, tokenizer, problems, fmt="chat",
+                                                        max_new_tokens=max_new_tokens, batch_size=batch_size)
         metrics["accuracy/greedy"] = greedy_metrics["reward/gold_mean"]
+        per_problem["greedy"] = [s["reward"] for s in greedy_samples]
     metrics["reward/gold_mean"] = sum(g["reward"] for g in gold) / len(gold)
     metrics["reward/format_mean"] = sum(g["format_reward"] for g in gold) / len(gold)
     if reward_model is not None:
@@ -213,4 +242,4 @@ def evaluate_policy(policy, tokenizer, problems: list[dict[str, str]], *, refere
     metrics["response/length_mean"] = sum(s["n_tokens"] for s in flat) / len(flat)
     first = flat[:None if distinct_over is None else distinct_over * samples_per_prompt]
     metrics["response/distinct_2"] = distinct_n([s["tokens"][:s["n_tokens"]] for s in first], 2)
-    return metrics
+    return (metrics, per_problem) if return_per_problem else metrics

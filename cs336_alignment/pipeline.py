@@ -52,6 +52,7 @@ MODULES = {"rm": "reward_model", "dpo": "dpo", "grpo_gold": "grpo", "sft_baselin
            "ppo": "ppo", "bon": "bon"}  # stage -> cs336_alignment.train.<module>
 # stage -> the stage it waits for: the reward model's pairs or checkpoint; grpo_gold's training CPU seconds
 NEEDS = {"dpo": "rm", "grpo_rm": "rm", "ppo": "rm", "bon": "rm", "sft_baseline": "grpo_gold"}
+MATCHED = "SFT + more SFT (matched CPU)"  # the report label of stage sft_baseline
 
 # ---------------------------------------------------------------------------------------------------------
 # Presets
@@ -103,6 +104,7 @@ class Preset:
     bon_pool: int
     # --- evaluation on the held-out test split
     eval_problems: int
+    eval_samples: int  # temperature-1 samples per test problem (the sampled columns)
     eval_batch_size: int
     max_new_tokens: int
     # --- logging
@@ -120,7 +122,7 @@ PRESETS: dict[str, Preset] = {
                     pref_prompts=8, pref_k=3, rm_steps=4, rm_lr=1e-3, dpo_steps=4, dpo_lr=1e-3, dpo_beta=0.1,
                     grpo_steps=2, grpo_prompts_per_step=2, ppo_steps=2, ppo_prompts_per_step=2,
                     rl_eval_problems=4, bon_prompts=2, bon_pool=4,
-                    eval_problems=8, eval_batch_size=16, max_new_tokens=12, log_every=2, eval_every=4),
+                    eval_problems=8, eval_samples=1, eval_batch_size=16, max_new_tokens=12, log_every=2, eval_every=4),
     # The laptop run. Base and SFT are shipped under data/checkpoints/tiny (rebuilt by --from-scratch):
     # SFT in two phases reaches its held-out accuracy plateau (data/checkpoints/README.md has the curve).
     "tiny": Preset(context_length=128, d_model=128, num_layers=4, num_heads=4, d_ff=384,
@@ -131,7 +133,7 @@ PRESETS: dict[str, Preset] = {
                    pref_prompts=1536, pref_k=4, rm_steps=120, rm_lr=2e-4, dpo_steps=80, dpo_lr=3e-5, dpo_beta=0.1,
                    grpo_steps=24, grpo_prompts_per_step=32, ppo_steps=24, ppo_prompts_per_step=32,
                    rl_eval_problems=100, bon_prompts=64, bon_pool=64,
-                   eval_problems=400, eval_batch_size=100, max_new_tokens=64, log_every=25, eval_every=100),
+                   eval_problems=400, eval_samples=2, eval_batch_size=100, max_new_tokens=64, log_every=25, eval_every=100),
     # One GPU: 4x wider, 2x deeper, many more steps.
     "small": Preset(context_length=256, d_model=384, num_layers=8, num_heads=6, d_ff=1024,
                     pretrain_problems=200000, pretrain_steps=4000, pretrain_batch_size=64, pretrain_lr=1e-3,
@@ -141,7 +143,7 @@ PRESETS: dict[str, Preset] = {
                     pref_prompts=8192, pref_k=4, rm_steps=2000, rm_lr=5e-5, dpo_steps=1000, dpo_lr=5e-6,
                     dpo_beta=0.1, grpo_steps=200, grpo_prompts_per_step=64, ppo_steps=200,
                     ppo_prompts_per_step=128, rl_eval_problems=500, bon_prompts=500, bon_pool=64,
-                    eval_problems=2000, eval_batch_size=250, max_new_tokens=64, log_every=50, eval_every=500),
+                    eval_problems=2000, eval_samples=2, eval_batch_size=250, max_new_tokens=64, log_every=50, eval_every=500),
 }
 
 
@@ -240,8 +242,6 @@ def shipped(preset_name: str) -> tuple[Path, Path] | None:
 def ship(out_dir: Path, preset_name: str, base_stage: str, sft_stage: str) -> Path:
     """Copy the weights (no optimizer state) of a from-scratch run's base and SFT models, and their metrics,
     to data/checkpoints/<preset>/. The same command on the same machine type rewrites the same bytes."""
-    import shutil
-
     from cs336_alignment.checkpoint import load_checkpoint, load_checkpoint_extra, save_checkpoint
     from cs336_alignment.model import TransformerConfig, TransformerLM
 
@@ -256,8 +256,18 @@ def ship(out_dir: Path, preset_name: str, base_stage: str, sft_stage: str) -> Pa
         save_checkpoint(model, None, step, dest / f"{label}.pt", model_config=extra["model_config"], config=recipe)
     for stage in ("pretrain", "sft", "sft_more"):
         if (out_dir / stage / "metrics.jsonl").is_file():
-            shutil.copy(out_dir / stage / "metrics.jsonl", dest / f"{stage}.metrics.jsonl")
+            lines = [json.loads(line) for line in (out_dir / stage / "metrics.jsonl").read_text().splitlines()]
+            for line in lines:  # the run's paths, as runs/<run name>/...: nothing of this machine is shipped
+                line.get("config", {}).update({k: portable_path(v, out_dir) for k, v in
+                                               line.get("config", {}).items() if k in ("out", "init")})
+            (dest / f"{stage}.metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     return dest
+
+
+def portable_path(path: str, out_dir: Path) -> str:
+    """`path` inside the run directory `out_dir` as runs/<out_dir's name>/<the rest>; other paths unchanged."""
+    inside = Path(path).is_relative_to(out_dir)
+    return str(Path("runs", out_dir.name, Path(path).relative_to(out_dir))) if inside and path else path
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -343,12 +353,13 @@ def cpu_seconds() -> float:
 
 
 def evaluate_checkpoint(ckpt: str, fmt: str, sft_ckpt: str, rm_ckpt: str | None, preset: Preset, seed: int,
-                        device: str, threads: int) -> tuple[dict, float]:
+                        device: str, threads: int) -> tuple[dict, dict[str, list[float]], float]:
     """The report's metrics of one checkpoint on the preset's held-out test problems, in the calling process.
 
     fmt "raw": the base model, greedy gold accuracy in the "Question: ... Answer:" format it was pretrained on.
     fmt "chat": a policy, metrics.evaluate_policy with the SFT model as reference and the reward model (if any)
-    as the proxy reward. Returns (metrics with their "format", CPU seconds of this process during the call).
+    as the proxy reward. Returns (metrics with their "format", per-problem scores {"greedy", "sampled"} (raw:
+    greedy only) for paired comparisons, CPU seconds of this process during the call).
     """
     from cs336_alignment.evaluate import evaluate_model
     from cs336_alignment.metrics import evaluate_policy
@@ -364,36 +375,52 @@ def evaluate_checkpoint(ckpt: str, fmt: str, sft_ckpt: str, rm_ckpt: str | None,
     problems = generate_problems(preset.eval_problems, "test", seed)
     policy, _ = load_model(ckpt, torch_device)
     if fmt == "raw":
-        base_metrics, _ = evaluate_model(policy, tokenizer, problems, fmt="raw", max_new_tokens=preset.max_new_tokens,
-                                         batch_size=preset.eval_batch_size)
+        base_metrics, samples = evaluate_model(policy, tokenizer, problems, fmt="raw",
+                                               max_new_tokens=preset.max_new_tokens, batch_size=preset.eval_batch_size)
         metrics = {"format": "raw", "accuracy/greedy": base_metrics["reward/gold_mean"],
                    "response/length_mean": base_metrics["response/length_mean"]}
+        per_problem = {"greedy": [s["reward"] for s in samples]}
     else:
         reference, _ = load_model(sft_ckpt, torch_device)
         reward_model = load_reward_model(rm_ckpt, torch_device)[0] if rm_ckpt else None
-        metrics = {"format": "chat", **evaluate_policy(
+        metrics, per_problem = evaluate_policy(
             policy, tokenizer, problems, reference=reference, reward_model=reward_model,
-            max_new_tokens=preset.max_new_tokens, seed=seed + 1, batch_size=preset.eval_batch_size,
-            distinct_over=preset.bon_prompts)}  # the best-of-N rows' prompts (the first test problems)
-    return metrics, time.process_time() - c0
+            samples_per_prompt=preset.eval_samples, max_new_tokens=preset.max_new_tokens, seed=seed + 1,
+            batch_size=preset.eval_batch_size, return_per_problem=True,
+            distinct_over=preset.bon_prompts)  # the best-of-N rows' prompts (the first test problems)
+        metrics = {"format": "chat", **metrics}
+    return metrics, per_problem, time.process_time() - c0
 
 
 def evaluate_policies(policies: dict[str, str], base_ckpt: str, sft_ckpt: str, rm_ckpt: str | None, preset: Preset,
-                      seed: int, device: str, threads: int, pool: Executor) -> tuple[dict[str, dict], float]:
+                      seed: int, device: str, threads: int, pool: Executor) -> tuple[dict[str, dict], dict, float]:
     """The base model and each chat policy {label: checkpoint}, one evaluate_checkpoint call each in `pool`.
 
     Returns:
-        ({"base": metrics, label: metrics, ...} in that order, the CPU seconds of all the calls).
+        ({"base": metrics, label: metrics, ...} in that order, {label: per-problem scores}, the CPU seconds of
+        all the calls).
     """
     checkpoints = {"base": (base_ckpt, "raw"), **{label: (ckpt, "chat") for label, ckpt in policies.items()}}
     futures = {label: pool.submit(evaluate_checkpoint, ckpt, fmt, sft_ckpt, rm_ckpt, preset, seed, device, threads)
                for label, (ckpt, fmt) in checkpoints.items()}
-    models, cpu_s = {}, 0.0
+    models, per_problem, cpu_s = {}, {}, 0.0
     for label, future in futures.items():
-        models[label], seconds = future.result()
+        models[label], per_problem[label], seconds = future.result()
         cpu_s += seconds
         print(f"eval {label}: " + " | ".join(f"{k} {v:.4g}" for k, v in models[label].items() if k != "format"))
-    return models, cpu_s
+    return models, per_problem, cpu_s
+
+
+def paired_comparisons(per_problem: dict[str, dict[str, list[float]]]) -> list[dict]:
+    """Each post-trained policy minus SFT, and GRPO (gold) minus the matched-compute SFT baseline, on the same
+    test problems: [{"a", "b", "greedy": (mean, se), "sampled": (mean, se)}] (metrics.paired_difference)."""
+    from cs336_alignment.metrics import paired_difference
+
+    pairs = [(label, "SFT") for label in per_problem if label not in ("base", "SFT")]
+    if "GRPO (gold)" in per_problem and MATCHED in per_problem:
+        pairs.append(("GRPO (gold)", MATCHED))
+    return [{"a": a, "b": b, **{kind: paired_difference(per_problem[a][kind], per_problem[b][kind])
+                                for kind in ("greedy", "sampled")}} for a, b in pairs if "SFT" in per_problem]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -453,11 +480,11 @@ def run(preset_name: str = "tiny", out: str = "", name: str = "", threads: int =
 
         # --- 3. every policy on the same held-out problems, with the same metrics
         t0 = time.perf_counter()
-        labels = {"SFT + more SFT (matched CPU)": "sft_baseline", "GRPO (gold)": "grpo_gold", "GRPO (RM)": "grpo_rm",
+        labels = {MATCHED: "sft_baseline", "GRPO (gold)": "grpo_gold", "GRPO (RM)": "grpo_rm",
                   "PPO": "ppo", "DPO": "dpo"}
         policies = {"SFT": sft_ckpt, **{label: results[stage]["checkpoint"] for label, stage in labels.items()
                                         if stage in results}}
-        models, eval_cpu_s = evaluate_policies(policies, base_ckpt, sft_ckpt, results.get("rm", {}).get("checkpoint"),
+        models, per_problem, eval_cpu_s = evaluate_policies(policies, base_ckpt, sft_ckpt, results.get("rm", {}).get("checkpoint"),
                                                preset, seed, device, threads, pool)
         stages["eval"] = {"wall_s": time.perf_counter() - t0, "cpu_s": eval_cpu_s}
     for row in results.get("bon", {}).get("rows", []):
@@ -471,7 +498,8 @@ def run(preset_name: str = "tiny", out: str = "", name: str = "", threads: int =
 
     # --- 4. report
     report = {"name": name, "preset": preset_name, "seed": seed, "threads": threads, "jobs": jobs,
-              "device": str(torch_device), "n_test_problems": preset.eval_problems, "n_sampled": preset.eval_problems,
+              "device": str(torch_device), "n_test_problems": preset.eval_problems,
+              "n_sampled": preset.eval_problems * preset.eval_samples, "paired": paired_comparisons(per_problem),
               "annotator": {"tau": configs["rm"].tau, "length_bias": length_bias},
               "base_sft": "shipped" if ready else "trained", "models": models, "stages": stages,
               "sft": sft_progress(out_dir, [s for s, _ in base_sft if s != "pretrain"]),

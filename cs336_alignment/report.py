@@ -172,10 +172,29 @@ def _matched_compute(report: dict) -> list[str]:
     for label, stage in ((more, "sft_baseline"), (grpo, "grpo_gold")):
         parts.append(f"{label} {_pct(models[label]['accuracy/greedy'])} / {_pct(models[label]['reward/gold_mean'])} "
                      f"({cpu(stages[stage].get('train_cpu_s'), '+')}, {stages[stage]['steps']} steps)")
-    above = {kind: "yes" if models[grpo][key] > max(models["SFT"][key], models[more][key]) else "no"
-             for kind, key in (("greedy", "accuracy/greedy"), ("sampled", "reward/gold_mean"))}
+    paired = {(p["a"], p["b"]): p for p in report.get("paired", [])}
+    verdicts = []
+    for kind, key in (("greedy", "accuracy/greedy"), ("sampled", "reward/gold_mean")):
+        above = models[grpo][key] > max(models["SFT"][key], models[more][key])
+        gaps = [paired[(grpo, b)][kind] for b in ("SFT", more) if (grpo, b) in paired]
+        clear = len(gaps) == 2 and all(mean > 2 * se for mean, se in gaps)
+        verdicts.append(f"{kind} {'yes' if above else 'no'}" + (
+            f" ({'more' if clear else 'not more'} than 2 paired standard errors above both)" if gaps else ""))
     return ["", "**GRPO vs SFT vs matched-compute SFT** (greedy accuracy / T = 1 sampled accuracy, training CPU "
-            "time): " + "; ".join(parts) + f". GRPO above both: greedy {above['greedy']}, sampled {above['sampled']}."]
+            "time): " + "; ".join(parts) + ". GRPO above both: " + ", ".join(verdicts) + "."]
+
+
+def _paired(report: dict) -> list[str]:
+    """Differences between policies on the same test problems, with paired standard errors."""
+    if not report.get("paired"):
+        return []
+    lines = ["", "**Differences on the same test problems** (percentage points ± paired standard error, "
+             "metrics.paired_difference; beyond ~2 standard errors a difference is unlikely to be evaluation "
+             "noise):", "", "| policy a − policy b | greedy accuracy | sampled accuracy |", "|---|---|---|"]
+    for p in report["paired"]:
+        cells = [f"{100 * mean:+.1f} ± {100 * se:.1f}" for mean, se in (p["greedy"], p["sampled"])]
+        lines.append(f"| {p['a']} − {p['b']} | {cells[0]} | {cells[1]} |")
+    return lines
 
 
 def _sft_curve(report: dict) -> list[str]:
@@ -209,7 +228,8 @@ def write_report(out: Path, report: dict) -> Path:
     n, n_s = report["n_test_problems"], report["n_sampled"]
     lines = [f"# Pipeline report: {report['name']} (preset `{report['preset']}`)", "",
              f"Held-out test split of the task world. **gold accuracy**: greedy answers to {n} problems "
-             f"(± one standard error). The other columns are measured on {n_s} temperature-1 samples: "
+             f"(± one standard error). The other columns are measured on {n_s} temperature-1 samples ({n_s // n} per "
+             "problem): "
              "**mean gold reward**, **proxy** (the reward model's score), **KL to SFT** (mean over the "
              "policy's own samples of log pi - log pi_SFT, summed over the response, nats; for best-of-N the "
              "closed form log N - (N-1)/N), **length** (tokens) and **distinct-2**. Annotator: "
@@ -236,7 +256,7 @@ def write_report(out: Path, report: dict) -> Path:
             lines.append(f"| {r['n']} | {r['kl/sft']:.2f} | {r['reward/proxy_mean']:.3f} | "
                          f"{_pct(r['reward/gold_mean'])} | {_pct(r['reward/oracle_mean'])} | "
                          f"{r['response/length_mean']:.1f} | {r['response/distinct_2']:.3f} |")
-    lines += _matched_compute(report) + _sft_curve(report)
+    lines += _paired(report) + _matched_compute(report) + _sft_curve(report)
     lines += ["", "**Stage times** (CPU time: of the process that ran the stage, evaluations included; training: the "
               "loop's own count, evaluations excluded):", "",
               "| stage | steps | wall time | CPU time | training CPU time |", "|---|---|---|---|---|"]

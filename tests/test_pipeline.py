@@ -73,12 +73,22 @@ def test_smoke_pipeline_writes_report(tmp_path):
     assert all(config[k] == sft_config[k] for k in ("seed", "n_examples", "verbosity"))
     assert report["sft"]["cpu_s"] > 0 and report["sft"]["curve"][-1]["step"] == PRESETS["smoke"].sft_steps
 
+    # Paired differences on the same problems: every post-trained policy minus SFT, and GRPO minus the baseline
+    paired = {(p["a"], p["b"]): p for p in report["paired"]}
+    assert set(paired) == {(label, "SFT") for label in (BASELINE, "GRPO (gold)", "GRPO (RM)", "PPO", "DPO")} | \
+           {("GRPO (gold)", BASELINE)}
+    for (a, b), p in paired.items():  # the mean paired difference is the difference of the two accuracies
+        assert p["greedy"][0] == pytest.approx(models[a]["accuracy/greedy"] - models[b]["accuracy/greedy"])
+        assert p["sampled"][0] == pytest.approx(models[a]["reward/gold_mean"] - models[b]["reward/gold_mean"])
+        assert p["greedy"][1] >= 0 and p["sampled"][1] >= 0
+
     md = (out / "report.md").read_text()
     assert "training_curves.png" in md and "overoptimization.png" in md
     for label in ("SFT", BASELINE, "PPO", "DPO", "BoN-4"):
         row = next(line for line in md.splitlines() if line.startswith(f"| {label} |"))
         assert f"{models[label]['kl/sft']:.2f}" in row and f"{models[label]['response/length_mean']:.1f}" in row
     for heading in ("**GRPO vs SFT vs matched-compute SFT**", "**SFT held-out accuracy along training**",
+                    "**Differences on the same test problems**", f"| GRPO (gold) − {BASELINE} |",
                     "**Stage times**", "| sft_baseline |", "--jobs 2"):
         assert heading in md, heading
 
@@ -108,6 +118,10 @@ def test_ship_rebuilds_bit_for_bit(tmp_path, monkeypatch):
         digests.append({f: hashlib.sha256((tmp_path / f"shipped{i}" / "smoke" / f).read_bytes()).hexdigest()
                         for f in ("base.pt", "sft.pt")})
     assert digests[0] == digests[1], "the shipped checkpoints are a pure function of the command"
+    shipped_metrics = (tmp_path / "shipped0" / "smoke" / "sft.metrics.jsonl").read_text()
+    config = json.loads(shipped_metrics.splitlines()[0])["config"]
+    assert str(tmp_path) not in shipped_metrics, "no path of the machine that built them"
+    assert (config["out"], config["init"]) == ("runs/run0/sft", "runs/run0/pretrain/ckpt.pt")
     # A run then starts from the shipped models instead of training them.
     # Skipping rm and grpo_gold skips every stage that needs them (dpo, grpo_rm, ppo, bon; sft_baseline).
     report = smoke(tmp_path / "from_shipped", "--jobs", "1", "--skip", "rm,grpo_gold")

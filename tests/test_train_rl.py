@@ -147,6 +147,7 @@ def test_ppo_resume_reproduces_uninterrupted_run(tmp_path, init_ckpt, monkeypatc
         return [{k: v for k, v in r.items() if not k.startswith("perf/")}
                 for r in read_metrics(tmp_path / run / "metrics.jsonl")]
     assert records("a") == records("b")
+    assert_cpu_time_carried_over(tmp_path / "b")
     headers = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
                if line.startswith('{"config"')]
     assert headers[-1]["resumed_from"] == 2
@@ -173,6 +174,15 @@ def test_grpo_resume_reproduces_uninterrupted_run(tmp_path, init_ckpt, monkeypat
         return [{k: v for k, v in r.items() if not k.startswith("perf/")}
                 for r in read_metrics(tmp_path / run / "metrics.jsonl")]
     assert records("a") == records("b")
+    assert_cpu_time_carried_over(tmp_path / "b")
+
+
+def assert_cpu_time_carried_over(run) -> None:
+    """The training CPU seconds go on from the checkpoint's count after a resume (the matched-compute baseline
+    is sized by them), instead of restarting at 0."""
+    cpu = [r["perf/cpu_s"] for r in read_metrics(run / "metrics.jsonl") if "perf/cpu_s" in r]
+    assert len(cpu) == 4 and all(later > earlier for earlier, later in zip(cpu, cpu[1:])), cpu
+    assert torch.load(run / "ckpt.pt", weights_only=True)["extra"]["cpu_s"] == cpu[-1]
 
 
 def assert_identical(x, y, where: str = "") -> None:

@@ -254,10 +254,12 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
     optimizer = AdamW(policy.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     if cfg.init_optimizer:
         load_sft_optimizer_state(cfg.init, optimizer)
-    start_step = 0
+    start_step, cpu_s = 0, 0.0  # cpu_s: process CPU seconds of training so far (evals and checkpoints excluded)
     if cfg.resume and ckpt_path.exists():
         start_step = load_checkpoint(ckpt_path, policy, optimizer)
-        set_rng_state(load_checkpoint_extra(ckpt_path)["rng"])
+        extra = load_checkpoint_extra(ckpt_path)
+        set_rng_state(extra["rng"])
+        cpu_s = extra.get("cpu_s", 0.0)
     logger = MetricsLogger(out, cfg.num_steps, dataclasses.asdict(cfg), resumed_from=start_step, quiet=cfg.quiet)
     logger.write(f"grpo: {num_params(policy) / 1e6:.2f}M parameters, {len(problems)} prompts, reward {cfg.reward}, "
                  f"{cfg.prompts_per_step} x {cfg.group_size} rollouts per step, device {device}")
@@ -267,7 +269,7 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
                                  max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 1)
 
     last_eval = evaluate(start_step) if start_step == 0 else {}
-    cpu_s, bar = 0.0, progress_bar(cfg.num_steps, start_step, "grpo")
+    bar = progress_bar(cfg.num_steps, start_step, "grpo")
     for step in range(start_step, cfg.num_steps):
         cpu0, t0 = time.process_time(), time.perf_counter()
         # step + 1: the first rollout batch already trains at lr / warmup_steps (not at 0)
@@ -371,7 +373,7 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
             last_eval = evaluate(done)
         if done % cfg.checkpoint_every == 0 or done == cfg.num_steps:
             save_checkpoint(policy, optimizer, done, ckpt_path, config=dataclasses.asdict(cfg),
-                            model_config=init_extra["model_config"], rng=rng_state())
+                            model_config=init_extra["model_config"], rng=rng_state(), cpu_s=cpu_s)
     bar.close()
     return {"checkpoint": str(ckpt_path), "steps": cfg.num_steps, "cpu_s": cpu_s, "eval": last_eval}
 

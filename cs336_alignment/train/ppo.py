@@ -169,8 +169,8 @@ def train(cfg: PPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | No
 
     reward_fn(response, ground_truth) -> {"reward": float, ...}, if given, replaces cfg.reward as the
     sequence score (custom tasks, tests); reward/gold_mean still logs the task world's gold reward.
-    With cfg.resume and an <out>/ckpt.pt, training continues from that checkpoint's step ("cpu_s" then
-    counts only this call's steps; "eval" is {} if no step was left to run).
+    With cfg.resume and an <out>/ckpt.pt, training continues from that checkpoint's step ("cpu_s" counts the
+    steps before it too; "eval" is {} if no step was left to run).
 
     Raises:
         ValueError: without --init, with --reward rm but no --reward-model, with --value-init rm but no
@@ -205,7 +205,7 @@ def train(cfg: PPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | No
         load_sft_optimizer_state(cfg.init, optimizer)
     kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon) if cfg.target_kl > 0 else None
     kl_coef = cfg.kl_coef
-    start_step = 0
+    start_step, cpu_s = 0, 0.0  # cpu_s: process CPU seconds of training so far (evals and checkpoints excluded)
     if cfg.resume and ckpt_path.exists():
         start_step = load_checkpoint(ckpt_path, policy, optimizer)
         extra = load_checkpoint_extra(ckpt_path)
@@ -217,6 +217,7 @@ def train(cfg: PPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | No
         if kl_ctl is not None:
             kl_ctl.value = kl_coef
         set_rng_state(extra["rng"])
+        cpu_s = extra.get("cpu_s", 0.0)
     stops = [tokenizer.end_of_turn_id, tokenizer.eos_token_id]
     logger = MetricsLogger(out, cfg.num_steps, dataclasses.asdict(cfg), resumed_from=start_step, quiet=cfg.quiet)
     logger.write(f"ppo: {num_params(policy) / 1e6:.2f}M-parameter policy, value from {value_init}, reward "
@@ -228,7 +229,7 @@ def train(cfg: PPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | No
                                  max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 1)
 
     last_eval = evaluate(0) if start_step == 0 else {}
-    cpu_s, bar = 0.0, progress_bar(cfg.num_steps, start_step, "ppo")
+    bar = progress_bar(cfg.num_steps, start_step, "ppo")
     for step in range(start_step, cfg.num_steps):
         cpu0, t0 = time.process_time(), time.perf_counter()
         lr_scale = cosine_lr(step + 1, 1.0, 1.0, cfg.warmup_steps, cfg.num_steps + 1)  # warmup, then constant
@@ -335,7 +336,7 @@ def train(cfg: PPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | No
             save_checkpoint(policy, optimizer, done, ckpt_path, config=dataclasses.asdict(cfg),
                             model_config=init_extra["model_config"], rng=rng_state(),
                             value_model=value_model.state_dict(), value_optimizer=value_optimizer.state_dict(),
-                            kl_coef=float(kl_coef))
+                            kl_coef=float(kl_coef), cpu_s=cpu_s)
     bar.close()
     return {"checkpoint": str(ckpt_path), "steps": cfg.num_steps, "cpu_s": cpu_s, "eval": last_eval}
 
