@@ -1,7 +1,8 @@
 """Advantages: how much better than expected was each response (or each token)?
 
 - Group baselines (no critic): GRPO's group-normalized rewards (Shao et al. 2024, DeepSeekMath, eq. 3 and
-  §4.1.2) and RLOO's leave-one-out baseline (Ahmadian et al. 2024, "Back to Basics").
+  §4.1.2), its per-token form for step rewards (process supervision, §4.1.3), and RLOO's leave-one-out
+  baseline (Ahmadian et al. 2024, "Back to Basics").
 - A learned critic: generalized advantage estimation, GAE(gamma, lambda) (Schulman et al. 2016, eq. 16),
   over the response tokens of a (B, T) batch, for PPO.
 - PPO's per-token rewards: the sequence score at the last token minus beta * KL to the reference at every
@@ -97,6 +98,52 @@ def compute_group_normalized_rewards(reward_fn: Callable[[str, str], dict[str, f
             metadata[f"reward/{key}_mean"] = sum(float(s[key]) for s in scores) / len(scores)
     return advantages, raw_rewards, metadata
     # END SOLUTION
+
+
+def compute_group_process_advantages(step_rewards: list[list[float]], step_ends: list[list[int]],
+                                     response_lengths: list[int], group_size: int,
+                                     advantage_eps: float = 1e-6) -> Tensor:
+    """Per-token GRPO advantages from per-step rewards: process supervision (Shao et al. 2024, DeepSeekMath
+    §4.1.3).
+
+    Response i has steps j = 1..K_i, step j ending at response token step_ends[i][j] with reward
+    step_rewards[i][j]. Within each group of G responses, all of its steps' rewards are normalized together,
+    r~ = (r - mean) / (std + advantage_eps) (unbiased std over the group's steps), and token t of response i
+    gets the sum of the normalized rewards of the steps that end at or after it:
+        A_{i,t} = sum_{j : step_ends[i][j] >= t} r~_{i,j}.
+    A token is credited with what it and everything after it led to, not with the steps before it. A group
+    whose step rewards are all equal, or that has fewer than two steps, carries no signal: all zeros.
+
+    Args:
+        step_rewards: N lists (N = n_groups * G, contiguous groups) of per-step rewards (may be empty).
+        step_ends: N lists of the same lengths: the response-token index (0-based) where each step ends,
+            non-decreasing.
+        response_lengths: N response lengths in tokens; every step end must be < its response's length.
+        group_size: G.
+        advantage_eps: added to the std.
+    Returns:
+        (N, L) float32, L = max(response_lengths); zero at and past each response's length.
+    Raises:
+        ValueError: if N is not a multiple of group_size, the lists disagree in length, or a step ends
+            outside its response.
+    """
+    n = len(step_rewards)
+    if n % group_size or len(step_ends) != n or len(response_lengths) != n or group_size < 1:
+        raise ValueError(f"{n} responses ({len(step_ends)} step-end lists, {len(response_lengths)} lengths) do "
+                         f"not split into groups of {group_size}")
+    for i, (rewards, ends) in enumerate(zip(step_rewards, step_ends)):
+        if len(rewards) != len(ends) or any(not 0 <= e < response_lengths[i] for e in ends):
+            raise ValueError(f"response {i}: {len(rewards)} rewards, step ends {ends}, length {response_lengths[i]}")
+    advantages = torch.zeros(n, max(response_lengths, default=0))               # (N, L)
+    for g in range(0, n, group_size):
+        flat = torch.tensor([r for rewards in step_rewards[g:g + group_size] for r in rewards], dtype=torch.float32)
+        if flat.numel() < 2 or bool((flat == flat[0]).all()):
+            continue
+        mean, std = flat.mean(), flat.std()
+        for i in range(g, g + group_size):
+            for reward, end in zip(step_rewards[i], step_ends[i]):
+                advantages[i, :end + 1] += (reward - mean) / (std + advantage_eps)  # tokens 0..end lead to step j
+    return advantages
 
 
 def compute_rloo_advantages(rewards: Tensor, group_size: int) -> Tensor:

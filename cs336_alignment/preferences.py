@@ -30,29 +30,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from cs336_alignment.data import DataError, _iter_jsonl, write_jsonl
+from cs336_alignment.tasks import step_is_valid
 
 # ---------------------------------------------------------------------------------------------------------
 # The synthetic annotator
 # ---------------------------------------------------------------------------------------------------------
-
-_STEP = re.compile(r"^\s*(-?\d+)\s*([-+*/])\s*(-?\d+)\s*=\s*(-?\d+)\s*$")
-
 
 def step_validity(response: str) -> float:
     """Fraction of the worked-step lines "x op y = z" (op in + - * /) whose arithmetic holds; 0 if none.
 
     Checks each line on its own (a step may start from a wrong number and still be valid arithmetic).
     """
-    ok, total = 0, 0
-    for line in response.splitlines():
-        match = _STEP.match(line)
-        if match is None:
-            continue
-        x, op, y, z = int(match[1]), match[2], int(match[3]), int(match[4])
-        value = {"+": x + y, "-": x - y, "*": x * y, "/": x / y if y else math.nan}[op]
-        ok += value == z
-        total += 1
-    return ok / total if total else 0.0
+    checks = [valid for valid in map(step_is_valid, response.splitlines()) if valid is not None]
+    return sum(checks) / len(checks) if checks else 0.0
 
 
 def preference_probability(u_a: float, u_b: float, tau: float) -> float:

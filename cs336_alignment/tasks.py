@@ -48,6 +48,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import random
 import re
 from fractions import Fraction
@@ -290,6 +291,47 @@ def gold_reward(response: str, ground_truth: str) -> dict[str, float]:
     correct = formatted and as_fraction(match.group(1)) == truth
     return {"reward": float(correct), "format_reward": float(formatted), "answer_reward": float(correct)}
     # END SOLUTION
+
+
+STEP_LINE = re.compile(r"^\s*(-?\d+)\s*([-+*/])\s*(-?\d+)\s*=\s*(-?\d+)\s*$")  # a worked step "x op y = z"
+
+
+def step_is_valid(line: str) -> bool | None:
+    """None if `line` is not a worked step "x op y = z" (op in + - * /), else whether its arithmetic holds
+    (on its own: a step may start from a wrong number and still be valid)."""
+    match = STEP_LINE.match(line)
+    if match is None:
+        return None
+    x, op, y, z = int(match[1]), match[2], int(match[3]), int(match[4])
+    return {"+": x + y, "-": x - y, "*": x * y, "/": x / y if y else math.nan}[op] == z
+
+
+def process_rewards(response: str, ground_truth: str) -> list[tuple[int, float]]:
+    """The task world's exact process reward: one (end, reward) per checked line of `response`, in order.
+
+    Each worked step "x op y = z" scores 1.0 if its arithmetic holds and 0.0 if not; the last non-empty line
+    scores the outcome, `gold_reward(response, ground_truth)["reward"]` (1.0 for the right "#### N"). Other
+    lines (prose) are not scored. `end` is the character offset one past the line's last character, so a
+    line's reward can be given to the tokens that wrote it (process supervision: Lightman et al. 2023, "Let's
+    Verify Step by Step"; its use with GRPO: Shao et al. 2024, DeepSeekMath §4.1.3).
+
+    Raises:
+        ValueError: when the ground truth has no final number (as gold_reward).
+    """
+    outcome = gold_reward(response, ground_truth)["reward"]
+    spans, start = [], 0
+    for line in response.split("\n"):
+        spans.append((line, start + len(line)))
+        start += len(line) + 1
+    last = max((i for i, (line, _) in enumerate(spans) if line.strip()), default=None)
+    rewards = []
+    for i, (line, end) in enumerate(spans):
+        valid = step_is_valid(line)
+        if i == last:
+            rewards.append((end, outcome))
+        elif valid is not None:
+            rewards.append((end, float(valid)))
+    return rewards
 
 
 def parse_gsm8k_response(model_output: str) -> str | None:

@@ -1,4 +1,4 @@
-"""Advantages: GRPO group normalization, RLOO, GAE(gamma, lambda), whitening, PPO per-token rewards."""
+"""Advantages: GRPO group normalization (per response and per step), RLOO, GAE(gamma, lambda), whitening, PPO per-token rewards."""
 from __future__ import annotations
 
 import statistics
@@ -6,8 +6,8 @@ import statistics
 import pytest
 import torch
 
-from cs336_alignment.advantages import (apply_missing_eos_penalty, compute_kl_shaped_rewards,
-                                        compute_rloo_advantages)
+from cs336_alignment.advantages import (apply_missing_eos_penalty, compute_group_process_advantages,
+                                        compute_kl_shaped_rewards, compute_rloo_advantages)
 from tests.adapters import run_compute_gae, run_compute_group_normalized_rewards, run_whiten
 
 PART = "4.1 Advantages (GRPO, RLOO, GAE)"
@@ -209,3 +209,39 @@ def test_group_normalize_rejects_bad_group_size():
         run_compute_group_normalized_rewards(_reward_fn, ["a"] * 6, ["1"] * 6, 4, 1e-6, True)
     with pytest.raises(ValueError):
         run_compute_group_normalized_rewards(_reward_fn, ["a"] * 6, ["1"] * 5, 3, 1e-6, True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Process supervision (DeepSeekMath §4.1.3)
+# ---------------------------------------------------------------------------------------------------------
+
+def test_process_advantages_hand_example():
+    # One group of 2: step rewards [1, 0] (ending at tokens 1 and 3 of 5) and [1, 1] (tokens 0 and 2 of 3).
+    # All four normalized together: mean 0.75, unbiased std sqrt((3 * 0.25^2 + 0.75^2) / 3) = 0.5, so
+    # r~ = [0.5, -1.5] and [0.5, 0.5]; a token gets the sum over the steps ending at or after it.
+    adv = compute_group_process_advantages([[1.0, 0.0], [1.0, 1.0]], [[1, 3], [0, 2]], [5, 3], group_size=2,
+                                           advantage_eps=0.0)
+    expected = torch.tensor([[-1.0, -1.0, -1.5, -1.5, 0.0],
+                             [1.0, 0.5, 0.5, 0.0, 0.0]])
+    torch.testing.assert_close(adv, expected)
+
+
+def test_process_advantages_with_only_the_outcome_step_is_outcome_grpo():
+    # Each response's only step is its final answer at its last token: every token gets the response's
+    # group-normalized outcome reward, exactly GRPO's per-sequence advantage (DeepSeekMath §4.1.2).
+    rewards, lengths = [1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0], [3, 5, 2, 4, 4, 1, 2, 3]
+    adv = compute_group_process_advantages([[r] for r in rewards], [[n - 1] for n in lengths], lengths,
+                                           group_size=4, advantage_eps=1e-6)
+    outcome = run_compute_group_normalized_rewards(lambda r, _: {"reward": float(r)}, rewards, rewards, 4, 1e-6,
+                                                   True)[0]
+    for i, n in enumerate(lengths):
+        torch.testing.assert_close(adv[i, :n], outcome[i].expand(n).float())
+        assert (adv[i, n:] == 0).all()
+    assert (adv[4:] == 0).all(), "the second group's rewards are all equal: no signal"
+
+
+def test_process_advantages_reject_bad_inputs():
+    with pytest.raises(ValueError, match="groups of 2"):
+        compute_group_process_advantages([[1.0]] * 3, [[0]] * 3, [1] * 3, group_size=2)
+    with pytest.raises(ValueError, match="step ends"):
+        compute_group_process_advantages([[1.0], [0.0]], [[0], [4]], [1, 4], group_size=2)

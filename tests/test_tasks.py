@@ -10,8 +10,8 @@ import re
 import pytest
 
 from cs336_alignment.tasks import (ENDOFTEXT, MAX_OPERAND, MAX_VALUE, explained_answer, format_raw_prompt,
-                                   generate_problems,
-                                   gold_reward, pretraining_text, sft_examples, split_of)
+                                   generate_problems, gold_reward, pretraining_text, process_rewards, sft_examples,
+                                   split_of, step_is_valid)
 from tests.adapters import run_parse_gsm8k_response, run_parse_mmlu_response
 
 PART = "1.1 Answer parsing and gold reward"
@@ -218,3 +218,30 @@ def test_command_line_formats(capsys):
     assert lines == sft_examples(3, verbosity=1.0)
     main(["--n", "2", "--format", "raw"])
     assert capsys.readouterr().out == pretraining_text(2)
+
+
+# ----------------------------------------------------------------------------
+# Process reward (ungraded)
+
+def test_step_is_valid():
+    assert step_is_valid("6 * 9 = 54") is True and step_is_valid(" 12 / 4 = 3 ") is True
+    assert step_is_valid("6 * 9 = 48") is False and step_is_valid("7 / 0 = 0") is False
+    assert step_is_valid("So Tom has 54 apples.") is None and step_is_valid("#### 54") is None
+
+
+def test_process_rewards_hand_example():
+    response = "How many now?\n6 * 9 = 48\n48 - 3 = 45\nSo Tom has 45.\n#### 45"
+    # Prose is not scored; the wrong product scores 0, the valid (if misled) subtraction 1, the final answer
+    # its gold reward; each end is one past the line's last character.
+    assert process_rewards(response, "6 * 9 = 54\n54 - 3 = 51\n#### 51") == [(24, 0.0), (36, 1.0), (59, 0.0)]
+    assert [response[:end].rsplit("\n", 1)[-1] for end, _ in process_rewards(response, "51")] == \
+           ["6 * 9 = 48", "48 - 3 = 45", "#### 45"]
+    assert process_rewards(response, "45")[-1] == (59, 1.0)
+    assert process_rewards("2 + 2 = 4\n\n", "4") == [(9, 0.0)]  # the last non-empty line is the outcome: no "####"
+
+
+def test_process_rewards_of_worked_answers_are_all_one():
+    for problem in generate_problems(50, "train", 3):
+        rewards = process_rewards(problem["answer"], problem["answer"])
+        assert [r for _, r in rewards] == [1.0] * len(rewards)
+        assert len(rewards) == problem["answer"].count("\n") + 1  # every step and the final line

@@ -7,7 +7,9 @@ probability that the first response token is such a token, before and after.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
+import math
 
 import pytest
 import torch
@@ -91,6 +93,38 @@ def test_grpo_other_losses_and_kl_run(tmp_path, init_ckpt):
         grpo.train(cfg, reward_fn=starts_lowercase)
         last = read_metrics(tmp_path / loss_type / "metrics.jsonl")[-2]  # the step line before the last eval
         assert ("kl/ref" in last) == (kl_coef > 0)
+
+
+def test_process_advantages_land_on_the_tokens_of_each_step(tokenizer):
+    """GRPO --process-reward: a step's normalized reward reaches the response tokens up to the one that ends
+    its line, in the training tensors' layout; prompt, stop-token and padding positions get nothing."""
+    from cs336_alignment.rollout import Rollouts, build_training_tensors
+
+    texts = ["6 * 9 = 54\n#### 54", "6 * 9 = 48\n#### 48"]  # right / wrong step, right / wrong answer
+    prompts = [tokenizer.prompt_ids("What is 6 times 9?")] * 2
+    responses = [tokenizer.encode(t) + [tokenizer.end_of_turn_id] for t in texts]
+    tensors = build_training_tensors(prompts, responses, pad_token_id=0)
+    ro = Rollouts(prompt_ids=prompts, response_ids=responses, response_texts=texts, sampler_log_probs=[],
+                  group_size=2, temperature=1.0, finished=torch.ones(2, dtype=torch.bool), pad_token_id=0, **tensors)
+    adv = grpo.process_advantages(ro, ["54", "54"], tokenizer, advantage_eps=0.0)   # (2, T)
+
+    r = 0.5 / math.sqrt(1 / 3)  # step rewards [1, 1] and [0, 0]: mean 1/2, unbiased std sqrt(1/3)
+    for i, (prompt, response, sign) in enumerate(zip(prompts, responses, (1, -1))):
+        ends = list(itertools.accumulate(len(tokenizer.decode([t])) for t in response))  # text length per token
+        first_line = len(texts[i].split("\n")[0])
+        expected = [sign * (2 * r if end <= first_line else r if end <= len(texts[i]) else 0.0) for end in ends]
+        start = len(prompt) - 1
+        assert adv[i, start:start + len(response)].tolist() == pytest.approx(expected)
+        assert expected[-1] == 0.0 and abs(expected[0]) == pytest.approx(2 * r)
+        assert (adv[i, :start] == 0).all() and (adv[i, start + len(response):] == 0).all()
+
+
+def test_grpo_process_reward_runs_and_checks_its_reward(tmp_path, init_ckpt):
+    cfg = grpo.GRPOConfig(init=init_ckpt, out=str(tmp_path / "process"), num_steps=2, prompts_per_step=2,
+                          group_size=4, process_reward=True, **{**COMMON, "max_new_tokens": 8})
+    assert grpo.train(cfg)["steps"] == 2
+    with pytest.raises(ValueError, match="--process-reward needs"):
+        grpo.train(dataclasses.replace(cfg, reward="rm", reward_model=init_ckpt))
 
 
 def test_ppo_smoke_reward_rises(tmp_path, init_ckpt, tokenizer, monkeypatch):

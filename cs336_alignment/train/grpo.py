@@ -36,9 +36,11 @@ are `metrics.evaluate_policy`'s with an "eval/" prefix: eval/accuracy/greedy, ev
 """
 from __future__ import annotations
 
+import bisect
 import copy
 import dataclasses
 import functools
+import itertools
 import time
 from dataclasses import dataclass
 from typing import Callable, Literal
@@ -109,6 +111,10 @@ class GRPOConfig:
     """divide advantages by the group std (GRPO) or only subtract the mean (Dr. GRPO)"""
     length_normalization: Literal["sequence", "constant"] = "sequence"
     """per-sequence mean (GRPO) or sum / max_new_tokens (Dr. GRPO)"""
+    process_reward: bool = False
+    """(--reward gold) per-token advantages from the task world's step checker instead of one per response:
+    every worked step and the final answer are rewarded on their own tokens (tasks.process_rewards,
+    advantages.compute_group_process_advantages; DeepSeekMath §4.1.3)"""
     drop_zero_variance_groups: bool = True
     """skip groups whose rewards are all equal (advantage 0: no gradient, only cost)"""
     kl_coef: float = 0.0
@@ -198,6 +204,26 @@ def load_sft_optimizer_state(path: str, optimizer) -> None:
         param_state["exp_avg"].zero_()
 
 
+def process_advantages(rollouts: Rollouts, truths: list[str], tokenizer, advantage_eps: float) -> torch.Tensor:
+    """(N, T) float32 per-token advantages in the layout of the rollouts' training tensors (0 off the response
+    tokens), from the task world's step rewards: each step's reward reaches the tokens up to its last one."""
+    from cs336_alignment.advantages import compute_group_process_advantages
+    from cs336_alignment.tasks import process_rewards
+
+    step_rewards, step_ends = [], []
+    for ids, text, truth in zip(rollouts.response_ids, rollouts.response_texts, truths):
+        char_ends = list(itertools.accumulate(len(tokenizer.decode([t])) for t in ids))  # text length after token k
+        steps = process_rewards(text, truth)  # (character offset one past the line, reward)
+        step_rewards.append([reward for _, reward in steps])
+        step_ends.append([bisect.bisect_left(char_ends, end) for end, _ in steps])  # the token that ends the line
+    per_token = compute_group_process_advantages(step_rewards, step_ends, [len(ids) for ids in rollouts.response_ids],
+                                                 rollouts.group_size, advantage_eps)  # (N, R_max)
+    out = torch.zeros(rollouts.labels.shape)                                          # (N, T)
+    for i, (prompt, response) in enumerate(zip(rollouts.prompt_ids, rollouts.response_ids)):
+        out[i, len(prompt) - 1:len(prompt) - 1 + len(response)] = per_token[i, :len(response)]
+    return out
+
+
 def run_eval(logger: MetricsLogger, step: int, policy, tokenizer, problems: list[dict[str, str]], *, reference,
              reward_model, samples: int, max_new_tokens: int, seed: int) -> dict:
     """`metrics.evaluate_policy` on held-out problems, logged with an "eval/" prefix (the report's evaluator:
@@ -237,6 +263,9 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
         raise ValueError("--reward rm needs --reward-model CKPT")
     if cfg.group_size < 2 and cfg.loss_type != "no_baseline":
         raise ValueError("group baselines need group_size >= 2")
+    if cfg.process_reward and (cfg.reward != "gold" or reward_fn is not None or cfg.loss_type == "no_baseline"):
+        raise ValueError("--process-reward needs the task world's gold reward (no --reward rm, no reward_fn) "
+                         "and a baseline (--loss-type reinforce_with_baseline or grpo_clip)")
     out = run_dir(cfg.name, cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "ckpt.pt"
@@ -298,9 +327,15 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
         advantages, raw_rewards, _ = compute_group_normalized_rewards(
             score_fn, ro.response_texts, keys, cfg.group_size, cfg.advantage_eps, cfg.normalize_by_std)  # (N,)
 
+        tensors = {"input_ids": ro.input_ids, "labels": ro.labels, "response_mask": ro.response_mask}
+        if cfg.process_reward:  # per-token advantages (N, T) from the step rewards replace the per-response ones
+            tensors["advantages"] = process_advantages(ro, truths, tokenizer, cfg.advantage_eps)
+
         # --- 3. keep the groups that carry signal
         grouped = raw_rewards.view(-1, cfg.group_size)                               # (n_prompts, G)
         informative = (grouped != grouped[:, :1]).any(dim=-1)                        # (n_prompts,)
+        if cfg.process_reward:
+            informative = tensors["advantages"].view(-1, cfg.group_size * ro.labels.shape[1]).ne(0).any(dim=-1)
         if not cfg.drop_zero_variance_groups or cfg.loss_type == "no_baseline":
             informative = torch.ones_like(informative)
         keep = informative.repeat_interleave(cfg.group_size).nonzero().squeeze(-1)   # (K,) row indices
@@ -310,7 +345,6 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
 
         # --- 4. policy-gradient epochs over the kept rows
         widths = sequence_widths(ro)
-        tensors = {"input_ids": ro.input_ids, "labels": ro.labels, "response_mask": ro.response_mask}
         shuffle = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         n_mini = max(1, min(cfg.minibatches, len(keep)))
         plan = [[mini.split(cfg.micro_batch_size) for mini in keep[torch.randperm(len(keep), generator=shuffle)]
@@ -346,7 +380,8 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
                     _, info = grpo_microbatch_train_step(
                         log_probs, mask, accumulation, cfg.loss_type,
                         raw_rewards=raw_rewards[rows].unsqueeze(-1).to(device),       # (b, 1)
-                        advantages=advantages[rows].unsqueeze(-1).to(device),         # (b, 1)
+                        advantages=mb["advantages"] if cfg.process_reward                # (b, T')
+                        else advantages[rows].unsqueeze(-1).to(device),                   # (b, 1)
                         old_log_probs=mb.get("old_log_probs"), cliprange=cfg.cliprange,
                         length_normalization=cfg.length_normalization, max_response_length=cfg.max_new_tokens)
                     for key, value in info.items():
