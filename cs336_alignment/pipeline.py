@@ -133,7 +133,8 @@ PRESETS: dict[str, Preset] = {
                    pref_prompts=1536, pref_k=4, rm_steps=120, rm_lr=2e-4, dpo_steps=80, dpo_lr=3e-5, dpo_beta=0.1,
                    grpo_steps=24, grpo_prompts_per_step=32, ppo_steps=24, ppo_prompts_per_step=32,
                    rl_eval_problems=100, bon_prompts=64, bon_pool=64,
-                   eval_problems=400, eval_samples=2, eval_batch_size=100, max_new_tokens=64, log_every=25, eval_every=100),
+                   eval_problems=400, eval_samples=2, eval_batch_size=100, max_new_tokens=64, log_every=25,
+                   eval_every=100),
     # One GPU: 4x wider, 2x deeper, many more steps.
     "small": Preset(context_length=256, d_model=384, num_layers=8, num_heads=6, d_ff=1024,
                     pretrain_problems=200000, pretrain_steps=4000, pretrain_batch_size=64, pretrain_lr=1e-3,
@@ -143,7 +144,8 @@ PRESETS: dict[str, Preset] = {
                     pref_prompts=8192, pref_k=4, rm_steps=2000, rm_lr=5e-5, dpo_steps=1000, dpo_lr=5e-6,
                     dpo_beta=0.1, grpo_steps=200, grpo_prompts_per_step=64, ppo_steps=200,
                     ppo_prompts_per_step=128, rl_eval_problems=500, bon_prompts=500, bon_pool=64,
-                    eval_problems=2000, eval_samples=2, eval_batch_size=250, max_new_tokens=64, log_every=50, eval_every=500),
+                    eval_problems=2000, eval_samples=2, eval_batch_size=250, max_new_tokens=64, log_every=50,
+                    eval_every=500),
 }
 
 
@@ -484,8 +486,9 @@ def run(preset_name: str = "tiny", out: str = "", name: str = "", threads: int =
                   "PPO": "ppo", "DPO": "dpo"}
         policies = {"SFT": sft_ckpt, **{label: results[stage]["checkpoint"] for label, stage in labels.items()
                                         if stage in results}}
-        models, per_problem, eval_cpu_s = evaluate_policies(policies, base_ckpt, sft_ckpt, results.get("rm", {}).get("checkpoint"),
-                                               preset, seed, device, threads, pool)
+        rm_ckpt = results.get("rm", {}).get("checkpoint")
+        models, per_problem, eval_cpu_s = evaluate_policies(policies, base_ckpt, sft_ckpt, rm_ckpt, preset, seed,
+                                                            device, threads, pool)
         stages["eval"] = {"wall_s": time.perf_counter() - t0, "cpu_s": eval_cpu_s}
     for row in results.get("bon", {}).get("rows", []):
         models[f"BoN-{row['n']}"] = {"format": "chat", "accuracy/greedy": None, **{k: v for k, v in row.items()

@@ -1,4 +1,5 @@
-"""Advantages: GRPO group normalization (per response and per step), RLOO, GAE(gamma, lambda), whitening, PPO per-token rewards."""
+"""Advantages: GRPO group normalization (per response and per step), RLOO, GAE(gamma, lambda), whitening,
+PPO per-token rewards."""
 from __future__ import annotations
 
 import statistics
@@ -232,10 +233,10 @@ def test_process_advantages_with_only_the_outcome_step_is_outcome_grpo():
     rewards, lengths = [1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0], [3, 5, 2, 4, 4, 1, 2, 3]
     adv = compute_group_process_advantages([[r] for r in rewards], [[n - 1] for n in lengths], lengths,
                                            group_size=4, advantage_eps=1e-6)
-    outcome = run_compute_group_normalized_rewards(lambda r, _: {"reward": float(r)}, rewards, rewards, 4, 1e-6,
-                                                   True)[0]
+    first = rewards[:4]  # the first group: (r - mean) / (unbiased std + eps), written out
+    outcome = [(r - statistics.mean(first)) / (statistics.stdev(first) + 1e-6) for r in first] + [0.0] * 4
     for i, n in enumerate(lengths):
-        torch.testing.assert_close(adv[i, :n], outcome[i].expand(n).float())
+        torch.testing.assert_close(adv[i, :n], torch.full((n,), outcome[i]))
         assert (adv[i, n:] == 0).all()
     assert (adv[4:] == 0).all(), "the second group's rewards are all equal: no signal"
 

@@ -9,7 +9,9 @@ One step (Shao et al. 2024, DeepSeekMath §4.1, eq. 3; Stanford CS336 assignment
      (`rollout.sample_rollouts`, KV cache, contiguous groups);
   2. score them, with the gold reward (`tasks.gold_reward`, right number in "#### N" format) or a learned
      reward model, and turn the scores into advantages with `advantages.compute_group_normalized_rewards`
-     (reward minus the group mean, divided by the group std);
+     (reward minus the group mean, divided by the group std); with --process-reward, every worked step and the
+     final answer are scored on their own (`tasks.process_rewards`) and each token gets the normalized rewards of
+     the steps it led to (`advantages.compute_group_process_advantages`, DeepSeekMath §4.1.3);
   3. optionally drop the groups whose rewards are all equal: their advantages are 0, so they only cost compute;
   4. for `epochs_per_rollout_batch` epochs, split the rows into `minibatches` optimizer steps (each over
      micro-batches of `micro_batch_size`) and minimize the loss of `policy_losses.grpo_microbatch_train_step`
