@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 import os
 import random
-import re
 from dataclasses import dataclass
 from typing import Any
 
