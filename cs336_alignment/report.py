@@ -247,6 +247,11 @@ def write_report(out: Path, report: dict) -> Path:
                   f"{_num(rm.get('rm/eval_ece'))}; the annotator's own utility orders "
                   f"{_pct(rm.get('rm/ceiling_accuracy'))} of those labels (the noise ceiling), the gold reward alone "
                   f"{_pct(rm.get('rm/gold_accuracy'))}."]
+        if rm.get("rm/eval_correct_preferred") is not None and rm.get("rm/sft_correct_preferred") is not None:
+            lines[-1] += (f" Does it check answers? On the {_pct(rm.get('rm/gold_pairs'))} of held-out pairs where one "
+                          f"response is correct and the other is not, it scores the correct one higher "
+                          f"{_pct(rm['rm/eval_correct_preferred'])} of the time; the SFT policy's own mean token "
+                          f"log-prob does so {_pct(rm['rm/sft_correct_preferred'])} of the time.")
     if "bon" in report:
         lines += ["", "**Best-of-N** with the reward model, exact average over all N-subsets of "
                   f"{report['bon']['pool_size']} samples for each of {report['bon']['n_prompts']} test prompts:", "",

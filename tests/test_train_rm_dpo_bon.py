@@ -17,7 +17,7 @@ import torch
 from cs336_alignment.checkpoint import save_checkpoint
 from cs336_alignment.metrics import best_of_n_kl
 from cs336_alignment.model import TransformerConfig, TransformerLM
-from cs336_alignment.preferences import load_preferences, write_preferences
+from cs336_alignment.preferences import load_preferences, parse_preference, write_preferences
 from cs336_alignment.tasks import generate_problems
 from cs336_alignment.tokenizer import load_tokenizer
 from cs336_alignment.train import bon, dpo, reward_model
@@ -86,6 +86,59 @@ def test_rm_samples_and_labels_its_own_pairs(tiny_ckpt, tmp_path):
     assert len(train_pairs) == result["n_pairs"] > 0
     assert {"u_chosen", "u_rejected", "p_chosen", "gold_chosen", "len_chosen"} <= set(train_pairs[0])
     assert 0.0 <= result["rm/ceiling_accuracy"] <= 1.0
+
+
+def test_correct_preferred_hand_example():
+    pairs = [{"gold_chosen": 1.0, "gold_rejected": 0.0},   # chosen is correct, scored higher: right
+             {"gold_chosen": 0.0, "gold_rejected": 1.0},   # rejected is correct, scored lower: wrong
+             {"gold_chosen": 1.0, "gold_rejected": 1.0},   # gold tie: not counted
+             {"gold_chosen": 0.0, "gold_rejected": 1.0},   # score tie: 1/2
+             {}]                                           # no gold fields (a user's pair): not counted
+    chosen = torch.tensor([2.0, 2.0, 9.0, 0.5, 9.0])
+    rejected = torch.tensor([1.0, 1.0, -9.0, 0.5, -9.0])
+    assert reward_model.correct_preferred(chosen, rejected, pairs) == pytest.approx((1 + 0 + 0.5) / 3)
+    assert reward_model.correct_preferred(chosen[2:3], rejected[2:3], pairs[2:3]) is None
+
+
+def test_sft_diagnostics_matches_naive_mean_log_probs(tiny_ckpt):
+    from cs336_alignment.train.common import load_model
+    model, _ = load_model(tiny_ckpt)
+    tokenizer = load_tokenizer()
+    problems = generate_problems(6, "test", seed=5)
+    # Responses of very different lengths, so that a summed (not averaged) log-prob would order them otherwise.
+    pairs = [{"prompt": p["question"], "chosen": p["answer"] if i % 2 else "7",
+              "rejected": "7" if i % 2 else p["answer"], "gold_chosen": float(i % 2), "gold_rejected": float(1 - i % 2)}
+             for i, p in enumerate(problems)]
+    pairs.append({"prompt": "Hi?", "chosen": "a", "rejected": "b", "gold_chosen": 1.0, "gold_rejected": 1.0})
+
+    def naive_mean_logp(prompt, response):  # log-softmax of the whole sequence, read token by token
+        ids, mask = tokenizer.render([{"role": "user", "content": prompt}, {"role": "assistant", "content": response}])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([ids]))[0].double(), dim=-1)
+        terms = [logp[t - 1, ids[t]].item() for t in range(1, len(ids)) if mask[t]]
+        return sum(terms) / len(terms)
+
+    right = 0
+    for pair in pairs[:-1]:
+        c, r = naive_mean_logp(pair["prompt"], pair["chosen"]), naive_mean_logp(pair["prompt"], pair["rejected"])
+        right += (c > r) == (pair["gold_chosen"] > pair["gold_rejected"])
+    out = reward_model.sft_diagnostics(model, tokenizer, [parse_preference(p, "test") for p in pairs], 128)
+    assert out["rm/gold_pairs"] == pytest.approx(6 / 7)
+    assert out["rm/sft_correct_preferred"] == pytest.approx(right / 6)
+    assert reward_model.sft_diagnostics(model, tokenizer, [parse_preference(pairs[-1], "test")], 128) == {}
+
+
+def test_rm_reports_whether_it_checks_answers(tiny_ckpt, pref_files, tmp_path):
+    """Held-out pairs with gold fields: the RM trained to prefer worked answers over refusals picks the correct one."""
+    eval_pairs = [dict(p, gold_chosen=1.0, gold_rejected=0.0) for p in load_preferences(pref_files[1])]
+    write_preferences(tmp_path / "eval.jsonl", eval_pairs)
+    cfg = reward_model.RMConfig(init=tiny_ckpt, out=str(tmp_path / "rm"), data=pref_files[0],
+                                eval_data=str(tmp_path / "eval.jsonl"), num_steps=16, batch_size=16, lr=3e-3,
+                                warmup_steps=1, log_every=8, eval_every=8, quiet=True)
+    result = reward_model.train(cfg)
+    assert result["rm/gold_pairs"] == 1.0
+    assert result["rm/eval_correct_preferred"] == result["rm/eval_accuracy"] >= 0.9, "labels = gold here"
+    assert 0.0 <= result["rm/sft_correct_preferred"] <= 1.0
 
 
 # ---------------------------------------------------------------------------------------------------------

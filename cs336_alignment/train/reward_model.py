@@ -14,6 +14,11 @@ Held-out metrics (on pairs from test-split prompts):
     rm/ceiling_accuracy  the same accuracy for the annotator's own utility u: the best any model can expect,
                          since the labels are noisy (only for pairs made by our annotator)
     rm/gold_accuracy     the same for the gold reward alone (how often the labels agree with correctness)
+    rm/gold_pairs        fraction of held-out pairs whose two responses differ in gold reward (one is right)
+    rm/eval_correct_preferred  on those pairs, how often the reward model scores the gold-better response
+                         higher: does it check answers? (a tie counts 1/2; labels play no part)
+    rm/sft_correct_preferred   the same for the SFT policy's own mean token log-prob of each response: what the
+                         trunk the reward model starts from already "knows" about correctness
 After training the head's bias is shifted so that the mean reward of the training responses is 0 (the
 Bradley-Terry loss only sees differences; InstructGPT normalises its RM the same way, §C.2).
 """
@@ -29,7 +34,7 @@ import torch
 
 from cs336_alignment.checkpoint import load_checkpoint, load_checkpoint_extra, save_checkpoint
 from cs336_alignment.data import pad_sequences
-from cs336_alignment.metrics import pairwise_calibration_error
+from cs336_alignment.metrics import pairwise_calibration_error, sequence_log_probs
 from cs336_alignment.model import TransformerConfig
 from cs336_alignment.nn_utils import AdamW, clip_gradients
 from cs336_alignment.preferences import PreferenceDataConfig, conversations, preference_data
@@ -143,9 +148,52 @@ def score_sequences(model: RewardModel, sequences: list[list[int]], pad_token_id
     return scores
 
 
+def correct_preferred(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor, pairs: list[dict]
+                      ) -> float | None:
+    """On the pairs whose "gold_chosen" and "gold_rejected" differ, the fraction where the score of the
+    gold-better response is the higher one (a tie counts 1/2); None if no pair has both fields or none differs.
+
+    Args:
+        chosen_scores, rejected_scores: (N,) float, any score of each pair's two responses.
+        pairs: the N pair records (annotator-made ones carry the gold fields).
+    """
+    gold = [(p["gold_chosen"], p["gold_rejected"]) if "gold_chosen" in p and "gold_rejected" in p else (0.0, 0.0)
+            for p in pairs]
+    differs = torch.tensor([c != r for c, r in gold])                              # (N,) bool
+    if not differs.any():
+        return None
+    chosen_better = torch.tensor([c > r for c, r in gold])                         # (N,) bool
+    better = torch.where(chosen_better, chosen_scores, rejected_scores)[differs]
+    worse = torch.where(chosen_better, rejected_scores, chosen_scores)[differs]
+    return float(reward_accuracy(better, worse))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def sft_diagnostics(sft_model, tokenizer, pairs: list[dict], context: int) -> dict[str, float]:
+    """{"rm/gold_pairs", "rm/sft_correct_preferred"} on annotator-made pairs (module docstring); {} when no pair
+    differs in gold reward. The SFT score of a response is its mean log-prob per response token (stop included)."""
+    differs = [p for p in pairs if "gold_chosen" in p and "gold_rejected" in p and p["gold_chosen"] != p["gold_rejected"]]
+    if not differs:
+        return {}
+    prompts, responses = [], []
+    for pair in differs:
+        for conversation in conversations(pair):
+            ids, mask = tokenizer.render(conversation)
+            start = mask.index(True)                                               # the assistant's first token
+            prompts.append(ids[:start][:context])
+            responses.append(ids[start:context])
+    lengths = torch.tensor([max(1, len(r)) for r in responses], dtype=torch.float32)
+    was_training = sft_model.training
+    sft_model.eval()
+    mean_logps = sequence_log_probs(sft_model, prompts, responses) / lengths      # (2n,) nats per token
+    sft_model.train(was_training)
+    return {"rm/gold_pairs": len(differs) / len(pairs),
+            "rm/sft_correct_preferred": correct_preferred(mean_logps[0::2], mean_logps[1::2], differs)}
 
 
 def train(cfg: RMConfig) -> dict:
@@ -164,14 +212,15 @@ def train(cfg: RMConfig) -> dict:
     t_data = time.perf_counter()
     train_pairs, eval_pairs = preference_data(cfg, sft_model, tokenizer, out, cfg.seed, log=logger.write)
     t_data = time.perf_counter() - t_data
-    model = RewardModel.from_lm(sft_model).to(device)
-    del sft_model
     context = model_config.context_length
 
     def tokenize(pairs):  # -> [(chosen ids, rejected ids)], cut to the context
         return [tuple(tokenizer.render(c)[0][:context] for c in conversations(p)) for p in pairs]
 
     train_seqs, eval_seqs = tokenize(train_pairs), tokenize(eval_pairs)
+    diagnostics = sft_diagnostics(sft_model, tokenizer, eval_pairs, context)
+    model = RewardModel.from_lm(sft_model).to(device)
+    del sft_model
     optimizer = AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     logger.write(f"rm: {num_params(model) / 1e6:.2f}M parameters, {len(train_pairs)} train / {len(eval_pairs)} "
                  f"held-out pairs ({t_data:.0f} s to make/load them), device {device}")
@@ -195,6 +244,11 @@ def train(cfg: RMConfig) -> dict:
         ceiling = {"rm/ceiling_accuracy": acc("u"), "rm/gold_accuracy": acc("gold")}
         logger.write(f"held-out label ceiling: utility orders {ceiling['rm/ceiling_accuracy']:.3f} of the labels, "
                      f"gold reward alone {ceiling['rm/gold_accuracy']:.3f}")
+    ceiling.update(diagnostics)
+    if diagnostics:
+        logger.write(f"{diagnostics['rm/gold_pairs']:.3f} of the held-out pairs differ in gold reward; on them the SFT "
+                     f"policy's mean token log-prob prefers the correct response "
+                     f"{diagnostics['rm/sft_correct_preferred']:.3f} of the time")
 
     @torch.no_grad()
     def evaluate() -> dict[str, float]:
@@ -202,8 +256,10 @@ def train(cfg: RMConfig) -> dict:
         r = torch.tensor(score_sequences(model, flat, tokenizer.pad_token_id))     # (2n,)
         chosen, rejected = r[0::2], r[1::2]
         loss, metrics = bradley_terry_loss(chosen, rejected)
+        verified = correct_preferred(chosen, rejected, eval_pairs)
         return {"loss/eval": float(loss), "rm/eval_accuracy": float(metrics["rm/accuracy"]),
-                "rm/eval_ece": pairwise_calibration_error(chosen, rejected), **ceiling}
+                "rm/eval_ece": pairwise_calibration_error(chosen, rejected), **ceiling,
+                **({"rm/eval_correct_preferred": verified} if verified is not None else {})}
 
     # ---------------------------------------------------------------------------------------------------
     # Training loop
@@ -262,7 +318,8 @@ def train(cfg: RMConfig) -> dict:
     ckpt_path = out / "ckpt.pt"
     save_checkpoint(model, None, cfg.num_steps, ckpt_path, kind="reward_model", config=dataclasses.asdict(cfg),
                     model_config=dataclasses.asdict(model_config), reward_offset=offset)
-    keys = ("loss/train", "loss/eval", "rm/eval_accuracy", "rm/eval_ece", "rm/ceiling_accuracy", "rm/gold_accuracy")
+    keys = ("loss/train", "loss/eval", "rm/eval_accuracy", "rm/eval_ece", "rm/ceiling_accuracy", "rm/gold_accuracy",
+            "rm/gold_pairs", "rm/eval_correct_preferred", "rm/sft_correct_preferred")
     return {"checkpoint": str(ckpt_path), "steps": cfg.num_steps, **{k: float(last[k]) for k in keys if k in last},
             "n_pairs": len(train_pairs), "n_eval_pairs": len(eval_pairs), "data_wall_s": t_data,
             "preferences_train": str(out / "preferences_train.jsonl") if not cfg.data else cfg.data,
