@@ -144,7 +144,9 @@ def make_preference_pairs(problems: list[dict[str, str]], samples: list[list[dic
     """Label every pair of distinct responses to each problem with the annotator.
 
     InstructGPT (§3.5) shows labellers K = 4..9 responses and uses all K choose 2 pairs; we do the same, but
-    skip pairs of identical text (they carry no preference). Labels are drawn with random.Random(seed).
+    skip pairs of identical text (they carry no preference) and blank responses (a policy can stop at once;
+    `load_preferences` rejects an empty response, so the written file must not hold one). Labels are drawn
+    with random.Random(seed).
 
     Args:
         problems: [{"question", "answer"}] (task-world problems).
@@ -161,8 +163,8 @@ def make_preference_pairs(problems: list[dict[str, str]], samples: list[list[dic
     pairs = []
     for problem, responses in zip(problems, samples):
         utils = [annotator.utility(r["text"], problem["answer"], r["n_tokens"]) for r in responses]
-        candidates = [(i, j) for i in range(len(responses)) for j in range(i + 1, len(responses))
-                      if responses[i]["text"] != responses[j]["text"]]
+        kept = [i for i, r in enumerate(responses) if r["text"].strip()]
+        candidates = [(i, j) for i in kept for j in kept if i < j and responses[i]["text"] != responses[j]["text"]]
         if max_pairs_per_prompt is not None and len(candidates) > max_pairs_per_prompt:
             candidates = rng.sample(candidates, max_pairs_per_prompt)
         for i, j in candidates:

@@ -192,6 +192,15 @@ def test_make_preference_pairs_noiseless():
     assert len(make_preference_pairs([problem], samples, Annotator(), max_pairs_per_prompt=2)) == 2
 
 
+def test_make_preference_pairs_skips_blank_responses_so_the_file_loads(tmp_path):
+    problem = {"question": "Tom has 5 apples ...", "answer": "5 + 7 = 12\n12 - 3 = 9\n#### 9"}
+    samples = [[_response(RIGHT), _response(""), _response(WRONG_FORMATTED), _response("  \n")]]
+    pairs = make_preference_pairs([problem], samples, Annotator(), seed=0)
+    assert [(p["chosen"], p["rejected"]) for p in pairs] in ([(RIGHT, WRONG_FORMATTED)], [(WRONG_FORMATTED, RIGHT)])
+    write_preferences(tmp_path / "pairs.jsonl", pairs)
+    assert len(load_preferences(tmp_path / "pairs.jsonl")) == 1
+
+
 def _write(tmp_path, lines):
     path = tmp_path / "prefs.jsonl"
     path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
