@@ -14,6 +14,7 @@ import pytest
 
 from cs336_alignment import pipeline
 from cs336_alignment.pipeline import PRESETS, main
+from cs336_alignment.report import write_report
 
 STAGE_FILES = ("pretrain/ckpt.pt", "sft/ckpt.pt", "rm/ckpt.pt", "rm/preferences_train.jsonl",
                "rm/preferences_eval.jsonl", "dpo/ckpt.pt", "grpo_gold/ckpt.pt", "sft_baseline/ckpt.pt",
@@ -91,6 +92,13 @@ def test_smoke_pipeline_writes_report(tmp_path):
                     "**Differences on the same test problems**", f"| GRPO (gold) − {BASELINE} |",
                     "**Stage times**", "| sft_baseline |", "--jobs 2"):
         assert heading in md, heading
+
+    # The RM's answer-checking line, when its held-out pairs differ in gold (the smoke model's rarely do)
+    report["rm"].update({"rm/gold_pairs": 0.25, "rm/eval_correct_preferred": 0.6, "rm/sft_correct_preferred": 0.75})
+    (tmp_path / "again").mkdir()
+    md = write_report(tmp_path / "again", report).read_text()
+    assert ("On the 25.0% of held-out pairs where one response is correct and the other is not, it scores the "
+            "correct one higher 60.0% of the time; the SFT policy's own mean token log-prob does so 75.0%") in md
 
     # --jobs 1 (one stage at a time, in this process) gives the same numbers: each stage seeds itself. Not the
     # baseline's: its length is measured CPU time.
