@@ -4,6 +4,7 @@
     python -m cs336_alignment pipeline --jobs 1             # one stage at a time, in this process: same numbers
     python -m cs336_alignment pipeline --length-bias 0.05   # an annotator that likes length: reward hacking
     python -m cs336_alignment pipeline --preset smoke       # seconds; the end-to-end test runs this
+    python -m cs336_alignment pipeline --preset tiny_rl10   # tiny with 10x the GRPO budget (~45 min on 2 cores)
     python -m cs336_alignment pipeline --preset small       # one GPU: a larger model, longer training
     python -m cs336_alignment pipeline --from-scratch       # also retrain the base and SFT models
 
@@ -94,7 +95,7 @@ class Preset:
     dpo_lr: float
     dpo_beta: float
     # --- RL from SFT (GRPO against the gold reward and the RM; PPO against the RM)
-    grpo_steps: int  # learning rates and the rest: the loops' own defaults
+    grpo_steps: int  # the rest (group size, clipping, epochs per batch...): the loops' own defaults
     grpo_prompts_per_step: int
     ppo_steps: int
     ppo_prompts_per_step: int
@@ -110,6 +111,11 @@ class Preset:
     # --- logging
     log_every: int
     eval_every: int
+    # --- (defaulted) GRPO's learning-rate schedule and prompt pool; whose shipped base/SFT checkpoints to use
+    grpo_lr: float = 1e-4  # peak, after GRPOConfig's warmup
+    grpo_min_lr: float = 1e-5  # end of the cosine decay (= grpo_lr: constant)
+    grpo_problems: int = 4000  # task-world train prompts GRPO draws its batches from
+    checkpoints: str = ""  # data/checkpoints/<this>/; "" = the preset's own name
 
 
 PRESETS: dict[str, Preset] = {
@@ -147,6 +153,10 @@ PRESETS: dict[str, Preset] = {
                     eval_problems=2000, eval_samples=2, eval_batch_size=250, max_new_tokens=64, log_every=50,
                     eval_every=500),
 }
+# tiny with 10x the GRPO budget (120 steps of 64 prompts x 8, constant lr; its matched baseline follows): the
+# budget at which GRPO against the gold reward measurably beats SFT (README, "The main job").
+PRESETS["tiny_rl10"] = dataclasses.replace(PRESETS["tiny"], grpo_steps=120, grpo_prompts_per_step=64,
+                                           grpo_min_lr=1e-4, grpo_problems=12000, checkpoints="tiny")
 
 
 def stage_configs(preset: Preset, out: Path, seed: int, device: str, threads: int):
@@ -196,6 +206,7 @@ def post_configs(p: Preset, out: Path, sft_ckpt: str, seed: int, device: str, th
     rm_ckpt = str(out / "rm" / "ckpt.pt")
     pairs = dict(data=str(out / "rm" / "preferences_train.jsonl"), eval_data=str(out / "rm" / "preferences_eval.jsonl"))
     rl = dict(eval_every=max(1, p.grpo_steps // 2), n_eval_problems=p.rl_eval_problems, **common)
+    grpo = dict(lr=p.grpo_lr, min_lr=p.grpo_min_lr, n_problems=p.grpo_problems, **rl)
     # The demonstrations the SFT model was trained on, from its saved config (shipped: the config minus paths; a
     # field the checkpoint predates had its default value); the preset's for a checkpoint saved without one.
     trained = load_checkpoint_extra(sft_ckpt).get("config") or {
@@ -213,7 +224,7 @@ def post_configs(p: Preset, out: Path, sft_ckpt: str, seed: int, device: str, th
                          eval_every=max(1, p.dpo_steps // 3), n_gold_problems=p.rl_eval_problems,
                          **pairs, **common),
         "grpo_gold": GRPOConfig(out=str(out / "grpo_gold"), reward="gold", num_steps=p.grpo_steps,
-                                prompts_per_step=p.grpo_prompts_per_step, checkpoint_every=p.grpo_steps, **rl),
+                                prompts_per_step=p.grpo_prompts_per_step, checkpoint_every=p.grpo_steps, **grpo),
         "sft_baseline": SFTConfig(name="sft_baseline", out=str(out / "sft_baseline"), init=sft_ckpt,
                                   **demonstrations, num_steps=100_000, max_cpu_s=0.0,  # the CPU budget ends it
                                   batch_size=p.sft_batch_size, lr=p.sft_baseline_lr, min_lr=p.sft_baseline_lr,
@@ -221,7 +232,7 @@ def post_configs(p: Preset, out: Path, sft_ckpt: str, seed: int, device: str, th
                                   checkpoint_every=100_000, max_new_tokens=p.max_new_tokens, device=device,
                                   threads=threads),
         "grpo_rm": GRPOConfig(out=str(out / "grpo_rm"), reward="rm", reward_model=rm_ckpt, num_steps=p.grpo_steps,
-                              prompts_per_step=p.grpo_prompts_per_step, checkpoint_every=p.grpo_steps, **rl),
+                              prompts_per_step=p.grpo_prompts_per_step, checkpoint_every=p.grpo_steps, **grpo),
         "ppo": PPOConfig(out=str(out / "ppo"), reward="rm", reward_model=rm_ckpt, num_steps=p.ppo_steps,
                          prompts_per_step=p.ppo_prompts_per_step, checkpoint_every=p.ppo_steps,
                          **{**rl, "eval_every": max(1, p.ppo_steps // 2)}),
@@ -458,19 +469,20 @@ def run(preset_name: str = "tiny", out: str = "", name: str = "", threads: int =
 
     # --- 1. base and SFT models: shipped (tiny), or trained here, in this process (each needs the one before)
     base_sft = stage_configs(preset, out_dir, seed, device, threads)
-    ready = None if (from_scratch or ship_checkpoints) else shipped(preset_name)
+    shipped_as = preset.checkpoints or preset_name
+    ready = None if (from_scratch or ship_checkpoints) else shipped(shipped_as)
     if ready:
         base_ckpt, sft_ckpt = str(ready[0]), str(ready[1])
         for stage, _ in base_sft:  # their training curves, for the report
             (out_dir / stage).mkdir(exist_ok=True)
-            shutil.copy(SHIPPED / preset_name / f"{stage}.metrics.jsonl", out_dir / stage / "metrics.jsonl")
+            shutil.copy(SHIPPED / shipped_as / f"{stage}.metrics.jsonl", out_dir / stage / "metrics.jsonl")
         print(f"base and SFT models: shipped {base_ckpt}, {sft_ckpt} (--from-scratch retrains them)")
     else:
         for stage, cfg in base_sft:
             record(stages, stage, *run_stage("pretrain" if stage == "pretrain" else "sft", cfg))
         base_ckpt, sft_ckpt = str(out_dir / "pretrain" / "ckpt.pt"), str(out_dir / base_sft[-1][0] / "ckpt.pt")
         if ship_checkpoints:
-            print(f"shipped to {ship(out_dir, preset_name, 'pretrain', base_sft[-1][0])}")
+            print(f"shipped to {ship(out_dir, shipped_as, 'pretrain', base_sft[-1][0])}")
             return {"stages": stages}
 
     configs = post_configs(preset, out_dir, sft_ckpt, seed, device, threads, length_bias)
@@ -530,7 +542,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m cs336_alignment pipeline", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny",
-                        help="smoke (seconds), tiny (the CPU run), small (one GPU)")
+                        help="smoke (seconds), tiny (the CPU run), tiny_rl10 (tiny with 10x the GRPO budget), "
+                             "small (one GPU)")
     parser.add_argument("--name", default="", help="run name: outputs go to runs/<name>/; empty = the preset's name")
     parser.add_argument("--out", default="", help="output directory; empty = runs/<name>")
     parser.add_argument("--threads", type=int, default=1,

@@ -5,6 +5,7 @@ numbers filled in; --jobs 1 (in process) gives the same numbers; skipping a stag
 it; shipping base/SFT checkpoints is reproducible bit for bit."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -135,3 +136,25 @@ def test_ship_rebuilds_bit_for_bit(tmp_path, monkeypatch):
     report = smoke(tmp_path / "from_shipped", "--jobs", "1", "--skip", "rm,grpo_gold")
     assert report["base_sft"] == "shipped" and set(report["stages"]) == {"eval"}
     assert set(report["models"]) == {"base", "SFT"}
+
+
+def test_tiny_rl10_is_tiny_with_ten_times_the_grpo_budget(tmp_path):
+    """The preset that measurably lifts GRPO above SFT (README): tiny's shipped models, 10x the GRPO samples."""
+    from cs336_alignment.train.grpo import GRPOConfig
+
+    tiny, long = PRESETS["tiny"], PRESETS["tiny_rl10"]
+    grpo_fields = {"grpo_steps", "grpo_prompts_per_step", "grpo_min_lr", "grpo_problems", "checkpoints"}
+    same = {f.name for f in dataclasses.fields(tiny)} - grpo_fields
+    assert all(getattr(tiny, f) == getattr(long, f) for f in same), "same model, SFT, RM, DPO, PPO, evaluation"
+    assert pipeline.shipped(long.checkpoints) == pipeline.shipped("tiny")
+    assert long.grpo_steps * long.grpo_prompts_per_step == 10 * tiny.grpo_steps * tiny.grpo_prompts_per_step
+    sft = str(pipeline.shipped("tiny")[1])
+    configs = {name: pipeline.post_configs(p, tmp_path, sft, 0, "cpu", 1, 0.0)
+               for name, p in (("tiny", tiny), ("tiny_rl10", long))}
+    for stage in ("grpo_gold", "grpo_rm"):
+        cfg = configs["tiny_rl10"][stage]
+        assert (cfg.num_steps, cfg.prompts_per_step, cfg.lr, cfg.min_lr, cfg.n_problems) == (120, 64, 1e-4, 1e-4, 12000)
+        assert cfg.num_steps * cfg.prompts_per_step <= cfg.n_problems, "no prompt seen twice"
+        default = GRPOConfig(init=sft)  # tiny keeps the loop's own schedule and prompt pool
+        tiny_cfg = configs["tiny"][stage]
+        assert (tiny_cfg.lr, tiny_cfg.min_lr, tiny_cfg.n_problems) == (default.lr, default.min_lr, default.n_problems)
