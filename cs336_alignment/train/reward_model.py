@@ -168,11 +168,6 @@ def correct_preferred(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor
     return float(reward_accuracy(better, worse))
 
 
-# ---------------------------------------------------------------------------------------------------------
-# The loop
-# ---------------------------------------------------------------------------------------------------------
-
-
 @torch.no_grad()
 def sft_diagnostics(sft_model, tokenizer, pairs: list[dict], context: int) -> dict[str, float]:
     """{"rm/gold_pairs", "rm/sft_correct_preferred"} on annotator-made pairs (module docstring); {} when no pair
@@ -194,6 +189,11 @@ def sft_diagnostics(sft_model, tokenizer, pairs: list[dict], context: int) -> di
     sft_model.train(was_training)
     return {"rm/gold_pairs": len(differs) / len(pairs),
             "rm/sft_correct_preferred": correct_preferred(mean_logps[0::2], mean_logps[1::2], differs)}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------------------
 
 
 def train(cfg: RMConfig) -> dict:
@@ -236,15 +236,15 @@ def train(cfg: RMConfig) -> dict:
 
     # Ceiling: the annotator's own utility ordering the held-out labels (needs our u_* fields).
     has_u = all("u_chosen" in p for p in eval_pairs)
-    ceiling = {}
+    fixed = {}  # held-out metrics that training does not change
     if has_u:
         def acc(key):
             return float(reward_accuracy(torch.tensor([p[f"{key}_chosen"] for p in eval_pairs], dtype=torch.float64),
                                          torch.tensor([p[f"{key}_rejected"] for p in eval_pairs], dtype=torch.float64)))
-        ceiling = {"rm/ceiling_accuracy": acc("u"), "rm/gold_accuracy": acc("gold")}
-        logger.write(f"held-out label ceiling: utility orders {ceiling['rm/ceiling_accuracy']:.3f} of the labels, "
-                     f"gold reward alone {ceiling['rm/gold_accuracy']:.3f}")
-    ceiling.update(diagnostics)
+        fixed = {"rm/ceiling_accuracy": acc("u"), "rm/gold_accuracy": acc("gold")}
+        logger.write(f"held-out label ceiling: utility orders {fixed['rm/ceiling_accuracy']:.3f} of the labels, "
+                     f"gold reward alone {fixed['rm/gold_accuracy']:.3f}")
+    fixed.update(diagnostics)
     if diagnostics:
         logger.write(f"{diagnostics['rm/gold_pairs']:.3f} of the held-out pairs differ in gold reward; on them the SFT "
                      f"policy's mean token log-prob prefers the correct response "
@@ -258,7 +258,7 @@ def train(cfg: RMConfig) -> dict:
         loss, metrics = bradley_terry_loss(chosen, rejected)
         verified = correct_preferred(chosen, rejected, eval_pairs)
         return {"loss/eval": float(loss), "rm/eval_accuracy": float(metrics["rm/accuracy"]),
-                "rm/eval_ece": pairwise_calibration_error(chosen, rejected), **ceiling,
+                "rm/eval_ece": pairwise_calibration_error(chosen, rejected), **fixed,
                 **({"rm/eval_correct_preferred": verified} if verified is not None else {})}
 
     # ---------------------------------------------------------------------------------------------------
