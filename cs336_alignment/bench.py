@@ -13,6 +13,9 @@ import os
 # Must be set before torch is imported: OpenMP's default busy-wait makes small parallel ops cost ~ms each.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from cs336_alignment.logprobs import fused_linear_log_probs, naive_linear_log_probs  # noqa: E402 (after the environ)
+from cs336_alignment.model import TransformerConfig, TransformerLM, generate  # noqa: E402
+
 
 # ---------------------------------------------------------------------------------------------------------
 # bench generate  (filled by the model work)
@@ -28,8 +31,6 @@ def bench_generate(args: argparse.Namespace) -> None:
     import time
 
     import torch
-
-    from cs336_alignment.model import TransformerConfig, TransformerLM, generate
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -118,8 +119,6 @@ def _logprobs_step(method: str, hidden, weight, labels, grads) -> None:
     """One forward + backward of `method`, with per-token upstream gradients; grads are cleared first."""
     import torch
     import torch.nn.functional as F
-
-    from cs336_alignment.logprobs import fused_linear_log_probs, naive_linear_log_probs
 
     hidden.grad = weight.grad = None
     entropy = method.endswith("+entropy")
@@ -212,8 +211,6 @@ def _logprobs_fresh(method: str, N: int, d: int, V: int, args) -> dict:
 def _logprobs_accuracy(d: int, V: int, rows: int = 256) -> dict:
     """fused_linear_log_probs in float32 vs naive float64 on `rows` tokens of this (d, V): max errors."""
     import torch
-
-    from cs336_alignment.logprobs import fused_linear_log_probs, naive_linear_log_probs
 
     hidden, weight, labels, grads = _logprobs_problem(rows, d, V, "cpu", seed=1)
     out = {}

@@ -7,6 +7,7 @@ therefore never runs pickled code. `extra` carries the run's config dict and RNG
     save_checkpoint(model, optimizer, step, path, config=asdict(cfg), rng=rng_state())
     step = load_checkpoint(path, model, optimizer)
     set_rng_state(load_checkpoint_extra(path)["rng"])
+    model, extra = load_model(path, device)          # a TransformerLM rebuilt from the config saved with it
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from typing import IO, Any, BinaryIO
 
 import numpy as np
 import torch
+
+from cs336_alignment.model import TransformerConfig, TransformerLM
 
 PathOrFile = str | os.PathLike | BinaryIO | IO[bytes]
 _SAFE_LEAVES = (torch.Tensor, str, int, float, bool, type(None))
@@ -135,3 +138,21 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[TransformerLM, dict[str, Any]]:
+    """Rebuild the TransformerLM stored in a checkpoint written by our loops (its config is saved with it).
+
+    Returns:
+        (model on `device`, the checkpoint's extra dict: {"config", "model_config", "rng", ...}).
+    Raises:
+        FileNotFoundError, or KeyError when the checkpoint has no "model_config" (not one of ours).
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    extra = load_checkpoint_extra(path)
+    if "model_config" not in extra:
+        raise KeyError(f"{path} has no 'model_config': was it written by cs336_alignment's train loops?")
+    model = TransformerLM(TransformerConfig(**extra["model_config"]))
+    load_checkpoint(path, model)
+    return model.to(device), extra

@@ -1,105 +1,55 @@
-"""Evaluation on held-out problems: greedy generation, then gold accuracy, format rate and response length.
+"""Evaluation on held-out problems: greedy accuracy, and a policy measured on its own samples.
 
     python -m cs336_alignment eval --ckpt runs/tiny/sft/ckpt.pt --format chat
     python -m cs336_alignment eval --ckpt runs/tiny/pretrain/ckpt.pt --format raw
     python -m cs336_alignment eval --ckpt CKPT --data gsm8k_test.jsonl      # real GSM8K-format problems
 
-Prompt formats
-  chat  <|user|>{question}<|end|><|assistant|>  and the response ends at <|end|> (SFT and RL models).
-  raw   "Question: {question}\\nAnswer:"  and the response ends at <|endoftext|>, at a blank line, or where a
-        new "Question:" starts. This is how the base model saw documents in pretraining. Evaluating it with
-        the chat template instead would mostly measure that it has never seen the template, so a base-vs-SFT
-        comparison would only show chat formatting.
+Prompt formats (`tokenizer.build_prompt`): chat (SFT and RL models) or raw "Question: {question}\nAnswer:", how
+the base model saw documents in pretraining. Evaluating a base model with the chat template instead would
+mostly measure that it has never seen the template, so a base-vs-SFT comparison would only show formatting.
 
-Metrics (names as in every training loop's metrics.jsonl)
+`evaluate_model` (greedy responses; the `eval` command):
   reward/gold_mean      gold accuracy: mean of tasks.gold_reward(...)["reward"] (right number, "#### N" format)
   reward/format_mean    format rate: fraction of responses whose last line is "#### <number>"
   response/length_mean  mean response length in tokens (up to and excluding the stop token)
+
+`evaluate_policy` (the report's columns, and every loop's held-out evaluation with an "eval/" prefix):
+  accuracy/greedy       gold accuracy of greedy responses (tasks.gold_reward)
+  reward/gold_mean      mean gold reward of temperature-1 samples
+  reward/format_mean    fraction of those samples with a final "#### N" line
+  reward/proxy_mean     mean reward-model score of those samples (when a reward model is given)
+  kl/sft                mean sequence KL(pi || pi_sft) of those samples (nats): the k1 estimator at sequence
+                        level, mean over y ~ pi of sum_t log pi(y_t | .) - log pi_ref(y_t | .) (unbiased;
+                        Schulman 2020, "Approximating KL Divergence")
+  response/length_mean  mean response length of those samples (tokens, stop token excluded)
+  response/distinct_2   distinct-2 of those samples (token bigrams; metrics.distinct_n)
 """
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
-from typing import Literal
 
 import torch
+from torch import Tensor
 
-from cs336_alignment.rollout import generate_per_row
-
-Format = Literal["chat", "raw"]
-
-# ---------------------------------------------------------------------------------------------------------
-# Prompts and responses
-# ---------------------------------------------------------------------------------------------------------
-
-
-def build_prompt(question: str, tokenizer, fmt: Format) -> list[int]:
-    """Token ids of the prompt for one question, in the chat template or the raw pretraining format."""
-    from cs336_alignment.tasks import format_raw_prompt
-
-    if fmt == "chat":
-        return tokenizer.prompt_ids(question)
-    if fmt == "raw":
-        return tokenizer.encode_ordinary(format_raw_prompt(question))
-    raise ValueError(f"format must be 'chat' or 'raw', got {fmt!r}")
-
-
-def stop_token_ids(tokenizer, fmt: Format) -> list[int]:
-    """Tokens that end a response: <|end|> (and <|endoftext|>) for chat, <|endoftext|> for raw text."""
-    return [tokenizer.end_of_turn_id, tokenizer.eos_token_id] if fmt == "chat" else [tokenizer.eos_token_id]
-
-
-def cut_raw_response(text: str) -> str:
-    """A raw-format continuation up to a blank line or the next "Question:" (a base model keeps writing)."""
-    for stop in ("\n\n", "Question:"):
-        text = text.split(stop, 1)[0]
-    return text
-
-
-@torch.no_grad()
-def generate_responses(model, tokenizer, questions: list[str], *, fmt: Format, max_new_tokens: int = 64,
-                       batch_size: int = 64, temperature: float = 0.0,
-                       generator: torch.Generator | None = None) -> list[str]:
-    """Responses (text, stop token removed) to each question, generated in batches with the KV cache.
-
-    Args:
-        questions: N question strings.  fmt: "chat" or "raw" (see the module docstring).
-        max_new_tokens: upper bound per response (tokens, stop token included); a question whose prompt
-            leaves less room in the context gets min(max_new_tokens, context_length - prompt length)
-            (`rollout.generate_per_row`), without shortening the other responses of its batch.
-        batch_size: prompts generated together.
-        temperature: 0 = greedy (the default for evaluation).  generator: for reproducible samples at T > 0.
-    Returns:
-        N strings, in the order of `questions`.
-    Raises:
-        ValueError: if a prompt fills the whole context (no room for a response).
-    """
-    stops = stop_token_ids(tokenizer, fmt)
-    prompts = [build_prompt(q, tokenizer, fmt) for q in questions]
-    if not prompts:
-        return []
-    out = generate_per_row(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                           temperature=temperature, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id,
-                           generator=generator)
-    responses: list[str] = []
-    for tokens in out.tokens:
-        if tokens and tokens[-1] in stops:
-            tokens = tokens[:-1]
-        text = tokenizer.decode(tokens)
-        responses.append(cut_raw_response(text) if fmt == "raw" else text)
-    return responses
-
+from cs336_alignment.checkpoint import load_model
+from cs336_alignment.data import load_jsonl
+from cs336_alignment.dpo import sequence_log_probs
+from cs336_alignment.metrics import distinct_n
+from cs336_alignment.reward_model import score_responses
+from cs336_alignment.rollout import build_training_tensors, generate_responses, sample_responses
+from cs336_alignment.runtime import get_device, set_threads
+from cs336_alignment.tasks import generate_problems, gold_reward
+from cs336_alignment.tokenizer import Format, build_prompt, load_tokenizer
 
 # ---------------------------------------------------------------------------------------------------------
-# Metrics (general: each takes responses and returns plain floats)
+# Greedy responses scored with the gold reward (general: each takes responses and returns plain floats)
 # ---------------------------------------------------------------------------------------------------------
 
 
 def gold_rewards(responses: list[str], ground_truths: list[str]) -> list[dict[str, float]]:
     """tasks.gold_reward of each (response, ground truth) pair: {"reward", "format_reward", "answer_reward"}."""
-    from cs336_alignment.tasks import gold_reward
-
     if len(responses) != len(ground_truths):
         raise ValueError(f"{len(responses)} responses but {len(ground_truths)} ground truths")
     return [gold_reward(r, g) for r, g in zip(responses, ground_truths)]
@@ -143,14 +93,100 @@ def evaluate_model(model, tokenizer, problems: list[dict[str, str]], *, fmt: For
 
 
 # ---------------------------------------------------------------------------------------------------------
+# A policy measured on its own samples (the report; the loops' held-out evaluations)
+# ---------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def batched_sequence_log_probs(model, prompts: list[list[int]], responses: list[list[int]], pad_token_id: int,
+                               batch_size: int = 64) -> Tensor:
+    """log pi(response | prompt) summed over the response tokens (stop token included when present):
+    `dpo.sequence_log_probs` over token lists, `batch_size` rows at a time, without gradient.
+
+    Args:
+        model: TransformerLM.  prompts, responses: B non-empty token lists.  pad_token_id: the row filler.
+    Returns:
+        (B,) float32 on the CPU, nats.
+    Raises:
+        ValueError: on an empty prompt or response (`rollout.build_training_tensors`).
+    """
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        t = build_training_tensors(prompts[i:i + batch_size], responses[i:i + batch_size], pad_token_id)
+        out.append(sequence_log_probs(model, *(t[k].to(device) for k in ("input_ids", "labels", "response_mask")))
+                   .cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def evaluate_policy(policy, tokenizer, problems: list[dict[str, str]], *, reference=None, reward_model=None,
+                    samples_per_prompt: int = 1, max_new_tokens: int = 64, seed: int = 0, batch_size: int = 128,
+                    greedy: bool = True, distinct_over: int | None = None, return_per_problem: bool = False
+                    ) -> dict[str, float] | tuple[dict[str, float], dict[str, list[float]]]:
+    """The report's columns for one policy (see the module docstring for the names).
+
+    Samples `samples_per_prompt` temperature-1 responses per problem (seeded), and scores them with the gold
+    reward, the reward model (if given) and the reference's log-probs (if given). With greedy=True it also
+    measures greedy gold accuracy on the same problems. distinct-2 is over the samples of the first
+    `distinct_over` problems (None = all): distinct-n falls as a corpus grows, so compare equal counts.
+
+    With return_per_problem=True it returns (metrics, per_problem), per_problem = {"sampled": each problem's
+    mean gold reward over its samples, "greedy": each problem's greedy gold reward (with greedy=True)}, lists
+    in the order of `problems`: the inputs of `metrics.paired_difference`.
+    """
+    questions = [p["question"] for p in problems]
+    samples = sample_responses(policy, tokenizer, questions, samples_per_prompt, max_new_tokens=max_new_tokens,
+                               seed=seed, batch_size=batch_size)
+    flat_q = [q for q in questions for _ in range(samples_per_prompt)]
+    flat_a = [p["answer"] for p in problems for _ in range(samples_per_prompt)]
+    flat = [s for group in samples for s in group]
+    gold = [gold_reward(s["text"], a) for s, a in zip(flat, flat_a)]
+    metrics: dict[str, float] = {}
+    per_problem = {"sampled": [sum(g["reward"] for g in gold[i:i + samples_per_prompt]) / samples_per_prompt
+                               for i in range(0, len(gold), samples_per_prompt)]}
+    if greedy:
+        greedy_metrics, greedy_samples = evaluate_model(policy, tokenizer, problems, fmt="chat",
+                                                        max_new_tokens=max_new_tokens, batch_size=batch_size)
+        metrics["accuracy/greedy"] = greedy_metrics["reward/gold_mean"]
+        per_problem["greedy"] = [s["reward"] for s in greedy_samples]
+    metrics["reward/gold_mean"] = sum(g["reward"] for g in gold) / len(gold)
+    metrics["reward/format_mean"] = sum(g["format_reward"] for g in gold) / len(gold)
+    if reward_model is not None:
+        metrics["reward/proxy_mean"] = float(torch.tensor(score_responses(reward_model, tokenizer, flat_q,
+                                                                          [s["text"] for s in flat])).mean())
+    if reference is not None:
+        prompts = [build_prompt(q, tokenizer, "chat") for q in flat_q]
+        responses = [s["tokens"] for s in flat]  # generated tokens, stop token included
+        pad = tokenizer.pad_token_id
+        kl = (batched_sequence_log_probs(policy, prompts, responses, pad)
+              - batched_sequence_log_probs(reference, prompts, responses, pad))
+        metrics["kl/sft"] = float(kl.mean())
+    metrics["response/length_mean"] = sum(s["n_tokens"] for s in flat) / len(flat)
+    first = flat[:None if distinct_over is None else distinct_over * samples_per_prompt]
+    metrics["response/distinct_2"] = distinct_n([s["tokens"][:s["n_tokens"]] for s in first], 2)
+    return (metrics, per_problem) if return_per_problem else metrics
+
+
+def run_eval(logger, step: int, policy, tokenizer, problems: list[dict[str, str]], *, reference, reward_model,
+             samples: int, max_new_tokens: int, seed: int) -> dict:
+    """`evaluate_policy` on held-out problems, logged with an "eval/" prefix by `logger` (a train.common
+    MetricsLogger) at `step`: the RL loops' periodic evaluation. Returns the logged dict ({} without problems)."""
+    if not problems:
+        return {}
+    metrics = evaluate_policy(policy, tokenizer, problems, reference=reference, reward_model=reward_model,
+                              samples_per_prompt=samples, max_new_tokens=max_new_tokens, seed=seed)
+    metrics = {f"eval/{key}": value for key, value in metrics.items()}
+    logger.log(step, metrics)
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    from cs336_alignment.tokenizer import load_tokenizer
-    from cs336_alignment.train.common import get_device, load_model, set_threads
-
     parser = argparse.ArgumentParser(prog="python -m cs336_alignment eval", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--ckpt", required=True, help="checkpoint written by a train loop (ckpt.pt)")
@@ -172,10 +208,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model, _ = load_model(args.ckpt, get_device(args.device))
     tokenizer = load_tokenizer()
     if args.data:
-        from cs336_alignment.data import load_jsonl
         problems = load_jsonl(args.data)
     else:
-        from cs336_alignment.tasks import generate_problems
         problems = generate_problems(args.n_problems, args.split, args.seed)
     metrics, samples = evaluate_model(model, tokenizer, problems, fmt=args.format,
                                       max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)

@@ -25,7 +25,7 @@ process), each as soon as the stage it needs is done: rm and grpo_gold start tog
 from its config, so the numbers do not depend on --jobs, except sft_baseline's: its length is measured CPU time.
 --skip of a stage also skips the stages that need it.
 
-Then every policy is measured the same way on held-out test problems (metrics.evaluate_policy), one policy per
+Then every policy is measured the same way on held-out test problems (evaluate.evaluate_policy), one policy per
 worker: greedy gold accuracy, and on temperature-1 samples mean gold reward, proxy (reward-model) reward, KL to
 SFT, length and distinct-2. report.md / report.json hold the numbers and each stage's wall and CPU seconds;
 training_curves.png and overoptimization.png the plots.
@@ -37,15 +37,33 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import multiprocessing
 import os
+import shutil
 import time
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
-from cs336_alignment.train.common import run_dir
+from cs336_alignment.checkpoint import load_checkpoint, load_checkpoint_extra, load_model, save_checkpoint
+from cs336_alignment.evaluate import evaluate_model, evaluate_policy
+from cs336_alignment.metrics import paired_difference
+from cs336_alignment.model import TransformerConfig, TransformerLM
+from cs336_alignment.report import plot_overoptimization, plot_training_curves, sft_progress, write_report
+from cs336_alignment.reward_model import load_reward_model
+from cs336_alignment.runtime import get_device, set_threads
+from cs336_alignment.tasks import generate_problems
+from cs336_alignment.tokenizer import load_tokenizer
+from cs336_alignment.train.bon import BoNConfig
+from cs336_alignment.train.common import read_metrics, run_dir
+from cs336_alignment.train.dpo import DPOConfig
+from cs336_alignment.train.grpo import GRPOConfig
+from cs336_alignment.train.ppo import PPOConfig
+from cs336_alignment.train.pretrain import PretrainConfig
+from cs336_alignment.train.reward_model import RMConfig
+from cs336_alignment.train.sft import SFTConfig
 
 SHIPPED = Path(__file__).resolve().parent.parent / "data" / "checkpoints"  # base/SFT checkpoints per preset
 POST_STAGES = ("rm", "dpo", "grpo_gold", "sft_baseline", "grpo_rm", "ppo", "bon")  # in the order they start
@@ -161,9 +179,6 @@ PRESETS["tiny_rl10"] = dataclasses.replace(PRESETS["tiny"], grpo_steps=120, grpo
 
 def stage_configs(preset: Preset, out: Path, seed: int, device: str, threads: int):
     """[(stage, PretrainConfig | SFTConfig)] that make the base and SFT models (the stages' own defaults elsewhere)."""
-    from cs336_alignment.train.pretrain import PretrainConfig
-    from cs336_alignment.train.sft import SFTConfig
-
     p = preset
     common = dict(seed=seed, device=device, threads=threads, log_every=p.log_every, eval_every=p.eval_every,
                   context_length=p.context_length, d_model=p.d_model, num_layers=p.num_layers,
@@ -194,14 +209,6 @@ def stage_configs(preset: Preset, out: Path, seed: int, device: str, threads: in
 def post_configs(p: Preset, out: Path, sft_ckpt: str, seed: int, device: str, threads: int, length_bias: float):
     """{stage: config} of the post-training stages; all start from `sft_ckpt` and share the reward model.
     sft_baseline's max_cpu_s is left 0: the scheduler sets it to grpo_gold's training CPU seconds."""
-    from cs336_alignment.checkpoint import load_checkpoint_extra
-    from cs336_alignment.train.bon import BoNConfig
-    from cs336_alignment.train.dpo import DPOConfig
-    from cs336_alignment.train.grpo import GRPOConfig
-    from cs336_alignment.train.ppo import PPOConfig
-    from cs336_alignment.train.reward_model import RMConfig
-    from cs336_alignment.train.sft import SFTConfig
-
     common = dict(seed=seed, device=device, threads=threads, init=sft_ckpt, max_new_tokens=p.max_new_tokens)
     rm_ckpt = str(out / "rm" / "ckpt.pt")
     pairs = dict(data=str(out / "rm" / "preferences_train.jsonl"), eval_data=str(out / "rm" / "preferences_eval.jsonl"))
@@ -255,9 +262,6 @@ def shipped(preset_name: str) -> tuple[Path, Path] | None:
 def ship(out_dir: Path, preset_name: str, base_stage: str, sft_stage: str) -> Path:
     """Copy the weights (no optimizer state) of a from-scratch run's base and SFT models, and their metrics,
     to data/checkpoints/<preset>/. The same command on the same machine type rewrites the same bytes."""
-    from cs336_alignment.checkpoint import load_checkpoint, load_checkpoint_extra, save_checkpoint
-    from cs336_alignment.model import TransformerConfig, TransformerLM
-
     dest = SHIPPED / preset_name
     dest.mkdir(parents=True, exist_ok=True)
     for label, stage in (("base", base_stage), ("sft", sft_stage)):
@@ -313,8 +317,6 @@ def run_stage(module: str, cfg) -> tuple[dict, float, float]:
     Returns:
         (its result dict, wall seconds, CPU seconds of this process during the call).
     """
-    import importlib
-
     t0, c0 = time.perf_counter(), time.process_time()
     result = importlib.import_module(f"cs336_alignment.train.{module}").train(cfg)
     return result, time.perf_counter() - t0, time.process_time() - c0
@@ -370,17 +372,10 @@ def evaluate_checkpoint(ckpt: str, fmt: str, sft_ckpt: str, rm_ckpt: str | None,
     """The report's metrics of one checkpoint on the preset's held-out test problems, in the calling process.
 
     fmt "raw": the base model, greedy gold accuracy in the "Question: ... Answer:" format it was pretrained on.
-    fmt "chat": a policy, metrics.evaluate_policy with the SFT model as reference and the reward model (if any)
+    fmt "chat": a policy, evaluate.evaluate_policy with the SFT model as reference and the reward model (if any)
     as the proxy reward. Returns (metrics with their "format", per-problem scores {"greedy", "sampled"} (raw:
     greedy only) for paired comparisons, CPU seconds of this process during the call).
     """
-    from cs336_alignment.evaluate import evaluate_model
-    from cs336_alignment.metrics import evaluate_policy
-    from cs336_alignment.tasks import generate_problems
-    from cs336_alignment.tokenizer import load_tokenizer
-    from cs336_alignment.train.common import get_device, load_model, set_threads
-    from cs336_alignment.train.reward_model import load_reward_model
-
     c0 = time.process_time()
     set_threads(threads)
     torch_device = get_device(device)
@@ -427,8 +422,6 @@ def evaluate_policies(policies: dict[str, str], base_ckpt: str, sft_ckpt: str, r
 def paired_comparisons(per_problem: dict[str, dict[str, list[float]]]) -> list[dict]:
     """Each post-trained policy minus SFT, and GRPO (gold) minus the matched-compute SFT baseline, on the same
     test problems: [{"a", "b", "greedy": (mean, se), "sampled": (mean, se)}] (metrics.paired_difference)."""
-    from cs336_alignment.metrics import paired_difference
-
     pairs = [(label, "SFT") for label in per_problem if label not in ("base", "SFT")]
     if "GRPO (gold)" in per_problem and MATCHED in per_problem:
         pairs.append(("GRPO (gold)", MATCHED))
@@ -449,11 +442,6 @@ def run(preset_name: str = "tiny", out: str = "", name: str = "", threads: int =
     Raises:
         ValueError: an unknown preset or --skip stage, or jobs < 1.
     """
-    import shutil
-
-    from cs336_alignment.report import plot_overoptimization, plot_training_curves, sft_progress, write_report
-    from cs336_alignment.train.common import get_device, read_metrics, set_threads
-
     if preset_name not in PRESETS:
         raise ValueError(f"unknown preset {preset_name!r}; choose one of {sorted(PRESETS)}")
     unknown = set(skip) - set(POST_STAGES)

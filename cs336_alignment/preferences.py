@@ -26,10 +26,12 @@ import math
 import os
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cs336_alignment.data import DataError, _iter_jsonl, write_jsonl
-from cs336_alignment.tasks import step_is_valid
+from cs336_alignment.rollout import sample_responses
+from cs336_alignment.tasks import generate_problems, gold_reward, step_is_valid
 
 # ---------------------------------------------------------------------------------------------------------
 # The synthetic annotator
@@ -88,8 +90,6 @@ class Annotator:
 
     def utility(self, response: str, ground_truth: str, n_tokens: int) -> float:
         """u = gold reward + format_weight * format + steps_weight * step validity + length_bias * n_tokens."""
-        from cs336_alignment.tasks import gold_reward
-
         gold = gold_reward(response, ground_truth)
         return (gold["reward"] + self.format_weight * gold["format_reward"]
                 + self.steps_weight * step_validity(response) + self.length_bias * n_tokens)
@@ -104,41 +104,6 @@ class Annotator:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def sample_responses(model, tokenizer, questions: list[str], k: int, *, max_new_tokens: int, temperature: float = 1.0,
-                     seed: int = 0, batch_size: int = 128) -> list[list[dict[str, Any]]]:
-    """k sampled chat responses per question: [[{"text", "tokens", "n_tokens", "truncated"}] * k] * len(questions).
-
-    tokens are the generated ids (the stop token included when emitted); text and n_tokens leave the stop
-    token out; truncated = stopped by the length limit. Each response may have up to max_new_tokens tokens,
-    or fewer when its own prompt leaves less room in the context (`rollout.generate_per_row`; a long
-    question does not shorten the responses to the others). The k copies of each question are consecutive
-    rows, generated `batch_size` rows at a time.
-    Sampling uses a torch.Generator seeded with `seed`, so the same call gives the same samples.
-    Raises:
-        ValueError: if a prompt fills the whole context (no room for a response).
-    """
-    import torch
-
-    from cs336_alignment.evaluate import build_prompt, stop_token_ids
-    from cs336_alignment.rollout import generate_per_row
-
-    stops = stop_token_ids(tokenizer, "chat")
-    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    prompts = [build_prompt(q, tokenizer, "chat") for q in questions for _ in range(k)]
-    if not prompts:
-        return [[] for _ in questions]
-    gen = generate_per_row(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                           temperature=temperature, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id,
-                           generator=generator)
-    out: list[dict[str, Any]] = []
-    for tokens in gen.tokens:
-        stopped = bool(tokens) and tokens[-1] in stops
-        body = tokens[:-1] if stopped else tokens
-        out.append({"text": tokenizer.decode(body), "tokens": tokens, "n_tokens": len(body),
-                    "truncated": not stopped})
-    return [out[j * k:(j + 1) * k] for j in range(len(questions))]
-
-
 def make_preference_pairs(problems: list[dict[str, str]], samples: list[list[dict[str, Any]]], annotator: Annotator,
                           seed: int = 0, max_pairs_per_prompt: int | None = None) -> list[dict[str, Any]]:
     """Label every pair of distinct responses to each problem with the annotator.
@@ -150,7 +115,7 @@ def make_preference_pairs(problems: list[dict[str, str]], samples: list[list[dic
 
     Args:
         problems: [{"question", "answer"}] (task-world problems).
-        samples: per problem, the responses from `sample_responses`.
+        samples: per problem, the responses from `rollout.sample_responses`.
         annotator: the labelling model.
         max_pairs_per_prompt: keep at most this many pairs per prompt (a random subset), None = all.
 
@@ -176,8 +141,6 @@ def make_preference_pairs(problems: list[dict[str, str]], samples: list[list[dic
 
 def pair_record(problem: dict[str, str], chosen: dict[str, Any], rejected: dict[str, Any], u_chosen: float,
                 u_rejected: float, annotator: Annotator) -> dict[str, Any]:
-    from cs336_alignment.tasks import gold_reward
-
     return {"prompt": problem["question"], "prompt_messages": [{"role": "user", "content": problem["question"]}],
             "chosen": chosen["text"], "rejected": rejected["text"], "ground_truth": problem["answer"],
             "u_chosen": u_chosen, "u_rejected": u_rejected,
@@ -237,10 +200,6 @@ def preference_data(cfg: PreferenceDataConfig, model, tokenizer, out_dir, seed: 
     Made pairs are written to out_dir/preferences_train.jsonl and preferences_eval.jsonl, so that another
     stage (e.g. DPO after the reward model) can train on exactly the same labels with --data.
     """
-    from pathlib import Path
-
-    from cs336_alignment.tasks import generate_problems
-
     if cfg.data:
         train = load_preferences(cfg.data)
         if cfg.eval_data:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from cs336_alignment.train.common import read_metrics
+
 # ---------------------------------------------------------------------------------------------------------
 # Plots
 # ---------------------------------------------------------------------------------------------------------
@@ -42,7 +44,6 @@ def plot_training_curves(out: Path, stages: list[str]) -> Path:
     """training_curves.png: one panel per stage that wrote a metrics.jsonl (see CURVES)."""
     from matplotlib.figure import Figure
 
-    from cs336_alignment.train.common import read_metrics
 
     stages = [s for s in stages if s in CURVES and (out / s / "metrics.jsonl").is_file()]
     cols = min(4, max(1, len(stages)))
@@ -144,7 +145,6 @@ def sft_progress(out: Path, stages: list[str]) -> dict:
         that measured accuracy), "cpu_s": process CPU seconds of training summed over the phases (perf/cpu_s),
         None when a phase did not log it}.
     """
-    from cs336_alignment.train.common import read_metrics
 
     curve, cpu_s = [], 0.0
     for stage in stages:

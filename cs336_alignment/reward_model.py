@@ -7,16 +7,24 @@
   full Plackett-Luce ranking likelihood (Plackett 1975; Luce 1959); for K = 2 both equal Bradley-Terry.
 - `RewardModel`: a TransformerLM trunk plus a `ScalarHead`, whose reward is the head's output at the last
   real token of each sequence (the EOS / end-of-turn token), whatever the padding side or amount.
+- Loading a trained reward model (`load_reward_model`) and scoring with it: text pairs rendered with the chat
+  template (`score_responses`), token sequences (`score_sequences`), RL rollouts from their sampled ids
+  (`score_rollouts`), and a GRPO reward function over sampled responses (`rollout_reward_fn`).
 """
 from __future__ import annotations
 
 import copy
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cs336_alignment.checkpoint import load_checkpoint, load_checkpoint_extra
+from cs336_alignment.data import pad_sequences
 from cs336_alignment.model import ScalarHead, TransformerConfig, TransformerLM
+from cs336_alignment.rollout import Rollouts
+from cs336_alignment.runtime import autocast
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -179,3 +187,80 @@ class RewardModel(nn.Module):
         last = (positions * attention_mask.bool()).argmax(dim=-1)             # (B,)
         return scores.gather(1, last[:, None]).squeeze(1)                     # (B,)
         # END SOLUTION
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A trained reward model: loading and scoring (best-of-N, PPO, GRPO, the report)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def load_reward_model(path, device: torch.device | str = "cpu") -> tuple[RewardModel, dict]:
+    """Rebuild a RewardModel saved by `python -m cs336_alignment rm`. Returns (model in eval mode, the
+    checkpoint's extra dict). Raises ValueError for a checkpoint of another kind."""
+    extra = load_checkpoint_extra(path)
+    if extra.get("kind") != "reward_model":
+        raise ValueError(f"{path} is not a reward-model checkpoint (written by `python -m cs336_alignment rm`)")
+    model = RewardModel(TransformerConfig(**extra["model_config"]))
+    load_checkpoint(path, model)
+    return model.to(device).eval(), extra
+
+
+def batch_rewards(model: RewardModel, sequences: list[list[int]], pad_token_id: int) -> Tensor:
+    """Rewards (B,) float32 of token sequences, right-padded with pad_token_id into one batch (differentiable)."""
+    device = next(model.parameters()).device
+    ids, mask = pad_sequences(sequences, pad_token_id)                             # (B, L) each
+    with autocast(device):
+        return model(ids.to(device), mask.to(device)).float()                     # (B,)
+
+
+@torch.no_grad()
+def score_sequences(model: RewardModel, sequences: list[list[int]], pad_token_id: int, batch_size: int = 64
+                    ) -> list[float]:
+    """Reward of each token sequence (prompt + response ids), read at its last token; no gradient.
+
+    Sequences are right-padded with pad_token_id in batches of `batch_size` (the padding is masked, so a
+    score does not depend on the batch it is in, up to float rounding). The model is scored in eval mode and
+    its training mode is restored afterwards. Returns one float per sequence, in order.
+    """
+    was_training = model.training
+    model.eval()
+    scores = [r for i in range(0, len(sequences), batch_size)
+              for r in batch_rewards(model, sequences[i:i + batch_size], pad_token_id).tolist()]
+    model.train(was_training)
+    return scores
+
+
+@torch.no_grad()
+def score_responses(model: RewardModel, tokenizer, prompts: list[str], responses: list[str],
+                    batch_size: int = 64) -> list[float]:
+    """Reward of each (user prompt, assistant response) text pair.
+
+    Each pair is rendered with the chat template (<|end|> appended to the response), cut to the model's
+    context_length, and scored by `score_sequences`. Returns one float per pair, in order.
+    """
+    context = model.config.context_length
+    sequences = [tokenizer.render([{"role": "user", "content": p}, {"role": "assistant", "content": r}])[0][:context]
+                 for p, r in zip(prompts, responses)]
+    return score_sequences(model, sequences, tokenizer.pad_token_id, batch_size)
+
+
+@torch.no_grad()
+def score_rollouts(model: RewardModel, rollouts: Rollouts, batch_size: int = 128) -> Tensor:
+    """(N,) float32: the reward of each prompt + sampled response of a `rollout.Rollouts`, from the sampled
+    token ids themselves (no decoding and re-tokenizing), read at the last token, which is the stop token
+    when the response has one. Scored by `score_sequences`."""
+    sequences = [p + r for p, r in zip(rollouts.prompt_ids, rollouts.response_ids)]
+    return torch.tensor(score_sequences(model, sequences, rollouts.pad_token_id, batch_size))
+
+
+def rollout_reward_fn(model: RewardModel, rollouts: Rollouts, batch_size: int = 128
+                      ) -> Callable[[tuple[int, ...], tuple[int, ...]], dict[str, float]]:
+    """A reward function in the shape `advantages.compute_group_normalized_rewards` takes,
+    reward_fn(response, ground_truth) -> {"reward"}, for a reward model: the response is its sampled token
+    ids and the "ground truth" the prompt's ids (tuples), so the model scores exactly the tokens the policy
+    sampled. All rows are scored at once (`score_rollouts`, batched); the function looks a response up by
+    its tokens. Call it with responses [tuple(r) for r in rollouts.response_ids] and prompts likewise.
+    """
+    scores = score_rollouts(model, rollouts, batch_size).tolist()
+    table = {(tuple(p), tuple(r)): s for p, r, s in zip(rollouts.prompt_ids, rollouts.response_ids, scores)}
+    return lambda response, prompt: {"reward": table[(tuple(prompt), tuple(response))]}

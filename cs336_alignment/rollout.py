@@ -1,4 +1,4 @@
-"""Rollouts for RL on language models: sample G responses per prompt and lay them out for training.
+"""Sampling from a policy: responses to prompts (evaluation, preference pairs, best-of-N) and rollouts for RL.
 
 An RL step (REINFORCE / GRPO / PPO, and best-of-N sampling) starts the same way: repeat each prompt G times,
 sample a response to every copy with the KV-cached `model.generate`, score the responses, and compute
@@ -8,12 +8,15 @@ log-probabilities of the *sampled tokens* again with gradients. This file does t
     (exactly the sampled tokens, stop token included), response texts (stop token removed), the sampler's
     log-probs, and padded next-token tensors input_ids / labels / response_mask (B, T).
   * `generate_per_row(model, prompts, max_new_tokens=...)`: `model.generate` where each row may use the
-    room its own prompt leaves in the context (also used by evaluation and preference sampling).
+    room its own prompt leaves in the context.
+  * `sample_and_strip(...)`: the one path from prompts to responses: `generate_per_row`, then the trailing
+    stop token cut off and the rest decoded. `generate_responses` (evaluation: texts), `sample_responses`
+    (k chat samples per question: preference pairs, best-of-N, the report) and `sample_rollouts` use it.
   * `build_training_tensors(prompt_ids, response_ids, pad_token_id)`: the (B, T) tensors from token ids,
-    laid out like `data.tokenize_prompt_and_output` (right-padded; labels = inputs shifted by one;
-    response_mask True where the label is a response token), but without re-tokenizing text. Decoding a
+    laid out by `data.tokenize_prompt_and_output` itself, but without re-tokenizing text. Decoding a
     sample and encoding it again can give different tokens, and then the trainer would compute log-probs
     of tokens the policy never sampled (the ratio pi / pi_old would no longer be 1 on-policy).
+  * `sequence_widths`, `micro_batch`: rows of the (N, T) tensors cut to their longest real row (RL loops).
 
 Layout: rollouts are in contiguous groups, rows [g*G, (g+1)*G) answer prompt g, as
 `advantages.compute_group_normalized_rewards` expects (GRPO, Shao et al. 2024, §4.1.2).
@@ -27,23 +30,42 @@ attention mask: causal attention never lets a real token see the padding after i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from cs336_alignment.data import tokenize_prompt_and_output
 from cs336_alignment.model import GenerationOutput, generate
+from cs336_alignment.tokenizer import Format, build_prompt, cut_raw_response, stop_token_ids
 
 # ---------------------------------------------------------------------------------------------------------
 # Training tensors from token ids
 # ---------------------------------------------------------------------------------------------------------
 
 
+class _TokenIds:
+    """A stand-in tokenizer for `data.tokenize_prompt_and_output` whose strings are token ids already: each
+    character is one id (chr(id)), so `encode` gives back exactly the ids, and nothing is re-tokenized."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = self.eos_token_id = pad_token_id
+
+    @staticmethod
+    def as_text(ids: list[int]) -> str:
+        return "".join(map(chr, ids))
+
+    @staticmethod
+    def encode(text: str) -> list[int]:
+        return [ord(c) for c in text]
+
+
 def build_training_tensors(prompt_ids: list[list[int]], response_ids: list[list[int]],
                            pad_token_id: int) -> dict[str, Tensor]:
     """Right-padded next-token tensors for prompt + response token lists (no tokenization involved).
 
-    Same layout as `data.tokenize_prompt_and_output`: full_i = prompt_i + response_i, padded to
-    L = max_i |full_i|; input_ids = full[:, :-1], labels = full[:, 1:], and response_mask marks the label
+    The layout of `data.tokenize_prompt_and_output`, which builds them: full_i = prompt_i + response_i, padded
+    to L = max_i |full_i|; input_ids = full[:, :-1], labels = full[:, 1:], and response_mask marks the label
     positions that hold response tokens (row i has exactly len(response_ids[i]) True entries).
 
     Args:
@@ -60,14 +82,8 @@ def build_training_tensors(prompt_ids: list[list[int]], response_ids: list[list[
     for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
         if not p or not r:
             raise ValueError(f"row {i} has an empty prompt or response: every row needs a token to train on")
-    B, L = len(prompt_ids), max(len(p) + len(r) for p, r in zip(prompt_ids, response_ids))
-    full = torch.full((B, L), pad_token_id, dtype=torch.long)                 # (B, L)
-    is_response = torch.zeros((B, L), dtype=torch.bool)                       # (B, L) True on response tokens
-    for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
-        full[i, :len(p) + len(r)] = torch.tensor(p + r, dtype=torch.long)
-        is_response[i, len(p):len(p) + len(r)] = True
-    # Position t predicts token t + 1, so the response mask moves with the labels.
-    return {"input_ids": full[:, :-1], "labels": full[:, 1:], "response_mask": is_response[:, 1:]}
+    return tokenize_prompt_and_output([_TokenIds.as_text(p) for p in prompt_ids],
+                                      [_TokenIds.as_text(r) for r in response_ids], _TokenIds(pad_token_id))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -160,6 +176,80 @@ def generate_per_row(model, prompts: list[list[int]], *, max_new_tokens: int, ba
 
 
 @torch.no_grad()
+def sample_and_strip(model, tokenizer, prompts: list[list[int]], stops: list[int], *, max_new_tokens: int,
+                     batch_size: int | None = None, **sampling) -> list[dict[str, Any]]:
+    """One response per prompt: `generate_per_row`, then the trailing stop token (if emitted) removed and decoded.
+
+    Returns:
+        [{"text": decoded response without the stop token, "tokens": the generated ids (stop token included
+        when emitted), "logprobs": (len(tokens),) float32 sampler log-probs of those ids (`generate`),
+        "n_tokens": len(tokens) without the stop token, "truncated": stopped by the length limit}] in the
+        order of `prompts`.
+    """
+    out = generate_per_row(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                           eos_token_id=stops, pad_token_id=tokenizer.pad_token_id, **sampling)
+    responses = []
+    for tokens, logprobs in zip(out.tokens, out.logprobs):
+        stopped = bool(tokens) and tokens[-1] in stops
+        body = tokens[:-1] if stopped else tokens
+        responses.append({"text": tokenizer.decode(body), "tokens": tokens, "logprobs": logprobs,
+                          "n_tokens": len(body), "truncated": not stopped})
+    return responses
+
+
+@torch.no_grad()
+def generate_responses(model, tokenizer, questions: list[str], *, fmt: Format, max_new_tokens: int = 64,
+                       batch_size: int = 64, temperature: float = 0.0,
+                       generator: torch.Generator | None = None) -> list[str]:
+    """Responses (text, stop token removed) to each question, generated in batches with the KV cache.
+
+    Args:
+        questions: N question strings.  fmt: "chat" or "raw" (`tokenizer.build_prompt`); a raw response is
+            also cut at a blank line or a new "Question:" (`tokenizer.cut_raw_response`).
+        max_new_tokens: upper bound per response (tokens, stop token included); a question whose prompt
+            leaves less room in the context gets min(max_new_tokens, context_length - prompt length)
+            (`generate_per_row`), without shortening the other responses of its batch.
+        batch_size: prompts generated together.
+        temperature: 0 = greedy (the default for evaluation).  generator: for reproducible samples at T > 0.
+    Returns:
+        N strings, in the order of `questions`.
+    Raises:
+        ValueError: if a prompt fills the whole context (no room for a response).
+    """
+    prompts = [build_prompt(q, tokenizer, fmt) for q in questions]
+    if not prompts:
+        return []
+    responses = sample_and_strip(model, tokenizer, prompts, stop_token_ids(tokenizer, fmt),
+                                 max_new_tokens=max_new_tokens, batch_size=batch_size, temperature=temperature,
+                                 generator=generator)
+    return [cut_raw_response(r["text"]) if fmt == "raw" else r["text"] for r in responses]
+
+
+@torch.no_grad()
+def sample_responses(model, tokenizer, questions: list[str], k: int, *, max_new_tokens: int, temperature: float = 1.0,
+                     seed: int = 0, batch_size: int = 128) -> list[list[dict[str, Any]]]:
+    """k sampled chat responses per question: [[{"text", "tokens", "n_tokens", "truncated"}] * k] * len(questions).
+
+    tokens are the generated ids (the stop token included when emitted); text and n_tokens leave the stop
+    token out; truncated = stopped by the length limit (`sample_and_strip`). Each response may have up to
+    max_new_tokens tokens, or fewer when its own prompt leaves less room in the context (`generate_per_row`; a
+    long question does not shorten the responses to the others). The k copies of each question are
+    consecutive rows, generated `batch_size` rows at a time.
+    Sampling uses a torch.Generator seeded with `seed`, so the same call gives the same samples.
+    Raises:
+        ValueError: if a prompt fills the whole context (no room for a response).
+    """
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    prompts = [build_prompt(q, tokenizer, "chat") for q in questions for _ in range(k)]
+    if not prompts:
+        return [[] for _ in questions]
+    out = sample_and_strip(model, tokenizer, prompts, stop_token_ids(tokenizer, "chat"),
+                           max_new_tokens=max_new_tokens, batch_size=batch_size, temperature=temperature,
+                           generator=generator)
+    return [out[j * k:(j + 1) * k] for j in range(len(questions))]
+
+
+@torch.no_grad()
 def sample_rollouts(policy, tokenizer, prompts: list[str] | list[list[int]], group_size: int, *,
                     temperature: float = 1.0, max_new_tokens: int = 64, generator: torch.Generator | None = None,
                     top_k: int | None = None, top_p: float | None = None, stop_token_ids: list[int] | None = None,
@@ -190,14 +280,29 @@ def sample_rollouts(policy, tokenizer, prompts: list[str] | list[list[int]], gro
     stops = stop_token_ids if stop_token_ids is not None else [tokenizer.end_of_turn_id, tokenizer.eos_token_id]
     prompt_ids = [tokenizer.prompt_ids(p) if isinstance(p, str) else list(p) for p in prompts]
     repeated = [ids for ids in prompt_ids for _ in range(group_size)]          # contiguous groups
-    out = generate_per_row(policy, repeated, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                           temperature=temperature, top_k=top_k, top_p=top_p, eos_token_id=stops,
-                           pad_token_id=tokenizer.pad_token_id, generator=generator)
-    response_ids, sampler_log_probs = out.tokens, out.logprobs
-    finished = torch.tensor([bool(r) and r[-1] in stops for r in response_ids])  # (N,)
-    texts = [tokenizer.decode(r[:-1] if done else r) for r, done in zip(response_ids, finished.tolist())]
+    out = sample_and_strip(policy, tokenizer, repeated, stops, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                           temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+    response_ids, sampler_log_probs = [r["tokens"] for r in out], [r["logprobs"] for r in out]
+    finished = torch.tensor([not r["truncated"] for r in out])                 # (N,)
+    texts = [r["text"] for r in out]
     tensors = build_training_tensors(repeated, response_ids, tokenizer.pad_token_id)
     return Rollouts(prompt_ids=repeated, response_ids=response_ids, response_texts=texts,
                     sampler_log_probs=sampler_log_probs, input_ids=tensors["input_ids"], labels=tensors["labels"],
                     response_mask=tensors["response_mask"], group_size=group_size, temperature=temperature,
                     finished=finished, pad_token_id=tokenizer.pad_token_id)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Micro-batches of rollout tensors (the RL loops)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def sequence_widths(rollouts: Rollouts) -> Tensor:
+    """(N,) long: real (non-padding) positions of each row of the training tensors (prompt + response - 1)."""
+    return torch.tensor([len(p) + len(r) - 1 for p, r in zip(rollouts.prompt_ids, rollouts.response_ids)])
+
+
+def micro_batch(tensors: dict[str, Tensor], rows: Tensor, widths: Tensor, device: torch.device) -> dict[str, Tensor]:
+    """Rows `rows` of each (N, T) tensor, cut to the longest real row among them (right padding only)."""
+    width = int(widths[rows].max())
+    return {k: v[rows, :width].to(device) for k, v in tensors.items()}

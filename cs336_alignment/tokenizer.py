@@ -29,8 +29,11 @@ import re
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Literal
 
 import tiktoken
+
+from cs336_alignment.tasks import format_raw_prompt, pretraining_text, sft_examples
 
 ENDOFTEXT, PAD, SYSTEM, USER, ASSISTANT, END = (
     "<|endoftext|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
@@ -313,12 +316,40 @@ def load_tokenizer(path: str | os.PathLike | None = None) -> Tokenizer:
 
 
 # ----------------------------------------------------------------------------
+# Prompt formats: what a model reads before its response, and the tokens that end the response
+#   chat  <|user|>{question}<|end|><|assistant|>  and the response ends at <|end|> (SFT and RL models).
+#   raw   "Question: {question}\nAnswer:"  and the response ends at <|endoftext|>, at a blank line, or where a
+#         new "Question:" starts: how the base model saw documents in pretraining.
+
+Format = Literal["chat", "raw"]
+
+
+def build_prompt(question: str, tokenizer: Tokenizer, fmt: Format) -> list[int]:
+    """Token ids of the prompt for one question, in the chat template or the raw pretraining format."""
+    if fmt == "chat":
+        return tokenizer.prompt_ids(question)
+    if fmt == "raw":
+        return tokenizer.encode_ordinary(format_raw_prompt(question))
+    raise ValueError(f"format must be 'chat' or 'raw', got {fmt!r}")
+
+
+def stop_token_ids(tokenizer: Tokenizer, fmt: Format) -> list[int]:
+    """Tokens that end a response: <|end|> (and <|endoftext|>) for chat, <|endoftext|> for raw text."""
+    return [tokenizer.end_of_turn_id, tokenizer.eos_token_id] if fmt == "chat" else [tokenizer.eos_token_id]
+
+
+def cut_raw_response(text: str) -> str:
+    """A raw-format continuation up to a blank line or the next "Question:" (a base model keeps writing)."""
+    for stop in ("\n\n", "Question:"):
+        text = text.split(stop, 1)[0]
+    return text
+
+
+# ----------------------------------------------------------------------------
 # The shipped tokenizer: trained on the task world
 
 def default_training_text(n_problems: int = 2000, n_chats: int = 500, seed: int = 0) -> str:
     """The task world's pretraining documents followed by chat-template renderings of SFT conversations."""
-    from cs336_alignment.tasks import pretraining_text, sft_examples
-
     chats = "".join(ROLE_TOKENS[m["role"]] + m["content"] + END
                     for conversation in sft_examples(n_chats, seed=seed + 1) for m in conversation)
     return pretraining_text(n_problems, seed=seed) + chats

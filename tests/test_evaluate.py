@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cs336_alignment.evaluate import build_prompt, generate_responses, stop_token_ids
 from cs336_alignment.model import TransformerConfig, TransformerLM, generate
-from cs336_alignment.preferences import sample_responses
+from cs336_alignment.rollout import generate_responses, sample_responses
+from cs336_alignment.tokenizer import build_prompt, stop_token_ids
 from cs336_alignment.tasks import generate_problems
 from cs336_alignment.tokenizer import load_tokenizer
 

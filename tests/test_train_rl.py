@@ -18,7 +18,8 @@ from cs336_alignment.checkpoint import load_checkpoint_extra, save_checkpoint
 from cs336_alignment.model import TransformerConfig, TransformerLM
 from cs336_alignment.tokenizer import load_tokenizer
 from cs336_alignment.train import grpo, ppo
-from cs336_alignment.train.common import load_model, read_metrics
+from cs336_alignment.checkpoint import load_model
+from cs336_alignment.train.common import load_problems, load_sft_optimizer_state, prompt_indices, read_metrics
 from test_train_smoke import interrupt_then_resume, run_interrupted_then_resume
 
 
@@ -48,7 +49,7 @@ def prob_first_token_lowercase(ckpt: str, tokenizer) -> float:
     lower = torch.tensor([tokenizer.decode([i])[:1].isascii() and tokenizer.decode([i])[:1].islower()
                           for i in range(tokenizer.vocab_size)])
     probs = []
-    for problem in grpo.load_problems("", 16, "train", seed=2):  # the loops' prompt pool (seed + 2)
+    for problem in load_problems("", 16, "train", seed=2):  # the loops' prompt pool (seed + 2)
         ids = torch.tensor([tokenizer.prompt_ids(problem["question"])])
         probs.append(float(torch.softmax(model(ids)[0, -1], dim=-1)[lower].sum()))
     return sum(probs) / len(probs)
@@ -252,8 +253,8 @@ def test_rl_loops_need_an_init(tmp_path):
 
 
 def test_prompt_indices_are_a_pure_function_of_step():
-    first = [grpo.prompt_indices(s, 10, 4, seed=3) for s in range(5)]
-    assert first == [grpo.prompt_indices(s, 10, 4, seed=3) for s in range(5)]
+    first = [prompt_indices(s, 10, 4, seed=3) for s in range(5)]
+    assert first == [prompt_indices(s, 10, 4, seed=3) for s in range(5)]
     epoch0 = sum(first[:2], []) + first[2][:2]       # steps 0, 1 and half of 2 cover the pool once
     assert sorted(epoch0) == list(range(10))
 
@@ -273,7 +274,7 @@ def rm_ckpt(tmp_path_factory, init_ckpt):
 
 def test_score_rollouts_match_unpadded_forward(rm_ckpt, init_ckpt, tokenizer):
     from cs336_alignment.rollout import sample_rollouts
-    from cs336_alignment.train.reward_model import load_reward_model, score_rollouts
+    from cs336_alignment.reward_model import load_reward_model, score_rollouts
 
     rm, _ = load_reward_model(rm_ckpt)
     policy, _ = load_model(init_ckpt)
@@ -305,11 +306,11 @@ def test_load_sft_optimizer_state_keeps_second_moments_only(tmp_path):
     sft_opt.step()
     save_checkpoint(model, sft_opt, 1, tmp_path / "sft.pt")
     rl_opt = AdamW(model.parameters(), lr=5e-5, weight_decay=0.0)
-    grpo.load_sft_optimizer_state(str(tmp_path / "sft.pt"), rl_opt)
+    load_sft_optimizer_state(str(tmp_path / "sft.pt"), rl_opt)
     for p in model.parameters():
         saved, loaded = sft_opt.state[p], rl_opt.state[p]
         assert torch.equal(loaded["exp_avg_sq"], saved["exp_avg_sq"]) and not loaded["exp_avg"].any()
     assert rl_opt.param_groups[0]["lr"] == 5e-5 and rl_opt.param_groups[0]["weight_decay"] == 0.0
     save_checkpoint(model, None, 1, tmp_path / "weights_only.pt")
     with pytest.raises(ValueError):
-        grpo.load_sft_optimizer_state(str(tmp_path / "weights_only.pt"), rl_opt)
+        load_sft_optimizer_state(str(tmp_path / "weights_only.pt"), rl_opt)

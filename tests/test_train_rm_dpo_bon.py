@@ -17,6 +17,7 @@ import torch
 from cs336_alignment.checkpoint import save_checkpoint
 from cs336_alignment.metrics import best_of_n_kl
 from cs336_alignment.model import TransformerConfig, TransformerLM
+from cs336_alignment import reward_model as rm_package
 from cs336_alignment.preferences import load_preferences, parse_preference, write_preferences
 from cs336_alignment.tasks import generate_problems
 from cs336_alignment.tokenizer import load_tokenizer
@@ -70,9 +71,9 @@ def test_rm_smoke_loss_falls_and_accuracy_rises(trained_rm, pref_files):
     assert result["rm/eval_accuracy"] >= 0.9, "held-out pairs ordered"
     assert 0.0 <= result["rm/eval_ece"] <= 1.0
     # The saved model loads, and its rewards are centred on the training responses.
-    model, extra = reward_model.load_reward_model(result["checkpoint"])
+    model, extra = rm_package.load_reward_model(result["checkpoint"])
     pairs = load_preferences(pref_files[0])
-    scores = reward_model.score_responses(model, load_tokenizer(), [p["prompt"] for p in pairs] * 2,
+    scores = rm_package.score_responses(model, load_tokenizer(), [p["prompt"] for p in pairs] * 2,
                                           [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs])
     assert abs(sum(scores) / len(scores)) < 1e-3, "mean reward 0 on the training responses"
     assert extra["kind"] == "reward_model"
@@ -101,7 +102,7 @@ def test_correct_preferred_hand_example():
 
 
 def test_sft_diagnostics_matches_naive_mean_log_probs(tiny_ckpt):
-    from cs336_alignment.train.common import load_model
+    from cs336_alignment.checkpoint import load_model
     model, _ = load_model(tiny_ckpt)
     tokenizer = load_tokenizer()
     problems = generate_problems(6, "test", seed=5)

@@ -28,8 +28,13 @@ from dataclasses import dataclass
 
 import torch
 
+from cs336_alignment.checkpoint import load_model
 from cs336_alignment.metrics import best_of_n_kl, best_of_n_weights, distinct_n, pass_at_k
-from cs336_alignment.train.common import MetricsLogger, load_model, parse_config, setup_run
+from cs336_alignment.reward_model import load_reward_model, score_responses
+from cs336_alignment.rollout import sample_responses
+from cs336_alignment.tasks import generate_problems, gold_reward
+from cs336_alignment.tokenizer import load_tokenizer
+from cs336_alignment.train.common import MetricsLogger, parse_config, setup_run
 
 
 @dataclass
@@ -93,11 +98,6 @@ def best_of_n_curve(proxy: torch.Tensor, gold: torch.Tensor, lengths: torch.Tens
 
 def train(cfg: BoNConfig) -> dict:
     """Sample the pools, score them, and write the best-of-N curve. Returns {"rows": [...], "wall_s": ...}."""
-    from cs336_alignment.preferences import sample_responses
-    from cs336_alignment.tasks import generate_problems, gold_reward
-    from cs336_alignment.tokenizer import load_tokenizer
-    from cs336_alignment.train.reward_model import load_reward_model, score_responses
-
     out, device = setup_run(cfg)
     tokenizer = load_tokenizer()
     policy, _ = load_model(cfg.init, device)

@@ -1,6 +1,7 @@
-"""What every training loop shares, and nothing more: config -> argparse, device and autocast, threads and
-seeds (`setup_run` does the output directory, threads, seed and device in one call), loading a TransformerLM
-from a checkpoint, and the metrics logger.
+"""What every training loop shares, and nothing more: config -> argparse (and the strict dict loader), the run's
+setup (`setup_run`: output directory, threads, seed and device in one call), the data order (one seeded
+permutation per epoch), RL prompts, the optimizer, the learning-rate schedule and the metrics logger.
+Device, autocast, threads and seeds live in `runtime.py`; loading a model in `checkpoint.py`.
 
 The loops themselves (pretrain.py, sft.py, ...) write their steps out in full, CleanRL style: the
 forward pass, `loss.backward()`, clipping, `optimizer.step()` and `optimizer.zero_grad(set_to_none=True)`
@@ -18,13 +19,12 @@ from __future__ import annotations
 
 import argparse
 import ast
-import contextlib
 import dataclasses
+import functools
 import inspect
 import json
 import math
 import os
-import random
 import sys
 import textwrap
 import types
@@ -32,8 +32,13 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
 import torch
+from tqdm import tqdm
+
+from cs336_alignment.data import load_jsonl
+from cs336_alignment.nn_utils import get_lr_cosine_schedule
+from cs336_alignment.runtime import get_device, set_seed, set_threads
+from cs336_alignment.tasks import generate_problems
 
 C = TypeVar("C")
 
@@ -106,46 +111,8 @@ def run_dir(name: str, out: str) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Device, precision, threads, seeds
+# Run setup, data order, prompts, optimizer state
 # ---------------------------------------------------------------------------------------------------------
-
-
-def get_device(name: str = "auto") -> torch.device:
-    """"auto" picks cuda, then mps (Apple GPUs), then cpu; any other string is passed to torch.device."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (matmuls in bfloat16, reductions and weights in float32); a no-op elsewhere.
-
-    On CPU, bf16 matmuls are slower than float32 for models this small, and on mps bf16 support varies.
-    """
-    if device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def set_threads(threads: int) -> None:
-    """torch.set_num_threads(threads) when threads > 0 (0 leaves torch's default).
-
-    On the 2-core machines we measured, 2 threads ran ~10x *slower* than 1 when another process used the
-    other core (the threads wait for each other), so the loops default to 1.
-    """
-    if threads > 0:
-        torch.set_num_threads(threads)
-
-
-def set_seed(seed: int) -> None:
-    """Seed python's, numpy's and torch's global generators (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def setup_run(cfg: Any) -> tuple[Path, torch.device]:
@@ -162,30 +129,44 @@ def setup_run(cfg: Any) -> tuple[Path, torch.device]:
     return out, get_device(cfg.device)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Models and checkpoints
-# ---------------------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=4)
+def _epoch_order(n: int, seed: int, epoch: int) -> tuple[int, ...]:
+    return tuple(torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch)).tolist())
 
 
-def load_model(path: str | os.PathLike, device: torch.device | str = "cpu"):
-    """Rebuild the TransformerLM stored in a checkpoint written by our loops (its config is saved with it).
+def stream_indices(first: int, count: int, n: int, seed: int) -> list[int]:
+    """Positions first .. first + count - 1 of an endless stream of per-epoch permutations of range(n), seeded
+    with seed * 7919 + epoch: every loop's data order (SFT's examples, RM/DPO's pairs, RL's prompts). A pure
+    function of its arguments, so a resumed run draws the same items without replaying a generator."""
+    return [_epoch_order(n, seed, p // n)[p % n] for p in range(first, first + count)]
 
-    Returns:
-        (model on `device`, the checkpoint's extra dict: {"config", "model_config", "rng", ...}).
-    Raises:
-        FileNotFoundError, or KeyError when the checkpoint has no "model_config" (not one of ours).
-    """
-    from cs336_alignment.checkpoint import load_checkpoint, load_checkpoint_extra
-    from cs336_alignment.model import TransformerConfig, TransformerLM
 
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    extra = load_checkpoint_extra(path)
-    if "model_config" not in extra:
-        raise KeyError(f"{path} has no 'model_config': was it written by cs336_alignment's train loops?")
-    model = TransformerLM(TransformerConfig(**extra["model_config"]))
-    load_checkpoint(path, model)
-    return model.to(device), extra
+def prompt_indices(step: int, n_pool: int, per_step: int, seed: int) -> list[int]:
+    """The pool indices of RL step `step`: `per_step` consecutive positions of `stream_indices`."""
+    return stream_indices(step * per_step, per_step, n_pool, seed)
+
+
+def load_problems(data: str, n_problems: int, split: str, seed: int) -> list[dict[str, str]]:
+    """{"question", "answer"} prompts from a jsonl file or the task world."""
+    if data:
+        return load_jsonl(data, fields={"question": str, "answer": str})
+    return generate_problems(n_problems, split, seed)
+
+
+def load_sft_optimizer_state(path: str, optimizer) -> None:
+    """Start `optimizer` from the second moments (and step counts) of the AdamW state saved with the init
+    checkpoint, with zero momentum and the optimizer's own hyperparameters. A fresh Adam's first updates are
+    about lr * sign(g) for every weight, whatever the gradient's size; with SFT's second moments, a small RL
+    gradient gives a small step. (The momentum is zeroed: SFT's would keep doing SFT for a few steps.)"""
+    hyper = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    state = torch.load(path, map_location="cpu", weights_only=True)["optimizer"]
+    if state is None:
+        raise ValueError(f"{path} has no optimizer state: use --no-init-optimizer")
+    optimizer.load_state_dict(state)
+    for group, saved in zip(optimizer.param_groups, hyper):
+        group.update(saved)
+    for param_state in optimizer.state.values():  # keep only the scale: SFT's momentum would be more SFT
+        param_state["exp_avg"].zero_()
 
 
 def num_params(model: torch.nn.Module) -> int:
@@ -239,13 +220,11 @@ class MetricsLogger:
 
     def write(self, line: str) -> None:
         if not self.quiet:
-            from tqdm import tqdm
             tqdm.write(line, file=sys.stdout)
 
 
 def progress_bar(total: int, initial: int, desc: str):
     """A tqdm bar on an interactive terminal; a no-op object otherwise (logs and CI stay clean)."""
-    from tqdm import tqdm
     return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, leave=False,
                 disable=not sys.stderr.isatty())
 
@@ -258,7 +237,6 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, float]]:
 
 def cosine_lr(step: int, lr: float, min_lr: float, warmup_steps: int, num_steps: int) -> float:
     """Learning rate at optimizer step `step` (0-based): linear warmup, cosine decay to min_lr at num_steps."""
-    from cs336_alignment.nn_utils import get_lr_cosine_schedule
     return get_lr_cosine_schedule(step, lr, min_lr, warmup_steps, max(num_steps - 1, warmup_steps))
 
 

@@ -9,7 +9,7 @@ No reward model and no sampling during training: the policy's implicit reward be
 fitted to the labels directly with `dpo.dpo_loss` (eq. 7). The reference is the frozen initial policy, and
 its log-probs never change, so they are computed once for every pair before the first step (the usual
 trick; TRL's `precompute_ref_log_probs`). Sequence log-probs are sums over the response tokens (the
-assistant content and its closing <|end|>) from `logprobs.get_response_log_probs(fused=True)`.
+assistant content and its closing <|end|>), `dpo.sequence_log_probs`.
 
 Metrics: loss/train (plus the NLL term when nll_coef > 0), dpo/margin (mean implicit-reward gap),
 dpo/accuracy (fraction of pairs whose chosen response has the higher implicit reward), dpo/chosen_reward,
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -28,15 +27,18 @@ from typing import Literal
 import numpy as np
 import torch
 
-from cs336_alignment.checkpoint import rng_state, save_checkpoint
+from cs336_alignment.checkpoint import load_model, rng_state, save_checkpoint
 from cs336_alignment.data import collate_chat
-from cs336_alignment.dpo import dpo_loss
-from cs336_alignment.logprobs import get_response_log_probs
+from cs336_alignment.dpo import dpo_loss, sequence_log_probs
+from cs336_alignment.evaluate import evaluate_model
 from cs336_alignment.model import TransformerConfig
 from cs336_alignment.nn_utils import AdamW, clip_gradients
 from cs336_alignment.preferences import PreferenceDataConfig, conversations, preference_data
-from cs336_alignment.train.common import (MetricsLogger, autocast, cosine_lr, finite_or_raise, load_model, num_params,
-                                          parse_config, progress_bar, setup_run)
+from cs336_alignment.runtime import autocast
+from cs336_alignment.tasks import generate_problems
+from cs336_alignment.tokenizer import load_tokenizer
+from cs336_alignment.train.common import (MetricsLogger, cosine_lr, finite_or_raise, num_params, parse_config,
+                                          progress_bar, setup_run, stream_indices)
 
 
 @dataclass
@@ -92,10 +94,6 @@ class DPOConfig(PreferenceDataConfig):
 def train(cfg: DPOConfig) -> dict:
     """Run DPO. Returns {"checkpoint", "steps", "loss/train", "loss/eval", "dpo/eval_accuracy",
     "accuracy/greedy", ...} (the last logged values)."""
-    from cs336_alignment.evaluate import evaluate_model
-    from cs336_alignment.tasks import generate_problems
-    from cs336_alignment.tokenizer import load_tokenizer
-
     # ---------------------------------------------------------------------------------------------------
     # Setup: policy, frozen reference, pairs, reference log-probs (once)
     # ---------------------------------------------------------------------------------------------------
@@ -118,8 +116,7 @@ def train(cfg: DPOConfig) -> dict:
         batch = collate_chat([c for pair in chats for c in pair], tokenizer, max_length=context)
         batch = {k: v.to(device) for k, v in batch.items()}
         with autocast(device):
-            log_probs = get_response_log_probs(m, batch["input_ids"], batch["labels"], fused=True)["log_probs"]
-        seq = torch.where(batch["response_mask"], log_probs.float(), 0.0).sum(-1)  # (2B,)
+            seq = sequence_log_probs(m, batch["input_ids"], batch["labels"], batch["response_mask"])  # (2B,)
         if with_lengths:
             return seq[0::2], seq[1::2], batch["response_mask"][0::2].sum(-1)
         return seq[0::2], seq[1::2]
@@ -136,16 +133,6 @@ def train(cfg: DPOConfig) -> dict:
     logger.write(f"dpo: {num_params(model) / 1e6:.2f}M parameters, {len(train_pairs)} train / {len(eval_pairs)} "
                  f"held-out pairs, beta {cfg.beta}, reference log-probs precomputed ({t_data:.0f} s with the "
                  f"pairs), device {device}")
-
-    @functools.lru_cache(maxsize=2)
-    def epoch_order(epoch: int) -> list[int]:
-        generator = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
-        return torch.randperm(len(train_chats), generator=generator).tolist()
-
-    def batch_indices(step: int) -> list[int]:
-        first = step * cfg.batch_size
-        return [epoch_order(p // len(train_chats))[p % len(train_chats)]
-                for p in range(first, first + cfg.batch_size)]
 
     @torch.no_grad()
     def evaluate() -> dict[str, float]:
@@ -178,7 +165,7 @@ def train(cfg: DPOConfig) -> dict:
             group["lr"] = lr
 
         # --- forward: policy log-probs of chosen and rejected; the reference's were precomputed
-        idx = batch_indices(step)
+        idx = stream_indices(step * cfg.batch_size, cfg.batch_size, len(train_chats), cfg.seed)
         policy_chosen, policy_rejected, n_chosen = batch_logps(model, [train_chats[i] for i in idx], True)
         index = torch.tensor(idx)
         loss, metrics = dpo_loss(policy_chosen, policy_rejected, ref_train[0][index].to(device),

@@ -32,7 +32,7 @@ KL(pi_old || pi)), policy/entropy (nats per token), kl/ref (k3 per token, with k
 groups/kept_fraction, grad_norm, lr, perf/tokens_per_s (through the trained forward passes), perf/rollout_s,
 perf/step_s, perf/cpu_s (process CPU seconds of training, evals excluded: compare runs by this).
 Held-out evaluations (before the first step, every eval_every, after the last) are separate lines whose keys
-are `metrics.evaluate_policy`'s with an "eval/" prefix: eval/accuracy/greedy, eval/reward/gold_mean
+are `evaluate.evaluate_policy`'s with an "eval/" prefix: eval/accuracy/greedy, eval/reward/gold_mean
 (accuracy of T = 1 samples), eval/reward/format_mean, eval/reward/proxy_mean (with an RM), eval/kl/sft
 (sequence KL to the SFT reference, nats), eval/response/length_mean, eval/response/distinct_2.
 """
@@ -49,16 +49,21 @@ from typing import Callable, Literal
 
 import torch
 
-from cs336_alignment.advantages import compute_group_normalized_rewards
-from cs336_alignment.checkpoint import load_checkpoint, load_checkpoint_extra, rng_state, save_checkpoint, set_rng_state
+from cs336_alignment.advantages import compute_group_normalized_rewards, compute_group_process_advantages
+from cs336_alignment.checkpoint import (load_checkpoint, load_checkpoint_extra, load_model, rng_state, save_checkpoint,
+                                        set_rng_state)
+from cs336_alignment.evaluate import run_eval
 from cs336_alignment.logprobs import get_response_log_probs
 from cs336_alignment.masked import masked_mean
 from cs336_alignment.nn_utils import AdamW, clip_gradients
 from cs336_alignment.policy_losses import grpo_microbatch_train_step, kl_estimate
-from cs336_alignment.rollout import Rollouts, sample_rollouts
-from cs336_alignment.tasks import gold_reward
-from cs336_alignment.train.common import (MetricsLogger, cosine_lr, finite_or_raise, get_device, load_model,
-                                          num_params, parse_config, progress_bar, run_dir, set_seed, set_threads)
+from cs336_alignment.reward_model import load_reward_model, score_rollouts
+from cs336_alignment.rollout import Rollouts, micro_batch, sample_rollouts, sequence_widths
+from cs336_alignment.tasks import gold_reward, process_rewards
+from cs336_alignment.tokenizer import load_tokenizer
+from cs336_alignment.train.common import (MetricsLogger, cosine_lr, finite_or_raise, load_problems,
+                                          load_sft_optimizer_state, num_params, parse_config, progress_bar,
+                                          prompt_indices, setup_run)
 
 
 @dataclass
@@ -156,62 +161,13 @@ class GRPOConfig:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Helpers shared with ppo.py
+# Per-token advantages from the task world's step rewards (--process-reward)
 # ---------------------------------------------------------------------------------------------------------
-
-
-def load_problems(data: str, n_problems: int, split: str, seed: int) -> list[dict[str, str]]:
-    """{"question", "answer"} prompts from a jsonl file or the task world."""
-    from cs336_alignment.data import load_jsonl
-    from cs336_alignment.tasks import generate_problems
-
-    if data:
-        return load_jsonl(data, fields={"question": str, "answer": str})
-    return generate_problems(n_problems, split, seed)
-
-
-def prompt_indices(step: int, n_pool: int, per_step: int, seed: int) -> list[int]:
-    """The pool indices used at `step`: an endless stream of per-epoch permutations, a pure function of
-    (seed, step), so a resumed run draws the same prompts."""
-    first = step * per_step
-    order = lambda epoch: torch.randperm(n_pool, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
-    return [int(order(p // n_pool)[p % n_pool]) for p in range(first, first + per_step)]
-
-
-def sequence_widths(rollouts: Rollouts) -> torch.Tensor:
-    """(N,) long: real (non-padding) positions of each row of the training tensors (prompt + response - 1)."""
-    return torch.tensor([len(p) + len(r) - 1 for p, r in zip(rollouts.prompt_ids, rollouts.response_ids)])
-
-
-def micro_batch(tensors: dict[str, torch.Tensor], rows: torch.Tensor, widths: torch.Tensor,
-                device: torch.device) -> dict[str, torch.Tensor]:
-    """Rows `rows` of each (N, T) tensor, cut to the longest real row among them (right padding only)."""
-    width = int(widths[rows].max())
-    return {k: v[rows, :width].to(device) for k, v in tensors.items()}
-
-
-def load_sft_optimizer_state(path: str, optimizer) -> None:
-    """Start `optimizer` from the second moments (and step counts) of the AdamW state saved with the init
-    checkpoint, with zero momentum and the optimizer's own hyperparameters. A fresh Adam's first updates are
-    about lr * sign(g) for every weight, whatever the gradient's size; with SFT's second moments, a small RL
-    gradient gives a small step. (The momentum is zeroed: SFT's would keep doing SFT for a few steps.)"""
-    hyper = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-    state = torch.load(path, map_location="cpu", weights_only=True)["optimizer"]
-    if state is None:
-        raise ValueError(f"{path} has no optimizer state: use --no-init-optimizer")
-    optimizer.load_state_dict(state)
-    for group, saved in zip(optimizer.param_groups, hyper):
-        group.update(saved)
-    for param_state in optimizer.state.values():  # keep only the scale: SFT's momentum would be more SFT
-        param_state["exp_avg"].zero_()
 
 
 def process_advantages(rollouts: Rollouts, truths: list[str], tokenizer, advantage_eps: float) -> torch.Tensor:
     """(N, T) float32 per-token advantages in the layout of the rollouts' training tensors (0 off the response
     tokens), from the task world's step rewards: each step's reward reaches the tokens up to its last one."""
-    from cs336_alignment.advantages import compute_group_process_advantages
-    from cs336_alignment.tasks import process_rewards
-
     step_rewards, step_ends = [], []
     for ids, text, truth in zip(rollouts.response_ids, rollouts.response_texts, truths):
         char_ends = list(itertools.accumulate(len(tokenizer.decode([t])) for t in ids))  # text length after token k
@@ -226,21 +182,6 @@ def process_advantages(rollouts: Rollouts, truths: list[str], tokenizer, advanta
     return out
 
 
-def run_eval(logger: MetricsLogger, step: int, policy, tokenizer, problems: list[dict[str, str]], *, reference,
-             reward_model, samples: int, max_new_tokens: int, seed: int) -> dict:
-    """`metrics.evaluate_policy` on held-out problems, logged with an "eval/" prefix (the report's evaluator:
-    greedy accuracy, T = 1 gold reward, proxy reward, KL to the SFT reference, length, distinct-2)."""
-    from cs336_alignment.metrics import evaluate_policy
-
-    if not problems:
-        return {}
-    metrics = evaluate_policy(policy, tokenizer, problems, reference=reference, reward_model=reward_model,
-                              samples_per_prompt=samples, max_new_tokens=max_new_tokens, seed=seed)
-    metrics = {f"eval/{key}": value for key, value in metrics.items()}
-    logger.log(step, metrics)
-    return metrics
-
-
 # ---------------------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------------------
@@ -252,10 +193,6 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
     reward_fn(response, ground_truth) -> {"reward": float, ...}, if given, replaces cfg.reward as the
     training reward (custom tasks, tests); reward/gold_mean still logs the task world's gold reward.
     """
-    from cs336_alignment.tokenizer import load_tokenizer
-    from cs336_alignment.train.reward_model import score_rollouts
-    from cs336_alignment.train.reward_model import load_reward_model
-
     # ---------------------------------------------------------------------------------------------------
     # Setup
     # ---------------------------------------------------------------------------------------------------
@@ -268,12 +205,8 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
     if cfg.process_reward and (cfg.reward != "gold" or reward_fn is not None or cfg.loss_type == "no_baseline"):
         raise ValueError("--process-reward needs the task world's gold reward (no --reward rm, no reward_fn) "
                          "and a baseline (--loss-type reinforce_with_baseline or grpo_clip)")
-    out = run_dir(cfg.name, cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out, device = setup_run(cfg)
     ckpt_path = out / "ckpt.pt"
-    set_threads(cfg.threads)
-    set_seed(cfg.seed)
-    device = get_device(cfg.device)
     tokenizer = load_tokenizer()
     policy, init_extra = load_model(cfg.init, device)
     reference = copy.deepcopy(policy).eval().requires_grad_(False)  # frozen SFT policy: KL and eval/kl_ref

@@ -51,20 +51,20 @@ from typing import Callable, Literal
 import torch
 
 from cs336_alignment.advantages import apply_missing_eos_penalty, compute_gae, compute_kl_shaped_rewards, whiten
-from cs336_alignment.checkpoint import load_checkpoint, load_checkpoint_extra, rng_state, save_checkpoint, set_rng_state
+from cs336_alignment.checkpoint import (load_checkpoint, load_checkpoint_extra, load_model, rng_state, save_checkpoint,
+                                        set_rng_state)
+from cs336_alignment.evaluate import run_eval
 from cs336_alignment.logprobs import get_response_log_probs
 from cs336_alignment.nn_utils import AdamW, clip_gradients
 from cs336_alignment.policy_losses import (AdaptiveKLController, compute_entropy_bonus, compute_ppo_policy_loss,
                                            compute_ppo_value_loss)
-from cs336_alignment.reward_model import RewardModel
-from cs336_alignment.rollout import sample_rollouts
+from cs336_alignment.reward_model import RewardModel, load_reward_model, score_rollouts
+from cs336_alignment.rollout import micro_batch, sample_rollouts, sequence_widths
 from cs336_alignment.tasks import gold_reward
-from cs336_alignment.train.common import (MetricsLogger, cosine_lr, finite_or_raise, load_model, num_params,
-                                          parse_config, progress_bar, setup_run)
-from cs336_alignment.train.grpo import (load_problems, load_sft_optimizer_state, micro_batch, prompt_indices, run_eval,
-                                        sequence_widths)
-from cs336_alignment.train.reward_model import load_reward_model, score_rollouts
-
+from cs336_alignment.tokenizer import load_tokenizer, stop_token_ids
+from cs336_alignment.train.common import (MetricsLogger, cosine_lr, finite_or_raise, load_problems,
+                                          load_sft_optimizer_state, num_params, parse_config, progress_bar,
+                                          prompt_indices, setup_run)
 
 
 @dataclass
@@ -85,7 +85,7 @@ class PPOConfig:
     init: str = ""
     """the SFT checkpoint to start from (required); also the frozen reference"""
     init_optimizer: bool = False
-    """start the policy's AdamW second moments from those saved in --init (see grpo.load_sft_optimizer_state)"""
+    """start the policy's AdamW second moments from those saved in --init (see train.common.load_sft_optimizer_state)"""
     # --- reward, value model and data
     reward: Literal["rm", "gold"] = "rm"
     """rm = the learned reward model at --reward-model; gold = the task world's verifiable reward"""
@@ -177,8 +177,6 @@ def train(cfg: PPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | No
             reward model, or on --resume from a checkpoint that holds no value model.
         FloatingPointError: when a loss becomes NaN/inf.
     """
-    from cs336_alignment.tokenizer import load_tokenizer
-
     # ---------------------------------------------------------------------------------------------------
     # Setup
     # ---------------------------------------------------------------------------------------------------
@@ -218,7 +216,7 @@ def train(cfg: PPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | No
             kl_ctl.value = kl_coef
         set_rng_state(extra["rng"])
         cpu_s = extra.get("cpu_s", 0.0)
-    stops = [tokenizer.end_of_turn_id, tokenizer.eos_token_id]
+    stops = stop_token_ids(tokenizer, "chat")
     logger = MetricsLogger(out, cfg.num_steps, dataclasses.asdict(cfg), resumed_from=start_step, quiet=cfg.quiet)
     logger.write(f"ppo: {num_params(policy) / 1e6:.2f}M-parameter policy, value from {value_init}, reward "
                  f"{cfg.reward}, {cfg.prompts_per_step} x {cfg.group_size} rollouts per step, device {device}"

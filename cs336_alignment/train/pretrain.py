@@ -19,12 +19,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cs336_alignment import tasks
 from cs336_alignment.checkpoint import load_checkpoint, load_checkpoint_extra, rng_state, save_checkpoint, set_rng_state
 from cs336_alignment.data import get_batch
 from cs336_alignment.model import TransformerConfig, TransformerLM
 from cs336_alignment.nn_utils import AdamW, clip_gradients, cross_entropy
-from cs336_alignment.train.common import (MetricsLogger, autocast, cosine_lr, finite_or_raise, get_device,
-                                          num_params, parse_config, progress_bar, run_dir, set_seed, set_threads)
+from cs336_alignment.runtime import autocast
+from cs336_alignment.tokenizer import load_tokenizer
+from cs336_alignment.train.common import (MetricsLogger, cosine_lr, finite_or_raise, num_params, parse_config,
+                                          progress_bar, setup_run)
 
 
 @dataclass
@@ -98,8 +101,6 @@ class PretrainConfig:
 
 def load_token_stream(cfg: PretrainConfig, tokenizer) -> np.ndarray:
     """The whole corpus as one (N,) int32 array of token ids."""
-    from cs336_alignment import tasks
-
     text = Path(cfg.data).read_text(encoding="utf-8") if cfg.data else tasks.pretraining_text(cfg.n_problems,
                                                                                                 cfg.seed)
     return np.array(tokenizer.encode(text), dtype=np.int32)  # (N,)
@@ -107,20 +108,14 @@ def load_token_stream(cfg: PretrainConfig, tokenizer) -> np.ndarray:
 
 def train(cfg: PretrainConfig) -> dict:
     """Run pretraining. Returns {"checkpoint": path, "loss/train": last, "loss/eval": last, "steps": n}."""
-    from cs336_alignment.tokenizer import load_tokenizer
-
     # ---------------------------------------------------------------------------------------------------
     # Setup
     # ---------------------------------------------------------------------------------------------------
     if cfg.batch_size % cfg.grad_accum_steps:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by grad_accum_steps {cfg.grad_accum_steps}")
     micro_batch_size = cfg.batch_size // cfg.grad_accum_steps  # to be filled in at runtime
-    out = run_dir(cfg.name, cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out, device = setup_run(cfg)
     ckpt_path = out / "ckpt.pt"
-    set_threads(cfg.threads)
-    set_seed(cfg.seed)
-    device = get_device(cfg.device)
 
     tokenizer = load_tokenizer()
     tokens = load_token_stream(cfg, tokenizer)  # (N,)

@@ -25,23 +25,23 @@ Bradley-Terry loss only sees differences; InstructGPT normalises its RM the same
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from cs336_alignment.checkpoint import load_checkpoint, load_checkpoint_extra, save_checkpoint
-from cs336_alignment.data import pad_sequences
-from cs336_alignment.metrics import pairwise_calibration_error, sequence_log_probs
+from cs336_alignment.checkpoint import load_model, save_checkpoint
+from cs336_alignment.evaluate import batched_sequence_log_probs
+from cs336_alignment.metrics import pairwise_calibration_error
 from cs336_alignment.model import TransformerConfig
 from cs336_alignment.nn_utils import AdamW, clip_gradients
 from cs336_alignment.preferences import PreferenceDataConfig, conversations, preference_data
-from cs336_alignment.reward_model import RewardModel, bradley_terry_loss, reward_accuracy
-from cs336_alignment.rollout import Rollouts
-from cs336_alignment.train.common import (MetricsLogger, autocast, cosine_lr, finite_or_raise, load_model, num_params,
-                                          parse_config, progress_bar, setup_run)
+from cs336_alignment.reward_model import (RewardModel, batch_rewards, bradley_terry_loss, reward_accuracy,
+                                          score_sequences)
+from cs336_alignment.tokenizer import load_tokenizer
+from cs336_alignment.train.common import (MetricsLogger, cosine_lr, finite_or_raise, num_params, parse_config,
+                                          progress_bar, setup_run, stream_indices)
 
 
 @dataclass
@@ -86,66 +86,8 @@ class RMConfig(PreferenceDataConfig):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Scoring helpers (also used by best-of-N, PPO and the report)
+# Held-out diagnostics: does a score prefer the correct response?
 # ---------------------------------------------------------------------------------------------------------
-
-
-def load_reward_model(path, device: torch.device | str = "cpu") -> tuple[RewardModel, dict]:
-    """Rebuild a RewardModel saved by this loop. Returns (model in eval mode, the checkpoint's extra dict)."""
-    extra = load_checkpoint_extra(path)
-    if extra.get("kind") != "reward_model":
-        raise ValueError(f"{path} is not a reward-model checkpoint (written by `python -m cs336_alignment rm`)")
-    model = RewardModel(TransformerConfig(**extra["model_config"]))
-    load_checkpoint(path, model)
-    return model.to(device).eval(), extra
-
-
-def _batch_rewards(model: RewardModel, sequences: list[list[int]], pad_token_id: int) -> torch.Tensor:
-    """Rewards (B,) of right-padded token sequences (differentiable)."""
-    device = next(model.parameters()).device
-    ids, mask = pad_sequences(sequences, pad_token_id)                             # (B, L) each
-    with autocast(device):
-        return model(ids.to(device), mask.to(device)).float()                     # (B,)
-
-
-@torch.no_grad()
-def score_responses(model: RewardModel, tokenizer, prompts: list[str], responses: list[str],
-                    batch_size: int = 64) -> list[float]:
-    """Reward of each (user prompt, assistant response) text pair.
-
-    Each pair is rendered with the chat template (<|end|> appended to the response), cut to the model's
-    context_length, and scored by `score_sequences`. Returns one float per pair, in order.
-    """
-    context = model.config.context_length
-    sequences = [tokenizer.render([{"role": "user", "content": p}, {"role": "assistant", "content": r}])[0][:context]
-                 for p, r in zip(prompts, responses)]
-    return score_sequences(model, sequences, tokenizer.pad_token_id, batch_size)
-
-
-@torch.no_grad()
-def score_rollouts(model: RewardModel, rollouts: Rollouts, batch_size: int = 128) -> torch.Tensor:
-    """(N,) float32: the reward of each prompt + sampled response of a `rollout.Rollouts`, from the sampled
-    token ids themselves (no decoding and re-tokenizing), read at the last token, which is the stop token
-    when the response has one. Scored by `score_sequences`."""
-    sequences = [p + r for p, r in zip(rollouts.prompt_ids, rollouts.response_ids)]
-    return torch.tensor(score_sequences(model, sequences, rollouts.pad_token_id, batch_size))
-
-
-@torch.no_grad()
-def score_sequences(model: RewardModel, sequences: list[list[int]], pad_token_id: int, batch_size: int = 64
-                    ) -> list[float]:
-    """Reward of each token sequence (prompt + response ids), read at its last token; no gradient.
-
-    Sequences are right-padded with pad_token_id in batches of `batch_size` (the padding is masked, so a
-    score does not depend on the batch it is in, up to float rounding). The model is scored in eval mode and
-    its training mode is restored afterwards. Returns one float per sequence, in order.
-    """
-    was_training = model.training
-    model.eval()
-    scores = [r for i in range(0, len(sequences), batch_size)
-              for r in _batch_rewards(model, sequences[i:i + batch_size], pad_token_id).tolist()]
-    model.train(was_training)
-    return scores
 
 
 def correct_preferred(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor, pairs: list[dict]
@@ -182,10 +124,16 @@ def sft_diagnostics(sft_model, tokenizer, pairs: list[dict], context: int) -> di
             start = mask.index(True)                                               # the assistant's first token
             prompts.append(ids[:start][:context])
             responses.append(ids[start:context])
+    # A prompt that fills the context leaves no response token: that response scores 0 (an empty sum).
+    scored = [i for i, r in enumerate(responses) if r]
     lengths = torch.tensor([max(1, len(r)) for r in responses], dtype=torch.float32)
     was_training = sft_model.training
     sft_model.eval()
-    mean_logps = sequence_log_probs(sft_model, prompts, responses) / lengths      # (2n,) nats per token
+    logps = torch.zeros(len(responses))                                            # (2n,) nats
+    if scored:
+        logps[scored] = batched_sequence_log_probs(sft_model, [prompts[i] for i in scored],
+                                                   [responses[i] for i in scored], tokenizer.pad_token_id)
+    mean_logps = logps / lengths                                                   # (2n,) nats per token
     sft_model.train(was_training)
     return {"rm/gold_pairs": len(differs) / len(pairs),
             "rm/sft_correct_preferred": correct_preferred(mean_logps[0::2], mean_logps[1::2], differs)}
@@ -199,8 +147,6 @@ def sft_diagnostics(sft_model, tokenizer, pairs: list[dict], context: int) -> di
 def train(cfg: RMConfig) -> dict:
     """Train a reward model. Returns {"checkpoint", "steps", "loss/train", "rm/eval_accuracy", "rm/eval_ece",
     "rm/ceiling_accuracy", "rm/gold_accuracy", "n_pairs", "n_eval_pairs", "preferences_train", ...}."""
-    from cs336_alignment.tokenizer import load_tokenizer
-
     # ---------------------------------------------------------------------------------------------------
     # Setup: the SFT model, preference pairs, the reward model
     # ---------------------------------------------------------------------------------------------------
@@ -224,15 +170,6 @@ def train(cfg: RMConfig) -> dict:
     optimizer = AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     logger.write(f"rm: {num_params(model) / 1e6:.2f}M parameters, {len(train_pairs)} train / {len(eval_pairs)} "
                  f"held-out pairs ({t_data:.0f} s to make/load them), device {device}")
-
-    @functools.lru_cache(maxsize=2)
-    def epoch_order(epoch: int) -> list[int]:
-        generator = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
-        return torch.randperm(len(train_seqs), generator=generator).tolist()
-
-    def batch_indices(step: int) -> list[int]:
-        first = step * cfg.batch_size
-        return [epoch_order(p // len(train_seqs))[p % len(train_seqs)] for p in range(first, first + cfg.batch_size)]
 
     # Ceiling: the annotator's own utility ordering the held-out labels (needs our u_* fields).
     has_u = all("u_chosen" in p for p in eval_pairs)
@@ -276,9 +213,10 @@ def train(cfg: RMConfig) -> dict:
             group["lr"] = lr
 
         # --- forward: chosen and rejected of every pair in one right-padded batch
-        batch = [train_seqs[i] for i in batch_indices(step)]
+        idx = stream_indices(step * cfg.batch_size, cfg.batch_size, len(train_seqs), cfg.seed)
+        batch = [train_seqs[i] for i in idx]
         sequences = [s for pair in batch for s in pair]                            # 2B sequences
-        rewards = _batch_rewards(model, sequences, tokenizer.pad_token_id)         # (2B,)
+        rewards = batch_rewards(model, sequences, tokenizer.pad_token_id)         # (2B,)
         loss, metrics = bradley_terry_loss(rewards[0::2], rewards[1::2], center_coef=cfg.center_coef)
         finite_or_raise(loss.item(), step + 1)
 

@@ -17,21 +17,25 @@ and the loss reads as nats per token.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from cs336_alignment.checkpoint import load_checkpoint, load_checkpoint_extra, rng_state, save_checkpoint, set_rng_state
+from cs336_alignment import tasks
+from cs336_alignment.checkpoint import (load_checkpoint, load_checkpoint_extra, load_model, rng_state, save_checkpoint,
+                                        set_rng_state)
 from cs336_alignment.data import collate_chat, load_sft_examples
+from cs336_alignment.evaluate import evaluate_policy
 from cs336_alignment.logprobs import get_response_log_probs
 from cs336_alignment.model import TransformerConfig, TransformerLM
 from cs336_alignment.nn_utils import AdamW, clip_gradients
+from cs336_alignment.runtime import autocast
 from cs336_alignment.sft import sft_microbatch_train_step
-from cs336_alignment.train.common import (MetricsLogger, autocast, cosine_lr, finite_or_raise, get_device, load_model,
-                                          num_params, parse_config, progress_bar, run_dir, set_seed, set_threads)
+from cs336_alignment.tokenizer import load_tokenizer
+from cs336_alignment.train.common import (MetricsLogger, cosine_lr, finite_or_raise, num_params, parse_config,
+                                          progress_bar, setup_run, stream_indices)
 
 
 @dataclass
@@ -117,8 +121,6 @@ class SFTConfig:
 
 def load_conversations(cfg: SFTConfig) -> tuple[list, list]:
     """(train, eval) lists of chat conversations (lists of {"role", "content"} messages)."""
-    from cs336_alignment import tasks
-
     if cfg.data:
         train = [e["messages"] for e in load_sft_examples(cfg.data)]
     else:
@@ -138,22 +140,14 @@ def load_conversations(cfg: SFTConfig) -> tuple[list, list]:
 def train(cfg: SFTConfig) -> dict:
     """Run SFT. Returns {"checkpoint": path, "loss/train": last, "loss/eval": last, "steps": optimizer steps
     done (fewer than num_steps when max_cpu_s stopped the run), "cpu_s": process CPU seconds of training}."""
-    from cs336_alignment import tasks
-    from cs336_alignment.metrics import evaluate_policy
-    from cs336_alignment.tokenizer import load_tokenizer
-
     # ---------------------------------------------------------------------------------------------------
     # Setup
     # ---------------------------------------------------------------------------------------------------
     if cfg.batch_size % cfg.grad_accum_steps:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by grad_accum_steps {cfg.grad_accum_steps}")
     micro_batch_size = cfg.batch_size // cfg.grad_accum_steps  # to be filled in at runtime
-    out = run_dir(cfg.name, cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out, device = setup_run(cfg)
     ckpt_path = out / "ckpt.pt"
-    set_threads(cfg.threads)
-    set_seed(cfg.seed)
-    device = get_device(cfg.device)
 
     tokenizer = load_tokenizer()
     if cfg.init:
@@ -188,17 +182,11 @@ def train(cfg: SFTConfig) -> dict:
                  f"eval conversations ({n_cut} cut to context_length {context}), {normalize_constant:.1f} response "
                  f"tokens per conversation, device {device}" + (f", resumed at step {start_step}" if start_step else ""))
 
-    @functools.lru_cache(maxsize=2)
-    def epoch_order(epoch: int) -> list[int]:
-        """A fresh permutation of the training conversations per epoch, a pure function of (seed, epoch):
-        resuming at any step draws the same examples without replaying a generator."""
-        generator = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
-        return torch.randperm(len(train_chats), generator=generator).tolist()
-
     def batch_indices(step: int, micro: int) -> list[int]:
+        """A fresh permutation of the training conversations per epoch (`stream_indices`): resuming at any step
+        draws the same examples without replaying a generator."""
         first = step * cfg.batch_size + micro * micro_batch_size  # position in the endless example stream
-        return [epoch_order(p // len(train_chats))[p % len(train_chats)]
-                for p in range(first, first + micro_batch_size)]
+        return stream_indices(first, micro_batch_size, len(train_chats), cfg.seed)
 
     @torch.no_grad()
     def evaluate() -> float:
