@@ -14,11 +14,13 @@ import math
 import pytest
 import torch
 
-from cs336_alignment.checkpoint import load_checkpoint_extra, save_checkpoint
+from cs336_alignment.checkpoint import load_checkpoint_extra, load_model, save_checkpoint
+from cs336_alignment.logprobs import get_response_log_probs
+from cs336_alignment.masked import masked_mean
 from cs336_alignment.model import TransformerConfig, TransformerLM
+from cs336_alignment.policy_losses import grpo_microbatch_train_step, kl_estimate
 from cs336_alignment.tokenizer import load_tokenizer
 from cs336_alignment.train import grpo, ppo
-from cs336_alignment.checkpoint import load_model
 from cs336_alignment.train.common import load_problems, load_sft_optimizer_state, prompt_indices, read_metrics
 from test_train_smoke import interrupt_then_resume, run_interrupted_then_resume
 
@@ -314,3 +316,40 @@ def test_load_sft_optimizer_state_keeps_second_moments_only(tmp_path):
     save_checkpoint(model, None, 1, tmp_path / "weights_only.pt")
     with pytest.raises(ValueError):
         load_sft_optimizer_state(str(tmp_path / "weights_only.pt"), rl_opt)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo_clip", "reinforce_with_baseline"])
+def test_grpo_kl_joins_the_policy_loss_in_one_backward(loss_type):
+    """One backward pass through the model gives the gradient of the two the loop used to run: the KL term
+    backpropagated with retain_graph=True, then the policy step's own backward."""
+    torch.manual_seed(0)
+    model = TransformerLM(TransformerConfig(vocab_size=50, context_length=16, d_model=16, num_layers=1,
+                                            num_heads=2, d_ff=32))
+    ids = torch.randint(0, 50, (3, 9))
+    input_ids, labels = ids[:, :-1], ids[:, 1:]                                   # (3, 8)
+    mask = torch.zeros(3, 8, dtype=torch.bool)
+    mask[:, 3:] = True
+    mask[1, 6:] = False
+    with torch.no_grad():
+        base = get_response_log_probs(model, input_ids, labels)["log_probs"]
+    ref, old = base + 0.1 * torch.randn_like(base), base + 0.05 * torch.randn_like(base)
+    kwargs = dict(raw_rewards=torch.randn(3, 1), advantages=torch.randn(3, 1), old_log_probs=old, cliprange=0.2)
+    kl_coef, accumulation = 0.3, 2.0
+
+    log_probs = get_response_log_probs(model, input_ids, labels)["log_probs"]
+    info, kl = grpo.policy_and_kl_backward(log_probs, mask, accumulation, loss_type, kl_coef=kl_coef,
+                                           ref_log_probs=ref, **kwargs)
+    one = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+
+    log_probs = get_response_log_probs(model, input_ids, labels)["log_probs"]
+    kl_term = masked_mean(kl_estimate(log_probs, ref, "k3"), mask, dim=-1).mean()
+    (kl_coef * kl_term / accumulation).backward(retain_graph=True)
+    _, info_two = grpo_microbatch_train_step(log_probs, mask, accumulation, loss_type, **kwargs)
+    two = [p.grad.clone() for p in model.parameters()]
+
+    assert kl == pytest.approx(float(kl_term)) and kl > 0
+    assert float(info["loss/policy"]) == pytest.approx(float(info_two["loss/policy"]))
+    assert sum(float(g.abs().sum()) for g in one) > 0
+    for a, b in zip(one, two):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)

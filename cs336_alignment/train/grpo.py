@@ -16,7 +16,10 @@ One step (Shao et al. 2024, DeepSeekMath §4.1, eq. 3; Stanford CS336 assignment
   4. for `epochs_per_rollout_batch` epochs, split the rows into `minibatches` optimizer steps (each over
      micro-batches of `micro_batch_size`) and minimize the loss of `policy_losses.grpo_microbatch_train_step`
      ("no_baseline", "reinforce_with_baseline" or the clipped "grpo_clip"), plus, if kl_coef > 0, the k3
-     estimate of KL(pi || pi_ref) to the frozen reference (DeepSeekMath eq. 3-4), per-sequence means.
+     estimate of KL(pi || pi_ref) to the frozen reference (DeepSeekMath eq. 3-4), per-sequence means: one loss,
+     one backward pass per micro-batch (`policy_and_kl_backward`).
+With --reward rm the reward function scores the sampled token ids with the reward model
+(`reward_model.rollout_reward_fn`: responses and prompts as id tuples, never re-tokenized text).
 For grpo_clip, old log-probs come from a no-grad pass of the policy before the first update, in the same
 micro-batches as the first epoch, so the first ratio is exactly 1 (after that, the clip has work to do).
 
@@ -57,7 +60,7 @@ from cs336_alignment.logprobs import get_response_log_probs
 from cs336_alignment.masked import masked_mean
 from cs336_alignment.nn_utils import AdamW, clip_gradients
 from cs336_alignment.policy_losses import grpo_microbatch_train_step, kl_estimate
-from cs336_alignment.reward_model import load_reward_model, score_rollouts
+from cs336_alignment.reward_model import load_reward_model, rollout_reward_fn
 from cs336_alignment.rollout import Rollouts, micro_batch, sample_rollouts, sequence_widths
 from cs336_alignment.tasks import gold_reward, process_rewards
 from cs336_alignment.tokenizer import load_tokenizer
@@ -183,6 +186,43 @@ def process_advantages(rollouts: Rollouts, truths: list[str], tokenizer, advanta
 
 
 # ---------------------------------------------------------------------------------------------------------
+# One micro-batch's loss: the policy-gradient term plus the KL penalty, one backward pass
+# ---------------------------------------------------------------------------------------------------------
+
+
+def policy_and_kl_backward(log_probs: torch.Tensor, mask: torch.Tensor, accumulation: float, loss_type: str, *,
+                           kl_coef: float = 0.0, ref_log_probs: torch.Tensor | None = None, **step_kwargs
+                           ) -> tuple[dict[str, torch.Tensor], float | None]:
+    """Backpropagate policy loss + kl_coef * KL(pi || pi_ref) of one micro-batch through the model, once.
+
+    The policy loss is `policy_losses.grpo_microbatch_train_step` (it calls backward itself). It runs on a
+    detached copy of the log-probs, so its backward stops there: a few elementwise ops that leave
+    g = d policy_loss / d log_probs. The surrogate sum(log_probs * g) has the same gradient with respect to the
+    model's parameters; the KL term (k3 per token, per-sequence mean, DeepSeekMath eq. 3-4) joins it, and
+    one backward pass through the model gives the gradient of the sum. (The loop used to run a second backward
+    with retain_graph=True for the KL term: twice the backward work.)
+
+    Args:
+        log_probs: (b, T) float, the policy's log-probs of the sampled tokens, attached to the model's graph.
+        mask: (b, T) bool, response tokens.  accumulation: the micro-batch's divisor (gradient accumulation).
+        loss_type, **step_kwargs: passed on to `grpo_microbatch_train_step` (raw_rewards, advantages, ...).
+        kl_coef: weight of the KL term (0 = none).  ref_log_probs: (b, T) the frozen reference's (kl_coef > 0).
+    Returns:
+        (the step's metadata, the unscaled KL as a float, or None when kl_coef == 0).
+    """
+    leaf = log_probs.detach().requires_grad_(True)                                # (b, T)
+    _, info = grpo_microbatch_train_step(leaf, mask, accumulation, loss_type, **step_kwargs)
+    loss = (log_probs * leaf.grad).sum()                # gradient w.r.t. the parameters = the policy loss's
+    kl = None
+    if kl_coef > 0:
+        kl_term = masked_mean(kl_estimate(log_probs, ref_log_probs, "k3"), mask, dim=-1).mean()
+        loss = loss + kl_coef * kl_term / accumulation
+        kl = float(kl_term.detach())
+    loss.backward()
+    return info, kl
+
+
+# ---------------------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------------------
 
@@ -254,13 +294,15 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
         metrics = {"reward/gold_mean": sum(g["reward"] for g in gold) / len(gold),
                    "reward/format_mean": sum(g["format_reward"] for g in gold) / len(gold)}
         if reward_model is None:
-            score_fn, keys = reward_fn or gold_reward, truths
-        else:  # the RM already scored every row from its token ids; reward_fn reads row i's score
-            proxy = score_rollouts(reward_model, ro).tolist()
-            score_fn, keys = (lambda response, row: {"reward": proxy[int(row)]}), [str(i) for i in range(len(ro))]
-            metrics["reward/proxy_mean"] = sum(proxy) / len(proxy)
+            score_fn, responses, keys = reward_fn or gold_reward, ro.response_texts, truths
+        else:  # the RM scores the sampled token ids (no decode / re-encode): responses and prompts as id tuples
+            score_fn = rollout_reward_fn(reward_model, ro)
+            responses, keys = [tuple(r) for r in ro.response_ids], [tuple(p) for p in ro.prompt_ids]
         advantages, raw_rewards, _ = compute_group_normalized_rewards(
-            score_fn, ro.response_texts, keys, cfg.group_size, cfg.advantage_eps, cfg.normalize_by_std)  # (N,)
+            score_fn, responses, keys, cfg.group_size, cfg.advantage_eps, cfg.normalize_by_std)  # (N,)
+        if reward_model is not None:
+            proxy = raw_rewards.tolist()
+            metrics["reward/proxy_mean"] = sum(proxy) / len(proxy)
 
         tensors = {"input_ids": ro.input_ids, "labels": ro.labels, "response_mask": ro.response_mask}
         if cfg.process_reward:  # per-token advantages (N, T) from the step rewards replace the per-response ones
@@ -308,17 +350,16 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
                     # Weigh each micro-batch by its share of the minibatch's rows (a float accumulation
                     # factor), so uneven micro-batches still give exactly the minibatch mean.
                     accumulation = mini_rows / len(rows)
-                    if cfg.kl_coef > 0:  # k3 KL to the reference, per-sequence mean (DeepSeekMath eq. 3)
-                        kl = masked_mean(kl_estimate(log_probs, mb["ref_log_probs"], "k3"), mask, dim=-1).mean()
-                        (cfg.kl_coef * kl / accumulation).backward(retain_graph=True)
-                        stats.setdefault("kl/ref", []).append(float(kl.detach()))
-                    _, info = grpo_microbatch_train_step(
-                        log_probs, mask, accumulation, cfg.loss_type,
+                    info, kl = policy_and_kl_backward(
+                        log_probs, mask, accumulation, cfg.loss_type, kl_coef=cfg.kl_coef,
+                        ref_log_probs=mb.get("ref_log_probs"),
                         raw_rewards=raw_rewards[rows].unsqueeze(-1).to(device),       # (b, 1)
                         advantages=mb["advantages"] if cfg.process_reward                # (b, T')
                         else advantages[rows].unsqueeze(-1).to(device),                   # (b, 1)
                         old_log_probs=mb.get("old_log_probs"), cliprange=cfg.cliprange,
                         length_normalization=cfg.length_normalization, max_response_length=cfg.max_new_tokens)
+                    if kl is not None:
+                        stats.setdefault("kl/ref", []).append(kl)
                     for key, value in info.items():
                         stats.setdefault(key, []).append(float(value))
                     stats.setdefault("policy/entropy", []).append(
