@@ -202,7 +202,7 @@ def _sft_curve(report: dict) -> list[str]:
     curve = report["sft"]["curve"]
     if not curve:
         return []
-    lines = ["", f"**SFT held-out accuracy along training** ({report['preset_config']['sft_eval_problems']} test "
+    lines = ["", f"**SFT held-out accuracy along training** ({report['sft']['n_eval_problems']} test "
              "problems of SFT's own eval; sampled: 2 temperature-1 answers per problem):", "",
              "| phase | step | held-out loss | greedy accuracy | sampled accuracy |", "|---|---|---|---|---|"]
     for r in curve:

@@ -13,8 +13,9 @@ import time
 
 import pytest
 
-from cs336_alignment import pipeline
-from cs336_alignment.pipeline import PRESETS, main
+from cs336_alignment import stages as stages_module
+from cs336_alignment.pipeline import main
+from cs336_alignment.presets import PRESETS
 from cs336_alignment.report import write_report
 
 STAGE_FILES = ("pretrain/ckpt.pt", "sft/ckpt.pt", "rm/ckpt.pt", "rm/preferences_train.jsonl",
@@ -47,7 +48,7 @@ def test_smoke_pipeline_writes_report(tmp_path):
 
     report = json.loads((out / "report.json").read_text())
     assert report == json.loads(json.dumps(returned))
-    n, pool = PRESETS["smoke"].eval_problems, PRESETS["smoke"].bon_pool
+    n, pool = PRESETS["smoke"]["eval"]["n_problems"], PRESETS["smoke"]["bon"]["pool_size"]
     models = report["models"]
     assert list(models)[:7] == ["base", "SFT", BASELINE, "GRPO (gold)", "GRPO (RM)", "PPO", "DPO"]
     assert [k for k in models if k.startswith("BoN-")][:3] == ["BoN-1", "BoN-2", "BoN-4"]
@@ -73,7 +74,7 @@ def test_smoke_pipeline_writes_report(tmp_path):
     assert stages["sft_baseline"]["train_cpu_s"] >= config["max_cpu_s"] and stages["sft_baseline"]["steps"] >= 1
     assert config["init"] == str(out / "sft" / "ckpt.pt")
     assert all(config[k] == sft_config[k] for k in ("seed", "n_examples", "verbosity"))
-    assert report["sft"]["cpu_s"] > 0 and report["sft"]["curve"][-1]["step"] == PRESETS["smoke"].sft_steps
+    assert report["sft"]["cpu_s"] > 0 and report["sft"]["curve"][-1]["step"] == PRESETS["smoke"]["sft"]["num_steps"]
 
     # Paired differences on the same problems: every post-trained policy minus SFT, and GRPO minus the baseline
     paired = {(p["a"], p["b"]): p for p in report["paired"]}
@@ -122,7 +123,7 @@ def test_skip_and_unknown_stage(tmp_path):
 def test_ship_rebuilds_bit_for_bit(tmp_path, monkeypatch):
     digests = []
     for i in range(2):
-        monkeypatch.setattr(pipeline, "SHIPPED", tmp_path / f"shipped{i}")
+        monkeypatch.setattr(stages_module, "SHIPPED", tmp_path / f"shipped{i}")
         smoke(tmp_path / f"run{i}", "--ship")
         digests.append({f: hashlib.sha256((tmp_path / f"shipped{i}" / "smoke" / f).read_bytes()).hexdigest()
                         for f in ("base.pt", "sft.pt")})
@@ -143,14 +144,14 @@ def test_tiny_rl10_is_tiny_with_ten_times_the_grpo_budget(tmp_path):
     from cs336_alignment.train.grpo import GRPOConfig
 
     tiny, long = PRESETS["tiny"], PRESETS["tiny_rl10"]
-    grpo_fields = {"grpo_steps", "grpo_prompts_per_step", "grpo_min_lr", "grpo_problems", "checkpoints"}
-    same = {f.name for f in dataclasses.fields(tiny)} - grpo_fields
-    assert all(getattr(tiny, f) == getattr(long, f) for f in same), "same model, SFT, RM, DPO, PPO, evaluation"
-    assert pipeline.shipped(long.checkpoints) == pipeline.shipped("tiny")
-    assert long.grpo_steps * long.grpo_prompts_per_step == 10 * tiny.grpo_steps * tiny.grpo_prompts_per_step
-    sft = str(pipeline.shipped("tiny")[1])
-    configs = {name: pipeline.post_configs(p, tmp_path, sft, 0, "cpu", 1, 0.0)
-               for name, p in (("tiny", tiny), ("tiny_rl10", long))}
+    assert {k: v for k, v in long.items() if k not in ("grpo", "pipeline")} == \
+           {k: v for k, v in tiny.items() if k not in ("grpo", "pipeline")}, "same model, SFT, RM, DPO, PPO, evaluation"
+    assert long["pipeline"]["checkpoints"] == "tiny" and stages_module.shipped("tiny")
+    sft = str(stages_module.shipped("tiny")[1])
+    configs = {name: stages_module.post_configs(name, tmp_path, sft, 0, "cpu", 1, 0.0)
+               for name in ("tiny", "tiny_rl10")}
+    t, g = configs["tiny"]["grpo_gold"], configs["tiny_rl10"]["grpo_gold"]
+    assert g.num_steps * g.prompts_per_step == 10 * t.num_steps * t.prompts_per_step
     for stage in ("grpo_gold", "grpo_rm"):
         cfg = configs["tiny_rl10"][stage]
         assert (cfg.num_steps, cfg.prompts_per_step, cfg.lr, cfg.min_lr, cfg.n_problems) == (120, 64, 1e-4, 1e-4, 12000)

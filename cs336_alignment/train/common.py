@@ -36,7 +36,7 @@ import torch
 from tqdm import tqdm
 
 from cs336_alignment.data import load_jsonl
-from cs336_alignment.nn_utils import get_lr_cosine_schedule
+from cs336_alignment.nn_utils import AdamW, get_lr_cosine_schedule
 from cs336_alignment.runtime import get_device, set_seed, set_threads
 from cs336_alignment.tasks import generate_problems
 
@@ -151,6 +151,12 @@ def load_problems(data: str, n_problems: int, split: str, seed: int) -> list[dic
     if data:
         return load_jsonl(data, fields={"question": str, "answer": str})
     return generate_problems(n_problems, split, seed)
+
+
+def build_optimizer(params, cfg: Any, lr: float | None = None) -> AdamW:
+    """The one optimizer of every loop: our AdamW (nn_utils) with the config's lr (or `lr`), betas
+    (cfg.beta1, cfg.beta2) and weight_decay; eps is AdamW's 1e-8."""
+    return AdamW(params, lr=cfg.lr if lr is None else lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
 
 
 def load_sft_optimizer_state(path: str, optimizer) -> None:

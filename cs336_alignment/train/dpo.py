@@ -32,13 +32,13 @@ from cs336_alignment.data import collate_chat
 from cs336_alignment.dpo import dpo_loss, sequence_log_probs
 from cs336_alignment.evaluate import evaluate_model
 from cs336_alignment.model import TransformerConfig
-from cs336_alignment.nn_utils import AdamW, clip_gradients
+from cs336_alignment.nn_utils import clip_gradients
 from cs336_alignment.preferences import PreferenceDataConfig, conversations, preference_data
 from cs336_alignment.runtime import autocast
 from cs336_alignment.tasks import generate_problems
 from cs336_alignment.tokenizer import load_tokenizer
-from cs336_alignment.train.common import (MetricsLogger, cosine_lr, finite_or_raise, num_params, parse_config,
-                                          progress_bar, setup_run, stream_indices)
+from cs336_alignment.train.common import (MetricsLogger, build_optimizer, cosine_lr, finite_or_raise, num_params,
+                                          parse_config, progress_bar, setup_run, stream_indices)
 
 
 @dataclass
@@ -78,6 +78,10 @@ class DPOConfig(PreferenceDataConfig):
     """linear warmup steps"""
     weight_decay: float = 0.0
     """AdamW decoupled weight decay"""
+    beta1: float = 0.9
+    """AdamW beta1"""
+    beta2: float = 0.999
+    """AdamW beta2"""
     grad_clip: float = 1.0
     """clip the global gradient L2 norm to this value"""
     # --- logging / eval
@@ -129,7 +133,7 @@ def train(cfg: DPOConfig) -> dict:
     ref_train, ref_eval = precompute(train_chats), precompute(eval_chats)
     pair_tokens = [sum(len(tokenizer.render(c)[0]) for c in pair) for pair in train_chats]  # for perf/tokens_per_s
     t_data = time.perf_counter() - t_data
-    optimizer = AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = build_optimizer(model.parameters(), cfg)
     logger.write(f"dpo: {num_params(model) / 1e6:.2f}M parameters, {len(train_pairs)} train / {len(eval_pairs)} "
                  f"held-out pairs, beta {cfg.beta}, reference log-probs precomputed ({t_data:.0f} s with the "
                  f"pairs), device {device}")

@@ -58,13 +58,13 @@ from cs336_alignment.checkpoint import (load_checkpoint, load_checkpoint_extra, 
 from cs336_alignment.evaluate import run_eval
 from cs336_alignment.logprobs import get_response_log_probs
 from cs336_alignment.masked import masked_mean
-from cs336_alignment.nn_utils import AdamW, clip_gradients
+from cs336_alignment.nn_utils import clip_gradients
 from cs336_alignment.policy_losses import grpo_microbatch_train_step, kl_estimate
 from cs336_alignment.reward_model import load_reward_model, rollout_reward_fn
 from cs336_alignment.rollout import Rollouts, micro_batch, sample_rollouts, sequence_widths
 from cs336_alignment.tasks import gold_reward, process_rewards
 from cs336_alignment.tokenizer import load_tokenizer
-from cs336_alignment.train.common import (MetricsLogger, cosine_lr, finite_or_raise, load_problems,
+from cs336_alignment.train.common import (MetricsLogger, build_optimizer, cosine_lr, finite_or_raise, load_problems,
                                           load_sft_optimizer_state, num_params, parse_config, progress_bar,
                                           prompt_indices, setup_run)
 
@@ -255,7 +255,7 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
         reward_model = load_reward_model(cfg.reward_model, device)[0].requires_grad_(False)
     problems = load_problems(cfg.data, cfg.n_problems, "train", cfg.seed + 2)
     eval_problems = load_problems("", cfg.n_eval_problems, "test", 0)
-    optimizer = AdamW(policy.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    optimizer = build_optimizer(policy.parameters(), cfg)
     if cfg.init_optimizer:
         load_sft_optimizer_state(cfg.init, optimizer)
     start_step, cpu_s = 0, 0.0  # cpu_s: process CPU seconds of training so far (evals and checkpoints excluded)

@@ -55,14 +55,14 @@ from cs336_alignment.checkpoint import (load_checkpoint, load_checkpoint_extra, 
                                         set_rng_state)
 from cs336_alignment.evaluate import run_eval
 from cs336_alignment.logprobs import get_response_log_probs
-from cs336_alignment.nn_utils import AdamW, clip_gradients
+from cs336_alignment.nn_utils import clip_gradients
 from cs336_alignment.policy_losses import (AdaptiveKLController, compute_entropy_bonus, compute_ppo_policy_loss,
                                            compute_ppo_value_loss)
 from cs336_alignment.reward_model import RewardModel, load_reward_model, score_rollouts
 from cs336_alignment.rollout import micro_batch, sample_rollouts, sequence_widths
 from cs336_alignment.tasks import gold_reward
 from cs336_alignment.tokenizer import load_tokenizer, stop_token_ids
-from cs336_alignment.train.common import (MetricsLogger, cosine_lr, finite_or_raise, load_problems,
+from cs336_alignment.train.common import (MetricsLogger, build_optimizer, cosine_lr, finite_or_raise, load_problems,
                                           load_sft_optimizer_state, num_params, parse_config, progress_bar,
                                           prompt_indices, setup_run)
 
@@ -85,7 +85,7 @@ class PPOConfig:
     init: str = ""
     """the SFT checkpoint to start from (required); also the frozen reference"""
     init_optimizer: bool = False
-    """start the policy's AdamW second moments from those saved in --init (see train.common.load_sft_optimizer_state)"""
+    """start the policy's AdamW second moments from those saved in --init (train.common.load_sft_optimizer_state)"""
     # --- reward, value model and data
     reward: Literal["rm", "gold"] = "rm"
     """rm = the learned reward model at --reward-model; gold = the task world's verifiable reward"""
@@ -146,6 +146,12 @@ class PPOConfig:
     """value model learning rate"""
     warmup_steps: int = 2
     """rollout batches of linear warmup"""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay (both models)"""
+    beta1: float = 0.9
+    """AdamW beta1 (both models)"""
+    beta2: float = 0.95
+    """AdamW beta2 (both models)"""
     grad_clip: float = 1.0
     """global gradient-norm clip (each model separately)"""
     # --- logging / eval / checkpoints
@@ -197,8 +203,8 @@ def train(cfg: PPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | No
     value_model.train().requires_grad_(True)
     problems = load_problems(cfg.data, cfg.n_problems, "train", cfg.seed + 2)
     eval_problems = load_problems("", cfg.n_eval_problems, "test", 0)
-    optimizer = AdamW(policy.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    value_optimizer = AdamW(value_model.parameters(), lr=cfg.value_lr, betas=(0.9, 0.95), weight_decay=0.0)
+    optimizer = build_optimizer(policy.parameters(), cfg)
+    value_optimizer = build_optimizer(value_model.parameters(), cfg, lr=cfg.value_lr)
     if cfg.init_optimizer:
         load_sft_optimizer_state(cfg.init, optimizer)
     kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon) if cfg.target_kl > 0 else None

@@ -23,11 +23,11 @@ from cs336_alignment import tasks
 from cs336_alignment.checkpoint import load_checkpoint, load_checkpoint_extra, rng_state, save_checkpoint, set_rng_state
 from cs336_alignment.data import get_batch
 from cs336_alignment.model import TransformerConfig, TransformerLM
-from cs336_alignment.nn_utils import AdamW, clip_gradients, cross_entropy
+from cs336_alignment.nn_utils import clip_gradients, cross_entropy
 from cs336_alignment.runtime import autocast
 from cs336_alignment.tokenizer import load_tokenizer
-from cs336_alignment.train.common import (MetricsLogger, cosine_lr, finite_or_raise, num_params, parse_config,
-                                          progress_bar, setup_run)
+from cs336_alignment.train.common import (MetricsLogger, build_optimizer, cosine_lr, finite_or_raise, num_params,
+                                          parse_config, progress_bar, setup_run)
 
 
 @dataclass
@@ -128,7 +128,7 @@ def train(cfg: PretrainConfig) -> dict:
                                      d_model=cfg.d_model, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
                                      d_ff=cfg.d_ff, rope_theta=cfg.rope_theta)
     model = TransformerLM(model_config).to(device)
-    optimizer = AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    optimizer = build_optimizer(model.parameters(), cfg)
 
     start_step = 0
     if cfg.resume and ckpt_path.exists():

@@ -35,13 +35,13 @@ from cs336_alignment.checkpoint import load_model, save_checkpoint
 from cs336_alignment.evaluate import batched_sequence_log_probs
 from cs336_alignment.metrics import pairwise_calibration_error
 from cs336_alignment.model import TransformerConfig
-from cs336_alignment.nn_utils import AdamW, clip_gradients
+from cs336_alignment.nn_utils import clip_gradients
 from cs336_alignment.preferences import PreferenceDataConfig, conversations, preference_data
 from cs336_alignment.reward_model import (RewardModel, batch_rewards, bradley_terry_loss, reward_accuracy,
                                           score_sequences)
 from cs336_alignment.tokenizer import load_tokenizer
-from cs336_alignment.train.common import (MetricsLogger, cosine_lr, finite_or_raise, num_params, parse_config,
-                                          progress_bar, setup_run, stream_indices)
+from cs336_alignment.train.common import (MetricsLogger, build_optimizer, cosine_lr, finite_or_raise, num_params,
+                                          parse_config, progress_bar, setup_run, stream_indices)
 
 
 @dataclass
@@ -72,6 +72,10 @@ class RMConfig(PreferenceDataConfig):
     """linear warmup steps"""
     weight_decay: float = 0.0
     """AdamW decoupled weight decay"""
+    beta1: float = 0.9
+    """AdamW beta1"""
+    beta2: float = 0.999
+    """AdamW beta2"""
     grad_clip: float = 1.0
     """clip the global gradient L2 norm to this value"""
     center_coef: float = 0.0
@@ -167,7 +171,7 @@ def train(cfg: RMConfig) -> dict:
     diagnostics = sft_diagnostics(sft_model, tokenizer, eval_pairs, context)
     model = RewardModel.from_lm(sft_model).to(device)
     del sft_model
-    optimizer = AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = build_optimizer(model.parameters(), cfg)
     logger.write(f"rm: {num_params(model) / 1e6:.2f}M parameters, {len(train_pairs)} train / {len(eval_pairs)} "
                  f"held-out pairs ({t_data:.0f} s to make/load them), device {device}")
 

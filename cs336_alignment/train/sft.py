@@ -30,12 +30,12 @@ from cs336_alignment.data import collate_chat, load_sft_examples
 from cs336_alignment.evaluate import evaluate_policy
 from cs336_alignment.logprobs import get_response_log_probs
 from cs336_alignment.model import TransformerConfig, TransformerLM
-from cs336_alignment.nn_utils import AdamW, clip_gradients
+from cs336_alignment.nn_utils import clip_gradients
 from cs336_alignment.runtime import autocast
 from cs336_alignment.sft import sft_microbatch_train_step
 from cs336_alignment.tokenizer import load_tokenizer
-from cs336_alignment.train.common import (MetricsLogger, cosine_lr, finite_or_raise, num_params, parse_config,
-                                          progress_bar, setup_run, stream_indices)
+from cs336_alignment.train.common import (MetricsLogger, build_optimizer, cosine_lr, finite_or_raise, num_params,
+                                          parse_config, progress_bar, setup_run, stream_indices)
 
 
 @dataclass
@@ -169,7 +169,7 @@ def train(cfg: SFTConfig) -> dict:
         raise ValueError(f"no training conversation has a response token within context_length {context}")
     # One constant for the whole run: the mean number of trained-on tokens per conversation.
     normalize_constant = float(np.mean([n for n in n_trained if n > 0]))
-    optimizer = AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    optimizer = build_optimizer(model.parameters(), cfg)
 
     start_step, cpu_s = 0, 0.0  # cpu_s: process CPU seconds of training so far (evals and checkpoints excluded)
     if cfg.resume and ckpt_path.exists():

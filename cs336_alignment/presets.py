@@ -1,0 +1,171 @@
+"""Presets of the pipeline: per-stage overrides of the stages' own config defaults.
+
+Each stage's config dataclass (train/<loop>.py) holds the only defaults. A preset names, per stage, the fields
+it changes, and nothing else:
+
+    PRESETS["smoke"]["grpo"] == {"n_eval_problems": 4, "prompts_per_step": 2, "max_new_tokens": 12, ...}
+
+`stage_config` applies them through the strict loader `train.common.config_from_dict`, so a key that is not
+a field is an error naming the preset, the stage and the key. The pipeline adds the run's wiring (output
+directories, the checkpoint each stage starts from, seed, device, threads): a preset may not set those.
+
+Sections (stage config class): pretrain (PretrainConfig), sft (SFTConfig), sft_more (SFTConfig, on top of
+sft: a second SFT phase; optional), sft_baseline (SFTConfig: the matched-compute baseline), rm (RMConfig),
+dpo (DPOConfig), grpo (GRPOConfig: both grpo_gold and grpo_rm), ppo (PPOConfig), bon (BoNConfig), eval
+(EvalConfig: the report's evaluation of every policy) and pipeline (PipelineConfig).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+from cs336_alignment.train.bon import BoNConfig
+from cs336_alignment.train.common import config_from_dict
+from cs336_alignment.train.dpo import DPOConfig
+from cs336_alignment.train.grpo import GRPOConfig
+from cs336_alignment.train.ppo import PPOConfig
+from cs336_alignment.train.pretrain import PretrainConfig
+from cs336_alignment.train.reward_model import RMConfig
+from cs336_alignment.train.sft import SFTConfig
+
+
+@dataclass
+class EvalConfig:
+    """The report's evaluation: every policy measured on the same held-out test problems."""
+
+    n_problems: int = 400
+    """test problems (greedy accuracy; the paired comparisons)"""
+    samples: int = 2
+    """temperature-1 samples per problem (the sampled columns)"""
+    batch_size: int = 100
+    """prompts generated together"""
+    max_new_tokens: int = 64
+    """response length limit"""
+    distinct_over: int = 64
+    """distinct-2 over the samples of the first this many problems (best-of-N's prompts: equal corpus sizes)"""
+
+
+@dataclass
+class PipelineConfig:
+    checkpoints: str = ""
+    """use the base/SFT models shipped under data/checkpoints/<this>/; empty = the preset's own name"""
+
+
+SECTIONS: dict[str, type] = {"pretrain": PretrainConfig, "sft": SFTConfig, "sft_more": SFTConfig,
+                             "sft_baseline": SFTConfig, "rm": RMConfig, "dpo": DPOConfig, "grpo": GRPOConfig,
+                             "ppo": PPOConfig, "bon": BoNConfig, "eval": EvalConfig, "pipeline": PipelineConfig}
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    # A few steps of everything, to prove the plumbing: the numbers mean nothing.
+    "smoke": {
+        "pretrain": {"n_problems": 300, "d_model": 32, "num_layers": 1, "num_heads": 2, "d_ff": 64, "num_steps": 12,
+                     "batch_size": 8, "warmup_steps": 1, "log_every": 2, "eval_every": 4, "checkpoint_every": 12},
+        "sft": {"n_examples": 64, "verbosity": 0.5, "n_eval_problems": 4, "max_new_tokens": 12, "d_model": 32,
+                "num_layers": 1, "num_heads": 2, "d_ff": 64, "num_steps": 8, "batch_size": 8, "lr": 1e-3,
+                "min_lr": 1e-4, "warmup_steps": 1, "log_every": 2, "eval_every": 4, "checkpoint_every": 8},
+        "sft_baseline": {"max_new_tokens": 12, "num_steps": 100_000, "batch_size": 8, "lr": 1e-3, "min_lr": 1e-3,
+                         "warmup_steps": 0, "log_every": 2, "eval_every": 4, "checkpoint_every": 100_000},
+        "rm": {"n_prompts": 8, "n_eval_prompts": 4, "k_samples": 3, "max_new_tokens": 12, "num_steps": 4, "lr": 1e-3,
+               "min_lr": 1e-4, "warmup_steps": 1, "log_every": 1, "eval_every": 1},
+        "dpo": {"max_new_tokens": 12, "num_steps": 4, "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 1, "log_every": 1,
+                "eval_every": 1, "n_gold_problems": 4},
+        "grpo": {"n_eval_problems": 4, "prompts_per_step": 2, "max_new_tokens": 12, "num_steps": 2, "eval_every": 1,
+                 "checkpoint_every": 2},
+        "ppo": {"n_eval_problems": 4, "prompts_per_step": 2, "max_new_tokens": 12, "num_steps": 2, "eval_every": 1,
+                "checkpoint_every": 2},
+        "bon": {"n_prompts": 2, "pool_size": 4, "max_new_tokens": 12, "batch_size": 64},
+        "eval": {"n_problems": 8, "samples": 1, "batch_size": 16, "max_new_tokens": 12, "distinct_over": 2},
+    },
+    # The laptop run. Base and SFT are shipped under data/checkpoints/tiny (rebuilt by --from-scratch): the
+    # model is the loops' default shape (d=128, 4 layers, 4 heads: the best size at CPU-minute budgets, DESIGN §7).
+    "tiny": {
+        "pretrain": {"log_every": 25, "checkpoint_every": 500},
+        "sft": {"n_examples": 2000, "verbosity": 0.5, "n_eval_problems": 200, "num_steps": 1200, "lr": 1e-3,
+                "min_lr": 1e-4, "log_every": 25, "checkpoint_every": 1200},
+        "sft_baseline": {"num_steps": 100_000, "lr": 1e-4, "min_lr": 1e-4, "warmup_steps": 0, "log_every": 25,
+                         "checkpoint_every": 100_000},
+        "rm": {"n_prompts": 1536, "n_eval_prompts": 256, "lr": 2e-4, "min_lr": 2e-5, "warmup_steps": 12},
+        "dpo": {"num_steps": 80, "lr": 3e-5, "min_lr": 3e-6, "warmup_steps": 8, "log_every": 6, "eval_every": 26,
+                "n_gold_problems": 100},
+        "grpo": {"n_eval_problems": 100, "num_steps": 24, "eval_every": 12, "checkpoint_every": 24},
+        "ppo": {"n_eval_problems": 100, "prompts_per_step": 32, "num_steps": 24, "eval_every": 12,
+                "checkpoint_every": 24},
+        "bon": {"batch_size": 100},
+        "eval": {"n_problems": 400, "samples": 2, "batch_size": 100, "max_new_tokens": 64, "distinct_over": 64},
+    },
+    # One GPU: 3x wider, 2x deeper, many more steps.
+    "small": {
+        "pretrain": {"n_problems": 200_000, "context_length": 256, "d_model": 384, "num_layers": 8, "num_heads": 6,
+                     "d_ff": 1024, "num_steps": 4000, "batch_size": 64, "lr": 1e-3, "min_lr": 1e-4,
+                     "warmup_steps": 400, "log_every": 50, "eval_every": 500, "checkpoint_every": 4000},
+        "sft": {"n_examples": 50_000, "verbosity": 0.5, "n_eval_problems": 500, "context_length": 256, "d_model": 384,
+                "num_layers": 8, "num_heads": 6, "d_ff": 1024, "num_steps": 2000, "batch_size": 64, "lr": 3e-4,
+                "min_lr": 3e-5, "warmup_steps": 100, "log_every": 50, "eval_every": 500, "checkpoint_every": 2000},
+        "sft_baseline": {"num_steps": 100_000, "batch_size": 64, "lr": 5e-5, "min_lr": 5e-5, "warmup_steps": 0,
+                         "log_every": 50, "eval_every": 500, "checkpoint_every": 100_000},
+        "rm": {"n_prompts": 8192, "n_eval_prompts": 1365, "num_steps": 2000, "lr": 5e-5, "min_lr": 5e-6,
+               "warmup_steps": 200, "log_every": 166, "eval_every": 666},
+        # min_lr: 5e-6 / 10 in floating point (5.000000000000001e-07), the value this preset has always used
+        "dpo": {"num_steps": 1000, "lr": 5e-6, "min_lr": 5e-6 / 10, "warmup_steps": 100, "log_every": 83,
+                "eval_every": 333, "n_gold_problems": 500},
+        "grpo": {"n_eval_problems": 500, "prompts_per_step": 64, "num_steps": 200, "eval_every": 100,
+                 "checkpoint_every": 200},
+        "ppo": {"n_eval_problems": 500, "prompts_per_step": 128, "num_steps": 200, "eval_every": 100,
+                "checkpoint_every": 200},
+        "bon": {"n_prompts": 500, "batch_size": 250},
+        "eval": {"n_problems": 2000, "samples": 2, "batch_size": 250, "max_new_tokens": 64, "distinct_over": 500},
+    },
+}
+
+
+def with_overrides(preset: dict[str, dict[str, Any]], changes: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """A copy of `preset` with each section of `changes` merged into the section of the same name."""
+    out = copy.deepcopy(preset)
+    for section, values in changes.items():
+        out.setdefault(section, {}).update(values)
+    return out
+
+
+# tiny with 10x the GRPO budget (120 steps of 64 prompts x 8, constant lr; its matched baseline follows): the
+# budget at which GRPO against the gold reward measurably beats SFT (README, "The main job").
+PRESETS["tiny_rl10"] = with_overrides(PRESETS["tiny"], {
+    "grpo": {"n_problems": 12_000, "prompts_per_step": 64, "num_steps": 120, "min_lr": 1e-4, "eval_every": 60,
+             "checkpoint_every": 120},
+    "pipeline": {"checkpoints": "tiny"}})
+
+
+def stage_config(preset_name: str, section: str, **wiring: Any):
+    """The config of one stage: the section's class, its defaults, the preset's overrides, then `wiring`.
+
+    Raises:
+        ValueError: an unknown preset or section, or "preset 'P', stage 'S': ..." for a key that is not a
+            field of the stage's config, or one that the pipeline sets (`wiring`).
+    """
+    if preset_name not in PRESETS:
+        raise ValueError(f"unknown preset {preset_name!r}; choose one of {sorted(PRESETS)}")
+    if section not in SECTIONS:
+        raise ValueError(f"unknown stage {section!r}; the stages are {sorted(SECTIONS)}")
+    overrides = dict(PRESETS[preset_name].get(section, {}))
+    if section == "sft_more":  # a second SFT phase continues the first: sft's overrides, then its own
+        overrides = {**PRESETS[preset_name].get("sft", {}), **overrides}
+    reserved = sorted(set(PRESETS[preset_name].get(section, {})) & set(wiring))
+    if reserved:
+        raise ValueError(f"preset {preset_name!r}, stage {section!r}: keys {reserved} are set by the pipeline")
+    try:
+        return config_from_dict(SECTIONS[section], {**overrides, **wiring})
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"preset {preset_name!r}, stage {section!r}: {e}") from None
+
+
+def check_presets() -> None:
+    """Build every section of every preset (no wiring): raises on the first unknown or reserved key."""
+    for name, sections in PRESETS.items():
+        for section in sections:
+            stage_config(name, section)
+
+
+def as_dict(preset_name: str) -> dict[str, dict[str, Any]]:
+    """The preset's overrides as plain data (what report.json records)."""
+    return copy.deepcopy(PRESETS[preset_name])
+
