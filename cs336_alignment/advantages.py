@@ -15,7 +15,6 @@ from typing import Callable, Literal
 import torch
 from torch import Tensor
 
-from cs336_alignment.masked import masked_whiten
 from cs336_alignment.policy_losses import kl_estimate
 
 
@@ -222,22 +221,6 @@ def compute_gae(rewards: Tensor, values: Tensor, response_mask: Tensor, gamma: f
     returns = torch.where(mask, advantages + values, 0.0)
     return advantages, returns
     # END SOLUTION
-
-
-def whiten(values: Tensor, mask: Tensor | None = None, shift_mean: bool = True) -> Tensor:
-    """Advantage whitening: `masked_whiten` over the masked entries (all entries when mask is None).
-
-    Args:
-        values: float tensor, e.g. (B, T) advantages.
-        mask: same shape, bool or 0/1, or None for no mask.
-        shift_mean: subtract the mean (advantages) or keep it (rewards).
-
-    Returns:
-        Same shape and dtype as `values`, 0 where the mask is 0.
-    """
-    if mask is None:
-        mask = torch.ones_like(values, dtype=torch.bool)
-    return masked_whiten(values, mask, shift_mean=shift_mean)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ mostly measure that it has never seen the template, so a base-vs-SFT comparison 
   reward/gold_mean      mean gold reward of temperature-1 samples
   reward/format_mean    fraction of those samples with a final "#### N" line
   reward/proxy_mean     mean reward-model score of those samples (when a reward model is given)
-  kl/sft                mean sequence KL(pi || pi_sft) of those samples (nats): the k1 estimator at sequence
+  kl/ref                mean sequence KL(pi || pi_sft) of those samples (nats): the k1 estimator at sequence
                         level, mean over y ~ pi of sum_t log pi(y_t | .) - log pi_ref(y_t | .) (unbiased;
                         Schulman 2020, "Approximating KL Divergence")
   response/length_mean  mean response length of those samples (tokens, stop token excluded)
@@ -161,7 +161,7 @@ def evaluate_policy(policy, tokenizer, problems: list[dict[str, str]], *, refere
         pad = tokenizer.pad_token_id
         kl = (batched_sequence_log_probs(policy, prompts, responses, pad)
               - batched_sequence_log_probs(reference, prompts, responses, pad))
-        metrics["kl/sft"] = float(kl.mean())
+        metrics["kl/ref"] = float(kl.mean())
     metrics["response/length_mean"] = sum(s["n_tokens"] for s in flat) / len(flat)
     first = flat[:None if distinct_over is None else distinct_over * samples_per_prompt]
     metrics["response/distinct_2"] = distinct_n([s["tokens"][:s["n_tokens"]] for s in first], 2)

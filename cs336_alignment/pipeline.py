@@ -195,7 +195,7 @@ def run(preset_name: str = "tiny", out: str = "", name: str = "", threads: int =
         last = results["bon"]["rows"][-1]
         models[f"BoN-{last['n']} (gold oracle = pass@{last['n']})"] = {
             "format": "chat", "accuracy/greedy": None, "reward/gold_mean": last["reward/oracle_mean"],
-            "kl/sft": last["kl/sft"]}
+            "kl/ref": last["kl/ref"]}
 
     # --- 4. report
     report = {"name": name, "preset": preset_name, "seed": seed, "threads": threads, "jobs": jobs,

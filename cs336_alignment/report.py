@@ -23,20 +23,20 @@ from cs336_alignment.train.common import read_metrics
 # ---------------------------------------------------------------------------------------------------------
 
 # stage -> (left-axis metrics, right-axis metrics, left label, right label)
-SFT_CURVES = (["loss/train", "loss/eval"], ["eval/accuracy/greedy", "eval/reward/gold_mean"],
+SFT_CURVES = (["loss/train", "eval/loss"], ["eval/accuracy/greedy", "eval/reward/gold_mean"],
               "loss (nats / response token)", "held-out accuracy (greedy, T = 1)")
 CURVES = {
-    "pretrain": (["loss/train", "loss/eval"], [], "loss (nats / token)", ""),
+    "pretrain": (["loss/train", "eval/loss"], [], "loss (nats / token)", ""),
     "sft": SFT_CURVES,
     "sft_more": SFT_CURVES,
     "sft_baseline": SFT_CURVES,
-    "rm": (["loss/train", "loss/eval"], ["rm/eval_accuracy", "rm/ceiling_accuracy"], "Bradley-Terry loss",
+    "rm": (["loss/train", "eval/loss"], ["eval/rm/accuracy", "eval/rm/ceiling_accuracy"], "Bradley-Terry loss",
            "held-out pairwise accuracy"),
-    "dpo": (["loss/train", "loss/eval"], ["accuracy/greedy"], "DPO loss", "greedy gold accuracy"),
+    "dpo": (["loss/train", "eval/loss"], ["eval/accuracy/greedy"], "DPO loss", "greedy gold accuracy"),
     "grpo_gold": (["reward/gold_mean"], ["eval/accuracy/greedy"], "gold reward of rollouts", "greedy accuracy"),
     "grpo_rm": (["reward/gold_mean", "reward/proxy_mean"], ["eval/accuracy/greedy"], "reward of rollouts",
                 "greedy accuracy"),
-    "ppo": (["reward/gold_mean", "reward/proxy_mean"], ["objective/kl"], "reward of rollouts", "KL to SFT (nats)"),
+    "ppo": (["reward/gold_mean", "reward/proxy_mean"], ["kl/ref"], "reward of rollouts", "KL to SFT (nats)"),
 }
 
 
@@ -78,14 +78,14 @@ def plot_training_curves(out: Path, stages: list[str]) -> Path:
 def rl_points(records: list[dict]) -> tuple[list[tuple], list[tuple]]:
     """(eval points, per-step points) of an RL run's metrics.jsonl as (sqrt KL, gold, proxy, length) tuples.
 
-    Eval lines measure the policy on held-out problems (eval/kl/sft: KL to SFT on its own samples); the
-    per-step lines measure the training rollouts (objective/kl for PPO). Both are sorted by KL."""
-    evals = [(math.sqrt(max(r["eval/kl/sft"], 0.0)), r["eval/reward/gold_mean"], r.get("eval/reward/proxy_mean"),
+    Eval lines measure the policy on held-out problems (eval/kl/ref: KL to SFT on its own samples); the
+    per-step lines measure the training rollouts (kl/ref for PPO). Both are sorted by KL."""
+    evals = [(math.sqrt(max(r["eval/kl/ref"], 0.0)), r["eval/reward/gold_mean"], r.get("eval/reward/proxy_mean"),
               r["eval/response/length_mean"]) for r in records
-             if {"eval/kl/sft", "eval/reward/gold_mean", "eval/response/length_mean"} <= set(r)]
-    steps = [(math.sqrt(max(r["objective/kl"], 0.0)), r["reward/gold_mean"], r.get("reward/proxy_mean"),
+             if {"eval/kl/ref", "eval/reward/gold_mean", "eval/response/length_mean"} <= set(r)]
+    steps = [(math.sqrt(max(r["kl/ref"], 0.0)), r["reward/gold_mean"], r.get("reward/proxy_mean"),
               r["response/length_mean"]) for r in records
-             if {"objective/kl", "reward/gold_mean", "response/length_mean"} <= set(r)]
+             if {"kl/ref", "reward/gold_mean", "response/length_mean"} <= set(r)]
     return sorted(evals), sorted(steps)
 
 
@@ -95,9 +95,9 @@ def plot_overoptimization(out: Path, bon_rows: list[dict], rl_runs: dict[str, li
     as a line, its training rollouts as faint dots)."""
     from matplotlib.figure import Figure
 
-    panels = [("best-of-N (reward model)", [(math.sqrt(r["kl/sft"]), r["reward/gold_mean"], r["reward/proxy_mean"],
+    panels = [("best-of-N (reward model)", [(math.sqrt(r["kl/ref"]), r["reward/gold_mean"], r["reward/proxy_mean"],
                                               r["response/length_mean"]) for r in bon_rows], [],
-               [(math.sqrt(r["kl/sft"]), r["reward/oracle_mean"]) for r in bon_rows])]
+               [(math.sqrt(r["kl/ref"]), r["reward/oracle_mean"]) for r in bon_rows])]
     panels += [(name, *rl_points(records), []) for name, records in rl_runs.items()]
     fig = Figure(figsize=(4.8 * len(panels), 6.4), layout="constrained")
     axes = fig.subplots(2, len(panels), squeeze=False, sharex="col")
@@ -133,7 +133,7 @@ def plot_overoptimization(out: Path, bon_rows: list[dict], rl_runs: dict[str, li
 # Markdown
 # ---------------------------------------------------------------------------------------------------------
 
-SFT_EVAL_KEYS = ("loss/eval", "eval/accuracy/greedy", "eval/reward/gold_mean")
+SFT_EVAL_KEYS = ("eval/loss", "eval/accuracy/greedy", "eval/reward/gold_mean")
 
 
 def sft_progress(out: Path, stages: list[str]) -> dict:
@@ -141,7 +141,7 @@ def sft_progress(out: Path, stages: list[str]) -> dict:
     run, or copied with the shipped checkpoints).
 
     Returns:
-        {"curve": [{"stage", "step", "loss/eval", "eval/accuracy/greedy", "eval/reward/gold_mean"}, ...] (the evals
+        {"curve": [{"stage", "step", "eval/loss", "eval/accuracy/greedy", "eval/reward/gold_mean"}, ...] (the evals
         that measured accuracy), "cpu_s": process CPU seconds of training summed over the phases (perf/cpu_s),
         None when a phase did not log it}.
     """
@@ -206,7 +206,7 @@ def _sft_curve(report: dict) -> list[str]:
              "problems of SFT's own eval; sampled: 2 temperature-1 answers per problem):", "",
              "| phase | step | held-out loss | greedy accuracy | sampled accuracy |", "|---|---|---|---|---|"]
     for r in curve:
-        lines.append(f"| {r['stage']} | {r['step']} | {_num(r['loss/eval'], '.4f')} | "
+        lines.append(f"| {r['stage']} | {r['step']} | {_num(r['eval/loss'], '.4f')} | "
                      f"{_pct(r['eval/accuracy/greedy'])} | {_pct(r['eval/reward/gold_mean'])} |")
     return lines
 
@@ -238,27 +238,27 @@ def write_report(out: Path, report: dict) -> Path:
              "|---|---|---|---|---|---|---|"]
     for label, m in report["models"].items():
         lines.append(f"| {label} | {_pct(m.get('accuracy/greedy'), n)} | {_pct(m.get('reward/gold_mean'))} | "
-                     f"{_num(m.get('reward/proxy_mean'))} | {_num(m.get('kl/sft'), '.2f')} | "
+                     f"{_num(m.get('reward/proxy_mean'))} | {_num(m.get('kl/ref'), '.2f')} | "
                      f"{_num(m.get('response/length_mean'), '.1f')} | {_num(m.get('response/distinct_2'))} |")
     if "rm" in report:
         rm = report["rm"]
         lines += ["", f"**Reward model** ({rm['n_pairs']} training pairs, {rm['n_eval_pairs']} held-out pairs on "
-                  f"test prompts): held-out pairwise accuracy {_pct(rm.get('rm/eval_accuracy'))}, ECE "
-                  f"{_num(rm.get('rm/eval_ece'))}; the annotator's own utility orders "
-                  f"{_pct(rm.get('rm/ceiling_accuracy'))} of those labels (the noise ceiling), the gold reward alone "
-                  f"{_pct(rm.get('rm/gold_accuracy'))}."]
-        if rm.get("rm/eval_correct_preferred") is not None and rm.get("rm/sft_correct_preferred") is not None:
-            lines[-1] += (f" Does it check answers? On the {_pct(rm.get('rm/gold_pairs'))} of held-out pairs where one "
+                  f"test prompts): held-out pairwise accuracy {_pct(rm.get('eval/rm/accuracy'))}, ECE "
+                  f"{_num(rm.get('eval/rm/ece'))}; the annotator's own utility orders "
+                  f"{_pct(rm.get('eval/rm/ceiling_accuracy'))} of those labels (the noise ceiling), the gold reward alone "
+                  f"{_pct(rm.get('eval/rm/gold_accuracy'))}."]
+        if rm.get("eval/rm/correct_preferred") is not None and rm.get("eval/rm/sft_correct_preferred") is not None:
+            lines[-1] += (f" Does it check answers? On the {_pct(rm.get('eval/rm/gold_pairs'))} of held-out pairs where one "
                           f"response is correct and the other is not, it scores the correct one higher "
-                          f"{_pct(rm['rm/eval_correct_preferred'])} of the time; the SFT policy's own mean token "
-                          f"log-prob does so {_pct(rm['rm/sft_correct_preferred'])} of the time.")
+                          f"{_pct(rm['eval/rm/correct_preferred'])} of the time; the SFT policy's own mean token "
+                          f"log-prob does so {_pct(rm['eval/rm/sft_correct_preferred'])} of the time.")
     if "bon" in report:
         lines += ["", "**Best-of-N** with the reward model, exact average over all N-subsets of "
                   f"{report['bon']['pool_size']} samples for each of {report['bon']['n_prompts']} test prompts:", "",
                   "| N | KL (closed form) | proxy | gold | gold-oracle (pass@N) | length | distinct-2 |",
                   "|---|---|---|---|---|---|---|"]
         for r in report["bon"]["rows"]:
-            lines.append(f"| {r['n']} | {r['kl/sft']:.2f} | {r['reward/proxy_mean']:.3f} | "
+            lines.append(f"| {r['n']} | {r['kl/ref']:.2f} | {r['reward/proxy_mean']:.3f} | "
                          f"{_pct(r['reward/gold_mean'])} | {_pct(r['reward/oracle_mean'])} | "
                          f"{r['response/length_mean']:.1f} | {r['response/distinct_2']:.3f} |")
     lines += _paired(report) + _matched_compute(report) + _sft_curve(report)

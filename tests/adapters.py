@@ -275,8 +275,8 @@ def run_compute_gae(rewards: Tensor, values: Tensor, response_mask: Tensor, gamm
 
 
 def run_whiten(values: Tensor, mask: Tensor | None = None, shift_mean: bool = True) -> Tensor:
-    from cs336_alignment.advantages import whiten
-    return whiten(values, mask, shift_mean)
+    from cs336_alignment.masked import masked_whiten
+    return masked_whiten(values, torch.ones_like(values, dtype=torch.bool) if mask is None else mask, shift_mean)
 
 
 def run_compute_ppo_value_loss(values: Tensor, old_values: Tensor, returns: Tensor, response_mask: Tensor,

@@ -17,6 +17,7 @@ from cs336_alignment import stages as stages_module
 from cs336_alignment.pipeline import main
 from cs336_alignment.presets import PRESETS
 from cs336_alignment.report import write_report
+from tests.metric_names import undocumented
 
 STAGE_FILES = ("pretrain/ckpt.pt", "sft/ckpt.pt", "rm/ckpt.pt", "rm/preferences_train.jsonl",
                "rm/preferences_eval.jsonl", "dpo/ckpt.pt", "grpo_gold/ckpt.pt", "sft_baseline/ckpt.pt",
@@ -45,6 +46,7 @@ def test_smoke_pipeline_writes_report(tmp_path):
             assert (out / path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for stage in ("pretrain", "sft", "rm", "dpo", "grpo_gold", "sft_baseline", "grpo_rm", "ppo", "bon"):
         assert (out / stage / "metrics.jsonl").is_file(), stage
+    assert not undocumented(out.glob("*/metrics.jsonl")), "a logged metric name missing from the README's table"
 
     report = json.loads((out / "report.json").read_text())
     assert report == json.loads(json.dumps(returned))
@@ -55,9 +57,9 @@ def test_smoke_pipeline_writes_report(tmp_path):
     for label, m in models.items():
         if m.get("accuracy/greedy") is not None:
             assert abs(m["accuracy/greedy"] * n - round(m["accuracy/greedy"] * n)) < 1e-9, label  # a count
-    assert models["SFT"]["kl/sft"] == 0.0, "the SFT policy is its own reference"
-    assert models["BoN-4"]["kl/sft"] == pytest.approx(math.log(4) - 3 / 4)
-    assert {"rm/eval_accuracy", "rm/eval_ece", "rm/ceiling_accuracy"} <= set(report["rm"])
+    assert models["SFT"]["kl/ref"] == 0.0, "the SFT policy is its own reference"
+    assert models["BoN-4"]["kl/ref"] == pytest.approx(math.log(4) - 3 / 4)
+    assert {"eval/rm/accuracy", "eval/rm/ece", "eval/rm/ceiling_accuracy"} <= set(report["rm"])
     assert len(report["bon"]["rows"]) == int(math.log2(pool)) + 1
     assert all(stage["wall_s"] > 0 and stage["cpu_s"] > 0 for stage in report["stages"].values())
 
@@ -89,14 +91,14 @@ def test_smoke_pipeline_writes_report(tmp_path):
     assert "training_curves.png" in md and "overoptimization.png" in md
     for label in ("SFT", BASELINE, "PPO", "DPO", "BoN-4"):
         row = next(line for line in md.splitlines() if line.startswith(f"| {label} |"))
-        assert f"{models[label]['kl/sft']:.2f}" in row and f"{models[label]['response/length_mean']:.1f}" in row
+        assert f"{models[label]['kl/ref']:.2f}" in row and f"{models[label]['response/length_mean']:.1f}" in row
     for heading in ("**GRPO vs SFT vs matched-compute SFT**", "**SFT held-out accuracy along training**",
                     "**Differences on the same test problems**", f"| GRPO (gold) − {BASELINE} |",
                     "**Stage times**", "| sft_baseline |", "--jobs 2"):
         assert heading in md, heading
 
     # The RM's answer-checking line, when its held-out pairs differ in gold (the smoke model's rarely do)
-    report["rm"].update({"rm/gold_pairs": 0.25, "rm/eval_correct_preferred": 0.6, "rm/sft_correct_preferred": 0.75})
+    report["rm"].update({"eval/rm/gold_pairs": 0.25, "eval/rm/correct_preferred": 0.6, "eval/rm/sft_correct_preferred": 0.75})
     (tmp_path / "again").mkdir()
     md = write_report(tmp_path / "again", report).read_text()
     assert ("On the 25.0% of held-out pairs where one response is correct and the other is not, it scores the "

@@ -83,9 +83,9 @@ def test_grpo_smoke_reward_rises(tmp_path, init_ckpt, tokenizer, monkeypatch):
     assert len(steps) == 10
     for key in ("policy/clipfrac", "policy/approx_kl", "policy/entropy", "reward/gold_mean", "perf/cpu_s"):
         assert key in steps[-1], key
-    assert "eval/accuracy/greedy" in records[0] and "eval/kl/sft" in records[-1]
-    assert abs(records[0]["eval/kl/sft"]) < 1e-4  # before training the policy is the reference
-    assert records[-1]["eval/kl/sft"] > 1e-3
+    assert "eval/accuracy/greedy" in records[0] and "eval/kl/ref" in records[-1]
+    assert abs(records[0]["eval/kl/ref"]) < 1e-4  # before training the policy is the reference
+    assert records[-1]["eval/kl/ref"] > 1e-3
 
 
 def test_grpo_other_losses_and_kl_run(tmp_path, init_ckpt):
@@ -95,7 +95,7 @@ def test_grpo_other_losses_and_kl_run(tmp_path, init_ckpt):
                               minibatches=2, micro_batch_size=3, **COMMON)
         grpo.train(cfg, reward_fn=starts_lowercase)
         last = read_metrics(tmp_path / loss_type / "metrics.jsonl")[-2]  # the step line before the last eval
-        assert ("kl/ref" in last) == (kl_coef > 0)
+        assert ("kl/ref_per_token" in last) == (kl_coef > 0)
 
 
 def test_process_advantages_land_on_the_tokens_of_each_step(tokenizer):
@@ -151,7 +151,7 @@ def test_ppo_smoke_reward_rises(tmp_path, init_ckpt, tokenizer, monkeypatch):
     steps = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "policy/approx_kl" in r]
     assert len(steps) == 10
     for key in ("policy/clipfrac", "policy/entropy", "value/explained_variance", "reward/proxy_mean",
-                "reward/gold_mean", "response/length_mean", "objective/kl"):
+                "reward/gold_mean", "response/length_mean", "kl/ref"):
         assert key in steps[-1], key
     assert max(s["policy/clipfrac"] for s in steps) > 0
     config = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])["config"]
@@ -243,7 +243,7 @@ def test_ppo_adaptive_kl_moves_beta(tmp_path, init_ckpt):
                         group_size=2, kl_coef=0.1, target_kl=100.0, kl_horizon=100, ppo_epochs=1, minibatches=1,
                         **COMMON)
     ppo.train(cfg, reward_fn=starts_lowercase)
-    betas = [r["objective/kl_coef"] for r in read_metrics(tmp_path / "metrics.jsonl") if "objective/kl_coef" in r]
+    betas = [r["kl/coef"] for r in read_metrics(tmp_path / "metrics.jsonl") if "kl/coef" in r]
     assert betas[0] == 0.1 and betas[1] < 0.1  # KL far below target: beta shrinks
 
 

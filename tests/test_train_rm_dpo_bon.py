@@ -66,10 +66,10 @@ def test_rm_smoke_loss_falls_and_accuracy_rises(trained_rm, pref_files):
     out, result = trained_rm
     records = read_metrics(out / "metrics.jsonl")
     losses = [r["loss/train"] for r in records if "loss/train" in r]
-    eval_losses = [r["loss/eval"] for r in records if "loss/eval" in r]
+    eval_losses = [r["eval/loss"] for r in records if "eval/loss" in r]
     assert losses[-1] < losses[0] and eval_losses[-1] < eval_losses[0], "Bradley-Terry loss falls, held out too"
-    assert result["rm/eval_accuracy"] >= 0.9, "held-out pairs ordered"
-    assert 0.0 <= result["rm/eval_ece"] <= 1.0
+    assert result["eval/rm/accuracy"] >= 0.9, "held-out pairs ordered"
+    assert 0.0 <= result["eval/rm/ece"] <= 1.0
     # The saved model loads, and its rewards are centred on the training responses.
     model, extra = rm_package.load_reward_model(result["checkpoint"])
     pairs = load_preferences(pref_files[0])
@@ -86,7 +86,7 @@ def test_rm_samples_and_labels_its_own_pairs(tiny_ckpt, tmp_path):
     train_pairs = load_preferences(tmp_path / "preferences_train.jsonl")
     assert len(train_pairs) == result["n_pairs"] > 0
     assert {"u_chosen", "u_rejected", "p_chosen", "gold_chosen", "len_chosen"} <= set(train_pairs[0])
-    assert 0.0 <= result["rm/ceiling_accuracy"] <= 1.0
+    assert 0.0 <= result["eval/rm/ceiling_accuracy"] <= 1.0
 
 
 def test_correct_preferred_hand_example():
@@ -124,8 +124,8 @@ def test_sft_diagnostics_matches_naive_mean_log_probs(tiny_ckpt):
         c, r = naive_mean_logp(pair["prompt"], pair["chosen"]), naive_mean_logp(pair["prompt"], pair["rejected"])
         right += (c > r) == (pair["gold_chosen"] > pair["gold_rejected"])
     out = reward_model.sft_diagnostics(model, tokenizer, [parse_preference(p, "test") for p in pairs], 128)
-    assert out["rm/gold_pairs"] == pytest.approx(6 / 7)
-    assert out["rm/sft_correct_preferred"] == pytest.approx(right / 6)
+    assert out["eval/rm/gold_pairs"] == pytest.approx(6 / 7)
+    assert out["eval/rm/sft_correct_preferred"] == pytest.approx(right / 6)
     assert reward_model.sft_diagnostics(model, tokenizer, [parse_preference(pairs[-1], "test")], 128) == {}
 
 
@@ -137,9 +137,9 @@ def test_rm_reports_whether_it_checks_answers(tiny_ckpt, pref_files, tmp_path):
                                 eval_data=str(tmp_path / "eval.jsonl"), num_steps=16, batch_size=16, lr=3e-3,
                                 warmup_steps=1, log_every=8, eval_every=8, quiet=True)
     result = reward_model.train(cfg)
-    assert result["rm/gold_pairs"] == 1.0
-    assert result["rm/eval_correct_preferred"] == result["rm/eval_accuracy"] >= 0.9, "labels = gold here"
-    assert 0.0 <= result["rm/sft_correct_preferred"] <= 1.0
+    assert result["eval/rm/gold_pairs"] == 1.0
+    assert result["eval/rm/correct_preferred"] == result["eval/rm/accuracy"] >= 0.9, "labels = gold here"
+    assert 0.0 <= result["eval/rm/sft_correct_preferred"] <= 1.0
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -152,10 +152,10 @@ def test_dpo_smoke_loss_starts_at_log2_and_falls(tiny_ckpt, pref_files, tmp_path
                         n_gold_problems=2, max_new_tokens=8, quiet=True)
     result = dpo.train(cfg)
     records = read_metrics(tmp_path / "metrics.jsonl")
-    assert records[0]["step"] == 0 and abs(records[0]["loss/eval"] - math.log(2)) < 1e-5, "policy == reference"
+    assert records[0]["step"] == 0 and abs(records[0]["eval/loss"] - math.log(2)) < 1e-5, "policy == reference"
     losses = [r["loss/train"] for r in records if "loss/train" in r]
     assert losses[-1] < losses[0], "DPO loss falls"
-    assert result["dpo/margin"] > 0 and result["loss/eval"] < math.log(2), "chosen gains on rejected, held out too"
+    assert result["dpo/margin"] > 0 and result["eval/loss"] < math.log(2), "chosen gains on rejected, held out too"
     assert (tmp_path / "ckpt.pt").exists()
 
 
@@ -174,7 +174,7 @@ def test_best_of_n_curve_hand_example():
     assert rows[1]["reward/proxy_mean"] == pytest.approx((3 * 0.4 + 2 * 0.3 + 0.2) / 6)
     assert rows[1]["response/length_mean"] == pytest.approx((3 * 20 + 2 * 30 + 40) / 6)
     assert rows[1]["reward/oracle_mean"] == pytest.approx(1 - 1 / 6), "only the pair of wrong answers fails"
-    assert rows[2]["reward/gold_mean"] == 1.0 and rows[2]["kl/sft"] == pytest.approx(math.log(4) - 0.75)
+    assert rows[2]["reward/gold_mean"] == 1.0 and rows[2]["kl/ref"] == pytest.approx(math.log(4) - 0.75)
 
 
 def test_bon_smoke_proxy_rises_with_n(tiny_ckpt, trained_rm, tmp_path):
@@ -185,7 +185,7 @@ def test_bon_smoke_proxy_rises_with_n(tiny_ckpt, trained_rm, tmp_path):
     assert [r["n"] for r in rows] == [1, 2, 4, 8]
     proxies = [r["reward/proxy_mean"] for r in rows]
     assert all(b > a for a, b in zip(proxies, proxies[1:])), "best-of-N proxy reward rises with N"
-    assert all(r["kl/sft"] == pytest.approx(best_of_n_kl(r["n"])) for r in rows)
+    assert all(r["kl/ref"] == pytest.approx(best_of_n_kl(r["n"])) for r in rows)
     assert all(r["reward/oracle_mean"] >= r["reward/gold_mean"] - 1e-9 for r in rows), "pass@N is the ceiling"
     assert len(read_metrics(tmp_path / "metrics.jsonl")) == 4
     assert json.loads((tmp_path / "bon.json").read_text())["pool_size"] == 8

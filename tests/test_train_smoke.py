@@ -71,7 +71,7 @@ def test_pretrain_loss_falls_and_writes_outputs(tmp_path):
     assert sum(losses[-5:]) / 5 < sum(losses[:3]) / 3 - 1.0  # starts near ln(vocab) = 6.2 nats
     records = read_metrics(tmp_path / "metrics.jsonl")
     assert {"loss/train", "lr", "grad_norm", "perf/tokens_per_s"} <= set(records[0])
-    assert "loss/eval" in records[-1] and result["loss/eval"] == records[-1]["loss/eval"]
+    assert "eval/loss" in records[-1] and result["eval/loss"] == records[-1]["eval/loss"]
     first = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
     assert first["config"]["num_steps"] == 25  # the whole config is the first log line
     model, extra = load_model(tmp_path / "ckpt.pt")
@@ -133,7 +133,7 @@ def test_sft_max_cpu_s_stops_early_with_a_loadable_checkpoint(tmp_path):
     assert 1 <= result["steps"] < 100_000
     assert result["cpu_s"] >= 0.5
     records = read_metrics(tmp_path / "metrics.jsonl")
-    assert records[-1]["step"] == result["steps"] and "loss/eval" in records[-1]  # the last step is evaluated
+    assert records[-1]["step"] == result["steps"] and "eval/loss" in records[-1]  # the last step is evaluated
     model, extra = load_model(tmp_path / "ckpt.pt")
     assert load_checkpoint(tmp_path / "ckpt.pt", model) == result["steps"]
     assert extra["config"]["max_cpu_s"] == 0.5 and extra["cpu_s"] == result["cpu_s"]

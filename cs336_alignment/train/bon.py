@@ -15,7 +15,7 @@ so gold and proxy reward against sqrt(KL) trace the reward-model over-optimisati
 ("Scaling Laws for Reward Model Overoptimization"), with no optimiser in the way.
 
 One metrics.jsonl line per N (step = N): reward/gold_mean, reward/proxy_mean, reward/oracle_mean (pass@N),
-kl/sft (the closed form), response/length_mean, response/distinct_2 (of best-of-N among the first N samples
+kl/ref (the closed form), response/length_mean, response/distinct_2 (of best-of-N among the first N samples
 of each pool: one concrete draw).
 """
 from __future__ import annotations
@@ -80,7 +80,7 @@ def best_of_n_curve(proxy: torch.Tensor, gold: torch.Tensor, lengths: torch.Tens
 
     Returns:
         one dict per N: {"n", "reward/proxy_mean", "reward/gold_mean", "reward/oracle_mean" (pass@N with the
-        gold reward as the selector, exact for 0/1 gold rewards), "response/length_mean", "kl/sft" (closed form)}.
+        gold reward as the selector, exact for 0/1 gold rewards), "response/length_mean", "kl/ref" (closed form)}.
     """
     P, n = proxy.shape
     order = proxy.double().argsort(dim=1, stable=True)                      # (P, n) ascending by proxy
@@ -92,7 +92,7 @@ def best_of_n_curve(proxy: torch.Tensor, gold: torch.Tensor, lengths: torch.Tens
         rows.append({"n": N, "reward/proxy_mean": float((ranked["proxy"] @ w).mean()),
                      "reward/gold_mean": float((ranked["gold"] @ w).mean()),
                      "reward/oracle_mean": sum(pass_at_k(n, c, N) for c in correct) / P,
-                     "response/length_mean": float((ranked["len"] @ w).mean()), "kl/sft": best_of_n_kl(N)})
+                     "response/length_mean": float((ranked["len"] @ w).mean()), "kl/ref": best_of_n_kl(N)})
     return rows
 
 

@@ -10,7 +10,7 @@ are in each loop, not behind a helper here.
 Metric names (one vocabulary across loops, see the README):
     loss/train         mean training loss over the steps since the last log line (nats per token; in SFT
                        per response token)
-    loss/eval          the same loss on held-out data
+    eval/loss          the same loss on held-out data
     lr                 learning rate of the last step
     grad_norm          global L2 norm of the gradient before clipping (mean since the last log line)
     perf/tokens_per_s  tokens fed through the model per wall-clock second since the last log line
@@ -185,7 +185,7 @@ def num_params(model: torch.nn.Module) -> int:
 
 
 def format_metrics(step: int, num_steps: int, metrics: dict[str, float]) -> str:
-    """`step 40/200 | loss 0.412 | loss/eval 0.455 | lr 3.0e-04 | 1.9k tok/s` (loss = loss/train)."""
+    """`step 40/200 | loss 0.412 | eval/loss 0.455 | lr 3.0e-04 | 1.9k tok/s` (loss = loss/train)."""
     parts = [f"step {step}/{num_steps}"]
     for key, value in metrics.items():
         if key == "perf/tokens_per_s":

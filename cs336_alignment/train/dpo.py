@@ -13,8 +13,8 @@ assistant content and its closing <|end|>), `dpo.sequence_log_probs`.
 
 Metrics: loss/train (plus the NLL term when nll_coef > 0), dpo/margin (mean implicit-reward gap),
 dpo/accuracy (fraction of pairs whose chosen response has the higher implicit reward), dpo/chosen_reward,
-dpo/rejected_reward; at eval steps loss/eval, dpo/eval_accuracy on held-out pairs and accuracy/greedy (gold
-accuracy of greedy answers to test problems).
+dpo/rejected_reward; at eval steps eval/loss, eval/dpo/accuracy and eval/dpo/margin on held-out pairs, and
+eval/accuracy/greedy (gold accuracy of greedy answers to test problems) with eval/response/length_mean.
 """
 from __future__ import annotations
 
@@ -96,8 +96,8 @@ class DPOConfig(PreferenceDataConfig):
 
 
 def train(cfg: DPOConfig) -> dict:
-    """Run DPO. Returns {"checkpoint", "steps", "loss/train", "loss/eval", "dpo/eval_accuracy",
-    "accuracy/greedy", ...} (the last logged values)."""
+    """Run DPO. Returns {"checkpoint", "steps", "loss/train", "eval/loss", "eval/dpo/accuracy",
+    "eval/accuracy/greedy", ...} (the last logged values)."""
     # ---------------------------------------------------------------------------------------------------
     # Setup: policy, frozen reference, pairs, reference log-probs (once)
     # ---------------------------------------------------------------------------------------------------
@@ -144,12 +144,12 @@ def train(cfg: DPOConfig) -> dict:
         parts = [batch_logps(model, eval_chats[i:i + 64]) for i in range(0, len(eval_chats), 64)]
         chosen, rejected = torch.cat([c for c, _ in parts]), torch.cat([r for _, r in parts])
         loss, m = dpo_loss(chosen, rejected, ref_eval[0], ref_eval[1], cfg.beta, cfg.loss_type, cfg.label_smoothing)
-        metrics = {"loss/eval": float(loss), "dpo/eval_accuracy": float(m["dpo/accuracy"]),
-                   "dpo/eval_margin": float(m["dpo/margin"])}
+        metrics = {"eval/loss": float(loss), "eval/dpo/accuracy": float(m["dpo/accuracy"]),
+                   "eval/dpo/margin": float(m["dpo/margin"])}
         if gold_problems:
             gold, _ = evaluate_model(model, tokenizer, gold_problems, fmt="chat", max_new_tokens=cfg.max_new_tokens)
-            metrics["accuracy/greedy"] = gold["reward/gold_mean"]
-            metrics["response/length_mean"] = gold["response/length_mean"]
+            metrics["eval/accuracy/greedy"] = gold["reward/gold_mean"]
+            metrics["eval/response/length_mean"] = gold["response/length_mean"]
         model.train()
         return metrics
 
@@ -161,7 +161,7 @@ def train(cfg: DPOConfig) -> dict:
     window: dict[str, list[float]] = {k: [] for k in ("loss", "norm", *keys)}
     window_tokens, t0, last = 0, time.perf_counter(), {}
     if cfg.eval_every > 0:
-        logger.log(0, evaluate())  # the SFT policy: loss/eval = log 2, accuracy/greedy = SFT's
+        logger.log(0, evaluate())  # the SFT policy: eval/loss = log 2, eval/accuracy/greedy = SFT's
     bar = progress_bar(cfg.num_steps, 0, "dpo")
     for step in range(cfg.num_steps):
         lr = cosine_lr(step, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.num_steps)

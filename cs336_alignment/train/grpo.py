@@ -31,12 +31,12 @@ and runs/<name>/grpo/metrics.jsonl holds one line per step (names below) and the
 
 Metrics, one line per rollout batch: reward/mean (the training reward), reward/gold_mean, reward/format_mean,
 reward/proxy_mean (with an RM), response/length_mean, loss/policy, policy/clipfrac, policy/approx_kl (k3 of
-KL(pi_old || pi)), policy/entropy (nats per token), kl/ref (k3 per token, with kl_coef > 0),
+KL(pi_old || pi)), policy/entropy (nats per token), kl/ref_per_token (k3 per token, with kl_coef > 0),
 groups/kept_fraction, grad_norm, lr, perf/tokens_per_s (through the trained forward passes), perf/rollout_s,
 perf/step_s, perf/cpu_s (process CPU seconds of training, evals excluded: compare runs by this).
 Held-out evaluations (before the first step, every eval_every, after the last) are separate lines whose keys
 are `evaluate.evaluate_policy`'s with an "eval/" prefix: eval/accuracy/greedy, eval/reward/gold_mean
-(accuracy of T = 1 samples), eval/reward/format_mean, eval/reward/proxy_mean (with an RM), eval/kl/sft
+(accuracy of T = 1 samples), eval/reward/format_mean, eval/reward/proxy_mean (with an RM), eval/kl/ref
 (sequence KL to the SFT reference, nats), eval/response/length_mean, eval/response/distinct_2.
 """
 from __future__ import annotations
@@ -359,7 +359,7 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
                         old_log_probs=mb.get("old_log_probs"), cliprange=cfg.cliprange,
                         length_normalization=cfg.length_normalization, max_response_length=cfg.max_new_tokens)
                     if kl is not None:
-                        stats.setdefault("kl/ref", []).append(kl)
+                        stats.setdefault("kl/ref_per_token", []).append(kl)
                     for key, value in info.items():
                         stats.setdefault(key, []).append(float(value))
                     stats.setdefault("policy/entropy", []).append(

@@ -13,7 +13,7 @@ implementation details of RLHF with PPO"):
      and the value model's V(s_t) at every response token;
   3. per-token rewards: -beta * KL_t on every token plus the score on the last one
      (`advantages.compute_kl_shaped_rewards`); then GAE(gamma, lambda) advantages and lambda-returns
-     (`advantages.compute_gae`), and whitened advantages (`advantages.whiten`);
+     (`advantages.compute_gae`), and whitened advantages (`masked.masked_whiten`);
   4. `ppo_epochs` passes, each split into `minibatches` optimizer steps: clipped policy loss
      (`policy_losses.compute_ppo_policy_loss`), clipped value loss (`compute_ppo_value_loss`) and an
      optional entropy bonus; the policy and the value model have their own optimizers;
@@ -33,11 +33,11 @@ For the pipeline (no argparse needed):
     result = ppo.train(ppo.PPOConfig(init=sft_ckpt, reward_model=rm_ckpt, out=str(run / "ppo"), num_steps=30))
     result -> {"checkpoint": path, "steps": n, "cpu_s": CPU seconds of training, "eval": {...last eval...}}
 Per-step metrics.jsonl lines: reward/proxy_mean (RM score), reward/gold_mean, reward/format_mean,
-response/length_mean, objective/kl (summed k1 per sequence, nats), objective/kl_coef, policy/approx_kl,
+response/length_mean, kl/ref (summed k1 per sequence, nats), kl/coef, reward/kl_penalty, policy/approx_kl,
 policy/clipfrac, policy/entropy, value/explained_variance, value/clipfrac, loss/policy, loss/value,
 perf/tokens_per_s, perf/cpu_s; eval/* lines as in grpo.py (eval/accuracy/greedy, eval/reward/gold_mean,
-eval/reward/proxy_mean, eval/kl/sft, eval/response/length_mean, ...). Plot reward/proxy_mean and
-reward/gold_mean against step (or eval/kl/sft) to see over-optimization of a flawed reward model.
+eval/reward/proxy_mean, eval/kl/ref, eval/response/length_mean, ...). Plot reward/proxy_mean and
+reward/gold_mean against step (or eval/kl/ref) to see over-optimization of a flawed reward model.
 """
 from __future__ import annotations
 
@@ -50,11 +50,12 @@ from typing import Callable, Literal
 
 import torch
 
-from cs336_alignment.advantages import apply_missing_eos_penalty, compute_gae, compute_kl_shaped_rewards, whiten
+from cs336_alignment.advantages import apply_missing_eos_penalty, compute_gae, compute_kl_shaped_rewards
 from cs336_alignment.checkpoint import (load_checkpoint, load_checkpoint_extra, load_model, rng_state, save_checkpoint,
                                         set_rng_state)
 from cs336_alignment.evaluate import run_eval
 from cs336_alignment.logprobs import get_response_log_probs
+from cs336_alignment.masked import masked_whiten
 from cs336_alignment.nn_utils import clip_gradients
 from cs336_alignment.policy_losses import (AdaptiveKLController, compute_entropy_bonus, compute_ppo_policy_loss,
                                            compute_ppo_value_loss)
@@ -288,10 +289,10 @@ def train(cfg: PPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | No
         rewards, kl_info = compute_kl_shaped_rewards(scores, tensors["old_log_probs"], tensors["ref_log_probs"],
                                                      mask, kl_coef)             # (N, T)
         advantages, returns = compute_gae(rewards, tensors["old_values"], mask, cfg.gamma, cfg.lam)
-        tensors["advantages"] = whiten(advantages, mask) if int(mask.sum()) > 1 else advantages
+        tensors["advantages"] = masked_whiten(advantages, mask) if int(mask.sum()) > 1 else advantages
         tensors["returns"] = returns
-        metrics.update({"objective/kl": float(kl_info["objective/kl"]), "objective/kl_coef": kl_coef,
-                        "objective/non_score_reward": float(kl_info["objective/non_score_reward"])})
+        metrics.update({"kl/ref": float(kl_info["objective/kl"]), "kl/coef": kl_coef,
+                        "reward/kl_penalty": float(kl_info["objective/non_score_reward"])})
 
         # --- 4. clipped PPO epochs over minibatches
         stats: dict[str, list[float]] = {}
@@ -323,7 +324,7 @@ def train(cfg: PPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | No
                     opt.step()
                     opt.zero_grad(set_to_none=True)
         if kl_ctl is not None:
-            kl_coef = kl_ctl.update(metrics["objective/kl"], N)
+            kl_coef = kl_ctl.update(metrics["kl/ref"], N)
         cpu_s += time.process_time() - cpu0
         bar.update(1)
 

@@ -6,7 +6,7 @@
 
 The text is tokenized once into one long stream of token ids, with documents separated by
 <|endoftext|>. Each step trains on random windows of context_length + 1 tokens (`data.get_batch`, as
-in CS336 assignment 1). The last `val_fraction` of the stream is held out, and loss/eval is measured on
+in CS336 assignment 1). The last `val_fraction` of the stream is held out, and eval/loss is measured on
 fixed windows of it. The loss is the mean cross-entropy over every position (Radford et al. 2018, eq. 1).
 """
 from __future__ import annotations
@@ -51,7 +51,7 @@ class PretrainConfig:
     n_problems: int = 20000
     """task-world train-split problems rendered as raw documents (when --data is empty)"""
     val_fraction: float = 0.02
-    """fraction of the token stream (its end) held out for loss/eval"""
+    """fraction of the token stream (its end) held out for eval/loss"""
     # --- model (CS336 assignment-1 TransformerLM)
     context_length: int = 128
     """maximum sequence length (RoPE table size); training windows use all of it"""
@@ -90,9 +90,9 @@ class PretrainConfig:
     log_every: int = 20
     """optimizer steps between console/metrics lines"""
     eval_every: int = 100
-    """optimizer steps between loss/eval measurements (and at the last step)"""
+    """optimizer steps between eval/loss measurements (and at the last step)"""
     eval_batches: int = 4
-    """micro-batches of held-out windows per loss/eval"""
+    """micro-batches of held-out windows per eval/loss"""
     checkpoint_every: int = 200
     """optimizer steps between checkpoints (and at the last step)"""
     quiet: bool = False
@@ -107,7 +107,7 @@ def load_token_stream(cfg: PretrainConfig, tokenizer) -> np.ndarray:
 
 
 def train(cfg: PretrainConfig) -> dict:
-    """Run pretraining. Returns {"checkpoint": path, "loss/train": last, "loss/eval": last, "steps": n}."""
+    """Run pretraining. Returns {"checkpoint": path, "loss/train": last, "eval/loss": last, "steps": n}."""
     # ---------------------------------------------------------------------------------------------------
     # Setup
     # ---------------------------------------------------------------------------------------------------
@@ -138,7 +138,7 @@ def train(cfg: PretrainConfig) -> dict:
     logger.write(f"pretrain: {num_params(model) / 1e6:.2f}M parameters, {len(train_tokens) / 1e6:.2f}M training "
                  f"tokens, device {device}" + (f", resumed at step {start_step}" if start_step else ""))
 
-    # Fixed held-out windows (their own generator), so loss/eval is comparable across steps and runs.
+    # Fixed held-out windows (their own generator), so eval/loss is comparable across steps and runs.
     eval_rng = np.random.default_rng(cfg.seed)
     eval_starts = eval_rng.integers(0, len(val_tokens) - cfg.context_length - 1,
                                     size=(cfg.eval_batches, micro_batch_size))  # (n_batches, B)
@@ -199,7 +199,7 @@ def train(cfg: PretrainConfig) -> dict:
             metrics = {"loss/train": float(np.mean(window_losses)), "lr": lr,
                        "grad_norm": float(np.mean(window_norms))}
             if is_eval:
-                metrics["loss/eval"] = evaluate()
+                metrics["eval/loss"] = evaluate()
             metrics["perf/tokens_per_s"] = tokens_per_s
             logger.log(done, metrics)
             last.update(metrics)
@@ -209,7 +209,7 @@ def train(cfg: PretrainConfig) -> dict:
                             model_config=dataclasses.asdict(model_config), rng=rng_state())
     bar.close()
     return {"checkpoint": str(ckpt_path), "steps": cfg.num_steps, "loss/train": last.get("loss/train"),
-            "loss/eval": last.get("loss/eval")}
+            "eval/loss": last.get("eval/loss")}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -9,15 +9,15 @@ token of prompt + response (Ouyang et al. 2022 §3.5). Each step scores the chos
 of a batch of pairs in one forward pass and minimises `bradley_terry_loss` (InstructGPT eq. 1).
 
 Held-out metrics (on pairs from test-split prompts):
-    rm/eval_accuracy     fraction of held-out labels the reward model orders correctly (a tie counts 1/2)
-    rm/eval_ece          expected calibration error of sigma(r_a - r_b) against the labels (both orders)
-    rm/ceiling_accuracy  the same accuracy for the annotator's own utility u: the best any model can expect,
+    eval/rm/accuracy     fraction of held-out labels the reward model orders correctly (a tie counts 1/2)
+    eval/rm/ece          expected calibration error of sigma(r_a - r_b) against the labels (both orders)
+    eval/rm/ceiling_accuracy  the same accuracy for the annotator's own utility u: the best any model can expect,
                          since the labels are noisy (only for pairs made by our annotator)
-    rm/gold_accuracy     the same for the gold reward alone (how often the labels agree with correctness)
-    rm/gold_pairs        fraction of held-out pairs whose two responses differ in gold reward (one is right)
-    rm/eval_correct_preferred  on those pairs, how often the reward model scores the gold-better response
+    eval/rm/gold_accuracy     the same for the gold reward alone (how often the labels agree with correctness)
+    eval/rm/gold_pairs        fraction of held-out pairs whose two responses differ in gold reward (one is right)
+    eval/rm/correct_preferred  on those pairs, how often the reward model scores the gold-better response
                          higher: does it check answers? (a tie counts 1/2; labels play no part)
-    rm/sft_correct_preferred   the same for the SFT policy's own mean token log-prob of each response: what the
+    eval/rm/sft_correct_preferred   the same for the SFT policy's own mean token log-prob of each response: what the
                          trunk the reward model starts from already "knows" about correctness
 After training the head's bias is shifted so that the mean reward of the training responses is 0 (the
 Bradley-Terry loss only sees differences; InstructGPT normalises its RM the same way, §C.2).
@@ -116,7 +116,7 @@ def correct_preferred(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor
 
 @torch.no_grad()
 def sft_diagnostics(sft_model, tokenizer, pairs: list[dict], context: int) -> dict[str, float]:
-    """{"rm/gold_pairs", "rm/sft_correct_preferred"} on annotator-made pairs (module docstring); {} when no pair
+    """{"eval/rm/gold_pairs", "eval/rm/sft_correct_preferred"} on annotator-made pairs (module docstring); {} when no pair
     differs in gold reward. The SFT score of a response is its mean log-prob per response token (stop included)."""
     differs = [p for p in pairs if "gold_chosen" in p and "gold_rejected" in p and p["gold_chosen"] != p["gold_rejected"]]
     if not differs:
@@ -139,8 +139,8 @@ def sft_diagnostics(sft_model, tokenizer, pairs: list[dict], context: int) -> di
                                                    [responses[i] for i in scored], tokenizer.pad_token_id)
     mean_logps = logps / lengths                                                   # (2n,) nats per token
     sft_model.train(was_training)
-    return {"rm/gold_pairs": len(differs) / len(pairs),
-            "rm/sft_correct_preferred": correct_preferred(mean_logps[0::2], mean_logps[1::2], differs)}
+    return {"eval/rm/gold_pairs": len(differs) / len(pairs),
+            "eval/rm/sft_correct_preferred": correct_preferred(mean_logps[0::2], mean_logps[1::2], differs)}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -149,8 +149,8 @@ def sft_diagnostics(sft_model, tokenizer, pairs: list[dict], context: int) -> di
 
 
 def train(cfg: RMConfig) -> dict:
-    """Train a reward model. Returns {"checkpoint", "steps", "loss/train", "rm/eval_accuracy", "rm/eval_ece",
-    "rm/ceiling_accuracy", "rm/gold_accuracy", "n_pairs", "n_eval_pairs", "preferences_train", ...}."""
+    """Train a reward model. Returns {"checkpoint", "steps", "loss/train", "eval/rm/accuracy", "eval/rm/ece",
+    "eval/rm/ceiling_accuracy", "eval/rm/gold_accuracy", "n_pairs", "n_eval_pairs", "preferences_train", ...}."""
     # ---------------------------------------------------------------------------------------------------
     # Setup: the SFT model, preference pairs, the reward model
     # ---------------------------------------------------------------------------------------------------
@@ -182,14 +182,14 @@ def train(cfg: RMConfig) -> dict:
         def acc(key):
             return float(reward_accuracy(torch.tensor([p[f"{key}_chosen"] for p in eval_pairs], dtype=torch.float64),
                                          torch.tensor([p[f"{key}_rejected"] for p in eval_pairs], dtype=torch.float64)))
-        fixed = {"rm/ceiling_accuracy": acc("u"), "rm/gold_accuracy": acc("gold")}
-        logger.write(f"held-out label ceiling: utility orders {fixed['rm/ceiling_accuracy']:.3f} of the labels, "
-                     f"gold reward alone {fixed['rm/gold_accuracy']:.3f}")
+        fixed = {"eval/rm/ceiling_accuracy": acc("u"), "eval/rm/gold_accuracy": acc("gold")}
+        logger.write(f"held-out label ceiling: utility orders {fixed['eval/rm/ceiling_accuracy']:.3f} of the labels, "
+                     f"gold reward alone {fixed['eval/rm/gold_accuracy']:.3f}")
     fixed.update(diagnostics)
     if diagnostics:
-        logger.write(f"{diagnostics['rm/gold_pairs']:.3f} of the held-out pairs differ in gold reward; on them the SFT "
+        logger.write(f"{diagnostics['eval/rm/gold_pairs']:.3f} of the held-out pairs differ in gold reward; on them the SFT "
                      f"policy's mean token log-prob prefers the correct response "
-                     f"{diagnostics['rm/sft_correct_preferred']:.3f} of the time")
+                     f"{diagnostics['eval/rm/sft_correct_preferred']:.3f} of the time")
 
     @torch.no_grad()
     def evaluate() -> dict[str, float]:
@@ -198,9 +198,9 @@ def train(cfg: RMConfig) -> dict:
         chosen, rejected = r[0::2], r[1::2]
         loss, metrics = bradley_terry_loss(chosen, rejected)
         verified = correct_preferred(chosen, rejected, eval_pairs)
-        return {"loss/eval": float(loss), "rm/eval_accuracy": float(metrics["rm/accuracy"]),
-                "rm/eval_ece": pairwise_calibration_error(chosen, rejected), **fixed,
-                **({"rm/eval_correct_preferred": verified} if verified is not None else {})}
+        return {"eval/loss": float(loss), "eval/rm/accuracy": float(metrics["rm/accuracy"]),
+                "eval/rm/ece": pairwise_calibration_error(chosen, rejected), **fixed,
+                **({"eval/rm/correct_preferred": verified} if verified is not None else {})}
 
     # ---------------------------------------------------------------------------------------------------
     # Training loop
@@ -260,8 +260,8 @@ def train(cfg: RMConfig) -> dict:
     ckpt_path = out / "ckpt.pt"
     save_checkpoint(model, None, cfg.num_steps, ckpt_path, kind="reward_model", config=dataclasses.asdict(cfg),
                     model_config=dataclasses.asdict(model_config), reward_offset=offset)
-    keys = ("loss/train", "loss/eval", "rm/eval_accuracy", "rm/eval_ece", "rm/ceiling_accuracy", "rm/gold_accuracy",
-            "rm/gold_pairs", "rm/eval_correct_preferred", "rm/sft_correct_preferred")
+    keys = ("loss/train", "eval/loss", "eval/rm/accuracy", "eval/rm/ece", "eval/rm/ceiling_accuracy", "eval/rm/gold_accuracy",
+            "eval/rm/gold_pairs", "eval/rm/correct_preferred", "eval/rm/sft_correct_preferred")
     return {"checkpoint": str(ckpt_path), "steps": cfg.num_steps, **{k: float(last[k]) for k in keys if k in last},
             "n_pairs": len(train_pairs), "n_eval_pairs": len(eval_pairs), "data_wall_s": t_data,
             "preferences_train": str(out / "preferences_train.jsonl") if not cfg.data else cfg.data,

@@ -59,14 +59,14 @@ class SFTConfig:
     data: str = ""
     """jsonl of demonstrations; empty = the task world's train split"""
     eval_data: str = ""
-    """jsonl for loss/eval; empty = the task world's test split (or the last examples of --data)"""
+    """jsonl for eval/loss; empty = the task world's test split (or the last examples of --data)"""
     n_examples: int = 4000
     """task-world demonstrations (when --data is empty)"""
     verbosity: float = 0.0
     """task-world demonstrations: probability of each optional prose line (tasks.sft_examples; the pipeline's
     tiny preset uses 0.5, so that response lengths vary); 0 = every answer terse"""
     n_eval_examples: int = 128
-    """examples for loss/eval"""
+    """examples for eval/loss"""
     n_eval_problems: int = 0
     """held-out test problems answered at each eval (greedy accuracy and T = 1 sampled accuracy); 0 = loss only"""
     max_new_tokens: int = 64
@@ -112,7 +112,7 @@ class SFTConfig:
     log_every: int = 20
     """optimizer steps between console/metrics lines"""
     eval_every: int = 100
-    """optimizer steps between loss/eval measurements (and at the last step)"""
+    """optimizer steps between eval/loss measurements (and at the last step)"""
     checkpoint_every: int = 100
     """optimizer steps between checkpoints (and at the last step)"""
     quiet: bool = False
@@ -138,7 +138,7 @@ def load_conversations(cfg: SFTConfig) -> tuple[list, list]:
 
 
 def train(cfg: SFTConfig) -> dict:
-    """Run SFT. Returns {"checkpoint": path, "loss/train": last, "loss/eval": last, "steps": optimizer steps
+    """Run SFT. Returns {"checkpoint": path, "loss/train": last, "eval/loss": last, "steps": optimizer steps
     done (fewer than num_steps when max_cpu_s stopped the run), "cpu_s": process CPU seconds of training}."""
     # ---------------------------------------------------------------------------------------------------
     # Setup
@@ -264,7 +264,7 @@ def train(cfg: SFTConfig) -> dict:
             tokens_per_s = window_tokens / (time.perf_counter() - t0)  # training only, eval not counted
             metrics = {"loss/train": window_nll / window_count, "lr": lr, "grad_norm": float(np.mean(window_norms))}
             if is_eval and eval_chats:
-                metrics["loss/eval"] = evaluate()
+                metrics["eval/loss"] = evaluate()
             if is_eval and eval_problems:
                 metrics.update(evaluate_accuracy())
             metrics.update({"perf/tokens_per_s": tokens_per_s, "perf/cpu_s": cpu_s})
@@ -278,7 +278,7 @@ def train(cfg: SFTConfig) -> dict:
             break
     bar.close()
     return {"checkpoint": str(ckpt_path), "steps": done, "cpu_s": cpu_s, "loss/train": last.get("loss/train"),
-            "loss/eval": last.get("loss/eval")}
+            "eval/loss": last.get("eval/loss")}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -1,0 +1,28 @@
+"""The README's table of logged metric names (section "Logged metrics"), for the tests that hold the loops to it."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from cs336_alignment.train.common import read_metrics
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def metric_table() -> list[list[str]]:
+    """The rows of the table, as lists of cells (name(s), logged by, meaning, units)."""
+    text = README.read_text()
+    section = text[text.index("### Logged metrics"):]
+    section = section[:section.index("\n## ")]
+    return [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in section.splitlines()
+            if line.startswith("| `")]
+
+
+def documented_names() -> set[str]:
+    return {name for row in metric_table() for name in re.findall(r"`([^`]+)`", row[0])}
+
+
+def undocumented(paths) -> set[str]:
+    """Metric names in these metrics.jsonl files that the README's table lacks."""
+    logged = {key for path in paths for record in read_metrics(path) for key in record if key != "step"}
+    return logged - documented_names()
