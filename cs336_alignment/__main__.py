@@ -1,6 +1,7 @@
 """Command line: `python -m cs336_alignment <command> [flags]`; `<command> --help` lists each command's flags.
 
-    pipeline   pretrain -> sft -> eval on the task world; writes runs/<name>/report.md, report.json, plots
+    pipeline   every stage on the task world (pretrain, SFT, RM, DPO, GRPO, PPO, best-of-N) and the report:
+               runs/<name>/report.md, report.json and the plots
     pretrain   pretrain a TransformerLM on raw text (the task world's documents or --data FILE.txt)
     sft        supervised fine-tuning on chat demonstrations (the task world or --data FILE.jsonl)
     rm         train a reward model on preference pairs
@@ -12,6 +13,10 @@
     bench      speed benchmarks (ratios against a baseline measured in the same run)
     handout    build / check the student handout
     grade      grading helpers
+
+A mistake in what you asked for (a malformed data line, a missing checkpoint, a bad flag value) prints one line,
+`error: <file>:<line>: <field> ...` or `error: --flag ...`, and exits with status 2; add --debug (anywhere on
+the line) to see the Python traceback instead.
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import importlib  # noqa: E402
 
-COMMANDS = {  # command -> module with a main(argv)
+COMMANDS = {  # command -> module with a main(argv), imported only when its command runs
     "pipeline": "cs336_alignment.pipeline",
     "pretrain": "cs336_alignment.train.pretrain",
     "sft": "cs336_alignment.train.sft",
@@ -40,27 +45,38 @@ COMMANDS = {  # command -> module with a main(argv)
 }
 
 
+def user_error(e: BaseException) -> str | None:
+    """The one-line message of an error the user can fix (data files, checkpoints, flag values), else None.
+
+    DataError messages already read "<file>:<line>: field '<name>': <problem>"; an OSError names its file.
+    """
+    if isinstance(e, OSError) and e.filename and not str(e).startswith(str(e.filename)):
+        return f"{e.filename}: {e.strerror}"
+    if isinstance(e, (OSError, ValueError)):  # DataError is a ValueError; config checks raise ValueError
+        return " ".join(str(e).split())
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
-        print(f"unknown command {command!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
+        print(f"error: unknown command {command!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    name = COMMANDS[command]
+    module = importlib.import_module(COMMANDS[command])  # lazily: `eval` need not import the RL code
     try:
-        module = importlib.import_module(name)  # lazily: `eval` need not import the RL code
-    except ModuleNotFoundError as e:
-        if e.name != name:  # a real missing dependency inside the module: show it
+        result = module.main(rest)
+    except Exception as e:
+        message = user_error(e)
+        if debug or message is None:
             raise
-        print(f"`{command}` is not available in this version ({name} does not exist yet)", file=sys.stderr)
+        print(f"error: {message}  (--debug shows the traceback)", file=sys.stderr)
         return 2
-    if not hasattr(module, "main"):
-        print(f"`{command}`: {name} has no main(argv)", file=sys.stderr)
-        return 2
-    result = module.main(rest)
     # Commands that check things (handout check, grade) return an exit code; training commands return a dict.
     return result if isinstance(result, int) else 0
 

@@ -23,6 +23,8 @@ import torch
 from cs336_alignment.model import TransformerConfig, TransformerLM
 
 PathOrFile = str | os.PathLike | BinaryIO | IO[bytes]
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "data" / "checkpoints"  # base/SFT models per preset
+SHIPPED_SFT = SHIPPED_DIR / "tiny" / "sft.pt"  # where a stage without --init starts (README, "The main job")
 _SAFE_LEAVES = (torch.Tensor, str, int, float, bool, type(None))
 
 # ---------------------------------------------------------------------------------------------------------
@@ -146,13 +148,14 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> t
     Returns:
         (model on `device`, the checkpoint's extra dict: {"config", "model_config", "rng", ...}).
     Raises:
-        FileNotFoundError, or KeyError when the checkpoint has no "model_config" (not one of ours).
+        FileNotFoundError, or ValueError when the checkpoint has no "model_config" (not one of ours).
     """
     if not Path(path).is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
+        raise FileNotFoundError(f"{path}: no checkpoint there (a loop writes <out>/ckpt.pt; the shipped SFT model "
+                                f"is {SHIPPED_SFT.relative_to(SHIPPED_DIR.parent.parent)})")
     extra = load_checkpoint_extra(path)
     if "model_config" not in extra:
-        raise KeyError(f"{path} has no 'model_config': was it written by cs336_alignment's train loops?")
+        raise ValueError(f"{path}: field 'model_config': missing (was it written by cs336_alignment's train loops?)")
     model = TransformerLM(TransformerConfig(**extra["model_config"]))
     load_checkpoint(path, model)
     return model.to(device), extra

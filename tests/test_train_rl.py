@@ -247,9 +247,9 @@ def test_ppo_adaptive_kl_moves_beta(tmp_path, init_ckpt):
     assert betas[0] == 0.1 and betas[1] < 0.1  # KL far below target: beta shrinks
 
 
-def test_rl_loops_need_an_init(tmp_path):
-    with pytest.raises(ValueError):
-        grpo.train(grpo.GRPOConfig(out=str(tmp_path)))
+def test_rl_loops_without_init_start_from_the_shipped_sft_model(tmp_path, capsys):
+    grpo.train(grpo.GRPOConfig(out=str(tmp_path), num_steps=0, n_eval_problems=0, quiet=True))
+    assert "no --init given: starting from the shipped SFT model" in capsys.readouterr().err
     with pytest.raises(ValueError):
         ppo.train(ppo.PPOConfig(out=str(tmp_path), reward="rm", init="x"))
 

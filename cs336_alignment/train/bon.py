@@ -34,7 +34,7 @@ from cs336_alignment.reward_model import load_reward_model, score_responses
 from cs336_alignment.rollout import sample_responses
 from cs336_alignment.tasks import generate_problems, gold_reward
 from cs336_alignment.tokenizer import load_tokenizer
-from cs336_alignment.train.common import MetricsLogger, parse_config, setup_run
+from cs336_alignment.train.common import MetricsLogger, init_or_shipped, parse_config, setup_run
 
 
 @dataclass
@@ -50,8 +50,8 @@ class BoNConfig:
     """cuda, mps, cpu, or auto (cuda, then mps, then cpu)"""
     threads: int = 1
     """torch.set_num_threads; 0 = torch's default (1 was fastest on a shared 2-core CPU)"""
-    init: str = "runs/sft/ckpt.pt"
-    """the sampling policy (SFT checkpoint)"""
+    init: str = ""
+    """the sampling policy (SFT checkpoint); empty = the shipped tiny SFT model (data/checkpoints/tiny/sft.pt)"""
     rm: str = "runs/rm/ckpt.pt"
     """reward-model checkpoint (written by `python -m cs336_alignment rm`)"""
     # --- sampling
@@ -98,6 +98,7 @@ def best_of_n_curve(proxy: torch.Tensor, gold: torch.Tensor, lengths: torch.Tens
 
 def train(cfg: BoNConfig) -> dict:
     """Sample the pools, score them, and write the best-of-N curve. Returns {"rows": [...], "wall_s": ...}."""
+    cfg = init_or_shipped(cfg, "bon")
     out, device = setup_run(cfg)
     tokenizer = load_tokenizer()
     policy, _ = load_model(cfg.init, device)

@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 import torch
 from tqdm import tqdm
 
+from cs336_alignment.checkpoint import SHIPPED_SFT
 from cs336_alignment.data import load_jsonl
 from cs336_alignment.nn_utils import AdamW, get_lr_cosine_schedule
 from cs336_alignment.runtime import get_device, set_seed, set_threads
@@ -144,6 +145,15 @@ def stream_indices(first: int, count: int, n: int, seed: int) -> list[int]:
 def prompt_indices(step: int, n_pool: int, per_step: int, seed: int) -> list[int]:
     """The pool indices of RL step `step`: `per_step` consecutive positions of `stream_indices`."""
     return stream_indices(step * per_step, per_step, n_pool, seed)
+
+
+def init_or_shipped(cfg: C, stage: str) -> C:
+    """`cfg` with an empty --init replaced by the shipped tiny SFT model (checkpoint.SHIPPED_SFT), saying so on
+    stderr: a stage run alone starts from the model the README names instead of failing on a missing file."""
+    if cfg.init:
+        return cfg
+    print(f"{stage}: no --init given: starting from the shipped SFT model {SHIPPED_SFT}", file=sys.stderr)
+    return dataclasses.replace(cfg, init=str(SHIPPED_SFT))
 
 
 def load_problems(data: str, n_problems: int, split: str, seed: int) -> list[dict[str, str]]:

@@ -37,8 +37,8 @@ from cs336_alignment.preferences import PreferenceDataConfig, conversations, pre
 from cs336_alignment.runtime import autocast
 from cs336_alignment.tasks import generate_problems
 from cs336_alignment.tokenizer import load_tokenizer
-from cs336_alignment.train.common import (MetricsLogger, build_optimizer, cosine_lr, finite_or_raise, num_params,
-                                          parse_config, progress_bar, setup_run, stream_indices)
+from cs336_alignment.train.common import (MetricsLogger, build_optimizer, cosine_lr, finite_or_raise, init_or_shipped,
+                                          num_params, parse_config, progress_bar, setup_run, stream_indices)
 
 
 @dataclass
@@ -54,8 +54,9 @@ class DPOConfig(PreferenceDataConfig):
     """cuda, mps, cpu, or auto (cuda, then mps, then cpu)"""
     threads: int = 1
     """torch.set_num_threads; 0 = torch's default (1 was fastest on a shared 2-core CPU)"""
-    init: str = "runs/sft/ckpt.pt"
-    """SFT checkpoint: the initial policy and the frozen reference"""
+    init: str = ""
+    """SFT checkpoint: the initial policy and the frozen reference; empty = the shipped tiny SFT model
+    (data/checkpoints/tiny/sft.pt)"""
     # --- DPO
     beta: float = 0.1
     """KL strength: the implicit reward is beta * log(pi / pi_ref)"""
@@ -101,6 +102,7 @@ def train(cfg: DPOConfig) -> dict:
     # ---------------------------------------------------------------------------------------------------
     # Setup: policy, frozen reference, pairs, reference log-probs (once)
     # ---------------------------------------------------------------------------------------------------
+    cfg = init_or_shipped(cfg, "dpo")
     out, device = setup_run(cfg)
     tokenizer = load_tokenizer()
     model, init_extra = load_model(cfg.init, device)

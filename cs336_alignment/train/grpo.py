@@ -64,9 +64,9 @@ from cs336_alignment.reward_model import load_reward_model, rollout_reward_fn
 from cs336_alignment.rollout import Rollouts, micro_batch, sample_rollouts, sequence_widths
 from cs336_alignment.tasks import gold_reward, process_rewards
 from cs336_alignment.tokenizer import load_tokenizer
-from cs336_alignment.train.common import (MetricsLogger, build_optimizer, cosine_lr, finite_or_raise, load_problems,
-                                          load_sft_optimizer_state, num_params, parse_config, progress_bar,
-                                          prompt_indices, setup_run)
+from cs336_alignment.train.common import (MetricsLogger, build_optimizer, cosine_lr, finite_or_raise, init_or_shipped,
+                                          load_problems, load_sft_optimizer_state, num_params, parse_config,
+                                          progress_bar, prompt_indices, setup_run)
 
 
 @dataclass
@@ -85,7 +85,8 @@ class GRPOConfig:
     resume: bool = False
     """continue from <out>/ckpt.pt"""
     init: str = ""
-    """the SFT checkpoint to start from (required); also the frozen reference"""
+    """the SFT checkpoint to start from, also the frozen reference; empty = the shipped tiny SFT model
+    (data/checkpoints/tiny/sft.pt)"""
     init_optimizer: bool = False
     """start AdamW's second moments from those saved in --init (SFT's gradient scale) instead of zeros"""
     # --- reward and data
@@ -236,8 +237,6 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
     # ---------------------------------------------------------------------------------------------------
     # Setup
     # ---------------------------------------------------------------------------------------------------
-    if not cfg.init:
-        raise ValueError("--init (the SFT checkpoint) is required: RL starts from an SFT policy")
     if cfg.reward == "rm" and not cfg.reward_model and reward_fn is None:
         raise ValueError("--reward rm needs --reward-model CKPT")
     if cfg.group_size < 2 and cfg.loss_type != "no_baseline":
@@ -245,6 +244,7 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
     if cfg.process_reward and (cfg.reward != "gold" or reward_fn is not None or cfg.loss_type == "no_baseline"):
         raise ValueError("--process-reward needs the task world's gold reward (no --reward rm, no reward_fn) "
                          "and a baseline (--loss-type reinforce_with_baseline or grpo_clip)")
+    cfg = init_or_shipped(cfg, "grpo")  # RL starts from an SFT policy
     out, device = setup_run(cfg)
     ckpt_path = out / "ckpt.pt"
     tokenizer = load_tokenizer()

@@ -63,9 +63,9 @@ from cs336_alignment.reward_model import RewardModel, load_reward_model, score_r
 from cs336_alignment.rollout import micro_batch, sample_rollouts, sequence_widths
 from cs336_alignment.tasks import gold_reward
 from cs336_alignment.tokenizer import load_tokenizer, stop_token_ids
-from cs336_alignment.train.common import (MetricsLogger, build_optimizer, cosine_lr, finite_or_raise, load_problems,
-                                          load_sft_optimizer_state, num_params, parse_config, progress_bar,
-                                          prompt_indices, setup_run)
+from cs336_alignment.train.common import (MetricsLogger, build_optimizer, cosine_lr, finite_or_raise, init_or_shipped,
+                                          load_problems, load_sft_optimizer_state, num_params, parse_config,
+                                          progress_bar, prompt_indices, setup_run)
 
 
 @dataclass
@@ -84,7 +84,8 @@ class PPOConfig:
     resume: bool = False
     """continue from <out>/ckpt.pt (policy, value model, both optimizers, KL coefficient, RNG states)"""
     init: str = ""
-    """the SFT checkpoint to start from (required); also the frozen reference"""
+    """the SFT checkpoint to start from, also the frozen reference; empty = the shipped tiny SFT model
+    (data/checkpoints/tiny/sft.pt)"""
     init_optimizer: bool = False
     """start the policy's AdamW second moments from those saved in --init (train.common.load_sft_optimizer_state)"""
     # --- reward, value model and data
@@ -180,17 +181,16 @@ def train(cfg: PPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | No
     steps before it too; "eval" is {} if no step was left to run).
 
     Raises:
-        ValueError: without --init, with --reward rm but no --reward-model, with --value-init rm but no
+        ValueError: with --reward rm but no --reward-model, with --value-init rm but no
             reward model, or on --resume from a checkpoint that holds no value model.
         FloatingPointError: when a loss becomes NaN/inf.
     """
     # ---------------------------------------------------------------------------------------------------
     # Setup
     # ---------------------------------------------------------------------------------------------------
-    if not cfg.init:
-        raise ValueError("--init (the SFT checkpoint) is required: RL starts from an SFT policy")
     if cfg.reward == "rm" and not cfg.reward_model and reward_fn is None:
         raise ValueError("--reward rm needs --reward-model CKPT (or use --reward gold)")
+    cfg = init_or_shipped(cfg, "ppo")  # RL starts from an SFT policy
     out, device = setup_run(cfg)
     ckpt_path = out / "ckpt.pt"
     tokenizer = load_tokenizer()

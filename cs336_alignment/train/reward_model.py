@@ -40,8 +40,8 @@ from cs336_alignment.preferences import PreferenceDataConfig, conversations, pre
 from cs336_alignment.reward_model import (RewardModel, batch_rewards, bradley_terry_loss, reward_accuracy,
                                           score_sequences)
 from cs336_alignment.tokenizer import load_tokenizer
-from cs336_alignment.train.common import (MetricsLogger, build_optimizer, cosine_lr, finite_or_raise, num_params,
-                                          parse_config, progress_bar, setup_run, stream_indices)
+from cs336_alignment.train.common import (MetricsLogger, build_optimizer, cosine_lr, finite_or_raise, init_or_shipped,
+                                          num_params, parse_config, progress_bar, setup_run, stream_indices)
 
 
 @dataclass
@@ -57,8 +57,9 @@ class RMConfig(PreferenceDataConfig):
     """cuda, mps, cpu, or auto (cuda, then mps, then cpu)"""
     threads: int = 1
     """torch.set_num_threads; 0 = torch's default (1 was fastest on a shared 2-core CPU)"""
-    init: str = "runs/sft/ckpt.pt"
-    """SFT checkpoint: the reward model's trunk, and the policy that samples the pairs"""
+    init: str = ""
+    """SFT checkpoint: the reward model's trunk, and the policy that samples the pairs; empty = the shipped
+    tiny SFT model (data/checkpoints/tiny/sft.pt)"""
     # --- optimisation
     num_steps: int = 120
     """optimizer steps"""
@@ -154,6 +155,7 @@ def train(cfg: RMConfig) -> dict:
     # ---------------------------------------------------------------------------------------------------
     # Setup: the SFT model, preference pairs, the reward model
     # ---------------------------------------------------------------------------------------------------
+    cfg = init_or_shipped(cfg, "rm")
     out, device = setup_run(cfg)
     tokenizer = load_tokenizer()
     sft_model, init_extra = load_model(cfg.init, device)
