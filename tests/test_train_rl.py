@@ -336,16 +336,16 @@ def test_grpo_kl_joins_the_policy_loss_in_one_backward(loss_type):
     kwargs = dict(raw_rewards=torch.randn(3, 1), advantages=torch.randn(3, 1), old_log_probs=old, cliprange=0.2)
     kl_coef, accumulation = 0.3, 2.0
 
-    log_probs = get_response_log_probs(model, input_ids, labels)["log_probs"]
-    info, kl = grpo.policy_and_kl_backward(log_probs, mask, accumulation, loss_type, kl_coef=kl_coef,
+    policy_lp = get_response_log_probs(model, input_ids, labels)["log_probs"]           # (3, 8), with grad
+    info, kl = grpo.policy_and_kl_backward(policy_lp, mask, accumulation, loss_type, kl_coef=kl_coef,
                                            ref_log_probs=ref, **kwargs)
     one = [p.grad.clone() for p in model.parameters()]
     model.zero_grad(set_to_none=True)
 
-    log_probs = get_response_log_probs(model, input_ids, labels)["log_probs"]
-    kl_term = masked_mean(kl_estimate(log_probs, ref, "k3"), mask, dim=-1).mean()
+    policy_lp = get_response_log_probs(model, input_ids, labels)["log_probs"]           # the same, afresh
+    kl_term = masked_mean(kl_estimate(policy_lp, ref, "k3"), mask, dim=-1).mean()
     (kl_coef * kl_term / accumulation).backward(retain_graph=True)
-    _, info_two = grpo_microbatch_train_step(log_probs, mask, accumulation, loss_type, **kwargs)
+    _, info_two = grpo_microbatch_train_step(policy_lp, mask, accumulation, loss_type, **kwargs)
     two = [p.grad.clone() for p in model.parameters()]
 
     assert kl == pytest.approx(float(kl_term)) and kl > 0

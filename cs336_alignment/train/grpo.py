@@ -23,8 +23,7 @@ With --reward rm the reward function scores the sampled token ids with the rewar
 For grpo_clip, old log-probs come from a no-grad pass of the policy before the first update, in the same
 micro-batches as the first epoch, so the first ratio is exactly 1 (after that, the clip has work to do).
 
-For the pipeline (no argparse needed):
-    from cs336_alignment.train import grpo
+From Python (the pipeline's stages.py calls it with the preset's config), cs336_alignment.train.grpo:
     result = grpo.train(grpo.GRPOConfig(init=sft_ckpt, out=str(run / "grpo"), reward="gold", num_steps=40))
     result -> {"checkpoint": path, "steps": n, "cpu_s": CPU seconds of training, "eval": {...last eval...}}
 and runs/<name>/grpo/metrics.jsonl holds one line per step (names below) and the eval/* lines.

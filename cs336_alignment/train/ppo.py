@@ -28,8 +28,7 @@ optimizer ("value_optimizer"), the current KL coefficient ("kl_coef", which --ta
 states. One file, written atomically, so a crash mid-save never leaves a policy and a value model from
 different steps. --resume continues from it and gives the same weights as an uninterrupted run.
 
-For the pipeline (no argparse needed):
-    from cs336_alignment.train import ppo
+From Python (the pipeline's stages.py calls it with the preset's config), cs336_alignment.train.ppo:
     result = ppo.train(ppo.PPOConfig(init=sft_ckpt, reward_model=rm_ckpt, out=str(run / "ppo"), num_steps=30))
     result -> {"checkpoint": path, "steps": n, "cpu_s": CPU seconds of training, "eval": {...last eval...}}
 Per-step metrics.jsonl lines: reward/proxy_mean (RM score), reward/gold_mean, reward/format_mean,
