@@ -16,12 +16,12 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 
-from cs336_alignment.checkpoint import load_checkpoint, load_checkpoint_extra, save_checkpoint
+from cs336_alignment.checkpoint import SHIPPED_DIR, load_checkpoint, load_checkpoint_extra, save_checkpoint
 from cs336_alignment.model import TransformerConfig, TransformerLM
 from cs336_alignment.presets import PRESETS, stage_config
 from cs336_alignment.train import bon, dpo, grpo, ppo, pretrain, reward_model, sft
 
-SHIPPED = Path(__file__).resolve().parent.parent / "data" / "checkpoints"  # base/SFT checkpoints per preset
+SHIPPED = SHIPPED_DIR  # data/checkpoints/<preset>/: base/SFT checkpoints per preset
 POST_STAGES = ("rm", "dpo", "grpo_gold", "sft_baseline", "grpo_rm", "ppo", "bon")  # in the order they start
 # stage -> the stage it waits for: the reward model's pairs or checkpoint; grpo_gold's training CPU seconds
 NEEDS = {"dpo": "rm", "grpo_rm": "rm", "ppo": "rm", "bon": "rm", "sft_baseline": "grpo_gold"}
