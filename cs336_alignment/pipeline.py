@@ -116,6 +116,8 @@ class Preset:
     grpo_min_lr: float = 1e-5  # end of the cosine decay (= grpo_lr: constant)
     grpo_problems: int = 4000  # task-world train prompts GRPO draws its batches from
     checkpoints: str = ""  # data/checkpoints/<this>/; "" = the preset's own name
+    sft_hasty: float = 0.0  # share of SFT demonstrations by the hasty writer (final line only; tasks module docstring)
+    sft_split: str = "train"  # task-world split of the demonstrations ("sft": never an RL prompt of split "rl")
 
 
 PRESETS: dict[str, Preset] = {
@@ -177,7 +179,8 @@ def stage_configs(preset: Preset, out: Path, seed: int, device: str, threads: in
                               **common)
     # SFT draws its demonstrations with another seed than pretraining: mostly new questions.
     sft = SFTConfig(out=str(out / "sft"), init=str(out / "pretrain" / "ckpt.pt"), n_examples=p.sft_examples,
-                    verbosity=p.sft_verbosity, n_eval_problems=p.sft_eval_problems, max_new_tokens=p.max_new_tokens,
+                    verbosity=p.sft_verbosity, hasty=p.sft_hasty, split=p.sft_split,
+                    n_eval_problems=p.sft_eval_problems, max_new_tokens=p.max_new_tokens,
                     num_steps=p.sft_steps, batch_size=p.sft_batch_size, lr=p.sft_lr,
                     min_lr=round(p.sft_lr / 10, 12),
                     warmup_steps=p.sft_warmup, checkpoint_every=p.sft_steps, **{**common, "seed": seed + 1})
@@ -211,8 +214,9 @@ def post_configs(p: Preset, out: Path, sft_ckpt: str, seed: int, device: str, th
     # field the checkpoint predates had its default value); the preset's for a checkpoint saved without one.
     trained = load_checkpoint_extra(sft_ckpt).get("config") or {
         "seed": seed + 1, "n_examples": p.sft2_examples if p.sft2_steps else p.sft_examples,
-        "verbosity": p.sft_verbosity}
-    demonstrations = {k: trained.get(k, getattr(SFTConfig, k)) for k in ("seed", "n_examples", "verbosity")}
+        "verbosity": p.sft_verbosity, "hasty": p.sft_hasty, "split": p.sft_split}
+    demonstrations = {k: trained.get(k, getattr(SFTConfig, k)) for k in ("seed", "n_examples", "verbosity", "hasty",
+                                                                          "sloppy", "split", "filter_correct")}
     return {
         "rm": RMConfig(out=str(out / "rm"), n_prompts=p.pref_prompts, n_eval_prompts=max(4, p.pref_prompts // 6),
                        k_samples=p.pref_k, length_bias=length_bias, num_steps=p.rm_steps, lr=p.rm_lr,
