@@ -4,12 +4,14 @@
                runs/<name>/report.md, report.json and the plots
     pretrain   pretrain a TransformerLM on raw text (the task world's documents or --data FILE.txt)
     sft        supervised fine-tuning on chat demonstrations (the task world or --data FILE.jsonl)
+    ei         expert iteration: sample, keep what the gold reward accepts, SFT on it, repeat
     rm         train a reward model on preference pairs
     dpo        direct preference optimization
     grpo       REINFORCE / GRPO against a verifiable or learned reward
     ppo        PPO with a value head and a KL penalty to the reference
     bon        best-of-N sampling with a reward model
     eval       accuracy, format rate and length of a checkpoint on the held-out split
+    styles     accuracy split by response style (worked steps vs final line only) and the worked share
     bench      speed benchmarks (ratios against a baseline measured in the same run)
     handout    build / check the student handout
     grade      grading helpers
@@ -33,12 +35,14 @@ COMMANDS = {  # command -> module with a main(argv), imported only when its comm
     "pipeline": "cs336_alignment.pipeline",
     "pretrain": "cs336_alignment.train.pretrain",
     "sft": "cs336_alignment.train.sft",
+    "ei": "cs336_alignment.train.expert_iteration",
     "rm": "cs336_alignment.train.reward_model",
     "dpo": "cs336_alignment.train.dpo",
     "grpo": "cs336_alignment.train.grpo",
     "ppo": "cs336_alignment.train.ppo",
     "bon": "cs336_alignment.train.bon",
     "eval": "cs336_alignment.evaluate",
+    "styles": "cs336_alignment.styles",
     "bench": "cs336_alignment.bench",
     "handout": "cs336_alignment.handout",
     "grade": "cs336_alignment.grading",

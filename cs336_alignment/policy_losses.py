@@ -5,7 +5,9 @@ clipped surrogate), so the loss is its negative.
 
 - REINFORCE (Williams 1992): per-token loss -A * log pi(y_t | x, y_<t); A = raw reward ("no_baseline") or
   an advantage ("reinforce_with_baseline": group mean, RLOO, ...).
-- PPO-clip (Schulman et al. 2017, eq. 7), used per token by GRPO (Shao et al. 2024, eq. 3) and PPO.
+- PPO-clip (Schulman et al. 2017, eq. 7), used per token by GRPO (Shao et al. 2024, eq. 3) and PPO; and
+  "GRPO-No-Clip", the importance-ratio-weighted loss -rho * A without the clip (CS336 assignment 5,
+  grpo_off_policy_clip_ablation): the clipped loss with an infinite clip range.
 - GRPO's micro-batch step (CS336 assignment 5) with per-sequence length normalization, or the Dr. GRPO
   constant normalizer (Liu et al. 2025, "Understanding R1-Zero-Like Training").
 - PPO's critic and regularizers: clipped value loss, entropy bonus.
@@ -14,6 +16,7 @@ clipped surrogate), so the loss is its negative.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -22,7 +25,7 @@ from torch import Tensor
 
 from cs336_alignment.masked import masked_mean, masked_normalize
 
-PolicyLossType = Literal["no_baseline", "reinforce_with_baseline", "grpo_clip"]
+PolicyLossType = Literal["no_baseline", "reinforce_with_baseline", "grpo_clip", "grpo_no_clip"]
 
 
 def _check_per_sequence(name: str, weights: Tensor, policy_log_probs: Tensor) -> None:
@@ -102,26 +105,31 @@ def compute_policy_gradient_loss(policy_log_probs: Tensor, loss_type: PolicyLoss
     """Dispatch to the per-token loss named by `loss_type` (CS336 assignment 5).
 
     "no_baseline": naive REINFORCE with raw_rewards; "reinforce_with_baseline": naive REINFORCE with
-    advantages; "grpo_clip": `compute_grpo_clip_loss` with advantages, old_log_probs and cliprange.
+    advantages; "grpo_clip": `compute_grpo_clip_loss` with advantages, old_log_probs and cliprange;
+    "grpo_no_clip": the importance-ratio-weighted loss -rho * A, rho = exp(log pi - log pi_old), without the
+    clip (CS336 assignment 5, grpo_off_policy_clip_ablation), i.e. `compute_grpo_clip_loss` with an infinite
+    clip range. Its gradient is -A * rho * grad log pi: off-policy updates are corrected but never bounded.
     All keywords are always accepted; those the loss type does not use are ignored.
 
     Args:
         policy_log_probs: (B, T) float.
-        loss_type: one of the three names above.
+        loss_type: one of the four names above.
         raw_rewards: (B, 1), needed by "no_baseline".
-        advantages: (B, 1), needed by "reinforce_with_baseline" and "grpo_clip".
-        old_log_probs: (B, T), needed by "grpo_clip".
+        advantages: (B, 1), needed by "reinforce_with_baseline", "grpo_clip" and "grpo_no_clip".
+        old_log_probs: (B, T), needed by "grpo_clip" and "grpo_no_clip".
         cliprange: float, needed by "grpo_clip".
 
     Returns:
-        (loss (B, T), metadata dict of tensors; empty for the REINFORCE losses).
+        (loss (B, T), metadata dict of tensors; empty for the REINFORCE losses; for "grpo_no_clip" "ratio" and
+        an all-False "clipped").
 
     Raises:
         ValueError: for an unknown loss_type or a missing argument.
     """
     required = {"no_baseline": {"raw_rewards": raw_rewards},
                 "reinforce_with_baseline": {"advantages": advantages},
-                "grpo_clip": {"advantages": advantages, "old_log_probs": old_log_probs, "cliprange": cliprange}}
+                "grpo_clip": {"advantages": advantages, "old_log_probs": old_log_probs, "cliprange": cliprange},
+                "grpo_no_clip": {"advantages": advantages, "old_log_probs": old_log_probs}}
     if loss_type not in required:
         raise ValueError(f"unknown loss_type {loss_type!r}; expected one of {sorted(required)}")
     missing = [name for name, value in required[loss_type].items() if value is None]
@@ -130,6 +138,8 @@ def compute_policy_gradient_loss(policy_log_probs: Tensor, loss_type: PolicyLoss
     # BEGIN SOLUTION
     if loss_type == "grpo_clip":
         return compute_grpo_clip_loss(advantages, policy_log_probs, old_log_probs, cliprange=cliprange)
+    if loss_type == "grpo_no_clip":  # clip(rho, -inf, inf) = rho: the min of two equal terms, -rho * A
+        return compute_grpo_clip_loss(advantages, policy_log_probs, old_log_probs, cliprange=math.inf)
     weights = raw_rewards if loss_type == "no_baseline" else advantages    # the baseline is already subtracted
     return compute_naive_policy_gradient_loss(weights, policy_log_probs), {}
     # END SOLUTION
@@ -166,7 +176,8 @@ def grpo_microbatch_train_step(policy_log_probs: Tensor, response_mask: Tensor, 
 
     Returns:
         (loss, metadata): the scaled 0-d loss (detached) and detached 0-d metrics: "loss/policy" (unscaled),
-        and for "grpo_clip" also "policy/clipfrac" and "policy/approx_kl" (k3 estimate of KL(pi_old || pi)).
+        and for "grpo_clip" and "grpo_no_clip" also "policy/clipfrac" (0 for no clip) and "policy/approx_kl"
+        (k3 estimate of KL(pi_old || pi)).
 
     Raises:
         ValueError: for bad arguments (see `compute_policy_gradient_loss`), a missing or too small
@@ -193,7 +204,7 @@ def grpo_microbatch_train_step(policy_log_probs: Tensor, response_mask: Tensor, 
     loss = unscaled / gradient_accumulation_steps
     loss.backward()
     metadata = {"loss/policy": unscaled.detach()}
-    if loss_type == "grpo_clip":
+    if "clipped" in info:  # grpo_clip, grpo_no_clip
         metadata["policy/clipfrac"] = masked_mean(info["clipped"].float(), response_mask)
         metadata["policy/approx_kl"] = masked_mean(kl_estimate(old_log_probs, policy_log_probs.detach(), "k3"),
                                                    response_mask)

@@ -60,7 +60,8 @@ def post_configs(preset_name: str, out: Path, sft_ckpt: str, seed: int, device: 
     # without one.
     last_sft = (base_sft or base_sft_configs(preset_name, out, seed, device, threads))[-1][1]
     trained = load_checkpoint_extra(sft_ckpt).get("config") or dataclasses.asdict(last_sft)
-    demonstrations = {k: trained.get(k, getattr(sft.SFTConfig, k)) for k in ("seed", "n_examples", "verbosity")}
+    demonstrations = {k: trained.get(k, getattr(sft.SFTConfig, k)) for k in ("seed", "n_examples", "verbosity", "hasty",
+                                                                               "sloppy", "split", "filter_correct")}
     return {
         "rm": stage_config(preset_name, "rm", out=str(out / "rm"), length_bias=length_bias, **common),
         "dpo": stage_config(preset_name, "dpo", out=str(out / "dpo"), **pairs, **common),

@@ -161,3 +161,20 @@ def test_tiny_rl10_is_tiny_with_ten_times_the_grpo_budget(tmp_path):
         default = GRPOConfig(init=sft)  # tiny keeps the loop's own schedule and prompt pool
         tiny_cfg = configs["tiny"][stage]
         assert (tiny_cfg.lr, tiny_cfg.min_lr, tiny_cfg.n_problems) == (default.lr, default.min_lr, default.n_problems)
+
+
+def test_preset_sft_writers_reach_the_sft_and_baseline_configs(tmp_path, monkeypatch):
+    """A preset's writer pool and demonstration split reach the SFT stage, and the matched-compute baseline
+    trains on exactly the demonstrations the SFT checkpoint says it was trained on."""
+    import torch
+
+    from cs336_alignment.checkpoint import save_checkpoint
+
+    preset = {**PRESETS["smoke"], "sft": {**PRESETS["smoke"]["sft"], "hasty": 0.5, "split": "sft"}}
+    monkeypatch.setitem(PRESETS, "writers", preset)
+    sft = dict(stages_module.base_sft_configs("writers", tmp_path, 0, "cpu", 1))["sft"]
+    assert (sft.hasty, sft.split, sft.sloppy, sft.filter_correct) == (0.5, "sft", 0.0, False)
+    ckpt = tmp_path / "sft.pt"
+    save_checkpoint(torch.nn.Linear(1, 1), None, 0, ckpt, config=dataclasses.asdict(sft))
+    baseline = stages_module.post_configs("writers", tmp_path, str(ckpt), 0, "cpu", 1, 0.0)["sft_baseline"]
+    assert all(getattr(baseline, k) == getattr(sft, k) for k in ("seed", "n_examples", "verbosity", "hasty", "split"))

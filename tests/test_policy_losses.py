@@ -109,6 +109,56 @@ def test_compute_policy_gradient_loss(numpy_snapshot, batch, loss_type):
     numpy_snapshot.assert_match(loss, f"test_compute_policy_gradient_loss_{loss_type}")
 
 
+@pytest.mark.points(1)
+def test_compute_policy_gradient_loss_grpo_no_clip_hand_example():
+    """GRPO-No-Clip (CS336 a5 grpo_off_policy_clip_ablation): -rho * A, rho = pi / pi_old, never clipped.
+    Hand example: ratios 2, 1/2 and 1 (far outside a 0.2 clip range for the first two), advantages +1 and -3."""
+    old = torch.log(torch.tensor([[0.2, 0.4, 0.5], [0.1, 0.3, 0.6]], dtype=torch.float64))
+    new = torch.log(torch.tensor([[0.4, 0.2, 0.5], [0.2, 0.15, 0.6]], dtype=torch.float64)).requires_grad_()
+    advantages = torch.tensor([[1.0], [-3.0]], dtype=torch.float64)
+    loss, metadata = run_compute_policy_gradient_loss(policy_log_probs=new, loss_type="grpo_no_clip",
+                                                      raw_rewards=None, advantages=advantages,
+                                                      old_log_probs=old, cliprange=0.2)
+    expected = torch.tensor([[-2.0, -0.5, -1.0], [6.0, 1.5, 3.0]], dtype=torch.float64)  # -rho * A
+    torch.testing.assert_close(loss, expected)
+    loss.sum().backward()  # d(-rho A)/d log pi = -rho A: the same numbers
+    torch.testing.assert_close(new.grad, expected)
+    assert not metadata["clipped"].any()
+    torch.testing.assert_close(metadata["ratio"], torch.tensor([[2.0, 0.5, 1.0], [2.0, 0.5, 1.0]],
+                                                               dtype=torch.float64))
+    # The clipped loss differs exactly where the clip binds (ratio 2 with A > 0; ratio 1/2 with A < 0) ...
+    clipped, _ = run_compute_policy_gradient_loss(policy_log_probs=new.detach(), loss_type="grpo_clip",
+                                                  raw_rewards=None, advantages=advantages, old_log_probs=old,
+                                                  cliprange=0.2)
+    assert (clipped != loss.detach()).tolist() == [[True, False, False], [False, True, False]]
+    # ... and cliprange is ignored (and may be None), old_log_probs is required.
+    again, _ = run_compute_policy_gradient_loss(policy_log_probs=new.detach(), loss_type="grpo_no_clip",
+                                                raw_rewards=None, advantages=advantages, old_log_probs=old,
+                                                cliprange=None)
+    torch.testing.assert_close(again, loss.detach())
+    with pytest.raises(ValueError, match="old_log_probs"):
+        run_compute_policy_gradient_loss(policy_log_probs=new, loss_type="grpo_no_clip", raw_rewards=None,
+                                         advantages=advantages, old_log_probs=None, cliprange=0.2)
+
+
+def test_grpo_microbatch_train_step_grpo_no_clip(batch):
+    """The micro-batch step with grpo_no_clip: naive loop oracle for loss and gradient; clipfrac 0."""
+    policy_log_probs, old_log_probs, _, advantages, mask = batch
+    x = policy_log_probs.clone().requires_grad_()
+    loss, metadata = run_grpo_microbatch_train_step(policy_log_probs=x, response_mask=mask,
+                                                    gradient_accumulation_steps=1, loss_type="grpo_no_clip",
+                                                    advantages=advantages, old_log_probs=old_log_probs)
+    y = policy_log_probs.clone().requires_grad_()
+    total = 0.0
+    for b in range(B):
+        tokens = [t for t in range(T) if mask[b, t]]
+        total = total - (torch.exp(y[b, tokens] - old_log_probs[b, tokens]) * advantages[b, 0]).mean()
+    (total / B).backward()
+    torch.testing.assert_close(loss, (total / B).detach())
+    torch.testing.assert_close(x.grad, y.grad)
+    assert float(metadata["policy/clipfrac"]) == 0.0 and "policy/approx_kl" in metadata
+
+
 # ---------------------------------------------------------------------------------------------------------
 # GRPO micro-batch step
 # ---------------------------------------------------------------------------------------------------------

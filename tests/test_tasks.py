@@ -5,13 +5,15 @@ and the worked steps of every generated problem re-evaluated with Python arithme
 """
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
 
 from cs336_alignment.tasks import (ENDOFTEXT, MAX_OPERAND, MAX_VALUE, explained_answer, format_raw_prompt,
-                                   generate_problems, gold_reward, pretraining_text, process_rewards, sft_examples,
-                                   split_of, step_is_valid)
+                                   generate_problems, gold_reward, is_worked, pretraining_text, process_rewards,
+                                   sft_demonstrations, sft_examples, sloppy_answer, split_of, step_is_valid,
+                                   style_accuracy, train_half)
 from tests.adapters import run_parse_gsm8k_response, run_parse_mmlu_response
 
 PART = "1.1 Answer parsing and gold reward"
@@ -216,6 +218,9 @@ def test_command_line_formats(capsys):
     main(["--n", "3", "--format", "chat", "--verbosity", "1.0"])
     lines = [json.loads(line)["messages"] for line in capsys.readouterr().out.splitlines()]
     assert lines == sft_examples(3, verbosity=1.0)
+    main(["--n", "5", "--format", "chat", "--split", "sft", "--hasty", "0.5", "--sloppy", "0.5"])
+    lines = [json.loads(line)["messages"] for line in capsys.readouterr().out.splitlines()]
+    assert lines == sft_examples(5, split="sft", hasty=0.5, sloppy=0.5)
     main(["--n", "2", "--format", "raw"])
     assert capsys.readouterr().out == pretraining_text(2)
 
@@ -245,3 +250,93 @@ def test_process_rewards_of_worked_answers_are_all_one():
         rewards = process_rewards(problem["answer"], problem["answer"])
         assert [r for _, r in rewards] == [1.0] * len(rewards)
         assert len(rewards) == problem["answer"].count("\n") + 1  # every step and the final line
+
+
+# ----------------------------------------------------------------------------
+# Demonstration writers, the train split's halves, accuracy by style (ungraded)
+
+def test_writer_pool_default_is_all_careful_and_unchanged():
+    for verbosity in (0.0, 0.5):
+        demos = sft_demonstrations(300, seed=3, verbosity=verbosity)
+        assert {d["writer"] for d in demos} == {"careful"}
+        assert [d["messages"] for d in demos] == sft_examples(300, seed=3, verbosity=verbosity)
+        # the careful writer's answer is the problem's own (plus prose lines): what the default always gave
+        for d, p in zip(demos, generate_problems(300, "train", seed=3)):
+            assert d["ground_truth"] == p["answer"]
+            assert gold_reward(d["messages"][1]["content"], p["answer"])["reward"] == 1.0
+
+
+def test_hasty_and_sloppy_writers():
+    demos = sft_demonstrations(600, seed=4, verbosity=0.5, hasty=0.3, sloppy=0.2)
+    writers = [d["writer"] for d in demos]
+    assert 140 <= writers.count("hasty") <= 220 and 80 <= writers.count("sloppy") <= 160  # 180 and 120 expected
+    same_style = sft_examples(600, seed=4, verbosity=0.5)  # the prose draws do not depend on the writers
+    for d, careful in zip(demos, same_style):
+        answer, truth = d["messages"][1]["content"], d["ground_truth"]
+        lines = answer.split("\n")
+        valid = [step_is_valid(line) for line in lines if step_is_valid(line) is not None]
+        if d["writer"] == "careful":
+            assert d["messages"] == careful
+        elif d["writer"] == "hasty":  # no steps; the right number; the closing sentence iff the careful one had it
+            assert valid == [] and not is_worked(answer) and lines[-1] == truth.split("\n")[-1]
+            assert gold_reward(answer, truth)["reward"] == 1.0
+            assert (len(lines) == 2) == careful[1]["content"].split("\n")[-2].startswith("So ")
+        else:  # every step written, exactly one of them wrong, and a wrong final number
+            assert is_worked(answer) and len(valid) == len(truth.split("\n")) - 1 and valid.count(False) == 1
+            assert gold_reward(answer, truth) == {"reward": 0.0, "format_reward": 1.0, "answer_reward": 0.0}
+            steps = [line for line in lines if step_is_valid(line) is not None]
+            for before, after in zip(steps, steps[1:]):  # the wrong number is carried on
+                assert after.split(" ")[0] == before.split(" = ")[1]
+            assert lines[-1] == f"#### {steps[-1].split(' = ')[1]}"
+    # a shorter list is a prefix of a longer one (the data-size sweep trains on nested sets)
+    assert sft_demonstrations(100, seed=4, verbosity=0.5, hasty=0.3, sloppy=0.2) == demos[:100]
+    assert {d["writer"] for d in sft_demonstrations(50, seed=4, hasty=1.0)} == {"hasty"}
+    for bad in (dict(hasty=1.5), dict(sloppy=-0.1), dict(hasty=0.6, sloppy=0.6)):
+        with pytest.raises(ValueError, match="hasty|sloppy"):
+            sft_demonstrations(2, **bad)
+
+
+def test_sloppy_answer_hand_example():
+    import random
+
+    problem = {"question": "Tom has 5 apples. He buys 7 more apples. He gives away 3 apples. "
+                           "How many apples does Tom have now?", "answer": "5 + 7 = 12\n12 - 3 = 9\n#### 9"}
+    for seed in range(20):
+        out = sloppy_answer(problem, random.Random(seed))["answer"].split("\n")
+        first, second, final = out
+        x = int(first.split(" = ")[1])
+        if x == 12:  # the slip is in the second step
+            assert first == "5 + 7 = 12" and second.startswith("12 - 3 = ") and second != "12 - 3 = 9"
+        else:  # the first step slips and the second carries it: 12 + d - 3 = 9 + d
+            assert x - 12 in (-2, -1, 1, 2) and second == f"{x} - 3 = {x - 3}"
+        assert final == f"#### {second.split(' = ')[1]}" != "#### 9"
+
+
+def test_train_halves_are_disjoint_and_cover_train():
+    sft = generate_problems(400, "sft", seed=1)
+    rl = generate_problems(400, "rl", seed=1)
+    assert not {p["question"] for p in sft} & {p["question"] for p in rl}
+    assert all(split_of(p["question"]) == "train" and train_half(p["question"]) == "sft" for p in sft)
+    assert all(split_of(p["question"]) == "train" and train_half(p["question"]) == "rl" for p in rl)
+    train = generate_problems(1000, "train", seed=1)
+    halves = [train_half(p["question"]) for p in train]
+    assert 430 <= halves.count("rl") <= 570  # each half about 1 in 2 (sd 16)
+    # same seed: "sft" is "train" with the rl half left out, in order
+    assert [p for p in train if train_half(p["question"]) == "sft"] == generate_problems(halves.count("sft"), "sft", 1)
+    with pytest.raises(ValueError, match="split"):
+        generate_problems(1, "dev")
+
+
+def test_style_accuracy_hand_example():
+    truths = ["2 + 3 = 5\n#### 5"] * 4 + ["4 * 2 = 8\n#### 8"]
+    responses = ["2 + 3 = 5\n#### 5",          # worked, right
+                 "2 + 3 = 6\n#### 6",          # worked, wrong
+                 "#### 5",                     # hasty, right
+                 "So Tom has 7 apples.\n#### 7",  # hasty, wrong
+                 "4 * 2 = 8\nSo Ana has 8 eggs.\n#### 8"]  # worked, right
+    out = style_accuracy(responses, truths)
+    assert out == {"n": 5.0, "worked_share": 0.6, "accuracy": 0.6, "n/worked": 3.0, "accuracy/worked": 2 / 3,
+                   "n/hasty": 2.0, "accuracy/hasty": 0.5}
+    assert math.isnan(style_accuracy(["#### 5"], ["#### 5"])["accuracy/worked"])
+    with pytest.raises(ValueError):
+        style_accuracy(["#### 5"], [])

@@ -111,7 +111,7 @@ class GRPOConfig:
     max_new_tokens: int = 64
     """response length limit (task-world answers: at most ~40 tokens terse, ~60 with both prose lines)"""
     # --- loss
-    loss_type: Literal["no_baseline", "reinforce_with_baseline", "grpo_clip"] = "grpo_clip"
+    loss_type: Literal["no_baseline", "reinforce_with_baseline", "grpo_clip", "grpo_no_clip"] = "grpo_clip"
     """per-token loss (policy_losses.compute_policy_gradient_loss)"""
     cliprange: float = 0.2
     """PPO/GRPO clip epsilon"""

@@ -17,6 +17,7 @@ and the loss reads as nats per token.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from dataclasses import dataclass
 
@@ -61,10 +62,22 @@ class SFTConfig:
     eval_data: str = ""
     """jsonl for eval/loss; empty = the task world's test split (or the last examples of --data)"""
     n_examples: int = 4000
-    """task-world demonstrations (when --data is empty)"""
+    """unique demonstrations trained on (the data-size sweep: 128, 256, ...): the task world writes this many (a
+    shorter list is a prefix of a longer one); with --data, the first this many distinct conversations of the
+    file (0 = all of them)"""
     verbosity: float = 0.0
     """task-world demonstrations: probability of each optional prose line (tasks.sft_examples; the pipeline's
     tiny preset uses 0.5, so that response lengths vary); 0 = every answer terse"""
+    hasty: float = 0.0
+    """task-world demonstrations: probability that the writer is hasty (final line only; tasks module docstring)"""
+    sloppy: float = 0.0
+    """task-world demonstrations: probability that the writer is sloppy (one slip in the steps: a wrong answer)"""
+    split: str = "train"
+    """task-world split the demonstrations come from: train, or its half sft (disjoint from the RL prompts of
+    split rl)"""
+    filter_correct: bool = False
+    """filtered SFT: train only on the demonstrations whose final answer is right (task-world demonstrations:
+    checked with tasks.gold_reward against the problem's answer; removes the sloppy writer's)"""
     n_eval_examples: int = 128
     """examples for eval/loss"""
     n_eval_problems: int = 0
@@ -121,15 +134,27 @@ class SFTConfig:
 
 def load_conversations(cfg: SFTConfig) -> tuple[list, list]:
     """(train, eval) lists of chat conversations (lists of {"role", "content"} messages)."""
+    if cfg.n_examples < 0 or (cfg.n_examples == 0 and not cfg.data):
+        raise ValueError(f"n_examples must be > 0 (or 0 = all of --data), got {cfg.n_examples}")
     if cfg.data:
-        train = [e["messages"] for e in load_sft_examples(cfg.data)]
+        if cfg.filter_correct:
+            raise ValueError("--filter-correct checks task-world demonstrations against their problems' answers; "
+                             "a --data file has no ground truth (filter it before training)")
+        distinct = {json.dumps(e["messages"], sort_keys=True): e["messages"] for e in load_sft_examples(cfg.data)}
+        train = list(distinct.values())  # in file order, each conversation once
     else:
-        train = tasks.sft_examples(cfg.n_examples, cfg.seed, split="train", verbosity=cfg.verbosity)
+        demonstrations = tasks.sft_demonstrations(cfg.n_examples, cfg.seed, split=cfg.split,
+                                                  verbosity=cfg.verbosity, hasty=cfg.hasty, sloppy=cfg.sloppy)
+        if cfg.filter_correct:
+            demonstrations = [d for d in demonstrations
+                              if tasks.gold_reward(d["messages"][-1]["content"], d["ground_truth"])["reward"] == 1.0]
+        train = [d["messages"] for d in demonstrations]
     if cfg.eval_data:
+        train = train[:cfg.n_examples or None]
         evals = [e["messages"] for e in load_sft_examples(cfg.eval_data)][:cfg.n_eval_examples]
     elif cfg.data:  # hold out the end of the file
         n_eval = min(cfg.n_eval_examples, len(train) // 10)
-        train, evals = train[:len(train) - n_eval], train[len(train) - n_eval:]
+        train, evals = train[:len(train) - n_eval][:cfg.n_examples or None], train[len(train) - n_eval:]
     else:
         evals = tasks.sft_examples(cfg.n_eval_examples, cfg.seed, split="test", verbosity=cfg.verbosity)
     if not train:

@@ -1,0 +1,236 @@
+"""Expert iteration: sample from the policy, keep what the verifier accepts, fine-tune on it, repeat.
+
+    python -m cs336_alignment ei --init data/checkpoints/tiny/sft.pt                       # 5 rounds, G = 4
+    python -m cs336_alignment ei --init SFT --n-ei-steps 5 --rollouts-per-prompt 8 --sft-epochs 2 --batch-size 32
+
+One round (Stanford CS336 assignment 5, §5 "expert iteration"; the idea of STaR, Zelikman et al. 2022, and of
+rejection-sampling fine-tuning, Yuan et al. 2023):
+  1. take the round's `prompts_per_step` questions from the prompt pool and sample `rollouts_per_prompt` (G)
+     responses to each at `temperature` (`rollout.sample_rollouts`, the RL loops' sampler);
+  2. keep the responses the gold reward accepts (`tasks.gold_reward`: the right number in "#### N" format) and
+     that ended with the stop token, so the model also learns to stop (--keep-unfinished: also those cut at
+     max_new_tokens);
+  3. fine-tune on the kept responses for `sft_epochs` epochs of `batch_size` rows: the SFT loss on the sampled
+     response tokens (`sft.sft_microbatch_train_step`, per-token log-probs from `logprobs.get_response_log_probs`),
+     normalised by the mean kept response length, as train/sft.py does.
+No reward model, no advantage, no reference: the only signal is which samples the verifier kept, so expert
+iteration can only re-weight behaviours the policy already samples (pass@G becomes pass@1), as GRPO mostly does.
+The optimizer (AdamW, constant `lr`) carries over from round to round. The prompt pool comes by default from the
+task world's "rl" half of the train split, disjoint from demonstrations drawn from its "sft" half.
+
+Metrics, one line per round: reward/gold_mean (accuracy of the round's samples: the training reward),
+reward/format_mean, ei/kept (responses kept), ei/kept_fraction, ei/prompts_solved (share of prompts with at least
+one kept response: pass@G), policy/entropy (mean per-token entropy, nats, of the policy on its own samples before
+the round's update), response/length_mean, loss/train (NLL per kept response token, mean over the round's
+updates), grad_norm, perf/rollout_s, perf/cpu_s (process CPU seconds of training, evals excluded). Held-out
+evaluations (before the first round and after every `eval_every` rounds) are `metrics.evaluate_policy`'s with an
+"eval/" prefix, as in GRPO (evaluate.run_eval): eval/accuracy/greedy, eval/reward/gold_mean (T = 1
+accuracy), eval/kl/ref (to the initial policy), eval/response/length_mean.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from cs336_alignment.checkpoint import load_model, save_checkpoint
+from cs336_alignment.evaluate import run_eval
+from cs336_alignment.logprobs import get_response_log_probs
+from cs336_alignment.masked import masked_mean
+from cs336_alignment.nn_utils import clip_gradients
+from cs336_alignment.rollout import micro_batch, sample_rollouts, sequence_widths
+from cs336_alignment.sft import sft_microbatch_train_step
+from cs336_alignment.tasks import gold_reward
+from cs336_alignment.tokenizer import load_tokenizer
+from cs336_alignment.train.common import (MetricsLogger, build_optimizer, finite_or_raise, init_or_shipped,
+                                          load_problems, num_params, parse_config, progress_bar, prompt_indices,
+                                          setup_run)
+
+
+@dataclass
+class EIConfig:
+    # --- run
+    name: str = "ei"
+    """run name: outputs go to runs/<name>/ unless --out is given"""
+    out: str = ""
+    """output directory (ckpt.pt, metrics.jsonl); default runs/<name>"""
+    seed: int = 0
+    """seed of the prompt order, the sampling and the fine-tuning order"""
+    device: str = "auto"
+    """cuda, mps, cpu, or auto"""
+    threads: int = 1
+    """torch.set_num_threads; 0 = torch's default (1 was fastest on a shared 2-core CPU)"""
+    init: str = ""
+    """the policy to start from (required), e.g. an SFT checkpoint; also the reference of eval/kl/ref"""
+    # --- prompts
+    data: str = ""
+    """jsonl of {"question", "answer"} prompts; empty = the task world's --split"""
+    split: str = "rl"
+    """task-world split of the prompt pool: rl (the half of train that SFT demonstrations from sft never use)
+    or train"""
+    n_problems: int = 4000
+    """task-world prompts in the pool (when --data is empty)"""
+    prompts_per_step: int = 256
+    """questions per round (CS336's expert-iteration batch D_b), taken in turn from the pool"""
+    n_eval_problems: int = 200
+    """held-out test problems for eval/* (greedy and sampled accuracy)"""
+    eval_samples: int = 2
+    """T = 1 samples per eval problem"""
+    # --- expert iteration
+    n_ei_steps: int = 5
+    """rounds of sample -> filter -> fine-tune"""
+    rollouts_per_prompt: int = 4
+    """responses sampled per question (G)"""
+    temperature: float = 1.0
+    """sampling temperature"""
+    max_new_tokens: int = 64
+    """response length limit"""
+    keep_unfinished: bool = False
+    """also keep accepted responses cut at max_new_tokens (by default a kept response must end with the stop
+    token, so that fine-tuning on it also teaches the model to stop)"""
+    sft_epochs: int = 1
+    """passes over each round's kept responses"""
+    batch_size: int = 32
+    """kept responses per optimizer step"""
+    micro_batch_size: int = 64
+    """rows per forward/backward (gradient accumulation inside an optimizer step)"""
+    # --- optimisation
+    lr: float = 1e-4
+    """constant learning rate (the matched-compute SFT baseline's; 1e-3, SFT's peak, damages a converged policy)"""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay"""
+    beta1: float = 0.9
+    """AdamW beta1"""
+    beta2: float = 0.95
+    """AdamW beta2"""
+    grad_clip: float = 1.0
+    """clip the global gradient L2 norm to this value"""
+    # --- logging / eval
+    eval_every: int = 1
+    """rounds between evaluations (also before the first and after the last)"""
+    quiet: bool = False
+    """no console lines (metrics.jsonl is still written)"""
+
+
+def train(cfg: EIConfig, reward_fn: Callable[[str, str], dict[str, float]] | None = None) -> dict:
+    """Run expert iteration. Returns {"checkpoint", "steps" (rounds), "cpu_s", "eval": last eval metrics}.
+
+    reward_fn(response, ground_truth) -> {"reward": float, ...}, if given, replaces the gold reward as the
+    filter (a response is kept when its reward is >= 1; custom tasks, tests); reward/gold_mean still logs the
+    task world's gold reward.
+    Raises:
+        ValueError: no --init, or a count below 1.
+    """
+    # ---------------------------------------------------------------------------------------------------
+    # Setup
+    # ---------------------------------------------------------------------------------------------------
+    cfg = init_or_shipped(cfg, "ei")
+    for name in ("n_ei_steps", "rollouts_per_prompt", "prompts_per_step", "sft_epochs", "batch_size",
+                 "micro_batch_size", "max_new_tokens"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    out, device = setup_run(cfg)
+    ckpt_path = out / "ckpt.pt"
+    tokenizer = load_tokenizer()
+    policy, init_extra = load_model(cfg.init, device)
+    reference = copy.deepcopy(policy).eval().requires_grad_(False)  # the initial policy: eval/kl/ref
+    problems = load_problems(cfg.data, cfg.n_problems, cfg.split, cfg.seed + 2)
+    eval_problems = load_problems("", cfg.n_eval_problems, "test", 0)
+    optimizer = build_optimizer(policy.parameters(), cfg)
+    filter_fn = reward_fn or gold_reward
+    logger = MetricsLogger(out, cfg.n_ei_steps, dataclasses.asdict(cfg), quiet=cfg.quiet)
+    logger.write(f"ei: {num_params(policy) / 1e6:.2f}M parameters, {len(problems)} prompts, {cfg.n_ei_steps} rounds "
+                 f"of {cfg.prompts_per_step} x {cfg.rollouts_per_prompt} samples, device {device}")
+    evaluate = functools.partial(run_eval, logger, policy=policy, tokenizer=tokenizer, problems=eval_problems,
+                                 reference=reference, reward_model=None, samples=cfg.eval_samples,
+                                 max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 1)
+
+    # ---------------------------------------------------------------------------------------------------
+    # The loop: one round = sample, filter, fine-tune
+    # ---------------------------------------------------------------------------------------------------
+    last_eval, cpu_s = evaluate(0), 0.0
+    bar = progress_bar(cfg.n_ei_steps, 0, "ei")
+    for step in range(cfg.n_ei_steps):
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        # --- 1. G samples for each of the round's prompts
+        batch = [problems[i] for i in prompt_indices(step, len(problems), cfg.prompts_per_step, cfg.seed)]
+        generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step)
+        policy.eval()
+        ro = sample_rollouts(policy, tokenizer, [p["question"] for p in batch], cfg.rollouts_per_prompt,
+                             temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, generator=generator,
+                             batch_size=max(cfg.micro_batch_size, 64))
+        truths = [p["answer"] for p in batch for _ in range(cfg.rollouts_per_prompt)]
+        rollout_s = time.perf_counter() - t0
+
+        # --- 2. keep the verified responses (that also ended with the stop token)
+        gold = [gold_reward(text, truth) for text, truth in zip(ro.response_texts, truths)]
+        accepted = [filter_fn(text, truth)["reward"] >= 1.0 for text, truth in zip(ro.response_texts, truths)]
+        finished = ro.finished.tolist() if not cfg.keep_unfinished else [True] * len(ro)
+        keep = torch.tensor([a and f for a, f in zip(accepted, finished)])                      # (N,) bool
+        tensors = {"input_ids": ro.input_ids, "labels": ro.labels, "response_mask": ro.response_mask}
+        widths = sequence_widths(ro)
+        with torch.no_grad():  # the policy's entropy on its own samples, before this round's update
+            entropies = []
+            for rows in torch.arange(len(ro)).split(cfg.micro_batch_size):
+                mb = micro_batch(tensors, rows, widths, device)
+                ent = get_response_log_probs(policy, mb["input_ids"], mb["labels"], return_token_entropy=True,
+                                             temperature=cfg.temperature)["token_entropy"]         # (b, T')
+                entropies.append(masked_mean(ent.float(), mb["response_mask"], dim=-1).cpu())      # (b,)
+        metrics = {"reward/gold_mean": sum(g["reward"] for g in gold) / len(gold),
+                   "reward/format_mean": sum(g["format_reward"] for g in gold) / len(gold),
+                   "ei/kept": float(keep.sum()), "ei/kept_fraction": float(keep.float().mean()),
+                   "ei/prompts_solved": float(keep.view(-1, cfg.rollouts_per_prompt).any(-1).float().mean()),
+                   "policy/entropy": float(torch.cat(entropies).mean()),
+                   "response/length_mean": float(ro.response_lengths.float().mean())}
+
+        # --- 3. SFT on the kept responses: sft_epochs passes, batch_size rows per optimizer step
+        kept = keep.nonzero().squeeze(-1)                                                          # (K,)
+        # one normaliser per round, the mean kept response length (train/sft.py: nats per token)
+        normalize_constant = float(ro.response_lengths[kept].float().mean()) if len(kept) else 1.0
+        shuffle = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        policy.train()
+        nll, n_tokens, norms = 0.0, 0, []
+        for _ in range(cfg.sft_epochs if len(kept) else 0):
+            for rows in kept[torch.randperm(len(kept), generator=shuffle)].split(cfg.batch_size):
+                for micro in rows.split(cfg.micro_batch_size):
+                    mb = micro_batch(tensors, micro, widths, device)
+                    log_probs = get_response_log_probs(policy, mb["input_ids"], mb["labels"])["log_probs"]  # (b, T')
+                    # per row: -sum of response log-probs / normalize_constant; mean over the rows; weighed by
+                    # the micro-batch's share of the optimizer step's rows. Calls backward.
+                    sft_microbatch_train_step(log_probs, mb["response_mask"], len(rows) / len(micro),
+                                              normalize_constant=normalize_constant)
+                    nll -= float((log_probs.detach().float() * mb["response_mask"]).sum())
+                    n_tokens += int(mb["response_mask"].sum())
+                finite_or_raise(nll, step + 1)
+                norms.append(float(clip_gradients(policy.parameters(), cfg.grad_clip)))
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        cpu_s += time.process_time() - cpu0
+        bar.update(1)
+
+        # --- log / eval / checkpoint
+        done = step + 1
+        metrics.update({"loss/train": nll / n_tokens if n_tokens else float("nan"),
+                        "grad_norm": sum(norms) / len(norms) if norms else 0.0, "ei/optimizer_steps": len(norms),
+                        "perf/rollout_s": rollout_s, "perf/step_s": time.perf_counter() - t0, "perf/cpu_s": cpu_s})
+        logger.log(done, metrics)
+        if done % cfg.eval_every == 0 or done == cfg.n_ei_steps:
+            last_eval = evaluate(done)
+        save_checkpoint(policy, optimizer, done, ckpt_path, config=dataclasses.asdict(cfg),
+                        model_config=init_extra["model_config"], cpu_s=cpu_s)
+    bar.close()
+    return {"checkpoint": str(ckpt_path), "steps": cfg.n_ei_steps, "cpu_s": cpu_s, "eval": last_eval}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = parse_config(EIConfig, argv, "python -m cs336_alignment ei", __doc__.split("\n\n")[0])
+    return train(cfg)
+
+
+if __name__ == "__main__":
+    main()
