@@ -153,7 +153,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     parser = argparse.ArgumentParser(prog="python -m cs336_alignment eval", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--ckpt", required=True, help="checkpoint written by a train loop (ckpt.pt)")
+    parser.add_argument("--ckpt", "--init", dest="ckpt", required=True,
+                        help="checkpoint written by a train loop (ckpt.pt) or a Hugging Face model directory")
     parser.add_argument("--format", choices=["chat", "raw"], default="chat",
                         help="chat template (SFT/RL models) or raw 'Question: ... Answer:' text (base model)")
     parser.add_argument("--data", default="", help="jsonl of {question, answer}; empty = the task world")
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     set_threads(args.threads)
     model, _ = load_model(args.ckpt, get_device(args.device))
-    tokenizer = load_tokenizer()
+    tokenizer = load_tokenizer(model.config.tokenizer)  # the checkpoint's own (e.g. a Hugging Face one's)
     if args.data:
         from cs336_alignment.data import load_jsonl
         problems = load_jsonl(args.data)

@@ -190,3 +190,54 @@ def test_saved_config_reads_back(tmp_path, checkpoint):
     for field in ("vocab_size", "d_model", "num_layers", "num_heads", "d_ff", "rope_theta", "num_kv_heads",
                   "qkv_bias", "rms_norm_eps", "tie_embeddings", "context_length"):
         assert getattr(again, field) == getattr(model.config, field), field
+
+
+def test_round_trip_after_three_sft_steps_opens_in_transformers(tmp_path, checkpoint):
+    """Train 3 SFT steps on the loaded model, save_pretrained, reopen with transformers: same logits."""
+    from cs336_alignment.logprobs import get_response_log_probs
+    from cs336_alignment.nn_utils import AdamW
+    from cs336_alignment.sft import sft_microbatch_train_step
+
+    variant, hf_model, path = checkpoint
+    model = TransformerLM.from_pretrained(path)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = AdamW(model.parameters(), lr=1e-2)
+    ids = random_ids(4, 17, seed=3)
+    response_mask = torch.zeros(4, 16, dtype=torch.bool)
+    response_mask[:, 8:] = True
+    for _ in range(3):
+        log_probs = get_response_log_probs(model, ids[:, :-1], ids[:, 1:])["log_probs"]
+        sft_microbatch_train_step(log_probs, response_mask, gradient_accumulation_steps=1)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    assert all(not torch.equal(before[k], v) for k, v in model.state_dict().items() if "q_proj" in k)
+    model.save_pretrained(tmp_path / "trained")
+    reopened = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "trained", dtype=torch.float32).eval()
+    assert type(reopened).__name__ == type(hf_model).__name__
+    model.eval()
+    with torch.no_grad():
+        diff = (model(ids) - reopened(ids).logits).abs().max().item()
+    print(f"{variant}: round trip after 3 SFT steps, max |logit diff| {diff:.2e}")
+    assert diff <= 1e-4
+    again = TransformerLM.from_pretrained(tmp_path / "trained")  # and our loader reads what we wrote, exactly
+    for k, v in model.state_dict().items():
+        assert torch.equal(again.state_dict()[k], v), k
+
+
+def test_get_response_log_probs_on_transformers_model_equals_ours(checkpoint):
+    """The adapter accepts a model whose output has `.logits` (CS336's tests pass HF models) and gives what
+    the loaded copy gives through the fused kernel; entropies too."""
+    from tests.adapters import run_get_response_log_probs
+
+    variant, hf_model, path = checkpoint
+    model = TransformerLM.from_pretrained(path).eval()
+    ids = random_ids(2, 21, seed=4)
+    with torch.no_grad():
+        theirs = run_get_response_log_probs(model=hf_model, input_ids=ids[:, :-1], labels=ids[:, 1:],
+                                            return_token_entropy=True)
+        ours = run_get_response_log_probs(model=model, input_ids=ids[:, :-1], labels=ids[:, 1:],
+                                          return_token_entropy=True)
+    for key in ("log_probs", "token_entropy"):
+        diff = (theirs[key] - ours[key]).abs().max().item()
+        print(f"{variant}: get_response_log_probs {key} max |diff| {diff:.2e}")
+        assert diff <= 1e-4

@@ -99,8 +99,8 @@ def train(cfg: BoNConfig) -> dict:
     from cs336_alignment.train.reward_model import load_reward_model, score_responses
 
     out, device = setup_run(cfg)
-    tokenizer = load_tokenizer()
     policy, _ = load_model(cfg.init, device)
+    tokenizer = load_tokenizer(policy.config.tokenizer)  # the checkpoint's own (e.g. a Hugging Face one's)
     reward_model, _ = load_reward_model(cfg.rm, device)
     ns = [2 ** i for i in range(int(math.log2(cfg.pool_size)) + 1)]
     logger = MetricsLogger(out, ns[-1], dataclasses.asdict(cfg), quiet=cfg.quiet)

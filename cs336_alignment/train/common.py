@@ -168,16 +168,21 @@ def setup_run(cfg: Any) -> tuple[Path, torch.device]:
 
 
 def load_model(path: str | os.PathLike, device: torch.device | str = "cpu"):
-    """Rebuild the TransformerLM stored in a checkpoint written by our loops (its config is saved with it).
+    """Rebuild the TransformerLM stored in a checkpoint written by our loops (its config is saved with it),
+    or load a Hugging Face checkpoint directory (Llama / Qwen2: config.json + safetensors, `pretrained.py`).
 
     Returns:
         (model on `device`, the checkpoint's extra dict: {"config", "model_config", "rng", ...}).
+        model.config.tokenizer names the tokenizer directory of a Hugging Face model ("" = the shipped one).
     Raises:
         FileNotFoundError, or KeyError when the checkpoint has no "model_config" (not one of ours).
     """
     from cs336_alignment.checkpoint import load_checkpoint, load_checkpoint_extra
     from cs336_alignment.model import TransformerConfig, TransformerLM
+    from cs336_alignment.pretrained import is_pretrained_dir, load_pretrained
 
+    if is_pretrained_dir(path):  # a Hugging Face directory: float32 weights, its tokenizer in model_config
+        return load_pretrained(path, device)
     if not Path(path).is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     extra = load_checkpoint_extra(path)

@@ -274,8 +274,8 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
     set_threads(cfg.threads)
     set_seed(cfg.seed)
     device = get_device(cfg.device)
-    tokenizer = load_tokenizer()
     policy, init_extra = load_model(cfg.init, device)
+    tokenizer = load_tokenizer(policy.config.tokenizer)  # the checkpoint's own (e.g. a Hugging Face one's)
     reference = copy.deepcopy(policy).eval().requires_grad_(False)  # frozen SFT policy: KL and eval/kl_ref
     reward_model = None
     if cfg.reward == "rm" and reward_fn is None:

@@ -159,6 +159,7 @@ def train(cfg: SFTConfig) -> dict:
     if cfg.init:
         model, init_extra = load_model(cfg.init, device)
         model_config = TransformerConfig(**init_extra["model_config"])
+        tokenizer = load_tokenizer(model_config.tokenizer)  # the checkpoint's own (e.g. a Hugging Face one's)
     else:
         model_config = TransformerConfig(vocab_size=tokenizer.vocab_size, context_length=cfg.context_length,
                                          d_model=cfg.d_model, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
