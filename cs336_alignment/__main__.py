@@ -9,6 +9,7 @@
     ppo        PPO with a value head and a KL penalty to the reference
     bon        best-of-N sampling with a reward model
     eval       accuracy, format rate and length of a checkpoint on the held-out split
+    export     write a checkpoint as a Hugging Face directory (config.json + safetensors + tokenizer files)
     bench      speed benchmarks (ratios against a baseline measured in the same run)
     handout    build / check the student handout
     grade      grading helpers
@@ -34,6 +35,7 @@ COMMANDS = {  # command -> module with a main(argv)
     "ppo": "cs336_alignment.train.ppo",
     "bon": "cs336_alignment.train.bon",
     "eval": "cs336_alignment.evaluate",
+    "export": "cs336_alignment.pretrained",
     "bench": "cs336_alignment.bench",
     "handout": "cs336_alignment.handout",
     "grade": "cs336_alignment.grading",
