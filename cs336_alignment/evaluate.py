@@ -149,7 +149,7 @@ def evaluate_model(model, tokenizer, problems: list[dict[str, str]], *, fmt: For
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     from cs336_alignment.tokenizer import load_tokenizer
-    from cs336_alignment.train.common import get_device, load_model, set_threads
+    from cs336_alignment.train.common import autocast, get_device, load_model, set_threads
 
     parser = argparse.ArgumentParser(prog="python -m cs336_alignment eval", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -170,7 +170,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parser.parse_args(argv)
 
     set_threads(args.threads)
-    model, _ = load_model(args.ckpt, get_device(args.device))
+    device = get_device(args.device)
+    model, _ = load_model(args.ckpt, device)
     tokenizer = load_tokenizer(model.config.tokenizer)  # the checkpoint's own (e.g. a Hugging Face one's)
     if args.data:
         from cs336_alignment.data import load_jsonl
@@ -178,8 +179,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     else:
         from cs336_alignment.tasks import generate_problems
         problems = generate_problems(args.n_problems, args.split, args.seed)
-    metrics, samples = evaluate_model(model, tokenizer, problems, fmt=args.format,
-                                      max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    with autocast(device):  # bf16 matmuls on CUDA; a no-op elsewhere
+        metrics, samples = evaluate_model(model, tokenizer, problems, fmt=args.format,
+                                          max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     for s in samples[:args.show]:
         print(f"--- Q: {s['question']}\n{s['response']}\n(gold: {s['answer'].splitlines()[-1]}, "
               f"reward {s['reward']:.0f})")

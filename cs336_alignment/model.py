@@ -255,7 +255,7 @@ class TransformerConfig:
     rope_theta: float = 10000.0  # RoPE base θ
     use_sdpa: bool = True  # torch's fused attention (same maths as the hand-written one; faster)
     # The switches a Llama / Qwen2 checkpoint needs (pretrained.py sets them from its config.json):
-    num_kv_heads: int | None = None  # grouped-query attention: key/value heads (HF num_key_value_heads); None = num_heads
+    num_kv_heads: int | None = None  # GQA: key/value heads (HF num_key_value_heads); None = num_heads
     qkv_bias: bool = False  # bias on q_proj, k_proj, v_proj (Qwen2)
     rms_norm_eps: float = 1e-5  # RMSNorm epsilon (HF rms_norm_eps)
     tie_embeddings: bool = False  # lm_head shares the input embedding's weight (HF tie_word_embeddings)

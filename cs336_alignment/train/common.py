@@ -82,9 +82,22 @@ def build_parser(cls: type, prog: str, description: str | None = None) -> argpar
 
 
 def parse_config(cls: type[C], argv: list[str] | None, prog: str, description: str | None = None) -> C:
-    """Parse command-line flags into `cls`; unknown flags and wrong types exit with argparse's message."""
-    args = build_parser(cls, prog, description).parse_args(argv)
-    return cls(**vars(args))
+    """Parse command-line flags into `cls`; unknown flags and wrong types exit with argparse's message.
+
+    `--preset NAME` (gpu.PRESETS, e.g. gpu) first replaces the defaults of the fields it names; flags given
+    on the command line still win.
+    """
+    from cs336_alignment.gpu import PRESETS, preset_overrides
+
+    parser = build_parser(cls, prog, description)
+    parser.add_argument("--preset", default="", choices=["", *PRESETS],
+                        help="stage preset: overrides of these defaults (gpu: a 0.5B-1.5B checkpoint on one GPU)")
+    preset = parser.parse_known_args(argv)[0].preset
+    if preset:
+        parser.set_defaults(**preset_overrides(preset, cls))
+    args = vars(parser.parse_args(argv))
+    args.pop("preset")
+    return cls(**args)
 
 
 def config_from_dict(cls: type[C], values: dict[str, Any]) -> C:

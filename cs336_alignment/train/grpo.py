@@ -51,13 +51,14 @@ import torch
 
 from cs336_alignment.advantages import compute_group_normalized_rewards
 from cs336_alignment.checkpoint import load_checkpoint, load_checkpoint_extra, rng_state, save_checkpoint, set_rng_state
+from cs336_alignment.gpu import configure_model
 from cs336_alignment.logprobs import get_response_log_probs
 from cs336_alignment.masked import masked_mean
 from cs336_alignment.nn_utils import AdamW, clip_gradients
 from cs336_alignment.policy_losses import grpo_microbatch_train_step, kl_estimate
 from cs336_alignment.rollout import Rollouts, sample_rollouts
 from cs336_alignment.tasks import gold_reward
-from cs336_alignment.train.common import (MetricsLogger, cosine_lr, finite_or_raise, get_device, load_model,
+from cs336_alignment.train.common import (MetricsLogger, autocast, cosine_lr, finite_or_raise, get_device, load_model,
                                           num_params, parse_config, progress_bar, run_dir, set_seed, set_threads)
 
 
@@ -144,6 +145,10 @@ class GRPOConfig:
     """AdamW beta2"""
     grad_clip: float = 1.0
     """clip the global gradient L2 norm to this value"""
+    gradient_checkpointing: bool = False
+    """recompute each transformer block in backward instead of storing its activations (GPU memory for 0.5B+ models)"""
+    compile: bool = False
+    """torch.compile each block's MLP and norms (gpu.configure_model)"""
     # --- logging / eval / checkpoints
     log_every: int = 1
     """rollout batches between console/metrics lines"""
@@ -277,6 +282,7 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
     policy, init_extra = load_model(cfg.init, device)
     tokenizer = load_tokenizer(policy.config.tokenizer)  # the checkpoint's own (e.g. a Hugging Face one's)
     reference = copy.deepcopy(policy).eval().requires_grad_(False)  # frozen SFT policy: KL and eval/kl_ref
+    configure_model(policy, device, gradient_checkpointing=cfg.gradient_checkpointing, compile=cfg.compile)
     reward_model = None
     if cfg.reward == "rm" and reward_fn is None:
         reward_model = load_reward_model(cfg.reward_model, device)[0].requires_grad_(False)
@@ -311,8 +317,9 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
         # --- 1. rollouts: G samples per prompt, contiguous groups
         batch = [problems[i] for i in prompt_indices(step, len(problems), cfg.prompts_per_step, cfg.seed)]
         generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step)
-        ro = sample_rollouts(policy, tokenizer, [p["question"] for p in batch], cfg.group_size,
-                             temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, generator=generator)
+        with autocast(device):  # bf16 matmuls on CUDA; a no-op on CPU
+            ro = sample_rollouts(policy, tokenizer, [p["question"] for p in batch], cfg.group_size,
+                                 temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, generator=generator)
         truths = [p["answer"] for p in batch for _ in range(cfg.group_size)]
         rollout_s = time.perf_counter() - t0
 
@@ -352,7 +359,8 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
         plan = [[mini.split(cfg.micro_batch_size) for mini in keep[torch.randperm(len(keep), generator=shuffle)]
                  .tensor_split(n_mini)] for _ in range(cfg.epochs_per_rollout_batch)] if len(keep) else []
         # plan[epoch][minibatch] = the micro-batches (row-index tensors) of one optimizer step
-        with torch.no_grad():  # old / reference log-probs, in the first epoch's micro-batches (first ratio == 1)
+        # old / reference log-probs, in the first epoch's micro-batches (first ratio == 1)
+        with torch.no_grad(), autocast(device):
             for name, model, needed in (("old_log_probs", policy, cfg.loss_type == "grpo_clip"),
                                         ("ref_log_probs", reference, cfg.kl_coef > 0)):
                 if needed and plan:
@@ -369,8 +377,9 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
                 mini_rows = sum(len(rows) for rows in micros)
                 for rows in micros:
                     mb = micro_batch(tensors, rows, widths, device)
-                    out_lp = get_response_log_probs(policy, mb["input_ids"], mb["labels"], return_token_entropy=True,
-                                                    temperature=cfg.temperature)
+                    with autocast(device):
+                        out_lp = get_response_log_probs(policy, mb["input_ids"], mb["labels"],
+                                                        return_token_entropy=True, temperature=cfg.temperature)
                     log_probs, mask = out_lp["log_probs"], mb["response_mask"]        # (b, T')
                     # Weigh each micro-batch by its share of the minibatch's rows (a float accumulation
                     # factor), so uneven micro-batches still give exactly the minibatch mean.
