@@ -81,7 +81,8 @@ class ChatFormat:
     def segments(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> list[tuple[str, bool, bool]]:
         """The rendered conversation as (text, is_special_token, trained) pieces, in order."""
         for i, message in enumerate(messages):
-            if message.get("role") not in ("system", "user", "assistant") or not isinstance(message.get("content"), str):
+            role, content = message.get("role"), message.get("content")
+            if role not in ("system", "user", "assistant") or not isinstance(content, str):
                 raise ValueError(f"messages[{i}] needs role in ['assistant', 'system', 'user'] and str content")
         out: list[tuple[str, bool, bool]] = []
         if self.kind == "chatml":
@@ -270,9 +271,11 @@ def load_pretrained_tokenizer(path: str | os.PathLike) -> PretrainedTokenizer:
     spec = json.loads(file.read_text(encoding="utf-8"))
     model = spec.get("model") or {}
     if model.get("type") != "BPE":
-        raise TokenizerFileError(f"{file}: field 'model.type' is {model.get('type')!r}; only byte-level BPE is supported")
+        raise TokenizerFileError(f"{file}: field 'model.type' is {model.get('type')!r}; only byte-level BPE is "
+                                 "supported")
     if model.get("byte_fallback"):
-        raise TokenizerFileError(f"{file}: field 'model.byte_fallback' is true (sentencepiece-style BPE); not supported")
+        raise TokenizerFileError(f"{file}: field 'model.byte_fallback' is true (sentencepiece-style BPE); not "
+                                 "supported")
     normalizer = spec.get("normalizer")
     if normalizer is not None and normalizer.get("type") != "NFC":
         raise TokenizerFileError(f"{file}: field 'normalizer' is {normalizer.get('type')!r}; only none or NFC")
@@ -313,5 +316,6 @@ def load_pretrained_tokenizer(path: str | os.PathLike) -> PretrainedTokenizer:
         document_end = "<|endoftext|>" if chat_format.kind == "chatml" else "<|end_of_text|>"
         eos = document_end if document_end in specials else eos
     return PretrainedTokenizer(ranks, specials, pat_str, normalizer="NFC" if normalizer else None,
-                               chat_format=chat_format, eos_token=eos, pad_token=_token_content(config.get("pad_token")),
+                               chat_format=chat_format, eos_token=eos,
+                               pad_token=_token_content(config.get("pad_token")),
                                bos_token=_token_content(config.get("bos_token")), source_dir=str(path.resolve()))

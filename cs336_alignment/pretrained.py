@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor
 
 from cs336_alignment.model import RotaryPositionalEmbedding, TransformerConfig, TransformerLM
@@ -153,7 +155,8 @@ _LAYER_NAMES = {  # ours (after "layers.{i}.") -> HF (after "model.layers.{i}.")
 
 
 def hf_name(name: str) -> str:
-    """The HF tensor name of one of our state-dict keys, e.g. layers.0.ffn.w1.weight -> model.layers.0.mlp.gate_proj.weight."""
+    """The HF tensor name of one of our state-dict keys, e.g.
+    layers.0.ffn.w1.weight -> model.layers.0.mlp.gate_proj.weight."""
     if name.startswith("layers."):
         _, i, rest = name.split(".", 2)
         module, param = rest.rsplit(".", 1)
@@ -178,8 +181,6 @@ def _heads_of(name: str, config: TransformerConfig) -> int | None:
 
 def _weight_files(path: Path) -> dict[str, Path]:
     """{HF tensor name: safetensors file holding it}, from the shard index or the single file."""
-    from safetensors import safe_open
-
     if (path / INDEX_FILE).is_file():
         index = json.loads((path / INDEX_FILE).read_text())
         if "weight_map" not in index:
@@ -226,8 +227,6 @@ def from_pretrained(path: str | os.PathLike, dtype: torch.dtype | str | None = N
         CheckpointError: naming the field (config_from_hf) or the tensor: a missing tensor, an unexpected one,
             or one of the wrong shape.
     """
-    from safetensors import safe_open
-
     path = Path(path)
     if not (path / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"{path}: no {CONFIG_FILE} (not a Hugging Face checkpoint directory)")
@@ -317,8 +316,6 @@ def save_pretrained(model: TransformerLM, path: str | os.PathLike, tokenizer=Non
             files of the directory in model.config.tokenizer, if any.
         dtype: of the saved tensors (default: the model's).
     """
-    from safetensors.torch import save_file
-
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     state = hf_state_dict(model, dtype)
@@ -349,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     """Write a stage's checkpoint (or a Hugging Face directory) as a Hugging Face directory."""
     import argparse
 
-    from cs336_alignment.train.common import load_model
+    from cs336_alignment.train.common import load_model  # the stages' loader (it imports this module): import late
 
     parser = argparse.ArgumentParser(prog="python -m cs336_alignment export", description=main.__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
