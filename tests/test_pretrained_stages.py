@@ -86,3 +86,25 @@ def test_eval_sft_grpo_export_from_a_hugging_face_directory(hf_dir, gsm8k, tmp_p
         ours.apply_chat_template(chat, add_generation_prompt=True)
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["architectures"] == ["Qwen2ForCausalLM"]
     assert isinstance(TransformerLM.from_pretrained(tmp_path / "hf"), TransformerLM)
+
+
+def test_rm_dpo_ppo_from_a_hugging_face_directory(hf_dir, gsm8k, tmp_path):
+    """The other stages take the directory as --init too (and run on its tokenizer and ChatML template)."""
+    from cs336_alignment.preferences import write_preferences
+    from cs336_alignment.train import dpo, ppo, reward_model
+
+    pairs = [{"prompt": p["question"], "chosen": p["answer"], "rejected": "I am not sure."}
+             for p in tasks.generate_problems(8, "train", seed=3)]
+    write_preferences(tmp_path / "pairs.jsonl", pairs)
+    common = ["--init", str(hf_dir), "--device", "cpu", "--threads", "1", "--quiet"]
+    data = ["--data", str(tmp_path / "pairs.jsonl"), "--eval-data", str(tmp_path / "pairs.jsonl")]
+    rm = reward_model.main([*common, *data, "--out", str(tmp_path / "rm"), "--num-steps", "2", "--batch-size", "4",
+                            "--warmup-steps", "1", "--log-every", "1", "--eval-every", "2"])
+    assert (tmp_path / "rm" / "ckpt.pt").exists() and 0.0 <= rm["rm/eval_accuracy"] <= 1.0
+    result = dpo.main([*common, *data, "--out", str(tmp_path / "dpo"), "--num-steps", "2", "--batch-size", "4",
+                       "--warmup-steps", "1", "--log-every", "1", "--eval-every", "2", "--n-gold-problems", "0"])
+    assert abs(result["loss/train"]) < 10 and (tmp_path / "dpo" / "ckpt.pt").exists()
+    result = ppo.main([*common, "--reward", "gold", "--data", str(gsm8k / "train.jsonl"), "--out", str(tmp_path / "ppo"),
+                       "--num-steps", "1", "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "6",
+                       "--n-eval-problems", "2", "--eval-samples", "1", "--micro-batch-size", "4"])
+    assert (tmp_path / "ppo" / "ckpt.pt").exists()
