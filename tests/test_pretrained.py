@@ -241,3 +241,23 @@ def test_get_response_log_probs_on_transformers_model_equals_ours(checkpoint):
         diff = (theirs[key] - ours[key]).abs().max().item()
         print(f"{variant}: get_response_log_probs {key} max |diff| {diff:.2e}")
         assert diff <= 1e-4
+
+
+def test_qwen2_5_0_5b_config_gives_its_494m_parameters():
+    """The fields of Qwen2.5-0.5B-Instruct's config.json (transformers 4.x style: top-level rope_theta,
+    torch_dtype, a sliding_window that use_sliding_window leaves off). Oracle: the parameter count by hand,
+    V·d + 24·(q d² + d, k/v 2·(d·128 + 128), o d², MLP 3·d·4864, norms 2d) + d = 494,032,768 (0.49B)."""
+    hf = {"architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151643,
+          "eos_token_id": 151645, "hidden_act": "silu", "hidden_size": 896, "initializer_range": 0.02,
+          "intermediate_size": 4864, "max_position_embeddings": 32768, "max_window_layers": 21, "model_type": "qwen2",
+          "num_attention_heads": 14, "num_hidden_layers": 24, "num_key_value_heads": 2, "rms_norm_eps": 1e-06,
+          "rope_theta": 1000000.0, "sliding_window": 32768, "tie_word_embeddings": True, "torch_dtype": "bfloat16",
+          "use_cache": True, "use_sliding_window": False, "vocab_size": 151936}
+    config = config_from_hf(hf)
+    assert (config.num_kv_heads, config.qkv_bias, config.tie_embeddings, config.rope_theta, config.rms_norm_eps) == \
+        (2, True, True, 1e6, 1e-6)
+    with torch.device("meta"):
+        model = TransformerLM(config)
+    d = 896
+    by_hand = 151936 * d + 24 * ((d * d + d) + 2 * (d * 128 + 128) + d * d + 3 * d * 4864 + 2 * d) + d
+    assert sum(p.numel() for p in model.parameters()) == by_hand == 494_032_768
