@@ -452,7 +452,10 @@ def generate(model: TransformerLM, prompts: list[list[int]], *, max_new_tokens: 
         step_ids = ids  # what the model reads next: the prompt, then one token (cache) or everything (no cache)
         for t in range(max_new_tokens):
             hidden = model(step_ids, mask, return_hidden=True, kv_cache=cache)[:, -1]  # (B, d), last position
-            logits = model.lm_head(hidden).float()  # (B, V)
+            # The head in the weights' dtype even under bf16 autocast (float32 for float32 weights): bf16 logits
+            # near 20 are rounded to 1/8, which would change sampled tokens' probabilities by up to ~6%.
+            with torch.autocast(device.type, enabled=False):
+                logits = model.lm_head(hidden.to(model.lm_head.weight.dtype)).float()  # (B, V)
             token = sample_next_token(logits, temperature, top_k, top_p, generator)  # (B,)
             token = torch.where(done, pad_token_id, token)  # finished rows only carry padding
             logp = torch.log_softmax(logits / (temperature or 1.0), dim=-1)  # (B, V)
