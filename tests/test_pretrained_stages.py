@@ -108,3 +108,16 @@ def test_rm_dpo_ppo_from_a_hugging_face_directory(hf_dir, gsm8k, tmp_path):
                        "--num-steps", "1", "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "6",
                        "--n-eval-problems", "2", "--eval-samples", "1", "--micro-batch-size", "4"])
     assert (tmp_path / "ppo" / "ckpt.pt").exists()
+
+
+def test_gpu_preset_settings_run_sft_then_grpo_on_cpu(hf_dir, gsm8k, tmp_path):
+    """--preset gpu's settings (gradient accumulation, gradient checkpointing, GRPO minibatches, ...) with only
+    the device and the sizes cut down, so that the preset's combination runs here."""
+    common = ["--preset", "gpu", "--device", "cpu", "--threads", "1", "--quiet"]
+    result = sft.main([*common, "--init", str(hf_dir), "--data", str(gsm8k / "train.jsonl"), "--out",
+                       str(tmp_path / "sft"), "--num-steps", "2", "--batch-size", "8", "--n-eval-examples", "2"])
+    assert result["steps"] == 2
+    result = grpo.main([*common, "--init", result["checkpoint"], "--data", str(gsm8k / "train.jsonl"), "--out",
+                        str(tmp_path / "grpo"), "--num-steps", "1", "--prompts-per-step", "2", "--group-size", "4",
+                        "--max-new-tokens", "8", "--n-eval-problems", "2", "--micro-batch-size", "2"])
+    assert result["steps"] == 1
