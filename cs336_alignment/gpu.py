@@ -23,6 +23,7 @@ run on a GPU in this repository yet: no figures are claimed for them.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -48,8 +49,6 @@ def preset_overrides(preset: str, config_cls: type) -> dict[str, Any]:
     Raises:
         ValueError: an unknown preset, a preset without this stage, or a key that is not a field of it.
     """
-    import dataclasses
-
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     stages = PRESETS[preset]

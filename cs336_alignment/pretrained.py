@@ -25,6 +25,7 @@ lm_head -> lm_head (absent when tie_word_embeddings).
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -344,8 +345,6 @@ def save_pretrained(model: TransformerLM, path: str | os.PathLike, tokenizer=Non
 
 def main(argv: list[str] | None = None) -> int:
     """Write a stage's checkpoint (or a Hugging Face directory) as a Hugging Face directory."""
-    import argparse
-
     from cs336_alignment.train.common import load_model  # the stages' loader (it imports this module): import late
 
     parser = argparse.ArgumentParser(prog="python -m cs336_alignment export", description=main.__doc__,
