@@ -7,9 +7,11 @@ tokenizer.json (the `tokenizers` library's format) of a byte-level BPE model hol
 id, each token's bytes written with GPT-2's printable byte alphabet), `model.merges` (in priority order),
 `pre_tokenizer` (a Split regex followed by ByteLevel, or GPT-2's ByteLevel regex), `normalizer` (none, or NFC
 for Qwen2) and `added_tokens` (the special tokens). tiktoken merges the adjacent pair whose merged token has
-the lowest rank, `tokenizers` the pair whose merge comes first: the two agree when the ids grow in merge
-order, which we check (Qwen2 and Llama 3 vocabularies were made by tiktoken-style training, and so are those
-`tokenizers`' BpeTrainer writes). tests/test_hf_tokenizer.py compares `encode`/`decode` with `tokenizers`.
+the lowest rank, `tokenizers` the pair whose merge comes first: the two agree when the merged tokens' ids
+never decrease in merge order, which we check. Qwen2 and Llama 3 vocabularies come from tiktoken-style
+training; a vocabulary converted from tiktoken ranks may list several splits of one token as merges (equal
+ids, allowed), and `tokenizers`' BpeTrainer writes one merge per token. tests/test_hf_tokenizer.py compares
+`encode`/`decode` with `tokenizers`, including a merges list with such extra splits.
 
 Chat formats (recognised from tokenizer_config.json's `chat_template`; we render them in Python, the text
 equal to transformers' `apply_chat_template` for content without special-token strings):
@@ -262,7 +264,8 @@ def load_pretrained_tokenizer(path: str | os.PathLike) -> PretrainedTokenizer:
     Raises:
         FileNotFoundError: no tokenizer.json.
         TokenizerFileError: naming the file and field: not BPE, byte fallback, an unsupported normalizer or
-            pre-tokenizer, a vocabulary without all 256 bytes, merges whose ids do not grow in merge order.
+            pre-tokenizer, a vocabulary without all 256 bytes, a merge whose token's id is smaller than an
+            earlier merge's.
     """
     path = Path(path)
     file = path / "tokenizer.json"
@@ -294,9 +297,10 @@ def load_pretrained_tokenizer(path: str | os.PathLike) -> PretrainedTokenizer:
     for k, merge in enumerate(model.get("merges", [])):
         a, b = merge.split(" ") if isinstance(merge, str) else merge
         merged = bytes(byte_of[c] for c in a + b)
-        if ranks.get(merged, -1) <= previous:
-            raise TokenizerFileError(f"{file}: field 'model.merges[{k}]' ({a!r} {b!r}): its token's id does not grow "
-                                     "in merge order (tiktoken merges by id)")
+        # Equal ids are fine: converted tiktoken vocabularies (Llama 3) list every split of a token as a merge.
+        if merged not in ranks or ranks[merged] < previous:
+            raise TokenizerFileError(f"{file}: field 'model.merges[{k}]' ({a!r} {b!r}): its token is missing or its id "
+                                     "is smaller than an earlier merge's (tiktoken merges by id)")
         previous = ranks[merged]
     specials = {t["content"]: t["id"] for t in spec.get("added_tokens", [])}
     for content in specials:

@@ -191,3 +191,44 @@ def test_default_system_prompt_is_read_from_the_template():
     assert chat_format_from_template(LLAMA3_TEMPLATE, "x").kind == "llama3"
     with pytest.raises(TokenizerFileError, match="chat_template"):
         chat_format_from_template("{{ messages }}", "tokenizer_config.json")
+
+
+def test_extra_splits_of_a_token_in_merges_load_and_encode_the_same(tmp_path):
+    """A tokenizer.json converted from tiktoken ranks can list every split (l, r) of a token as a merge, all
+    with the token's id. Add such splits to a trained tokenizer: `tokenizers` and ours still agree."""
+    import json
+
+    build_hf_tokenizer("qwen2", tmp_path)
+    spec = json.loads((tmp_path / "tokenizer.json").read_text(encoding="utf-8"))
+    vocab, merges = spec["model"]["vocab"], spec["model"]["merges"]
+    pairs = [m.split(" ") if isinstance(m, str) else list(m) for m in merges]
+    known, out, added = {tuple(p) for p in pairs}, [], 0
+    for left, right in pairs:
+        out.append([left, right])
+        token = left + right
+        for i in range(1, len(token)):  # other splits whose halves are already tokens
+            split = (token[:i], token[i:])
+            if split not in known and split[0] in vocab and split[1] in vocab and vocab[split[0]] < vocab[token] \
+                    and vocab[split[1]] < vocab[token]:
+                out.append(list(split))
+                known.add(split)
+                added += 1
+    assert added >= 10
+    spec["model"]["merges"] = out
+    (tmp_path / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
+    theirs = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    ours = Tokenizer.from_pretrained(tmp_path)
+    strings = random_strings(1000, seed=11)
+    assert [ours.encode(s) for s in strings] == [theirs.encode(s, add_special_tokens=False).ids for s in strings]
+
+
+def test_merges_out_of_id_order_are_refused(tmp_path):
+    import json
+
+    build_hf_tokenizer("qwen2", tmp_path)
+    spec = json.loads((tmp_path / "tokenizer.json").read_text(encoding="utf-8"))
+    merges = spec["model"]["merges"]
+    merges[3], merges[40] = merges[40], merges[3]
+    (tmp_path / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
+    with pytest.raises(TokenizerFileError, match=r"model\.merges\[4\]"):  # the first after the high one
+        Tokenizer.from_pretrained(tmp_path)
