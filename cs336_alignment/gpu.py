@@ -1,7 +1,8 @@
 """The single-GPU path: stage presets for a 0.5B-1.5B checkpoint, and the model settings they switch on.
 
     python -m cs336_alignment sft  --preset gpu --init Qwen2.5-0.5B-Instruct --data gsm8k/train.jsonl
-    python -m cs336_alignment grpo --preset gpu --init runs/sft/ckpt.pt      --data gsm8k/train.jsonl
+    python -m cs336_alignment grpo --preset gpu --init runs/sft/ckpt.pt      --data gsm8k/train.jsonl \
+        --eval-data gsm8k/test.jsonl
 
 What runs on CUDA, and where it is written:
   * bf16 autocast (`train.common.autocast`): matmuls in bfloat16, weights, optimizer state, RMSNorm and every

@@ -70,6 +70,7 @@ def test_eval_sft_grpo_export_from_a_hugging_face_directory(hf_dir, gsm8k, tmp_p
     result = grpo.main(["--init", result["checkpoint"], "--data", str(gsm8k / "train.jsonl"),
                         "--out", str(tmp_path / "grpo"), "--num-steps", "1", "--prompts-per-step", "2",
                         "--group-size", "2", "--max-new-tokens", "6", "--n-eval-problems", "2",
+                        "--eval-data", str(gsm8k / "test.jsonl"),
                         "--eval-samples", "1", "--micro-batch-size", "4", *common])
     assert result["steps"] == 1
 

@@ -92,6 +92,8 @@ class GRPOConfig:
     """task-world prompts in the pool (when --data is empty)"""
     n_eval_problems: int = 200
     """held-out test problems for eval/* (greedy and sampled accuracy)"""
+    eval_data: str = ""
+    """jsonl of {"question", "answer"} held-out problems (the first n_eval_problems); empty = the task world's"""
     eval_samples: int = 2
     """T = 1 samples per eval problem for eval/sampled_accuracy"""
     # --- sampling
@@ -287,7 +289,7 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
     if cfg.reward == "rm" and reward_fn is None:
         reward_model = load_reward_model(cfg.reward_model, device)[0].requires_grad_(False)
     problems = load_problems(cfg.data, cfg.n_problems, "train", cfg.seed + 2)
-    eval_problems = load_problems("", cfg.n_eval_problems, "test", 0)
+    eval_problems = load_problems(cfg.eval_data, cfg.n_eval_problems, "test", 0)[:cfg.n_eval_problems]
     optimizer = AdamW(policy.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     if cfg.init_optimizer:
         load_sft_optimizer_state(cfg.init, optimizer)
