@@ -12,6 +12,7 @@
     bon        best-of-N sampling with a reward model
     eval       accuracy, format rate and length of a checkpoint on the held-out split
     styles     accuracy split by response style (worked steps vs final line only) and the worked share
+    export     write a checkpoint as a Hugging Face directory (config.json + safetensors + tokenizer files)
     bench      speed benchmarks (ratios against a baseline measured in the same run)
     handout    build / check the student handout
     grade      grading helpers
@@ -43,6 +44,7 @@ COMMANDS = {  # command -> module with a main(argv), imported only when its comm
     "bon": "cs336_alignment.train.bon",
     "eval": "cs336_alignment.evaluate",
     "styles": "cs336_alignment.styles",
+    "export": "cs336_alignment.export",
     "bench": "cs336_alignment.bench",
     "handout": "cs336_alignment.handout",
     "grade": "cs336_alignment.grading",

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from cs336_alignment.model import TransformerConfig, TransformerLM
+from cs336_alignment.pretrained import is_pretrained_dir, load_pretrained
 
 PathOrFile = str | os.PathLike | BinaryIO | IO[bytes]
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "data" / "checkpoints"  # base/SFT models per preset
@@ -143,13 +144,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[TransformerLM, dict[str, Any]]:
-    """Rebuild the TransformerLM stored in a checkpoint written by our loops (its config is saved with it).
+    """Rebuild the TransformerLM stored in a checkpoint written by our loops (its config is saved with it),
+    or load a Hugging Face checkpoint directory (Llama / Qwen2: config.json + safetensors, `pretrained.py`).
 
     Returns:
         (model on `device`, the checkpoint's extra dict: {"config", "model_config", "rng", ...}).
+        model.config.tokenizer names the tokenizer directory of a Hugging Face model ("" = the shipped one).
     Raises:
         FileNotFoundError, or ValueError when the checkpoint has no "model_config" (not one of ours).
     """
+    if is_pretrained_dir(path):  # a Hugging Face directory: float32 weights, its tokenizer in model_config
+        return load_pretrained(path, device)
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: no checkpoint there (a loop writes <out>/ckpt.pt; the shipped SFT model "
                                 f"is {SHIPPED_SFT.relative_to(SHIPPED_DIR.parent.parent)})")

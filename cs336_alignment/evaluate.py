@@ -39,7 +39,7 @@ from cs336_alignment.dpo import sequence_log_probs
 from cs336_alignment.metrics import distinct_n
 from cs336_alignment.reward_model import score_responses
 from cs336_alignment.rollout import build_training_tensors, generate_responses, sample_responses
-from cs336_alignment.runtime import get_device, set_threads
+from cs336_alignment.runtime import autocast, get_device, set_threads
 from cs336_alignment.tasks import generate_problems, gold_reward
 from cs336_alignment.tokenizer import Format, build_prompt, load_tokenizer
 
@@ -189,7 +189,8 @@ def run_eval(logger, step: int, policy, tokenizer, problems: list[dict[str, str]
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(prog="python -m cs336_alignment eval", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--ckpt", required=True, help="checkpoint written by a train loop (ckpt.pt)")
+    parser.add_argument("--ckpt", "--init", dest="ckpt", required=True,
+                        help="checkpoint written by a train loop (ckpt.pt) or a Hugging Face model directory")
     parser.add_argument("--format", choices=["chat", "raw"], default="chat",
                         help="chat template (SFT/RL models) or raw 'Question: ... Answer:' text (base model)")
     parser.add_argument("--data", default="", help="jsonl of {question, answer}; empty = the task world")
@@ -205,14 +206,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parser.parse_args(argv)
 
     set_threads(args.threads)
-    model, _ = load_model(args.ckpt, get_device(args.device))
-    tokenizer = load_tokenizer()
+    device = get_device(args.device)
+    model, _ = load_model(args.ckpt, device)
+    tokenizer = load_tokenizer(model.config.tokenizer)  # the checkpoint's own (e.g. a Hugging Face one's)
     if args.data:
         problems = load_jsonl(args.data)
     else:
         problems = generate_problems(args.n_problems, args.split, args.seed)
-    metrics, samples = evaluate_model(model, tokenizer, problems, fmt=args.format,
-                                      max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    with autocast(device):  # bf16 matmuls on CUDA; a no-op elsewhere
+        metrics, samples = evaluate_model(model, tokenizer, problems, fmt=args.format,
+                                          max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     for s in samples[:args.show]:
         print(f"--- Q: {s['question']}\n{s['response']}\n(gold: {s['answer'].splitlines()[-1]}, "
               f"reward {s['reward']:.0f})")

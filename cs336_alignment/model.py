@@ -5,6 +5,14 @@ Pre-norm decoder (Xiong et al. 2020) with RMSNorm (Zhang & Sennrich 2019), rotar
 self-attention (Vaswani et al. 2017, eq. 1) and a SwiGLU feed-forward (Shazeer 2020, eq. 6); untied input
 embedding and output head. Module and parameter names are CS336's, so its state dicts load unchanged.
 A ScalarHead (d -> 1) turns the final hidden states into rewards or values.
+
+Four switches, all off by default (the CS336 model), let the same code hold Llama and Qwen2 checkpoints
+(`pretrained.py` loads them): grouped-query attention (`num_kv_heads`, Ainslie et al. 2023,
+https://arxiv.org/abs/2305.13245: each group of num_heads / num_kv_heads query heads shares one key/value
+head), a bias on the q/k/v projections (`qkv_bias`, Qwen2), the RMSNorm epsilon (`rms_norm_eps`) and an
+lm_head tied to the input embedding (`tie_embeddings`, Press & Wolf 2017). RoPE stays interleaved here:
+`pretrained.py` permutes the q/k projection rows of Hugging Face's rotate-half layout at load and back at
+save (exact, since attention scores are dot products within a head).
 """
 from __future__ import annotations
 
@@ -12,6 +20,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.utils.checkpoint
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -23,16 +32,21 @@ from cs336_alignment.nn_utils import silu, softmax
 
 
 class Linear(nn.Module):
-    """y = x W^T, no bias. weight (out_features, in_features), init N(0, 2/(in+out)) truncated at ±3σ (CS336)."""
+    """y = x W^T (+ b). weight (out_features, in_features), init N(0, 2/(in+out)) truncated at ±3σ (CS336).
 
-    def __init__(self, in_features: int, out_features: int, device=None, dtype=None):
+    bias=False (CS336's layer) has no `bias` entry in the state dict; bias=True adds one (out_features,), zeros.
+    """
+
+    def __init__(self, in_features: int, out_features: int, device=None, dtype=None, bias: bool = False):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
         std = math.sqrt(2.0 / (in_features + out_features))
         nn.init.trunc_normal_(self.weight, mean=0.0, std=std, a=-3 * std, b=3 * std)
+        self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:  # (..., in) -> (..., out)
-        return x @ self.weight.T
+        y = x @ self.weight.T
+        return y if self.bias is None else y + self.bias
 
 
 class Embedding(nn.Module):
@@ -137,17 +151,26 @@ class MultiHeadSelfAttention(nn.Module):
     """Causal multi-head self-attention with q/k/v/output projections and optional RoPE on queries and keys.
 
     use_sdpa=True calls torch's fused F.scaled_dot_product_attention instead of the hand-written one (same maths).
+    num_kv_heads < num_heads is grouped-query attention (Ainslie et al. 2023): k_proj and v_proj give
+    num_kv_heads heads, query head h reads key/value head h // (num_heads / num_kv_heads) (the grouping of
+    Hugging Face's `repeat_kv`), and the KV cache stores only the num_kv_heads heads. qkv_bias adds a bias to
+    q_proj, k_proj and v_proj (Qwen2), not to output_proj.
     """
 
     def __init__(self, d_model: int, num_heads: int, rope: RotaryPositionalEmbedding | None = None,
-                 use_sdpa: bool = False, device=None, dtype=None):
+                 use_sdpa: bool = False, device=None, dtype=None, num_kv_heads: int | None = None,
+                 qkv_bias: bool = False):
         super().__init__()
-        if d_model % num_heads:
-            raise ValueError(f"d_model {d_model} is not divisible by num_heads {num_heads}")
+        num_kv_heads = num_kv_heads or num_heads
+        if d_model % num_heads or num_heads % num_kv_heads:
+            raise ValueError(f"d_model {d_model} must divide by num_heads {num_heads}, and num_heads by "
+                             f"num_kv_heads {num_kv_heads}")
         self.num_heads, self.d_head, self.rope, self.use_sdpa = num_heads, d_model // num_heads, rope, use_sdpa
-        self.q_proj = Linear(d_model, d_model, device, dtype)
-        self.k_proj = Linear(d_model, d_model, device, dtype)
-        self.v_proj = Linear(d_model, d_model, device, dtype)
+        self.num_kv_heads = num_kv_heads
+        d_kv = num_kv_heads * self.d_head
+        self.q_proj = Linear(d_model, d_model, device, dtype, bias=qkv_bias)
+        self.k_proj = Linear(d_model, d_kv, device, dtype, bias=qkv_bias)
+        self.v_proj = Linear(d_model, d_kv, device, dtype, bias=qkv_bias)
         self.output_proj = Linear(d_model, d_model, device, dtype)
 
     def forward(self, x: Tensor, token_positions: Tensor | None = None, mask: Tensor | None = None,
@@ -161,15 +184,19 @@ class MultiHeadSelfAttention(nn.Module):
         """
         *lead, T, _ = x.shape
         past = kv_cache.length if kv_cache is not None else 0
-        split = lambda t: t.view(*lead, T, self.num_heads, self.d_head).transpose(-3, -2)  # (..., H, T, dh)
-        q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
+        split = lambda t, heads: t.view(*lead, T, heads, self.d_head).transpose(-3, -2)  # (..., heads, T, dh)
+        q = split(self.q_proj(x), self.num_heads)  # (..., H, T, dh)
+        k, v = split(self.k_proj(x), self.num_kv_heads), split(self.v_proj(x), self.num_kv_heads)  # (..., Hkv, T, dh)
         if self.rope is not None:
             if token_positions is None:
                 token_positions = torch.arange(past, past + T, device=x.device)  # (T,)
             positions = token_positions.unsqueeze(-2)  # (..., 1, T): the same positions for every head
             q, k = self.rope(q, positions), self.rope(k, positions)
         if kv_cache is not None:
-            k, v = kv_cache.update(layer_idx, k, v)  # (B, H, past + T, dh)
+            k, v = kv_cache.update(layer_idx, k, v)  # (B, Hkv, past + T, dh)
+        if self.num_kv_heads != self.num_heads:  # GQA: each key/value head serves a group of query heads
+            group = self.num_heads // self.num_kv_heads
+            k, v = k.repeat_interleave(group, dim=-3), v.repeat_interleave(group, dim=-3)  # (..., H, Tk, dh)
         Tk = k.shape[-2]
         if self.use_sdpa and mask is None and Tk == T:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # fast causal kernel
@@ -198,11 +225,12 @@ class TransformerBlock(nn.Module):
     """Pre-norm block: x + Attn(RMSNorm(x)), then y + FFN(RMSNorm(y))."""
 
     def __init__(self, d_model: int, num_heads: int, d_ff: int, rope: RotaryPositionalEmbedding | None = None,
-                 use_sdpa: bool = False, device=None, dtype=None):
+                 use_sdpa: bool = False, device=None, dtype=None, num_kv_heads: int | None = None,
+                 qkv_bias: bool = False, eps: float = 1e-5):
         super().__init__()
-        self.ln1 = RMSNorm(d_model, device=device, dtype=dtype)
-        self.attn = MultiHeadSelfAttention(d_model, num_heads, rope, use_sdpa, device, dtype)
-        self.ln2 = RMSNorm(d_model, device=device, dtype=dtype)
+        self.ln1 = RMSNorm(d_model, eps, device=device, dtype=dtype)
+        self.attn = MultiHeadSelfAttention(d_model, num_heads, rope, use_sdpa, device, dtype, num_kv_heads, qkv_bias)
+        self.ln2 = RMSNorm(d_model, eps, device=device, dtype=dtype)
         self.ffn = SwiGLU(d_model, d_ff, device, dtype)
 
     def forward(self, x: Tensor, token_positions: Tensor | None = None, mask: Tensor | None = None,
@@ -226,10 +254,22 @@ class TransformerConfig:
     d_ff: int  # SwiGLU inner width (CS336: about 8/3 · d_model, a multiple of 64)
     rope_theta: float = 10000.0  # RoPE base θ
     use_sdpa: bool = True  # torch's fused attention (same maths as the hand-written one; faster)
+    # The switches a Llama / Qwen2 checkpoint needs (pretrained.py sets them from its config.json):
+    num_kv_heads: int | None = None  # GQA: key/value heads (HF num_key_value_heads); None = num_heads
+    qkv_bias: bool = False  # bias on q_proj, k_proj, v_proj (Qwen2)
+    rms_norm_eps: float = 1e-5  # RMSNorm epsilon (HF rms_norm_eps)
+    tie_embeddings: bool = False  # lm_head shares the input embedding's weight (HF tie_word_embeddings)
+    tokenizer: str = ""  # directory of the tokenizer these ids belong to (a HF checkpoint); "" = the shipped one
 
 
 class TransformerLM(nn.Module):
-    """Token embedding -> num_layers pre-norm blocks -> final RMSNorm -> untied lm_head (V, d)."""
+    """Token embedding -> num_layers pre-norm blocks -> final RMSNorm -> lm_head (V, d) (untied unless
+    config.tie_embeddings).
+
+    gradient_checkpointing (an attribute, off by default): in training mode, recompute each block's
+    activations in backward instead of storing them (Chen et al. 2016, https://arxiv.org/abs/1604.06174):
+    one block's activations at a time instead of num_layers, for one extra forward pass per block.
+    """
 
     def __init__(self, config: TransformerConfig, device=None, dtype=None):
         super().__init__()
@@ -237,10 +277,25 @@ class TransformerLM(nn.Module):
         rope = RotaryPositionalEmbedding(c.rope_theta, c.d_model // c.num_heads, c.context_length, device)
         self.token_embeddings = Embedding(c.vocab_size, c.d_model, device, dtype)
         self.layers = nn.ModuleList(
-            TransformerBlock(c.d_model, c.num_heads, c.d_ff, rope, c.use_sdpa, device, dtype)
+            TransformerBlock(c.d_model, c.num_heads, c.d_ff, rope, c.use_sdpa, device, dtype, c.num_kv_heads,
+                             c.qkv_bias, c.rms_norm_eps)
             for _ in range(c.num_layers))
-        self.ln_final = RMSNorm(c.d_model, device=device, dtype=dtype)
+        self.ln_final = RMSNorm(c.d_model, c.rms_norm_eps, device=device, dtype=dtype)
         self.lm_head = Linear(c.d_model, c.vocab_size, device, dtype)
+        if c.tie_embeddings:  # one Parameter under both names (the state dict lists both, sharing storage)
+            self.lm_head.weight = self.token_embeddings.weight
+        self.gradient_checkpointing = False
+
+    @classmethod
+    def from_pretrained(cls, path, dtype: torch.dtype | str | None = None, device=None) -> "TransformerLM":
+        """A Llama / Qwen2 Hugging Face checkpoint directory as a TransformerLM: see `pretrained.from_pretrained`."""
+        from cs336_alignment.pretrained import from_pretrained  # pretrained.py imports this module: import late
+        return from_pretrained(path, dtype=dtype, device=device)
+
+    def save_pretrained(self, path, tokenizer=None, dtype: torch.dtype | None = None) -> None:
+        """Write a directory that transformers' from_pretrained opens: see `pretrained.save_pretrained`."""
+        from cs336_alignment.pretrained import save_pretrained  # pretrained.py imports this module: import late
+        save_pretrained(self, path, tokenizer=tokenizer, dtype=dtype)
 
     def num_params(self, include_embeddings: bool = True) -> int:
         """Number of parameters (optionally without the input embedding table)."""
@@ -282,8 +337,12 @@ class TransformerLM(nn.Module):
             allowed |= torch.arange(past + T, device=input_ids.device) == query_pos[:, None]  # the diagonal
             mask = allowed[:, None]  # (B, 1, T, past + T), broadcast over heads
         x = self.token_embeddings(input_ids)  # (B, T, d)
+        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled() and kv_cache is None
         for i, layer in enumerate(self.layers):
-            x = layer(x, positions, mask, kv_cache, i)
+            if recompute:  # keep only the block's input; backward reruns the block
+                x = torch.utils.checkpoint.checkpoint(layer, x, positions, mask, None, i, use_reentrant=False)
+            else:
+                x = layer(x, positions, mask, kv_cache, i)
         if kv_cache is not None:
             kv_cache.length += T
         x = self.ln_final(x)  # (B, T, d)
@@ -393,7 +452,10 @@ def generate(model: TransformerLM, prompts: list[list[int]], *, max_new_tokens: 
         step_ids = ids  # what the model reads next: the prompt, then one token (cache) or everything (no cache)
         for t in range(max_new_tokens):
             hidden = model(step_ids, mask, return_hidden=True, kv_cache=cache)[:, -1]  # (B, d), last position
-            logits = model.lm_head(hidden).float()  # (B, V)
+            # The head in the weights' dtype even under bf16 autocast (float32 for float32 weights): bf16 logits
+            # near 20 are rounded to 1/8, which would change sampled tokens' probabilities by up to ~6%.
+            with torch.autocast(device.type, enabled=False):
+                logits = model.lm_head(hidden.to(model.lm_head.weight.dtype)).float()  # (B, V)
             token = sample_next_token(logits, temperature, top_k, top_p, generator)  # (B,)
             token = torch.where(done, pad_token_id, token)  # finished rows only carry padding
             logp = torch.log_softmax(logits / (temperature or 1.0), dim=-1)  # (B, V)

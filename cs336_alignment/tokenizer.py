@@ -303,6 +303,12 @@ class Tokenizer:
         return cls(ranks, config["special_tokens"], config["pat_str"])
 
     @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> "Tokenizer":
+        """The tokenizer.json (+ chat template) of a Hugging Face checkpoint directory: see hf_tokenizer.py."""
+        from cs336_alignment.hf_tokenizer import load_pretrained_tokenizer  # it subclasses Tokenizer: import late
+        return load_pretrained_tokenizer(path)
+
+    @classmethod
     def load_default(cls) -> "Tokenizer":
         """The shipped tokenizer (data/tokenizer/); rebuilt in memory (a few seconds) if the files are absent."""
         if (DEFAULT_DIR / RANKS_FILE).exists():
@@ -311,8 +317,11 @@ class Tokenizer:
 
 
 def load_tokenizer(path: str | os.PathLike | None = None) -> Tokenizer:
-    """The tokenizer in directory `path` (see `Tokenizer.save`), or the shipped default when None."""
-    return Tokenizer.load_default() if path is None else Tokenizer.from_files(path)
+    """The tokenizer in directory `path`: ours (`Tokenizer.save`: bpe.tiktoken) or a Hugging Face checkpoint's
+    (tokenizer.json, `Tokenizer.from_pretrained`); the shipped default when None or ""."""
+    if not path:
+        return Tokenizer.load_default()
+    return Tokenizer.from_files(path) if (Path(path) / RANKS_FILE).exists() else Tokenizer.from_pretrained(path)
 
 
 # ----------------------------------------------------------------------------

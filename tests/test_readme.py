@@ -34,7 +34,8 @@ def help_text(command: str, *sub: str) -> str:
 def readme_commands() -> list[list[str]]:
     """Every `python -m cs336_alignment ...` the README shows, as argv lists (comments and [...] hints dropped)."""
     commands = []
-    for match in re.finditer(r"python -m cs336_alignment ([^`\n#{]*)", README):
+    flat = re.sub(r"\\\n\s*", " ", README)  # shell line continuations
+    for match in re.finditer(r"python -m cs336_alignment ([^`\n#{]*)", flat):
         text = re.sub(r"\[([^\]]*)\]", r"\1", match.group(1)).replace("|", " ")
         commands.append(shlex.split(text.split(" -- ")[0]))
     return [argv for argv in commands if argv]

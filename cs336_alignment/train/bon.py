@@ -100,8 +100,8 @@ def train(cfg: BoNConfig) -> dict:
     """Sample the pools, score them, and write the best-of-N curve. Returns {"rows": [...], "wall_s": ...}."""
     cfg = init_or_shipped(cfg, "bon")
     out, device = setup_run(cfg)
-    tokenizer = load_tokenizer()
     policy, _ = load_model(cfg.init, device)
+    tokenizer = load_tokenizer(policy.config.tokenizer)  # the checkpoint's own (e.g. a Hugging Face one's)
     reward_model, _ = load_reward_model(cfg.rm, device)
     ns = [2 ** i for i in range(int(math.log2(cfg.pool_size)) + 1)]
     logger = MetricsLogger(out, ns[-1], dataclasses.asdict(cfg), quiet=cfg.quiet)

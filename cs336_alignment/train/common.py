@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from cs336_alignment.checkpoint import SHIPPED_SFT
 from cs336_alignment.data import load_jsonl
+from cs336_alignment.gpu import PRESETS, preset_overrides
 from cs336_alignment.nn_utils import AdamW, get_lr_cosine_schedule
 from cs336_alignment.runtime import get_device, set_seed, set_threads
 from cs336_alignment.tasks import generate_problems
@@ -88,9 +89,20 @@ def build_parser(cls: type, prog: str, description: str | None = None) -> argpar
 
 
 def parse_config(cls: type[C], argv: list[str] | None, prog: str, description: str | None = None) -> C:
-    """Parse command-line flags into `cls`; unknown flags and wrong types exit with argparse's message."""
-    args = build_parser(cls, prog, description).parse_args(argv)
-    return cls(**vars(args))
+    """Parse command-line flags into `cls`; unknown flags and wrong types exit with argparse's message.
+
+    `--preset NAME` (gpu.PRESETS, e.g. gpu) first replaces the defaults of the fields it names; flags given
+    on the command line still win.
+    """
+    parser = build_parser(cls, prog, description)
+    parser.add_argument("--preset", default="", choices=["", *PRESETS],
+                        help="stage preset: overrides of these defaults (gpu: a 0.5B-1.5B checkpoint on one GPU)")
+    preset = parser.parse_known_args(argv)[0].preset
+    if preset:
+        parser.set_defaults(**preset_overrides(preset, cls))
+    args = vars(parser.parse_args(argv))
+    args.pop("preset")
+    return cls(**args)
 
 
 def config_from_dict(cls: type[C], values: dict[str, Any]) -> C:

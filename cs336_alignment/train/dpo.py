@@ -104,8 +104,8 @@ def train(cfg: DPOConfig) -> dict:
     # ---------------------------------------------------------------------------------------------------
     cfg = init_or_shipped(cfg, "dpo")
     out, device = setup_run(cfg)
-    tokenizer = load_tokenizer()
     model, init_extra = load_model(cfg.init, device)
+    tokenizer = load_tokenizer(model.config.tokenizer)  # the checkpoint's own (e.g. a Hugging Face one's)
     model_config = TransformerConfig(**init_extra["model_config"])
     reference = copy.deepcopy(model).eval().requires_grad_(False)
     context = model_config.context_length

@@ -55,12 +55,14 @@ from cs336_alignment.advantages import compute_group_normalized_rewards, compute
 from cs336_alignment.checkpoint import (load_checkpoint, load_checkpoint_extra, load_model, rng_state, save_checkpoint,
                                         set_rng_state)
 from cs336_alignment.evaluate import run_eval
+from cs336_alignment.gpu import configure_model
 from cs336_alignment.logprobs import get_response_log_probs
 from cs336_alignment.masked import masked_mean
 from cs336_alignment.nn_utils import clip_gradients
 from cs336_alignment.policy_losses import grpo_microbatch_train_step, kl_estimate
 from cs336_alignment.reward_model import load_reward_model, rollout_reward_fn
 from cs336_alignment.rollout import Rollouts, micro_batch, sample_rollouts, sequence_widths
+from cs336_alignment.runtime import autocast
 from cs336_alignment.tasks import gold_reward, process_rewards
 from cs336_alignment.tokenizer import load_tokenizer
 from cs336_alignment.train.common import (MetricsLogger, build_optimizer, cosine_lr, finite_or_raise, init_or_shipped,
@@ -99,6 +101,8 @@ class GRPOConfig:
     """task-world prompts in the pool (when --data is empty)"""
     n_eval_problems: int = 200
     """held-out test problems for eval/* (greedy and sampled accuracy)"""
+    eval_data: str = ""
+    """jsonl of {"question", "answer"} held-out problems (the first n_eval_problems); empty = the task world's"""
     eval_samples: int = 2
     """T = 1 samples per eval problem for eval/sampled_accuracy"""
     # --- sampling
@@ -152,6 +156,10 @@ class GRPOConfig:
     """AdamW beta2"""
     grad_clip: float = 1.0
     """clip the global gradient L2 norm to this value"""
+    gradient_checkpointing: bool = False
+    """recompute each transformer block in backward instead of storing its activations (GPU memory for 0.5B+ models)"""
+    compile: bool = False
+    """torch.compile each block's MLP and norms (gpu.configure_model)"""
     # --- logging / eval / checkpoints
     log_every: int = 1
     """rollout batches between console/metrics lines"""
@@ -246,14 +254,15 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
     cfg = init_or_shipped(cfg, "grpo")  # RL starts from an SFT policy
     out, device = setup_run(cfg)
     ckpt_path = out / "ckpt.pt"
-    tokenizer = load_tokenizer()
     policy, init_extra = load_model(cfg.init, device)
+    tokenizer = load_tokenizer(policy.config.tokenizer)  # the checkpoint's own (e.g. a Hugging Face one's)
     reference = copy.deepcopy(policy).eval().requires_grad_(False)  # frozen SFT policy: KL and eval/kl_ref
+    configure_model(policy, device, gradient_checkpointing=cfg.gradient_checkpointing, compile=cfg.compile)
     reward_model = None
     if cfg.reward == "rm" and reward_fn is None:
         reward_model = load_reward_model(cfg.reward_model, device)[0].requires_grad_(False)
     problems = load_problems(cfg.data, cfg.n_problems, "train", cfg.seed + 2)
-    eval_problems = load_problems("", cfg.n_eval_problems, "test", 0)
+    eval_problems = load_problems(cfg.eval_data, cfg.n_eval_problems, "test", 0)[:cfg.n_eval_problems]
     optimizer = build_optimizer(policy.parameters(), cfg)
     if cfg.init_optimizer:
         load_sft_optimizer_state(cfg.init, optimizer)
@@ -283,8 +292,9 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
         # --- 1. rollouts: G samples per prompt, contiguous groups
         batch = [problems[i] for i in prompt_indices(step, len(problems), cfg.prompts_per_step, cfg.seed)]
         generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step)
-        ro = sample_rollouts(policy, tokenizer, [p["question"] for p in batch], cfg.group_size,
-                             temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, generator=generator)
+        with autocast(device):  # bf16 matmuls on CUDA; a no-op on CPU
+            ro = sample_rollouts(policy, tokenizer, [p["question"] for p in batch], cfg.group_size,
+                                 temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, generator=generator)
         truths = [p["answer"] for p in batch for _ in range(cfg.group_size)]
         rollout_s = time.perf_counter() - t0
 
@@ -326,7 +336,8 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
         plan = [[mini.split(cfg.micro_batch_size) for mini in keep[torch.randperm(len(keep), generator=shuffle)]
                  .tensor_split(n_mini)] for _ in range(cfg.epochs_per_rollout_batch)] if len(keep) else []
         # plan[epoch][minibatch] = the micro-batches (row-index tensors) of one optimizer step
-        with torch.no_grad():  # old / reference log-probs, in the first epoch's micro-batches (first ratio == 1)
+        # old / reference log-probs, in the first epoch's micro-batches (first ratio == 1)
+        with torch.no_grad(), autocast(device):
             for name, model, needed in (("old_log_probs", policy, cfg.loss_type == "grpo_clip"),
                                         ("ref_log_probs", reference, cfg.kl_coef > 0)):
                 if needed and plan:
@@ -343,8 +354,9 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
                 mini_rows = sum(len(rows) for rows in micros)
                 for rows in micros:
                     mb = micro_batch(tensors, rows, widths, device)
-                    out_lp = get_response_log_probs(policy, mb["input_ids"], mb["labels"], return_token_entropy=True,
-                                                    temperature=cfg.temperature)
+                    with autocast(device):
+                        out_lp = get_response_log_probs(policy, mb["input_ids"], mb["labels"],
+                                                        return_token_entropy=True, temperature=cfg.temperature)
                     log_probs, mask = out_lp["log_probs"], mb["response_mask"]        # (b, T')
                     # Weigh each micro-batch by its share of the minibatch's rows (a float accumulation
                     # factor), so uneven micro-batches still give exactly the minibatch mean.

@@ -192,8 +192,8 @@ def train(cfg: PPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | No
     cfg = init_or_shipped(cfg, "ppo")  # RL starts from an SFT policy
     out, device = setup_run(cfg)
     ckpt_path = out / "ckpt.pt"
-    tokenizer = load_tokenizer()
     policy, init_extra = load_model(cfg.init, device)
+    tokenizer = load_tokenizer(policy.config.tokenizer)  # the checkpoint's own (e.g. a Hugging Face one's)
     reference = copy.deepcopy(policy).eval().requires_grad_(False)  # the SFT policy, also when resuming
     reward_model = load_reward_model(cfg.reward_model, device)[0].requires_grad_(False) if cfg.reward_model else None
     value_init = cfg.value_init if cfg.value_init != "auto" else ("rm" if reward_model is not None else "sft")

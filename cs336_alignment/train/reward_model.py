@@ -157,8 +157,8 @@ def train(cfg: RMConfig) -> dict:
     # ---------------------------------------------------------------------------------------------------
     cfg = init_or_shipped(cfg, "rm")
     out, device = setup_run(cfg)
-    tokenizer = load_tokenizer()
     sft_model, init_extra = load_model(cfg.init, device)
+    tokenizer = load_tokenizer(sft_model.config.tokenizer)  # the checkpoint's own (e.g. a Hugging Face one's)
     model_config = TransformerConfig(**init_extra["model_config"])
     logger = MetricsLogger(out, cfg.num_steps, dataclasses.asdict(cfg), quiet=cfg.quiet)
     t_data = time.perf_counter()

@@ -29,6 +29,7 @@ from cs336_alignment.checkpoint import (load_checkpoint, load_checkpoint_extra, 
                                         set_rng_state)
 from cs336_alignment.data import collate_chat, load_sft_examples
 from cs336_alignment.evaluate import evaluate_policy
+from cs336_alignment.gpu import configure_model
 from cs336_alignment.logprobs import get_response_log_probs
 from cs336_alignment.model import TransformerConfig, TransformerLM
 from cs336_alignment.nn_utils import clip_gradients
@@ -121,6 +122,10 @@ class SFTConfig:
     """clip the global gradient L2 norm to this value"""
     fused_logprobs: bool = True
     """memory-efficient log-probs from hidden states and lm_head (same values as log_softmax + gather)"""
+    gradient_checkpointing: bool = False
+    """recompute each transformer block in backward instead of storing its activations (GPU memory for 0.5B+ models)"""
+    compile: bool = False
+    """torch.compile each block's MLP and norms (gpu.configure_model)"""
     # --- logging / eval / checkpoints
     log_every: int = 20
     """optimizer steps between console/metrics lines"""
@@ -178,11 +183,13 @@ def train(cfg: SFTConfig) -> dict:
     if cfg.init:
         model, init_extra = load_model(cfg.init, device)
         model_config = TransformerConfig(**init_extra["model_config"])
+        tokenizer = load_tokenizer(model_config.tokenizer)  # the checkpoint's own (e.g. a Hugging Face one's)
     else:
         model_config = TransformerConfig(vocab_size=tokenizer.vocab_size, context_length=cfg.context_length,
                                          d_model=cfg.d_model, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
                                          d_ff=cfg.d_ff)
         model = TransformerLM(model_config).to(device)
+    configure_model(model, device, gradient_checkpointing=cfg.gradient_checkpointing, compile=cfg.compile)
     context = model_config.context_length
     train_chats, eval_chats = load_conversations(cfg)
     # Conversations longer than the context are cut at its end; drop those left with no response token.

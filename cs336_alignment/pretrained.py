@@ -1,0 +1,337 @@
+"""Hugging Face checkpoints <-> TransformerLM: Llama and Qwen2 / Qwen2.5 weights in and out, offline.
+
+A checkpoint directory is what `transformers`' `save_pretrained` writes: `config.json` plus the weights in
+`model.safetensors`, or in shards listed by `model.safetensors.index.json`. Weights are read with the
+`safetensors` library (no pickle, nothing executed); `transformers` itself is not needed.
+
+    model = TransformerLM.from_pretrained("Qwen2.5-0.5B-Instruct")        # float32 unless dtype= says otherwise
+    model.save_pretrained("runs/sft/hf", tokenizer=tokenizer)              # opens in transformers again
+
+The two families are the CS336 a1 architecture (pre-norm RMSNorm, RoPE, SwiGLU) plus four switches that
+`model.py` documents: grouped-query attention, a bias on q/k/v (Qwen2), rms_norm_eps and tied embeddings.
+One more difference is a layout, not an architecture: Hugging Face's RoPE rotates the pairs
+(x[k], x[k + d/2]) ("rotate_half", the layout of the original GPT-NeoX code), ours the interleaved pairs
+(x[2k], x[2k+1]) of Su et al. eq. 34 and CS336. We convert the weights at load instead of supporting both
+layouts in the model: permuting the output rows of q_proj and k_proj (weight and bias) inside every head by
+    new[2k + half] = old[half · d/2 + k],   half ∈ {0, 1}, k < d/2
+turns HF's rotation into ours, and q·k inside a head is unchanged because q and k get the same permutation
+(Meta's convert_llama_weights_to_hf.py applies the inverse permutation to go the other way). So the graded
+RoPE stays the one CS336 tests, and `save_pretrained` applies the inverse to write HF's layout back.
+
+Name map (HF -> ours): model.embed_tokens -> token_embeddings; model.layers.i.self_attn.{q,k,v}_proj ->
+layers.i.attn.{q,k,v}_proj; o_proj -> attn.output_proj; mlp.gate_proj -> ffn.w1, mlp.up_proj -> ffn.w3,
+mlp.down_proj -> ffn.w2; input_layernorm -> ln1; post_attention_layernorm -> ln2; model.norm -> ln_final;
+lm_head -> lm_head (absent when tie_word_embeddings).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from cs336_alignment.model import RotaryPositionalEmbedding, TransformerConfig, TransformerLM
+
+ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
+CONFIG_FILE, WEIGHTS_FILE, INDEX_FILE = "config.json", "model.safetensors", "model.safetensors.index.json"
+# Files a saved directory takes over from the checkpoint it started from (tokenizer, chat template, stop ids).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
+                   "vocab.json", "merges.txt", "chat_template.jinja")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory we cannot load; the message names the file and the field or tensor."""
+
+
+def is_pretrained_dir(path: str | os.PathLike) -> bool:
+    """True for a directory holding a Hugging Face config.json (what `from_pretrained` reads)."""
+    return Path(path).is_dir() and (Path(path) / CONFIG_FILE).is_file()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# config.json <-> TransformerConfig
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _rope_theta(hf: dict[str, Any], where: str) -> float:
+    """rope_theta from transformers v4 (top level, with rope_scaling) or v5 (rope_parameters) configs."""
+    params = hf.get("rope_parameters") or {}
+    scaling = hf.get("rope_scaling") or {}
+    for name, spec in (("rope_parameters", params), ("rope_scaling", scaling)):
+        kind = spec.get("rope_type", spec.get("type", "default"))
+        if kind != "default":
+            raise CheckpointError(f"{where}: field '{name}.rope_type' is {kind!r}; only the default RoPE "
+                                  "(no scaling, e.g. Llama 3.1's 'llama3') is supported")
+    theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
+    return float(theta)
+
+
+def config_from_hf(hf: dict[str, Any], where: str = CONFIG_FILE) -> TransformerConfig:
+    """The TransformerConfig of a Llama / Qwen2 config.json (already parsed).
+
+    Raises:
+        CheckpointError: naming the field, for an unknown architecture or a feature we do not implement
+            (rope scaling, sliding-window attention, a head_dim other than hidden_size / heads, biases on
+            Llama's attention or MLP, an activation other than SiLU).
+    """
+    architectures = hf.get("architectures") or []
+    family = next((ARCHITECTURES[a] for a in architectures if a in ARCHITECTURES), None)
+    if family is None:
+        raise CheckpointError(f"{where}: field 'architectures' is {architectures}; supported: {sorted(ARCHITECTURES)}")
+
+    def need(field: str) -> Any:
+        if field not in hf:
+            raise CheckpointError(f"{where}: missing field {field!r}")
+        return hf[field]
+
+    d_model, num_heads = int(need("hidden_size")), int(need("num_attention_heads"))
+    if hf.get("head_dim") not in (None, d_model // num_heads):
+        raise CheckpointError(f"{where}: field 'head_dim' is {hf['head_dim']}, not hidden_size / num_attention_heads")
+    if hf.get("hidden_act", "silu") != "silu":
+        raise CheckpointError(f"{where}: field 'hidden_act' is {hf['hidden_act']!r}; only 'silu' (SwiGLU) is supported")
+    if family == "llama" and (hf.get("attention_bias") or hf.get("mlp_bias")):
+        raise CheckpointError(f"{where}: fields 'attention_bias' / 'mlp_bias' are set; Llama biases are not supported")
+    if family == "qwen2" and hf.get("use_sliding_window"):
+        raise CheckpointError(f"{where}: field 'use_sliding_window' is true; sliding-window attention is not supported")
+    return TransformerConfig(
+        vocab_size=int(need("vocab_size")), context_length=int(need("max_position_embeddings")), d_model=d_model,
+        num_layers=int(need("num_hidden_layers")), num_heads=num_heads, d_ff=int(need("intermediate_size")),
+        rope_theta=_rope_theta(hf, where), num_kv_heads=int(hf.get("num_key_value_heads") or num_heads),
+        qkv_bias=family == "qwen2", rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
+
+
+def config_to_hf(config: TransformerConfig, dtype: torch.dtype, token_ids: dict[str, int | None]) -> dict[str, Any]:
+    """config.json for a TransformerConfig: Qwen2ForCausalLM with qkv_bias, else LlamaForCausalLM."""
+    qwen2 = config.qkv_bias
+    hf = {"architectures": ["Qwen2ForCausalLM" if qwen2 else "LlamaForCausalLM"],
+          "model_type": "qwen2" if qwen2 else "llama",
+          "vocab_size": config.vocab_size, "hidden_size": config.d_model, "intermediate_size": config.d_ff,
+          "num_hidden_layers": config.num_layers, "num_attention_heads": config.num_heads,
+          "num_key_value_heads": config.num_kv_heads or config.num_heads,
+          "head_dim": config.d_model // config.num_heads, "hidden_act": "silu",
+          "max_position_embeddings": config.context_length, "rms_norm_eps": config.rms_norm_eps,
+          "rope_theta": config.rope_theta, "rope_scaling": None, "tie_word_embeddings": config.tie_embeddings,
+          "torch_dtype": str(dtype).removeprefix("torch."), "attention_dropout": 0.0, "use_cache": True, **token_ids}
+    if qwen2:
+        hf.update(use_sliding_window=False, sliding_window=None, max_window_layers=config.num_layers)
+    else:
+        hf.update(attention_bias=False, mlp_bias=False)
+    return hf
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tensor names and the RoPE layout
+# ---------------------------------------------------------------------------------------------------------
+
+
+def rotate_half_to_interleaved(w: Tensor, num_heads: int) -> Tensor:
+    """Permute the rows of a q/k projection (weight (H·d, d_in) or bias (H·d,)) from HF's rotate-half RoPE
+    layout to the interleaved one: inside each head, new row 2k + half = old row half · d/2 + k."""
+    rest = w.shape[1:]
+    d_head = w.shape[0] // num_heads
+    return w.reshape(num_heads, 2, d_head // 2, *rest).transpose(1, 2).reshape(w.shape)
+
+
+def interleaved_to_rotate_half(w: Tensor, num_heads: int) -> Tensor:
+    """The inverse of `rotate_half_to_interleaved` (for saving in HF's layout)."""
+    rest = w.shape[1:]
+    d_head = w.shape[0] // num_heads
+    return w.reshape(num_heads, d_head // 2, 2, *rest).transpose(1, 2).reshape(w.shape)
+
+
+_LAYER_NAMES = {  # ours (after "layers.{i}.") -> HF (after "model.layers.{i}.")
+    "attn.q_proj": "self_attn.q_proj", "attn.k_proj": "self_attn.k_proj", "attn.v_proj": "self_attn.v_proj",
+    "attn.output_proj": "self_attn.o_proj", "ffn.w1": "mlp.gate_proj", "ffn.w3": "mlp.up_proj",
+    "ffn.w2": "mlp.down_proj", "ln1": "input_layernorm", "ln2": "post_attention_layernorm"}
+
+
+def hf_name(name: str) -> str:
+    """The HF tensor name of one of our state-dict keys, e.g.
+    layers.0.ffn.w1.weight -> model.layers.0.mlp.gate_proj.weight."""
+    if name.startswith("layers."):
+        _, i, rest = name.split(".", 2)
+        module, param = rest.rsplit(".", 1)
+        return f"model.layers.{i}.{_LAYER_NAMES[module]}.{param}"
+    return {"token_embeddings.weight": "model.embed_tokens.weight", "ln_final.weight": "model.norm.weight",
+            "lm_head.weight": "lm_head.weight"}[name]
+
+
+def _heads_of(name: str, config: TransformerConfig) -> int | None:
+    """Heads of a q/k projection tensor (their rows carry RoPE), None for every other tensor."""
+    if ".attn.q_proj." in name:
+        return config.num_heads
+    if ".attn.k_proj." in name:
+        return config.num_kv_heads or config.num_heads
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Load
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _weight_files(path: Path) -> dict[str, Path]:
+    """{HF tensor name: safetensors file holding it}, from the shard index or the single file."""
+    if (path / INDEX_FILE).is_file():
+        index = json.loads((path / INDEX_FILE).read_text())
+        if "weight_map" not in index:
+            raise CheckpointError(f"{path / INDEX_FILE}: missing field 'weight_map'")
+        files = {name: path / shard for name, shard in index["weight_map"].items()}
+        missing = sorted({str(f) for f in files.values() if not f.is_file()})
+        if missing:
+            raise CheckpointError(f"{path / INDEX_FILE}: shard {missing[0]} does not exist")
+        return files
+    if (path / WEIGHTS_FILE).is_file():
+        with safe_open(path / WEIGHTS_FILE, framework="pt") as f:
+            return {name: path / WEIGHTS_FILE for name in f.keys()}
+    raise CheckpointError(f"{path}: no {WEIGHTS_FILE} or {INDEX_FILE} (only safetensors weights are read)")
+
+
+def _resolve_dtype(dtype: torch.dtype | str | None, hf: dict[str, Any], where: str) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = (hf.get("torch_dtype") or hf.get("dtype") or "float32") if dtype == "auto" else dtype
+    if name not in DTYPES:
+        raise CheckpointError(f"{where}: dtype {name!r} is not one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def from_pretrained(path: str | os.PathLike, dtype: torch.dtype | str | None = None,
+                    device: torch.device | str | None = None) -> TransformerLM:
+    """Load a Llama / Qwen2 Hugging Face checkpoint directory into a TransformerLM.
+
+    The model is built on the meta device (no random init, no second copy) and the tensors are read one by
+    one from the safetensors file(s), renamed, permuted to the interleaved RoPE layout (module docstring),
+    cast to `dtype` and assigned. config.tokenizer is set to the directory, so the stages find its tokenizer.
+
+    Args:
+        path: the directory (config.json + model.safetensors or sharded model-*.safetensors + index).
+        dtype: torch.float32 (default: fp32 weights, bf16 autocast on GPU), torch.bfloat16, a name of one,
+            or "auto" for the checkpoint's own `torch_dtype`.
+        device: where the weights go (default cpu).
+    Returns:
+        TransformerLM with config.tokenizer = the directory (training mode, as any new module).
+    Raises:
+        FileNotFoundError: no config.json in `path`.
+        CheckpointError: naming the field (config_from_hf) or the tensor: a missing tensor, an unexpected one,
+            or one of the wrong shape.
+    """
+    path = Path(path)
+    if not (path / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{path}: no {CONFIG_FILE} (not a Hugging Face checkpoint directory)")
+    hf = json.loads((path / CONFIG_FILE).read_text())
+    config = dataclasses.replace(config_from_hf(hf, str(path / CONFIG_FILE)), tokenizer=str(path.resolve()))
+    dtype, device = _resolve_dtype(dtype, hf, str(path / CONFIG_FILE)), torch.device(device or "cpu")
+    with torch.device("meta"):
+        model = TransformerLM(config)
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    if config.tie_embeddings:
+        expected.pop("lm_head.weight")
+    by_hf_name = {hf_name(name): name for name in expected}
+    files = _weight_files(path)
+    unexpected = [n for n in files if n not in by_hf_name and not n.endswith("rotary_emb.inv_freq")
+                  and not (config.tie_embeddings and n == "lm_head.weight")]
+    if unexpected:
+        raise CheckpointError(f"{path}: unexpected tensor {unexpected[0]!r} ({len(unexpected)} in all) for "
+                              f"{hf['architectures'][0]}")
+    missing = [n for n in by_hf_name if n not in files]
+    if missing:
+        raise CheckpointError(f"{path}: missing tensor {missing[0]!r} ({len(missing)} in all)")
+    state: dict[str, Tensor] = {}
+    for file in sorted(set(files[n] for n in by_hf_name), key=str):
+        with safe_open(file, framework="pt") as f:
+            for hf_key in f.keys():
+                if hf_key not in by_hf_name:
+                    continue
+                name, tensor = by_hf_name[hf_key], f.get_tensor(hf_key)
+                if tuple(tensor.shape) != expected[name]:
+                    raise CheckpointError(f"{file}: tensor {hf_key!r} has shape {tuple(tensor.shape)}, "
+                                          f"config.json implies {expected[name]}")
+                heads = _heads_of(name, config)
+                if heads is not None:
+                    tensor = rotate_half_to_interleaved(tensor, heads)
+                state[name] = tensor.to(device=device, dtype=dtype)
+    model.load_state_dict(state, strict=False, assign=True)
+    if config.tie_embeddings:
+        model.lm_head.weight = model.token_embeddings.weight
+    # RoPE tables are non-persistent buffers (not in any state dict): build them for real on `device`.
+    rope = RotaryPositionalEmbedding(config.rope_theta, config.d_model // config.num_heads, config.context_length,
+                                     device)
+    for layer in model.layers:
+        layer.attn.rope = rope
+    still_meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if still_meta:  # a bug here, not in the checkpoint
+        raise RuntimeError(f"tensors left unloaded: {still_meta[:3]}")
+    return model
+
+
+def load_pretrained(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[TransformerLM, dict]:
+    """`from_pretrained` (float32) returning what `train.common.load_model` returns for our checkpoints:
+    (model, {"model_config": asdict(config), "config": {"init": path}})."""
+    model = from_pretrained(path, device=device)
+    return model, {"model_config": dataclasses.asdict(model.config), "config": {"init": str(path)}}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Save
+# ---------------------------------------------------------------------------------------------------------
+
+
+def hf_state_dict(model: TransformerLM, dtype: torch.dtype | None = None) -> dict[str, Tensor]:
+    """Our weights under HF names, q/k rows back in the rotate-half layout, lm_head left out when tied."""
+    config, state = model.config, {}
+    for name, tensor in model.state_dict().items():
+        if name == "lm_head.weight" and config.tie_embeddings:
+            continue
+        heads = _heads_of(name, config)
+        if heads is not None:
+            tensor = interleaved_to_rotate_half(tensor, heads)
+        state[hf_name(name)] = tensor.detach().to(device="cpu", dtype=dtype or tensor.dtype).contiguous()
+    return state
+
+
+def save_pretrained(model: TransformerLM, path: str | os.PathLike, tokenizer=None,
+                    dtype: torch.dtype | None = None) -> None:
+    """Write a directory that `transformers.AutoModelForCausalLM.from_pretrained` (and `from_pretrained` here)
+    opens: config.json (Qwen2ForCausalLM when the model has qkv_bias, else LlamaForCausalLM),
+    model.safetensors, and the tokenizer files of the checkpoint the model came from (tokenizer.json,
+    tokenizer_config.json with its chat template, generation_config.json, ...), copied unchanged.
+
+    Any TransformerLM can be written, including our own CS336 models (they are Llama-shaped); only a
+    checkpoint's own tokenizer files can be copied (the shipped task-world tokenizer has no tokenizer.json).
+
+    Args:
+        tokenizer: a tokenizer from `Tokenizer.from_pretrained` (its files are copied), or None to copy the
+            files of the directory in model.config.tokenizer, if any.
+        dtype: of the saved tensors (default: the model's).
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = hf_state_dict(model, dtype)
+    saved_dtype = next(iter(state.values())).dtype
+    source = getattr(tokenizer, "source_dir", None) or model.config.tokenizer or None
+    token_ids: dict[str, int | None] = {}
+    if tokenizer is not None:
+        token_ids = {"bos_token_id": getattr(tokenizer, "bos_token_id", None), "eos_token_id": tokenizer.eos_token_id}
+    elif source and (Path(source) / CONFIG_FILE).is_file():
+        original = json.loads((Path(source) / CONFIG_FILE).read_text())
+        token_ids = {k: original.get(k) for k in ("bos_token_id", "eos_token_id")}
+    tmp = path / f".{WEIGHTS_FILE}.tmp"
+    save_file(state, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, path / WEIGHTS_FILE)
+    (path / CONFIG_FILE).write_text(json.dumps(config_to_hf(model.config, saved_dtype, token_ids), indent=2) + "\n")
+    if source and Path(source).resolve() != path.resolve():
+        for name in TOKENIZER_FILES:
+            if (Path(source) / name).is_file():
+                shutil.copyfile(Path(source) / name, path / name)
