@@ -23,11 +23,19 @@ mostly measure that it has never seen the template, so a base-vs-SFT comparison 
                         Schulman 2020, "Approximating KL Divergence")
   response/length_mean  mean response length of those samples (tokens, stop token excluded)
   response/distinct_2   distinct-2 of those samples (token bigrams; metrics.distinct_n)
+  response/worked_share fraction of those samples that show their work (tasks.is_worked)
+
+`log_generations` (CS336 a5's problem of that name; the RL loops' per-step diagnostics and generations.jsonl):
+given prompts, responses, ground truths, their rewards, per-response entropy and length, the summary
+  reward/gold_mean, reward/format_mean, reward/answer_mean, policy/entropy (when entropies are given),
+  response/length_mean, response/length_correct_mean, response/length_incorrect_mean, response/worked_share
+and one record per response (prompt, response, ground truth, rewards, entropy, length, worked).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -40,7 +48,7 @@ from cs336_alignment.metrics import distinct_n
 from cs336_alignment.reward_model import score_responses
 from cs336_alignment.rollout import build_training_tensors, generate_responses, sample_responses
 from cs336_alignment.runtime import autocast, get_device, set_threads
-from cs336_alignment.tasks import generate_problems, gold_reward
+from cs336_alignment.tasks import generate_problems, gold_reward, is_worked
 from cs336_alignment.tokenizer import Format, build_prompt, load_tokenizer
 
 # ---------------------------------------------------------------------------------------------------------
@@ -90,6 +98,65 @@ def evaluate_model(model, tokenizer, problems: list[dict[str, str]], *, fmt: For
                 "format_reward": w["format_reward"], "length": n}
                for q, r, p, w, n in zip(questions, responses, problems, rewards, lengths)]
     return summarize(rewards, lengths), samples
+
+
+def log_generations(prompts: list[str], responses: list[str], ground_truths: list[str],
+                    rewards: list[dict[str, float]], token_entropy: list[float | None] | None = None,
+                    lengths: list[int] | None = None, n_records: int | None = None
+                    ) -> tuple[dict[str, float], list[dict]]:
+    """What a batch of generations did: summary metrics and one record per response (CS336 a5, log_generations).
+
+    A response is correct when its answer reward is 1 (`tasks.gold_reward`: the right number in "#### N"
+    format), and worked when it shows a step "x op y = z" (`tasks.is_worked`).
+
+    Args:
+        prompts, responses, ground_truths: N strings each (the text the model read, what it wrote, the
+            reference answer "<steps>\n#### N" or the number).
+        rewards: N dicts with "reward" (total), "format_reward" and "answer_reward", each 0 or 1
+            (`tasks.gold_reward`'s).
+        token_entropy: N floats, each response's mean per-token entropy (nats/token), None where not
+            measured; None = not measured at all (no "policy/entropy").
+        lengths: N response lengths in tokens; None = characters of the response text.
+        n_records: records for the first n_records responses only (None = all).
+    Returns:
+        (summary, records). summary: {"reward/gold_mean", "reward/format_mean", "reward/answer_mean" (means of
+        the three rewards), "policy/entropy" (mean over the responses with a measured entropy; absent when
+        none has one), "response/length_mean", "response/length_correct_mean",
+        "response/length_incorrect_mean" (mean length of the correct / incorrect responses; NaN when there is
+        none), "response/worked_share"}. records: [{"prompt", "response", "ground_truth", "reward",
+        "format_reward", "answer_reward", "entropy" (float or None), "length", "worked"}].
+    Raises:
+        ValueError: no responses, or lists of different lengths.
+    """
+    n = len(responses)
+    columns = {"prompts": prompts, "ground_truths": ground_truths, "rewards": rewards,
+               "token_entropy": token_entropy if token_entropy is not None else [None] * n,
+               "lengths": lengths if lengths is not None else [len(r) for r in responses]}
+    if n == 0 or any(len(v) != n for v in columns.values()):
+        raise ValueError(f"need N > 0 responses and N of each column, got {n} responses and "
+                         + ", ".join(f"{len(v)} {k}" for k, v in columns.items()))
+    entropies, lengths = [float(e) if e is not None else None for e in columns["token_entropy"]], columns["lengths"]
+    correct = [r["answer_reward"] >= 1.0 for r in rewards]
+    worked = [is_worked(r) for r in responses]
+
+    def mean(values: list[float]) -> float:
+        return sum(values) / len(values) if values else math.nan
+
+    summary = {f"reward/{name}_mean": mean([float(r[key]) for r in rewards])
+               for name, key in (("gold", "reward"), ("format", "format_reward"), ("answer", "answer_reward"))}
+    measured = [e for e in entropies if e is not None]
+    if measured:
+        summary["policy/entropy"] = mean(measured)
+    summary.update({"response/length_mean": mean([float(x) for x in lengths]),
+                    "response/length_correct_mean": mean([float(x) for x, c in zip(lengths, correct) if c]),
+                    "response/length_incorrect_mean": mean([float(x) for x, c in zip(lengths, correct) if not c]),
+                    "response/worked_share": mean([float(w) for w in worked])})
+    records = [{"prompt": p, "response": r, "ground_truth": g, "reward": float(w["reward"]),
+                "format_reward": float(w["format_reward"]), "answer_reward": float(w["answer_reward"]),
+                "entropy": e, "length": int(x), "worked": k}
+               for p, r, g, w, e, x, k in list(zip(prompts, responses, ground_truths, rewards, entropies, lengths,
+                                                    worked))[:n_records]]
+    return summary, records
 
 
 # ---------------------------------------------------------------------------------------------------------

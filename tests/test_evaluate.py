@@ -6,6 +6,8 @@ their own limits (the same samples from the same generator).
 """
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -100,3 +102,43 @@ def test_sample_responses_give_each_row_its_own_room(tokenizer, questions, long_
                          pad_token_id=tokenizer.pad_token_id).tokens[0]
         assert [s["tokens"] for s in pool] == [alone, alone]
     assert len(samples[1][0]["tokens"]) <= 4 < len(samples[0][0]["tokens"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# log_generations (CS336 a5): summary metrics and records, against a hand-computed example
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_log_generations_hand_example():
+    from cs336_alignment.evaluate import log_generations
+    from cs336_alignment.tasks import gold_reward
+
+    truths = ["3 + 4 = 7\n#### 7", "#### 12", "#### 5"]
+    responses = ["3 + 4 = 7\n#### 7",   # worked, correct
+                 "#### 12",             # hasty, correct
+                 "2 * 3 = 6\n#### 6"]   # worked, formatted, wrong
+    prompts = ["q1", "q2", "q3"]
+    rewards = [gold_reward(r, t) for r, t in zip(responses, truths)]
+    rewards.append({"reward": 0.0, "format_reward": 0.0, "answer_reward": 0.0})  # a 4th: unformatted, hasty
+    responses, truths, prompts = responses + ["seven"], truths + ["#### 7"], prompts + ["q4"]
+    summary, records = log_generations(prompts, responses, truths, rewards, token_entropy=[1.0, None, 2.0, 0.5],
+                                       lengths=[10, 4, 12, 2])
+    assert summary["reward/gold_mean"] == summary["reward/answer_mean"] == 2 / 4
+    assert summary["reward/format_mean"] == 3 / 4
+    assert summary["policy/entropy"] == pytest.approx((1.0 + 2.0 + 0.5) / 3)  # the three measured ones
+    assert summary["response/length_mean"] == (10 + 4 + 12 + 2) / 4
+    assert summary["response/length_correct_mean"] == (10 + 4) / 2
+    assert summary["response/length_incorrect_mean"] == (12 + 2) / 2
+    assert summary["response/worked_share"] == 2 / 4
+    assert len(records) == 4
+    assert records[2] == {"prompt": "q3", "response": "2 * 3 = 6\n#### 6", "ground_truth": "#### 5", "reward": 0.0,
+                          "format_reward": 1.0, "answer_reward": 0.0, "entropy": 2.0, "length": 12, "worked": True}
+    assert records[1]["entropy"] is None and records[1]["worked"] is False
+
+    # without entropies, lengths in characters, and only the first record
+    summary, records = log_generations(prompts[:2], responses[:2], truths[:2], rewards[:2], n_records=1)
+    assert "policy/entropy" not in summary and len(records) == 1
+    assert summary["response/length_mean"] == (len(responses[0]) + len(responses[1])) / 2
+    assert math.isnan(summary["response/length_incorrect_mean"])  # no incorrect response
+    with pytest.raises(ValueError, match="3 rewards"):
+        log_generations(prompts[:2], responses[:2], truths[:2], rewards[:3])
