@@ -17,6 +17,7 @@ from cs336_alignment.tokenizer import load_tokenizer
 from cs336_alignment.train import expert_iteration
 from cs336_alignment.train.common import read_metrics
 from tests.metric_names import undocumented
+from test_train_rl import assert_diagnostics_match_generations
 from cs336_alignment.train.grpo import load_problems
 
 
@@ -56,7 +57,8 @@ COMMON = dict(n_problems=16, prompts_per_step=8, n_eval_problems=4, eval_samples
 
 def test_expert_iteration_raises_the_filtered_behaviour(tmp_path, init_ckpt, tokenizer):
     cfg = expert_iteration.EIConfig(init=init_ckpt, out=str(tmp_path), n_ei_steps=4, rollouts_per_prompt=8,
-                                    sft_epochs=2, batch_size=16, micro_batch_size=8, lr=1e-2, **COMMON)
+                                    sft_epochs=2, batch_size=16, micro_batch_size=8, lr=1e-2,
+                                    log_generations_every=2, log_generations_samples=64, **COMMON)
     problems = load_problems("", cfg.n_problems, cfg.split, cfg.seed + 2)  # the loop's own prompt pool
     before = prob_first_token_lowercase(init_ckpt, tokenizer, problems)
     result = expert_iteration.train(cfg, reward_fn=starts_lowercase)
@@ -74,6 +76,7 @@ def test_expert_iteration_raises_the_filtered_behaviour(tmp_path, init_ckpt, tok
     evals = [r for r in records if "eval/accuracy/greedy" in r]
     assert len(evals) == 5 and abs(evals[0]["eval/kl/ref"]) < 1e-4 and evals[-1]["eval/kl/ref"] > 1e-3
     assert not undocumented([tmp_path / "metrics.jsonl"]), "a logged metric name missing from the README's table"
+    assert_diagnostics_match_generations(tmp_path, rounds, [2, 4], rows=64)
 
 
 def test_ei_command_line_flags(tmp_path, init_ckpt):

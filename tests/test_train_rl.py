@@ -70,7 +70,8 @@ def test_grpo_smoke_reward_rises(tmp_path, init_ckpt, tokenizer, monkeypatch):
 
     monkeypatch.setattr(grpo, "grpo_microbatch_train_step", spy)
     cfg = grpo.GRPOConfig(init=init_ckpt, out=str(tmp_path), num_steps=10, prompts_per_step=8, group_size=8,
-                          lr=1e-2, min_lr=1e-2, epochs_per_rollout_batch=2, micro_batch_size=32, **COMMON)
+                          lr=1e-2, min_lr=1e-2, epochs_per_rollout_batch=2, micro_batch_size=32,
+                          log_generations_every=5, log_generations_samples=64, **COMMON)
     before = prob_first_token_lowercase(init_ckpt, tokenizer)
     result = grpo.train(cfg, reward_fn=starts_lowercase)
     after = prob_first_token_lowercase(result["checkpoint"], tokenizer)
@@ -86,6 +87,29 @@ def test_grpo_smoke_reward_rises(tmp_path, init_ckpt, tokenizer, monkeypatch):
     assert "eval/accuracy/greedy" in records[0] and "eval/kl/ref" in records[-1]
     assert abs(records[0]["eval/kl/ref"]) < 1e-4  # before training the policy is the reference
     assert records[-1]["eval/kl/ref"] > 1e-3
+    for r in steps:  # dropping the zero-variance groups keeps the others
+        assert r["groups/zero_variance_fraction"] + r["groups/kept_fraction"] == pytest.approx(1.0)
+    assert_diagnostics_match_generations(tmp_path, steps, [5, 10], rows=64)
+
+
+def assert_diagnostics_match_generations(run, steps: list[dict], written: list[int], rows: int) -> None:
+    """generations.jsonl holds `rows` records (the whole step) at the steps `written`, and the step's logged
+    diagnostics are the means of those records recomputed here; prompts are the chat-template prompts."""
+    generations = [json.loads(line) for line in (run / "generations.jsonl").read_text().splitlines()]
+    assert [g["step"] for g in generations] == [s for s in written for _ in range(rows)]
+    for step in written:
+        got = [g for g in generations if g["step"] == step]
+        logged = next(r for r in steps if r["step"] == step)
+        assert logged["response/length_mean"] == pytest.approx(sum(g["length"] for g in got) / rows)
+        assert logged["response/worked_share"] == pytest.approx(sum(g["worked"] for g in got) / rows)
+        assert logged["reward/answer_mean"] == pytest.approx(sum(g["answer_reward"] for g in got) / rows)
+        entropies = [g["entropy"] for g in got if g["entropy"] is not None]
+        assert entropies and logged["policy/entropy"] == pytest.approx(sum(entropies) / len(entropies))
+        wrong = [g["length"] for g in got if g["answer_reward"] == 0]
+        assert logged["response/length_incorrect_mean"] == pytest.approx(sum(wrong) / len(wrong))
+        assert all(g["prompt"].startswith("<|user|>") and g["prompt"].endswith("<|assistant|>") for g in got)
+        assert all(set(g) == {"step", "prompt", "response", "ground_truth", "reward", "format_reward",
+                              "answer_reward", "entropy", "length", "worked"} for g in got)
 
 
 def test_grpo_other_losses_and_kl_run(tmp_path, init_ckpt):
@@ -141,7 +165,7 @@ def test_ppo_smoke_reward_rises(tmp_path, init_ckpt, tokenizer, monkeypatch):
     monkeypatch.setattr(ppo, "compute_ppo_policy_loss", spy)
     cfg = ppo.PPOConfig(init=init_ckpt, out=str(tmp_path), reward="gold", num_steps=10, prompts_per_step=16,
                         group_size=2, lr=1e-2, value_lr=3e-3, kl_coef=0.01, ppo_epochs=2, minibatches=2,
-                        micro_batch_size=32, **COMMON)
+                        micro_batch_size=32, log_generations_every=10, log_generations_samples=32, **COMMON)
     before = prob_first_token_lowercase(init_ckpt, tokenizer)
     result = ppo.train(cfg, reward_fn=starts_lowercase)
     after = prob_first_token_lowercase(result["checkpoint"], tokenizer)
@@ -154,6 +178,7 @@ def test_ppo_smoke_reward_rises(tmp_path, init_ckpt, tokenizer, monkeypatch):
                 "reward/gold_mean", "response/length_mean", "kl/ref"):
         assert key in steps[-1], key
     assert max(s["policy/clipfrac"] for s in steps) > 0
+    assert_diagnostics_match_generations(tmp_path, steps, [10], rows=32)
     config = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])["config"]
     assert config["ppo_epochs"] == 2
     extra = load_checkpoint_extra(tmp_path / "ckpt.pt")  # the value model travels in the policy's checkpoint
@@ -193,12 +218,16 @@ def test_ppo_resume_reproduces_uninterrupted_run(tmp_path, init_ckpt, monkeypatc
 def test_grpo_resume_reproduces_uninterrupted_run(tmp_path, init_ckpt, monkeypatch):
     """GRPO: 4 steps straight vs 2 steps, a crash right after the checkpoint, and resume: the same policy and
     optimizer state bit for bit, and the same metrics lines (prompts and samples are a function of the step)."""
-    def config(out, resume=False):
+    def config(out, resume=False, log_generations_every=0):
         return grpo.GRPOConfig(init=init_ckpt, out=str(out), num_steps=4, checkpoint_every=2, prompts_per_step=4,
-                               group_size=3, lr=1e-2, kl_coef=0.1, resume=resume, **{**COMMON, "eval_every": 2})
+                               group_size=3, lr=1e-2, kl_coef=0.1, resume=resume,
+                               log_generations_every=log_generations_every, **{**COMMON, "eval_every": 2})
     grpo.train(config(tmp_path / "a"), reward_fn=starts_lowercase)
-    interrupt_then_resume(grpo, lambda resume: grpo.train(config(tmp_path / "b", resume), reward_fn=starts_lowercase),
-                          monkeypatch)
+    # b also writes generations.jsonl every step: logging samples changes nothing that is trained
+    interrupt_then_resume(grpo, lambda resume: grpo.train(config(tmp_path / "b", resume, 1),
+                                                          reward_fn=starts_lowercase), monkeypatch)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "generations.jsonl").read_text().splitlines()]
+    assert steps == [s for s in (1, 2, 3, 4) for _ in range(12)]  # 4 prompts x 3 per step, none twice
 
     a, b = (torch.load(tmp_path / run / "ckpt.pt", weights_only=True) for run in ("a", "b"))
     init = torch.load(init_ckpt, weights_only=True)["model"]
@@ -353,3 +382,17 @@ def test_grpo_kl_joins_the_policy_loss_in_one_backward(loss_type):
     assert sum(float(g.abs().sum()) for g in one) > 0
     for a, b in zip(one, two):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_metrics_logger_resume_keeps_generations_up_to_the_checkpoint(tmp_path):
+    """A resumed run drops the samples an interrupted run wrote after its checkpoint; a fresh run starts empty."""
+    from cs336_alignment.train.common import MetricsLogger
+
+    path = tmp_path / "generations.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "response": f"r{s}"}) + "\n" for s in (1, 2, 3)))
+    logger = MetricsLogger(tmp_path, 4, {}, resumed_from=2, quiet=True)
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2]
+    logger.log_generations(3, [{"response": "again"}])
+    assert json.loads(path.read_text().splitlines()[-1]) == {"step": 3, "response": "again"}
+    MetricsLogger(tmp_path, 4, {}, quiet=True)
+    assert path.read_text() == ""

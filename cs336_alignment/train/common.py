@@ -220,24 +220,34 @@ def format_metrics(step: int, num_steps: int, metrics: dict[str, float]) -> str:
     return " | ".join(parts)
 
 
+def _lines_up_to(path: Path, step: int) -> list[str]:
+    """The lines of a JSONL file whose "step" (0 when absent) is at most `step`; [] if there is no file."""
+    if not path.exists():
+        return []
+    return [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+
+
 class MetricsLogger:
-    """Appends {"step": s, **metrics} lines to <out>/metrics.jsonl and prints one console line per log step.
+    """Appends {"step": s, **metrics} lines to <out>/metrics.jsonl and prints one console line per log step;
+    `log_generations` appends {"step": s, **record} lines to <out>/generations.jsonl (sample responses).
 
     The first line of a run is {"config": {...}} (and {"config": ..., "resumed_from": s} on resume, after
-    dropping any records past step s that the interrupted run wrote after its last checkpoint).
+    dropping any records past step s that the interrupted run wrote after its last checkpoint; the same for
+    generations.jsonl, which a fresh run starts empty).
     `write` prints through tqdm so a progress bar (if any) stays at the bottom.
     """
 
     def __init__(self, out_dir: Path, num_steps: int, config: dict[str, Any], resumed_from: int = 0,
                  quiet: bool = False):
         self.path = Path(out_dir) / "metrics.jsonl"
+        self.generations_path = Path(out_dir) / "generations.jsonl"
         self.num_steps, self.quiet = num_steps, quiet
-        kept = []
-        if resumed_from and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line and json.loads(line).get("step", 0) <= resumed_from]
+        kept = _lines_up_to(self.path, resumed_from) if resumed_from else []
         header = {"config": config, **({"resumed_from": resumed_from} if resumed_from else {})}
         self.path.write_text("".join(line + "\n" for line in kept + [json.dumps(header)]))
+        generations = _lines_up_to(self.generations_path, resumed_from) if resumed_from else []
+        if generations or self.generations_path.exists():
+            self.generations_path.write_text("".join(line + "\n" for line in generations))
         self.write(f"config: {json.dumps(config)}")
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
@@ -245,6 +255,11 @@ class MetricsLogger:
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         self.write(format_metrics(step, self.num_steps, metrics))
+
+    def log_generations(self, step: int, records: list[dict[str, Any]]) -> None:
+        """Append one {"step": step, **record} line per record (`evaluate.log_generations`'s) to generations.jsonl."""
+        with self.generations_path.open("a") as f:
+            f.writelines(json.dumps({"step": step, **record}) + "\n" for record in records)
 
     def write(self, line: str) -> None:
         if not self.quiet:

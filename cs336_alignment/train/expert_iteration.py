@@ -18,14 +18,16 @@ iteration can only re-weight behaviours the policy already samples (pass@G becom
 The optimizer (AdamW, constant `lr`) carries over from round to round. The prompt pool comes by default from the
 task world's "rl" half of the train split, disjoint from demonstrations drawn from its "sft" half.
 
-Metrics, one line per round: reward/gold_mean (accuracy of the round's samples: the training reward),
-reward/format_mean, ei/kept (responses kept), ei/kept_fraction, ei/prompts_solved (share of prompts with at least
-one kept response: pass@G), policy/entropy (mean per-token entropy, nats, of the policy on its own samples before
-the round's update), response/length_mean, loss/train (NLL per kept response token, mean over the round's
+Metrics, one line per round: the samples' diagnostics from `evaluate.log_generations` (reward/gold_mean: accuracy
+of the round's samples, the training reward; reward/format_mean, reward/answer_mean, policy/entropy: mean over the
+samples of each one's mean per-token entropy, nats, before the round's update; response/length_mean,
+response/length_correct_mean, response/length_incorrect_mean, response/worked_share), ei/kept (responses kept),
+ei/kept_fraction, ei/prompts_solved (share of prompts with at least one kept response: pass@G), loss/train (NLL per kept response token, mean over the round's
 updates), grad_norm, perf/rollout_s, perf/cpu_s (process CPU seconds of training, evals excluded). Held-out
 evaluations (before the first round and after every `eval_every` rounds) are `metrics.evaluate_policy`'s with an
 "eval/" prefix, as in GRPO (evaluate.run_eval): eval/accuracy/greedy, eval/reward/gold_mean (T = 1
-accuracy), eval/kl/ref (to the initial policy), eval/response/length_mean.
+accuracy), eval/kl/ref (to the initial policy), eval/response/length_mean. --log-generations-every K writes
+sample responses to <out>/generations.jsonl every K rounds, as in grpo.py.
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ from typing import Callable
 import torch
 
 from cs336_alignment.checkpoint import load_model, save_checkpoint
-from cs336_alignment.evaluate import run_eval
+from cs336_alignment.evaluate import log_generations, run_eval
 from cs336_alignment.logprobs import get_response_log_probs
 from cs336_alignment.masked import masked_mean
 from cs336_alignment.nn_utils import clip_gradients
@@ -113,6 +115,11 @@ class EIConfig:
     # --- logging / eval
     eval_every: int = 1
     """rounds between evaluations (also before the first and after the last)"""
+    log_generations_every: int = 0
+    """rounds between writes of sample responses (prompt, response, ground truth, rewards, entropy) to
+    <out>/generations.jsonl (evaluate.log_generations); 0 = never"""
+    log_generations_samples: int = 16
+    """responses per write: the round's first samples"""
     quiet: bool = False
     """no console lines (metrics.jsonl is still written)"""
 
@@ -181,12 +188,12 @@ def train(cfg: EIConfig, reward_fn: Callable[[str, str], dict[str, float]] | Non
                 ent = get_response_log_probs(policy, mb["input_ids"], mb["labels"], return_token_entropy=True,
                                              temperature=cfg.temperature)["token_entropy"]         # (b, T')
                 entropies.append(masked_mean(ent.float(), mb["response_mask"], dim=-1).cpu())      # (b,)
-        metrics = {"reward/gold_mean": sum(g["reward"] for g in gold) / len(gold),
-                   "reward/format_mean": sum(g["format_reward"] for g in gold) / len(gold),
-                   "ei/kept": float(keep.sum()), "ei/kept_fraction": float(keep.float().mean()),
-                   "ei/prompts_solved": float(keep.view(-1, cfg.rollouts_per_prompt).any(-1).float().mean()),
-                   "policy/entropy": float(torch.cat(entropies).mean()),
-                   "response/length_mean": float(ro.response_lengths.float().mean())}
+        # the samples' diagnostics: gold reward split, entropy, length by correct / incorrect, worked share
+        metrics, records = log_generations([tokenizer.decode(ids) for ids in ro.prompt_ids], ro.response_texts,
+                                           truths, gold, torch.cat(entropies).tolist(), ro.response_lengths.tolist(),
+                                           n_records=cfg.log_generations_samples)
+        metrics.update({"ei/kept": float(keep.sum()), "ei/kept_fraction": float(keep.float().mean()),
+                        "ei/prompts_solved": float(keep.view(-1, cfg.rollouts_per_prompt).any(-1).float().mean())})
 
         # --- 3. SFT on the kept responses: sft_epochs passes, batch_size rows per optimizer step
         kept = keep.nonzero().squeeze(-1)                                                          # (K,)
@@ -219,6 +226,8 @@ def train(cfg: EIConfig, reward_fn: Callable[[str, str], dict[str, float]] | Non
                         "grad_norm": sum(norms) / len(norms) if norms else 0.0, "ei/optimizer_steps": len(norms),
                         "perf/rollout_s": rollout_s, "perf/step_s": time.perf_counter() - t0, "perf/cpu_s": cpu_s})
         logger.log(done, metrics)
+        if cfg.log_generations_every and done % cfg.log_generations_every == 0:
+            logger.log_generations(done, records)
         if done % cfg.eval_every == 0 or done == cfg.n_ei_steps:
             last_eval = evaluate(done)
         save_checkpoint(policy, optimizer, done, ckpt_path, config=dataclasses.asdict(cfg),

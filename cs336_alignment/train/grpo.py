@@ -28,11 +28,18 @@ From Python (the pipeline's stages.py calls it with the preset's config), cs336_
     result -> {"checkpoint": path, "steps": n, "cpu_s": CPU seconds of training, "eval": {...last eval...}}
 and runs/<name>/grpo/metrics.jsonl holds one line per step (names below) and the eval/* lines.
 
-Metrics, one line per rollout batch: reward/mean (the training reward), reward/gold_mean, reward/format_mean,
-reward/proxy_mean (with an RM), response/length_mean, loss/policy, policy/clipfrac, policy/approx_kl (k3 of
-KL(pi_old || pi)), policy/entropy (nats per token), kl/ref_per_token (k3 per token, with kl_coef > 0),
-groups/kept_fraction, grad_norm, lr, perf/tokens_per_s (through the trained forward passes), perf/rollout_s,
-perf/step_s, perf/cpu_s (process CPU seconds of training, evals excluded: compare runs by this).
+Metrics, one line per rollout batch: reward/mean (the training reward), reward/proxy_mean (with an RM),
+groups/kept_fraction, groups/zero_variance_fraction (groups whose training rewards are all equal: no signal);
+the rollouts' diagnostics from `evaluate.log_generations`: reward/gold_mean, reward/format_mean,
+reward/answer_mean, policy/entropy (mean over the trained responses of each one's mean token entropy in the
+first epoch, nats per token), response/length_mean, response/length_correct_mean,
+response/length_incorrect_mean (tokens, stop token included), response/worked_share (tasks.is_worked);
+then loss/policy, policy/clipfrac, policy/approx_kl (k3 of KL(pi_old || pi)), kl/ref_per_token (k3 per
+token, with kl_coef > 0), grad_norm, lr, perf/tokens_per_s (through the trained forward passes),
+perf/rollout_s, perf/step_s, perf/cpu_s (process CPU seconds of training, evals excluded: compare runs by this).
+With --log-generations-every K, every K steps the step's first --log-generations-samples responses go to
+<out>/generations.jsonl, one {"step", "prompt", "response", "ground_truth", "reward", "format_reward",
+"answer_reward", "entropy", "length", "worked"} line each.
 Held-out evaluations (before the first step, every eval_every, after the last) are separate lines whose keys
 are `evaluate.evaluate_policy`'s with an "eval/" prefix: eval/accuracy/greedy, eval/reward/gold_mean
 (accuracy of T = 1 samples), eval/reward/format_mean, eval/reward/proxy_mean (with an RM), eval/kl/ref
@@ -45,6 +52,7 @@ import copy
 import dataclasses
 import functools
 import itertools
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Literal
@@ -54,7 +62,7 @@ import torch
 from cs336_alignment.advantages import compute_group_normalized_rewards, compute_group_process_advantages
 from cs336_alignment.checkpoint import (load_checkpoint, load_checkpoint_extra, load_model, rng_state, save_checkpoint,
                                         set_rng_state)
-from cs336_alignment.evaluate import run_eval
+from cs336_alignment.evaluate import log_generations, run_eval
 from cs336_alignment.gpu import configure_model
 from cs336_alignment.logprobs import get_response_log_probs
 from cs336_alignment.masked import masked_mean
@@ -167,6 +175,11 @@ class GRPOConfig:
     """rollout batches between evaluations (also before the first and after the last)"""
     checkpoint_every: int = 20
     """rollout batches between checkpoints (and at the last)"""
+    log_generations_every: int = 0
+    """rollout batches between writes of sample responses (prompt, response, ground truth, rewards, entropy) to
+    <out>/generations.jsonl (evaluate.log_generations); 0 = never"""
+    log_generations_samples: int = 16
+    """responses per write: the step's first rows (whole groups when a multiple of group_size)"""
     quiet: bool = False
     """no console lines (metrics.jsonl is still written)"""
 
@@ -300,8 +313,7 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
 
         # --- 2. rewards -> group-normalized advantages (the gold reward, or the RM score looked up by row)
         gold = [gold_reward(text, truth) for text, truth in zip(ro.response_texts, truths)]
-        metrics = {"reward/gold_mean": sum(g["reward"] for g in gold) / len(gold),
-                   "reward/format_mean": sum(g["format_reward"] for g in gold) / len(gold)}
+        metrics = {}
         if reward_model is None:
             score_fn, responses, keys = reward_fn or gold_reward, ro.response_texts, truths
         else:  # the RM scores the sampled token ids (no decode / re-encode): responses and prompts as id tuples
@@ -320,6 +332,7 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
         # --- 3. keep the groups that carry signal
         grouped = raw_rewards.view(-1, cfg.group_size)                               # (n_prompts, G)
         informative = (grouped != grouped[:, :1]).any(dim=-1)                        # (n_prompts,)
+        zero_variance = float((~informative).float().mean())  # groups whose training rewards are all equal
         if cfg.process_reward:
             informative = tensors["advantages"].view(-1, cfg.group_size * ro.labels.shape[1]).ne(0).any(dim=-1)
         if not cfg.drop_zero_variance_groups or cfg.loss_type == "no_baseline":
@@ -327,7 +340,7 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
         keep = informative.repeat_interleave(cfg.group_size).nonzero().squeeze(-1)   # (K,) row indices
         metrics.update({"reward/mean": float(raw_rewards.mean()),
                         "groups/kept_fraction": float(informative.float().mean()),
-                        "response/length_mean": float(ro.response_lengths.float().mean())})
+                        "groups/zero_variance_fraction": zero_variance})
 
         # --- 4. policy-gradient epochs over the kept rows
         widths = sequence_widths(ro)
@@ -349,7 +362,8 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
                         tensors[name][rows, :lp.shape[1]] = lp.float().cpu()
         stats: dict[str, list[float]] = {}
         n_tokens, train_t0, norms = 0, time.perf_counter(), []
-        for minibatches in plan:
+        entropy = torch.full((len(ro),), math.nan)  # (N,) each response's mean token entropy, first epoch
+        for epoch, minibatches in enumerate(plan):
             for micros in minibatches:
                 mini_rows = sum(len(rows) for rows in micros)
                 for rows in micros:
@@ -373,8 +387,8 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
                         stats.setdefault("kl/ref_per_token", []).append(kl)
                     for key, value in info.items():
                         stats.setdefault(key, []).append(float(value))
-                    stats.setdefault("policy/entropy", []).append(
-                        float(masked_mean(out_lp["token_entropy"].detach(), mask)))
+                    if epoch == 0:  # the first pass over each trained row
+                        entropy[rows] = masked_mean(out_lp["token_entropy"].detach().float(), mask, dim=-1).cpu()
                     n_tokens += int(mb["input_ids"].numel())
                 finite_or_raise(stats["loss/policy"][-1], step + 1)
                 norms.append(float(clip_gradients(policy.parameters(), cfg.grad_clip)))
@@ -385,12 +399,20 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
 
         # --- log / eval / checkpoint
         done = step + 1
+        # the rollouts' diagnostics: gold reward split, entropy (rows trained on), length by correct / incorrect
+        summary, records = log_generations(
+            [tokenizer.decode(ids) for ids in ro.prompt_ids], ro.response_texts, truths, gold,
+            [None if math.isnan(e) else e for e in entropy.tolist()], ro.response_lengths.tolist(),
+            n_records=cfg.log_generations_samples)
+        metrics.update(summary)
         metrics.update({k: sum(v) / len(v) for k, v in stats.items()})
         metrics.update({"grad_norm": sum(norms) / len(norms) if norms else 0.0, "lr": lr,
                         "perf/tokens_per_s": n_tokens / max(time.perf_counter() - train_t0, 1e-9),
                         "perf/rollout_s": rollout_s, "perf/step_s": time.perf_counter() - t0, "perf/cpu_s": cpu_s})
         if done % cfg.log_every == 0 or done == cfg.num_steps:
             logger.log(done, metrics)
+        if cfg.log_generations_every and done % cfg.log_generations_every == 0:
+            logger.log_generations(done, records)
         if done % cfg.eval_every == 0 or done == cfg.num_steps:
             last_eval = evaluate(done)
         if done % cfg.checkpoint_every == 0 or done == cfg.num_steps:

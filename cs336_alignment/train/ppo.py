@@ -31,12 +31,16 @@ different steps. --resume continues from it and gives the same weights as an uni
 From Python (the pipeline's stages.py calls it with the preset's config), cs336_alignment.train.ppo:
     result = ppo.train(ppo.PPOConfig(init=sft_ckpt, reward_model=rm_ckpt, out=str(run / "ppo"), num_steps=30))
     result -> {"checkpoint": path, "steps": n, "cpu_s": CPU seconds of training, "eval": {...last eval...}}
-Per-step metrics.jsonl lines: reward/proxy_mean (RM score), reward/gold_mean, reward/format_mean,
-response/length_mean, kl/ref (summed k1 per sequence, nats), kl/coef, reward/kl_penalty, policy/approx_kl,
-policy/clipfrac, policy/entropy, value/explained_variance, value/clipfrac, loss/policy, loss/value,
-perf/tokens_per_s, perf/cpu_s; eval/* lines as in grpo.py (eval/accuracy/greedy, eval/reward/gold_mean,
-eval/reward/proxy_mean, eval/kl/ref, eval/response/length_mean, ...). Plot reward/proxy_mean and
-reward/gold_mean against step (or eval/kl/ref) to see over-optimization of a flawed reward model.
+Per-step metrics.jsonl lines: reward/proxy_mean (RM score), kl/ref (summed k1 per sequence, nats), kl/coef,
+reward/kl_penalty; the rollouts' diagnostics from `evaluate.log_generations`: reward/gold_mean,
+reward/format_mean, reward/answer_mean, policy/entropy (mean over the responses of each one's mean token
+entropy on the first epoch's pass), response/length_mean, response/length_correct_mean,
+response/length_incorrect_mean, response/worked_share; then policy/approx_kl, policy/clipfrac, grad_norm,
+value/explained_variance, value/clipfrac, loss/policy, loss/value, perf/tokens_per_s, perf/step_s, perf/cpu_s;
+eval/* lines as in grpo.py (eval/accuracy/greedy, eval/reward/gold_mean, eval/reward/proxy_mean, eval/kl/ref,
+eval/response/length_mean, ...). Plot reward/proxy_mean and reward/gold_mean against step (or eval/kl/ref) to
+see over-optimization of a flawed reward model. --log-generations-every K writes sample responses to
+<out>/generations.jsonl every K steps, as in grpo.py.
 """
 from __future__ import annotations
 
@@ -52,9 +56,9 @@ import torch
 from cs336_alignment.advantages import apply_missing_eos_penalty, compute_gae, compute_kl_shaped_rewards
 from cs336_alignment.checkpoint import (load_checkpoint, load_checkpoint_extra, load_model, rng_state, save_checkpoint,
                                         set_rng_state)
-from cs336_alignment.evaluate import run_eval
+from cs336_alignment.evaluate import log_generations, run_eval
 from cs336_alignment.logprobs import get_response_log_probs
-from cs336_alignment.masked import masked_whiten
+from cs336_alignment.masked import masked_mean, masked_whiten
 from cs336_alignment.nn_utils import clip_gradients
 from cs336_alignment.policy_losses import (AdaptiveKLController, compute_entropy_bonus, compute_ppo_policy_loss,
                                            compute_ppo_value_loss)
@@ -162,6 +166,11 @@ class PPOConfig:
     """rollout batches between evaluations (also before the first and after the last)"""
     checkpoint_every: int = 10
     """rollout batches between checkpoints (and at the last)"""
+    log_generations_every: int = 0
+    """rollout batches between writes of sample responses (prompt, response, ground truth, rewards, entropy) to
+    <out>/generations.jsonl (evaluate.log_generations); 0 = never"""
+    log_generations_samples: int = 16
+    """responses per write: the step's first rows"""
     quiet: bool = False
     """no console lines"""
 
@@ -247,14 +256,11 @@ def train(cfg: PPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | No
         ro = sample_rollouts(policy, tokenizer, [p["question"] for p in batch], cfg.group_size,
                              temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, generator=generator,
                              stop_token_ids=stops)
-        gold = [gold_reward(t, p["answer"]) for t, p in zip(ro.response_texts, (p for p in batch
-                                                                                 for _ in range(cfg.group_size)))]
+        truths = [p["answer"] for p in batch for _ in range(cfg.group_size)]
+        gold = [gold_reward(t, a) for t, a in zip(ro.response_texts, truths)]
         gold_scores = torch.tensor([g["reward"] for g in gold])                    # (N,)
-        metrics = {"reward/gold_mean": float(gold_scores.mean()),
-                   "reward/format_mean": sum(g["format_reward"] for g in gold) / len(gold),
-                   "response/length_mean": float(ro.response_lengths.float().mean())}
+        metrics = {}
         if reward_fn is not None:
-            truths = [p["answer"] for p in batch for _ in range(cfg.group_size)]
             scores = torch.tensor([float(reward_fn(t, a)["reward"]) for t, a in zip(ro.response_texts, truths)])
             metrics["reward/proxy_mean"] = float(scores.mean())
         elif cfg.reward == "rm":
@@ -296,7 +302,8 @@ def train(cfg: PPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | No
         # --- 4. clipped PPO epochs over minibatches
         stats: dict[str, list[float]] = {}
         n_tokens, train_t0 = 0, time.perf_counter()
-        for minibatches in plan:
+        entropy = torch.zeros(N)  # (N,) each response's mean token entropy in the first epoch (covers every row)
+        for epoch, minibatches in enumerate(plan):
             for micros in minibatches:
                 mini_rows = sum(len(rows) for rows in micros)
                 for rows in micros:
@@ -306,15 +313,17 @@ def train(cfg: PPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | No
                                                     return_token_entropy=True, temperature=cfg.temperature)
                     pg_loss, pg_info = compute_ppo_policy_loss(mb["advantages"], out_lp["log_probs"],
                                                                mb["old_log_probs"], m, cfg.cliprange)
-                    ent_loss, ent_info = compute_entropy_bonus(out_lp["token_entropy"], m)
+                    ent_loss, _ = compute_entropy_bonus(out_lp["token_entropy"], m)
                     values = value_model.token_scores(mb["input_ids"])                 # (b, T')
                     vf_loss, vf_info = compute_ppo_value_loss(values, mb["old_values"], mb["returns"], m,
                                                               cfg.cliprange_value)
                     # Separate models, so the sum's gradients are the policy's and the value model's own.
                     ((pg_loss + cfg.ent_coef * ent_loss + cfg.vf_coef * vf_loss) * weight).backward()
-                    for key, value in {**pg_info, **ent_info, **vf_info, "loss/policy": pg_loss.detach(),
+                    for key, value in {**pg_info, **vf_info, "loss/policy": pg_loss.detach(),
                                        "loss/value": vf_loss.detach()}.items():
                         stats.setdefault(key, []).append(float(value))
+                    if epoch == 0:  # policy/entropy: per response, on the first pass over it
+                        entropy[rows] = masked_mean(out_lp["token_entropy"].detach().float(), m, dim=-1).cpu()
                     n_tokens += 2 * int(mb["input_ids"].numel())  # through the policy and the value model
                 finite_or_raise(stats["loss/policy"][-1] + stats["loss/value"][-1], step + 1)
                 stats.setdefault("grad_norm", []).append(float(clip_gradients(policy.parameters(), cfg.grad_clip)))
@@ -329,11 +338,18 @@ def train(cfg: PPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | No
 
         # --- log / eval / checkpoint
         done = step + 1
+        # the rollouts' diagnostics: gold reward split, entropy, length by correct / incorrect, worked share
+        summary, records = log_generations([tokenizer.decode(ids) for ids in ro.prompt_ids], ro.response_texts,
+                                           truths, gold, entropy.tolist(), ro.response_lengths.tolist(),
+                                           n_records=cfg.log_generations_samples)
+        metrics.update(summary)
         metrics.update({k: sum(v) / len(v) for k, v in stats.items()})
         metrics.update({"perf/tokens_per_s": n_tokens / max(time.perf_counter() - train_t0, 1e-9),
                         "perf/step_s": time.perf_counter() - t0, "perf/cpu_s": cpu_s})
         if done % cfg.log_every == 0 or done == cfg.num_steps:
             logger.log(done, metrics)
+        if cfg.log_generations_every and done % cfg.log_generations_every == 0:
+            logger.log_generations(done, records)
         if done % cfg.eval_every == 0 or done == cfg.num_steps:
             last_eval = evaluate(done)
         if done % cfg.checkpoint_every == 0 or done == cfg.num_steps:
