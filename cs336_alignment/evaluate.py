@@ -189,9 +189,12 @@ def batched_sequence_log_probs(model, prompts: list[list[int]], responses: list[
 @torch.no_grad()
 def evaluate_policy(policy, tokenizer, problems: list[dict[str, str]], *, reference=None, reward_model=None,
                     samples_per_prompt: int = 1, max_new_tokens: int = 64, seed: int = 0, batch_size: int = 128,
-                    greedy: bool = True, distinct_over: int | None = None, return_per_problem: bool = False
-                    ) -> dict[str, float] | tuple[dict[str, float], dict[str, list[float]]]:
+                    greedy: bool = True, distinct_over: int | None = None, return_per_problem: bool = False,
+                    fmt: Format = "chat") -> dict[str, float] | tuple[dict[str, float], dict[str, list[float]]]:
     """The report's columns for one policy (see the module docstring for the names).
+
+    Prompts are in format `fmt` (the chat template, or "question_only" for a policy trained on bare
+    questions: `tokenizer.build_prompt`), for the samples, the greedy answers and the KL alike.
 
     Samples `samples_per_prompt` temperature-1 responses per problem (seeded), and scores them with the gold
     reward, the reward model (if given) and the reference's log-probs (if given). With greedy=True it also
@@ -204,7 +207,7 @@ def evaluate_policy(policy, tokenizer, problems: list[dict[str, str]], *, refere
     """
     questions = [p["question"] for p in problems]
     samples = sample_responses(policy, tokenizer, questions, samples_per_prompt, max_new_tokens=max_new_tokens,
-                               seed=seed, batch_size=batch_size)
+                               seed=seed, batch_size=batch_size, fmt=fmt)
     flat_q = [q for q in questions for _ in range(samples_per_prompt)]
     flat_a = [p["answer"] for p in problems for _ in range(samples_per_prompt)]
     flat = [s for group in samples for s in group]
@@ -213,7 +216,7 @@ def evaluate_policy(policy, tokenizer, problems: list[dict[str, str]], *, refere
     per_problem = {"sampled": [sum(g["reward"] for g in gold[i:i + samples_per_prompt]) / samples_per_prompt
                                for i in range(0, len(gold), samples_per_prompt)]}
     if greedy:
-        greedy_metrics, greedy_samples = evaluate_model(policy, tokenizer, problems, fmt="chat",
+        greedy_metrics, greedy_samples = evaluate_model(policy, tokenizer, problems, fmt=fmt,
                                                         max_new_tokens=max_new_tokens, batch_size=batch_size)
         metrics["accuracy/greedy"] = greedy_metrics["reward/gold_mean"]
         per_problem["greedy"] = [s["reward"] for s in greedy_samples]
@@ -223,7 +226,7 @@ def evaluate_policy(policy, tokenizer, problems: list[dict[str, str]], *, refere
         metrics["reward/proxy_mean"] = float(torch.tensor(score_responses(reward_model, tokenizer, flat_q,
                                                                           [s["text"] for s in flat])).mean())
     if reference is not None:
-        prompts = [build_prompt(q, tokenizer, "chat") for q in flat_q]
+        prompts = [build_prompt(q, tokenizer, fmt) for q in flat_q]
         responses = [s["tokens"] for s in flat]  # generated tokens, stop token included
         pad = tokenizer.pad_token_id
         kl = (batched_sequence_log_probs(policy, prompts, responses, pad)
@@ -236,13 +239,14 @@ def evaluate_policy(policy, tokenizer, problems: list[dict[str, str]], *, refere
 
 
 def run_eval(logger, step: int, policy, tokenizer, problems: list[dict[str, str]], *, reference, reward_model,
-             samples: int, max_new_tokens: int, seed: int) -> dict:
-    """`evaluate_policy` on held-out problems, logged with an "eval/" prefix by `logger` (a train.common
-    MetricsLogger) at `step`: the RL loops' periodic evaluation. Returns the logged dict ({} without problems)."""
+             samples: int, max_new_tokens: int, seed: int, fmt: Format = "chat") -> dict:
+    """`evaluate_policy` on held-out problems (prompts in format `fmt`), logged with an "eval/" prefix by `logger`
+    (a train.common MetricsLogger) at `step`: the RL loops' periodic evaluation. Returns the logged dict ({}
+    without problems)."""
     if not problems:
         return {}
     metrics = evaluate_policy(policy, tokenizer, problems, reference=reference, reward_model=reward_model,
-                              samples_per_prompt=samples, max_new_tokens=max_new_tokens, seed=seed)
+                              samples_per_prompt=samples, max_new_tokens=max_new_tokens, seed=seed, fmt=fmt)
     metrics = {f"eval/{key}": value for key, value in metrics.items()}
     logger.log(step, metrics)
     return metrics

@@ -227,8 +227,11 @@ def generate_responses(model, tokenizer, questions: list[str], *, fmt: Format, m
 
 @torch.no_grad()
 def sample_responses(model, tokenizer, questions: list[str], k: int, *, max_new_tokens: int, temperature: float = 1.0,
-                     seed: int = 0, batch_size: int = 128) -> list[list[dict[str, Any]]]:
-    """k sampled chat responses per question: [[{"text", "tokens", "n_tokens", "truncated"}] * k] * len(questions).
+                     seed: int = 0, batch_size: int = 128, fmt: Format = "chat") -> list[list[dict[str, Any]]]:
+    """k sampled responses per question: [[{"text", "tokens", "n_tokens", "truncated"}] * k] * len(questions).
+
+    The prompts are in format `fmt` (`tokenizer.build_prompt`: the chat template by default, or the bare
+    question, "question_only"); responses end at `tokenizer.stop_token_ids(tokenizer, fmt)`.
 
     tokens are the generated ids (the stop token included when emitted); text and n_tokens leave the stop
     token out; truncated = stopped by the length limit (`sample_and_strip`). Each response may have up to
@@ -240,10 +243,10 @@ def sample_responses(model, tokenizer, questions: list[str], k: int, *, max_new_
         ValueError: if a prompt fills the whole context (no room for a response).
     """
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    prompts = [build_prompt(q, tokenizer, "chat") for q in questions for _ in range(k)]
+    prompts = [build_prompt(q, tokenizer, fmt) for q in questions for _ in range(k)]
     if not prompts:
         return [[] for _ in questions]
-    out = sample_and_strip(model, tokenizer, prompts, stop_token_ids(tokenizer, "chat"),
+    out = sample_and_strip(model, tokenizer, prompts, stop_token_ids(tokenizer, fmt),
                            max_new_tokens=max_new_tokens, batch_size=batch_size, temperature=temperature,
                            generator=generator)
     return [out[j * k:(j + 1) * k] for j in range(len(questions))]

@@ -326,25 +326,32 @@ def load_tokenizer(path: str | os.PathLike | None = None) -> Tokenizer:
 
 # ----------------------------------------------------------------------------
 # Prompt formats: what a model reads before its response, and the tokens that end the response
-#   chat  <|user|>{question}<|end|><|assistant|>  and the response ends at <|end|> (SFT and RL models).
-#   raw   "Question: {question}\nAnswer:"  and the response ends at <|endoftext|>, at a blank line, or where a
-#         new "Question:" starts: how the base model saw documents in pretraining.
+#   chat           <|user|>{question}<|end|><|assistant|>  and the response ends at <|end|> (SFT and RL models).
+#   raw            "Question: {question}\nAnswer:"  and the response ends at <|endoftext|>, at a blank line, or
+#                  where a new "Question:" starts: how the base model saw documents in pretraining.
+#   question_only  {question}, the bare text without the template (CS336 a5's grpo_prompt_ablation); the
+#                  response still ends at <|end|>, the stop token the chat model learned.
 
-Format = Literal["chat", "raw"]
+Format = Literal["chat", "raw", "question_only"]
+FORMATS: tuple[str, ...] = ("chat", "raw", "question_only")
 
 
 def build_prompt(question: str, tokenizer: Tokenizer, fmt: Format) -> list[int]:
-    """Token ids of the prompt for one question, in the chat template or the raw pretraining format."""
+    """Token ids of the prompt for one question: the chat template, the raw pretraining format, or the bare
+    question text (question_only). Raises ValueError on another format."""
     if fmt == "chat":
         return tokenizer.prompt_ids(question)
     if fmt == "raw":
         return tokenizer.encode_ordinary(format_raw_prompt(question))
-    raise ValueError(f"format must be 'chat' or 'raw', got {fmt!r}")
+    if fmt == "question_only":
+        return tokenizer.encode_ordinary(question)
+    raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
 
 
 def stop_token_ids(tokenizer: Tokenizer, fmt: Format) -> list[int]:
-    """Tokens that end a response: <|end|> (and <|endoftext|>) for chat, <|endoftext|> for raw text."""
-    return [tokenizer.end_of_turn_id, tokenizer.eos_token_id] if fmt == "chat" else [tokenizer.eos_token_id]
+    """Tokens that end a response: <|endoftext|> for raw text; <|end|> and <|endoftext|> otherwise (chat, and
+    question_only: a chat model answering a bare question still ends its turn with <|end|>)."""
+    return [tokenizer.eos_token_id] if fmt == "raw" else [tokenizer.end_of_turn_id, tokenizer.eos_token_id]
 
 
 def cut_raw_response(text: str) -> str:

@@ -211,3 +211,19 @@ def test_render_content_cannot_inject_special_tokens(tok):
     assert ids.count(tok.end_of_turn_id) == 1 and tok.special_tokens[ASSISTANT] not in ids
     with pytest.raises(ValueError, match="role"):
         tok.render([{"role": "robot", "content": "hi"}])
+
+
+def test_build_prompt_formats():
+    """chat = the template, raw = the pretraining text, question_only = the bare question (a5's prompt ablation);
+    question_only responses end at <|end|> like chat ones."""
+    from cs336_alignment.tokenizer import build_prompt, stop_token_ids
+
+    tokenizer = load_tokenizer()
+    question = "Tom has 3 apples and buys 4 more. How many apples does Tom have?"
+    assert tokenizer.decode(build_prompt(question, tokenizer, "chat")) == f"<|user|>{question}<|end|><|assistant|>"
+    assert tokenizer.decode(build_prompt(question, tokenizer, "raw")) == f"Question: {question}\nAnswer:"
+    assert build_prompt(question, tokenizer, "question_only") == tokenizer.encode_ordinary(question)
+    assert stop_token_ids(tokenizer, "question_only") == stop_token_ids(tokenizer, "chat") != \
+        stop_token_ids(tokenizer, "raw")
+    with pytest.raises(ValueError, match="question_only"):
+        build_prompt(question, tokenizer, "markdown")

@@ -19,7 +19,7 @@ from cs336_alignment.logprobs import get_response_log_probs
 from cs336_alignment.masked import masked_mean
 from cs336_alignment.model import TransformerConfig, TransformerLM
 from cs336_alignment.policy_losses import grpo_microbatch_train_step, kl_estimate
-from cs336_alignment.tokenizer import load_tokenizer
+from cs336_alignment.tokenizer import build_prompt, load_tokenizer
 from cs336_alignment.train import grpo, ppo
 from cs336_alignment.train.common import load_problems, load_sft_optimizer_state, prompt_indices, read_metrics
 from test_train_smoke import interrupt_then_resume, run_interrupted_then_resume
@@ -45,14 +45,15 @@ def init_ckpt(tmp_path_factory, tokenizer):
 
 
 @torch.no_grad()
-def prob_first_token_lowercase(ckpt: str, tokenizer) -> float:
-    """Mean over training prompts of P(first response token decodes to a lowercase ASCII letter first)."""
+def prob_first_token_lowercase(ckpt: str, tokenizer, fmt: str = "chat") -> float:
+    """Mean over training prompts (in format `fmt`) of P(first response token decodes to a lowercase ASCII
+    letter first)."""
     model, _ = load_model(ckpt)
     lower = torch.tensor([tokenizer.decode([i])[:1].isascii() and tokenizer.decode([i])[:1].islower()
                           for i in range(tokenizer.vocab_size)])
     probs = []
     for problem in load_problems("", 16, "train", seed=2):  # the loops' prompt pool (seed + 2)
-        ids = torch.tensor([tokenizer.prompt_ids(problem["question"])])
+        ids = torch.tensor([build_prompt(problem["question"], tokenizer, fmt)])
         probs.append(float(torch.softmax(model(ids)[0, -1], dim=-1)[lower].sum()))
     return sum(probs) / len(probs)
 
@@ -110,6 +111,30 @@ def assert_diagnostics_match_generations(run, steps: list[dict], written: list[i
         assert all(g["prompt"].startswith("<|user|>") and g["prompt"].endswith("<|assistant|>") for g in got)
         assert all(set(g) == {"step", "prompt", "response", "ground_truth", "reward", "format_reward",
                               "answer_reward", "entropy", "length", "worked"} for g in got)
+
+
+def test_grpo_question_only_prompt(tmp_path, init_ckpt, tokenizer, monkeypatch):
+    """--prompt question_only (CS336 a5's prompt ablation): the policy reads the bare question, in training and
+    in its evaluations, and the reward still rises on those prompts."""
+    formats = []
+    original = grpo.run_eval
+
+    def spy(*args, **kwargs):
+        formats.append(kwargs["fmt"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(grpo, "run_eval", spy)
+    cfg = grpo.GRPOConfig(init=init_ckpt, out=str(tmp_path), num_steps=8, prompts_per_step=8, group_size=8,
+                          lr=1e-2, min_lr=1e-2, micro_batch_size=32, prompt="question_only",
+                          log_generations_every=8, log_generations_samples=64, **{**COMMON, "eval_every": 8})
+    before = prob_first_token_lowercase(init_ckpt, tokenizer, "question_only")
+    result = grpo.train(cfg, reward_fn=starts_lowercase)
+    after = prob_first_token_lowercase(result["checkpoint"], tokenizer, "question_only")
+    assert after > before + 0.15, f"P(reward) went from {before:.3f} to {after:.3f}"
+    assert formats == ["question_only", "question_only"]
+    questions = {p["question"] for p in load_problems("", 16, "train", seed=2)}
+    prompts = [json.loads(line)["prompt"] for line in (tmp_path / "generations.jsonl").read_text().splitlines()]
+    assert len(prompts) == 64 and set(prompts) <= questions  # the bare question text, no template tokens
 
 
 def test_grpo_other_losses_and_kl_run(tmp_path, init_ckpt):

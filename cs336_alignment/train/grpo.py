@@ -3,6 +3,7 @@
     python -m cs336_alignment grpo --init runs/tiny/sft/ckpt.pt                          # gold (verifiable) reward
     python -m cs336_alignment grpo --init SFT --reward rm --reward-model runs/tiny/rm/ckpt.pt --kl-coef 0.05
     python -m cs336_alignment grpo --init SFT --loss-type reinforce_with_baseline --epochs-per-rollout-batch 1
+    python -m cs336_alignment grpo --init SFT --prompt question_only     # the bare question, no chat template
 
 One step (Shao et al. 2024, DeepSeekMath §4.1, eq. 3; Stanford CS336 assignment 5):
   1. take `prompts_per_step` questions and sample `group_size` responses to each at `temperature`
@@ -72,7 +73,7 @@ from cs336_alignment.reward_model import load_reward_model, rollout_reward_fn
 from cs336_alignment.rollout import Rollouts, micro_batch, sample_rollouts, sequence_widths
 from cs336_alignment.runtime import autocast
 from cs336_alignment.tasks import gold_reward, process_rewards
-from cs336_alignment.tokenizer import load_tokenizer
+from cs336_alignment.tokenizer import build_prompt, load_tokenizer
 from cs336_alignment.train.common import (MetricsLogger, build_optimizer, cosine_lr, finite_or_raise, init_or_shipped,
                                           load_problems, load_sft_optimizer_state, num_params, parse_config,
                                           progress_bar, prompt_indices, setup_run)
@@ -122,6 +123,10 @@ class GRPOConfig:
     """sampling temperature (log-probs are recomputed at the same temperature)"""
     max_new_tokens: int = 64
     """response length limit (task-world answers: at most ~40 tokens terse, ~60 with both prose lines)"""
+    prompt: Literal["chat", "question_only"] = "chat"
+    """what the policy reads, in training and in its held-out evaluations (tokenizer.build_prompt): the chat
+    template, or the bare question text without it (CS336 a5's prompt ablation; a reward model then reads the
+    bare question too)"""
     # --- loss
     loss_type: Literal["no_baseline", "reinforce_with_baseline", "grpo_clip", "grpo_no_clip"] = "grpo_clip"
     """per-token loss (policy_losses.compute_policy_gradient_loss)"""
@@ -291,7 +296,7 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
 
     evaluate = functools.partial(run_eval, logger, policy=policy, tokenizer=tokenizer, problems=eval_problems,
                                  reference=reference, reward_model=reward_model, samples=cfg.eval_samples,
-                                 max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 1)
+                                 max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 1, fmt=cfg.prompt)
 
     last_eval = evaluate(start_step) if start_step == 0 else {}
     bar = progress_bar(cfg.num_steps, start_step, "grpo")
@@ -305,8 +310,9 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
         # --- 1. rollouts: G samples per prompt, contiguous groups
         batch = [problems[i] for i in prompt_indices(step, len(problems), cfg.prompts_per_step, cfg.seed)]
         generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step)
+        prompts = [build_prompt(p["question"], tokenizer, cfg.prompt) for p in batch]
         with autocast(device):  # bf16 matmuls on CUDA; a no-op on CPU
-            ro = sample_rollouts(policy, tokenizer, [p["question"] for p in batch], cfg.group_size,
+            ro = sample_rollouts(policy, tokenizer, prompts, cfg.group_size,
                                  temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, generator=generator)
         truths = [p["answer"] for p in batch for _ in range(cfg.group_size)]
         rollout_s = time.perf_counter() - t0
