@@ -235,6 +235,7 @@ def evaluate_policy(policy, tokenizer, problems: list[dict[str, str]], *, refere
     metrics["response/length_mean"] = sum(s["n_tokens"] for s in flat) / len(flat)
     first = flat[:None if distinct_over is None else distinct_over * samples_per_prompt]
     metrics["response/distinct_2"] = distinct_n([s["tokens"][:s["n_tokens"]] for s in first], 2)
+    metrics["response/worked_share"] = sum(is_worked(s["text"]) for s in flat) / len(flat)
     return (metrics, per_problem) if return_per_problem else metrics
 
 

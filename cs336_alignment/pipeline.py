@@ -20,6 +20,8 @@ Stages (each also runs alone: `python -m cs336_alignment <stage> --help`), writi
     grpo_rm     GRPO against the reward model                                       (needs rm)
     ppo         PPO against the reward model (value head, KL penalty to SFT)        (needs rm)
     bon         best-of-N with the reward model, N = 1, 2, 4, ..., 64               (needs rm)
+    ei          expert iteration against the gold reward (sample, keep what the verifier accepts, SFT on it),
+                with as many samples as grpo_gold (the preset's ei section)
 The post-training stages run in up to --jobs worker processes at once (--jobs 1: one after the other, in this
 process), each as soon as the stage it needs is done: rm and grpo_gold start together. Every stage seeds itself
 from its config, so the numbers do not depend on --jobs, except sft_baseline's: its length is measured CPU time.
@@ -27,8 +29,9 @@ from its config, so the numbers do not depend on --jobs, except sft_baseline's: 
 
 Then every policy is measured the same way on held-out test problems (evaluate.evaluate_policy), one policy per
 worker: greedy gold accuracy, and on temperature-1 samples mean gold reward, proxy (reward-model) reward, KL to
-SFT, length and distinct-2. report.md / report.json hold the numbers and each stage's wall and CPU seconds;
-training_curves.png and overoptimization.png the plots.
+SFT, length, distinct-2 and the share of worked responses (tasks.is_worked). report.md / report.json hold the
+numbers and each stage's wall and CPU seconds; training_curves.png, overoptimization.png and gold_vs_kl.png (each
+method's sampled accuracy against its KL to SFT) the plots.
 
 The base model is evaluated in the raw "Question: ... Answer:" format it was pretrained on, every other
 policy in the chat template.
@@ -48,7 +51,8 @@ from cs336_alignment.checkpoint import load_model
 from cs336_alignment.evaluate import evaluate_model, evaluate_policy
 from cs336_alignment.metrics import paired_difference
 from cs336_alignment.presets import PRESETS, EvalConfig, stage_config
-from cs336_alignment.report import plot_overoptimization, plot_training_curves, sft_progress, write_report
+from cs336_alignment.report import (plot_gold_vs_kl, plot_overoptimization, plot_training_curves, sft_progress,
+                                    write_report)
 from cs336_alignment.reward_model import load_reward_model
 from cs336_alignment.runtime import get_device, set_threads
 from cs336_alignment.stages import (NEEDS, POST_STAGES, base_sft_configs, cpu_seconds, make_pool, post_configs, record,
@@ -58,6 +62,7 @@ from cs336_alignment.tokenizer import load_tokenizer
 from cs336_alignment.train.common import read_metrics, run_dir
 
 MATCHED = "SFT + more SFT (matched CPU)"  # the report label of stage sft_baseline
+EI = "Expert iteration"  # the report label of stage ei
 
 # ---------------------------------------------------------------------------------------------------------
 # Evaluation: every policy measured the same way
@@ -117,11 +122,13 @@ def evaluate_policies(policies: dict[str, str], base_ckpt: str, sft_ckpt: str, r
 
 
 def paired_comparisons(per_problem: dict[str, dict[str, list[float]]]) -> list[dict]:
-    """Each post-trained policy minus SFT, and GRPO (gold) minus the matched-compute SFT baseline, on the same
-    test problems: [{"a", "b", "greedy": (mean, se), "sampled": (mean, se)}] (metrics.paired_difference)."""
+    """Each post-trained policy minus SFT, GRPO (gold) minus the matched-compute SFT baseline, and expert
+    iteration minus GRPO (gold) (the same verifier, a matched budget), on the same test problems:
+    [{"a", "b", "greedy": (mean, se), "sampled": (mean, se)}] (metrics.paired_difference)."""
     pairs = [(label, "SFT") for label in per_problem if label not in ("base", "SFT")]
-    if "GRPO (gold)" in per_problem and MATCHED in per_problem:
-        pairs.append(("GRPO (gold)", MATCHED))
+    for a, b in (("GRPO (gold)", MATCHED), (EI, "GRPO (gold)")):
+        if a in per_problem and b in per_problem:
+            pairs.append((a, b))
     return [{"a": a, "b": b, **{kind: paired_difference(per_problem[a][kind], per_problem[b][kind])
                                 for kind in ("greedy", "sampled")}} for a, b in pairs if "SFT" in per_problem]
 
@@ -180,7 +187,7 @@ def run(preset_name: str = "tiny", out: str = "", name: str = "", threads: int =
 
         # --- 3. every policy on the same held-out problems, with the same metrics
         t0 = time.perf_counter()
-        labels = {MATCHED: "sft_baseline", "GRPO (gold)": "grpo_gold", "GRPO (RM)": "grpo_rm",
+        labels = {MATCHED: "sft_baseline", "GRPO (gold)": "grpo_gold", EI: "ei", "GRPO (RM)": "grpo_rm",
                   "PPO": "ppo", "DPO": "dpo"}
         policies = {"SFT": sft_ckpt, **{label: results[stage]["checkpoint"] for label, stage in labels.items()
                                         if stage in results}}
@@ -219,8 +226,9 @@ def run(preset_name: str = "tiny", out: str = "", name: str = "", threads: int =
                if stage in results}
     plot_overoptimization(out_dir, report.get("bon", {}).get("rows", []), rl_runs,
                           f"reward-model over-optimisation (annotator length bias {length_bias} per token)")
+    plot_gold_vs_kl(out_dir, report)
     path = write_report(out_dir, report)
-    print(f"wrote {path}, report.json, training_curves.png and overoptimization.png in {out_dir} "
+    print(f"wrote {path}, report.json, training_curves.png, overoptimization.png and gold_vs_kl.png in {out_dir} "
           f"({report['wall_s_total']:.0f} s wall, {report['cpu_s_total']:.0f} s CPU over {jobs} job(s))")
     return report
 

@@ -11,8 +11,13 @@ directories, the checkpoint each stage starts from, seed, device, threads): a pr
 
 Sections (stage config class): pretrain (PretrainConfig), sft (SFTConfig), sft_more (SFTConfig, on top of
 sft: a second SFT phase; optional), sft_baseline (SFTConfig: the matched-compute baseline), rm (RMConfig),
-dpo (DPOConfig), grpo (GRPOConfig: both grpo_gold and grpo_rm), ppo (PPOConfig), bon (BoNConfig), eval
-(EvalConfig: the report's evaluation of every policy) and pipeline (PipelineConfig).
+dpo (DPOConfig), grpo (GRPOConfig: both grpo_gold and grpo_rm), ppo (PPOConfig), bon (BoNConfig), ei (EIConfig:
+expert iteration), eval (EvalConfig: the report's evaluation of every policy) and pipeline (PipelineConfig).
+
+Expert iteration's budget is set here, in samples, to match GRPO (gold)'s: as many sampled responses
+(n_ei_steps x prompts_per_step x rollouts_per_prompt = num_steps x prompts_per_step x group_size of the grpo
+section). Its training (SFT on the kept samples only, no old-policy pass) is lighter than GRPO's, so the
+report's stage table gives both stages' training CPU seconds: compare them there.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from typing import Any
 from cs336_alignment.train.bon import BoNConfig
 from cs336_alignment.train.common import config_from_dict
 from cs336_alignment.train.dpo import DPOConfig
+from cs336_alignment.train.expert_iteration import EIConfig
 from cs336_alignment.train.grpo import GRPOConfig
 from cs336_alignment.train.ppo import PPOConfig
 from cs336_alignment.train.pretrain import PretrainConfig
@@ -54,7 +60,8 @@ class PipelineConfig:
 
 SECTIONS: dict[str, type] = {"pretrain": PretrainConfig, "sft": SFTConfig, "sft_more": SFTConfig,
                              "sft_baseline": SFTConfig, "rm": RMConfig, "dpo": DPOConfig, "grpo": GRPOConfig,
-                             "ppo": PPOConfig, "bon": BoNConfig, "eval": EvalConfig, "pipeline": PipelineConfig}
+                             "ppo": PPOConfig, "bon": BoNConfig, "ei": EIConfig, "eval": EvalConfig,
+                             "pipeline": PipelineConfig}
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # A few steps of everything, to prove the plumbing: the numbers mean nothing.
@@ -75,6 +82,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "ppo": {"n_eval_problems": 4, "prompts_per_step": 2, "max_new_tokens": 12, "num_steps": 2, "eval_every": 1,
                 "checkpoint_every": 2},
         "bon": {"n_prompts": 2, "pool_size": 4, "max_new_tokens": 12, "batch_size": 64},
+        # grpo's 2 steps x 2 prompts x 8 samples = 32 samples; one evaluation at the end (and the one before)
+        "ei": {"n_eval_problems": 4, "prompts_per_step": 8, "rollouts_per_prompt": 2, "max_new_tokens": 12,
+               "n_ei_steps": 2, "keep_unfinished": True, "batch_size": 8, "eval_every": 2},
         "eval": {"n_problems": 8, "samples": 1, "batch_size": 16, "max_new_tokens": 12, "distinct_over": 2},
     },
     # The laptop run. Base and SFT are shipped under data/checkpoints/tiny (rebuilt by --from-scratch): the
@@ -92,6 +102,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "ppo": {"n_eval_problems": 100, "prompts_per_step": 32, "num_steps": 24, "eval_every": 12,
                 "checkpoint_every": 24},
         "bon": {"batch_size": 100},
+        # grpo's 24 steps x 32 prompts x 8 samples = 6,144 samples = 6 rounds x 256 prompts x 4
+        "ei": {"n_eval_problems": 100, "n_ei_steps": 6, "prompts_per_step": 256, "rollouts_per_prompt": 4,
+               "eval_every": 3},
         "eval": {"n_problems": 400, "samples": 2, "batch_size": 100, "max_new_tokens": 64, "distinct_over": 64},
     },
     # One GPU: 3x wider, 2x deeper, many more steps.
@@ -114,6 +127,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "ppo": {"n_eval_problems": 500, "prompts_per_step": 128, "num_steps": 200, "eval_every": 100,
                 "checkpoint_every": 200},
         "bon": {"n_prompts": 500, "batch_size": 250},
+        # grpo's 200 steps x 64 prompts x 8 samples = 102,400 samples = 10 rounds x 1,280 prompts x 8
+        "ei": {"n_problems": 12_800, "n_eval_problems": 500, "n_ei_steps": 10, "prompts_per_step": 1280,
+               "rollouts_per_prompt": 8, "batch_size": 64, "eval_every": 5},
         "eval": {"n_problems": 2000, "samples": 2, "batch_size": 250, "max_new_tokens": 64, "distinct_over": 500},
     },
 }
@@ -132,6 +148,8 @@ def with_overrides(preset: dict[str, dict[str, Any]], changes: dict[str, dict[st
 PRESETS["tiny_rl10"] = with_overrides(PRESETS["tiny"], {
     "grpo": {"n_problems": 12_000, "prompts_per_step": 64, "num_steps": 120, "min_lr": 1e-4, "eval_every": 60,
              "checkpoint_every": 120},
+    # expert iteration at the same 10x: 12 rounds x 1,280 prompts x 4 = 61,440 samples, no prompt twice
+    "ei": {"n_problems": 16_000, "n_ei_steps": 12, "prompts_per_step": 1280, "eval_every": 6},
     "pipeline": {"checkpoints": "tiny"}})
 
 

@@ -10,6 +10,9 @@ Plots
   overoptimization.png  gold and proxy (reward-model) reward against sqrt(KL to SFT), for best-of-N and
                         along the RL runs against the reward model (PPO, GRPO), and the mean response
                         length (Gao et al. 2023, "Scaling Laws for Reward Model Overoptimization", fig. 1)
+  gold_vs_kl.png        what each method bought and what it cost: each policy's gold reward of temperature-1
+                        samples (sampled accuracy, ± its paired standard error against SFT) against its KL to
+                        SFT, one point per policy, and the best-of-N curve (N = 1 ... 64)
 """
 from __future__ import annotations
 
@@ -33,7 +36,10 @@ CURVES = {
     "rm": (["loss/train", "eval/loss"], ["eval/rm/accuracy", "eval/rm/ceiling_accuracy"], "Bradley-Terry loss",
            "held-out pairwise accuracy"),
     "dpo": (["loss/train", "eval/loss"], ["eval/accuracy/greedy"], "DPO loss", "greedy gold accuracy"),
-    "grpo_gold": (["reward/gold_mean"], ["eval/accuracy/greedy"], "gold reward of rollouts", "greedy accuracy"),
+    "grpo_gold": (["reward/gold_mean", "response/worked_share"], ["eval/accuracy/greedy"],
+                  "gold reward / worked share of rollouts", "greedy accuracy"),
+    "ei": (["reward/gold_mean", "response/worked_share"], ["eval/accuracy/greedy"],
+           "gold reward / worked share of samples", "greedy accuracy"),
     "grpo_rm": (["reward/gold_mean", "reward/proxy_mean"], ["eval/accuracy/greedy"], "reward of rollouts",
                 "greedy accuracy"),
     "ppo": (["reward/gold_mean", "reward/proxy_mean"], ["kl/ref"], "reward of rollouts", "KL to SFT (nats)"),
@@ -129,6 +135,37 @@ def plot_overoptimization(out: Path, bon_rows: list[dict], rl_runs: dict[str, li
     return path
 
 
+def plot_gold_vs_kl(out: Path, report: dict) -> Path:
+    """gold_vs_kl.png: for every chat policy of report["models"] (not the best-of-N rows), its sampled gold
+    reward against its KL to SFT (nats per sequence), with the paired standard error of its difference to SFT
+    as an error bar, and the best-of-N curve from report["bon"]["rows"]. The base model (raw format, no KL)
+    is left out."""
+    from matplotlib.figure import Figure
+
+    se = {p["a"]: p["sampled"][1] for p in report.get("paired", []) if p["b"] == "SFT"}
+    points = [(label, m["kl/ref"], m["reward/gold_mean"]) for label, m in report["models"].items()
+              if not label.startswith("BoN-") and m.get("format") == "chat"
+              and m.get("kl/ref") is not None and m.get("reward/gold_mean") is not None]
+    fig = Figure(figsize=(7.5, 5.0), layout="constrained")
+    ax = fig.subplots()
+    rows = report.get("bon", {}).get("rows", [])
+    if rows:
+        ax.plot([r["kl/ref"] for r in rows], [r["reward/gold_mean"] for r in rows], "^:", color="tab:gray",
+                label="best-of-N (reward model), N = " + ", ".join(str(r["n"]) for r in rows))
+    for i, (label, kl, gold) in enumerate(points):
+        ax.errorbar([kl], [gold], yerr=[se.get(label, 0.0)], fmt="o", capsize=3, color=f"C{i}",
+                    label="a policy (± paired standard error of its difference to SFT)" if i == 0 else None)
+        ax.annotate(label, (kl, gold), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set(xlabel="KL to SFT (nats per sequence, on the policy's own samples)",
+           ylabel="gold reward of T = 1 samples (sampled accuracy)",
+           title="what each method bought (gold reward) and what it cost (KL to SFT)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    path = out / "gold_vs_kl.png"
+    fig.savefig(path, dpi=100)
+    return path
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Markdown
 # ---------------------------------------------------------------------------------------------------------
@@ -184,6 +221,25 @@ def _matched_compute(report: dict) -> list[str]:
             "time): " + "; ".join(parts) + ". GRPO above both: " + ", ".join(verdicts) + "."]
 
 
+def _expert_iteration(report: dict) -> list[str]:
+    """Expert iteration against GRPO (gold): the same verifier, as many samples (the preset's ei section)."""
+    models, stages = report["models"], report["stages"]
+    ei, grpo = "Expert iteration", "GRPO (gold)"
+    if ei not in models or grpo not in models:
+        return []
+    parts = [f"{label} {_pct(models[label]['accuracy/greedy'])} / {_pct(models[label]['reward/gold_mean'])}, "
+             f"worked share {_pct(models[label].get('response/worked_share'))} ({stages[stage]['steps']} "
+             f"{unit}, {stages[stage].get('train_cpu_s', 0.0):.1f} s training CPU)"
+             for label, stage, unit in ((ei, "ei", "rounds"), (grpo, "grpo_gold", "steps"))]
+    paired = {(p["a"], p["b"]): p for p in report.get("paired", [])}
+    gap = ""
+    if (ei, grpo) in paired:
+        mean, se = paired[(ei, grpo)]["sampled"]
+        gap = f"; expert iteration − GRPO (gold), sampled: {100 * mean:+.1f} ± {100 * se:.1f} points"
+    return ["", "**Expert iteration vs GRPO (gold)** (both against the gold reward, with as many sampled responses; "
+            "greedy accuracy / T = 1 sampled accuracy): " + "; ".join(parts) + gap + "."]
+
+
 def _paired(report: dict) -> list[str]:
     """Differences between policies on the same test problems, with paired standard errors."""
     if not report.get("paired"):
@@ -232,14 +288,16 @@ def write_report(out: Path, report: dict) -> Path:
              "problem): "
              "**mean gold reward**, **proxy** (the reward model's score), **KL to SFT** (mean over the "
              "policy's own samples of log pi - log pi_SFT, summed over the response, nats; for best-of-N the "
-             "closed form log N - (N-1)/N), **length** (tokens) and **distinct-2**. Annotator: "
+             "closed form log N - (N-1)/N), **length** (tokens), **distinct-2** and the **worked share** (responses "
+             "that show a step `x op y = z`, tasks.is_worked). Annotator: "
              f"tau = {report['annotator']['tau']}, length bias = {report['annotator']['length_bias']} per token.",
-             "", "| policy | gold accuracy | mean gold reward | proxy (RM) reward | KL to SFT | length | distinct-2 |",
-             "|---|---|---|---|---|---|---|"]
+             "", "| policy | gold accuracy | mean gold reward | proxy (RM) reward | KL to SFT | length | distinct-2 | "
+             "worked share |", "|---|---|---|---|---|---|---|---|"]
     for label, m in report["models"].items():
         lines.append(f"| {label} | {_pct(m.get('accuracy/greedy'), n)} | {_pct(m.get('reward/gold_mean'))} | "
                      f"{_num(m.get('reward/proxy_mean'))} | {_num(m.get('kl/ref'), '.2f')} | "
-                     f"{_num(m.get('response/length_mean'), '.1f')} | {_num(m.get('response/distinct_2'))} |")
+                     f"{_num(m.get('response/length_mean'), '.1f')} | {_num(m.get('response/distinct_2'))} | "
+                     f"{_pct(m.get('response/worked_share'))} |")
     if "rm" in report:
         rm = report["rm"]
         lines += ["", f"**Reward model** ({rm['n_pairs']} training pairs, {rm['n_eval_pairs']} held-out pairs on "
@@ -261,7 +319,7 @@ def write_report(out: Path, report: dict) -> Path:
             lines.append(f"| {r['n']} | {r['kl/ref']:.2f} | {r['reward/proxy_mean']:.3f} | "
                          f"{_pct(r['reward/gold_mean'])} | {_pct(r['reward/oracle_mean'])} | "
                          f"{r['response/length_mean']:.1f} | {r['response/distinct_2']:.3f} |")
-    lines += _paired(report) + _matched_compute(report) + _sft_curve(report)
+    lines += _paired(report) + _matched_compute(report) + _expert_iteration(report) + _sft_curve(report)
     lines += ["", "**Stage times** (CPU time: of the process that ran the stage, evaluations included; training: the "
               "loop's own count, evaluations excluded):", "",
               "| stage | steps | wall time | CPU time | training CPU time |", "|---|---|---|---|---|"]
@@ -272,7 +330,8 @@ def write_report(out: Path, report: dict) -> Path:
               f"over this process and its workers (--jobs {report['jobs']}, {report['threads']} thread(s) each, "
               f"device {report['device']}). Stages in different workers run at the same time, so their wall times "
               "overlap; a wall time well above the CPU time means the stage waited for a CPU.", "",
-              "![training curves](training_curves.png)", "", "![over-optimisation](overoptimization.png)", ""]
+              "![training curves](training_curves.png)", "", "![over-optimisation](overoptimization.png)", "",
+              "![gold reward against KL to SFT](gold_vs_kl.png)", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path

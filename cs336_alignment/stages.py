@@ -5,6 +5,8 @@ base/SFT checkpoints, and running the post-training stages in worker processes a
     rm, grpo_gold                                      start together (both need only SFT)
     dpo, grpo_rm, ppo, bon    when rm is done          (its pairs, its checkpoint)
     sft_baseline              when grpo_gold is done   (its training CPU seconds: the matched compute)
+    ei                        needs only SFT           (expert iteration; starts when a worker is free and no
+                                                        stage before it in POST_STAGES is ready)
 """
 from __future__ import annotations
 
@@ -19,15 +21,15 @@ from pathlib import Path
 from cs336_alignment.checkpoint import SHIPPED_DIR, load_checkpoint, load_checkpoint_extra, save_checkpoint
 from cs336_alignment.model import TransformerConfig, TransformerLM
 from cs336_alignment.presets import PRESETS, stage_config
-from cs336_alignment.train import bon, dpo, grpo, ppo, pretrain, reward_model, sft
+from cs336_alignment.train import bon, dpo, expert_iteration, grpo, ppo, pretrain, reward_model, sft
 
 SHIPPED = SHIPPED_DIR  # data/checkpoints/<preset>/: base/SFT checkpoints per preset
-POST_STAGES = ("rm", "dpo", "grpo_gold", "sft_baseline", "grpo_rm", "ppo", "bon")  # in the order they start
+POST_STAGES = ("rm", "dpo", "grpo_gold", "sft_baseline", "grpo_rm", "ppo", "bon", "ei")  # in the order they start
 # stage -> the stage it waits for: the reward model's pairs or checkpoint; grpo_gold's training CPU seconds
 NEEDS = {"dpo": "rm", "grpo_rm": "rm", "ppo": "rm", "bon": "rm", "sft_baseline": "grpo_gold"}
 LOOPS = {"pretrain": pretrain.train, "sft": sft.train, "sft_more": sft.train, "rm": reward_model.train,
          "dpo": dpo.train, "grpo_gold": grpo.train, "sft_baseline": sft.train, "grpo_rm": grpo.train,
-         "ppo": ppo.train, "bon": bon.train}  # stage -> the loop that trains it
+         "ppo": ppo.train, "bon": bon.train, "ei": expert_iteration.train}  # stage -> the loop that trains it
 
 # ---------------------------------------------------------------------------------------------------------
 # Stage configs: the preset's overrides (presets.py) plus the run's wiring
@@ -73,6 +75,7 @@ def post_configs(preset_name: str, out: Path, sft_ckpt: str, seed: int, device: 
                                 **common),
         "ppo": stage_config(preset_name, "ppo", out=str(out / "ppo"), reward="rm", reward_model=rm_ckpt, **common),
         "bon": stage_config(preset_name, "bon", out=str(out / "bon"), rm=rm_ckpt, **common),
+        "ei": stage_config(preset_name, "ei", out=str(out / "ei"), **common),
     }
 
 

@@ -1,7 +1,7 @@
 """The main job end to end: `python -m cs336_alignment pipeline --preset smoke` into a temporary directory
 runs every stage (pretrain, SFT, reward model, DPO, GRPO x2, the matched-compute SFT baseline, PPO,
-best-of-N), two at a time in worker processes, and writes the report, the plots and report.json with the
-numbers filled in; --jobs 1 (in process) gives the same numbers; skipping a stage skips the stages that need
+best-of-N, expert iteration), two at a time in worker processes, and writes the report, the plots and
+report.json with the numbers filled in; --jobs 1 (in process) gives the same numbers; skipping a stage skips the stages that need
 it; shipping base/SFT checkpoints is reproducible bit for bit."""
 from __future__ import annotations
 
@@ -21,8 +21,10 @@ from tests.metric_names import undocumented
 
 STAGE_FILES = ("pretrain/ckpt.pt", "sft/ckpt.pt", "rm/ckpt.pt", "rm/preferences_train.jsonl",
                "rm/preferences_eval.jsonl", "dpo/ckpt.pt", "grpo_gold/ckpt.pt", "sft_baseline/ckpt.pt",
-               "grpo_rm/ckpt.pt", "ppo/ckpt.pt", "bon/bon.json")
+               "grpo_rm/ckpt.pt", "ppo/ckpt.pt", "bon/bon.json", "ei/ckpt.pt")
 BASELINE = "SFT + more SFT (matched CPU)"
+EI = "Expert iteration"
+PLOTS = ("training_curves.png", "overoptimization.png", "gold_vs_kl.png")
 
 
 def smoke(out, *flags: str) -> dict:
@@ -40,11 +42,11 @@ def test_smoke_pipeline_writes_report(tmp_path):
     returned = smoke(out, "--jobs", "2")
     cpu_here = time.process_time() - cpu0
 
-    for path in STAGE_FILES + ("report.md", "report.json", "training_curves.png", "overoptimization.png"):
+    for path in STAGE_FILES + ("report.md", "report.json") + PLOTS:
         assert (out / path).is_file() and (out / path).stat().st_size > 0, path
         if path.endswith(".png"):
             assert (out / path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    for stage in ("pretrain", "sft", "rm", "dpo", "grpo_gold", "sft_baseline", "grpo_rm", "ppo", "bon"):
+    for stage in ("pretrain", "sft", "rm", "dpo", "grpo_gold", "sft_baseline", "grpo_rm", "ppo", "bon", "ei"):
         assert (out / stage / "metrics.jsonl").is_file(), stage
     assert not undocumented(out.glob("*/metrics.jsonl")), "a logged metric name missing from the README's table"
 
@@ -52,12 +54,16 @@ def test_smoke_pipeline_writes_report(tmp_path):
     assert report == json.loads(json.dumps(returned))
     n, pool = PRESETS["smoke"]["eval"]["n_problems"], PRESETS["smoke"]["bon"]["pool_size"]
     models = report["models"]
-    assert list(models)[:7] == ["base", "SFT", BASELINE, "GRPO (gold)", "GRPO (RM)", "PPO", "DPO"]
+    assert list(models)[:8] == ["base", "SFT", BASELINE, "GRPO (gold)", EI, "GRPO (RM)", "PPO", "DPO"]
     assert [k for k in models if k.startswith("BoN-")][:3] == ["BoN-1", "BoN-2", "BoN-4"]
     for label, m in models.items():
         if m.get("accuracy/greedy") is not None:
             assert abs(m["accuracy/greedy"] * n - round(m["accuracy/greedy"] * n)) < 1e-9, label  # a count
     assert models["SFT"]["kl/ref"] == 0.0, "the SFT policy is its own reference"
+    # the worked share of every chat policy (its evaluation's samples) and of every best-of-N row (the selected)
+    for label, m in models.items():
+        if m["format"] == "chat" and "oracle" not in label:
+            assert 0.0 <= m["response/worked_share"] <= 1.0, label
     assert models["BoN-4"]["kl/ref"] == pytest.approx(math.log(4) - 3 / 4)
     assert {"eval/rm/accuracy", "eval/rm/ece", "eval/rm/ceiling_accuracy"} <= set(report["rm"])
     assert len(report["bon"]["rows"]) == int(math.log2(pool)) + 1
@@ -80,21 +86,31 @@ def test_smoke_pipeline_writes_report(tmp_path):
 
     # Paired differences on the same problems: every post-trained policy minus SFT, and GRPO minus the baseline
     paired = {(p["a"], p["b"]): p for p in report["paired"]}
-    assert set(paired) == {(label, "SFT") for label in (BASELINE, "GRPO (gold)", "GRPO (RM)", "PPO", "DPO")} | \
-           {("GRPO (gold)", BASELINE)}
+    assert set(paired) == {(label, "SFT") for label in (BASELINE, "GRPO (gold)", EI, "GRPO (RM)", "PPO", "DPO")} | \
+           {("GRPO (gold)", BASELINE), (EI, "GRPO (gold)")}
     for (a, b), p in paired.items():  # the mean paired difference is the difference of the two accuracies
         assert p["greedy"][0] == pytest.approx(models[a]["accuracy/greedy"] - models[b]["accuracy/greedy"])
         assert p["sampled"][0] == pytest.approx(models[a]["reward/gold_mean"] - models[b]["reward/gold_mean"])
         assert p["greedy"][1] >= 0 and p["sampled"][1] >= 0
 
+    # expert iteration: its own stage, with as many sampled responses as grpo_gold (the preset's ei section)
+    ei_config = json.loads((out / "ei" / "metrics.jsonl").read_text().splitlines()[0])["config"]
+    grpo_config = json.loads((out / "grpo_gold" / "metrics.jsonl").read_text().splitlines()[0])["config"]
+    assert ei_config["init"] == str(out / "sft" / "ckpt.pt") and stages["ei"]["steps"] == ei_config["n_ei_steps"]
+    assert ei_config["n_ei_steps"] * ei_config["prompts_per_step"] * ei_config["rollouts_per_prompt"] == \
+        grpo_config["num_steps"] * grpo_config["prompts_per_step"] * grpo_config["group_size"]
+
     md = (out / "report.md").read_text()
-    assert "training_curves.png" in md and "overoptimization.png" in md
-    for label in ("SFT", BASELINE, "PPO", "DPO", "BoN-4"):
+    assert all(plot in md for plot in PLOTS)
+    assert "| KL to SFT | length | distinct-2 | worked share |" in md
+    for label in ("SFT", BASELINE, EI, "PPO", "DPO", "BoN-4"):
         row = next(line for line in md.splitlines() if line.startswith(f"| {label} |"))
         assert f"{models[label]['kl/ref']:.2f}" in row and f"{models[label]['response/length_mean']:.1f}" in row
+        assert row.endswith(f"| {100 * models[label]['response/worked_share']:.1f}% |"), row
     for heading in ("**GRPO vs SFT vs matched-compute SFT**", "**SFT held-out accuracy along training**",
                     "**Differences on the same test problems**", f"| GRPO (gold) − {BASELINE} |",
-                    "**Stage times**", "| sft_baseline |", "--jobs 2"):
+                    f"| {EI} − GRPO (gold) |", "**Expert iteration vs GRPO (gold)**",
+                    "**Stage times**", "| sft_baseline |", "| ei |", "--jobs 2"):
         assert heading in md, heading
 
     # The RM's answer-checking line, when its held-out pairs differ in gold (the smoke model's rarely do)
@@ -115,7 +131,7 @@ def test_smoke_pipeline_writes_report(tmp_path):
 
 
 def test_skip_and_unknown_stage(tmp_path):
-    report = smoke(tmp_path, "--jobs", "1", "--skip", "grpo_gold,grpo_rm,ppo,dpo")
+    report = smoke(tmp_path, "--jobs", "1", "--skip", "grpo_gold,grpo_rm,ppo,dpo,ei")
     assert set(report["models"]) >= {"base", "SFT", "BoN-1"} and "PPO" not in report["models"]
     assert set(report["stages"]) == {"pretrain", "sft", "rm", "bon", "eval"}  # no grpo_gold: no sft_baseline
     with pytest.raises(ValueError, match="not a post-training stage"):
@@ -135,19 +151,21 @@ def test_ship_rebuilds_bit_for_bit(tmp_path, monkeypatch):
     assert str(tmp_path) not in shipped_metrics, "no path of the machine that built them"
     assert (config["out"], config["init"]) == ("runs/run0/sft", "runs/run0/pretrain/ckpt.pt")
     # A run then starts from the shipped models instead of training them.
-    # Skipping rm and grpo_gold skips every stage that needs them (dpo, grpo_rm, ppo, bon; sft_baseline).
-    report = smoke(tmp_path / "from_shipped", "--jobs", "1", "--skip", "rm,grpo_gold")
+    # Skipping rm and grpo_gold skips every stage that needs them (dpo, grpo_rm, ppo, bon; sft_baseline); ei too.
+    report = smoke(tmp_path / "from_shipped", "--jobs", "1", "--skip", "rm,grpo_gold,ei")
     assert report["base_sft"] == "shipped" and set(report["stages"]) == {"eval"}
     assert set(report["models"]) == {"base", "SFT"}
 
 
 def test_tiny_rl10_is_tiny_with_ten_times_the_grpo_budget(tmp_path):
-    """The preset that measurably lifts GRPO above SFT (README): tiny's shipped models, 10x the GRPO samples."""
+    """The preset that measurably lifts GRPO above SFT (README): tiny's shipped models, 10x the GRPO samples
+    (and expert iteration's, which samples as many responses as GRPO (gold): tests/test_presets.py)."""
     from cs336_alignment.train.grpo import GRPOConfig
 
     tiny, long = PRESETS["tiny"], PRESETS["tiny_rl10"]
-    assert {k: v for k, v in long.items() if k not in ("grpo", "pipeline")} == \
-           {k: v for k, v in tiny.items() if k not in ("grpo", "pipeline")}, "same model, SFT, RM, DPO, PPO, evaluation"
+    assert {k: v for k, v in long.items() if k not in ("grpo", "ei", "pipeline")} == \
+           {k: v for k, v in tiny.items() if k not in ("grpo", "ei", "pipeline")}, \
+        "same model, SFT, RM, DPO, PPO, evaluation"
     assert long["pipeline"]["checkpoints"] == "tiny" and stages_module.shipped("tiny")
     sft = str(stages_module.shipped("tiny")[1])
     configs = {name: stages_module.post_configs(name, tmp_path, sft, 0, "cpu", 1, 0.0)

@@ -167,8 +167,13 @@ def test_best_of_n_curve_hand_example():
     proxy = torch.tensor([[0.1, 0.4, 0.3, 0.2]])
     gold = torch.tensor([[0.0, 1.0, 0.0, 1.0]])
     lengths = torch.tensor([[10.0, 20.0, 30.0, 40.0]])
-    rows = bon.best_of_n_curve(proxy, gold, lengths, [1, 2, 4])
+    worked = torch.tensor([[1.0, 0.0, 1.0, 1.0]])
+    rows = bon.best_of_n_curve(proxy, gold, lengths, [1, 2, 4], worked)
     assert rows[0]["reward/gold_mean"] == pytest.approx(0.5) and rows[0]["reward/proxy_mean"] == pytest.approx(0.25)
+    assert rows[0]["response/worked_share"] == pytest.approx(0.75)
+    # N = 2: winners 0.4 (3 pairs, not worked), 0.3 (2 pairs, worked), 0.2 (1 pair, worked)
+    assert rows[1]["response/worked_share"] == pytest.approx(3 / 6) and rows[2]["response/worked_share"] == 0.0
+    assert "response/worked_share" not in bon.best_of_n_curve(proxy, gold, lengths, [1])[0]
     # N = 2: the 6 pairs' winners are 0.4 (3 pairs: gold 1, len 20), 0.3 (2 pairs: gold 0, len 30), 0.2 (1: gold 1)
     assert rows[1]["reward/gold_mean"] == pytest.approx(4 / 6)
     assert rows[1]["reward/proxy_mean"] == pytest.approx((3 * 0.4 + 2 * 0.3 + 0.2) / 6)

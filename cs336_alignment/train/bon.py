@@ -32,7 +32,7 @@ from cs336_alignment.checkpoint import load_model
 from cs336_alignment.metrics import best_of_n_kl, best_of_n_weights, distinct_n, pass_at_k
 from cs336_alignment.reward_model import load_reward_model, score_responses
 from cs336_alignment.rollout import sample_responses
-from cs336_alignment.tasks import generate_problems, gold_reward
+from cs336_alignment.tasks import generate_problems, gold_reward, is_worked
 from cs336_alignment.tokenizer import load_tokenizer
 from cs336_alignment.train.common import MetricsLogger, init_or_shipped, parse_config, setup_run
 
@@ -69,7 +69,8 @@ class BoNConfig:
     """no console lines (metrics.jsonl is still written)"""
 
 
-def best_of_n_curve(proxy: torch.Tensor, gold: torch.Tensor, lengths: torch.Tensor, ns: list[int]) -> list[dict]:
+def best_of_n_curve(proxy: torch.Tensor, gold: torch.Tensor, lengths: torch.Tensor, ns: list[int],
+                    worked: torch.Tensor | None = None) -> list[dict]:
     """Exact best-of-N statistics over all N-subsets of each prompt's pool.
 
     Args:
@@ -77,14 +78,17 @@ def best_of_n_curve(proxy: torch.Tensor, gold: torch.Tensor, lengths: torch.Tens
         gold: (P, n) gold rewards (0/1 for the task world).
         lengths: (P, n) response lengths (tokens).
         ns: the N values (each 1 <= N <= n).
+        worked: optional (P, n) 0/1, whether each sample shows its work (tasks.is_worked).
 
     Returns:
         one dict per N: {"n", "reward/proxy_mean", "reward/gold_mean", "reward/oracle_mean" (pass@N with the
-        gold reward as the selector, exact for 0/1 gold rewards), "response/length_mean", "kl/ref" (closed form)}.
+        gold reward as the selector, exact for 0/1 gold rewards), "response/length_mean", "kl/ref" (closed form),
+        and with `worked` "response/worked_share" (the share of worked responses among those selected)}.
     """
     P, n = proxy.shape
     order = proxy.double().argsort(dim=1, stable=True)                      # (P, n) ascending by proxy
-    ranked = {name: t.double().gather(1, order) for name, t in (("proxy", proxy), ("gold", gold), ("len", lengths))}
+    columns = (("proxy", proxy), ("gold", gold), ("len", lengths)) + ((("worked", worked),) if worked is not None else ())
+    ranked = {name: t.double().gather(1, order) for name, t in columns}
     correct = (gold > 0.5).sum(dim=1).tolist()                              # per prompt, for pass@N
     rows = []
     for N in ns:
@@ -93,6 +97,8 @@ def best_of_n_curve(proxy: torch.Tensor, gold: torch.Tensor, lengths: torch.Tens
                      "reward/gold_mean": float((ranked["gold"] @ w).mean()),
                      "reward/oracle_mean": sum(pass_at_k(n, c, N) for c in correct) / P,
                      "response/length_mean": float((ranked["len"] @ w).mean()), "kl/ref": best_of_n_kl(N)})
+        if worked is not None:
+            rows[-1]["response/worked_share"] = float((ranked["worked"] @ w).mean())
     return rows
 
 
@@ -123,9 +129,10 @@ def train(cfg: BoNConfig) -> dict:
     gold = torch.tensor([gold_reward(s["text"], p["answer"])["reward"] for p, pool in zip(problems, pools)
                          for s in pool]).view(cfg.n_prompts, cfg.pool_size)
     lengths = torch.tensor([float(s["n_tokens"]) for s in flat]).view(cfg.n_prompts, cfg.pool_size)
+    worked = torch.tensor([float(is_worked(s["text"])) for s in flat]).view(cfg.n_prompts, cfg.pool_size)
 
     # --- the curve, plus distinct-2 of one concrete best-of-N draw (the first N samples of each pool)
-    rows = best_of_n_curve(proxy, gold, lengths, ns)
+    rows = best_of_n_curve(proxy, gold, lengths, ns, worked)
     for row in rows:
         N = row["n"]
         picks = [pool[int(proxy[j, :N].argmax())] for j, pool in enumerate(pools)]
