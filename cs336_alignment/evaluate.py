@@ -4,9 +4,10 @@
     python -m cs336_alignment eval --ckpt runs/tiny/pretrain/ckpt.pt --format raw
     python -m cs336_alignment eval --ckpt CKPT --data gsm8k_test.jsonl      # real GSM8K-format problems
 
-Prompt formats (`tokenizer.build_prompt`): chat (SFT and RL models) or raw "Question: {question}\nAnswer:", how
-the base model saw documents in pretraining. Evaluating a base model with the chat template instead would
-mostly measure that it has never seen the template, so a base-vs-SFT comparison would only show formatting.
+Prompt formats (`tokenizer.build_prompt`): chat (SFT and RL models), raw "Question: {question}\nAnswer:", how
+the base model saw documents in pretraining, or question_only, the bare question (`grpo --prompt question_only`).
+Evaluating a base model with the chat template instead would mostly measure that it has never seen the
+template, so a base-vs-SFT comparison would only show formatting.
 
 `evaluate_model` (greedy responses; the `eval` command):
   reward/gold_mean      gold accuracy: mean of tasks.gold_reward(...)["reward"] (right number, "#### N" format)
@@ -49,7 +50,7 @@ from cs336_alignment.reward_model import score_responses
 from cs336_alignment.rollout import build_training_tensors, generate_responses, sample_responses
 from cs336_alignment.runtime import autocast, get_device, set_threads
 from cs336_alignment.tasks import generate_problems, gold_reward, is_worked
-from cs336_alignment.tokenizer import Format, build_prompt, load_tokenizer
+from cs336_alignment.tokenizer import FORMATS, Format, build_prompt, load_tokenizer
 
 # ---------------------------------------------------------------------------------------------------------
 # Greedy responses scored with the gold reward (general: each takes responses and returns plain floats)
@@ -263,8 +264,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--ckpt", "--init", dest="ckpt", required=True,
                         help="checkpoint written by a train loop (ckpt.pt) or a Hugging Face model directory")
-    parser.add_argument("--format", choices=["chat", "raw"], default="chat",
-                        help="chat template (SFT/RL models) or raw 'Question: ... Answer:' text (base model)")
+    parser.add_argument("--format", choices=list(FORMATS), default="chat",
+                        help="chat template (SFT/RL models), raw 'Question: ... Answer:' text (base model), or "
+                             "question_only: the bare question (a policy trained with grpo --prompt question_only)")
     parser.add_argument("--data", default="", help="jsonl of {question, answer}; empty = the task world")
     parser.add_argument("--split", choices=["train", "test"], default="test", help="task-world split")
     parser.add_argument("--n-problems", type=int, default=500, help="task-world problems to evaluate")
