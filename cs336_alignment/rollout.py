@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from cs336_alignment.data import tokenize_prompt_and_output
-from cs336_alignment.model import GenerationOutput, generate
+from cs336_alignment.generation import GenerationOutput, generate
 from cs336_alignment.tokenizer import Format, build_prompt, cut_raw_response, stop_token_ids
 
 # ---------------------------------------------------------------------------------------------------------

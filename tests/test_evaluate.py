@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cs336_alignment.model import TransformerConfig, TransformerLM, generate
+from cs336_alignment.generation import generate
+from cs336_alignment.model import TransformerConfig, TransformerLM
 from cs336_alignment.rollout import generate_responses, sample_responses
 from cs336_alignment.tokenizer import build_prompt, stop_token_ids
 from cs336_alignment.tasks import generate_problems
