@@ -150,7 +150,7 @@ def get_tokenizer(vocab: dict[int, bytes], merges: list[tuple[bytes, bytes]], sp
 
 
 def run_train_bpe(input_path: str | os.PathLike, vocab_size: int, special_tokens: list[str], **kwargs):
-    from cs336_alignment.tokenizer import train_bpe
+    from cs336_alignment.bpe import train_bpe
     return train_bpe(input_path, vocab_size, special_tokens, **kwargs)
 
 
