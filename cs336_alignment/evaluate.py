@@ -40,8 +40,9 @@ from cs336_alignment.metrics import distinct_n
 from cs336_alignment.reward_model import score_responses
 from cs336_alignment.rollout import build_training_tensors, generate_responses, sample_responses
 from cs336_alignment.runtime import autocast, get_device, set_threads
-from cs336_alignment.tasks import generate_problems, gold_reward
+from cs336_alignment.tasks import generate_problems
 from cs336_alignment.tokenizer import Format, build_prompt, load_tokenizer
+from cs336_alignment.verifier import gold_reward
 
 # ---------------------------------------------------------------------------------------------------------
 # Greedy responses scored with the gold reward (general: each takes responses and returns plain floats)

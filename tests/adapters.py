@@ -228,12 +228,12 @@ def run_grpo_microbatch_train_step(policy_log_probs: Tensor, response_mask: Tens
 
 
 def run_parse_gsm8k_response(model_output: str) -> str | None:
-    from cs336_alignment.tasks import parse_gsm8k_response
+    from cs336_alignment.verifier import parse_gsm8k_response
     return parse_gsm8k_response(model_output)
 
 
 def run_parse_mmlu_response(mmlu_example: dict[str, Any], model_output: str) -> str | None:
-    from cs336_alignment.tasks import parse_mmlu_response
+    from cs336_alignment.verifier import parse_mmlu_response
     return parse_mmlu_response(mmlu_example, model_output)
 
 

@@ -1,7 +1,7 @@
 """Batched generation for evaluation and preference sampling: each row gets the room its own prompt leaves.
 
 Oracles: each question generated alone (greedy is independent of the batching), and, for prompts that all
-fit, the plain `model.generate` calls on consecutive batches that these functions made before rows got
+fit, the plain `generation.generate` calls on consecutive batches that these functions made before rows got
 their own limits (the same samples from the same generator).
 """
 from __future__ import annotations

@@ -45,11 +45,11 @@ from cs336_alignment.masked import masked_mean
 from cs336_alignment.nn_utils import clip_gradients
 from cs336_alignment.rollout import micro_batch, sample_rollouts, sequence_widths
 from cs336_alignment.sft import sft_microbatch_train_step
-from cs336_alignment.tasks import gold_reward
 from cs336_alignment.tokenizer import load_tokenizer
 from cs336_alignment.train.common import (MetricsLogger, build_optimizer, finite_or_raise, init_or_shipped,
                                           load_problems, num_params, parse_config, progress_bar, prompt_indices,
                                           setup_run)
+from cs336_alignment.verifier import gold_reward
 
 
 @dataclass

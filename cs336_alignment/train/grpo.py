@@ -63,11 +63,11 @@ from cs336_alignment.policy_losses import grpo_microbatch_train_step, kl_estimat
 from cs336_alignment.reward_model import load_reward_model, rollout_reward_fn
 from cs336_alignment.rollout import Rollouts, micro_batch, sample_rollouts, sequence_widths
 from cs336_alignment.runtime import autocast
-from cs336_alignment.tasks import gold_reward, process_rewards
 from cs336_alignment.tokenizer import load_tokenizer
 from cs336_alignment.train.common import (MetricsLogger, build_optimizer, cosine_lr, finite_or_raise, init_or_shipped,
                                           load_problems, load_sft_optimizer_state, num_params, parse_config,
                                           progress_bar, prompt_indices, setup_run)
+from cs336_alignment.verifier import gold_reward, process_rewards
 
 
 @dataclass
