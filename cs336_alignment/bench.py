@@ -14,7 +14,8 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from cs336_alignment.logprobs import fused_linear_log_probs, naive_linear_log_probs  # noqa: E402 (after the environ)
-from cs336_alignment.model import TransformerConfig, TransformerLM, generate  # noqa: E402
+from cs336_alignment.generation import generate  # noqa: E402
+from cs336_alignment.model import TransformerConfig, TransformerLM  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------------------

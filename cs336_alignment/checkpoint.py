@@ -11,6 +11,7 @@ therefore never runs pickled code. `extra` carries the run's config dict and RNG
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import tempfile
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 from cs336_alignment.model import TransformerConfig, TransformerLM
-from cs336_alignment.pretrained import is_pretrained_dir, load_pretrained
+from cs336_alignment.pretrained import is_pretrained_dir
 
 PathOrFile = str | os.PathLike | BinaryIO | IO[bytes]
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "data" / "checkpoints"  # base/SFT models per preset
@@ -154,7 +155,8 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> t
         FileNotFoundError, or ValueError when the checkpoint has no "model_config" (not one of ours).
     """
     if is_pretrained_dir(path):  # a Hugging Face directory: float32 weights, its tokenizer in model_config
-        return load_pretrained(path, device)
+        model = TransformerLM.from_pretrained(path, device=device)
+        return model, {"model_config": dataclasses.asdict(model.config), "config": {"init": str(path)}}
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: no checkpoint there (a loop writes <out>/ckpt.pt; the shipped SFT model "
                                 f"is {SHIPPED_SFT.relative_to(SHIPPED_DIR.parent.parent)})")

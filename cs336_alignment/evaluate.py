@@ -10,12 +10,12 @@ Evaluating a base model with the chat template instead would mostly measure that
 template, so a base-vs-SFT comparison would only show formatting.
 
 `evaluate_model` (greedy responses; the `eval` command):
-  reward/gold_mean      gold accuracy: mean of tasks.gold_reward(...)["reward"] (right number, "#### N" format)
+  reward/gold_mean      gold accuracy: mean of verifier.gold_reward(...)["reward"] (right number, "#### N" format)
   reward/format_mean    format rate: fraction of responses whose last line is "#### <number>"
   response/length_mean  mean response length in tokens (up to and excluding the stop token)
 
 `evaluate_policy` (the report's columns, and every loop's held-out evaluation with an "eval/" prefix):
-  accuracy/greedy       gold accuracy of greedy responses (tasks.gold_reward)
+  accuracy/greedy       gold accuracy of greedy responses (verifier.gold_reward)
   reward/gold_mean      mean gold reward of temperature-1 samples
   reward/format_mean    fraction of those samples with a final "#### N" line
   reward/proxy_mean     mean reward-model score of those samples (when a reward model is given)
@@ -49,8 +49,9 @@ from cs336_alignment.metrics import distinct_n
 from cs336_alignment.reward_model import score_responses
 from cs336_alignment.rollout import build_training_tensors, generate_responses, sample_responses
 from cs336_alignment.runtime import autocast, get_device, set_threads
-from cs336_alignment.tasks import generate_problems, gold_reward, is_worked
+from cs336_alignment.tasks import generate_problems, is_worked
 from cs336_alignment.tokenizer import FORMATS, Format, build_prompt, load_tokenizer
+from cs336_alignment.verifier import gold_reward
 
 # ---------------------------------------------------------------------------------------------------------
 # Greedy responses scored with the gold reward (general: each takes responses and returns plain floats)
@@ -58,7 +59,7 @@ from cs336_alignment.tokenizer import FORMATS, Format, build_prompt, load_tokeni
 
 
 def gold_rewards(responses: list[str], ground_truths: list[str]) -> list[dict[str, float]]:
-    """tasks.gold_reward of each (response, ground truth) pair: {"reward", "format_reward", "answer_reward"}."""
+    """verifier.gold_reward of each (response, ground truth) pair: {"reward", "format_reward", "answer_reward"}."""
     if len(responses) != len(ground_truths):
         raise ValueError(f"{len(responses)} responses but {len(ground_truths)} ground truths")
     return [gold_reward(r, g) for r, g in zip(responses, ground_truths)]
@@ -107,14 +108,14 @@ def log_generations(prompts: list[str], responses: list[str], ground_truths: lis
                     ) -> tuple[dict[str, float], list[dict]]:
     """What a batch of generations did: summary metrics and one record per response (CS336 a5, log_generations).
 
-    A response is correct when its answer reward is 1 (`tasks.gold_reward`: the right number in "#### N"
+    A response is correct when its answer reward is 1 (`verifier.gold_reward`: the right number in "#### N"
     format), and worked when it shows a step "x op y = z" (`tasks.is_worked`).
 
     Args:
         prompts, responses, ground_truths: N strings each (the text the model read, what it wrote, the
             reference answer "<steps>\n#### N" or the number).
         rewards: N dicts with "reward" (total), "format_reward" and "answer_reward", each 0 or 1
-            (`tasks.gold_reward`'s).
+            (`verifier.gold_reward`'s).
         token_entropy: N floats, each response's mean per-token entropy (nats/token), None where not
             measured; None = not measured at all (no "policy/entropy").
         lengths: N response lengths in tokens; None = characters of the response text.

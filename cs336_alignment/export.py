@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 
 from cs336_alignment.checkpoint import load_model
-from cs336_alignment.pretrained import DTYPES, save_pretrained
+from cs336_alignment.pretrained import DTYPES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="dtype of the saved weights (Qwen2.5 and Llama 3 ship bfloat16)")
     args = parser.parse_args(argv)
     model, _ = load_model(args.ckpt, "cpu")
-    save_pretrained(model, args.out, dtype=DTYPES[args.dtype])
+    model.save_pretrained(args.out, dtype=DTYPES[args.dtype])
     source = model.config.tokenizer or "none (the shipped task-world tokenizer has no tokenizer.json)"
     print(f"wrote {args.out} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, {args.dtype}); "
           f"tokenizer files from {source}")

@@ -1,7 +1,13 @@
-"""A Hugging Face checkpoint's tokenizer.json in our tiktoken-backed Tokenizer, with the checkpoint's chat format.
+"""A Hugging Face checkpoint's tokenizer files, read and checked, and its chat format, as data.
 
     tokenizer = Tokenizer.from_pretrained("Qwen2.5-0.5B-Instruct")    # or load_tokenizer(that directory)
     ids, mask = tokenizer.render(messages)                             # ChatML, assistant-only loss mask
+
+Layering: this module only parses. `read_tokenizer_files` turns tokenizer.json (+ tokenizer_config.json)
+into plain data (`TokenizerFiles`: ranks, special tokens, regex, normalizer, a `ChatFormat`), and
+`tokenizer.PretrainedTokenizer` (a Tokenizer subclass, in tokenizer.py, above this file) encodes with it
+and renders the chat format it holds. This file imports nothing of the package, so `Tokenizer.from_pretrained`
+imports it at the top of tokenizer.py without an import circle.
 
 tokenizer.json (the `tokenizers` library's format) of a byte-level BPE model holds: `model.vocab` (token ->
 id, each token's bytes written with GPT-2's printable byte alphabet), `model.merges` (in priority order),
@@ -31,12 +37,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from cs336_alignment.tokenizer import Tokenizer
 
 # GPT-2's pre-tokenizer (ByteLevel with use_regex=true), as the `tokenizers` library writes it.
 GPT2_PAT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -133,114 +136,6 @@ def chat_format_from_template(template: str | None, where: str) -> ChatFormat | 
                              "(<|start_header_id|>)")
 
 
-# ---------------------------------------------------------------------------------------------------------
-# The tokenizer
-# ---------------------------------------------------------------------------------------------------------
-
-
-class PretrainedTokenizer(Tokenizer):
-    """Our Tokenizer (tiktoken for the BPE) with a checkpoint's normalizer, special tokens and chat format.
-
-    Attributes beyond Tokenizer's: source_dir (the checkpoint directory, whose files save_pretrained copies),
-    chat_format (None when the checkpoint ships no template), normalizer ("NFC" or None), bos_token_id.
-    eos_token_id is the tokenizer's EOS (Qwen2 <|endoftext|>, Llama 3 <|end_of_text|>), end_of_turn_id the
-    chat format's (<|im_end|> / <|eot_id|>), pad_token_id the configured pad token, else the EOS.
-    """
-
-    def __init__(self, mergeable_ranks: dict[bytes, int], special_tokens: dict[str, int], pat_str: str, *,
-                 normalizer: str | None, chat_format: ChatFormat | None, eos_token: str | None,
-                 pad_token: str | None, bos_token: str | None, source_dir: str = ""):
-        super().__init__(mergeable_ranks, special_tokens, pat_str, name=f"pretrained:{Path(source_dir).name}")
-        self.normalizer, self.chat_format, self.source_dir = normalizer, chat_format, source_dir
-        self.eos_token_id = special_tokens.get(eos_token) if eos_token else None
-        self.bos_token_id = special_tokens.get(bos_token) if bos_token else None
-        self.pad_token_id = special_tokens.get(pad_token) if pad_token else None
-        if self.pad_token_id is None:
-            self.pad_token_id = self.eos_token_id
-        self.end_of_turn_id = special_tokens.get(chat_format.end_of_turn) if chat_format else self.eos_token_id
-        self._known_ids = frozenset([*mergeable_ranks.values(), *special_tokens.values()])
-
-    def _normalize(self, text: str) -> str:
-        return unicodedata.normalize("NFC", text) if self.normalizer == "NFC" else text
-
-    def encode_ordinary(self, text: str) -> list[int]:
-        """Token ids of `text` read as plain text (normalized first, as the checkpoint's tokenizer does)."""
-        return self.encoding.encode_ordinary(self._normalize(text))
-
-    def encode(self, text: str) -> list[int]:
-        """Token ids of `text`; special-token strings become their ids. No BOS is added (as
-        `tokenizers`' encode(text, add_special_tokens=False))."""
-        if self._special_re is None:
-            return self.encode_ordinary(text)
-        ids: list[int] = []
-        for i, part in enumerate(self._special_re.split(text)):  # odd parts are the special tokens
-            if i % 2:
-                ids.append(self.special_tokens[part])
-            elif part:
-                ids.extend(self.encode_ordinary(part))
-        return ids
-
-    def decode(self, ids, skip_special_tokens: bool = False) -> str:
-        """Text of a sequence of ids; ids the tokenizer lacks (a model's padded vocabulary rows) are dropped."""
-        known = [int(i) for i in ids if int(i) in self._known_ids]
-        return super().decode(known, skip_special_tokens)
-
-    def _chat(self) -> ChatFormat:
-        if self.chat_format is None:
-            raise ValueError(f"{self.source_dir}: the checkpoint ships no chat template (tokenizer_config.json)")
-        return self.chat_format
-
-    def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = False
-               ) -> tuple[list[int], list[bool]]:
-        """Token ids of a conversation in the checkpoint's chat format, and the assistant-only loss mask.
-
-        Content is encoded as plain text (a special-token string inside a message stays text). Returns
-        (ids, mask) of equal length; mask True on assistant content and the end-of-turn token closing it.
-        Raises ValueError on an unknown role, non-str content, or a checkpoint without a chat template.
-        """
-        ids: list[int] = []
-        mask: list[bool] = []
-        pending: list[tuple[str, bool]] = []  # text pieces since the last special token
-
-        def flush():
-            text = "".join(t for t, _ in pending)
-            if not text:
-                return
-            piece_ids = self.encode_ordinary(text)
-            # byte span of each trained piece in the normalized text, then tokens overlapping one are trained
-            spans, offset = [], 0
-            for t, trained in pending:
-                n = len(self._normalize(t).encode("utf-8"))
-                if trained and n:
-                    spans.append((offset, offset + n))
-                offset += n
-            start = 0
-            for token in piece_ids:
-                end = start + len(self.encoding.decode_single_token_bytes(token))
-                mask.append(any(s < end and start < e for s, e in spans))
-                start = end
-            ids.extend(piece_ids)
-            pending.clear()
-
-        for text, is_special, trained in self._chat().segments(messages, add_generation_prompt):
-            if is_special:
-                flush()
-                ids.append(self.special_tokens[text])
-                mask.append(trained)
-            else:
-                pending.append((text, trained))
-        flush()
-        return ids, mask
-
-    def apply_chat_template(self, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
-        """The rendered conversation as text (transformers' apply_chat_template(..., tokenize=False))."""
-        return "".join(text for text, _, _ in self._chat().segments(messages, add_generation_prompt))
-
-    def prompt_ids(self, question: str) -> list[int]:
-        """The chat prompt for one user question, ending with the assistant's generation prompt."""
-        return self.render([{"role": "user", "content": question}], add_generation_prompt=True)[0]
-
-
 def _pre_tokenizer_pattern(spec: dict | None, where: str) -> str:
     """The regex of a byte-level pre_tokenizer: Sequence[Split(regex, Isolated), ByteLevel(use_regex=false)]
     (Qwen2, Llama 3) or ByteLevel(use_regex=true) (GPT-2)."""
@@ -258,7 +153,21 @@ def _pre_tokenizer_pattern(spec: dict | None, where: str) -> str:
                              "then ByteLevel (Qwen2, Llama 3) or GPT-2's ByteLevel regex")
 
 
-def load_pretrained_tokenizer(path: str | os.PathLike) -> PretrainedTokenizer:
+@dataclass(frozen=True)
+class TokenizerFiles:
+    """What a checkpoint's tokenizer files say, ready for `tokenizer.PretrainedTokenizer(...)`."""
+    mergeable_ranks: dict[bytes, int]  # token bytes -> id, the 256 single bytes included, added tokens excluded
+    special_tokens: dict[str, int]  # added tokens (content -> id)
+    pat_str: str  # the pre-tokenizer regex
+    normalizer: str | None  # "NFC" or None
+    chat_format: ChatFormat | None  # None when the checkpoint ships no chat template
+    eos_token: str | None  # the end of a document (see `tokenizer.PretrainedTokenizer`)
+    pad_token: str | None
+    bos_token: str | None
+    source_dir: str  # the directory, resolved
+
+
+def read_tokenizer_files(path: str | os.PathLike) -> TokenizerFiles:
     """Read tokenizer.json (+ tokenizer_config.json, chat_template.jinja when present) from a checkpoint directory.
 
     Raises:
@@ -319,7 +228,6 @@ def load_pretrained_tokenizer(path: str | os.PathLike) -> PretrainedTokenizer:
         # Instruct configs (Qwen2.5, Llama 3) name the end of a turn as EOS; ours is the end of a document.
         document_end = "<|endoftext|>" if chat_format.kind == "chatml" else "<|end_of_text|>"
         eos = document_end if document_end in specials else eos
-    return PretrainedTokenizer(ranks, specials, pat_str, normalizer="NFC" if normalizer else None,
-                               chat_format=chat_format, eos_token=eos,
-                               pad_token=_token_content(config.get("pad_token")),
-                               bos_token=_token_content(config.get("bos_token")), source_dir=str(path.resolve()))
+    return TokenizerFiles(ranks, specials, pat_str, normalizer="NFC" if normalizer else None,
+                          chat_format=chat_format, eos_token=eos, pad_token=_token_content(config.get("pad_token")),
+                          bos_token=_token_content(config.get("bos_token")), source_dir=str(path.resolve()))

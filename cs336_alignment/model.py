@@ -1,4 +1,4 @@
-"""The CS336 assignment-1 Transformer language model, written out by hand, plus batched generation with a KV cache.
+"""The CS336 assignment-1 Transformer language model, written out by hand, with a KV cache for generation.
 
 Pre-norm decoder (Xiong et al. 2020) with RMSNorm (Zhang & Sennrich 2019), rotary position embeddings
 (RoPE, Su et al. 2021, https://arxiv.org/abs/2104.09864, eq. 34 on interleaved pairs), causal multi-head
@@ -13,18 +13,24 @@ head), a bias on the q/k/v projections (`qkv_bias`, Qwen2), the RMSNorm epsilon 
 lm_head tied to the input embedding (`tie_embeddings`, Press & Wolf 2017). RoPE stays interleaved here:
 `pretrained.py` permutes the q/k projection rows of Hugging Face's rotate-half layout at load and back at
 save (exact, since attention scores are dot products within a head).
+
+Around this file: the hyperparameters are `model_config.TransformerConfig` (importable from here too);
+`TransformerLM.from_pretrained` / `save_pretrained` use `pretrained.py`, which knows the Hugging Face format
+but not this class and sits below this file; sampling and `generate` live in `generation.py`, above it.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.utils.checkpoint
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cs336_alignment.model_config import TransformerConfig
 from cs336_alignment.nn_utils import silu, softmax
+from cs336_alignment.pretrained import read_hf_config, read_hf_weights, resolve_dtype, save_hf_checkpoint
 
 # ---------------------------------------------------------------------------------------------------------
 # Building blocks
@@ -244,24 +250,6 @@ class TransformerBlock(nn.Module):
 # ---------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class TransformerConfig:
-    vocab_size: int  # V, rows of the embedding table and of lm_head
-    context_length: int  # longest sequence (also the RoPE table size)
-    d_model: int  # residual stream width d
-    num_layers: int
-    num_heads: int  # d_model / num_heads must be even (RoPE rotates pairs)
-    d_ff: int  # SwiGLU inner width (CS336: about 8/3 · d_model, a multiple of 64)
-    rope_theta: float = 10000.0  # RoPE base θ
-    use_sdpa: bool = True  # torch's fused attention (same maths as the hand-written one; faster)
-    # The switches a Llama / Qwen2 checkpoint needs (pretrained.py sets them from its config.json):
-    num_kv_heads: int | None = None  # GQA: key/value heads (HF num_key_value_heads); None = num_heads
-    qkv_bias: bool = False  # bias on q_proj, k_proj, v_proj (Qwen2)
-    rms_norm_eps: float = 1e-5  # RMSNorm epsilon (HF rms_norm_eps)
-    tie_embeddings: bool = False  # lm_head shares the input embedding's weight (HF tie_word_embeddings)
-    tokenizer: str = ""  # directory of the tokenizer these ids belong to (a HF checkpoint); "" = the shipped one
-
-
 class TransformerLM(nn.Module):
     """Token embedding -> num_layers pre-norm blocks -> final RMSNorm -> lm_head (V, d) (untied unless
     config.tie_embeddings).
@@ -288,14 +276,53 @@ class TransformerLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path, dtype: torch.dtype | str | None = None, device=None) -> "TransformerLM":
-        """A Llama / Qwen2 Hugging Face checkpoint directory as a TransformerLM: see `pretrained.from_pretrained`."""
-        from cs336_alignment.pretrained import from_pretrained  # pretrained.py imports this module: import late
-        return from_pretrained(path, dtype=dtype, device=device)
+        """Load a Llama / Qwen2 Hugging Face checkpoint directory into a TransformerLM.
+
+        The model is built on the meta device (no random init, no second copy) and the tensors are read one by
+        one from the safetensors file(s), renamed, permuted to the interleaved RoPE layout (`pretrained.py`),
+        cast to `dtype` and assigned. config.tokenizer is set to the directory, so the stages find its tokenizer.
+
+        Args:
+            path: the directory (config.json + model.safetensors or sharded model-*.safetensors + index).
+            dtype: torch.float32 (default: fp32 weights, bf16 autocast on GPU), torch.bfloat16, a name of one,
+                or "auto" for the checkpoint's own `torch_dtype`.
+            device: where the weights go (default cpu).
+        Returns:
+            TransformerLM with config.tokenizer = the directory (training mode, as any new module).
+        Raises:
+            FileNotFoundError: no config.json in `path`.
+            pretrained.CheckpointError: naming the field (config_from_hf) or the tensor: a missing tensor, an
+                unexpected one, or one of the wrong shape.
+        """
+        hf, config = read_hf_config(path)
+        dtype, device = resolve_dtype(dtype, hf, path), torch.device(device or "cpu")
+        with torch.device("meta"):
+            model = cls(config)
+        shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+        state = read_hf_weights(Path(path), config, shapes, hf["architectures"][0], dtype, device)
+        model.load_state_dict(state, strict=False, assign=True)
+        if config.tie_embeddings:
+            model.lm_head.weight = model.token_embeddings.weight
+        # RoPE tables are non-persistent buffers (not in any state dict): build them for real on `device`.
+        rope = RotaryPositionalEmbedding(config.rope_theta, config.d_model // config.num_heads, config.context_length,
+                                         device)
+        for layer in model.layers:
+            layer.attn.rope = rope
+        still_meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+        if still_meta:  # a bug here, not in the checkpoint
+            raise RuntimeError(f"tensors left unloaded: {still_meta[:3]}")
+        return model
 
     def save_pretrained(self, path, tokenizer=None, dtype: torch.dtype | None = None) -> None:
-        """Write a directory that transformers' from_pretrained opens: see `pretrained.save_pretrained`."""
-        from cs336_alignment.pretrained import save_pretrained  # pretrained.py imports this module: import late
-        save_pretrained(self, path, tokenizer=tokenizer, dtype=dtype)
+        """Write a directory that transformers' from_pretrained opens (config.json, model.safetensors, the
+        tokenizer files of the checkpoint the model came from): see `pretrained.save_hf_checkpoint`.
+
+        Args:
+            tokenizer: a tokenizer from `Tokenizer.from_pretrained` (its files are copied), or None to copy the
+                files of the directory in config.tokenizer, if any.
+            dtype: of the saved tensors (default: the model's).
+        """
+        save_hf_checkpoint(self.state_dict(), self.config, path, tokenizer=tokenizer, dtype=dtype)
 
     def num_params(self, include_embeddings: bool = True) -> int:
         """Number of parameters (optionally without the input embedding table)."""
@@ -359,118 +386,3 @@ class ScalarHead(nn.Module):
 
     def forward(self, hidden: Tensor) -> Tensor:  # (B, T, d) -> (B, T) float32
         return (hidden @ self.weight.T + self.bias).squeeze(-1).float()
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Generation
-# ---------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class GenerationOutput:
-    tokens: list[list[int]]  # new tokens per prompt, EOS included if emitted
-    logprobs: list[Tensor]  # (n_i,) float32 on CPU: log softmax(logits / temperature) of each new token
-
-
-def sample_next_token(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,
-                      top_p: float | None = None, generator: torch.Generator | None = None) -> Tensor:
-    """Sample one token per row from softmax(logits / temperature), optionally truncated.
-
-    temperature 0 = greedy (argmax). top_k keeps the k largest logits (ties with the k-th are kept);
-    top_p keeps the smallest set of most likely tokens whose probability sums to ≥ top_p (nucleus sampling,
-    Holtzman et al. 2020, https://arxiv.org/abs/1904.09751, eq. 3). Both may be combined (top-k first).
-
-    Args:
-        logits: (B, V) float.  generator: a torch.Generator on logits' device, for reproducible samples.
-    Returns:
-        (B,) long.
-    """
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / temperature  # (B, V)
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth_largest = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V)
-        probs = torch.softmax(sorted_logits, dim=-1)
-        mass_before = probs.cumsum(dim=-1) - probs  # mass of the strictly more likely tokens
-        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))  # the top token survives
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)  # (B,)
-
-
-@torch.no_grad()
-def generate(model: TransformerLM, prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 1.0,
-             top_k: int | None = None, top_p: float | None = None, eos_token_id: int | list[int] | None = None,
-             pad_token_id: int = 0, generator: torch.Generator | None = None,
-             use_kv_cache: bool = True) -> GenerationOutput:
-    """Batched sampling: left-pad the prompts, prefill once, then decode one token at a time with a KV cache.
-
-    A row stops after it emits an EOS token (kept in its output). Padding is masked and positions skip it,
-    so each row gets the tokens and logprobs it would get alone. The model runs in eval mode under no_grad;
-    its training mode is restored afterwards. use_kv_cache=False recomputes the whole prefix at every step
-    (same result; the baseline of `bench generate`).
-
-    Args:
-        prompts: B non-empty lists of token ids.  max_new_tokens: ≥ 0.
-        temperature: ≥ 0; 0 = greedy (logprobs are then the temperature-1 log-probabilities).
-        top_k, top_p, generator: see sample_next_token.  eos_token_id: one id or several.
-        pad_token_id: filler for padding (never attended to).
-    Returns:
-        GenerationOutput: tokens[i] (≤ max_new_tokens ids) and logprobs[i] (len(tokens[i]),) float32 on CPU,
-        log softmax(logits / temperature) at the sampled token, before top-k/top-p truncation.
-    Raises:
-        ValueError: on empty prompts, negative max_new_tokens/temperature, or if the longest prompt plus
-            max_new_tokens exceeds model.config.context_length (we raise rather than silently truncate).
-    """
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("generate needs at least one prompt and no empty prompt")
-    if max_new_tokens < 0 or temperature < 0:
-        raise ValueError(f"need max_new_tokens >= 0 and temperature >= 0, got {max_new_tokens}, {temperature}")
-    B, P = len(prompts), max(len(p) for p in prompts)
-    if P + max_new_tokens > model.config.context_length:
-        raise ValueError(f"prompt ({P}) + max_new_tokens ({max_new_tokens}) exceeds context_length "
-                         f"{model.config.context_length}")
-    device = next(model.parameters()).device
-    ids = torch.full((B, P), pad_token_id, dtype=torch.long, device=device)  # (B, P), left-padded
-    mask = torch.zeros((B, P), dtype=torch.bool, device=device)
-    for i, p in enumerate(prompts):
-        ids[i, P - len(p):] = torch.tensor(p, dtype=torch.long)
-        mask[i, P - len(p):] = True
-    eos = torch.tensor([] if eos_token_id is None else eos_token_id, dtype=torch.long, device=device).view(-1)
-    new_tokens = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=device)  # (B, N)
-    new_logprobs = torch.zeros((B, max_new_tokens), dtype=torch.float32, device=device)
-    lengths = torch.full((B,), max_new_tokens, dtype=torch.long, device=device)  # set when a row hits EOS
-    done = torch.zeros(B, dtype=torch.bool, device=device)
-
-    was_training = model.training
-    model.eval()
-    try:
-        cache = KVCache(model.config.num_layers, P + max_new_tokens) if use_kv_cache else None
-        step_ids = ids  # what the model reads next: the prompt, then one token (cache) or everything (no cache)
-        for t in range(max_new_tokens):
-            hidden = model(step_ids, mask, return_hidden=True, kv_cache=cache)[:, -1]  # (B, d), last position
-            # The head in the weights' dtype even under bf16 autocast (float32 for float32 weights): bf16 logits
-            # near 20 are rounded to 1/8, which would change sampled tokens' probabilities by up to ~6%.
-            with torch.autocast(device.type, enabled=False):
-                logits = model.lm_head(hidden.to(model.lm_head.weight.dtype)).float()  # (B, V)
-            token = sample_next_token(logits, temperature, top_k, top_p, generator)  # (B,)
-            token = torch.where(done, pad_token_id, token)  # finished rows only carry padding
-            logp = torch.log_softmax(logits / (temperature or 1.0), dim=-1)  # (B, V)
-            new_tokens[:, t] = token
-            new_logprobs[:, t] = logp.gather(-1, token[:, None]).squeeze(-1)
-            hit_eos = ~done & torch.isin(token, eos)
-            lengths[hit_eos] = t + 1
-            done |= hit_eos
-            if t == max_new_tokens - 1 or bool(done.all()):
-                break
-            ids = torch.cat([ids, token[:, None]], dim=1)  # (B, P + t + 1)
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            step_ids = token[:, None] if use_kv_cache else ids
-    finally:
-        model.train(was_training)
-    lengths, new_tokens, new_logprobs = lengths.tolist(), new_tokens.cpu(), new_logprobs.cpu()
-    return GenerationOutput(tokens=[new_tokens[i, :n].tolist() for i, n in enumerate(lengths)],
-                            logprobs=[new_logprobs[i, :n] for i, n in enumerate(lengths)])

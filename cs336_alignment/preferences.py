@@ -31,7 +31,8 @@ from typing import Any
 
 from cs336_alignment.data import DataError, _iter_jsonl, write_jsonl
 from cs336_alignment.rollout import sample_responses
-from cs336_alignment.tasks import generate_problems, gold_reward, step_is_valid
+from cs336_alignment.tasks import generate_problems
+from cs336_alignment.verifier import gold_reward, step_is_valid
 
 # ---------------------------------------------------------------------------------------------------------
 # The synthetic annotator

@@ -1,4 +1,4 @@
-"""Hugging Face checkpoints <-> TransformerLM: Llama and Qwen2 / Qwen2.5 weights in and out, offline.
+"""The Hugging Face checkpoint format of Llama and Qwen2 / Qwen2.5, read and written offline.
 
 A checkpoint directory is what `transformers`' `save_pretrained` writes: `config.json` plus the weights in
 `model.safetensors`, or in shards listed by `model.safetensors.index.json`. Weights are read with the
@@ -6,6 +6,12 @@ A checkpoint directory is what `transformers`' `save_pretrained` writes: `config
 
     model = TransformerLM.from_pretrained("Qwen2.5-0.5B-Instruct")        # float32 unless dtype= says otherwise
     model.save_pretrained("runs/sft/hf", tokenizer=tokenizer)              # opens in transformers again
+
+Layering: this module knows the format (config.json <-> TransformerConfig, tensor names, the RoPE layout,
+reading and writing safetensors) but not the network: it imports `model_config.py`, never `model.py`, and
+works on state dicts. `TransformerLM.from_pretrained` / `save_pretrained` in `model.py` import it at the top
+of that file and do the part that needs the class (build the model on the meta device, assign the tensors,
+rebuild the RoPE tables), so there is no import circle.
 
 The two families are the CS336 a1 architecture (pre-norm RMSNorm, RoPE, SwiGLU) plus four switches that
 `model.py` documents: grouped-query attention, a bias on q/k/v (Qwen2), rms_norm_eps and tied embeddings.
@@ -37,7 +43,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from cs336_alignment.model import RotaryPositionalEmbedding, TransformerConfig, TransformerLM
+from cs336_alignment.model_config import TransformerConfig
 
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
 CONFIG_FILE, WEIGHTS_FILE, INDEX_FILE = "config.json", "model.safetensors", "model.safetensors.index.json"
@@ -196,46 +202,54 @@ def _weight_files(path: Path) -> dict[str, Path]:
     raise CheckpointError(f"{path}: no {WEIGHTS_FILE} or {INDEX_FILE} (only safetensors weights are read)")
 
 
-def _resolve_dtype(dtype: torch.dtype | str | None, hf: dict[str, Any], where: str) -> torch.dtype:
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    name = (hf.get("torch_dtype") or hf.get("dtype") or "float32") if dtype == "auto" else dtype
-    if name not in DTYPES:
-        raise CheckpointError(f"{where}: dtype {name!r} is not one of {sorted(DTYPES)}")
-    return DTYPES[name]
+def read_hf_config(path: str | os.PathLike) -> tuple[dict[str, Any], TransformerConfig]:
+    """(config.json as parsed, its TransformerConfig with tokenizer = the directory, resolved).
 
-
-def from_pretrained(path: str | os.PathLike, dtype: torch.dtype | str | None = None,
-                    device: torch.device | str | None = None) -> TransformerLM:
-    """Load a Llama / Qwen2 Hugging Face checkpoint directory into a TransformerLM.
-
-    The model is built on the meta device (no random init, no second copy) and the tensors are read one by
-    one from the safetensors file(s), renamed, permuted to the interleaved RoPE layout (module docstring),
-    cast to `dtype` and assigned. config.tokenizer is set to the directory, so the stages find its tokenizer.
-
-    Args:
-        path: the directory (config.json + model.safetensors or sharded model-*.safetensors + index).
-        dtype: torch.float32 (default: fp32 weights, bf16 autocast on GPU), torch.bfloat16, a name of one,
-            or "auto" for the checkpoint's own `torch_dtype`.
-        device: where the weights go (default cpu).
-    Returns:
-        TransformerLM with config.tokenizer = the directory (training mode, as any new module).
     Raises:
         FileNotFoundError: no config.json in `path`.
-        CheckpointError: naming the field (config_from_hf) or the tensor: a missing tensor, an unexpected one,
-            or one of the wrong shape.
+        CheckpointError: see `config_from_hf`.
     """
     path = Path(path)
     if not (path / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"{path}: no {CONFIG_FILE} (not a Hugging Face checkpoint directory)")
     hf = json.loads((path / CONFIG_FILE).read_text())
     config = dataclasses.replace(config_from_hf(hf, str(path / CONFIG_FILE)), tokenizer=str(path.resolve()))
-    dtype, device = _resolve_dtype(dtype, hf, str(path / CONFIG_FILE)), torch.device(device or "cpu")
-    with torch.device("meta"):
-        model = TransformerLM(config)
-    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    return hf, config
+
+
+def resolve_dtype(dtype: torch.dtype | str | None, hf: dict[str, Any], path: str | os.PathLike) -> torch.dtype:
+    """The dtype to load in: None -> float32, a torch.dtype as given, a name in DTYPES, or "auto" for the
+    checkpoint's own `torch_dtype` (hf is its parsed config.json, path its directory, for the error).
+
+    Raises:
+        CheckpointError: a name outside DTYPES.
+    """
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = (hf.get("torch_dtype") or hf.get("dtype") or "float32") if dtype == "auto" else dtype
+    if name not in DTYPES:
+        raise CheckpointError(f"{Path(path) / CONFIG_FILE}: dtype {name!r} is not one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def read_hf_weights(path: str | os.PathLike, config: TransformerConfig, shapes: dict[str, tuple[int, ...]],
+                    architecture: str, dtype: torch.dtype, device: torch.device) -> dict[str, Tensor]:
+    """Our state dict, read tensor by tensor from a checkpoint's safetensors file(s): renamed (`hf_name`), q/k
+    rows permuted to the interleaved RoPE layout (module docstring), cast to `dtype`, on `device`.
+
+    Args:
+        shapes: our state-dict key -> shape, as the model built from `config` has them (lm_head.weight is
+            skipped when config.tie_embeddings). architecture: config.json's, for the error message.
+    Returns:
+        {our key: tensor} for every key of `shapes` (without a tied lm_head.weight).
+    Raises:
+        CheckpointError: naming the tensor: a missing tensor, an unexpected one, or one of the wrong shape;
+            or the file: no weights, a shard the index lists that does not exist.
+    """
+    path = Path(path)
+    expected = dict(shapes)
     if config.tie_embeddings:
         expected.pop("lm_head.weight")
     by_hf_name = {hf_name(name): name for name in expected}
@@ -244,7 +258,7 @@ def from_pretrained(path: str | os.PathLike, dtype: torch.dtype | str | None = N
                   and not (config.tie_embeddings and n == "lm_head.weight")]
     if unexpected:
         raise CheckpointError(f"{path}: unexpected tensor {unexpected[0]!r} ({len(unexpected)} in all) for "
-                              f"{hf['architectures'][0]}")
+                              f"{architecture}")
     missing = [n for n in by_hf_name if n not in files]
     if missing:
         raise CheckpointError(f"{path}: missing tensor {missing[0]!r} ({len(missing)} in all)")
@@ -262,25 +276,7 @@ def from_pretrained(path: str | os.PathLike, dtype: torch.dtype | str | None = N
                 if heads is not None:
                     tensor = rotate_half_to_interleaved(tensor, heads)
                 state[name] = tensor.to(device=device, dtype=dtype)
-    model.load_state_dict(state, strict=False, assign=True)
-    if config.tie_embeddings:
-        model.lm_head.weight = model.token_embeddings.weight
-    # RoPE tables are non-persistent buffers (not in any state dict): build them for real on `device`.
-    rope = RotaryPositionalEmbedding(config.rope_theta, config.d_model // config.num_heads, config.context_length,
-                                     device)
-    for layer in model.layers:
-        layer.attn.rope = rope
-    still_meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-    if still_meta:  # a bug here, not in the checkpoint
-        raise RuntimeError(f"tensors left unloaded: {still_meta[:3]}")
-    return model
-
-
-def load_pretrained(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[TransformerLM, dict]:
-    """`from_pretrained` (float32) returning what `train.common.load_model` returns for our checkpoints:
-    (model, {"model_config": asdict(config), "config": {"init": path}})."""
-    model = from_pretrained(path, device=device)
-    return model, {"model_config": dataclasses.asdict(model.config), "config": {"init": str(path)}}
+    return state
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -288,10 +284,12 @@ def load_pretrained(path: str | os.PathLike, device: torch.device | str = "cpu")
 # ---------------------------------------------------------------------------------------------------------
 
 
-def hf_state_dict(model: TransformerLM, dtype: torch.dtype | None = None) -> dict[str, Tensor]:
-    """Our weights under HF names, q/k rows back in the rotate-half layout, lm_head left out when tied."""
-    config, state = model.config, {}
-    for name, tensor in model.state_dict().items():
+def hf_state_dict(state_dict: dict[str, Tensor], config: TransformerConfig,
+                  dtype: torch.dtype | None = None) -> dict[str, Tensor]:
+    """Our weights (a TransformerLM's state dict) under HF names, q/k rows back in the rotate-half layout,
+    lm_head left out when tied; contiguous CPU tensors in `dtype` (default: each tensor's own)."""
+    state = {}
+    for name, tensor in state_dict.items():
         if name == "lm_head.weight" and config.tie_embeddings:
             continue
         heads = _heads_of(name, config)
@@ -301,26 +299,27 @@ def hf_state_dict(model: TransformerLM, dtype: torch.dtype | None = None) -> dic
     return state
 
 
-def save_pretrained(model: TransformerLM, path: str | os.PathLike, tokenizer=None,
-                    dtype: torch.dtype | None = None) -> None:
-    """Write a directory that `transformers.AutoModelForCausalLM.from_pretrained` (and `from_pretrained` here)
-    opens: config.json (Qwen2ForCausalLM when the model has qkv_bias, else LlamaForCausalLM),
-    model.safetensors, and the tokenizer files of the checkpoint the model came from (tokenizer.json,
-    tokenizer_config.json with its chat template, generation_config.json, ...), copied unchanged.
+def save_hf_checkpoint(state_dict: dict[str, Tensor], config: TransformerConfig, path: str | os.PathLike,
+                       tokenizer=None, dtype: torch.dtype | None = None) -> None:
+    """Write a directory that `transformers.AutoModelForCausalLM.from_pretrained` (and
+    `TransformerLM.from_pretrained`) opens: config.json (Qwen2ForCausalLM when the model has qkv_bias, else
+    LlamaForCausalLM), model.safetensors, and the tokenizer files of the checkpoint the model came from
+    (tokenizer.json, tokenizer_config.json with its chat template, generation_config.json, ...), copied unchanged.
 
     Any TransformerLM can be written, including our own CS336 models (they are Llama-shaped); only a
     checkpoint's own tokenizer files can be copied (the shipped task-world tokenizer has no tokenizer.json).
 
     Args:
+        state_dict, config: the model's (`TransformerLM.save_pretrained` passes them).
         tokenizer: a tokenizer from `Tokenizer.from_pretrained` (its files are copied), or None to copy the
-            files of the directory in model.config.tokenizer, if any.
+            files of the directory in config.tokenizer, if any.
         dtype: of the saved tensors (default: the model's).
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    state = hf_state_dict(model, dtype)
+    state = hf_state_dict(state_dict, config, dtype)
     saved_dtype = next(iter(state.values())).dtype
-    source = getattr(tokenizer, "source_dir", None) or model.config.tokenizer or None
+    source = getattr(tokenizer, "source_dir", None) or config.tokenizer or None
     token_ids: dict[str, int | None] = {}
     if tokenizer is not None:
         token_ids = {"bos_token_id": getattr(tokenizer, "bos_token_id", None), "eos_token_id": tokenizer.eos_token_id}
@@ -330,7 +329,7 @@ def save_pretrained(model: TransformerLM, path: str | os.PathLike, tokenizer=Non
     tmp = path / f".{WEIGHTS_FILE}.tmp"
     save_file(state, str(tmp), metadata={"format": "pt"})
     os.replace(tmp, path / WEIGHTS_FILE)
-    (path / CONFIG_FILE).write_text(json.dumps(config_to_hf(model.config, saved_dtype, token_ids), indent=2) + "\n")
+    (path / CONFIG_FILE).write_text(json.dumps(config_to_hf(config, saved_dtype, token_ids), indent=2) + "\n")
     if source and Path(source).resolve() != path.resolve():
         for name in TOKENIZER_FILES:
             if (Path(source) / name).is_file():

@@ -1,13 +1,13 @@
 """Sampling from a policy: responses to prompts (evaluation, preference pairs, best-of-N) and rollouts for RL.
 
 An RL step (REINFORCE / GRPO / PPO, and best-of-N sampling) starts the same way: repeat each prompt G times,
-sample a response to every copy with the KV-cached `model.generate`, score the responses, and compute
+sample a response to every copy with the KV-cached `generation.generate`, score the responses, and compute
 log-probabilities of the *sampled tokens* again with gradients. This file does the sampling and the layout:
 
   * `sample_rollouts(policy, tokenizer, prompts, group_size, ...)` -> `Rollouts`: prompt ids, response ids
     (exactly the sampled tokens, stop token included), response texts (stop token removed), the sampler's
     log-probs, and padded next-token tensors input_ids / labels / response_mask (B, T).
-  * `generate_per_row(model, prompts, max_new_tokens=...)`: `model.generate` where each row may use the
+  * `generate_per_row(model, prompts, max_new_tokens=...)`: `generation.generate` where each row may use the
     room its own prompt leaves in the context.
   * `sample_and_strip(...)`: the one path from prompts to responses: `generate_per_row`, then the trailing
     stop token cut off and the rest decoded. `generate_responses` (evaluation: texts), `sample_responses`
@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from cs336_alignment.data import tokenize_prompt_and_output
-from cs336_alignment.model import GenerationOutput, generate
+from cs336_alignment.generation import GenerationOutput, generate
 from cs336_alignment.tokenizer import Format, build_prompt, cut_raw_response, stop_token_ids
 
 # ---------------------------------------------------------------------------------------------------------
@@ -136,7 +136,7 @@ class Rollouts:
 @torch.no_grad()
 def generate_per_row(model, prompts: list[list[int]], *, max_new_tokens: int, batch_size: int | None = None,
                      **sampling) -> GenerationOutput:
-    """`model.generate` with a length limit per row: row i may generate up to
+    """`generation.generate` with a length limit per row: row i may generate up to
     min(max_new_tokens, context_length - len(prompts[i])) tokens.
 
     `generate` takes one limit per call, and that limit must fit the longest prompt of the call; calling it
@@ -146,7 +146,7 @@ def generate_per_row(model, prompts: list[list[int]], *, max_new_tokens: int, ba
     consecutive chunks of `batch_size` prompts (the same samples for the same generator).
 
     Args:
-        model: a TransformerLM (anything `model.generate` accepts; needs model.config.context_length).
+        model: a TransformerLM (anything `generation.generate` accepts; needs model.config.context_length).
         prompts: B non-empty lists of token ids.
         max_new_tokens: >= 0, the limit for a row whose prompt leaves enough room.
         batch_size: rows per `generate` call (None = a whole bucket at once).
@@ -260,7 +260,7 @@ def sample_rollouts(policy, tokenizer, prompts: list[str] | list[list[int]], gro
     """Sample `group_size` responses to each prompt with the KV-cached sampler and lay them out for training.
 
     Args:
-        policy: a TransformerLM (anything `model.generate` accepts).
+        policy: a TransformerLM (anything `generation.generate` accepts).
         tokenizer: a `cs336_alignment.tokenizer.Tokenizer` (needs prompt_ids, decode, pad/end ids).
         prompts: n questions (str; rendered with the chat template, `tokenizer.prompt_ids`) or n lists of
             prompt token ids (used as they are).

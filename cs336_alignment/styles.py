@@ -23,8 +23,9 @@ from cs336_alignment.checkpoint import load_model
 from cs336_alignment.evaluate import evaluate_model
 from cs336_alignment.rollout import sample_responses
 from cs336_alignment.runtime import get_device, set_threads
-from cs336_alignment.tasks import generate_problems, gold_reward, style_accuracy
+from cs336_alignment.tasks import generate_problems, style_accuracy
 from cs336_alignment.tokenizer import load_tokenizer
+from cs336_alignment.verifier import gold_reward
 
 
 def binomial_se(p: float, n: float) -> float:

@@ -1,4 +1,4 @@
-"""The embedded task world: seeded arithmetic word problems in GSM8K's format, and their gold reward.
+"""The embedded task world: seeded arithmetic word problems in GSM8K's format, their formats and demonstration writers.
 
 Every stage of the pipeline is measured against a reward that is known exactly, so the world is
 generated rather than downloaded. Problems use the jsonl schema of GSM8K (Cobbe et al. 2021,
@@ -58,11 +58,8 @@ Formats
   * chat (SFT and RL): ``[{"role": "user", "content": q}, {"role": "assistant", "content": a}]``,
     rendered by ``cs336_alignment.tokenizer.Tokenizer.render``.
 
-Grading
-  ``gold_reward(response, ground_truth)`` gives format_reward 1 when the response ends with a
-  ``#### <number>`` line and answer_reward 1 when that number equals the ground truth's (commas,
-  ``$`` and trailing zeros ignored: "1,234" == "1234", "3.50" == "3.5"); reward = answer_reward.
-  ``parse_gsm8k_response`` and ``parse_mmlu_response`` are the looser parsers of CS336 assignment 5.
+Grading lives in `verifier.py` (the gold reward, the worked-step checker, the CS336 parsers), below this file:
+it reads only text, so real GSM8K answers are graded by the same code.
 """
 from __future__ import annotations
 
@@ -72,8 +69,9 @@ import json
 import math
 import random
 import re
-from fractions import Fraction
 from typing import Any, Literal
+
+from cs336_alignment.verifier import STEP_LINE, gold_reward
 
 ENDOFTEXT = "<|endoftext|>"  # same string as cs336_alignment.tokenizer.ENDOFTEXT (document separator)
 
@@ -398,133 +396,6 @@ def style_accuracy(responses: list[str], ground_truths: list[str]) -> dict[str, 
         out[f"n/{style}"] = float(len(chosen))
         out[f"accuracy/{style}"] = sum(chosen) / len(chosen) if chosen else math.nan
     return out
-
-
-# ----------------------------------------------------------------------------
-# Grading
-
-def gold_reward(response: str, ground_truth: str) -> dict[str, float]:
-    """The task world's verifiable reward (also grades real GSM8K answers).
-
-    The response is formatted when its last non-empty line is ``#### <number>`` (trailing whitespace and
-    trailing special-token markers such as "<|end|>" are ignored; the number may carry a "$", thousands
-    commas, a sign and decimals, and be followed by a "."). It is correct when that number equals the
-    ground truth's final number exactly (compared as fractions: "1,234" == "1234", "3.50" == "3.5").
-
-    Args:
-        response: model output text.
-        ground_truth: a full GSM8K answer ("<steps>\\n#### <number>") or just the number.
-    Returns:
-        {"reward": answer_reward, "format_reward": 0. or 1., "answer_reward": 0. or 1.}; answer_reward is 1
-        only for a formatted response with the right number.
-    Raises:
-        ValueError: when the ground truth has no final number.
-    """
-    if not isinstance(response, str) or not isinstance(ground_truth, str):
-        raise TypeError("response and ground_truth must be str")
-    # BEGIN SOLUTION
-    def as_fraction(number: str) -> Fraction | None:
-        try:
-            return Fraction(number.replace(",", "").replace("$", "").strip())
-        except (ValueError, ZeroDivisionError):
-            return None
-
-    truth = as_fraction(ground_truth.rsplit("####", 1)[-1])
-    if truth is None:
-        raise ValueError(f"ground truth {ground_truth!r} has no final number")
-    text = re.sub(r"(?:<\|[a-z_]+\|>|\s)+$", "", response)  # drop trailing "<|end|>" etc. and whitespace
-    last_line = text.rsplit("\n", 1)[-1]
-    match = re.fullmatch(r"\s*####\s*\$?\s*(-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)\s*\.?", last_line)
-    formatted = match is not None
-    correct = formatted and as_fraction(match.group(1)) == truth
-    return {"reward": float(correct), "format_reward": float(formatted), "answer_reward": float(correct)}
-    # END SOLUTION
-
-
-STEP_LINE = re.compile(r"^\s*(-?\d+)\s*([-+*/])\s*(-?\d+)\s*=\s*(-?\d+)\s*$")  # a worked step "x op y = z"
-
-
-def step_is_valid(line: str) -> bool | None:
-    """None if `line` is not a worked step "x op y = z" (op in + - * /), else whether its arithmetic holds
-    (on its own: a step may start from a wrong number and still be valid)."""
-    match = STEP_LINE.match(line)
-    if match is None:
-        return None
-    x, op, y, z = int(match[1]), match[2], int(match[3]), int(match[4])
-    return {"+": x + y, "-": x - y, "*": x * y, "/": x / y if y else math.nan}[op] == z
-
-
-def process_rewards(response: str, ground_truth: str) -> list[tuple[int, float]]:
-    """The task world's exact process reward: one (end, reward) per checked line of `response`, in order.
-
-    Each worked step "x op y = z" scores 1.0 if its arithmetic holds and 0.0 if not; the last non-empty line
-    scores the outcome, `gold_reward(response, ground_truth)["reward"]` (1.0 for the right "#### N"). Other
-    lines (prose) are not scored. `end` is the character offset one past the line's last character, so a
-    line's reward can be given to the tokens that wrote it (process supervision: Lightman et al. 2023, "Let's
-    Verify Step by Step"; its use with GRPO: Shao et al. 2024, DeepSeekMath §4.1.3).
-
-    Raises:
-        ValueError: when the ground truth has no final number (as gold_reward).
-    """
-    outcome = gold_reward(response, ground_truth)["reward"]
-    spans, start = [], 0
-    for line in response.split("\n"):
-        spans.append((line, start + len(line)))
-        start += len(line) + 1
-    last = max((i for i, (line, _) in enumerate(spans) if line.strip()), default=None)
-    rewards = []
-    for i, (line, end) in enumerate(spans):
-        valid = step_is_valid(line)
-        if i == last:
-            rewards.append((end, outcome))
-        elif valid is not None:
-            rewards.append((end, float(valid)))
-    return rewards
-
-
-def parse_gsm8k_response(model_output: str) -> str | None:
-    """The last number in a GSM8K-style model output, as a string (CS336 assignment 5 semantics).
-
-    Thousands commas are removed ("1,234" -> "1234"); a "-" counts as a sign only when it does not follow a
-    word character ("x = -3" -> "-3", but "48-24" -> "24"); decimals are kept as written ("3.50").
-
-    Args:
-        model_output: free text.
-    Returns:
-        the last number as a string, or None when the text contains no digit.
-    """
-    # BEGIN SOLUTION
-    numbers = re.findall(r"(?:(?<![\w.])-)?\d+(?:,\d{3}(?!\d))*(?:\.\d+)?", model_output)
-    if not numbers:
-        return None
-    return numbers[-1].replace(",", "")
-    # END SOLUTION
-
-
-def parse_mmlu_response(mmlu_example: dict[str, Any], model_output: str) -> str | None:
-    """The letter the model chose for a multiple-choice question (CS336 assignment 5 semantics).
-
-    Looks for "The correct answer is X" (the phrase in any case, then an optional ":" or "(") where X is
-    one of the example's capital option letters ("A".."D" for the usual 4 options) standing alone, so
-    "is a bit unclear" or "is Alpha" do not count; the last such phrase wins.
-
-    Args:
-        mmlu_example: dict with "options" (list of option strings; also "subject", "question", "answer").
-        model_output: free text.
-    Returns:
-        "A".."D" (up to the number of options), or None when no valid letter is stated.
-    Raises:
-        ValueError: when the example has no "options" list or more than 26 options.
-    """
-    options = mmlu_example.get("options") if isinstance(mmlu_example, dict) else None
-    if not isinstance(options, list) or not 1 <= len(options) <= 26:
-        raise ValueError("mmlu_example must have an 'options' list of 1..26 choices")
-    # BEGIN SOLUTION
-    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[: len(options)]
-    found = re.findall(r"(?i:correct answer is)\s*:?\s*\(?([A-Z])\b", model_output)
-    found = [letter for letter in found if letter in letters]
-    return found[-1] if found else None
-    # END SOLUTION
 
 
 # ----------------------------------------------------------------------------

@@ -1,11 +1,8 @@
-"""Byte-level BPE: a trainer, a fast tiktoken-backed tokenizer, special tokens and the chat template.
+"""The tiktoken-backed byte-level BPE tokenizer: special tokens, the chat template, prompt formats, the shipped one.
 
-Training follows Sennrich et al. 2016 (https://arxiv.org/abs/1508.07909) as byte-level BPE in GPT-2
-(Radford et al. 2019), with the semantics of Stanford CS336 assignment 1: text is split on special
-tokens, pre-tokenized with a regex, and the most frequent adjacent pair inside a pre-token is merged
-until the vocabulary is full; ties go to the lexicographically greater pair. Our pre-tokenizer
-differs from GPT-2's in one way: every digit is its own pre-token, so no token holds two digits and
-"12" is always "1" "2" (arithmetic stays learnable; LLaMA splits digits for the same reason).
+Training lives in `bpe.py` (CS336 assignment 1's `train_bpe`, digits split); a checkpoint's tokenizer.json is
+read by `hf_tokenizer.py` (pure parsing, below this file) into a `PretrainedTokenizer`, the subclass here that
+renders the checkpoint's chat format (ChatML, Llama 3) with the same assistant-only loss mask.
 
 Encoding uses `tiktoken` (OpenAI's Rust BPE): ranks are the token ids, all 256 single bytes first and
 then the merged tokens in merge order, so tiktoken's "merge the lowest-ranked pair" reproduces
@@ -27,12 +24,14 @@ import json
 import os
 import re
 import time
-from collections import Counter, defaultdict
+import unicodedata
 from pathlib import Path
 from typing import Literal
 
 import tiktoken
 
+from cs336_alignment.bpe import PAT_STR, train_bpe_on_text
+from cs336_alignment.hf_tokenizer import ChatFormat, read_tokenizer_files
 from cs336_alignment.tasks import format_raw_prompt, pretraining_text, sft_examples
 
 ENDOFTEXT, PAD, SYSTEM, USER, ASSISTANT, END = (
@@ -40,109 +39,9 @@ ENDOFTEXT, PAD, SYSTEM, USER, ASSISTANT, END = (
 SPECIAL_TOKENS = [ENDOFTEXT, PAD, SYSTEM, USER, ASSISTANT, END]
 ROLE_TOKENS = {"system": SYSTEM, "user": USER, "assistant": ASSISTANT}
 
-# GPT-2's pre-tokenizer with ASCII classes and single digits. Written for both engines: Python's `re`
-# (training) and tiktoken's Rust regex (encoding) give the same pieces because it avoids \s, \w and \p{..},
-# whose Unicode tables differ between them. Non-ASCII characters group like punctuation.
-_WS = r"\t\n\x0b\x0c\r "
-PAT_STR = (r"'(?:[sdmt]|ll|ve|re)"      # English contractions, as GPT-2
-           r"| ?[A-Za-z]+"              # a word with its leading space
-           r"|[0-9]"                    # one digit, always alone
-           rf"| ?[^A-Za-z0-9{_WS}]+"    # punctuation and other characters, with a leading space
-           rf"|[{_WS}]+(?![^{_WS}])"    # whitespace, leaving the last space to the next word
-           rf"|[{_WS}]+")
-
 DEFAULT_VOCAB_SIZE = 512
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "data" / "tokenizer"
 RANKS_FILE, CONFIG_FILE = "bpe.tiktoken", "tokenizer.json"
-
-
-# ----------------------------------------------------------------------------
-# Training
-
-def pretoken_counts(text: str, special_tokens: list[str], pat_str: str = PAT_STR) -> Counter[bytes]:
-    """How often each pre-token occurs. Special tokens cut the text and are dropped (never merged)."""
-    chunks = [text]
-    if special_tokens:
-        by_length = sorted(special_tokens, key=len, reverse=True)  # longest first: overlapping specials
-        chunks = re.split("|".join(re.escape(t) for t in by_length), text)
-    counts: Counter[str] = Counter()
-    for chunk in chunks:
-        counts.update(m.group() for m in re.finditer(pat_str, chunk))
-    return Counter({piece.encode("utf-8"): n for piece, n in counts.items()})
-
-
-def _merge_word(word: tuple[bytes, ...], pair: tuple[bytes, bytes]) -> tuple[bytes, ...]:
-    out, i = [], 0
-    while i < len(word):
-        if i + 1 < len(word) and (word[i], word[i + 1]) == pair:
-            out.append(word[i] + word[i + 1])
-            i += 2
-        else:
-            out.append(word[i])
-            i += 1
-    return tuple(out)
-
-
-def train_bpe_on_text(text: str, vocab_size: int, special_tokens: list[str], *, pat_str: str = PAT_STR
-                      ) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
-    """Byte-level BPE on a string; see `train_bpe`."""
-    n_merges = vocab_size - 256 - len(special_tokens)
-    if n_merges < 0:
-        raise ValueError(f"vocab_size {vocab_size} < 256 bytes + {len(special_tokens)} special tokens")
-    counts = pretoken_counts(text, special_tokens, pat_str)
-    words = [tuple(bytes([b]) for b in piece) for piece in counts]   # each pre-token as a tuple of tokens
-    freqs = list(counts.values())
-
-    # pair -> total count, and pair -> words that (may) contain it; updated incrementally after each merge.
-    pair_counts: Counter[tuple[bytes, bytes]] = Counter()
-    pair_words: defaultdict[tuple[bytes, bytes], set[int]] = defaultdict(set)
-    for w, (word, freq) in enumerate(zip(words, freqs)):
-        for pair in zip(word, word[1:]):
-            pair_counts[pair] += freq
-            pair_words[pair].add(w)
-
-    merges: list[tuple[bytes, bytes]] = []
-    while len(merges) < n_merges and pair_counts:
-        # Most frequent pair; ties -> lexicographically greater pair of byte strings (CS336).
-        best = max(pair_counts, key=lambda pair: (pair_counts[pair], pair))
-        merges.append(best)
-        for w in pair_words.pop(best):
-            word, freq = words[w], freqs[w]
-            for pair in zip(word, word[1:]):          # remove the old word's pairs ...
-                pair_counts[pair] -= freq
-                if pair_counts[pair] == 0:
-                    del pair_counts[pair]
-            words[w] = word = _merge_word(word, best)
-            for pair in zip(word, word[1:]):          # ... and add the merged word's
-                pair_counts[pair] += freq
-                pair_words[pair].add(w)
-
-    vocab = {i: bytes([i]) for i in range(256)}
-    for a, b in merges:
-        vocab[len(vocab)] = a + b
-    for token in special_tokens:
-        vocab[len(vocab)] = token.encode("utf-8")
-    return vocab, merges
-
-
-def train_bpe(input_path: str | os.PathLike, vocab_size: int, special_tokens: list[str], *,
-              pat_str: str = PAT_STR) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
-    """Train byte-level BPE on a UTF-8 text file (CS336 assignment 1 `train_bpe`).
-
-    Args:
-        input_path: the training text. Occurrences of special tokens split it into independent chunks.
-        vocab_size: the total vocabulary size: 256 bytes + merges + special tokens. Training stops early
-            (smaller vocabulary) when no adjacent pair is left to merge.
-        special_tokens: strings added to the vocabulary as whole tokens, never merged with anything.
-        pat_str: the pre-tokenization regex (Python `re` syntax); default `PAT_STR` (digits split).
-    Returns:
-        vocab: id -> token bytes (ids 0..255 the bytes, then the merges in order, then the special tokens).
-        merges: the merged pairs (a, b) in the order they were created.
-    Raises:
-        ValueError: when vocab_size cannot hold the 256 bytes and the special tokens.
-    """
-    text = Path(input_path).read_text(encoding="utf-8")
-    return train_bpe_on_text(text, vocab_size, special_tokens, pat_str=pat_str)
 
 
 # ----------------------------------------------------------------------------
@@ -303,10 +202,19 @@ class Tokenizer:
         return cls(ranks, config["special_tokens"], config["pat_str"])
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike) -> "Tokenizer":
-        """The tokenizer.json (+ chat template) of a Hugging Face checkpoint directory: see hf_tokenizer.py."""
-        from cs336_alignment.hf_tokenizer import load_pretrained_tokenizer  # it subclasses Tokenizer: import late
-        return load_pretrained_tokenizer(path)
+    def from_pretrained(cls, path: str | os.PathLike) -> "PretrainedTokenizer":
+        """The tokenizer.json (+ tokenizer_config.json, chat_template.jinja) of a Hugging Face checkpoint
+        directory, as a PretrainedTokenizer; `hf_tokenizer.read_tokenizer_files` reads and checks the files.
+
+        Raises:
+            FileNotFoundError: no tokenizer.json.
+            hf_tokenizer.TokenizerFileError: naming the file and field (see read_tokenizer_files).
+        """
+        files = read_tokenizer_files(path)
+        return PretrainedTokenizer(files.mergeable_ranks, files.special_tokens, files.pat_str,
+                                   normalizer=files.normalizer, chat_format=files.chat_format,
+                                   eos_token=files.eos_token, pad_token=files.pad_token, bos_token=files.bos_token,
+                                   source_dir=files.source_dir)
 
     @classmethod
     def load_default(cls) -> "Tokenizer":
@@ -314,6 +222,109 @@ class Tokenizer:
         if (DEFAULT_DIR / RANKS_FILE).exists():
             return cls.from_files(DEFAULT_DIR)
         return build_default_tokenizer()[0]
+
+
+class PretrainedTokenizer(Tokenizer):
+    """Our Tokenizer (tiktoken for the BPE) with a checkpoint's normalizer, special tokens and chat format.
+
+    Attributes beyond Tokenizer's: source_dir (the checkpoint directory, whose files save_pretrained copies),
+    chat_format (None when the checkpoint ships no template), normalizer ("NFC" or None), bos_token_id.
+    eos_token_id is the tokenizer's EOS (Qwen2 <|endoftext|>, Llama 3 <|end_of_text|>), end_of_turn_id the
+    chat format's (<|im_end|> / <|eot_id|>), pad_token_id the configured pad token, else the EOS.
+    """
+
+    def __init__(self, mergeable_ranks: dict[bytes, int], special_tokens: dict[str, int], pat_str: str, *,
+                 normalizer: str | None, chat_format: ChatFormat | None, eos_token: str | None,
+                 pad_token: str | None, bos_token: str | None, source_dir: str = ""):
+        super().__init__(mergeable_ranks, special_tokens, pat_str, name=f"pretrained:{Path(source_dir).name}")
+        self.normalizer, self.chat_format, self.source_dir = normalizer, chat_format, source_dir
+        self.eos_token_id = special_tokens.get(eos_token) if eos_token else None
+        self.bos_token_id = special_tokens.get(bos_token) if bos_token else None
+        self.pad_token_id = special_tokens.get(pad_token) if pad_token else None
+        if self.pad_token_id is None:
+            self.pad_token_id = self.eos_token_id
+        self.end_of_turn_id = special_tokens.get(chat_format.end_of_turn) if chat_format else self.eos_token_id
+        self._known_ids = frozenset([*mergeable_ranks.values(), *special_tokens.values()])
+
+    def _normalize(self, text: str) -> str:
+        return unicodedata.normalize("NFC", text) if self.normalizer == "NFC" else text
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Token ids of `text` read as plain text (normalized first, as the checkpoint's tokenizer does)."""
+        return self.encoding.encode_ordinary(self._normalize(text))
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`; special-token strings become their ids. No BOS is added (as
+        `tokenizers`' encode(text, add_special_tokens=False))."""
+        if self._special_re is None:
+            return self.encode_ordinary(text)
+        ids: list[int] = []
+        for i, part in enumerate(self._special_re.split(text)):  # odd parts are the special tokens
+            if i % 2:
+                ids.append(self.special_tokens[part])
+            elif part:
+                ids.extend(self.encode_ordinary(part))
+        return ids
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        """Text of a sequence of ids; ids the tokenizer lacks (a model's padded vocabulary rows) are dropped."""
+        known = [int(i) for i in ids if int(i) in self._known_ids]
+        return super().decode(known, skip_special_tokens)
+
+    def _chat(self) -> ChatFormat:
+        if self.chat_format is None:
+            raise ValueError(f"{self.source_dir}: the checkpoint ships no chat template (tokenizer_config.json)")
+        return self.chat_format
+
+    def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = False
+               ) -> tuple[list[int], list[bool]]:
+        """Token ids of a conversation in the checkpoint's chat format, and the assistant-only loss mask.
+
+        Content is encoded as plain text (a special-token string inside a message stays text). Returns
+        (ids, mask) of equal length; mask True on assistant content and the end-of-turn token closing it.
+        Raises ValueError on an unknown role, non-str content, or a checkpoint without a chat template.
+        """
+        ids: list[int] = []
+        mask: list[bool] = []
+        pending: list[tuple[str, bool]] = []  # text pieces since the last special token
+
+        def flush():
+            text = "".join(t for t, _ in pending)
+            if not text:
+                return
+            piece_ids = self.encode_ordinary(text)
+            # byte span of each trained piece in the normalized text, then tokens overlapping one are trained
+            spans, offset = [], 0
+            for t, trained in pending:
+                n = len(self._normalize(t).encode("utf-8"))
+                if trained and n:
+                    spans.append((offset, offset + n))
+                offset += n
+            start = 0
+            for token in piece_ids:
+                end = start + len(self.encoding.decode_single_token_bytes(token))
+                mask.append(any(s < end and start < e for s, e in spans))
+                start = end
+            ids.extend(piece_ids)
+            pending.clear()
+
+        for text, is_special, trained in self._chat().segments(messages, add_generation_prompt):
+            if is_special:
+                flush()
+                ids.append(self.special_tokens[text])
+                mask.append(trained)
+            else:
+                pending.append((text, trained))
+        flush()
+        return ids, mask
+
+    def apply_chat_template(self, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
+        """The rendered conversation as text (transformers' apply_chat_template(..., tokenize=False))."""
+        return "".join(text for text, _, _ in self._chat().segments(messages, add_generation_prompt))
+
+    def prompt_ids(self, question: str) -> list[int]:
+        """The chat prompt for one user question, ending with the assistant's generation prompt."""
+        return self.render([{"role": "user", "content": question}], add_generation_prompt=True)[0]
 
 
 def load_tokenizer(path: str | os.PathLike | None = None) -> Tokenizer:

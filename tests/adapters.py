@@ -150,7 +150,7 @@ def get_tokenizer(vocab: dict[int, bytes], merges: list[tuple[bytes, bytes]], sp
 
 
 def run_train_bpe(input_path: str | os.PathLike, vocab_size: int, special_tokens: list[str], **kwargs):
-    from cs336_alignment.tokenizer import train_bpe
+    from cs336_alignment.bpe import train_bpe
     return train_bpe(input_path, vocab_size, special_tokens, **kwargs)
 
 
@@ -228,12 +228,12 @@ def run_grpo_microbatch_train_step(policy_log_probs: Tensor, response_mask: Tens
 
 
 def run_parse_gsm8k_response(model_output: str) -> str | None:
-    from cs336_alignment.tasks import parse_gsm8k_response
+    from cs336_alignment.verifier import parse_gsm8k_response
     return parse_gsm8k_response(model_output)
 
 
 def run_parse_mmlu_response(mmlu_example: dict[str, Any], model_output: str) -> str | None:
-    from cs336_alignment.tasks import parse_mmlu_response
+    from cs336_alignment.verifier import parse_mmlu_response
     return parse_mmlu_response(mmlu_example, model_output)
 
 

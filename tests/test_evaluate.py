@@ -1,7 +1,7 @@
 """Batched generation for evaluation and preference sampling: each row gets the room its own prompt leaves.
 
 Oracles: each question generated alone (greedy is independent of the batching), and, for prompts that all
-fit, the plain `model.generate` calls on consecutive batches that these functions made before rows got
+fit, the plain `generation.generate` calls on consecutive batches that these functions made before rows got
 their own limits (the same samples from the same generator).
 """
 from __future__ import annotations
@@ -11,7 +11,8 @@ import math
 import pytest
 import torch
 
-from cs336_alignment.model import TransformerConfig, TransformerLM, generate
+from cs336_alignment.generation import generate
+from cs336_alignment.model import TransformerConfig, TransformerLM
 from cs336_alignment.rollout import generate_responses, sample_responses
 from cs336_alignment.tokenizer import build_prompt, stop_token_ids
 from cs336_alignment.tasks import generate_problems
@@ -111,7 +112,7 @@ def test_sample_responses_give_each_row_its_own_room(tokenizer, questions, long_
 
 def test_log_generations_hand_example():
     from cs336_alignment.evaluate import log_generations
-    from cs336_alignment.tasks import gold_reward
+    from cs336_alignment.verifier import gold_reward
 
     truths = ["3 + 4 = 7\n#### 7", "#### 12", "#### 5"]
     responses = ["3 + 4 = 7\n#### 7",   # worked, correct

@@ -11,8 +11,8 @@ import random
 
 import pytest
 
-from cs336_alignment.hf_tokenizer import PretrainedTokenizer, TokenizerFileError, chat_format_from_template
-from cs336_alignment.tokenizer import Tokenizer, load_tokenizer
+from cs336_alignment.hf_tokenizer import TokenizerFileError, chat_format_from_template
+from cs336_alignment.tokenizer import PretrainedTokenizer, Tokenizer, load_tokenizer
 
 tokenizers = pytest.importorskip("tokenizers")
 transformers = pytest.importorskip("transformers")

@@ -170,7 +170,8 @@ def test_log_probs_alone_equal_log_probs_in_a_right_padded_batch(fused):
 @pytest.mark.points(1)
 def test_sampler_log_probs_equal_recomputed_log_probs():
     """Invariance: generate's log-probs at temperature 0.7 are what a trainer recomputes at 0.7."""
-    from cs336_alignment.model import TransformerConfig, TransformerLM, generate
+    from cs336_alignment.generation import generate
+    from cs336_alignment.model import TransformerConfig, TransformerLM
 
     torch.manual_seed(0)
     model = TransformerLM(TransformerConfig(vocab_size=31, context_length=32, d_model=16, num_layers=2,

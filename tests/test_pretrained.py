@@ -12,7 +12,8 @@ import json
 import pytest
 import torch
 
-from cs336_alignment.model import TransformerConfig, TransformerLM, generate
+from cs336_alignment.generation import generate
+from cs336_alignment.model import TransformerConfig, TransformerLM
 from cs336_alignment.pretrained import (CheckpointError, config_from_hf, interleaved_to_rotate_half,
                                         rotate_half_to_interleaved)
 

@@ -12,9 +12,8 @@ import torch
 
 from cs336_alignment import evaluate, export, tasks
 from cs336_alignment.data import write_jsonl
-from cs336_alignment.hf_tokenizer import PretrainedTokenizer
 from cs336_alignment.model import TransformerLM
-from cs336_alignment.tokenizer import load_tokenizer
+from cs336_alignment.tokenizer import PretrainedTokenizer, load_tokenizer
 from cs336_alignment.train import grpo, sft
 from cs336_alignment.checkpoint import load_model
 

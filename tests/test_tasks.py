@@ -11,9 +11,9 @@ import re
 import pytest
 
 from cs336_alignment.tasks import (ENDOFTEXT, MAX_OPERAND, MAX_VALUE, explained_answer, format_raw_prompt,
-                                   generate_problems, gold_reward, is_worked, pretraining_text, process_rewards,
-                                   sft_demonstrations, sft_examples, sloppy_answer, split_of, step_is_valid,
-                                   style_accuracy, train_half)
+                                   generate_problems, is_worked, pretraining_text, sft_demonstrations, sft_examples,
+                                   sloppy_answer, split_of, style_accuracy, train_half)
+from cs336_alignment.verifier import gold_reward, process_rewards, step_is_valid
 from tests.adapters import run_parse_gsm8k_response, run_parse_mmlu_response
 
 PART = "1.1 Answer parsing and gold reward"

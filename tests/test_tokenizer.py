@@ -10,9 +10,9 @@ import re
 
 import pytest
 
-from cs336_alignment.tokenizer import (ASSISTANT, END, ENDOFTEXT, PAT_STR, SPECIAL_TOKENS, USER, Tokenizer,
-                                       build_default_tokenizer, default_training_text, load_tokenizer,
-                                       train_bpe_on_text)
+from cs336_alignment.bpe import PAT_STR, train_bpe_on_text
+from cs336_alignment.tokenizer import (ASSISTANT, END, ENDOFTEXT, SPECIAL_TOKENS, USER, Tokenizer,
+                                       build_default_tokenizer, default_training_text, load_tokenizer)
 from tests.adapters import get_tokenizer, run_train_bpe
 
 

@@ -32,9 +32,10 @@ from cs336_alignment.checkpoint import load_model
 from cs336_alignment.metrics import best_of_n_kl, best_of_n_weights, distinct_n, pass_at_k
 from cs336_alignment.reward_model import load_reward_model, score_responses
 from cs336_alignment.rollout import sample_responses
-from cs336_alignment.tasks import generate_problems, gold_reward, is_worked
+from cs336_alignment.tasks import generate_problems, is_worked
 from cs336_alignment.tokenizer import load_tokenizer
 from cs336_alignment.train.common import MetricsLogger, init_or_shipped, parse_config, setup_run
+from cs336_alignment.verifier import gold_reward
 
 
 @dataclass

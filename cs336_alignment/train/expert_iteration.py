@@ -7,7 +7,7 @@ One round (Stanford CS336 assignment 5, §5 "expert iteration"; the idea of STaR
 rejection-sampling fine-tuning, Yuan et al. 2023):
   1. take the round's `prompts_per_step` questions from the prompt pool and sample `rollouts_per_prompt` (G)
      responses to each at `temperature` (`rollout.sample_rollouts`, the RL loops' sampler);
-  2. keep the responses the gold reward accepts (`tasks.gold_reward`: the right number in "#### N" format) and
+  2. keep the responses the gold reward accepts (`verifier.gold_reward`: the right number in "#### N" format) and
      that ended with the stop token, so the model also learns to stop (--keep-unfinished: also those cut at
      max_new_tokens);
   3. fine-tune on the kept responses for `sft_epochs` epochs of `batch_size` rows: the SFT loss on the sampled
@@ -47,11 +47,11 @@ from cs336_alignment.masked import masked_mean
 from cs336_alignment.nn_utils import clip_gradients
 from cs336_alignment.rollout import micro_batch, sample_rollouts, sequence_widths
 from cs336_alignment.sft import sft_microbatch_train_step
-from cs336_alignment.tasks import gold_reward
 from cs336_alignment.tokenizer import load_tokenizer
 from cs336_alignment.train.common import (MetricsLogger, build_optimizer, finite_or_raise, init_or_shipped,
                                           load_problems, num_params, parse_config, progress_bar, prompt_indices,
                                           setup_run)
+from cs336_alignment.verifier import gold_reward
 
 
 @dataclass

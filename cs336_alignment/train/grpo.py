@@ -8,10 +8,10 @@
 One step (Shao et al. 2024, DeepSeekMath §4.1, eq. 3; Stanford CS336 assignment 5):
   1. take `prompts_per_step` questions and sample `group_size` responses to each at `temperature`
      (`rollout.sample_rollouts`, KV cache, contiguous groups);
-  2. score them, with the gold reward (`tasks.gold_reward`, right number in "#### N" format) or a learned
+  2. score them, with the gold reward (`verifier.gold_reward`, right number in "#### N" format) or a learned
      reward model, and turn the scores into advantages with `advantages.compute_group_normalized_rewards`
      (reward minus the group mean, divided by the group std); with --process-reward, every worked step and the
-     final answer are scored on their own (`tasks.process_rewards`) and each token gets the normalized rewards of
+     final answer are scored on their own (`verifier.process_rewards`) and each token gets the normalized rewards of
      the steps it led to (`advantages.compute_group_process_advantages`, DeepSeekMath §4.1.3);
   3. optionally drop the groups whose rewards are all equal: their advantages are 0, so they only cost compute;
   4. for `epochs_per_rollout_batch` epochs, split the rows into `minibatches` optimizer steps (each over
@@ -72,11 +72,11 @@ from cs336_alignment.policy_losses import grpo_microbatch_train_step, kl_estimat
 from cs336_alignment.reward_model import load_reward_model, rollout_reward_fn
 from cs336_alignment.rollout import Rollouts, micro_batch, sample_rollouts, sequence_widths
 from cs336_alignment.runtime import autocast
-from cs336_alignment.tasks import gold_reward, process_rewards
 from cs336_alignment.tokenizer import build_prompt, load_tokenizer
 from cs336_alignment.train.common import (MetricsLogger, build_optimizer, cosine_lr, finite_or_raise, init_or_shipped,
                                           load_problems, load_sft_optimizer_state, num_params, parse_config,
                                           progress_bar, prompt_indices, setup_run)
+from cs336_alignment.verifier import gold_reward, process_rewards
 
 
 @dataclass
@@ -140,7 +140,7 @@ class GRPOConfig:
     """per-sequence mean (GRPO) or sum / max_new_tokens (Dr. GRPO)"""
     process_reward: bool = False
     """(--reward gold) per-token advantages from the task world's step checker instead of one per response:
-    every worked step and the final answer are rewarded on their own tokens (tasks.process_rewards,
+    every worked step and the final answer are rewarded on their own tokens (verifier.process_rewards,
     advantages.compute_group_process_advantages; DeepSeekMath §4.1.3)"""
     drop_zero_variance_groups: bool = True
     """skip groups whose rewards are all equal (advantage 0: no gradient, only cost)"""

@@ -64,11 +64,11 @@ from cs336_alignment.policy_losses import (AdaptiveKLController, compute_entropy
                                            compute_ppo_value_loss)
 from cs336_alignment.reward_model import RewardModel, load_reward_model, score_rollouts
 from cs336_alignment.rollout import micro_batch, sample_rollouts, sequence_widths
-from cs336_alignment.tasks import gold_reward
 from cs336_alignment.tokenizer import load_tokenizer, stop_token_ids
 from cs336_alignment.train.common import (MetricsLogger, build_optimizer, cosine_lr, finite_or_raise, init_or_shipped,
                                           load_problems, load_sft_optimizer_state, num_params, parse_config,
                                           progress_bar, prompt_indices, setup_run)
+from cs336_alignment.verifier import gold_reward
 
 
 @dataclass

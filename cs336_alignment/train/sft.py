@@ -38,6 +38,7 @@ from cs336_alignment.sft import sft_microbatch_train_step
 from cs336_alignment.tokenizer import load_tokenizer
 from cs336_alignment.train.common import (MetricsLogger, build_optimizer, cosine_lr, finite_or_raise, num_params,
                                           parse_config, progress_bar, setup_run, stream_indices)
+from cs336_alignment.verifier import gold_reward
 
 
 @dataclass
@@ -78,7 +79,7 @@ class SFTConfig:
     split rl)"""
     filter_correct: bool = False
     """filtered SFT: train only on the demonstrations whose final answer is right (task-world demonstrations:
-    checked with tasks.gold_reward against the problem's answer; removes the sloppy writer's)"""
+    checked with verifier.gold_reward against the problem's answer; removes the sloppy writer's)"""
     n_eval_examples: int = 128
     """examples for eval/loss"""
     n_eval_problems: int = 0
@@ -152,7 +153,7 @@ def load_conversations(cfg: SFTConfig) -> tuple[list, list]:
                                                   verbosity=cfg.verbosity, hasty=cfg.hasty, sloppy=cfg.sloppy)
         if cfg.filter_correct:
             demonstrations = [d for d in demonstrations
-                              if tasks.gold_reward(d["messages"][-1]["content"], d["ground_truth"])["reward"] == 1.0]
+                              if gold_reward(d["messages"][-1]["content"], d["ground_truth"])["reward"] == 1.0]
         train = [d["messages"] for d in demonstrations]
     if cfg.eval_data:
         train = train[:cfg.n_examples or None]
