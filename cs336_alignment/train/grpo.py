@@ -105,7 +105,10 @@ class GRPOConfig:
     reward_model: str = ""
     """reward-model checkpoint (train/reward_model.py) for --reward rm"""
     data: str = ""
-    """jsonl of {"question", "answer"} prompts; empty = the task world's train split"""
+    """jsonl of {"question", "answer"} prompts; empty = the task world's --split"""
+    split: str = "rl"
+    """task-world split of the prompt pool: rl, the half of train that SFT demonstrations drawn from sft never use
+    (tasks.train_half), so no RL prompt is a question whose answer the SFT model memorised; train = both halves"""
     n_problems: int = 4000
     """task-world prompts in the pool (when --data is empty)"""
     n_eval_problems: int = 200
@@ -279,7 +282,7 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
     reward_model = None
     if cfg.reward == "rm" and reward_fn is None:
         reward_model = load_reward_model(cfg.reward_model, device)[0].requires_grad_(False)
-    problems = load_problems(cfg.data, cfg.n_problems, "train", cfg.seed + 2)
+    problems = load_problems(cfg.data, cfg.n_problems, cfg.split, cfg.seed + 2)
     eval_problems = load_problems(cfg.eval_data, cfg.n_eval_problems, "test", 0)[:cfg.n_eval_problems]
     optimizer = build_optimizer(policy.parameters(), cfg)
     if cfg.init_optimizer:

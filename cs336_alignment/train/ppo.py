@@ -101,7 +101,10 @@ class PPOConfig:
     missing_eos_penalty: float = 0.0
     """subtracted from the score of a response cut at max_new_tokens (0 = off)"""
     data: str = ""
-    """jsonl of {"question", "answer"} prompts; empty = the task world's train split"""
+    """jsonl of {"question", "answer"} prompts; empty = the task world's --split"""
+    split: str = "rl"
+    """task-world split of the prompt pool: rl, the half of train that SFT demonstrations drawn from sft never use
+    (tasks.train_half), so no RL prompt is a question whose answer the SFT model memorised; train = both halves"""
     n_problems: int = 4000
     """task-world prompts in the pool (when --data is empty)"""
     n_eval_problems: int = 200
@@ -210,7 +213,7 @@ def train(cfg: PPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | No
         raise ValueError("--value-init rm needs --reward-model")
     value_model = copy.deepcopy(reward_model) if value_init == "rm" else RewardModel.from_lm(policy)
     value_model.train().requires_grad_(True)
-    problems = load_problems(cfg.data, cfg.n_problems, "train", cfg.seed + 2)
+    problems = load_problems(cfg.data, cfg.n_problems, cfg.split, cfg.seed + 2)
     eval_problems = load_problems("", cfg.n_eval_problems, "test", 0)
     optimizer = build_optimizer(policy.parameters(), cfg)
     value_optimizer = build_optimizer(value_model.parameters(), cfg, lr=cfg.value_lr)
