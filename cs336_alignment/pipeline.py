@@ -135,8 +135,8 @@ PRESETS: dict[str, Preset] = {
     # SFT in two phases reaches its held-out accuracy plateau (data/checkpoints/README.md has the curve).
     "tiny": Preset(context_length=128, d_model=128, num_layers=4, num_heads=4, d_ff=384,
                    pretrain_problems=20000, pretrain_steps=500, pretrain_batch_size=16, pretrain_lr=3e-3,
-                   sft_examples=2000, sft_steps=1200, sft_batch_size=32, sft_lr=1e-3, sft_warmup=20,
-                   sft_verbosity=0.5, sft_eval_problems=200,
+                   sft_examples=5000, sft_steps=1200, sft_batch_size=32, sft_lr=1e-3, sft_warmup=20,
+                   sft_verbosity=0.5, sft_eval_problems=200, sft_hasty=0.4, sft_split="sft",
                    sft2_examples=0, sft2_steps=0, sft2_lr=0.0, sft_baseline_lr=1e-4,
                    pref_prompts=1536, pref_k=4, rm_steps=120, rm_lr=2e-4, dpo_steps=80, dpo_lr=3e-5, dpo_beta=0.1,
                    grpo_steps=24, grpo_prompts_per_step=32, ppo_steps=24, ppo_prompts_per_step=32,
