@@ -291,7 +291,9 @@ FROZEN = {  # preset -> stage -> dataclasses.asdict(config), from the mapping th
 # Deliberate changes since the freeze: the task world's writers of uneven care (tiny's SFT demonstrations are
 # 5,000, 40 % by the hasty writer, from the sft half of the train split).
 WRITERS = {"n_examples": 5000, "hasty": 0.4, "split": "sft"}
-CHANGED = {"tiny": {"sft": WRITERS}, "tiny_rl10": {"sft": WRITERS}}
+# build() wires every preset to the shipped tiny SFT model, so every sft_baseline continues its demonstrations.
+CHANGED = {"tiny": {"sft": WRITERS, "sft_baseline": WRITERS}, "tiny_rl10": {"sft": WRITERS, "sft_baseline": WRITERS},
+           "smoke": {"sft_baseline": WRITERS}, "small": {"sft_baseline": WRITERS}}
 
 
 def build(preset: str) -> dict:
