@@ -6,38 +6,17 @@ probability of such a first token (not a noisy sample estimate), and the CLI fla
 """
 from __future__ import annotations
 
-import dataclasses
 
 import pytest
 import torch
 
-from cs336_alignment.checkpoint import load_model, save_checkpoint
-from cs336_alignment.model import TransformerConfig, TransformerLM
+from cs336_alignment.checkpoint import load_model
 from cs336_alignment.tokenizer import load_tokenizer
 from cs336_alignment.train import expert_iteration
-from cs336_alignment.train.common import read_metrics
-from tests.metric_names import undocumented
+from cs336_alignment.train.common import load_problems, read_metrics
+from test_train_rl import init_ckpt, starts_lowercase, tokenizer  # noqa: F401 (the RL tests' fixtures)
 from test_train_rl import assert_diagnostics_match_generations
-from cs336_alignment.train.grpo import load_problems
-
-
-def starts_lowercase(response: str, ground_truth: str) -> dict[str, float]:
-    return {"reward": float(response[:1].isascii() and response[:1].islower())}
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def init_ckpt(tmp_path_factory, tokenizer):
-    torch.manual_seed(0)
-    config = TransformerConfig(vocab_size=tokenizer.vocab_size, context_length=128, d_model=32, num_layers=1,
-                               num_heads=2, d_ff=64)
-    path = tmp_path_factory.mktemp("ei") / "init.pt"
-    save_checkpoint(TransformerLM(config), None, 0, path, model_config=dataclasses.asdict(config))
-    return str(path)
+from tests.metric_names import undocumented
 
 
 @torch.no_grad()
