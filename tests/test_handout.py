@@ -18,6 +18,7 @@ import pytest
 import cs336_alignment
 from cs336_alignment import grading, handout
 from cs336_alignment.handout import HandoutError, build, check, strip_markers, stub_adapter_functions
+from cs336_alignment.handout.check import graded_names
 
 REPO_ROOT = Path(cs336_alignment.__file__).resolve().parents[1]
 BS, ES = "# BEGIN " + "SOLUTION", "# END " + "SOLUTION"
@@ -230,9 +231,14 @@ def test_build_refuses_bad_markers_and_writes_nothing(tmp_path):
 
 
 def test_tooling_files_hold_no_markers():
-    for path in [Path(handout.__file__), Path(grading.__file__), Path(__file__),
-                 Path(__file__).with_name("test_grading.py")]:
+    tooling = sorted(Path(handout.__file__).parent.rglob("*.py")) + sorted(Path(handout.__file__).parent.glob("*.md"))
+    for path in tooling + [Path(grading.__file__), Path(__file__), Path(__file__).with_name("test_grading.py")]:
         assert strip_markers(path.read_text(), path.name).regions == 0
+
+
+def test_handout_package_files_are_short():
+    for path in Path(handout.__file__).parent.rglob("*.py"):
+        assert len(path.read_text().splitlines()) <= 450, path
 
 
 def test_leak_needles_skip_continuations_and_generic_lines():
@@ -392,3 +398,76 @@ def test_submit_zips_package_and_notebooks_only(tmp_path):
         results = json.loads(z.read("test_results.json"))
     assert names == {"toypkg/__init__.py", "toypkg/ops.py", "notebooks/demo.ipynb", "test_results.json"}
     assert results["score"] == 4                                           # the solution (hidden tests too)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Renamed copies of solution bodies (the clone detector)
+# ---------------------------------------------------------------------------------------------------------
+
+PAD = f'''\
+import torch
+
+
+def pad_rows(prompts, outputs, pad_id):
+    """Right-padded prompt + output rows and a mask of the output tokens."""
+    {BS}
+    B, L = len(prompts), max(len(p) + len(o) for p, o in zip(prompts, outputs))
+    full = torch.full((B, L), pad_id, dtype=torch.long)
+    is_output = torch.zeros((B, L), dtype=torch.bool)
+    for i, (p, o) in enumerate(zip(prompts, outputs)):
+        full[i, : len(p) + len(o)] = torch.tensor(p + o, dtype=torch.long)
+        is_output[i, len(p): len(p) + len(o)] = True
+    return full[:, :-1], full[:, 1:], is_output[:, 1:]
+    {ES}
+'''
+
+# The same body with every local renamed, other spacing and a changed constant: a "type-2 clone".
+RENAMED = '''\
+import torch
+
+
+def build_rows(questions, answers, filler):
+    """Given code that quietly re-implements the graded pad_rows."""
+    n_rows, width = len(questions), max(len(q) + len(a) for q, a in zip(questions, answers))
+    ids = torch.full((n_rows, width), filler, dtype=torch.long)   # (B, L)
+    on_answer = torch.zeros((n_rows, width), dtype=torch.bool)
+    for r, (q, a) in enumerate(zip(questions, answers)):
+        ids[r, : len(q) + len(a)] = torch.tensor(q + a, dtype=torch.long)
+        on_answer[r, len(q): len(q) + len(a)] = True
+    return ids[:, :-2], ids[:, 1:], on_answer[:, 1:]
+
+
+def pad_rows(prompts, outputs, pad_id):
+    """A second body under the graded name."""
+    return [p + o for p, o in zip(prompts, outputs)], pad_id
+'''
+
+
+def test_normalized_lines_forget_names_strings_and_numbers_but_keep_attributes():
+    a = handout.normalized_lines("x = torch.full((B, L), pad, dtype=torch.long)  # c\ny = f'{x} rows' + 'a'\n")
+    b = handout.normalized_lines("ids = torch.full((n, w), fill, dtype=torch.long)\nz = f'{ids}' + \"b\"\n")
+    assert [t for _, t in a] == [t for _, t in b]
+    assert a[0][1][:5] == ("ID", "=", "ID", ".", "full") and "dtype" in a[0][1] and a[1][1][-1] == "S"
+    assert [line for line, _ in a] == [1, 2]
+    assert handout.normalized_lines("x = y.sum(dim=0)")[0][1] != handout.normalized_lines("x = y.mean(dim=0)")[0][1]
+
+
+def test_leak_check_catches_a_renamed_copy(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    (repo / "toypkg/pad.py").write_text(PAD)
+    log = []
+    build(repo, tmp_path / "clean", log=log.append)
+    meta = json.loads((tmp_path / "clean.solution-lines.json").read_text())
+    files = handout.list_files(tmp_path / "clean")
+    graded = graded_names(meta)
+    assert handout.clone_leaks(tmp_path / "clean", files, meta["lines"], graded) == []     # the stub alone: no leak
+    (repo / "toypkg/given.py").write_text(RENAMED)                                          # plant the copy
+    out = tmp_path / "leaky"
+    build(repo, out, log=log.append)
+    failures = check(out, "toypkg", log=log.append)
+    copies = [f for f in failures if f.startswith("renamed copies")]
+    assert copies == [
+        "renamed copies: toypkg/given.py:6: renamed copy of the solution at toypkg/pad.py:7 (3+ lines equal after "
+        "normalizing names, strings and numbers)",
+        "renamed copies: toypkg/given.py:15: pad_rows() re-implements the graded function of the same name"], failures
+    assert not any(f.startswith("solution leaks") for f in failures)        # no line is a verbatim copy
