@@ -10,6 +10,8 @@
     bon        best-of-N sampling with a reward model
     eval       accuracy, format rate and length of a checkpoint on the held-out split
     bench      speed benchmarks (ratios against a baseline measured in the same run)
+    leaderboard  post-train within a CPU budget, then score held-out accuracy (the assignment's last problem)
+    plot       plot one metric of several runs' metrics.jsonl against the step
     handout    build / check the student handout
     grade      grading helpers
 """
@@ -35,6 +37,8 @@ COMMANDS = {  # command -> module with a main(argv)
     "bon": "cs336_alignment.train.bon",
     "eval": "cs336_alignment.evaluate",
     "bench": "cs336_alignment.bench",
+    "leaderboard": "cs336_alignment.leaderboard",
+    "plot": "cs336_alignment.plotting",
     "handout": "cs336_alignment.handout",
     "grade": "cs336_alignment.grading",
 }

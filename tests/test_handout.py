@@ -405,41 +405,31 @@ def test_submit_zips_package_and_notebooks_only(tmp_path):
 # ---------------------------------------------------------------------------------------------------------
 
 PAD = f'''\
-import torch
-
-
-def pad_rows(prompts, outputs, pad_id):
-    """Right-padded prompt + output rows and a mask of the output tokens."""
+def zscore_rows(rows, eps):
+    """Each row minus its mean, over its standard deviation (+ eps)."""
     {BS}
-    B, L = len(prompts), max(len(p) + len(o) for p, o in zip(prompts, outputs))
-    full = torch.full((B, L), pad_id, dtype=torch.long)
-    is_output = torch.zeros((B, L), dtype=torch.bool)
-    for i, (p, o) in enumerate(zip(prompts, outputs)):
-        full[i, : len(p) + len(o)] = torch.tensor(p + o, dtype=torch.long)
-        is_output[i, len(p): len(p) + len(o)] = True
-    return full[:, :-1], full[:, 1:], is_output[:, 1:]
+    totals = [sum(row) for row in rows]
+    counts = [max(len(row), 1) for row in rows]
+    means = [total / count for total, count in zip(totals, counts)]
+    spread = [sum((x - m) ** 2 for x in row) / c for row, m, c in zip(rows, means, counts)]
+    return [[(x - m) / (s ** 0.5 + eps) for x in row] for row, m, s in zip(rows, means, spread)]
     {ES}
 '''
 
 # The same body with every local renamed, other spacing and a changed constant: a "type-2 clone".
 RENAMED = '''\
-import torch
+def standardize(batch, tiny):
+    """Given code that quietly re-implements the graded zscore_rows."""
+    sums = [sum(b) for b in batch]
+    sizes = [max(len(b), 2) for b in batch]   # two, not one
+    centres = [t / n for t, n in zip(sums, sizes)]
+    var = [sum((v - c) ** 2 for v in b) / n for b, c, n in zip(batch, centres, sizes)]
+    return [[(v - c) / (w ** 0.5 + tiny) for v in b] for b, c, w in zip(batch, centres, var)]
 
 
-def build_rows(questions, answers, filler):
-    """Given code that quietly re-implements the graded pad_rows."""
-    n_rows, width = len(questions), max(len(q) + len(a) for q, a in zip(questions, answers))
-    ids = torch.full((n_rows, width), filler, dtype=torch.long)   # (B, L)
-    on_answer = torch.zeros((n_rows, width), dtype=torch.bool)
-    for r, (q, a) in enumerate(zip(questions, answers)):
-        ids[r, : len(q) + len(a)] = torch.tensor(q + a, dtype=torch.long)
-        on_answer[r, len(q): len(q) + len(a)] = True
-    return ids[:, :-2], ids[:, 1:], on_answer[:, 1:]
-
-
-def pad_rows(prompts, outputs, pad_id):
+def zscore_rows(rows, eps):
     """A second body under the graded name."""
-    return [p + o for p, o in zip(prompts, outputs)], pad_id
+    return [list(row) for row in rows], eps
 '''
 
 
@@ -454,7 +444,7 @@ def test_normalized_lines_forget_names_strings_and_numbers_but_keep_attributes()
 
 def test_leak_check_catches_a_renamed_copy(tmp_path):
     repo = make_repo(tmp_path / "repo")
-    (repo / "toypkg/pad.py").write_text(PAD)
+    (repo / "toypkg/zscore.py").write_text(PAD)
     log = []
     build(repo, tmp_path / "clean", log=log.append)
     meta = json.loads((tmp_path / "clean.solution-lines.json").read_text())
@@ -467,7 +457,7 @@ def test_leak_check_catches_a_renamed_copy(tmp_path):
     failures = check(out, "toypkg", log=log.append)
     copies = [f for f in failures if f.startswith("renamed copies")]
     assert copies == [
-        "renamed copies: toypkg/given.py:6: renamed copy of the solution at toypkg/pad.py:7 (3+ lines equal after "
+        "renamed copies: toypkg/given.py:3: renamed copy of the solution at toypkg/zscore.py:4 (3+ lines equal after "
         "normalizing names, strings and numbers)",
-        "renamed copies: toypkg/given.py:15: pad_rows() re-implements the graded function of the same name"], failures
+        "renamed copies: toypkg/given.py:10: zscore_rows() re-implements the graded function of the same name"], failures
     assert not any(f.startswith("solution leaks") for f in failures)        # no line is a verbatim copy

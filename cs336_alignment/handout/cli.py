@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             extra = [a for a in args.pytest_args if a != "--"] or None
             return submit(args.repo or default_repo(), args.out, run_tests=not args.skip_tests, pytest_args=extra)
-    except HandoutError as e:
+    except (HandoutError, writeup.WriteupError) as e:
         print(f"handout {args.cmd}: error\n{e}", file=sys.stderr)
         return 1
     return 0

@@ -159,8 +159,8 @@ def grader_points(repo: Path) -> dict[str, float]:
             raise WriteupError(f"pytest --collect-only in {repo} wrote no results.json")
         out: dict[str, float] = {}
         for t in json.loads(results.read_text())["tests"]:
-            out[t["tags"][0]] = round(out.get(t["tags"][0], 0.0) + t["max_score"], 6)
-        return out
+            out[t["tags"][0]] = out.get(t["tags"][0], 0.0) + t["max_score"]
+        return {part: round(points, 2) for part, points in out.items()}   # each test's max_score has 4 decimals
 
 
 def compare_points(w: Writeup, grader: dict[str, float]) -> list[str]:
