@@ -461,3 +461,25 @@ def test_leak_check_catches_a_renamed_copy(tmp_path):
         "normalizing names, strings and numbers)",
         "renamed copies: toypkg/given.py:10: zscore_rows() re-implements the graded function of the same name"], failures
     assert not any(f.startswith("solution leaks") for f in failures)        # no line is a verbatim copy
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The real repository: the handout's README is the writeup; the answer key stays out
+# ---------------------------------------------------------------------------------------------------------
+
+def test_real_handout_readme_is_the_writeup_and_the_answer_key_stays_out(tmp_path):
+    from cs336_alignment.handout.writeup import load
+
+    out = tmp_path / "handout"
+    build(REPO_ROOT, out, log=lambda *a: None)
+    readme = (out / "README.md").read_text()
+    assert readme == load(REPO_ROOT / "cs336_alignment/handout/writeup.md").render()
+    assert "For instructors" not in readme and "BEGIN SOLUTION" not in readme and "- Smoke:" not in readme
+    assert "### Problem (leaderboard)" in readme and "| **total** |" in readme
+    assert not (out / "cs336_alignment/handout/answers.md").exists()
+    assert not (out / "cs336_alignment/handout/answer_key.py").exists()
+    answers = (REPO_ROOT / "cs336_alignment/handout/answers.md").read_text()
+    model_answer = answers.split("## think_about_length_normalization")[1].split("##")[0].strip().splitlines()[0]
+    assert model_answer not in readme
+    stub = (out / "cs336_alignment/masked.py").read_text()
+    assert "raise NotImplementedError('masked_mean is not implemented yet (part 2.2 Masked reductions)')" in stub
