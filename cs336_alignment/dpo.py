@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cs336_alignment.logprobs import naive_log_probs
+
 
 # ---------------------------------------------------------------------------------------------------------
 # Batched losses on sequence log-probs
@@ -101,8 +103,11 @@ def dpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_cho
 def sequence_log_probs(model: nn.Module, input_ids: Tensor, labels: Tensor, response_mask: Tensor) -> Tensor:
     """Summed log-probs of the response tokens: sum_t response_mask[b, t] * log p(labels[b, t] | input_ids[b, :t+1]).
 
+    Uses the given (ungraded) oracle `logprobs.naive_log_probs` on the model's logits, so this part does not wait
+    for part 2.1's `get_response_log_probs` (which gives the same values).
+
     Args:
-        model: a causal LM accepted by `logprobs.get_response_log_probs` (e.g. TransformerLM).
+        model: a causal LM returning (B, T, V) logits (e.g. TransformerLM).
         input_ids: (B, T) long, right-padded (padding after a sequence cannot change its log-probs).
         labels: (B, T) long, input_ids shifted by one.
         response_mask: (B, T) bool or 0/1, True on response labels (EOS / end-of-turn included).
@@ -110,12 +115,10 @@ def sequence_log_probs(model: nn.Module, input_ids: Tensor, labels: Tensor, resp
     Returns:
         (B,) float, log pi(y | x) in nats, differentiable w.r.t. the model's parameters.
     """
-    from cs336_alignment.logprobs import get_response_log_probs
-
     if not input_ids.shape == labels.shape == response_mask.shape:
         raise ValueError("input_ids, labels and response_mask must all be (B, T)")
     # BEGIN SOLUTION
-    log_probs = get_response_log_probs(model, input_ids, labels)["log_probs"]  # (B, T)
+    log_probs = naive_log_probs(model(input_ids), labels)                      # (B, T)
     return torch.where(response_mask.bool(), log_probs, 0.0).sum(dim=-1)      # (B,)
     # END SOLUTION
 
