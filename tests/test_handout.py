@@ -384,6 +384,11 @@ def test_autograder_zip_grades_a_submission(tmp_path):
     assert results["score"] == 4 == sum(t["max_score"] for t in results["tests"]), proc.stdout[-2000:]
     hidden = next(t for t in results["tests"] if "hidden" in t["name"])
     assert hidden["visibility"] == "after_due_date"
+    # A second run (results.json now exists) names the tests the same way: tests/..., never work/tests/...
+    subprocess.run(["bash", str(root / "source/run_autograder")], env=env, capture_output=True, text=True, timeout=120)
+    again = json.loads((root / "results/results.json").read_text())
+    assert sorted(t["name"] for t in again["tests"]) == sorted(t["name"] for t in results["tests"])
+    assert all(t["name"].startswith("tests/") for t in again["tests"]) and again["score"] == 4
 
 
 def test_submit_zips_package_and_notebooks_only(tmp_path):
