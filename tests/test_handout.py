@@ -475,6 +475,8 @@ def test_leak_check_catches_a_renamed_copy(tmp_path):
 def test_real_handout_readme_is_the_writeup_and_the_answer_key_stays_out(tmp_path):
     from cs336_alignment.handout.writeup import load
 
+    if not (REPO_ROOT / "cs336_alignment/handout/answers.md").exists():
+        pytest.skip("instructor-only: this checkout is a handout (no answer key)")
     out = tmp_path / "handout"
     build(REPO_ROOT, out, log=lambda *a: None)
     readme = (out / "README.md").read_text()

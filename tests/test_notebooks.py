@@ -47,7 +47,8 @@ def test_notebook_is_stored_clean(path):
 
 # Notebooks whose `# expect` lines are checked by asserts in the same cell (executing the notebook checks them).
 # The others still print expectations for the reader only; each is to be converted the same way.
-EXPECTATIONS_ASSERTED = {"01_transformer_and_logprobs", "02_sft", "06_dpo", "07_memory_efficient_logsoftmax"}
+EXPECTATIONS_ASSERTED = {"01_transformer_and_logprobs", "02_sft", "04_reinforce_grpo", "05_ppo_gae", "06_dpo",
+                         "07_memory_efficient_logsoftmax"}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
