@@ -45,17 +45,9 @@ def test_notebook_is_stored_clean(path):
     assert "%load_ext autoreload" in first and "%autoreload 2" in first, f"{path.name}: no autoreload in the first cell"
 
 
-# Notebooks whose `# expect` lines are checked by asserts in the same cell (executing the notebook checks them).
-# The others still print expectations for the reader only; each is to be converted the same way.
-EXPECTATIONS_ASSERTED = {"01_transformer_and_logprobs", "02_sft", "04_reinforce_grpo", "05_ppo_gae", "06_dpo",
-                         "07_memory_efficient_logsoftmax"}
-
-
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_every_expect_line_is_checked(path):
-    """A cell that prints `# expect ...` also asserts it, so executing the notebook checks the expectation."""
-    if path.stem not in EXPECTATIONS_ASSERTED:
-        pytest.skip(f"{path.stem}: its # expect lines are not asserted yet (only {sorted(EXPECTATIONS_ASSERTED)})")
+    """A cell that prints `# expect ...` also asserts it, so executing the notebook (CI) checks the expectation."""
     for i, cell in enumerate(_code_cells(path)):
         source = "".join(cell["source"])
         if "# expect" in source:
