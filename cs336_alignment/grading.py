@@ -2,7 +2,7 @@
 
 In a test module (one module = one part, numbered like the handout's sections):
 
-    PART = "3.2 SFT"
+    PART = "2.3 SFT"
 
     @pytest.mark.points(2)             # graded; on a parametrized test the 2 points are split evenly across cases
     def test_sft_microbatch_train_step(): ...
@@ -14,6 +14,12 @@ Run it (tests/conftest.py already loads the plugin through `pytest_plugins`):
 
 Every run ends with a "grade" section: one line per part, then TOTAL. A test scores its points only when it passes.
 Tests with points but no module-level PART are graded under "misc"; tests without points are ungraded.
+
+Two rules keep one unfinished or broken module from costing more than its own tests:
+  * isolation: collection continues past a test module that cannot be imported (a syntax error in the student's
+    advantages.py); that module's graded tests, read from its source, score 0 under its PART;
+  * a handout stub raises NotImplementedError("<function> is not implemented yet (part <part>)"); an ungraded test
+    that hits one is reported as skipped, "needs part <part>", instead of failing.
 
 `--results-json PATH` writes Gradescope's results.json (https://gradescope-autograders.readthedocs.io):
   {"score", "execution_time", "output" (the grade table),
@@ -38,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from _pytest.mark.expression import Expression  # pytest's own -k/-m parser (internal module, stable since pytest 6)
 
 MISC_PART = "misc"
 OUTPUT_LIMIT = 2000  # characters of failure text kept per test in results.json
@@ -218,8 +225,6 @@ class Grader:
 
     def _selected(self, name: str, path: Path, markers: set[str]) -> bool:
         """-k / -m applied to a test known only from its source (function and module names; decorator marks)."""
-        from _pytest.mark.expression import Expression  # pytest's own -k/-m parser (internal, stable since 6.0)
-
         keyword, markexpr = self.config.option.keyword, self.config.option.markexpr
         names = {name, path.stem, path.name, path.parent.name}
         if keyword and not Expression.compile(keyword).evaluate(
