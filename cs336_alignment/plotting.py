@@ -3,12 +3,16 @@
   * `show_tokens`: a token sequence drawn as a row-wrapped strip of boxes, coloured by a boolean mask (e.g. the
     SFT loss mask) or by a value per token (e.g. entropy or -log p), so a picture shows which tokens count.
   * `plot_metric`: one metric of a training loop's metrics.jsonl against the step.
+  * `main`: `python -m cs336_alignment plot RUN_DIR... --metric KEY --out PNG`, the writeup's experiment plots.
 
 Nothing here is graded, and nothing here computes a loss: the notebooks import the package for that.
 """
 from __future__ import annotations
 
+import argparse
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import matplotlib.colors as mcolors
 import matplotlib.pyplot as plt
@@ -80,12 +84,7 @@ def plot_metric(ax, records: Sequence[dict], key: str, *, x: str = "step", label
 
 def main(argv: list[str] | None = None) -> int:
     """Plot one metric of several runs (each a directory with metrics.jsonl, or the file) against `--x`."""
-    import argparse
-    import json
-    from pathlib import Path
-
-    import matplotlib
-    matplotlib.use("Agg")
+    plt.switch_backend("Agg")                       # a file, never a window
 
     p = argparse.ArgumentParser(prog="python -m cs336_alignment plot", description=main.__doc__)
     p.add_argument("runs", nargs="+", type=Path, help="run directories (or metrics.jsonl files)")
