@@ -14,6 +14,8 @@
     styles     accuracy split by response style (worked steps vs final line only) and the worked share
     export     write a checkpoint as a Hugging Face directory (config.json + safetensors + tokenizer files)
     bench      speed benchmarks (ratios against a baseline measured in the same run)
+    leaderboard  post-train within a CPU budget, then score held-out accuracy (the assignment's last problem)
+    plot       plot one metric of several runs' metrics.jsonl against the step
     handout    build / check the student handout
     grade      grading helpers
 
@@ -46,6 +48,8 @@ COMMANDS = {  # command -> module with a main(argv), imported only when its comm
     "styles": "cs336_alignment.styles",
     "export": "cs336_alignment.export",
     "bench": "cs336_alignment.bench",
+    "leaderboard": "cs336_alignment.leaderboard",
+    "plot": "cs336_alignment.plotting",
     "handout": "cs336_alignment.handout",
     "grade": "cs336_alignment.grading",
 }

@@ -77,8 +77,11 @@ def compute_group_normalized_rewards(reward_fn: Callable[[str, str], dict[str, f
         normalize_by_std: see `group_normalize`.
 
     Returns:
-        (advantages (N,) float32, raw_rewards (N,) float32, metadata) where metadata has the mean, std, max
-        and min of the raw rewards and the mean of every other key returned by reward_fn (Python floats).
+        (advantages (N,) float32, raw_rewards (N,) float32, metadata). metadata holds Python floats under
+        exactly these keys (the GRPO loop and notebook 04 read them):
+            "reward/mean", "reward/std" (unbiased, n - 1), "reward/max", "reward/min"  of the raw rewards;
+            "reward/<key>_mean"  the mean of every other key of reward_fn's dict (e.g. "format_reward" gives
+                                 "reward/format_reward_mean").
         Nothing is masked here: advantages are per response, broadcast over its tokens by the loss.
 
     Raises:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cs336_alignment.logprobs import get_response_log_probs
+from cs336_alignment.logprobs import selective_log_softmax
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -104,10 +104,12 @@ def sequence_log_probs(model: nn.Module, input_ids: Tensor, labels: Tensor, resp
     """Summed log-probs of the response tokens: sum_t response_mask[b, t] * log p(labels[b, t] | input_ids[b, :t+1]).
 
     Every "log pi(y | x)" of the package is this function: DPO's loss and its training loop, the report's KL to
-    the reference (`evaluate.batched_sequence_log_probs`) and the reward model's SFT diagnostic.
+    the reference (`evaluate.batched_sequence_log_probs`) and the reward model's SFT diagnostic. It uses the given
+    (ungraded) chunked `logprobs.selective_log_softmax` on the model's logits, so this part does not wait for
+    part 2.1's `get_response_log_probs` (which gives the same values).
 
     Args:
-        model: a causal LM accepted by `logprobs.get_response_log_probs` (e.g. TransformerLM).
+        model: a causal LM returning (B, T, V) logits, or an output with `.logits` (Hugging Face models).
         input_ids: (B, T) long, right-padded (padding after a sequence cannot change its log-probs).
         labels: (B, T) long, input_ids shifted by one.
         response_mask: (B, T) bool or 0/1, True on response labels (EOS / end-of-turn included).
@@ -118,8 +120,10 @@ def sequence_log_probs(model: nn.Module, input_ids: Tensor, labels: Tensor, resp
     if not input_ids.shape == labels.shape == response_mask.shape:
         raise ValueError("input_ids, labels and response_mask must all be (B, T)")
     # BEGIN SOLUTION
-    log_probs = get_response_log_probs(model, input_ids, labels)["log_probs"]  # (B, T)
-    return torch.where(response_mask.bool(), log_probs.float(), 0.0).sum(dim=-1)  # (B,)
+    output = model(input_ids)
+    logits = getattr(output, "logits", output)                                     # (B, T, V)
+    per_token = selective_log_softmax(logits, labels)                               # (B, T)
+    return torch.where(response_mask.bool(), per_token.float(), 0.0).sum(dim=-1)   # (B,)
     # END SOLUTION
 
 

@@ -2,7 +2,7 @@
 
 In a test module (one module = one part, numbered like the handout's sections):
 
-    PART = "3.2 SFT"
+    PART = "2.3 SFT"
 
     @pytest.mark.points(2)             # graded; on a parametrized test the 2 points are split evenly across cases
     def test_sft_microbatch_train_step(): ...
@@ -14,6 +14,12 @@ Run it (tests/conftest.py already loads the plugin through `pytest_plugins`):
 
 Every run ends with a "grade" section: one line per part, then TOTAL. A test scores its points only when it passes.
 Tests with points but no module-level PART are graded under "misc"; tests without points are ungraded.
+
+Two rules keep one unfinished or broken module from costing more than its own tests:
+  * isolation: collection continues past a test module that cannot be imported (a syntax error in the student's
+    advantages.py); that module's graded tests, read from its source, score 0 under its PART;
+  * a handout stub raises NotImplementedError("<function> is not implemented yet (part <part>)"); an ungraded test
+    that hits one is reported as skipped, "needs part <part>", instead of failing.
 
 `--results-json PATH` writes Gradescope's results.json (https://gradescope-autograders.readthedocs.io):
   {"score", "execution_time", "output" (the grade table),
@@ -27,6 +33,7 @@ infrastructure) are kept under "extra_data" for `handout check`, which requires 
 """
 from __future__ import annotations
 
+import ast
 import importlib
 import json
 import re
@@ -37,10 +44,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from _pytest.mark.expression import Expression  # pytest's own -k/-m parser (internal module, stable since pytest 6)
 
 MISC_PART = "misc"
 OUTPUT_LIMIT = 2000  # characters of failure text kept per test in results.json
 PLUGIN_NAME = "cs336_alignment.grading"
+SCORE_DECIMALS = 2   # the table's precision: results.json's total is rounded to it, each test's score to 4 decimals
+# A handout stub raises NotImplementedError("<function> is not implemented yet (part <part>)") (handout/markers.py);
+# an ungraded test that hits one is skipped with a reason naming that part instead of failing.
+STUB_MESSAGE_RE = re.compile(r"(?P<function>[\w.]+) is not implemented yet \(part (?P<part>.+)\)\s*$")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -86,6 +98,50 @@ def _exception_chain(exc: BaseException | None) -> list[str]:
         names.append(type(exc).__name__)
         exc = exc.__cause__ or exc.__context__
     return names
+
+
+def unfinished_part(exc: BaseException | None) -> tuple[str, str] | None:
+    """(function, part) when a handout stub's NotImplementedError is in the chain of `exc`, else None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, NotImplementedError):
+            m = STUB_MESSAGE_RE.search(str(exc))
+            if m:
+                return m["function"], m["part"]
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def graded_tests_in_source(path: Path) -> list[tuple[str, float, str | None, set[str]]]:
+    """(test name, points, PART, marks) of every `@pytest.mark.points(n)` test function in a test file's source.
+
+    Used when the module cannot be imported: its graded tests still count, each for its whole points (a
+    parametrized test's cases share them), so a broken module scores 0 for its own part and nothing else.
+    """
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (SyntaxError, UnicodeDecodeError):
+        return []
+    part, found = None, []
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "PART" for t in node.targets):
+            if isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+                part = node.value.value
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or not node.name.startswith("test"):
+            continue
+        points, marks = None, set()
+        for dec in node.decorator_list:
+            call = dec.func if isinstance(dec, ast.Call) else dec
+            text = ast.unparse(call)
+            if text.startswith("pytest.mark."):
+                marks.add(text.split(".")[2])
+            if text == "pytest.mark.points" and isinstance(dec, ast.Call) and dec.args:
+                if isinstance(dec.args[0], ast.Constant) and isinstance(dec.args[0].value, (int, float)):
+                    points = float(dec.args[0].value)
+        if points:
+            found.append((node.name, points, part, marks))
+    return found
 
 
 _REPR_START = re.compile(r"\b(tensor|array|Parameter containing:\s*tensor)\(")
@@ -146,13 +202,47 @@ class Grader:
                 part=str(part) if part else None, hidden="hidden" in path_parts[:-1])
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
-        if report.failed:
-            self.collection_errors.append({"name": report.nodeid, "output": redact(report.longreprtext)[-OUTPUT_LIMIT:]})
+        if not report.failed:
+            return
+        output = redact(report.longreprtext)[-OUTPUT_LIMIT:]
+        self.collection_errors.append({"name": report.nodeid, "output": output})
+        # Isolation: a module that does not import (a syntax error in the student's advantages.py) costs only the
+        # graded tests of the test modules that could not be collected; they are read from the test file's source
+        # and scored 0, so the part keeps its full points in the table and everything else is still graded.
+        path = self.config.rootpath / report.nodeid.split("::")[0]
+        if path.suffix != ".py" or not path.exists():
+            return
+        raised = re.findall(r"^E\s+(\w+(?:Error|Exception))\b", report.longreprtext, flags=re.M)
+        exception = raised[-1] if raised else "CollectionError"
+        for name, points, part, markers in graded_tests_in_source(path):
+            if not self._selected(name, path, markers):
+                continue
+            nodeid = f"{report.nodeid.split('::')[0]}::{name}"
+            self.records[nodeid] = TestRecord(
+                nodeid=nodeid, points=points, graded=True, part=part or MISC_PART,
+                hidden="hidden" in Path(nodeid.split("::")[0]).parts[:-1], outcome="error", exception=exception,
+                exception_chain=[exception], output="This test module could not be collected:\n" + output)
+
+    def _selected(self, name: str, path: Path, markers: set[str]) -> bool:
+        """-k / -m applied to a test known only from its source (function and module names; decorator marks)."""
+        keyword, markexpr = self.config.option.keyword, self.config.option.markexpr
+        names = {name, path.stem, path.name, path.parent.name}
+        if keyword and not Expression.compile(keyword).evaluate(
+                lambda sub, **kw: any(sub.lower() in n.lower() for n in names)):
+            return False
+        return not markexpr or Expression.compile(markexpr).evaluate(lambda mark, **kw: mark in markers)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
         report = yield
         record = self.records.get(item.nodeid)
+        if record is not None and not record.graded and report.failed and call.excinfo is not None:
+            stub = unfinished_part(call.excinfo.value)
+            if stub is not None:          # an ungraded test that needs a part the student has not done yet
+                function, part = stub
+                report.outcome = "skipped"
+                report.longrepr = (str(item.path), item.location[1] or 0,
+                                   f"Skipped: needs part {part} ({function} is not implemented yet)")
         if record is not None:
             self._update(record, report, call)
         return report
@@ -211,7 +301,7 @@ class Grader:
                 number = part_number(r.part)
                 if number:
                     d["number"] = number
-                d.update(score=r.score, max_score=r.points)  # unrounded: they sum exactly to "score"
+                d.update(score=round(r.score, 4), max_score=round(r.points, 4))
             ok = ("passed",) if r.graded else ("passed", "skipped", "xfailed", "not run")
             d["status"] = "passed" if r.outcome in ok else "failed"
             d["output"] = r.output
@@ -222,12 +312,13 @@ class Grader:
             return d
 
         graded = [entry(r) for r in self.records.values() if r.graded]
+        total = round(sum(r.score for r in self.records.values() if r.graded), SCORE_DECIMALS)
         output = "\n".join(self.table())
         if self.collection_errors:
             output += (f"\n{len(self.collection_errors)} test module(s) could not be collected (their tests are "
                        f"missing above): " + ", ".join(e["name"] for e in self.collection_errors))
         return {
-            "score": sum(t["score"] for t in graded),
+            "score": total + 0.0,        # rounded to SCORE_DECIMALS: 31, not 30.999999999999996
             "execution_time": round(time.time() - self.start, 1),
             "output": output.strip(),
             "tests": graded,
@@ -255,6 +346,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # Isolation: keep collecting and running past a test module that cannot be imported (its graded tests score 0
+    # through Grader.pytest_collectreport), instead of stopping the whole session at the first collection error.
+    config.option.continue_on_collection_errors = True
     config.addinivalue_line("markers", "points(n): points this graded test is worth (split evenly across "
                                        "parametrized cases)")
     if not config.pluginmanager.has_plugin("cs336-grader"):

@@ -3,12 +3,16 @@
   * `show_tokens`: a token sequence drawn as a row-wrapped strip of boxes, coloured by a boolean mask (e.g. the
     SFT loss mask) or by a value per token (e.g. entropy or -log p), so a picture shows which tokens count.
   * `plot_metric`: one metric of a training loop's metrics.jsonl against the step.
+  * `main`: `python -m cs336_alignment plot RUN_DIR... --metric KEY --out PNG`, the writeup's experiment plots.
 
 Nothing here is graded, and nothing here computes a loss: the notebooks import the package for that.
 """
 from __future__ import annotations
 
+import argparse
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import matplotlib.colors as mcolors
 import matplotlib.pyplot as plt
@@ -72,3 +76,38 @@ def plot_metric(ax, records: Sequence[dict], key: str, *, x: str = "step", label
     xs, ys = zip(*points)
     (line,) = ax.plot(xs, ys, label=label or key, **style)
     return line
+
+
+# ---------------------------------------------------------------------------------------------------------
+# python -m cs336_alignment plot RUN_DIR... --metric KEY --out PNG  (the writeup's experiment plots)
+# ---------------------------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    """Plot one metric of several runs (each a directory with metrics.jsonl, or the file) against `--x`."""
+    plt.switch_backend("Agg")                       # a file, never a window
+
+    p = argparse.ArgumentParser(prog="python -m cs336_alignment plot", description=main.__doc__)
+    p.add_argument("runs", nargs="+", type=Path, help="run directories (or metrics.jsonl files)")
+    p.add_argument("--metric", action="append", required=True, help="metric key, e.g. eval/accuracy/greedy "
+                   "(repeat for one panel per metric)")
+    p.add_argument("--x", default="step", help="x-axis key (default: step)")
+    p.add_argument("--out", type=Path, default=Path("plot.png"), help="PNG file to write")
+    args = p.parse_args(argv)
+    fig, axes = plt.subplots(1, len(args.metric), figsize=(5.5 * len(args.metric), 3.8), squeeze=False)
+    for run in args.runs:
+        path = run / "metrics.jsonl" if run.is_dir() else run
+        if not path.exists():
+            print(f"error: {path}: no metrics.jsonl (did the run write to this --out?)")
+            return 2
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        for ax, key in zip(axes[0], args.metric):
+            if plot_metric(ax, records, key, x=args.x, label=run.name, marker=".") is None:
+                print(f"warning: {path}: no record has both {key!r} and {args.x!r}")
+    for ax, key in zip(axes[0], args.metric):
+        ax.set(xlabel=args.x, ylabel=key)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out, dpi=120)
+    print(f"wrote {args.out}")
+    return 0

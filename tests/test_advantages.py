@@ -2,6 +2,7 @@
 PPO per-token rewards."""
 from __future__ import annotations
 
+import math
 import statistics
 
 import pytest
@@ -52,6 +53,24 @@ def test_compute_group_normalized_rewards(numpy_snapshot, rollouts, normalize_by
     torch.testing.assert_close(advantages, torch.tensor(expected), msg="advantages differ from the naive loop")
     numpy_snapshot.assert_match({"advantages": advantages, "raw_rewards": raw_rewards},
                                 f"test_compute_group_normalized_rewards_std{normalize_by_std}")
+
+
+@pytest.mark.points(1)
+def test_group_normalized_rewards_metadata_keys(rollouts):
+    """The metadata keys the docstring names (the GRPO loop and notebook 04 read them), with their values."""
+    responses, truths, group_size = rollouts
+    _, _, metadata = run_compute_group_normalized_rewards(
+        reward_fn=_reward_fn, rollout_responses=responses, repeated_ground_truths=truths, group_size=group_size,
+        advantage_eps=1e-6, normalize_by_std=True)
+    assert set(metadata) == {"reward/mean", "reward/std", "reward/max", "reward/min", "reward/format_reward_mean"}
+    rewards = [_reward_fn(r, t)["reward"] for r, t in zip(responses, truths)]
+    formats = [_reward_fn(r, t)["format_reward"] for r, t in zip(responses, truths)]
+    expected = {"reward/mean": statistics.mean(rewards), "reward/std": statistics.stdev(rewards),
+                "reward/max": max(rewards), "reward/min": min(rewards),
+                "reward/format_reward_mean": statistics.mean(formats)}
+    for key, value in expected.items():
+        assert isinstance(metadata[key], float), f"{key}: a Python float, not {type(metadata[key]).__name__}"
+        assert math.isclose(metadata[key], value, rel_tol=1e-5, abs_tol=1e-6), key
 
 
 @pytest.mark.points(1)
@@ -135,6 +154,16 @@ def test_gae_lambda1_gamma1_is_reward_to_go_minus_value(gae_inputs):
     reward_to_go = masked_rewards.flip(-1).cumsum(-1).flip(-1)                # sum_{t' >= t} r_t'
     torch.testing.assert_close(advantages, torch.where(mask, reward_to_go - values, 0.0), msg="lambda = 1")
     torch.testing.assert_close(returns, torch.where(mask, reward_to_go, 0.0), msg="returns = reward-to-go")
+
+
+@pytest.mark.points(1)
+def test_gae_outputs_are_detached(gae_inputs):
+    """Advantages and returns are targets: no gradient may flow from them into the value model."""
+    rewards, values, mask = gae_inputs
+    values = values.clone().requires_grad_()
+    advantages, returns = run_compute_gae(rewards=rewards.clone().requires_grad_(), values=values,
+                                          response_mask=mask, gamma=0.99, lam=0.95)
+    assert not advantages.requires_grad and not returns.requires_grad, "detach GAE's outputs (see the docstring)"
 
 
 @pytest.mark.points(1)

@@ -90,6 +90,17 @@ def test_dpo_loss_gradcheck(logps, loss_type, label_smoothing):
 
 
 @pytest.mark.points(1)
+def test_dpo_metrics_are_detached(logps):
+    """The metrics are for logging: none may hold the graph (or a caller's .backward() would reach them)."""
+    leaves = [x.clone().requires_grad_() for x in logps]
+    loss, metrics = run_dpo_loss(*leaves, beta=0.1)
+    assert loss.requires_grad, "the loss itself must carry the gradient"
+    assert {"dpo/chosen_reward", "dpo/rejected_reward", "dpo/margin"} <= set(metrics)
+    for key, value in metrics.items():
+        assert not (isinstance(value, torch.Tensor) and value.requires_grad), f"metrics[{key!r}] is not detached"
+
+
+@pytest.mark.points(1)
 def test_dpo_implicit_rewards():
     out = dpo_implicit_rewards(torch.tensor([-3.0, -10.0]), torch.tensor([-4.0, -8.0]), beta=0.5)
     torch.testing.assert_close(out, torch.tensor([0.5, -1.0]), msg="beta * (log pi - log pi_ref)")

@@ -203,3 +203,71 @@ def test_part_number():
     assert part_number("3.2 SFT") == "3.2"
     assert part_number("10 Everything") == "10"
     assert part_number("SFT") is None and part_number(None) is None
+
+
+ISOLATION_OK = '''
+import pytest
+
+PART = "1.1 Fine"
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("x", [1, 2, 3])
+def test_thirds(x):
+    pass
+
+
+def test_ungraded_needs_a_stub():
+    raise NotImplementedError("masked_mean is not implemented yet (part 2.2 Masked reductions (all))")
+
+
+def test_ungraded_plain_nie():
+    raise NotImplementedError
+'''
+
+ISOLATION_BROKEN = '''
+import pytest
+
+from brokenpkg import something
+
+PART = "2.1 Broken (a part)"
+
+
+@pytest.mark.points(3)
+@pytest.mark.parametrize("x", [1, 2])
+def test_split(x):
+    pass
+
+
+@pytest.mark.points(2)
+@pytest.mark.slow
+def test_slow_one():
+    pass
+
+
+def test_ungraded():
+    pass
+'''
+
+
+def test_a_module_that_does_not_import_costs_only_its_own_graded_tests(tmp_path):
+    root = _tree(tmp_path, {"pyproject.toml": PYPROJECT, "tests/conftest.py": CONFTEST,
+                            "tests/test_ok.py": ISOLATION_OK, "tests/test_broken.py": ISOLATION_BROKEN,
+                            "brokenpkg/__init__.py": "def something(:\n    pass\n"})
+    proc = _run(root, "-rs", "-m", "not slow", "--results-json", "r.json", "-k", "not nothing_matches_this")
+    r = json.loads((root / "r.json").read_text())
+    tests = {t["name"]: t for t in r["tests"]}
+    assert tests["tests/test_broken.py::test_split"]["max_score"] == 3.0, proc.stdout[-2000:]
+    assert tests["tests/test_broken.py::test_split"]["score"] == 0 and \
+        tests["tests/test_broken.py::test_split"]["exception"] == "SyntaxError"
+    assert "tests/test_broken.py::test_slow_one" not in tests                  # -m "not slow" applies too
+    assert [tests[f"tests/test_ok.py::test_thirds[{x}]"]["score"] for x in (1, 2, 3)] == [0.3333] * 3
+    assert r["score"] == 1.0                                                   # rounded: not 0.9999 or 1.0000000002
+    ungraded = {u["name"].split("::")[1]: u for u in r["extra_data"]["ungraded"]}
+    assert ungraded["test_ungraded_needs_a_stub"]["outcome"] == "skipped"
+    assert ungraded["test_ungraded_plain_nie"]["outcome"] == "failed"          # only a stub's message is skipped
+    assert "SKIPPED" in proc.stdout and "needs part 2.2 Masked reductions (all) (masked_mean is not implemented yet)" \
+        in proc.stdout
+    lines = [line.split() for line in proc.stdout[proc.stdout.index("= grade ="):].splitlines()[1:4]]
+    assert lines[0][:2] == ["1.1", "Fine"] and lines[0][2:5] == ["1.00", "/", "1.00"]
+    assert lines[1][:4] == ["2.1", "Broken", "(a", "part)"] and lines[1][4:7] == ["0.00", "/", "3.00"]

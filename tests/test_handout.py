@@ -18,6 +18,7 @@ import pytest
 import cs336_alignment
 from cs336_alignment import grading, handout
 from cs336_alignment.handout import HandoutError, build, check, strip_markers, stub_adapter_functions
+from cs336_alignment.handout.check import graded_names
 
 REPO_ROOT = Path(cs336_alignment.__file__).resolve().parents[1]
 BS, ES = "# BEGIN " + "SOLUTION", "# END " + "SOLUTION"
@@ -230,9 +231,14 @@ def test_build_refuses_bad_markers_and_writes_nothing(tmp_path):
 
 
 def test_tooling_files_hold_no_markers():
-    for path in [Path(handout.__file__), Path(grading.__file__), Path(__file__),
-                 Path(__file__).with_name("test_grading.py")]:
+    tooling = sorted(Path(handout.__file__).parent.rglob("*.py")) + sorted(Path(handout.__file__).parent.glob("*.md"))
+    for path in tooling + [Path(grading.__file__), Path(__file__), Path(__file__).with_name("test_grading.py")]:
         assert strip_markers(path.read_text(), path.name).regions == 0
+
+
+def test_handout_package_files_are_short():
+    for path in Path(handout.__file__).parent.rglob("*.py"):
+        assert len(path.read_text().splitlines()) <= 450, path
 
 
 def test_leak_needles_skip_continuations_and_generic_lines():
@@ -378,6 +384,11 @@ def test_autograder_zip_grades_a_submission(tmp_path):
     assert results["score"] == 4 == sum(t["max_score"] for t in results["tests"]), proc.stdout[-2000:]
     hidden = next(t for t in results["tests"] if "hidden" in t["name"])
     assert hidden["visibility"] == "after_due_date"
+    # A second run (results.json now exists) names the tests the same way: tests/..., never work/tests/...
+    subprocess.run(["bash", str(root / "source/run_autograder")], env=env, capture_output=True, text=True, timeout=120)
+    again = json.loads((root / "results/results.json").read_text())
+    assert sorted(t["name"] for t in again["tests"]) == sorted(t["name"] for t in results["tests"])
+    assert all(t["name"].startswith("tests/") for t in again["tests"]) and again["score"] == 4
 
 
 def test_submit_zips_package_and_notebooks_only(tmp_path):
@@ -392,3 +403,90 @@ def test_submit_zips_package_and_notebooks_only(tmp_path):
         results = json.loads(z.read("test_results.json"))
     assert names == {"toypkg/__init__.py", "toypkg/ops.py", "notebooks/demo.ipynb", "test_results.json"}
     assert results["score"] == 4                                           # the solution (hidden tests too)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Renamed copies of solution bodies (the clone detector)
+# ---------------------------------------------------------------------------------------------------------
+
+PAD = f'''\
+def zscore_rows(rows, eps):
+    """Each row minus its mean, over its standard deviation (+ eps)."""
+    {BS}
+    totals = [sum(row) for row in rows]
+    counts = [max(len(row), 1) for row in rows]
+    means = [total / count for total, count in zip(totals, counts)]
+    spread = [sum((x - m) ** 2 for x in row) / c for row, m, c in zip(rows, means, counts)]
+    return [[(x - m) / (s ** 0.5 + eps) for x in row] for row, m, s in zip(rows, means, spread)]
+    {ES}
+'''
+
+# The same body with every local renamed, other spacing and a changed constant: a "type-2 clone".
+RENAMED = '''\
+def standardize(batch, tiny):
+    """Given code that quietly re-implements the graded zscore_rows."""
+    sums = [sum(b) for b in batch]
+    sizes = [max(len(b), 2) for b in batch]   # two, not one
+    centres = [t / n for t, n in zip(sums, sizes)]
+    var = [sum((v - c) ** 2 for v in b) / n for b, c, n in zip(batch, centres, sizes)]
+    return [[(v - c) / (w ** 0.5 + tiny) for v in b] for b, c, w in zip(batch, centres, var)]
+
+
+def zscore_rows(rows, eps):
+    """A second body under the graded name."""
+    return [list(row) for row in rows], eps
+'''
+
+
+def test_normalized_lines_forget_names_strings_and_numbers_but_keep_attributes():
+    a = handout.normalized_lines("x = torch.full((B, L), pad, dtype=torch.long)  # c\ny = f'{x} rows' + 'a'\n")
+    b = handout.normalized_lines("ids = torch.full((n, w), fill, dtype=torch.long)\nz = f'{ids}' + \"b\"\n")
+    assert [t for _, t in a] == [t for _, t in b]
+    assert a[0][1][:5] == ("ID", "=", "ID", ".", "full") and "dtype" in a[0][1] and a[1][1][-1] == "S"
+    assert [line for line, _ in a] == [1, 2]
+    assert handout.normalized_lines("x = y.sum(dim=0)")[0][1] != handout.normalized_lines("x = y.mean(dim=0)")[0][1]
+
+
+def test_leak_check_catches_a_renamed_copy(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    (repo / "toypkg/zscore.py").write_text(PAD)
+    log = []
+    build(repo, tmp_path / "clean", log=log.append)
+    meta = json.loads((tmp_path / "clean.solution-lines.json").read_text())
+    files = handout.list_files(tmp_path / "clean")
+    graded = graded_names(meta)
+    assert handout.clone_leaks(tmp_path / "clean", files, meta["lines"], graded) == []     # the stub alone: no leak
+    (repo / "toypkg/given.py").write_text(RENAMED)                                          # plant the copy
+    out = tmp_path / "leaky"
+    build(repo, out, log=log.append)
+    failures = check(out, "toypkg", log=log.append)
+    copies = [f for f in failures if f.startswith("renamed copies")]
+    assert copies == [
+        "renamed copies: toypkg/given.py:3: renamed copy of the solution at toypkg/zscore.py:4 (3+ lines equal after "
+        "normalizing names, strings and numbers)",
+        "renamed copies: toypkg/given.py:10: zscore_rows() re-implements the graded function of the same name"], failures
+    assert not any(f.startswith("solution leaks") for f in failures)        # no line is a verbatim copy
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The real repository: the handout's README is the writeup; the answer key stays out
+# ---------------------------------------------------------------------------------------------------------
+
+def test_real_handout_readme_is_the_writeup_and_the_answer_key_stays_out(tmp_path):
+    from cs336_alignment.handout.writeup import load
+
+    if not (REPO_ROOT / "cs336_alignment/handout/answers.md").exists():
+        pytest.skip("instructor-only: this checkout is a handout (no answer key)")
+    out = tmp_path / "handout"
+    build(REPO_ROOT, out, log=lambda *a: None)
+    readme = (out / "README.md").read_text()
+    assert readme == load(REPO_ROOT / "cs336_alignment/handout/writeup.md").render()
+    assert "For instructors" not in readme and "BEGIN SOLUTION" not in readme and "- Smoke:" not in readme
+    assert "### Problem (leaderboard)" in readme and "| **total** |" in readme
+    assert not (out / "cs336_alignment/handout/answers.md").exists()
+    assert not (out / "cs336_alignment/handout/answer_key.py").exists()
+    answers = (REPO_ROOT / "cs336_alignment/handout/answers.md").read_text()
+    model_answer = answers.split("## think_about_length_normalization")[1].split("##")[0].strip().splitlines()[0]
+    assert model_answer not in readme
+    stub = (out / "cs336_alignment/masked.py").read_text()
+    assert "raise NotImplementedError('masked_mean is not implemented yet (part 2.2 Masked reductions)')" in stub

@@ -71,10 +71,17 @@ def test_masked_mean_empty_slice_is_nan():
     assert torch.isnan(out[1]), "a row without masked entries is 0/0 = NaN (do not clamp the count)"
 
 
+@pytest.mark.points(1)
 def test_masked_mean_ignores_nonfinite_masked_out_entries():
-    tensor = torch.tensor([[1.0, float("-inf"), 3.0], [float("nan"), 2.0, 4.0]])
+    """Padding may hold NaN or -inf (e.g. log-probs of pad tokens): neither the value nor the gradient may see it."""
+    tensor = torch.tensor([[1.0, float("-inf"), 3.0], [float("nan"), 2.0, 4.0]], requires_grad=True)
     mask = torch.tensor([[True, False, True], [False, True, True]])
-    torch.testing.assert_close(run_masked_mean(tensor, mask, dim=-1), torch.tensor([2.0, 3.0]))
+    out = run_masked_mean(tensor, mask, dim=-1)
+    torch.testing.assert_close(out, torch.tensor([2.0, 3.0]), msg="masked-out NaN/-inf leaked into the mean")
+    torch.testing.assert_close(run_masked_mean(tensor, mask), torch.tensor(2.5), msg="dim=None")
+    out.sum().backward()
+    expected = torch.tensor([[0.5, 0.0, 0.5], [0.0, 0.5, 0.5]])                # d mean / d x = mask / count
+    torch.testing.assert_close(tensor.grad, expected, msg="the gradient must be finite and 0 where masked out")
 
 
 @pytest.mark.points(1)

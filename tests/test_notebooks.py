@@ -13,6 +13,7 @@ solution code.
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -42,6 +43,16 @@ def test_notebook_is_stored_clean(path):
             assert marker not in source, f"{path.name}: code cell {i} holds a {marker} marker"
     first = "".join(cells[0]["source"])
     assert "%load_ext autoreload" in first and "%autoreload 2" in first, f"{path.name}: no autoreload in the first cell"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_every_expect_line_is_checked(path):
+    """A cell that prints `# expect ...` also asserts it, so executing the notebook (CI) checks the expectation."""
+    for i, cell in enumerate(_code_cells(path)):
+        source = "".join(cell["source"])
+        if "# expect" in source:
+            assert re.search(r"^\s*assert ", source, flags=re.M), f"{path.name}: code cell {i} expects something " \
+                "it does not assert"
 
 
 @pytest.mark.slow

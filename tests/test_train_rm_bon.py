@@ -1,8 +1,8 @@
-"""Smoke runs of the reward-model, DPO and best-of-N stages on a tiny random model (a few CPU seconds each).
+"""Smoke runs of the reward-model and best-of-N stages on a tiny random model (a few CPU seconds each).
 
-Each asserts what its stage is for: the Bradley-Terry loss falls and held-out accuracy rises (rm), the DPO
-loss starts at log 2 (policy == reference) and falls (dpo), and the proxy reward rises with N while the
-KL follows log N - (N - 1) / N (bon). The preference data is learnable by construction: chosen = the
+Each asserts what its stage is for: the Bradley-Terry loss falls and held-out accuracy rises (rm), and the proxy
+reward rises with N while the KL follows log N - (N - 1) / N (bon). The DPO stage, on the same fixtures, is in
+test_train_dpo.py (so that `-k dpo` selects DPO tests only). The preference data is learnable by construction: chosen = the
 task world's worked answer, rejected = a refusal.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from cs336_alignment import reward_model as rm_package
 from cs336_alignment.preferences import load_preferences, parse_preference, write_preferences
 from cs336_alignment.tasks import generate_problems
 from cs336_alignment.tokenizer import load_tokenizer
-from cs336_alignment.train import bon, dpo, reward_model
+from cs336_alignment.train import bon, reward_model
 from cs336_alignment.train.common import read_metrics
 
 REFUSAL = "I am not sure how to solve this one."
@@ -140,23 +140,6 @@ def test_rm_reports_whether_it_checks_answers(tiny_ckpt, pref_files, tmp_path):
     assert result["eval/rm/gold_pairs"] == 1.0
     assert result["eval/rm/correct_preferred"] == result["eval/rm/accuracy"] >= 0.9, "labels = gold here"
     assert 0.0 <= result["eval/rm/sft_correct_preferred"] <= 1.0
-
-
-# ---------------------------------------------------------------------------------------------------------
-# DPO
-# ---------------------------------------------------------------------------------------------------------
-
-def test_dpo_smoke_loss_starts_at_log2_and_falls(tiny_ckpt, pref_files, tmp_path):
-    cfg = dpo.DPOConfig(init=tiny_ckpt, out=str(tmp_path), data=pref_files[0], eval_data=pref_files[1],
-                        num_steps=16, batch_size=16, lr=3e-3, warmup_steps=1, log_every=4, eval_every=8,
-                        n_gold_problems=2, max_new_tokens=8, quiet=True)
-    result = dpo.train(cfg)
-    records = read_metrics(tmp_path / "metrics.jsonl")
-    assert records[0]["step"] == 0 and abs(records[0]["eval/loss"] - math.log(2)) < 1e-5, "policy == reference"
-    losses = [r["loss/train"] for r in records if "loss/train" in r]
-    assert losses[-1] < losses[0], "DPO loss falls"
-    assert result["dpo/margin"] > 0 and result["eval/loss"] < math.log(2), "chosen gains on rejected, held out too"
-    assert (tmp_path / "ckpt.pt").exists()
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,0 +1,169 @@
+"""The instructor's answer key: the reference solution's measured results for every experiment of the writeup,
+plus model answers to its written questions (answers.md). Never shipped (pyproject's exclude list).
+
+    python -m cs336_alignment.handout.answer_key --out runs/answer_key            # full size, by hand (< 2 CPU-h)
+    python -m cs336_alignment.handout.answer_key --out /tmp/key --smoke           # CI: every command, tiny sizes
+    python -m cs336_alignment.handout.answer_key --out runs/answer_key --only grpo_baselines dpo_beta
+
+For each experiment (writeup order, so that best-of-N finds the reward model trained before it) every command runs
+with its `runs/` paths moved under OUT (and, with --smoke, the problem's `Smoke:` flags appended, or its `Smoke:`
+command instead). It records the CPU seconds each command used (children's user + system time) against the
+problem's budget, the last metrics of each run (its last held-out `eval/...` record, or an `eval` json's metrics,
+or a leaderboard score), and a plot of the first metric named on the problem's `Plot:` line. It writes
+OUT/answer_key.md and OUT/answer_key.json; the exit status is 1 if a command failed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from cs336_alignment.handout.writeup import Problem, Writeup, load
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+METRIC_RE = re.compile(r"`((?:eval|reward|loss|policy|response|rm|dpo|value|kl)/[\w/]+)`")
+
+
+def answers(path: Path = HERE / "answers.md") -> dict[str, str]:
+    """{problem name: model answer} from answers.md (`## name` sections)."""
+    out, name = {}, None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        m = re.match(r"^## (\w+)\s*$", line)
+        if m:
+            name = m.group(1)
+            out[name] = ""
+        elif name:
+            out[name] += line + "\n"
+    return {k: v.strip() for k, v in out.items()}
+
+
+def commands_for(problem: Problem, out: Path, smoke: bool) -> list[list[str]]:
+    """The problem's commands as argument lists, `runs/` moved under OUT, smoke-sized if asked."""
+    texts = problem.commands
+    if smoke and problem.smoke_flags.startswith("python "):
+        texts = [problem.smoke_flags]
+    elif smoke:
+        texts = [f"{t} {problem.smoke_flags}" for t in texts]
+    result = []
+    for text in texts:
+        argv = shlex.split(text)
+        argv = [str(out / a) if a.startswith("runs/") else a for a in argv]
+        if argv[0] == "python":
+            argv[0] = sys.executable
+        result.append(argv)
+    return result
+
+
+def run_outputs(argv: list[str]) -> list[Path]:
+    """Paths the command writes: its --out / --ckpt values (the leaderboard's score.json sits beside --ckpt)."""
+    paths = [Path(argv[i + 1]) for i, a in enumerate(argv[:-1]) if a in ("--out", "--ckpt")]
+    return paths[:1] if "leaderboard" in argv[:4] else paths
+
+
+def last_metrics(path: Path) -> dict:
+    """The last held-out record of a run directory, an eval json's metrics, or a leaderboard score file."""
+    if path.suffix == ".pt":
+        path = path.parent / "score.json"
+    if path.is_file() and path.suffix == ".json":
+        data = json.loads(path.read_text())
+        return data.get("metrics", data) if isinstance(data, dict) else {}
+    metrics = path / "metrics.jsonl"
+    if not metrics.exists():
+        return {}
+    records = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+    evals = [r for r in records if any(k.startswith("eval/") for k in r)]
+    return (evals or records or [{}])[-1]
+
+
+def run_problem(problem: Problem, out: Path, smoke: bool, log=print) -> dict:
+    runs = []
+    for argv in commands_for(problem, out, smoke):
+        log(f"[{problem.name}] $ {shlex.join(argv)}")
+        t0, w0 = os.times(), time.time()
+        proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+        t1 = os.times()
+        cpu = (t1.children_user - t0.children_user) + (t1.children_system - t0.children_system)
+        outputs = run_outputs(argv)
+        runs.append({"command": shlex.join(argv), "returncode": proc.returncode, "cpu_s": round(cpu, 1),
+                     "wall_s": round(time.time() - w0, 1), "outputs": [str(p) for p in outputs],
+                     "metrics": {k: v for p in outputs for k, v in last_metrics(p).items()
+                                 if isinstance(v, (int, float))},
+                     "log_tail": (proc.stdout + proc.stderr)[-1500:] if proc.returncode else ""})
+        log(f"[{problem.name}]   exit {proc.returncode}, {cpu:.1f} CPU-s")
+    plot = None
+    keys = METRIC_RE.findall(problem.attrs.get("Plot", [""])[0])
+    dirs = [p for r in runs for p in r["outputs"] if Path(p).is_dir()]
+    if keys and dirs:
+        plot = out / "plots" / f"{problem.name}.png"
+        subprocess.run([sys.executable, "-m", "cs336_alignment", "plot", *dirs, "--metric", keys[0],
+                        "--out", str(plot)], cwd=REPO, capture_output=True)
+        plot = str(plot) if plot.exists() else None
+    cpu = sum(r["cpu_s"] for r in runs)
+    return {"name": problem.name, "budget_cpu_min": problem.cpu_minutes, "cpu_min": round(cpu / 60, 2),
+            "over_budget": bool(problem.cpu_minutes and cpu / 60 > problem.cpu_minutes), "runs": runs, "plot": plot}
+
+
+def write_key(w: Writeup, results: list[dict], model_answers: dict[str, str], out: Path, smoke: bool) -> Path:
+    lines = [f"# Answer key ({'smoke size: numbers are meaningless, commands ran' if smoke else 'full size'})", "",
+             "Instructor-only. Built by `python -m cs336_alignment.handout.answer_key`.", "",
+             "| problem | points | CPU budget (min) | measured (min) | status |", "|---|---|---|---|---|"]
+    by_name = {r["name"]: r for r in results}
+    for p in w.problems:
+        r = by_name.get(p.name)
+        if r:
+            ok = all(run["returncode"] == 0 for run in r["runs"])
+            status = ("FAILED" if not ok else "over budget" if r["over_budget"] else "ok")
+            lines.append(f"| {p.name} | {p.points:g} | {p.cpu_minutes:g} | {r['cpu_min']:g} | {status} |")
+    lines.append("")
+    for p in w.problems:
+        if p.kind == "code":
+            continue
+        lines += [f"## {p.name} ({p.points:g} points, {p.kind})", ""]
+        r = by_name.get(p.name)
+        for run in (r or {}).get("runs", []):
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in sorted(run["metrics"].items())
+                              if not k.startswith(("perf/", "step", "lr")))
+            lines += [f"- `{run['command']}`: exit {run['returncode']}, {run['cpu_s']:g} CPU-s", f"  - {shown or '—'}"]
+            if run["log_tail"]:
+                lines += ["  ```", *("  " + x for x in run["log_tail"].splitlines()[-8:]), "  ```"]
+        if r and r["plot"]:
+            lines += ["", f"![{p.name}]({os.path.relpath(r['plot'], out)})"]
+        if p.name in model_answers:
+            lines += ["", "**Model answer.** " + model_answers[p.name]]
+        lines.append("")
+    path = out / "answer_key.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (out / "answer_key.json").write_text(json.dumps(results, indent=1) + "\n")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m cs336_alignment.handout.answer_key", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=REPO / "runs" / "answer_key")
+    p.add_argument("--smoke", action="store_true", help="append each problem's Smoke: flags (CI)")
+    p.add_argument("--only", nargs="*", default=None, help="problem names to run (default: every experiment)")
+    args = p.parse_args(argv)
+    w = load(HERE / "writeup.md")
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    chosen = [q for q in w.problems if q.commands and (args.only is None or q.name in args.only)]
+    unknown = set(args.only or []) - {q.name for q in w.problems if q.commands}
+    if unknown:
+        p.error(f"no experiment named {', '.join(sorted(unknown))}")
+    results = [run_problem(q, out, args.smoke) for q in chosen]
+    path = write_key(w, results, answers(), out, args.smoke)
+    failed = [r["name"] for r in results if any(run["returncode"] for run in r["runs"])]
+    print(f"wrote {path}; {len(results)} experiments, "
+          f"{sum(r['cpu_min'] for r in results):.1f} CPU-minutes" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

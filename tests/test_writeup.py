@@ -1,0 +1,114 @@
+"""The assignment's writeup (cs336_alignment/handout/writeup.md): its points equal the grader's, its commands exist,
+and (slow, CI) every experiment command runs at smoke size through the answer key's runner.
+"""
+from __future__ import annotations
+
+import ast
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import cs336_alignment
+from cs336_alignment.handout.writeup import compare_points, grader_points, load
+
+REPO_ROOT = Path(cs336_alignment.__file__).resolve().parents[1]
+WRITEUP = load(REPO_ROOT / "cs336_alignment/handout/writeup.md")
+EXPERIMENTS = [p for p in WRITEUP.problems if p.commands]
+
+
+def _params(problems):
+    return [pytest.param(p, id=p.name) for p in problems]
+
+
+def test_code_problem_points_equal_the_graders_parts():
+    assert compare_points(WRITEUP, grader_points(REPO_ROOT)) == []
+
+
+def test_problems_cover_the_assignment():
+    kinds = {p.kind for p in WRITEUP.problems}
+    assert kinds == {"code", "experiment", "written", "leaderboard"}
+    assert WRITEUP.problems[-1].name == "leaderboard"
+    assert sum(p.cpu_minutes or 0 for p in WRITEUP.problems) < 120
+    assert all((p.cpu_minutes or 0) <= 15 for p in WRITEUP.problems)
+    mapped = WRITEUP.text[WRITEUP.text.index("## Mapping to CS336"):]
+    for cs336 in ("math_baseline", "sft_experiment", "expert_iteration_experiment", "grpo_off_policy_sweep",
+                  "grpo_prompt_ablation", "leaderboard", "dpo_training"):
+        assert cs336 in mapped, f"the mapping table does not mention CS336's {cs336}"
+
+
+def test_code_lines_name_real_functions():
+    for rel, functions in WRITEUP.function_parts().items():
+        tree = ast.parse((REPO_ROOT / rel).read_text())
+        names = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+        names |= {f"{c.name}.{m.name}" for c in tree.body if isinstance(c, ast.ClassDef)
+                  for m in c.body if isinstance(m, ast.FunctionDef)}
+        assert set(functions) <= names, f"{rel}: {set(functions) - names}"
+
+
+_HELP: dict[tuple[str, ...], str] = {}
+
+
+def _help(sub: tuple[str, ...]) -> str:
+    if sub not in _HELP:
+        _HELP[sub] = subprocess.run([sys.executable, "-m", "cs336_alignment", *sub, "--help"], cwd=REPO_ROOT,
+                                    capture_output=True, text=True).stdout
+    return _HELP[sub]
+
+
+def _missing_flags(argv: list[str]) -> list[str]:
+    """Flags of `python -m cs336_alignment CMD ...` that CMD's --help lacks, or values outside its {choices}."""
+    assert argv[:3] == ["python", "-m", "cs336_alignment"], argv
+    sub = tuple(argv[3:5] if argv[3] == "bench" else argv[3:4])
+    text, missing = _help(sub), []
+    for i, arg in enumerate(argv):
+        if not arg.startswith("--"):
+            continue
+        if not re.search(rf"{re.escape(arg)}(?![\w-])", text):
+            missing.append(arg)
+            continue
+        choices = re.search(rf"{re.escape(arg)} \{{([^}}]*)\}}", text)
+        value = argv[i + 1] if i + 1 < len(argv) else ""
+        if choices and value not in choices.group(1).split(","):
+            missing.append(f"{arg} {value}")
+    return missing
+
+
+@pytest.mark.parametrize("problem", _params(EXPERIMENTS))
+def test_command_flags_exist(problem):
+    """Every --flag (and every {choice} value) of every command is in that command's --help; smoke flags too."""
+    texts = problem.commands
+    texts = texts + [problem.smoke_flags] if problem.smoke_flags.startswith("python ") else \
+        [f"{t} {problem.smoke_flags}" for t in texts]
+    for text in texts:
+        argv = shlex.split(text)
+        pieces = [argv[:argv.index("--")], argv[argv.index("--") + 1:]] if "--" in argv else [argv]
+        for piece in pieces:
+            missing = _missing_flags(piece)
+            assert not missing, f"{problem.name}: `{' '.join(piece[3:5])}` has no {missing}"
+
+
+@pytest.fixture(scope="module")
+def smoke_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("answer_key_smoke")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("problem", _params(EXPERIMENTS))
+def test_experiment_command_runs_at_smoke_size(problem, smoke_dir):
+    """Writeup order: best-of-N uses the reward model the previous problem trained."""
+    answer_key = pytest.importorskip("cs336_alignment.handout.answer_key", reason="instructor-only (not in the handout)")
+    result = answer_key.run_problem(problem, smoke_dir, smoke=True, log=lambda *a: None)
+    failed = [r for r in result["runs"] if r["returncode"] != 0]
+    assert not failed, f"{failed[0]['command']}\n{failed[0]['log_tail']}"
+
+
+def test_written_problems_have_model_answers():
+    answer_key = pytest.importorskip("cs336_alignment.handout.answer_key", reason="instructor-only (not in the handout)")
+    answers = answer_key.answers()
+    missing = [p.name for p in WRITEUP.problems if p.kind != "code" and p.name not in answers]
+    assert not missing, f"answers.md has no model answer for {missing}"
+    assert set(answers) <= {p.name for p in WRITEUP.problems}
