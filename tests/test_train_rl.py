@@ -52,7 +52,7 @@ def prob_first_token_lowercase(ckpt: str, tokenizer, fmt: str = "chat") -> float
     lower = torch.tensor([tokenizer.decode([i])[:1].isascii() and tokenizer.decode([i])[:1].islower()
                           for i in range(tokenizer.vocab_size)])
     probs = []
-    for problem in load_problems("", 16, "train", seed=2):  # the loops' prompt pool (seed + 2)
+    for problem in load_problems("", 16, "rl", seed=2):  # the loops' prompt pool (seed + 2)
         ids = torch.tensor([build_prompt(problem["question"], tokenizer, fmt)])
         probs.append(float(torch.softmax(model(ids)[0, -1], dim=-1)[lower].sum()))
     return sum(probs) / len(probs)
@@ -132,7 +132,7 @@ def test_grpo_question_only_prompt(tmp_path, init_ckpt, tokenizer, monkeypatch):
     after = prob_first_token_lowercase(result["checkpoint"], tokenizer, "question_only")
     assert after > before + 0.15, f"P(reward) went from {before:.3f} to {after:.3f}"
     assert formats == ["question_only", "question_only"]
-    questions = {p["question"] for p in load_problems("", 16, "train", seed=2)}
+    questions = {p["question"] for p in load_problems("", 16, "rl", seed=2)}
     prompts = [json.loads(line)["prompt"] for line in (tmp_path / "generations.jsonl").read_text().splitlines()]
     assert len(prompts) == 64 and set(prompts) <= questions  # the bare question text, no template tokens
 

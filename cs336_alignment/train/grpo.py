@@ -360,7 +360,7 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
         # plan[epoch][minibatch] = the micro-batches (row-index tensors) of one optimizer step
         # old / reference log-probs, in the first epoch's micro-batches (first ratio == 1)
         with torch.no_grad(), autocast(device):
-            for name, model, needed in (("old_log_probs", policy, cfg.loss_type == "grpo_clip"),
+            for name, model, needed in (("old_log_probs", policy, cfg.loss_type in ("grpo_clip", "grpo_no_clip")),
                                         ("ref_log_probs", reference, cfg.kl_coef > 0)):
                 if needed and plan:
                     tensors[name] = torch.zeros(ro.labels.shape)                 # (N, T)
