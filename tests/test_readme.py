@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 
 from cs336_alignment.__main__ import COMMANDS
+from tests.metric_names import IS_LIBRARY_README, NOT_IN_HANDOUT
+
+pytestmark = pytest.mark.skipif(not IS_LIBRARY_README, reason=NOT_IN_HANDOUT)
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
