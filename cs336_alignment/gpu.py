@@ -32,7 +32,8 @@ import torch
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {  # preset -> stage config class name -> field overrides
     "gpu": {
         "SFTConfig": dict(
-            device="cuda", threads=0, lr=1e-5, min_lr=1e-6, warmup_steps=20, num_steps=400, batch_size=32,
+            device="cuda", threads=0, n_examples=0,  # n_examples 0: every line of --data (GSM8K train: 7,473)
+            lr=1e-5, min_lr=1e-6, warmup_steps=20, num_steps=400, batch_size=32,
             grad_accum_steps=4, weight_decay=0.0, beta2=0.95, grad_clip=1.0, n_eval_examples=256,
             n_eval_problems=0, log_every=10, eval_every=100, checkpoint_every=100, gradient_checkpointing=True),
         "GRPOConfig": dict(
