@@ -7,8 +7,9 @@
 
 No reward model and no sampling during training: the policy's implicit reward beta * log(pi / pi_ref) is
 fitted to the labels directly with `dpo.dpo_loss` (eq. 7). The reference is the frozen initial policy, and
-its log-probs never change, so they are computed once for every pair before the first step (the usual
-trick; TRL's `precompute_ref_log_probs`). Sequence log-probs are sums over the response tokens (the
+its log-probs never change, so each pair's are computed once: the held-out pairs' before the first step, a
+training pair's the first time a step draws it (a run shorter than an epoch computes only the pairs it uses; TRL's
+`precompute_ref_log_probs` computes them all up front). Sequence log-probs are sums over the response tokens (the
 assistant content and its closing <|end|>), `dpo.sequence_log_probs`.
 
 Metrics: loss/train (plus the NLL term when nll_coef > 0), dpo/margin (mean implicit-reward gap),
@@ -132,13 +133,25 @@ def train(cfg: DPOConfig) -> dict:
         parts = [batch_logps(reference, chats[i:i + bs]) for i in range(0, len(chats), bs)]
         return torch.cat([c for c, _ in parts]), torch.cat([r for _, r in parts])    # (N,), (N,)
 
-    ref_train, ref_eval = precompute(train_chats), precompute(eval_chats)
+    ref_eval = precompute(eval_chats)
+    ref_train = torch.full((2, len(train_chats)), float("nan"))  # (chosen, rejected) x N, filled as pairs are drawn
+
+    @torch.no_grad()
+    def reference_logps(idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reference's summed log-probs of the chosen (B,) and rejected (B,) responses of pairs `idx`."""
+        missing = sorted({i for i in idx if torch.isnan(ref_train[0, i])})
+        if missing:
+            chosen, rejected = precompute([train_chats[i] for i in missing])
+            ref_train[:, missing] = torch.stack([chosen, rejected]).float().cpu()
+        index = torch.tensor(idx)
+        return ref_train[0, index].to(device), ref_train[1, index].to(device)
+
     pair_tokens = [sum(len(tokenizer.render(c)[0]) for c in pair) for pair in train_chats]  # for perf/tokens_per_s
     t_data = time.perf_counter() - t_data
     optimizer = build_optimizer(model.parameters(), cfg)
     logger.write(f"dpo: {num_params(model) / 1e6:.2f}M parameters, {len(train_pairs)} train / {len(eval_pairs)} "
-                 f"held-out pairs, beta {cfg.beta}, reference log-probs precomputed ({t_data:.0f} s with the "
-                 f"pairs), device {device}")
+                 f"held-out pairs, beta {cfg.beta}, held-out reference log-probs precomputed ({t_data:.0f} s with "
+                 f"the pairs), device {device}")
 
     @torch.no_grad()
     def evaluate() -> dict[str, float]:
@@ -170,12 +183,12 @@ def train(cfg: DPOConfig) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = lr
 
-        # --- forward: policy log-probs of chosen and rejected; the reference's were precomputed
+        # --- forward: policy log-probs of chosen and rejected; the reference's once per pair (no grad)
         idx = stream_indices(step * cfg.batch_size, cfg.batch_size, len(train_chats), cfg.seed)
+        ref_chosen, ref_rejected = reference_logps(idx)
         policy_chosen, policy_rejected, n_chosen = batch_logps(model, [train_chats[i] for i in idx], True)
-        index = torch.tensor(idx)
-        loss, metrics = dpo_loss(policy_chosen, policy_rejected, ref_train[0][index].to(device),
-                                 ref_train[1][index].to(device), cfg.beta, cfg.loss_type, cfg.label_smoothing)
+        loss, metrics = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, cfg.beta, cfg.loss_type,
+                                 cfg.label_smoothing)
         if cfg.nll_coef > 0:
             # RPO: keep the chosen responses likely. DPO alone may lower both log-probs (only their gap is
             # fitted), which on reasoning tasks costs accuracy (Pang et al. 2024, "Iterative Reasoning PO").
