@@ -313,11 +313,13 @@ def write_report(out: Path, report: dict) -> Path:
     if "bon" in report:
         lines += ["", "**Best-of-N** with the reward model, exact average over all N-subsets of "
                   f"{report['bon']['pool_size']} samples for each of {report['bon']['n_prompts']} test prompts:", "",
-                  "| N | KL (closed form) | proxy | gold | gold-oracle (pass@N) | length | distinct-2 |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| N | KL (closed form) | proxy | gold | gold − N = 1 (± paired SE over prompts) | gold-oracle (pass@N) "
+                  "| length | distinct-2 |", "|---|---|---|---|---|---|---|---|"]
         for r in report["bon"]["rows"]:
+            gain = (f"{100 * r['reward/gold_gain']:+.1f} ± {100 * r['reward/gold_gain_se']:.1f}"
+                    if "reward/gold_gain" in r else "—")
             lines.append(f"| {r['n']} | {r['kl/ref']:.2f} | {r['reward/proxy_mean']:.3f} | "
-                         f"{_pct(r['reward/gold_mean'])} | {_pct(r['reward/oracle_mean'])} | "
+                         f"{_pct(r['reward/gold_mean'])} | {gain} | {_pct(r['reward/oracle_mean'])} | "
                          f"{r['response/length_mean']:.1f} | {r['response/distinct_2']:.3f} |")
     lines += _paired(report) + _matched_compute(report) + _expert_iteration(report) + _sft_curve(report)
     lines += ["", "**Stage times** (CPU time: of the process that ran the stage, evaluations included; training: the "

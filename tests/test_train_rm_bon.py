@@ -163,6 +163,19 @@ def test_best_of_n_curve_hand_example():
     assert rows[1]["response/length_mean"] == pytest.approx((3 * 20 + 2 * 30 + 40) / 6)
     assert rows[1]["reward/oracle_mean"] == pytest.approx(1 - 1 / 6), "only the pair of wrong answers fails"
     assert rows[2]["reward/gold_mean"] == 1.0 and rows[2]["kl/ref"] == pytest.approx(math.log(4) - 0.75)
+    assert rows[1]["reward/gold_gain"] == pytest.approx(4 / 6 - 0.5) and rows[1]["reward/gold_gain_se"] == 0.0
+
+
+def test_best_of_n_gain_paired_se_by_hand():
+    """Two prompts; N = 2 over pools of 2 picks the higher proxy. Gains per prompt: prompt 0 picks gold 1 from a
+    pool of mean 0.5 (+0.5); prompt 1 picks gold 0 from a pool of mean 0.5 (-0.5). Mean 0, SE = std([0.5, -0.5],
+    ddof 1) / sqrt(2) = 0.5."""
+    proxy = torch.tensor([[0.9, 0.1], [0.9, 0.1]])
+    gold = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    rows = bon.best_of_n_curve(proxy, gold, torch.ones(2, 2), [1, 2])
+    assert rows[0]["reward/gold_gain"] == 0.0 and rows[0]["reward/gold_gain_se"] == 0.0
+    assert rows[1]["reward/gold_gain"] == pytest.approx(0.0)
+    assert rows[1]["reward/gold_gain_se"] == pytest.approx(0.5)
 
 
 def test_bon_smoke_proxy_rises_with_n(tiny_ckpt, trained_rm, tmp_path):

@@ -15,7 +15,7 @@ so gold and proxy reward against sqrt(KL) trace the reward-model over-optimisati
 ("Scaling Laws for Reward Model Overoptimization"), with no optimiser in the way.
 
 One metrics.jsonl line per N (step = N): reward/gold_mean, reward/proxy_mean, reward/oracle_mean (pass@N),
-kl/ref (the closed form), response/length_mean, response/distinct_2 (of best-of-N among the first N samples
+reward/gold_gain and reward/gold_gain_se (gold_mean minus N = 1's, with its paired standard error over prompts), kl/ref (the closed form), response/length_mean, response/distinct_2 (of best-of-N among the first N samples
 of each pool: one concrete draw).
 """
 from __future__ import annotations
@@ -83,8 +83,10 @@ def best_of_n_curve(proxy: torch.Tensor, gold: torch.Tensor, lengths: torch.Tens
 
     Returns:
         one dict per N: {"n", "reward/proxy_mean", "reward/gold_mean", "reward/oracle_mean" (pass@N with the
-        gold reward as the selector, exact for 0/1 gold rewards), "response/length_mean", "kl/ref" (closed form),
-        and with `worked` "response/worked_share" (the share of worked responses among those selected)}.
+        gold reward as the selector, exact for 0/1 gold rewards), "reward/gold_gain" (gold_mean minus N = 1's,
+        i.e. minus the pool's mean gold reward) and "reward/gold_gain_se" (its paired standard error over the P
+        prompts: each prompt's gain is one observation; 0 for P = 1), "response/length_mean", "kl/ref" (closed
+        form), and with `worked` "response/worked_share" (the share of worked responses among those selected)}.
     """
     P, n = proxy.shape
     order = proxy.double().argsort(dim=1, stable=True)                      # (P, n) ascending by proxy
@@ -94,9 +96,12 @@ def best_of_n_curve(proxy: torch.Tensor, gold: torch.Tensor, lengths: torch.Tens
     rows = []
     for N in ns:
         w = best_of_n_weights(n, N)                                         # (n,) weight of each rank
+        gain = ranked["gold"] @ w - ranked["gold"].mean(dim=1)             # (P,) per prompt: BoN-N minus N = 1
         rows.append({"n": N, "reward/proxy_mean": float((ranked["proxy"] @ w).mean()),
                      "reward/gold_mean": float((ranked["gold"] @ w).mean()),
                      "reward/oracle_mean": sum(pass_at_k(n, c, N) for c in correct) / P,
+                     "reward/gold_gain": float(gain.mean()),
+                     "reward/gold_gain_se": float(gain.std() / math.sqrt(P)) if P > 1 else 0.0,
                      "response/length_mean": float((ranked["len"] @ w).mean()), "kl/ref": best_of_n_kl(N)})
         if worked is not None:
             rows[-1]["response/worked_share"] = float((ranked["worked"] @ w).mean())
