@@ -112,3 +112,26 @@ def test_written_problems_have_model_answers():
     missing = [p.name for p in WRITEUP.problems if p.kind != "code" and p.name not in answers]
     assert not missing, f"answers.md has no model answer for {missing}"
     assert set(answers) <= {p.name for p in WRITEUP.problems}
+
+
+def test_answer_key_waits_only_for_the_outputs_it_reads(tmp_path):
+    """best-of-N reads the reward model's checkpoint (runs/exp/rm/ckpt.pt), so with --jobs > 1 it waits for
+    reward_model_experiment; independent experiments wait for nothing."""
+    answer_key = pytest.importorskip("cs336_alignment.handout.answer_key", reason="instructor-only (not in the handout)")
+    needs = answer_key.dependencies([p for p in WRITEUP.problems if p.commands], tmp_path, smoke=False)
+    assert needs["best_of_n_overoptimization"] == {"reward_model_experiment"}
+    assert needs["grpo_baselines"] == set() and needs["reward_model_experiment"] == set()
+
+
+def test_answer_key_counts_the_cpu_of_each_command_alone(tmp_path):
+    """Two commands at once: each one's CPU seconds are its own (wait4), not the sum of both."""
+    answer_key = pytest.importorskip("cs336_alignment.handout.answer_key", reason="instructor-only (not in the handout)")
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+    burn = [sys.executable, "-c", "import time\nt = time.process_time()\nwhile time.process_time() - t < {}: pass"]
+    with ThreadPoolExecutor(2) as pool:
+        a = pool.submit(answer_key.run_command, [burn[0], burn[1], burn[2].format(0.6)], tmp_path / "a.log")
+        b = pool.submit(answer_key.run_command, [burn[0], burn[1], burn[2].format(0.1)], tmp_path / "b.log")
+        (code_a, cpu_a, _), (code_b, cpu_b, _) = a.result(), b.result()
+    assert code_a == code_b == 0
+    assert 0.6 <= cpu_a < 1.5 and 0.1 <= cpu_b < 0.5, (cpu_a, cpu_b)

@@ -4,13 +4,16 @@ plus model answers to its written questions (answers.md). Never shipped (pyproje
     python -m cs336_alignment.handout.answer_key --out runs/answer_key            # full size, by hand (< 2 CPU-h)
     python -m cs336_alignment.handout.answer_key --out /tmp/key --smoke           # CI: every command, tiny sizes
     python -m cs336_alignment.handout.answer_key --out runs/answer_key --only grpo_baselines dpo_beta
+    python -m cs336_alignment.handout.answer_key --out runs/answer_key --jobs 2     # two experiments at a time
 
-For each experiment (writeup order, so that best-of-N finds the reward model trained before it) every command runs
-with its `runs/` paths moved under OUT (and, with --smoke, the problem's `Smoke:` flags appended, or its `Smoke:`
-command instead). It records the CPU seconds each command used (children's user + system time) against the
-problem's budget, the last metrics of each run (its last held-out `eval/...` record, or an `eval` json's metrics,
-or a leaderboard score), and a plot of the first metric named on the problem's `Plot:` line. It writes
-OUT/answer_key.md and OUT/answer_key.json; the exit status is 1 if a command failed.
+For each experiment every command runs with its `runs/` paths moved under OUT (and, with --smoke, the problem's
+`Smoke:` flags appended, or its `Smoke:` command instead). Experiments run in writeup order, --jobs at a time; one
+that reads another's output (best-of-N reads the reward model's checkpoint) waits for it. Each command's output
+goes to OUT/logs/. It records the CPU seconds each command used (user + system time of its process tree, from
+wait4: exact with --jobs > 1 too) against the problem's budget, the last metrics of each run (its last held-out
+`eval/...` record, or an `eval` json's metrics, or a leaderboard score), and a plot of the first metric named on
+the problem's `Plot:` line. It writes OUT/answer_key.md and OUT/answer_key.json, keeping the results of experiments --only did not rerun; the exit
+status is 1 if a command failed.
 """
 from __future__ import annotations
 
@@ -21,7 +24,9 @@ import re
 import shlex
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from cs336_alignment.handout.writeup import Problem, Writeup, load
@@ -82,21 +87,43 @@ def last_metrics(path: Path) -> dict:
     return (evals or records or [{}])[-1]
 
 
+def run_command(argv: list[str], log_path: Path) -> tuple[int, float, str]:
+    """Run one command (output to log_path). Returns (exit code, CPU seconds of its process tree, output tail).
+    The CPU time is the child's own rusage from wait4 (its user + system time plus that of the descendants it
+    waited for), so commands running at the same time in other threads are not counted."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w", encoding="utf-8") as f:
+        proc = subprocess.Popen(argv, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_utime + usage.ru_stime, log_path.read_text(encoding="utf-8", errors="replace")[-1500:]
+
+
+def dependencies(problems: list[Problem], out: Path, smoke: bool) -> dict[str, set[str]]:
+    """{problem: the problems whose outputs (--out / --ckpt paths) its commands read}."""
+    writes = {q.name: [p for argv in commands_for(q, out, smoke) for p in run_outputs(argv)] for q in problems}
+    needs = {}
+    for q in problems:
+        read = {Path(a) for argv in commands_for(q, out, smoke) for a in argv[1:] if a.startswith(str(out))}
+        read -= set(writes[q.name])
+        needs[q.name] = {other for other, paths in writes.items() if other != q.name
+                         and any(r == w or w in r.parents for r in read for w in paths)}
+    return needs
+
+
 def run_problem(problem: Problem, out: Path, smoke: bool, log=print) -> dict:
     runs = []
-    for argv in commands_for(problem, out, smoke):
+    for i, argv in enumerate(commands_for(problem, out, smoke)):
         log(f"[{problem.name}] $ {shlex.join(argv)}")
-        t0, w0 = os.times(), time.time()
-        proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
-        t1 = os.times()
-        cpu = (t1.children_user - t0.children_user) + (t1.children_system - t0.children_system)
+        w0 = time.time()
+        returncode, cpu, tail = run_command(argv, out / "logs" / f"{problem.name}_{i}.log")
         outputs = run_outputs(argv)
-        runs.append({"command": shlex.join(argv), "returncode": proc.returncode, "cpu_s": round(cpu, 1),
+        runs.append({"command": shlex.join(argv), "returncode": returncode, "cpu_s": round(cpu, 1),
                      "wall_s": round(time.time() - w0, 1), "outputs": [str(p) for p in outputs],
                      "metrics": {k: v for p in outputs for k, v in last_metrics(p).items()
                                  if isinstance(v, (int, float))},
-                     "log_tail": (proc.stdout + proc.stderr)[-1500:] if proc.returncode else ""})
-        log(f"[{problem.name}]   exit {proc.returncode}, {cpu:.1f} CPU-s")
+                     "log_tail": tail if returncode else ""})
+        log(f"[{problem.name}]   exit {returncode}, {cpu:.1f} CPU-s")
     plot = None
     keys = METRIC_RE.findall(problem.attrs.get("Plot", [""])[0])
     dirs = [p for r in runs for p in r["outputs"] if Path(p).is_dir()]
@@ -144,11 +171,36 @@ def write_key(w: Writeup, results: list[dict], model_answers: dict[str, str], ou
     return path
 
 
+def run_all(problems: list[Problem], out: Path, smoke: bool, jobs: int) -> list[dict]:
+    """Run the problems, `jobs` at a time, each after the problems it depends on (`dependencies`)."""
+    needs = dependencies(problems, out, smoke)
+    done = {q.name: threading.Event() for q in problems}
+    lock = threading.Lock()
+
+    def log(msg: str) -> None:
+        with lock:
+            print(msg, flush=True)
+
+    def task(q: Problem) -> dict:
+        for other in needs[q.name]:
+            done[other].wait()
+        try:
+            return run_problem(q, out, smoke, log)
+        finally:
+            done[q.name].set()
+
+    # A problem is submitted after the ones it needs (writeup order), so a waiting task never blocks them all.
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(task, q) for q in problems]
+        return [f.result() for f in futures]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m cs336_alignment.handout.answer_key", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=REPO / "runs" / "answer_key")
     p.add_argument("--smoke", action="store_true", help="append each problem's Smoke: flags (CI)")
     p.add_argument("--only", nargs="*", default=None, help="problem names to run (default: every experiment)")
+    p.add_argument("--jobs", type=int, default=1, help="experiments run at the same time (default 1)")
     args = p.parse_args(argv)
     w = load(HERE / "writeup.md")
     out = args.out.resolve()
@@ -157,7 +209,13 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(args.only or []) - {q.name for q in w.problems if q.commands}
     if unknown:
         p.error(f"no experiment named {', '.join(sorted(unknown))}")
-    results = [run_problem(q, out, args.smoke) for q in chosen]
+    results = run_all(chosen, out, args.smoke, max(1, args.jobs))
+    previous = out / "answer_key.json"  # keep the experiments this call did not rerun
+    if previous.exists() and args.only is not None:
+        ran = {r["name"] for r in results}
+        results += [r for r in json.loads(previous.read_text()) if r["name"] not in ran]
+    order = {q.name: i for i, q in enumerate(w.problems)}
+    results.sort(key=lambda r: order.get(r["name"], len(order)))
     path = write_key(w, results, answers(), out, args.smoke)
     failed = [r["name"] for r in results if any(run["returncode"] for run in r["runs"])]
     print(f"wrote {path}; {len(results)} experiments, "
