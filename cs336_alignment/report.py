@@ -289,15 +289,17 @@ def write_report(out: Path, report: dict) -> Path:
              "**mean gold reward**, **proxy** (the reward model's score), **KL to SFT** (mean over the "
              "policy's own samples of log pi - log pi_SFT, summed over the response, nats; for best-of-N the "
              "closed form log N - (N-1)/N), **length** (tokens), **distinct-2** and the **worked share** (responses "
-             "that show a step `x op y = z`, tasks.is_worked). Annotator: "
+             "that show a step `x op y = z`, tasks.is_worked) with the mean gold reward **within the worked** samples "
+             "(± its binomial standard error). Annotator: "
              f"tau = {report['annotator']['tau']}, length bias = {report['annotator']['length_bias']} per token.",
              "", "| policy | gold accuracy | mean gold reward | proxy (RM) reward | KL to SFT | length | distinct-2 | "
-             "worked share |", "|---|---|---|---|---|---|---|---|"]
+             "worked share | gold within worked |", "|---|---|---|---|---|---|---|---|---|"]
     for label, m in report["models"].items():
+        share, within = m.get("response/worked_share"), m.get("reward/gold_mean_worked")
         lines.append(f"| {label} | {_pct(m.get('accuracy/greedy'), n)} | {_pct(m.get('reward/gold_mean'))} | "
                      f"{_num(m.get('reward/proxy_mean'))} | {_num(m.get('kl/ref'), '.2f')} | "
                      f"{_num(m.get('response/length_mean'), '.1f')} | {_num(m.get('response/distinct_2'))} | "
-                     f"{_pct(m.get('response/worked_share'))} |")
+                     f"{_pct(share)} | {_pct(within, share * n_s if share else None)} |")
     if "rm" in report:
         rm = report["rm"]
         lines += ["", f"**Reward model** ({rm['n_pairs']} training pairs, {rm['n_eval_pairs']} held-out pairs on "

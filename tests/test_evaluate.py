@@ -143,3 +143,26 @@ def test_log_generations_hand_example():
     assert math.isnan(summary["response/length_incorrect_mean"])  # no incorrect response
     with pytest.raises(ValueError, match="3 rewards"):
         log_generations(prompts[:2], responses[:2], truths[:2], rewards[:3])
+
+
+def test_evaluate_policy_gold_within_each_style_hand_example(monkeypatch, tokenizer):
+    """Four fixed samples (the sampler is replaced): worked right, worked wrong, hasty right, hasty wrong, hasty
+    right. Within the worked style 1 of 2 is right, within the hasty one 2 of 3; with only hasty samples the
+    worked key is absent."""
+    from cs336_alignment import evaluate
+
+    texts = ["3 + 4 = 7\n#### 7", "3 + 4 = 8\n#### 8", "#### 7", "#### 9", "#### 7"]
+
+    def fake_sample(policy, tok, questions, k, **kwargs):
+        return [[{"text": t, "tokens": [1, 2], "n_tokens": 2, "truncated": False} for t in texts[:k]]
+                for _ in questions]
+
+    monkeypatch.setattr(evaluate, "sample_responses", fake_sample)
+    problem = {"question": "q", "answer": "3 + 4 = 7\n#### 7"}
+    m = evaluate.evaluate_policy(None, tokenizer, [problem], samples_per_prompt=5, greedy=False)
+    assert m["reward/gold_mean"] == pytest.approx(3 / 5) and m["response/worked_share"] == pytest.approx(2 / 5)
+    assert m["reward/gold_mean_worked"] == pytest.approx(1 / 2)
+    assert m["reward/gold_mean_hasty"] == pytest.approx(2 / 3)
+    texts[:] = ["#### 7", "#### 9"]
+    m = evaluate.evaluate_policy(None, tokenizer, [problem], samples_per_prompt=2, greedy=False)
+    assert "reward/gold_mean_worked" not in m and m["reward/gold_mean_hasty"] == 0.5

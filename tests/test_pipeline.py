@@ -102,11 +102,17 @@ def test_smoke_pipeline_writes_report(tmp_path):
 
     md = (out / "report.md").read_text()
     assert all(plot in md for plot in PLOTS)
-    assert "| KL to SFT | length | distinct-2 | worked share |" in md
+    assert "| KL to SFT | length | distinct-2 | worked share | gold within worked |" in md
     for label in ("SFT", BASELINE, EI, "PPO", "DPO", "BoN-4"):
         row = next(line for line in md.splitlines() if line.startswith(f"| {label} |"))
         assert f"{models[label]['kl/ref']:.2f}" in row and f"{models[label]['response/length_mean']:.1f}" in row
-        assert row.endswith(f"| {100 * models[label]['response/worked_share']:.1f}% |"), row
+        m = models[label]
+        within = m.get("reward/gold_mean_worked")
+        cell = "—" if within is None else f"{100 * within:.1f}% ±"
+        assert f"| {100 * m['response/worked_share']:.1f}% | {cell}" in row, row
+        if label != "BoN-4":  # the policies evaluated on their own samples
+            assert ("reward/gold_mean_worked" in m) == (m["response/worked_share"] > 0), label
+            assert ("reward/gold_mean_hasty" in m) == (m["response/worked_share"] < 1), label
     for heading in ("**GRPO vs SFT vs matched-compute SFT**", "**SFT held-out accuracy along training**",
                     "**Differences on the same test problems**", f"| GRPO (gold) − {BASELINE} |",
                     f"| {EI} − GRPO (gold) |", "**Expert iteration vs GRPO (gold)**",
