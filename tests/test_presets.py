@@ -292,7 +292,10 @@ FROZEN = {  # preset -> stage -> dataclasses.asdict(config), from the mapping th
 # 5,000, 40 % by the hasty writer, from the sft half of the train split).
 WRITERS = {"n_examples": 5000, "hasty": 0.4, "split": "sft"}
 # build() wires every preset to the shipped tiny SFT model, so every sft_baseline continues its demonstrations.
-CHANGED = {"tiny": {"sft": WRITERS, "sft_baseline": WRITERS}, "tiny_rl10": {"sft": WRITERS, "sft_baseline": WRITERS},
+# tiny's reward model trains for one epoch over its pairs (260 steps of 32) instead of 120 steps.
+RM_EPOCH = {"num_steps": 260}
+CHANGED = {"tiny": {"sft": WRITERS, "sft_baseline": WRITERS, "rm": RM_EPOCH},
+           "tiny_rl10": {"sft": WRITERS, "sft_baseline": WRITERS, "rm": RM_EPOCH},
            "smoke": {"sft_baseline": WRITERS}, "small": {"sft_baseline": WRITERS}}
 
 
