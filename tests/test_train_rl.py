@@ -137,6 +137,26 @@ def test_grpo_question_only_prompt(tmp_path, init_ckpt, tokenizer, monkeypatch):
     assert len(prompts) == 64 and set(prompts) <= questions  # the bare question text, no template tokens
 
 
+# CS336 a5's GRPO ablations (the writeup's experiments), each a flag of the one loop: every one must still learn.
+ABLATIONS = {"no_baseline": dict(loss_type="no_baseline"),
+             "reinforce_with_baseline": dict(loss_type="reinforce_with_baseline"),
+             "grpo_no_clip": dict(loss_type="grpo_no_clip"),
+             "length_normalization_constant": dict(length_normalization="constant"),
+             "no_std_normalization": dict(normalize_by_std=False),
+             "off_policy_4_epochs_2_minibatches": dict(epochs_per_rollout_batch=4, minibatches=2),
+             "kl_penalty": dict(kl_coef=0.1)}
+
+
+@pytest.mark.parametrize("name", sorted(ABLATIONS))
+def test_grpo_ablation_reward_rises(name, tmp_path, init_ckpt, tokenizer):
+    cfg = grpo.GRPOConfig(init=init_ckpt, out=str(tmp_path), num_steps=8, prompts_per_step=8, group_size=8,
+                          lr=1e-2, min_lr=1e-2, micro_batch_size=32, **{**COMMON, **ABLATIONS[name]})
+    before = prob_first_token_lowercase(init_ckpt, tokenizer)
+    result = grpo.train(cfg, reward_fn=starts_lowercase)
+    after = prob_first_token_lowercase(result["checkpoint"], tokenizer)
+    assert after > before + 0.15, f"{name}: P(reward) went from {before:.3f} to {after:.3f}"
+
+
 def test_grpo_other_losses_and_kl_run(tmp_path, init_ckpt):
     for loss_type, kl_coef in (("reinforce_with_baseline", 0.1), ("no_baseline", 0.0)):
         cfg = grpo.GRPOConfig(init=init_ckpt, out=str(tmp_path / loss_type), num_steps=2, prompts_per_step=2,
