@@ -4,7 +4,7 @@
     python -m cs336_alignment pipeline --jobs 1             # one stage at a time, in this process: same numbers
     python -m cs336_alignment pipeline --length-bias 0.05   # an annotator that likes length: reward hacking
     python -m cs336_alignment pipeline --preset smoke       # seconds; the end-to-end test runs this
-    python -m cs336_alignment pipeline --preset tiny_rl10   # tiny with 10x the GRPO budget (~55 min on 2 cores)
+    python -m cs336_alignment pipeline --preset tiny_rl10 --skip rm,sft_baseline,ei   # 10x GRPO (~30 CPU-min)
     python -m cs336_alignment pipeline --preset small       # one GPU: a larger model, longer training
     python -m cs336_alignment pipeline --from-scratch       # also retrain the base and SFT models
 
