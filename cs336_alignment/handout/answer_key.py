@@ -12,8 +12,8 @@ that reads another's output (best-of-N reads the reward model's checkpoint) wait
 goes to OUT/logs/. It records the CPU seconds each command used (user + system time of its process tree, from
 wait4: exact with --jobs > 1 too) against the problem's budget, the last metrics of each run (its last held-out
 `eval/...` record, or an `eval` json's metrics, or a leaderboard score), and a plot of the first metric named on
-the problem's `Plot:` line. It writes OUT/answer_key.md and OUT/answer_key.json, keeping the results of experiments --only did not rerun; the exit
-status is 1 if a command failed.
+the problem's `Plot:` line. It writes OUT/answer_key.md and OUT/answer_key.json, keeping the results of the
+experiments that --only did not rerun; the exit status is 1 if a command failed.
 """
 from __future__ import annotations
 

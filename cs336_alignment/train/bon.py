@@ -15,8 +15,9 @@ so gold and proxy reward against sqrt(KL) trace the reward-model over-optimisati
 ("Scaling Laws for Reward Model Overoptimization"), with no optimiser in the way.
 
 One metrics.jsonl line per N (step = N): reward/gold_mean, reward/proxy_mean, reward/oracle_mean (pass@N),
-reward/gold_gain and reward/gold_gain_se (gold_mean minus N = 1's, with its paired standard error over prompts), kl/ref (the closed form), response/length_mean, response/distinct_2 (of best-of-N among the first N samples
-of each pool: one concrete draw).
+reward/gold_gain and reward/gold_gain_se (gold_mean minus N = 1's, with its paired standard error over prompts),
+kl/ref (the closed form), response/length_mean, response/distinct_2 (of best-of-N among the first N samples of
+each pool: one concrete draw).
 """
 from __future__ import annotations
 
