@@ -26,8 +26,9 @@ template, so a base-vs-SFT comparison would only show formatting.
   response/distinct_2   distinct-2 of those samples (token bigrams; metrics.distinct_n)
   response/worked_share fraction of those samples that show their work (tasks.is_worked)
   reward/gold_mean_worked, reward/gold_mean_hasty
-                        mean gold reward of the worked samples and of the others (absent when there are none):
-                        the accuracy within each style, which post-training that only re-weights styles leaves
+                        mean gold reward of the worked samples and of the others (tasks.style_accuracy;
+                        absent when there are none): the accuracy within each style, which post-training that
+                        only re-weights styles leaves
 
 `log_generations` (CS336 a5's problem of that name; the RL loops' per-step diagnostics and generations.jsonl):
 given prompts, responses, ground truths, their rewards, per-response entropy and length, the summary
@@ -52,7 +53,7 @@ from cs336_alignment.metrics import distinct_n
 from cs336_alignment.reward_model import score_responses
 from cs336_alignment.rollout import build_training_tensors, generate_responses, sample_responses
 from cs336_alignment.runtime import autocast, get_device, set_threads
-from cs336_alignment.tasks import generate_problems, is_worked
+from cs336_alignment.tasks import generate_problems, is_worked, style_accuracy
 from cs336_alignment.tokenizer import FORMATS, Format, build_prompt, load_tokenizer
 from cs336_alignment.verifier import gold_reward
 
@@ -240,12 +241,11 @@ def evaluate_policy(policy, tokenizer, problems: list[dict[str, str]], *, refere
     metrics["response/length_mean"] = sum(s["n_tokens"] for s in flat) / len(flat)
     first = flat[:None if distinct_over is None else distinct_over * samples_per_prompt]
     metrics["response/distinct_2"] = distinct_n([s["tokens"][:s["n_tokens"]] for s in first], 2)
-    worked = [is_worked(s["text"]) for s in flat]
-    metrics["response/worked_share"] = sum(worked) / len(flat)
-    for style, flag in (("worked", True), ("hasty", False)):
-        chosen = [g["reward"] for g, w in zip(gold, worked) if w == flag]
-        if chosen:
-            metrics[f"reward/gold_mean_{style}"] = sum(chosen) / len(chosen)
+    styles = style_accuracy([s["text"] for s in flat], flat_a)
+    metrics["response/worked_share"] = styles["worked_share"]
+    for style in ("worked", "hasty"):
+        if styles[f"n/{style}"]:
+            metrics[f"reward/gold_mean_{style}"] = styles[f"accuracy/{style}"]
     return (metrics, per_problem) if return_per_problem else metrics
 
 

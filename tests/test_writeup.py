@@ -124,14 +124,16 @@ def test_answer_key_waits_only_for_the_outputs_it_reads(tmp_path):
 
 
 def test_answer_key_counts_the_cpu_of_each_command_alone(tmp_path):
-    """Two commands at once: each one's CPU seconds are its own (wait4), not the sum of both."""
+    """Two commands at once, the shorter one ending while the longer runs: each one's CPU seconds are its own
+    (wait4). Counting the parent's children time over each command's interval instead would give the longer one
+    both (~1.3 s)."""
     answer_key = pytest.importorskip("cs336_alignment.handout.answer_key", reason="instructor-only (not in the handout)")
     import sys
     from concurrent.futures import ThreadPoolExecutor
     burn = [sys.executable, "-c", "import time\nt = time.process_time()\nwhile time.process_time() - t < {}: pass"]
     with ThreadPoolExecutor(2) as pool:
-        a = pool.submit(answer_key.run_command, [burn[0], burn[1], burn[2].format(0.6)], tmp_path / "a.log")
-        b = pool.submit(answer_key.run_command, [burn[0], burn[1], burn[2].format(0.1)], tmp_path / "b.log")
+        a = pool.submit(answer_key.run_command, [burn[0], burn[1], burn[2].format(0.8)], tmp_path / "a.log")
+        b = pool.submit(answer_key.run_command, [burn[0], burn[1], burn[2].format(0.5)], tmp_path / "b.log")
         (code_a, cpu_a, _), (code_b, cpu_b, _) = a.result(), b.result()
     assert code_a == code_b == 0
-    assert 0.6 <= cpu_a < 1.5 and 0.1 <= cpu_b < 0.5, (cpu_a, cpu_b)
+    assert 0.8 <= cpu_a < 1.15 and 0.5 <= cpu_b < 0.85, (cpu_a, cpu_b)
