@@ -174,7 +174,8 @@ def log_generations(prompts: list[str], responses: list[str], ground_truths: lis
 def batched_sequence_log_probs(model, prompts: list[list[int]], responses: list[list[int]], pad_token_id: int,
                                batch_size: int = 64) -> Tensor:
     """log pi(response | prompt) summed over the response tokens (stop token included when present):
-    `dpo.sequence_log_probs` over token lists, `batch_size` rows at a time, without gradient.
+    `dpo.sequence_log_probs` over token lists, `batch_size` rows of similar length at a time (sorted by length,
+    so little of each batch is padding), without gradient.
 
     Args:
         model: TransformerLM.  prompts, responses: B non-empty token lists.  pad_token_id: the row filler.
@@ -184,12 +185,14 @@ def batched_sequence_log_probs(model, prompts: list[list[int]], responses: list[
         ValueError: on an empty prompt or response (`rollout.build_training_tensors`).
     """
     device = next(model.parameters()).device
-    out = []
-    for i in range(0, len(prompts), batch_size):
-        t = build_training_tensors(prompts[i:i + batch_size], responses[i:i + batch_size], pad_token_id)
-        out.append(sequence_log_probs(model, *(t[k].to(device) for k in ("input_ids", "labels", "response_mask")))
-                   .cpu())
-    return torch.cat(out)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(responses[i]))
+    out = torch.zeros(len(prompts))
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        t = build_training_tensors([prompts[i] for i in rows], [responses[i] for i in rows], pad_token_id)
+        out[rows] = sequence_log_probs(model, *(t[k].to(device) for k in ("input_ids", "labels", "response_mask"))
+                                       ).float().cpu()
+    return out
 
 
 @torch.no_grad()

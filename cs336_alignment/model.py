@@ -152,6 +152,12 @@ class KVCache:
         self.v[layer][:, :, self.length:end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
+    def keep(self, rows: Tensor) -> None:
+        """Keep only the batch rows `rows` (a (B',) long index) of every buffer, e.g. to drop finished rows."""
+        for layer, (k, v) in enumerate(zip(self.k, self.v)):
+            if k is not None:
+                self.k[layer], self.v[layer] = k.index_select(0, rows), v.index_select(0, rows)
+
 
 class MultiHeadSelfAttention(nn.Module):
     """Causal multi-head self-attention with q/k/v/output projections and optional RoPE on queries and keys.
@@ -338,24 +344,29 @@ class TransformerLM(nn.Module):
             attention_mask: (B, T) bool/int, 1 = real token, 0 = padding (with a kv_cache: (B, past + T),
                 covering the cached positions too). Padding keys are masked and positions are cumsum(mask) − 1,
                 so a left- or right-padded sequence gets the logits it gets alone. Logits at padding positions
-                are finite but meaningless. None = no padding.
+                are finite but meaningless. Padding does not count against context_length: the padded width
+                may exceed it as long as no row holds more real tokens. None = no padding.
             return_hidden: return the final RMSNorm-ed hidden states (B, T, d) instead of logits (lm_head not
                 applied; used by fused log-prob kernels and scalar heads).
             kv_cache: append this call's keys/values to the cache and attend over the cached positions.
         Returns:
             (B, T, V) logits, or (B, T, d) hidden states; dtype of the parameters.
         Raises:
-            ValueError: if past + T exceeds config.context_length or attention_mask has the wrong shape.
+            ValueError: if a row holds more than config.context_length tokens (past + T, or its real tokens
+                when attention_mask is given), or attention_mask has the wrong shape.
         """
         B, T = input_ids.shape
         past = kv_cache.length if kv_cache is not None else 0
-        if past + T > self.config.context_length:
-            raise ValueError(f"sequence of {past + T} tokens exceeds context_length {self.config.context_length}")
+        n_max = self.config.context_length
+        if attention_mask is None and past + T > n_max:
+            raise ValueError(f"sequence of {past + T} tokens exceeds context_length {n_max}")
         positions, mask = None, None  # defaults: positions past..past+T-1, causal mask
         if attention_mask is not None:
             if attention_mask.shape != (B, past + T):
                 raise ValueError(f"attention_mask {tuple(attention_mask.shape)} should be {(B, past + T)}")
             real = attention_mask.bool()  # (B, past + T)
+            if past + T > n_max and int(real.sum(-1).max()) > n_max:  # padding beyond the context is fine
+                raise ValueError(f"sequence of {int(real.sum(-1).max())} tokens exceeds context_length {n_max}")
             positions = (real.long().cumsum(-1) - 1).clamp(min=0)[:, past:]  # (B, T): padding doesn't count
             allowed = causal_mask(T, past + T, input_ids.device) & real[:, None, :]  # (B, T, past + T)
             # Each query may also attend to itself, so a padding query (e.g. position 0 when left-padded)

@@ -218,14 +218,19 @@ def score_sequences(model: RewardModel, sequences: list[list[int]], pad_token_id
                     ) -> list[float]:
     """Reward of each token sequence (prompt + response ids), read at its last token; no gradient.
 
-    Sequences are right-padded with pad_token_id in batches of `batch_size` (the padding is masked, so a
-    score does not depend on the batch it is in, up to float rounding). The model is scored in eval mode and
-    its training mode is restored afterwards. Returns one float per sequence, in order.
+    Sequences are right-padded with pad_token_id in batches of `batch_size` sequences of similar length (sorted
+    by length, so little of each batch is padding; the padding is masked, so a score does not depend on the
+    batch it is in, up to float rounding). The model is scored in eval mode and its training mode is restored
+    afterwards. Returns one float per sequence, in the order of `sequences`.
     """
     was_training = model.training
     model.eval()
-    scores = [r for i in range(0, len(sequences), batch_size)
-              for r in batch_rewards(model, sequences[i:i + batch_size], pad_token_id).tolist()]
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    scores = [0.0] * len(sequences)
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        for i, r in zip(rows, batch_rewards(model, [sequences[i] for i in rows], pad_token_id).tolist()):
+            scores[i] = r
     model.train(was_training)
     return scores
 

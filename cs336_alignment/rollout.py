@@ -137,19 +137,15 @@ class Rollouts:
 def generate_per_row(model, prompts: list[list[int]], *, max_new_tokens: int, batch_size: int | None = None,
                      **sampling) -> GenerationOutput:
     """`generation.generate` with a length limit per row: row i may generate up to
-    min(max_new_tokens, context_length - len(prompts[i])) tokens.
-
-    `generate` takes one limit per call, and that limit must fit the longest prompt of the call; calling it
-    on a whole batch would cut every response short because of one long prompt. So the rows are generated
-    in buckets of equal limit (largest limit first), each bucket in chunks of `batch_size` rows. When every
-    prompt leaves room for max_new_tokens there is one bucket, and the calls are exactly `generate` on
-    consecutive chunks of `batch_size` prompts (the same samples for the same generator).
+    min(max_new_tokens, context_length - len(prompts[i])) tokens, so one long prompt does not cut the other
+    rows' responses short. The calls are `generate` on consecutive chunks of `batch_size` prompts, each row
+    with its own limit.
 
     Args:
         model: a TransformerLM (anything `generation.generate` accepts; needs model.config.context_length).
         prompts: B non-empty lists of token ids.
         max_new_tokens: >= 0, the limit for a row whose prompt leaves enough room.
-        batch_size: rows per `generate` call (None = a whole bucket at once).
+        batch_size: rows per `generate` call (None = all rows at once).
         **sampling: passed on to `generate` (temperature, top_k, top_p, eos_token_id, pad_token_id, generator).
     Returns:
         GenerationOutput with tokens[i] and logprobs[i] of prompts[i], in the order of `prompts`.
@@ -162,16 +158,13 @@ def generate_per_row(model, prompts: list[list[int]], *, max_new_tokens: int, ba
         raise ValueError(f"a prompt of {max(len(p) for p in prompts)} tokens leaves no room to respond in "
                          f"context_length {context}")
     limits = [min(max_new_tokens, context - len(p)) for p in prompts]
-    tokens: list[list[int]] = [[] for _ in prompts]
-    logprobs: list[Tensor] = [torch.zeros(0) for _ in prompts]
-    for limit in sorted(set(limits), reverse=True):
-        rows = [i for i, n in enumerate(limits) if n == limit]
-        step = batch_size or len(rows)
-        for start in range(0, len(rows), step):
-            chunk = rows[start:start + step]
-            out = generate(model, [prompts[i] for i in chunk], max_new_tokens=limit, **sampling)
-            for i, row_tokens, row_logprobs in zip(chunk, out.tokens, out.logprobs):
-                tokens[i], logprobs[i] = row_tokens, row_logprobs
+    step = batch_size or len(prompts)
+    tokens: list[list[int]] = []
+    logprobs: list[Tensor] = []
+    for start in range(0, len(prompts), step):
+        out = generate(model, prompts[start:start + step], max_new_tokens=limits[start:start + step], **sampling)
+        tokens += out.tokens
+        logprobs += out.logprobs
     return GenerationOutput(tokens=tokens, logprobs=logprobs)
 
 

@@ -90,6 +90,39 @@ def test_eos_stops_a_row_and_is_kept():
     assert one.tokens == [greedy[0][:1]]
 
 
+def test_a_limit_per_row_and_finished_rows_leaving_the_batch():
+    """Rows with their own limits, most stopping early (so the batch shrinks): greedy rows equal the plain loop
+    cut at their EOS or limit, and sampled logprobs equal the recomputed ones."""
+    model = tiny_lm()
+    prompts = [[1 + i % 7] * (1 + i % 5) for i in range(12)]
+    limits = [0, 3, 9, 1, 12, 5, 2, 8, 4, 6, 11, 7]
+    greedy = [greedy_oracle(model, p, n) for p, n in zip(prompts, limits)]
+    eos = greedy[4][5]  # some rows stop at it
+    out = generate(model, prompts, max_new_tokens=limits, temperature=0.0, eos_token_id=eos)
+    for row, full in zip(out.tokens, greedy):
+        assert row == (full[:full.index(eos) + 1] if eos in full else full)
+    assert len(out.tokens[0]) == 0 and len(out.tokens[4]) <= 6
+    sampled = generate(model, prompts, max_new_tokens=limits, temperature=0.9, eos_token_id=eos,
+                       generator=torch.Generator().manual_seed(4))
+    for prompt, row, logprobs, n in zip(prompts, sampled.tokens, sampled.logprobs, limits):
+        assert len(row) <= n and (len(row) == n or row[-1] == eos)
+        if row:
+            torch.testing.assert_close(logprobs, full_sequence_logprobs(model, prompt, row, 0.9),
+                                       atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError):
+        generate(model, prompts, max_new_tokens=limits[:-1])
+
+
+def test_a_finished_row_still_in_the_batch_stays_within_the_context():
+    """One long prompt with a short limit among seven that run to the end of the context: the finished row is
+    carried along (too few rows finished to shrink the batch) and its padding must not count as tokens."""
+    model = tiny_lm()  # context_length 24
+    prompts = [[2] * 20] + [[1 + i, 3] for i in range(7)]
+    limits = [4] + [22] * 7
+    out = generate(model, prompts, max_new_tokens=limits, temperature=0.0)
+    assert out.tokens == [greedy_oracle(model, p, n) for p, n in zip(prompts, limits)]
+
+
 def test_same_generator_seed_gives_same_samples():
     model = tiny_lm()
     run = lambda seed: generate(model, PROMPTS, max_new_tokens=10, temperature=1.0,

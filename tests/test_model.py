@@ -305,6 +305,24 @@ def test_context_length_and_mask_shape_are_checked():
         model(torch.zeros(2, 5, dtype=torch.long), torch.ones(2, 4))
 
 
+def test_padding_does_not_count_against_the_context():
+    """A left-padded batch wider than context_length: each row that fits gets the logits it gets alone."""
+    model = tiny_lm().eval()
+    n = CFG["context_length"]
+    long_row = torch.randint(0, CFG["vocab_size"], (n,))
+    short_row = torch.randint(0, CFG["vocab_size"], (n - 6,))
+    ids = torch.zeros(2, n + 4, dtype=torch.long)
+    mask = torch.zeros(2, n + 4, dtype=torch.bool)
+    ids[0, 4:], mask[0, 4:] = long_row, True
+    ids[1, 10:], mask[1, 10:] = short_row, True
+    out = model(ids, mask)
+    torch.testing.assert_close(out[0, 4:], model(long_row[None])[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[1, 10:], model(short_row[None])[0], atol=1e-5, rtol=1e-5)
+    mask[0, 3] = True  # n + 1 real tokens in row 0
+    with pytest.raises(ValueError, match="exceeds context_length"):
+        model(ids, mask)
+
+
 def test_training_step_reduces_loss():
     from cs336_alignment.nn_utils import AdamW, cross_entropy
     model = tiny_lm()

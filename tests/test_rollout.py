@@ -133,12 +133,18 @@ def test_a_long_prompt_does_not_shorten_the_other_responses(tiny_lm, tokenizer):
     torch.testing.assert_close(recomputed, torch.cat(ro.sampler_log_probs), atol=2e-5, rtol=1e-5)
 
 
-def test_generate_per_row_is_generate_in_chunks_when_every_prompt_fits(tiny_lm, tokenizer, questions):
+def test_generate_per_row_is_generate_in_chunks_with_a_limit_per_row(tiny_lm, tokenizer, questions):
     prompts = [tokenizer.prompt_ids(q) for q in questions for _ in range(2)]
-    kwargs = dict(max_new_tokens=6, temperature=1.0, pad_token_id=tokenizer.pad_token_id)
-    out = generate_per_row(tiny_lm, prompts, batch_size=4, generator=torch.Generator().manual_seed(3), **kwargs)
+    prompts[5] = [5] * 157                                              # leaves 3 positions
+    kwargs = dict(temperature=1.0, pad_token_id=tokenizer.pad_token_id)
+    out = generate_per_row(tiny_lm, prompts, max_new_tokens=6, batch_size=4,
+                           generator=torch.Generator().manual_seed(3), **kwargs)
+    limits = [6] * len(prompts)
+    limits[5] = 3
     generator = torch.Generator().manual_seed(3)
-    chunks = [generate(tiny_lm, prompts[i:i + 4], generator=generator, **kwargs) for i in range(0, len(prompts), 4)]
+    chunks = [generate(tiny_lm, prompts[i:i + 4], max_new_tokens=limits[i:i + 4], generator=generator, **kwargs)
+              for i in range(0, len(prompts), 4)]
+    assert len(out.tokens[5]) == 3
     assert out.tokens == [t for c in chunks for t in c.tokens]
     for got, expected in zip(out.logprobs, [lp for c in chunks for lp in c.logprobs]):
         assert torch.equal(got, expected)

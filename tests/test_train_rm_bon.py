@@ -129,6 +129,17 @@ def test_sft_diagnostics_matches_naive_mean_log_probs(tiny_ckpt):
     assert reward_model.sft_diagnostics(model, tokenizer, [parse_preference(pairs[-1], "test")], 128) == {}
 
 
+def test_score_sequences_equals_each_sequence_scored_alone(tiny_ckpt):
+    """Batches are formed by length; the scores come back in the caller's order, each the one it gets alone."""
+    from cs336_alignment.checkpoint import load_model
+    model = rm_package.RewardModel.from_lm(load_model(tiny_ckpt, "cpu")[0])
+    torch.manual_seed(1)
+    sequences = [torch.randint(1, 200, (n,)).tolist() for n in (9, 3, 17, 5, 12, 3, 30)]
+    scores = rm_package.score_sequences(model, sequences, pad_token_id=0, batch_size=3)
+    alone = [float(rm_package.batch_rewards(model.eval(), [s], pad_token_id=0)) for s in sequences]
+    assert scores == pytest.approx(alone, abs=1e-5)
+
+
 def test_rm_reports_whether_it_checks_answers(tiny_ckpt, pref_files, tmp_path):
     """Held-out pairs with gold fields: the RM trained to prefer worked answers over refusals picks the correct one."""
     eval_pairs = [dict(p, gold_chosen=1.0, gold_rejected=0.0) for p in load_preferences(pref_files[1])]
