@@ -128,9 +128,8 @@ def generate(model: TransformerLM, prompts: list[list[int]], *, max_new_tokens: 
             token = sample_next_token(logits, temperature, top_k, top_p, generator)  # (B',)
             token = torch.where(done, pad_token_id, token)  # finished rows only carry padding
             logp = torch.log_softmax(logits / (temperature or 1.0), dim=-1)  # (B', V)
-            running = rows[~done]
-            new_tokens[running, t] = token[~done]
-            new_logprobs[running, t] = logp.gather(-1, token[:, None]).squeeze(-1)[~done]
+            new_tokens[rows, t] = token  # a finished row's entries lie past its length and are not returned
+            new_logprobs[rows, t] = logp.gather(-1, token[:, None]).squeeze(-1)
             hit_eos = ~done & torch.isin(token, eos)
             lengths[rows[hit_eos]] = t + 1
             done = lengths[rows] <= t + 1  # its EOS, or its own limit
