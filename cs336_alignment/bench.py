@@ -1,6 +1,6 @@
 """Benchmarks that print ratios against a baseline measured in the same run.
 
-    python -m cs336_alignment bench generate   # KV-cache generation vs recomputing the prefix
+    python -m cs336_alignment bench generate   # KV-cache generation vs recomputing the prefix; dropping finished rows
     python -m cs336_alignment bench logprobs   # fused log-prob kernels vs naive / F.cross_entropy / native
 
 Timings on shared CPUs vary 10-40% run to run: read the ratios, not the absolute times.
@@ -23,10 +23,13 @@ from cs336_alignment.model import TransformerConfig, TransformerLM  # noqa: E402
 # ---------------------------------------------------------------------------------------------------------
 
 def bench_generate(args: argparse.Namespace) -> None:
-    """Greedy generation from a tiny random TransformerLM, with and without the KV cache.
+    """Greedy generation from a tiny random TransformerLM, with and without the KV cache; then rows of uneven
+    length, with finished rows dropped from the batch or kept in it.
 
     Without a cache every step re-runs the whole prefix (O(T²) work for T new tokens); with it each step runs
-    one token per row against the stored keys/values. Both must produce identical tokens.
+    one token per row against the stored keys/values. Rows that stop early (here: a limit per row, uniform in
+    1..new_tokens, like responses that end at different lengths) cost nothing once dropped. Each pair must
+    produce identical tokens.
     """
     import statistics
     import time
@@ -65,6 +68,25 @@ def bench_generate(args: argparse.Namespace) -> None:
     for name, key in (("no cache", False), ("KV cache", True)):
         print(f"{name:<16}{median[key]:>10.3f}{n_new / median[key]:>12.0f}")
     print(f"speed-up (no cache / KV cache): {median[False] / median[True]:.2f}x; identical tokens: yes")
+
+    limits = torch.randint(1, args.new_tokens + 1, (args.batch_size,), generator=g).tolist()
+
+    def run_uneven(drop_finished: bool) -> tuple[float, list[list[int]]]:
+        start = time.perf_counter()
+        out = generate(model, prompts, max_new_tokens=limits, temperature=0.0, drop_finished=drop_finished)
+        return time.perf_counter() - start, out.tokens
+
+    seconds = {True: [], False: []}
+    for _ in range(args.repeats):
+        for drop_finished in (False, True):
+            elapsed, tokens[drop_finished] = run_uneven(drop_finished)
+            seconds[drop_finished].append(elapsed)
+    assert tokens[True] == tokens[False], "dropping finished rows changed the tokens"
+    median = {k: statistics.median(v) for k, v in seconds.items()}
+    print(f"rows of uneven length (limits 1-{args.new_tokens}, mean {sum(limits) / len(limits):.0f}), KV cache:")
+    for name, key in (("keep finished", False), ("drop finished", True)):
+        print(f"{name:<16}{median[key]:>10.3f}{sum(limits) / median[key]:>12.0f}")
+    print(f"speed-up (keep / drop finished rows): {median[False] / median[True]:.2f}x; identical tokens: yes")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -312,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m cs336_alignment bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="which", required=True)
-    g = sub.add_parser("generate", help="KV-cache generation vs full-prefix recomputation")
+    g = sub.add_parser("generate", help="KV-cache generation vs full-prefix recomputation; dropping finished rows")
     g.add_argument("--new-tokens", type=int, default=128)
     g.add_argument("--batch-size", type=int, default=8)
     g.add_argument("--repeats", type=int, default=3)

@@ -56,15 +56,16 @@ def sample_next_token(logits: Tensor, temperature: float = 1.0, top_k: int | Non
 def generate(model: TransformerLM, prompts: list[list[int]], *, max_new_tokens: int | Sequence[int],
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              eos_token_id: int | list[int] | None = None, pad_token_id: int = 0,
-             generator: torch.Generator | None = None, use_kv_cache: bool = True) -> GenerationOutput:
+             generator: torch.Generator | None = None, use_kv_cache: bool = True,
+             drop_finished: bool = True) -> GenerationOutput:
     """Batched sampling: left-pad the prompts, prefill once, then decode one token at a time with a KV cache.
 
     A row stops after it emits an EOS token (kept in its output) or reaches its own max_new_tokens. Padding is
     masked and positions skip it, so each row gets the tokens and logprobs it would get alone. Finished rows
     leave the batch (their cache rows are dropped once a quarter of the batch has finished), so a step costs
     what the rows still running cost. The model runs in eval mode under no_grad; its training mode is restored
-    afterwards. use_kv_cache=False recomputes the whole prefix at every step (same result; the baseline of
-    `bench generate`).
+    afterwards. use_kv_cache=False recomputes the whole prefix at every step, drop_finished=False keeps finished
+    rows in the batch (same results; the baselines of `bench generate`).
 
     Args:
         prompts: B non-empty lists of token ids.
@@ -115,7 +116,7 @@ def generate(model: TransformerLM, prompts: list[list[int]], *, max_new_tokens: 
             n_done = int(done.sum())
             if n_done == len(rows):
                 break
-            if 4 * n_done >= len(rows):  # drop the finished rows from the batch
+            if drop_finished and 4 * n_done >= len(rows):  # drop the finished rows from the batch
                 keep = (~done).nonzero().squeeze(-1)  # (B',)
                 rows, done, ids, mask, step_ids = rows[keep], done[keep], ids[keep], mask[keep], step_ids[keep]
                 if cache is not None:

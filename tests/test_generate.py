@@ -102,6 +102,8 @@ def test_a_limit_per_row_and_finished_rows_leaving_the_batch():
     for row, full in zip(out.tokens, greedy):
         assert row == (full[:full.index(eos) + 1] if eos in full else full)
     assert len(out.tokens[0]) == 0 and len(out.tokens[4]) <= 6
+    assert generate(model, prompts, max_new_tokens=limits, temperature=0.0, eos_token_id=eos,
+                    drop_finished=False).tokens == out.tokens
     sampled = generate(model, prompts, max_new_tokens=limits, temperature=0.9, eos_token_id=eos,
                        generator=torch.Generator().manual_seed(4))
     for prompt, row, logprobs, n in zip(prompts, sampled.tokens, sampled.logprobs, limits):
