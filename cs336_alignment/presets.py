@@ -97,8 +97,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                 "num_steps": 1200, "lr": 1e-3, "min_lr": 1e-4, "log_every": 25, "checkpoint_every": 1200},
         "sft_baseline": {"num_steps": 100_000, "lr": 1e-4, "min_lr": 1e-4, "warmup_steps": 0, "log_every": 25,
                          "checkpoint_every": 100_000},
-        # one epoch over its ~8,400 pairs (260 x 32): held-out accuracy 68.3 % at 120 steps, 69.4 % at 260, and the
-        # held-out loss rises in a second epoch (measured on the tiny pipeline's pairs)
+        # one epoch over its ~8,300 pairs (260 x 32); the held-out loss rises in a second epoch. On the tiny
+        # pipeline's pairs the held-out accuracy is reached by step 40 (68.7 %) and stays 67.6-68.4 % to step 260
+        # while the held-out loss still falls (0.561 -> 0.552)
         "rm": {"n_prompts": 1536, "n_eval_prompts": 256, "num_steps": 260, "lr": 2e-4, "min_lr": 2e-5,
                "warmup_steps": 12},
         "dpo": {"num_steps": 80, "lr": 3e-5, "min_lr": 3e-6, "warmup_steps": 8, "log_every": 6, "eval_every": 26,
