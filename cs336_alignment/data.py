@@ -252,6 +252,13 @@ class TensorDictDataset(Dataset):
         return {name: t[i] for name, t in self.tensors.items()}
 
 
+def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices 0..n-1 sorted by length and cut into batches of at most batch_size, so that a padded batch holds
+    sequences of similar length (little padding). Every index appears once; scatter the results back by index."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
 def get_packed_sft_dataset(tokenizer, dataset_path: str | os.PathLike, seq_length: int, shuffle: bool) -> Dataset:
     """Pack SFT examples into fixed-length language-modelling windows (CS336 assignment 5).
 

@@ -47,7 +47,7 @@ import torch
 from torch import Tensor
 
 from cs336_alignment.checkpoint import load_model
-from cs336_alignment.data import load_jsonl
+from cs336_alignment.data import length_sorted_batches, load_jsonl
 from cs336_alignment.dpo import sequence_log_probs
 from cs336_alignment.metrics import distinct_n
 from cs336_alignment.reward_model import score_responses
@@ -185,10 +185,8 @@ def batched_sequence_log_probs(model, prompts: list[list[int]], responses: list[
         ValueError: on an empty prompt or response (`rollout.build_training_tensors`).
     """
     device = next(model.parameters()).device
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(responses[i]))
     out = torch.zeros(len(prompts))
-    for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
+    for rows in length_sorted_batches([len(p) + len(r) for p, r in zip(prompts, responses)], batch_size):
         t = build_training_tensors([prompts[i] for i in rows], [responses[i] for i in rows], pad_token_id)
         out[rows] = sequence_log_probs(model, *(t[k].to(device) for k in ("input_ids", "labels", "response_mask"))
                                        ).float().cpu()

@@ -118,7 +118,7 @@ def generate(model: TransformerLM, prompts: list[list[int]], *, max_new_tokens: 
                 break
             if drop_finished and 4 * n_done >= len(rows):  # drop the finished rows from the batch
                 keep = (~done).nonzero().squeeze(-1)  # (B',)
-                rows, done, ids, mask, step_ids = rows[keep], done[keep], ids[keep], mask[keep], step_ids[keep]
+                rows, done, mask, step_ids = rows[keep], done[keep], mask[keep], step_ids[keep]
                 if cache is not None:
                     cache.keep(keep)
             hidden = model(step_ids, mask, return_hidden=True, kv_cache=cache)[:, -1]  # (B', d), last position
@@ -134,9 +134,9 @@ def generate(model: TransformerLM, prompts: list[list[int]], *, max_new_tokens: 
             hit_eos = ~done & torch.isin(token, eos)
             lengths[rows[hit_eos]] = t + 1
             done = lengths[rows] <= t + 1  # its EOS, or its own limit
-            ids = torch.cat([ids, token[:, None]], dim=1)  # (B', P + t + 1)
             mask = torch.cat([mask, ~done[:, None]], dim=1)  # a finished row's padding is masked, not counted
-            step_ids = token[:, None] if use_kv_cache else ids
+            # next: the new token alone (cache), or the whole sequence again (no cache: (B', P + t + 1))
+            step_ids = token[:, None] if use_kv_cache else torch.cat([step_ids, token[:, None]], dim=1)
     finally:
         model.train(was_training)
     lengths, new_tokens, new_logprobs = lengths.tolist(), new_tokens.cpu(), new_logprobs.cpu()

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cs336_alignment.checkpoint import load_checkpoint, load_checkpoint_extra
-from cs336_alignment.data import pad_sequences
+from cs336_alignment.data import length_sorted_batches, pad_sequences
 from cs336_alignment.model import ScalarHead, TransformerConfig, TransformerLM
 from cs336_alignment.rollout import Rollouts
 from cs336_alignment.runtime import autocast
@@ -225,10 +225,8 @@ def score_sequences(model: RewardModel, sequences: list[list[int]], pad_token_id
     """
     was_training = model.training
     model.eval()
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     scores = [0.0] * len(sequences)
-    for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
+    for rows in length_sorted_batches([len(s) for s in sequences], batch_size):
         for i, r in zip(rows, batch_rewards(model, [sequences[i] for i in rows], pad_token_id).tolist()):
             scores[i] = r
     model.train(was_training)

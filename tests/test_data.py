@@ -252,3 +252,14 @@ def test_get_batch():
     assert set(starts) == set(range(len(dataset) - context_length))
     with pytest.raises(ValueError):
         get_batch(np.arange(5), 2, 5, "cpu")
+
+
+def test_length_sorted_batches_cover_every_index_once_in_length_order():
+    from cs336_alignment.data import length_sorted_batches
+    lengths = [9, 3, 17, 5, 12, 3, 30]
+    batches = length_sorted_batches(lengths, 3)
+    assert [len(b) for b in batches] == [3, 3, 1]
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(7))
+    assert [lengths[i] for i in flat] == sorted(lengths)
+    assert length_sorted_batches([], 4) == []
