@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from cs336_alignment.checkpoint import load_checkpoint, load_checkpoint_extra
 from cs336_alignment.data import length_sorted_batches, pad_sequences
+from cs336_alignment.logprobs import fused_linear_log_probs
 from cs336_alignment.model import ScalarHead, TransformerConfig, TransformerLM
 from cs336_alignment.rollout import Rollouts
 from cs336_alignment.runtime import autocast
@@ -141,52 +142,93 @@ class RewardModel(nn.Module):
     `from_lm` is a plain copy); it is called with return_hidden=True. Right after `from_lm` the reward is
     a random linear function of the SFT model's features, which is the usual starting point (InstructGPT
     initializes its reward model from the SFT model).
+
+    Optional likelihood term (likelihood_coef not None): the reward adds a * (mean log-prob per response token
+    under the trunk's own LM head), a learnable scalar initialised at likelihood_coef. This is SimPO's
+    length-normalised implicit reward (Meng et al. 2024, eq. 4) used as a feature: the SFT model's likelihood
+    already tells a right answer from a wrong one more often than a new head learns to from a few thousand
+    pairs (`train.reward_model`'s eval/rm/sft_correct_preferred), and the term lets the reward model start from
+    that and keep training it. The reward then depends on which tokens are the response: pass response_mask.
     """
 
-    def __init__(self, config: TransformerConfig, trunk: TransformerLM | None = None):
+    def __init__(self, config: TransformerConfig, trunk: TransformerLM | None = None,
+                 likelihood_coef: float | None = None):
         super().__init__()
         self.config = config
         self.trunk = trunk if trunk is not None else TransformerLM(config)
         self.head = ScalarHead(config.d_model)
+        # Optional learnable weight a of the likelihood term (see `forward`); None = the plain head reward.
+        self.likelihood_coef = (None if likelihood_coef is None
+                                else nn.Parameter(torch.tensor(float(likelihood_coef))))
 
     @classmethod
-    def from_lm(cls, lm: TransformerLM) -> RewardModel:
-        """A reward model whose trunk is a deep copy of `lm` (e.g. the SFT policy) and whose head is new."""
-        return cls(lm.config, trunk=copy.deepcopy(lm))
+    def from_lm(cls, lm: TransformerLM, likelihood_coef: float | None = None) -> RewardModel:
+        """A reward model whose trunk is a deep copy of `lm` (e.g. the SFT policy) and whose head is new;
+        likelihood_coef, if given, adds the likelihood term with a learnable weight starting there."""
+        return cls(lm.config, trunk=copy.deepcopy(lm), likelihood_coef=likelihood_coef)
+
+    def response_mean_log_probs(self, hidden: Tensor, input_ids: Tensor, response_mask: Tensor,
+                                attention_mask: Tensor | None = None) -> Tensor:
+        """Mean log-prob per response token under the trunk's own LM head, (B,) nats (float32; float64 for a
+        float64 model).
+
+        Token t is predicted from the hidden state at t - 1 (`logprobs.fused_linear_log_probs`, so the (B, T, V)
+        logits never exist at once). A row with no response token inside the sequence scores 0.
+
+        Args:
+            hidden: (B, T, d) final hidden states of input_ids.  input_ids: (B, T) long.
+            response_mask: (B, T) bool or 0/1, 1 on the response's tokens (its stop token included).
+            attention_mask: (B, T), 1 = real token; None = no padding.
+        """
+        log_probs = fused_linear_log_probs(hidden[:, :-1], self.trunk.lm_head.weight, input_ids[:, 1:])  # (B, T-1)
+        mask = response_mask[:, 1:].bool()
+        if attention_mask is not None:
+            mask = mask & attention_mask[:, 1:].bool()
+        mask = mask.to(log_probs.dtype)
+        return (log_probs * mask).sum(-1) / mask.sum(-1).clamp(min=1)            # (B,)
 
     def token_scores(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Head output at every position: (B, T) long ids (+ (B, T) mask) -> (B, T) float32."""
         hidden = self.trunk(input_ids, attention_mask, return_hidden=True)    # (B, T, d)
         return self.head(hidden)                                              # (B, T)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """Reward of each sequence, read at its last real token.
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                response_mask: Tensor | None = None) -> Tensor:
+        """Reward of each sequence, read at its last real token (plus the likelihood term, if the model has one).
 
         Args:
             input_ids: (B, T) long, prompt + response (ending in EOS / end-of-turn), left- or right-padded.
             attention_mask: (B, T) bool or 0/1, 1 = real token; None = no padding.
+            response_mask: (B, T) bool or 0/1, 1 on the response's tokens; needed only by the likelihood term.
 
         Returns:
             (B,) float32 rewards. The same sequence gets the same reward however it is padded.
 
         Raises:
-            ValueError: if a row of attention_mask has no real token or the shapes differ.
+            ValueError: if a row of attention_mask has no real token, the shapes differ, or the model has a
+                likelihood term and response_mask is None.
         """
         if attention_mask is not None:
             if attention_mask.shape != input_ids.shape:
                 raise ValueError("attention_mask must have the shape of input_ids")
             if not bool(attention_mask.bool().any(dim=-1).all()):
                 raise ValueError("every row needs at least one real token")
+        if self.likelihood_coef is not None and (response_mask is None or response_mask.shape != input_ids.shape):
+            raise ValueError("this reward model has a likelihood term: pass a response_mask of the shape of input_ids")
+        hidden = self.trunk(input_ids, attention_mask, return_hidden=True)    # (B, T, d)
         # BEGIN SOLUTION
-        scores = self.token_scores(input_ids, attention_mask)                 # (B, T)
+        scores = self.head(hidden)                                            # (B, T)
         T = input_ids.shape[1]
-        if attention_mask is None:
-            return scores[:, -1]
+        real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         # Index of the last real token: the largest position whose mask is 1 (works for either padding side).
         positions = torch.arange(T, device=input_ids.device)                  # (T,)
-        last = (positions * attention_mask.bool()).argmax(dim=-1)             # (B,)
-        return scores.gather(1, last[:, None]).squeeze(1)                     # (B,)
+        last = (positions * real).argmax(dim=-1)                              # (B,)
+        rewards = scores.gather(1, last[:, None]).squeeze(1)                  # (B,)
         # END SOLUTION
+        if self.likelihood_coef is not None:
+            rewards = rewards + self.likelihood_coef * self.response_mean_log_probs(hidden, input_ids, response_mask,
+                                                                                    attention_mask)
+        return rewards
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -195,39 +237,65 @@ class RewardModel(nn.Module):
 
 
 def load_reward_model(path, device: torch.device | str = "cpu") -> tuple[RewardModel, dict]:
-    """Rebuild a RewardModel saved by `python -m cs336_alignment rm`. Returns (model in eval mode, the
-    checkpoint's extra dict). Raises ValueError for a checkpoint of another kind."""
+    """Rebuild a RewardModel saved by `python -m cs336_alignment rm` (with its likelihood term, if it was trained
+    with one). Returns (model in eval mode, the checkpoint's extra dict). Raises ValueError for a checkpoint of
+    another kind."""
     extra = load_checkpoint_extra(path)
     if extra.get("kind") != "reward_model":
         raise ValueError(f"{path} is not a reward-model checkpoint (written by `python -m cs336_alignment rm`)")
-    model = RewardModel(TransformerConfig(**extra["model_config"]))
+    model = RewardModel(TransformerConfig(**extra["model_config"]),
+                        likelihood_coef=0.0 if extra.get("likelihood_term") else None)  # its value is in the weights
     load_checkpoint(path, model)
     return model.to(device).eval(), extra
 
 
-def batch_rewards(model: RewardModel, sequences: list[list[int]], pad_token_id: int) -> Tensor:
-    """Rewards (B,) float32 of token sequences, right-padded with pad_token_id into one batch (differentiable)."""
+def response_start(assistant_mask: list[bool]) -> int:
+    """Index of the first token of the last assistant turn of a rendered conversation (`tokenizer.render`'s
+    mask): what the likelihood term of a reward model scores. 0 when no token is the assistant's."""
+    end = len(assistant_mask)
+    while end > 0 and not assistant_mask[end - 1]:
+        end -= 1
+    start = end
+    while start > 0 and assistant_mask[start - 1]:
+        start -= 1
+    return start
+
+
+def batch_rewards(model: RewardModel, sequences: list[list[int]], pad_token_id: int,
+                  prompt_lengths: list[int] | None = None) -> Tensor:
+    """Rewards (B,) float32 of token sequences, right-padded with pad_token_id into one batch (differentiable).
+
+    prompt_lengths[i] is the number of prompt tokens that start sequences[i] (the rest is the response); only a
+    reward model with a likelihood term reads it, and it raises ValueError when it is missing (`RewardModel`).
+    """
     device = next(model.parameters()).device
     ids, mask = pad_sequences(sequences, pad_token_id)                             # (B, L) each
+    response_mask = None
+    if prompt_lengths is not None:
+        positions = torch.arange(ids.shape[1])                                     # (L,)
+        response_mask = mask & (positions[None, :] >= torch.tensor(prompt_lengths)[:, None])  # (B, L)
+        response_mask = response_mask.to(device)
     with autocast(device):
-        return model(ids.to(device), mask.to(device)).float()                     # (B,)
+        return model(ids.to(device), mask.to(device), response_mask).float()     # (B,)
 
 
 @torch.no_grad()
-def score_sequences(model: RewardModel, sequences: list[list[int]], pad_token_id: int, batch_size: int = 64
-                    ) -> list[float]:
+def score_sequences(model: RewardModel, sequences: list[list[int]], pad_token_id: int, batch_size: int = 64,
+                    prompt_lengths: list[int] | None = None) -> list[float]:
     """Reward of each token sequence (prompt + response ids), read at its last token; no gradient.
 
     Sequences are right-padded with pad_token_id in batches of `batch_size` sequences of similar length (sorted
     by length, so little of each batch is padding; the padding is masked, so a score does not depend on the
-    batch it is in, up to float rounding). The model is scored in eval mode and its training mode is restored
-    afterwards. Returns one float per sequence, in the order of `sequences`.
+    batch it is in, up to float rounding). prompt_lengths: as in `batch_rewards`. The model is scored in eval
+    mode and its training mode is restored afterwards. Returns one float per sequence, in the order of
+    `sequences`.
     """
     was_training = model.training
     model.eval()
     scores = [0.0] * len(sequences)
     for rows in length_sorted_batches([len(s) for s in sequences], batch_size):
-        for i, r in zip(rows, batch_rewards(model, [sequences[i] for i in rows], pad_token_id).tolist()):
+        starts = None if prompt_lengths is None else [prompt_lengths[i] for i in rows]
+        for i, r in zip(rows, batch_rewards(model, [sequences[i] for i in rows], pad_token_id, starts).tolist()):
             scores[i] = r
     model.train(was_training)
     return scores
@@ -242,9 +310,11 @@ def score_responses(model: RewardModel, tokenizer, prompts: list[str], responses
     context_length, and scored by `score_sequences`. Returns one float per pair, in order.
     """
     context = model.config.context_length
-    sequences = [tokenizer.render([{"role": "user", "content": p}, {"role": "assistant", "content": r}])[0][:context]
-                 for p, r in zip(prompts, responses)]
-    return score_sequences(model, sequences, tokenizer.pad_token_id, batch_size)
+    rendered = [tokenizer.render([{"role": "user", "content": p}, {"role": "assistant", "content": r}])
+                for p, r in zip(prompts, responses)]
+    sequences = [ids[:context] for ids, _ in rendered]
+    prompt_lengths = [response_start(assistant_mask) for _, assistant_mask in rendered]
+    return score_sequences(model, sequences, tokenizer.pad_token_id, batch_size, prompt_lengths)
 
 
 @torch.no_grad()
@@ -253,7 +323,8 @@ def score_rollouts(model: RewardModel, rollouts: Rollouts, batch_size: int = 128
     token ids themselves (no decoding and re-tokenizing), read at the last token, which is the stop token
     when the response has one. Scored by `score_sequences`."""
     sequences = [p + r for p, r in zip(rollouts.prompt_ids, rollouts.response_ids)]
-    return torch.tensor(score_sequences(model, sequences, rollouts.pad_token_id, batch_size))
+    return torch.tensor(score_sequences(model, sequences, rollouts.pad_token_id, batch_size,
+                                        [len(p) for p in rollouts.prompt_ids]))
 
 
 def rollout_reward_fn(model: RewardModel, rollouts: Rollouts, batch_size: int = 128

@@ -293,9 +293,12 @@ FROZEN = {  # preset -> stage -> dataclasses.asdict(config), from the mapping th
 WRITERS = {"n_examples": 5000, "hasty": 0.4, "split": "sft"}
 # build() wires every preset to the shipped tiny SFT model, so every sft_baseline continues its demonstrations.
 # tiny's reward model trains for one epoch over its pairs (260 steps of 32) instead of 120 steps.
-RM_EPOCH = {"num_steps": 260}
-CHANGED = {"tiny": {"sft": WRITERS, "sft_baseline": WRITERS, "rm": RM_EPOCH},
-           "tiny_rl10": {"sft": WRITERS, "sft_baseline": WRITERS, "rm": RM_EPOCH},
+# Its reward adds the SFT trunk's own mean response log-prob with a learnable weight starting at 1.
+RM_EPOCH = {"num_steps": 260, "likelihood_coef": 1.0}
+# tiny's SFT trains 1,800 steps instead of 1,200 (the shipped model is then at its plateau: data/checkpoints/README.md).
+SFT_PLATEAU = {**WRITERS, "num_steps": 1800, "checkpoint_every": 1800}
+CHANGED = {"tiny": {"sft": SFT_PLATEAU, "sft_baseline": WRITERS, "rm": RM_EPOCH},
+           "tiny_rl10": {"sft": SFT_PLATEAU, "sft_baseline": WRITERS, "rm": RM_EPOCH},
            "smoke": {"sft_baseline": WRITERS}, "small": {"sft_baseline": WRITERS}}
 
 

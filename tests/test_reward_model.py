@@ -149,3 +149,48 @@ def test_reward_model_from_lm_copies_the_trunk():
     loss, _ = run_bradley_terry_loss(rm(ids[:1]), rm(ids[1:]))
     loss.backward()
     assert rm.head.weight.grad is not None and rm.trunk.layers[0].attn.q_proj.weight.grad is not None
+
+
+def test_reward_model_likelihood_term_is_head_plus_a_times_mean_response_log_prob():
+    """The optional term, against the formula written the naive way: full logits, log_softmax, token by token."""
+    from cs336_alignment.reward_model import RewardModel
+    torch.manual_seed(0)
+    rm = RewardModel(_tiny_config(), likelihood_coef=0.7).double().eval()
+    seqs = [torch.randint(1, 40, (n,)) for n in (6, 9, 4)]
+    starts = [2, 5, 1]                                             # prompt lengths: the response is the rest
+
+    def naive(s, start):
+        with torch.no_grad():
+            head = rm.head(rm.trunk(s[None], return_hidden=True))[0, -1]
+            logp = torch.log_softmax(rm.trunk(s[None])[0], dim=-1)   # (T, V) from the LM head
+        terms = [logp[t - 1, s[t]] for t in range(max(start, 1), len(s))]
+        return head + 0.7 * sum(terms) / len(terms)
+
+    oracle = torch.stack([naive(s, st) for s, st in zip(seqs, starts)])
+    for side in ("right", "left"):
+        ids = torch.zeros(3, 11, dtype=torch.long)
+        mask = torch.zeros(3, 11, dtype=torch.bool)
+        response = torch.zeros(3, 11, dtype=torch.bool)
+        for b, (s, st) in enumerate(zip(seqs, starts)):
+            first = 0 if side == "right" else 11 - len(s)
+            ids[b, first:first + len(s)], mask[b, first:first + len(s)] = s, True
+            response[b, first + st:first + len(s)] = True
+        with torch.no_grad():
+            torch.testing.assert_close(rm(ids, mask, response), oracle, msg=f"{side} padding")
+    with pytest.raises(ValueError, match="response_mask"):
+        rm(ids, mask)
+    # a is learned: the Bradley-Terry loss reaches it.
+    loss, _ = run_bradley_terry_loss(rm(ids[:1], mask[:1], response[:1]), rm(ids[1:2], mask[1:2], response[1:2]))
+    loss.backward()
+    assert rm.likelihood_coef.grad is not None and rm.likelihood_coef.grad != 0
+    assert "likelihood_coef" in rm.state_dict()
+    assert "likelihood_coef" not in RewardModel(_tiny_config()).state_dict(), "off by default"
+
+
+def test_response_start_is_the_last_assistant_turn():
+    from cs336_alignment.reward_model import response_start
+    F_, T_ = False, True
+    assert response_start([F_, F_, T_, T_]) == 2
+    assert response_start([F_, T_, T_, F_, F_, T_, T_, T_]) == 5, "multi-turn: the last assistant turn"
+    assert response_start([F_, T_, F_]) == 1, "a trailing non-assistant token is not the response"
+    assert response_start([F_, F_]) == 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -201,3 +202,38 @@ def test_bon_smoke_proxy_rises_with_n(tiny_ckpt, trained_rm, tmp_path):
     assert all(r["reward/oracle_mean"] >= r["reward/gold_mean"] - 1e-9 for r in rows), "pass@N is the ceiling"
     assert len(read_metrics(tmp_path / "metrics.jsonl")) == 4
     assert json.loads((tmp_path / "bon.json").read_text())["pool_size"] == 8
+
+
+def test_rm_with_likelihood_term_trains_saves_and_scores_the_response(tiny_ckpt, pref_files, tmp_path):
+    """--likelihood-coef: a is learned and logged, the checkpoint reloads with the term, and text pairs and rollouts
+    are scored with the response's own tokens (oracle: the model called on each rendered pair alone)."""
+    cfg = reward_model.RMConfig(init=tiny_ckpt, out=str(tmp_path), data=pref_files[0], eval_data=pref_files[1],
+                                num_steps=8, batch_size=16, lr=3e-3, warmup_steps=1, log_every=4, eval_every=8,
+                                likelihood_coef=1.0, quiet=True)
+    result = reward_model.train(cfg)
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    losses = [r["loss/train"] for r in records if "loss/train" in r]
+    assert losses[-1] < losses[0]
+    assert result["rm/likelihood_coef"] != 1.0, "the weight of the likelihood term is trained"
+    model, extra = rm_package.load_reward_model(result["checkpoint"])
+    assert extra["likelihood_term"] and float(model.likelihood_coef) == pytest.approx(result["rm/likelihood_coef"])
+    tokenizer = load_tokenizer()
+    pairs = load_preferences(pref_files[1])[:5]
+    prompts, responses = [p["prompt"] for p in pairs], [p["chosen"] for p in pairs]
+    scores = rm_package.score_responses(model, tokenizer, prompts, responses, batch_size=2)
+    alone = []
+    for prompt, response in zip(prompts, responses):
+        ids, mask = tokenizer.render([{"role": "user", "content": prompt}, {"role": "assistant", "content": response}])
+        with torch.no_grad():
+            alone.append(float(model(torch.tensor([ids]), None, torch.tensor([mask]))))
+    assert scores == pytest.approx(alone, abs=1e-4)
+    # Rollouts: the response is the sampled ids after the prompt's.
+    rendered = [tokenizer.render([{"role": "user", "content": p}, {"role": "assistant", "content": r}])
+                for p, r in zip(prompts, responses)]
+    starts = [rm_package.response_start(mask) for _, mask in rendered]
+    rollouts = SimpleNamespace(prompt_ids=[ids[:s] for (ids, _), s in zip(rendered, starts)],
+                               response_ids=[ids[s:] for (ids, _), s in zip(rendered, starts)],
+                               pad_token_id=tokenizer.pad_token_id)
+    assert rm_package.score_rollouts(model, rollouts, batch_size=2).tolist() == pytest.approx(alone, abs=1e-4)
+    with pytest.raises(ValueError, match="response_mask"):
+        rm_package.score_sequences(model, [[1, 2, 3]], pad_token_id=0)

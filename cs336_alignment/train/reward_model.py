@@ -6,7 +6,9 @@
 
 The reward model is the SFT model's trunk with a new scalar head (`RewardModel.from_lm`), read at the last
 token of prompt + response (Ouyang et al. 2022 §3.5). Each step scores the chosen and rejected responses
-of a batch of pairs in one forward pass and minimises `bradley_terry_loss` (InstructGPT eq. 1).
+of a batch of pairs in one forward pass and minimises `bradley_terry_loss` (InstructGPT eq. 1). With
+--likelihood-coef A the reward adds a learnable a (from A) times the response's mean token log-prob under the
+trunk's own LM head (`RewardModel`'s likelihood term), trained by the same loss.
 
 Held-out metrics (on pairs from test-split prompts):
     eval/rm/accuracy     fraction of held-out labels the reward model orders correctly (a tie counts 1/2)
@@ -37,8 +39,8 @@ from cs336_alignment.metrics import pairwise_calibration_error
 from cs336_alignment.model import TransformerConfig
 from cs336_alignment.nn_utils import clip_gradients
 from cs336_alignment.preferences import PreferenceDataConfig, conversations, preference_data
-from cs336_alignment.reward_model import (RewardModel, batch_rewards, bradley_terry_loss, reward_accuracy,
-                                          score_sequences)
+from cs336_alignment.reward_model import (RewardModel, batch_rewards, bradley_terry_loss, response_start,
+                                          reward_accuracy, score_sequences)
 from cs336_alignment.tokenizer import load_tokenizer
 from cs336_alignment.train.common import (MetricsLogger, build_optimizer, cosine_lr, finite_or_raise, init_or_shipped,
                                           num_params, parse_config, progress_bar, setup_run, stream_indices)
@@ -81,6 +83,9 @@ class RMConfig(PreferenceDataConfig):
     """clip the global gradient L2 norm to this value"""
     center_coef: float = 0.0
     """reward-centering term of the loss (Eisenstein et al. 2023); the final re-centering is always done"""
+    likelihood_coef: float = 0.0
+    """nonzero adds a * (mean log-prob per response token under the trunk's own LM head) to the reward, a learnable
+    and initialised here (SimPO's length-normalised reward as a feature: `RewardModel`); 0 = the head alone"""
     # --- logging / eval
     log_every: int = 10
     """optimizer steps between console/metrics lines"""
@@ -166,12 +171,14 @@ def train(cfg: RMConfig) -> dict:
     t_data = time.perf_counter() - t_data
     context = model_config.context_length
 
-    def tokenize(pairs):  # -> [(chosen ids, rejected ids)], cut to the context
-        return [tuple(tokenizer.render(c)[0][:context] for c in conversations(p)) for p in pairs]
+    def tokenize(pairs):  # -> [(chosen ids, rejected ids)] cut to the context, [(their response starts)]
+        rendered = [[tokenizer.render(c) for c in conversations(p)] for p in pairs]
+        return ([tuple(ids[:context] for ids, _ in pair) for pair in rendered],
+                [tuple(response_start(mask) for _, mask in pair) for pair in rendered])
 
-    train_seqs, eval_seqs = tokenize(train_pairs), tokenize(eval_pairs)
+    (train_seqs, train_starts), (eval_seqs, eval_starts) = tokenize(train_pairs), tokenize(eval_pairs)
     diagnostics = sft_diagnostics(sft_model, tokenizer, eval_pairs, context)
-    model = RewardModel.from_lm(sft_model).to(device)
+    model = RewardModel.from_lm(sft_model, cfg.likelihood_coef or None).to(device)
     del sft_model
     optimizer = build_optimizer(model.parameters(), cfg)
     logger.write(f"rm: {num_params(model) / 1e6:.2f}M parameters, {len(train_pairs)} train / {len(eval_pairs)} "
@@ -196,7 +203,8 @@ def train(cfg: RMConfig) -> dict:
     @torch.no_grad()
     def evaluate() -> dict[str, float]:
         flat = [s for pair in eval_seqs for s in pair]                             # chosen, rejected, chosen, ...
-        r = torch.tensor(score_sequences(model, flat, tokenizer.pad_token_id))     # (2n,)
+        starts = [s for pair in eval_starts for s in pair]
+        r = torch.tensor(score_sequences(model, flat, tokenizer.pad_token_id, prompt_lengths=starts))  # (2n,)
         chosen, rejected = r[0::2], r[1::2]
         loss, metrics = bradley_terry_loss(chosen, rejected)
         verified = correct_preferred(chosen, rejected, eval_pairs)
@@ -222,7 +230,8 @@ def train(cfg: RMConfig) -> dict:
         idx = stream_indices(step * cfg.batch_size, cfg.batch_size, len(train_seqs), cfg.seed)
         batch = [train_seqs[i] for i in idx]
         sequences = [s for pair in batch for s in pair]                            # 2B sequences
-        rewards = batch_rewards(model, sequences, tokenizer.pad_token_id)         # (2B,)
+        starts = [s for i in idx for s in train_starts[i]]
+        rewards = batch_rewards(model, sequences, tokenizer.pad_token_id, starts)  # (2B,)
         loss, metrics = bradley_terry_loss(rewards[0::2], rewards[1::2], center_coef=cfg.center_coef)
         finite_or_raise(loss.item(), step + 1)
 
@@ -246,6 +255,8 @@ def train(cfg: RMConfig) -> dict:
             tokens_per_s = window_tokens / (time.perf_counter() - t0)
             metrics = {"loss/train": np.mean(window["loss"]), "rm/accuracy": np.mean(window["acc"]),
                        "rm/margin": np.mean(window["margin"]), "lr": lr, "grad_norm": np.mean(window["norm"])}
+            if model.likelihood_coef is not None:
+                metrics["rm/likelihood_coef"] = float(model.likelihood_coef)
             if is_eval:
                 metrics.update(evaluate())
             metrics["perf/tokens_per_s"] = tokens_per_s
@@ -256,14 +267,16 @@ def train(cfg: RMConfig) -> dict:
     bar.close()
 
     # --- centre the rewards on the training responses, then save
-    offset = float(np.mean(score_sequences(model, [s for pair in train_seqs for s in pair], tokenizer.pad_token_id)))
+    offset = float(np.mean(score_sequences(model, [s for pair in train_seqs for s in pair], tokenizer.pad_token_id,
+                                           prompt_lengths=[s for pair in train_starts for s in pair])))
     with torch.no_grad():
         model.head.bias -= offset
     ckpt_path = out / "ckpt.pt"
     save_checkpoint(model, None, cfg.num_steps, ckpt_path, kind="reward_model", config=dataclasses.asdict(cfg),
-                    model_config=dataclasses.asdict(model_config), reward_offset=offset)
+                    model_config=dataclasses.asdict(model_config), reward_offset=offset,
+                    likelihood_term=model.likelihood_coef is not None)
     keys = ("loss/train", "eval/loss", "eval/rm/accuracy", "eval/rm/ece", "eval/rm/ceiling_accuracy", "eval/rm/gold_accuracy",
-            "eval/rm/gold_pairs", "eval/rm/correct_preferred", "eval/rm/sft_correct_preferred")
+            "eval/rm/gold_pairs", "eval/rm/correct_preferred", "eval/rm/sft_correct_preferred", "rm/likelihood_coef")
     return {"checkpoint": str(ckpt_path), "steps": cfg.num_steps, **{k: float(last[k]) for k in keys if k in last},
             "n_pairs": len(train_pairs), "n_eval_pairs": len(eval_pairs), "data_wall_s": t_data,
             "preferences_train": str(out / "preferences_train.jsonl") if not cfg.data else cfg.data,
