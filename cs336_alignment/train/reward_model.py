@@ -256,7 +256,7 @@ def train(cfg: RMConfig) -> dict:
             metrics = {"loss/train": np.mean(window["loss"]), "rm/accuracy": np.mean(window["acc"]),
                        "rm/margin": np.mean(window["margin"]), "lr": lr, "grad_norm": np.mean(window["norm"])}
             if model.likelihood_coef is not None:
-                metrics["rm/likelihood_coef"] = float(model.likelihood_coef)
+                metrics["rm/likelihood_coef"] = model.likelihood_coef.item()
             if is_eval:
                 metrics.update(evaluate())
             metrics["perf/tokens_per_s"] = tokens_per_s
