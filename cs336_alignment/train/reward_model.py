@@ -131,7 +131,7 @@ def sft_diagnostics(sft_model, tokenizer, pairs: list[dict], context: int) -> di
     for pair in differs:
         for conversation in conversations(pair):
             ids, mask = tokenizer.render(conversation)
-            start = mask.index(True)                                               # the assistant's first token
+            start = response_start(mask)                                           # the last assistant turn
             prompts.append(ids[:start][:context])
             responses.append(ids[start:context])
     # A prompt that fills the context leaves no response token: that response scores 0 (an empty sum).
