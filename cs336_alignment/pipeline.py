@@ -3,6 +3,7 @@
     python -m cs336_alignment pipeline                      # preset tiny (default): 2 stages at once, 1 thread each
     python -m cs336_alignment pipeline --jobs 1             # one stage at a time, in this process: same numbers
     python -m cs336_alignment pipeline --length-bias 0.05   # an annotator that likes length: reward hacking
+    python -m cs336_alignment pipeline --length-bias 0.05 --skip dpo,sft_baseline,ei,ppo   # the same, faster
     python -m cs336_alignment pipeline --preset smoke       # seconds; the end-to-end test runs this
     python -m cs336_alignment pipeline --preset tiny_rl10 --skip rm,sft_baseline,ei   # 10x GRPO (~30 CPU-min)
     python -m cs336_alignment pipeline --preset small       # one GPU: a larger model, longer training
@@ -20,6 +21,10 @@ Stages (each also runs alone: `python -m cs336_alignment <stage> --help`), writi
     grpo_rm     GRPO against the reward model                                       (needs rm)
     ppo         PPO against the reward model (value head, KL penalty to SFT)        (needs rm)
     bon         best-of-N with the reward model, N = 1, 2, 4, ..., 64               (needs rm)
+    rm_small, grpo_rm_small, bon_small   with --small-rm (on by default with --length-bias): a smaller reward
+                model (the preset's rm_small section; tiny: the rm loop's defaults, a quarter of the prompts, the head
+                alone) from the same annotator, and GRPO and best-of-N against it: over-optimisation comes sooner
+                and harder against a worse reward model (Gao et al. 2023)
     ei          expert iteration against the gold reward (sample, keep what the verifier accepts, SFT on it),
                 with as many samples as grpo_gold (the preset's ei section)
 The post-training stages run in up to --jobs worker processes at once (--jobs 1: one after the other, in this
@@ -55,14 +60,15 @@ from cs336_alignment.report import (plot_gold_vs_kl, plot_overoptimization, plot
                                     write_report)
 from cs336_alignment.reward_model import load_reward_model
 from cs336_alignment.runtime import get_device, set_threads
-from cs336_alignment.stages import (NEEDS, POST_STAGES, base_sft_configs, cpu_seconds, make_pool, post_configs, record,
-                                    run_post_training, run_stage, ship, shipped, shipped_metrics)
+from cs336_alignment.stages import (NEEDS, POST_STAGES, SMALL_RM_STAGES, base_sft_configs, cpu_seconds, make_pool,
+                                    post_configs, record, run_post_training, run_stage, ship, shipped, shipped_metrics)
 from cs336_alignment.tasks import generate_problems
 from cs336_alignment.tokenizer import load_tokenizer
 from cs336_alignment.train.common import read_metrics, run_dir
 
 MATCHED = "SFT + more SFT (matched CPU)"  # the report label of stage sft_baseline
 EI = "Expert iteration"  # the report label of stage ei
+SMALL = "GRPO (small RM)"  # the report label of stage grpo_rm_small
 
 # ---------------------------------------------------------------------------------------------------------
 # Evaluation: every policy measured the same way
@@ -122,11 +128,12 @@ def evaluate_policies(policies: dict[str, str], base_ckpt: str, sft_ckpt: str, r
 
 
 def paired_comparisons(per_problem: dict[str, dict[str, list[float]]]) -> list[dict]:
-    """Each post-trained policy minus SFT, GRPO (gold) minus the matched-compute SFT baseline, and expert
-    iteration minus GRPO (gold) (the same verifier, a matched budget), on the same test problems:
+    """Each post-trained policy minus SFT, GRPO (gold) minus the matched-compute SFT baseline, expert iteration
+    minus GRPO (gold) (the same verifier, a matched budget) and GRPO against the reward model minus GRPO against
+    the smaller one (the same budget, a better reward model), on the same test problems:
     [{"a", "b", "greedy": (mean, se), "sampled": (mean, se)}] (metrics.paired_difference)."""
     pairs = [(label, "SFT") for label in per_problem if label not in ("base", "SFT")]
-    for a, b in (("GRPO (gold)", MATCHED), (EI, "GRPO (gold)")):
+    for a, b in (("GRPO (gold)", MATCHED), (EI, "GRPO (gold)"), ("GRPO (RM)", SMALL)):
         if a in per_problem and b in per_problem:
             pairs.append((a, b))
     return [{"a": a, "b": b, **{kind: paired_difference(per_problem[a][kind], per_problem[b][kind])
@@ -140,8 +147,9 @@ def paired_comparisons(per_problem: dict[str, dict[str, list[float]]]) -> list[d
 
 def run(preset_name: str = "tiny", out: str = "", name: str = "", threads: int = 1, device: str = "auto",
         seed: int = 0, length_bias: float = 0.0, from_scratch: bool = False, skip: tuple[str, ...] = (),
-        ship_checkpoints: bool = False, jobs: int = 2) -> dict:
+        ship_checkpoints: bool = False, jobs: int = 2, small_rm: bool | None = None) -> dict:
     """Every stage, then the evaluation and the report; returns the report dict (also written to report.json).
+    small_rm: run the SMALL_RM_STAGES; None = when length_bias > 0.
 
     Raises:
         ValueError: an unknown preset or --skip stage, or jobs < 1.
@@ -179,7 +187,8 @@ def run(preset_name: str = "tiny", out: str = "", name: str = "", threads: int =
             return {"stages": stages}
 
     configs = post_configs(preset_name, out_dir, sft_ckpt, seed, device, threads, length_bias, base_sft)
-    run_stages = [s for s in POST_STAGES if s not in skip]
+    small_rm = length_bias > 0 if small_rm is None else small_rm
+    run_stages = [s for s in POST_STAGES if s not in skip and (small_rm or s not in SMALL_RM_STAGES)]
     run_stages = [s for s in run_stages if s not in NEEDS or NEEDS[s] in run_stages]  # what they need is not skipped
     with make_pool(jobs) as pool:
         # --- 2. post-training from SFT, --jobs stages at a time
@@ -188,7 +197,7 @@ def run(preset_name: str = "tiny", out: str = "", name: str = "", threads: int =
         # --- 3. every policy on the same held-out problems, with the same metrics
         t0 = time.perf_counter()
         labels = {MATCHED: "sft_baseline", "GRPO (gold)": "grpo_gold", EI: "ei", "GRPO (RM)": "grpo_rm",
-                  "PPO": "ppo", "DPO": "dpo"}
+                  SMALL: "grpo_rm_small", "PPO": "ppo", "DPO": "dpo"}
         policies = {"SFT": sft_ckpt, **{label: results[stage]["checkpoint"] for label, stage in labels.items()
                                         if stage in results}}
         rm_ckpt = results.get("rm", {}).get("checkpoint")
@@ -213,18 +222,23 @@ def run(preset_name: str = "tiny", out: str = "", name: str = "", threads: int =
               "sft": {**sft_progress(out_dir, [s for s, _ in base_sft if s != "pretrain"]),
                       "n_eval_problems": base_sft[-1][1].n_eval_problems},
               "preset_config": PRESETS[preset_name]}
-    if "rm" in results:
-        report["rm"] = stages["rm"]
-    if "bon" in results:
-        report["bon"] = {k: results["bon"][k] for k in ("rows", "n_prompts", "pool_size")}
+    for stage in ("rm", "rm_small"):
+        if stage in results:
+            report[stage] = stages[stage]
+    for stage in ("bon", "bon_small"):
+        if stage in results:
+            report[stage] = {k: results[stage][k] for k in ("rows", "n_prompts", "pool_size")}
     report["wall_s_total"] = time.perf_counter() - t_start
     report["cpu_s_total"] = cpu_seconds() - c_start  # this process and its workers
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
     plot_training_curves(out_dir, [s for s, _ in base_sft] + run_stages)
     rl_runs = {title: read_metrics(out_dir / stage / "metrics.jsonl") for stage, title in
-               (("ppo", "PPO against the reward model"), ("grpo_rm", "GRPO against the reward model"))
-               if stage in results}
-    plot_overoptimization(out_dir, report.get("bon", {}).get("rows", []), rl_runs,
+               (("ppo", "PPO against the reward model"), ("grpo_rm", "GRPO against the reward model"),
+                ("grpo_rm_small", "GRPO against the small reward model")) if stage in results}
+    bon_runs = {title: report[stage]["rows"] for stage, title in
+                (("bon", "best-of-N (reward model)"), ("bon_small", "best-of-N (small reward model)"))
+                if stage in report}
+    plot_overoptimization(out_dir, bon_runs, rl_runs,
                           f"reward-model over-optimisation (annotator length bias {length_bias} per token)")
     plot_gold_vs_kl(out_dir, report)
     path = write_report(out_dir, report)
@@ -250,6 +264,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0, help="seed of data, initialisation and sampling")
     parser.add_argument("--length-bias", type=float, default=0.0,
                         help="annotator utility per response token (> 0: longer looks better; reward hacking)")
+    parser.add_argument("--small-rm", action=argparse.BooleanOptionalAction, default=None,
+                        help="also train the smaller reward model (the preset's rm_small section) and run GRPO and "
+                             "best-of-N against it; default: on with --length-bias > 0")
     parser.add_argument("--from-scratch", action="store_true",
                         help="train the base and SFT models even when the preset ships them")
     parser.add_argument("--skip", default="",
@@ -259,7 +276,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="(maintainers) train base + SFT from scratch and write them to data/checkpoints/<preset>")
     args = parser.parse_args(argv)
     return run(args.preset, args.out, args.name, args.threads, args.device, args.seed, args.length_bias,
-               args.from_scratch, tuple(s for s in args.skip.split(",") if s), args.ship, args.jobs)
+               args.from_scratch, tuple(s for s in args.skip.split(",") if s), args.ship, args.jobs, args.small_rm)
 
 
 if __name__ == "__main__":

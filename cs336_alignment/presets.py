@@ -11,8 +11,10 @@ directories, the checkpoint each stage starts from, seed, device, threads): a pr
 
 Sections (stage config class): pretrain (PretrainConfig), sft (SFTConfig), sft_more (SFTConfig, on top of
 sft: a second SFT phase; optional), sft_baseline (SFTConfig: the matched-compute baseline), rm (RMConfig),
-dpo (DPOConfig), grpo (GRPOConfig: both grpo_gold and grpo_rm), ppo (PPOConfig), bon (BoNConfig), ei (EIConfig:
-expert iteration), eval (EvalConfig: the report's evaluation of every policy) and pipeline (PipelineConfig).
+rm_small (RMConfig: the smaller reward model of the pipeline's --small-rm stages), dpo (DPOConfig), grpo
+(GRPOConfig: grpo_gold, grpo_rm and grpo_rm_small), ppo (PPOConfig), bon (BoNConfig: bon and bon_small), ei
+(EIConfig: expert iteration), eval (EvalConfig: the report's evaluation of every policy) and pipeline
+(PipelineConfig).
 
 Expert iteration's budget is set here, in samples, to match GRPO (gold)'s: as many sampled responses
 (n_ei_steps x prompts_per_step x rollouts_per_prompt = num_steps x prompts_per_step x group_size of the grpo
@@ -59,8 +61,8 @@ class PipelineConfig:
 
 
 SECTIONS: dict[str, type] = {"pretrain": PretrainConfig, "sft": SFTConfig, "sft_more": SFTConfig,
-                             "sft_baseline": SFTConfig, "rm": RMConfig, "dpo": DPOConfig, "grpo": GRPOConfig,
-                             "ppo": PPOConfig, "bon": BoNConfig, "ei": EIConfig, "eval": EvalConfig,
+                             "sft_baseline": SFTConfig, "rm": RMConfig, "rm_small": RMConfig, "dpo": DPOConfig,
+                             "grpo": GRPOConfig, "ppo": PPOConfig, "bon": BoNConfig, "ei": EIConfig, "eval": EvalConfig,
                              "pipeline": PipelineConfig}
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
@@ -75,6 +77,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                          "warmup_steps": 0, "log_every": 2, "eval_every": 4, "checkpoint_every": 100_000},
         "rm": {"n_prompts": 8, "n_eval_prompts": 4, "k_samples": 3, "max_new_tokens": 12, "num_steps": 4, "lr": 1e-3,
                "min_lr": 1e-4, "warmup_steps": 1, "log_every": 1, "eval_every": 1},
+        "rm_small": {"n_prompts": 4, "n_eval_prompts": 4, "k_samples": 3, "max_new_tokens": 12, "num_steps": 2,
+                     "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 1, "log_every": 1, "eval_every": 1},
         "dpo": {"max_new_tokens": 12, "num_steps": 4, "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 1, "log_every": 1,
                 "eval_every": 1, "n_gold_problems": 4},
         "grpo": {"n_eval_problems": 4, "prompts_per_step": 2, "max_new_tokens": 12, "num_steps": 2, "eval_every": 1,
@@ -104,6 +108,10 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # same pairs: 69.0 %); 71.0 % by step 40, 71-73 % to step 260 while the held-out loss falls 0.559 -> 0.538
         "rm": {"n_prompts": 1536, "n_eval_prompts": 256, "num_steps": 260, "lr": 2e-4, "min_lr": 2e-5,
                "warmup_steps": 12, "likelihood_coef": 1.0},
+        # The smaller reward model (--small-rm, on with --length-bias): the rm loop's defaults, a quarter of the
+        # prompts, 120 steps, the head alone. Its errors are easier to exploit, so best-of-N over-optimises it
+        # sooner (Gao et al. 2023: over-optimisation shrinks as the reward model grows)
+        "rm_small": {},
         "dpo": {"num_steps": 80, "lr": 3e-5, "min_lr": 3e-6, "warmup_steps": 8, "log_every": 6, "eval_every": 26,
                 "n_gold_problems": 100},
         "grpo": {"n_eval_problems": 100, "num_steps": 24, "eval_every": 12, "checkpoint_every": 24},
@@ -127,6 +135,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                          "log_every": 50, "eval_every": 500, "checkpoint_every": 100_000},
         "rm": {"n_prompts": 8192, "n_eval_prompts": 1365, "num_steps": 2000, "lr": 5e-5, "min_lr": 5e-6,
                "warmup_steps": 200, "log_every": 166, "eval_every": 666},
+        "rm_small": {"n_prompts": 2048, "n_eval_prompts": 1365, "num_steps": 500, "lr": 5e-5, "min_lr": 5e-6,
+                     "warmup_steps": 50, "log_every": 50, "eval_every": 250},
         # min_lr: 5e-6 / 10 in floating point (5.000000000000001e-07), the value this preset has always used
         "dpo": {"num_steps": 1000, "lr": 5e-6, "min_lr": 5e-6 / 10, "warmup_steps": 100, "log_every": 83,
                 "eval_every": 333, "n_gold_problems": 500},

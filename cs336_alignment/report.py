@@ -1,15 +1,17 @@
 """The pipeline's report: report.md (tables), the PNG plots, from the report dict that report.json also holds.
 
-report.md: the policies' table, the reward model, best-of-N, GRPO against SFT and against SFT trained further
-for the same CPU time (the matched-compute baseline), SFT's held-out accuracy along training, the stage times.
+report.md: the policies' table, the reward model(s), best-of-N (with each reward model), GRPO against SFT and
+against SFT trained further for the same CPU time (the matched-compute baseline), SFT's held-out accuracy along
+training, the stage times.
 
 Plots
   training_curves.png   one panel per stage: its loss and the metric the stage is for (SFT's held-out
                         accuracy, held-out RM accuracy against the annotator's ceiling, DPO's greedy
                         accuracy, RL's gold and proxy reward), against the optimizer step
   overoptimization.png  gold and proxy (reward-model) reward against sqrt(KL to SFT), for best-of-N and
-                        along the RL runs against the reward model (PPO, GRPO), and the mean response
-                        length (Gao et al. 2023, "Scaling Laws for Reward Model Overoptimization", fig. 1)
+                        along the RL runs against the reward model (PPO, GRPO; with --small-rm also against
+                        the smaller one), and the mean response length (Gao et al. 2023, "Scaling Laws for
+                        Reward Model Overoptimization", fig. 1)
   gold_vs_kl.png        what each method bought and what it cost: each policy's gold reward of temperature-1
                         samples (sampled accuracy, ± its paired standard error against SFT) against its KL to
                         SFT, one point per policy, and the best-of-N curve (N = 1 ... 64)
@@ -35,6 +37,8 @@ CURVES = {
     "sft_baseline": SFT_CURVES,
     "rm": (["loss/train", "eval/loss"], ["eval/rm/accuracy", "eval/rm/ceiling_accuracy"], "Bradley-Terry loss",
            "held-out pairwise accuracy"),
+    "rm_small": (["loss/train", "eval/loss"], ["eval/rm/accuracy", "eval/rm/ceiling_accuracy"], "Bradley-Terry loss",
+                 "held-out pairwise accuracy"),
     "dpo": (["loss/train", "eval/loss"], ["eval/accuracy/greedy"], "DPO loss", "greedy gold accuracy"),
     "grpo_gold": (["reward/gold_mean", "response/worked_share"], ["eval/accuracy/greedy"],
                   "gold reward / worked share of rollouts", "greedy accuracy"),
@@ -42,6 +46,8 @@ CURVES = {
            "gold reward / worked share of samples", "greedy accuracy"),
     "grpo_rm": (["reward/gold_mean", "reward/proxy_mean"], ["eval/accuracy/greedy"], "reward of rollouts",
                 "greedy accuracy"),
+    "grpo_rm_small": (["reward/gold_mean", "reward/proxy_mean"], ["eval/accuracy/greedy"], "reward of rollouts",
+                      "greedy accuracy"),
     "ppo": (["reward/gold_mean", "reward/proxy_mean"], ["kl/ref"], "reward of rollouts", "KL to SFT (nats)"),
 }
 
@@ -95,15 +101,17 @@ def rl_points(records: list[dict]) -> tuple[list[tuple], list[tuple]]:
     return sorted(evals), sorted(steps)
 
 
-def plot_overoptimization(out: Path, bon_rows: list[dict], rl_runs: dict[str, list[dict]], title: str) -> Path:
-    """overoptimization.png: gold and proxy reward (top) and mean length (bottom) against sqrt(KL to SFT), for
-    best-of-N (closed-form KL, exact averages) and for each RL run against the reward model (its eval points
-    as a line, its training rollouts as faint dots)."""
+def plot_overoptimization(out: Path, bon_runs: dict[str, list[dict]], rl_runs: dict[str, list[dict]],
+                          title: str) -> Path:
+    """overoptimization.png: gold and proxy reward (top) and mean length (bottom) against sqrt(KL to SFT), one
+    column per best-of-N curve {title: its rows} (closed-form KL, exact averages; with the gold-oracle curve) and
+    per RL run against a reward model {title: its metrics records} (its eval points as a line, its training
+    rollouts as faint dots). No best-of-N curve: an empty best-of-N column."""
     from matplotlib.figure import Figure
 
-    panels = [("best-of-N (reward model)", [(math.sqrt(r["kl/ref"]), r["reward/gold_mean"], r["reward/proxy_mean"],
-                                              r["response/length_mean"]) for r in bon_rows], [],
-               [(math.sqrt(r["kl/ref"]), r["reward/oracle_mean"]) for r in bon_rows])]
+    panels = [(name, [(math.sqrt(r["kl/ref"]), r["reward/gold_mean"], r["reward/proxy_mean"], r["response/length_mean"])
+                      for r in rows], [], [(math.sqrt(r["kl/ref"]), r["reward/oracle_mean"]) for r in rows])
+              for name, rows in (bon_runs or {"best-of-N (reward model)": []}).items()]
     panels += [(name, *rl_points(records), []) for name, records in rl_runs.items()]
     fig = Figure(figsize=(4.8 * len(panels), 6.4), layout="constrained")
     axes = fig.subplots(2, len(panels), squeeze=False, sharex="col")
@@ -279,6 +287,38 @@ def _num(v: float | None, fmt: str = ".3f") -> str:
     return "—" if v is None else format(v, fmt)
 
 
+def _reward_model(rm: dict, title: str) -> list[str]:
+    """A reward model's line: its pairs, held-out accuracy against the label ceiling, and whether it checks
+    answers (against the SFT policy's own likelihood)."""
+    lines = ["", f"**{title}** ({rm['n_pairs']} training pairs, {rm['n_eval_pairs']} held-out pairs on test "
+             f"prompts): held-out pairwise accuracy {_pct(rm.get('eval/rm/accuracy'))}, ECE "
+             f"{_num(rm.get('eval/rm/ece'))}; the annotator's own utility orders "
+             f"{_pct(rm.get('eval/rm/ceiling_accuracy'))} of those labels (the noise ceiling), the gold reward alone "
+             f"{_pct(rm.get('eval/rm/gold_accuracy'))}."]
+    if rm.get("eval/rm/correct_preferred") is not None and rm.get("eval/rm/sft_correct_preferred") is not None:
+        lines[-1] += (f" Does it check answers? On the {_pct(rm.get('eval/rm/gold_pairs'))} of held-out pairs where one "
+                      f"response is correct and the other is not, it scores the correct one higher "
+                      f"{_pct(rm['eval/rm/correct_preferred'])} of the time; the SFT policy's own mean token "
+                      f"log-prob does so {_pct(rm['eval/rm/sft_correct_preferred'])} of the time.")
+    return lines
+
+
+def _best_of_n(bon: dict, selector: str) -> list[str]:
+    """A best-of-N table (samples selected by `selector`): per N its closed-form KL, proxy and gold reward, the gold gain over N = 1 and the
+    difference to the peak N (each ± its paired SE over prompts), pass@N, length and distinct-2."""
+    lines = ["", f"**Best-of-N** with {selector}, exact average over all N-subsets of {bon['pool_size']} samples for each of "
+             f"{bon['n_prompts']} test prompts:", "",
+             "| N | KL (closed form) | proxy | gold | gold − N = 1 (± paired SE over prompts) | gold − peak N (± paired SE) "
+             "| gold-oracle (pass@N) | length | distinct-2 |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in bon["rows"]:
+        gain, drop = ((f"{100 * r[k]:+.1f} ± {100 * r[k + '_se']:.1f}" if k in r else "—")
+                      for k in ("reward/gold_gain", "reward/gold_minus_peak"))
+        lines.append(f"| {r['n']} | {r['kl/ref']:.2f} | {r['reward/proxy_mean']:.3f} | {_pct(r['reward/gold_mean'])} | "
+                     f"{gain} | {drop} | {_pct(r['reward/oracle_mean'])} | {r['response/length_mean']:.1f} | "
+                     f"{r['response/distinct_2']:.3f} |")
+    return lines
+
+
 def write_report(out: Path, report: dict) -> Path:
     """report.md from the report dict (report.json holds the same numbers)."""
     n, n_s = report["n_test_problems"], report["n_sampled"]
@@ -300,29 +340,12 @@ def write_report(out: Path, report: dict) -> Path:
                      f"{_num(m.get('reward/proxy_mean'))} | {_num(m.get('kl/ref'), '.2f')} | "
                      f"{_num(m.get('response/length_mean'), '.1f')} | {_num(m.get('response/distinct_2'))} | "
                      f"{_pct(share)} | {_pct(within, share * n_s if share else None)} |")
-    if "rm" in report:
-        rm = report["rm"]
-        lines += ["", f"**Reward model** ({rm['n_pairs']} training pairs, {rm['n_eval_pairs']} held-out pairs on "
-                  f"test prompts): held-out pairwise accuracy {_pct(rm.get('eval/rm/accuracy'))}, ECE "
-                  f"{_num(rm.get('eval/rm/ece'))}; the annotator's own utility orders "
-                  f"{_pct(rm.get('eval/rm/ceiling_accuracy'))} of those labels (the noise ceiling), the gold reward alone "
-                  f"{_pct(rm.get('eval/rm/gold_accuracy'))}."]
-        if rm.get("eval/rm/correct_preferred") is not None and rm.get("eval/rm/sft_correct_preferred") is not None:
-            lines[-1] += (f" Does it check answers? On the {_pct(rm.get('eval/rm/gold_pairs'))} of held-out pairs where one "
-                          f"response is correct and the other is not, it scores the correct one higher "
-                          f"{_pct(rm['eval/rm/correct_preferred'])} of the time; the SFT policy's own mean token "
-                          f"log-prob does so {_pct(rm['eval/rm/sft_correct_preferred'])} of the time.")
-    if "bon" in report:
-        lines += ["", "**Best-of-N** with the reward model, exact average over all N-subsets of "
-                  f"{report['bon']['pool_size']} samples for each of {report['bon']['n_prompts']} test prompts:", "",
-                  "| N | KL (closed form) | proxy | gold | gold − N = 1 (± paired SE over prompts) | gold-oracle (pass@N) "
-                  "| length | distinct-2 |", "|---|---|---|---|---|---|---|---|"]
-        for r in report["bon"]["rows"]:
-            gain = (f"{100 * r['reward/gold_gain']:+.1f} ± {100 * r['reward/gold_gain_se']:.1f}"
-                    if "reward/gold_gain" in r else "—")
-            lines.append(f"| {r['n']} | {r['kl/ref']:.2f} | {r['reward/proxy_mean']:.3f} | "
-                         f"{_pct(r['reward/gold_mean'])} | {gain} | {_pct(r['reward/oracle_mean'])} | "
-                         f"{r['response/length_mean']:.1f} | {r['response/distinct_2']:.3f} |")
+    for stage, title in (("rm", "Reward model"), ("rm_small", "Small reward model")):
+        if stage in report:
+            lines += _reward_model(report[stage], title)
+    for stage, selector in (("bon", "the reward model"), ("bon_small", "the small reward model")):
+        if stage in report:
+            lines += _best_of_n(report[stage], selector)
     lines += _paired(report) + _matched_compute(report) + _expert_iteration(report) + _sft_curve(report)
     lines += ["", "**Stage times** (CPU time: of the process that ran the stage, evaluations included; training: the "
               "loop's own count, evaluations excluded):", "",

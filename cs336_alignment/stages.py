@@ -4,6 +4,8 @@ base/SFT checkpoints, and running the post-training stages in worker processes a
     pretrain -> sft [-> sft_more]                      in the pipeline's process, one after the other
     rm, grpo_gold                                      start together (both need only SFT)
     dpo, grpo_rm, ppo, bon    when rm is done          (its pairs, its checkpoint)
+    rm_small                  needs only SFT           (a smaller reward model; the pipeline's --small-rm)
+    grpo_rm_small, bon_small  when rm_small is done    (GRPO and best-of-N against it)
     sft_baseline              when grpo_gold is done   (its training CPU seconds: the matched compute)
     ei                        needs only SFT           (expert iteration; starts when a worker is free and no
                                                         stage before it in POST_STAGES is ready)
@@ -24,12 +26,16 @@ from cs336_alignment.presets import PRESETS, stage_config
 from cs336_alignment.train import bon, dpo, expert_iteration, grpo, ppo, pretrain, reward_model, sft
 
 SHIPPED = SHIPPED_DIR  # data/checkpoints/<preset>/: base/SFT checkpoints per preset
-POST_STAGES = ("rm", "dpo", "grpo_gold", "sft_baseline", "grpo_rm", "ppo", "bon", "ei")  # in the order they start
+POST_STAGES = ("rm", "dpo", "grpo_gold", "sft_baseline", "grpo_rm", "ppo", "bon", "rm_small", "grpo_rm_small",
+               "bon_small", "ei")  # in the order they start
+SMALL_RM_STAGES = ("rm_small", "grpo_rm_small", "bon_small")  # the smaller reward model and what optimises it
 # stage -> the stage it waits for: the reward model's pairs or checkpoint; grpo_gold's training CPU seconds
-NEEDS = {"dpo": "rm", "grpo_rm": "rm", "ppo": "rm", "bon": "rm", "sft_baseline": "grpo_gold"}
+NEEDS = {"dpo": "rm", "grpo_rm": "rm", "ppo": "rm", "bon": "rm", "sft_baseline": "grpo_gold",
+         "grpo_rm_small": "rm_small", "bon_small": "rm_small"}
 LOOPS = {"pretrain": pretrain.train, "sft": sft.train, "sft_more": sft.train, "rm": reward_model.train,
          "dpo": dpo.train, "grpo_gold": grpo.train, "sft_baseline": sft.train, "grpo_rm": grpo.train,
-         "ppo": ppo.train, "bon": bon.train, "ei": expert_iteration.train}  # stage -> the loop that trains it
+         "ppo": ppo.train, "bon": bon.train, "rm_small": reward_model.train, "grpo_rm_small": grpo.train,
+         "bon_small": bon.train, "ei": expert_iteration.train}  # stage -> the loop that trains it
 
 # ---------------------------------------------------------------------------------------------------------
 # Stage configs: the preset's overrides (presets.py) plus the run's wiring
@@ -52,10 +58,11 @@ def base_sft_configs(preset_name: str, out: Path, seed: int, device: str, thread
 
 def post_configs(preset_name: str, out: Path, sft_ckpt: str, seed: int, device: str, threads: int,
                  length_bias: float, base_sft: list[tuple[str, object]] | None = None) -> dict[str, object]:
-    """{stage: config} of the post-training stages; all start from `sft_ckpt` and share the reward model.
+    """{stage: config} of the post-training stages; all start from `sft_ckpt` and share the reward model (the
+    *_small stages: the smaller one, the preset's rm_small section, labelled by the same annotator).
     sft_baseline's max_cpu_s is left 0: the scheduler sets it to grpo_gold's training CPU seconds."""
     common = dict(seed=seed, device=device, threads=threads, init=sft_ckpt)
-    rm_ckpt = str(out / "rm" / "ckpt.pt")
+    rm_ckpt, small_ckpt = str(out / "rm" / "ckpt.pt"), str(out / "rm_small" / "ckpt.pt")
     pairs = dict(data=str(out / "rm" / "preferences_train.jsonl"), eval_data=str(out / "rm" / "preferences_eval.jsonl"))
     # The demonstrations the SFT model was trained on, from its saved config (shipped: the config minus paths; a
     # field the checkpoint predates had its default value); the last base/SFT stage's for a checkpoint saved
@@ -75,6 +82,11 @@ def post_configs(preset_name: str, out: Path, sft_ckpt: str, seed: int, device: 
                                 **common),
         "ppo": stage_config(preset_name, "ppo", out=str(out / "ppo"), reward="rm", reward_model=rm_ckpt, **common),
         "bon": stage_config(preset_name, "bon", out=str(out / "bon"), rm=rm_ckpt, **common),
+        "rm_small": stage_config(preset_name, "rm_small", name="rm_small", out=str(out / "rm_small"),
+                                 length_bias=length_bias, **common),
+        "grpo_rm_small": stage_config(preset_name, "grpo", out=str(out / "grpo_rm_small"), reward="rm",
+                                      reward_model=small_ckpt, **common),
+        "bon_small": stage_config(preset_name, "bon", out=str(out / "bon_small"), rm=small_ckpt, **common),
         "ei": stage_config(preset_name, "ei", out=str(out / "ei"), **common),
     }
 

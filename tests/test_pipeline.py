@@ -144,6 +144,37 @@ def test_skip_and_unknown_stage(tmp_path):
         main(["--preset", "smoke", "--out", str(tmp_path), "--skip", "sft"])
 
 
+def test_length_bias_adds_the_small_reward_model(tmp_path):
+    """--length-bias turns on the small reward model's stages (rm_small, grpo_rm_small, bon_small): a second
+    reward model from the same annotator, the preset's rm_small section, and GRPO and best-of-N against it, in
+    the report next to the reward model's; --no-small-rm turns them off."""
+    out = tmp_path / "biased"
+    report = smoke(out, "--jobs", "1", "--length-bias", "0.05", "--skip", "dpo,grpo_gold,ppo,ei")
+    assert set(report["stages"]) == {"pretrain", "sft", "rm", "grpo_rm", "bon", "rm_small", "grpo_rm_small",
+                                     "bon_small", "eval"}
+    config = json.loads((out / "rm_small" / "metrics.jsonl").read_text().splitlines()[0])["config"]
+    assert config["length_bias"] == 0.05 and config["n_prompts"] == PRESETS["smoke"]["rm_small"]["n_prompts"]
+    grpo_config = json.loads((out / "grpo_rm_small" / "metrics.jsonl").read_text().splitlines()[0])["config"]
+    assert grpo_config["reward_model"] == str(out / "rm_small" / "ckpt.pt") and grpo_config["reward"] == "rm"
+    assert list(report["models"])[:4] == ["base", "SFT", "GRPO (RM)", "GRPO (small RM)"]
+    assert ("GRPO (RM)", "GRPO (small RM)") in {(p["a"], p["b"]) for p in report["paired"]}
+    assert {"eval/rm/accuracy", "eval/rm/ceiling_accuracy"} <= set(report["rm_small"])
+    pool = PRESETS["smoke"]["bon"]["pool_size"]
+    assert [r["n"] for r in report["bon_small"]["rows"]] == [2 ** i for i in range(int(math.log2(pool)) + 1)]
+    assert max(r["reward/gold_minus_peak"] for r in report["bon_small"]["rows"]) == 0.0
+    assert not undocumented(out.glob("*/metrics.jsonl"))
+    md = (out / "report.md").read_text()
+    for heading in ("**Reward model**", "**Small reward model**", "**Best-of-N** with the reward model",
+                    "**Best-of-N** with the small reward model", "| GRPO (RM) − GRPO (small RM) |", "| rm_small |",
+                    "length bias = 0.05 per token"):
+        assert heading in md, heading
+    assert all((out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for plot in PLOTS)
+
+    off = smoke(tmp_path / "off", "--jobs", "1", "--length-bias", "0.05", "--no-small-rm",
+                "--skip", "dpo,grpo_gold,ppo,ei,grpo_rm,bon")
+    assert set(off["stages"]) == {"pretrain", "sft", "rm", "eval"}
+
+
 def test_ship_rebuilds_bit_for_bit(tmp_path, monkeypatch):
     digests = []
     for i in range(2):

@@ -315,13 +315,32 @@ def build(preset: str) -> dict:
 @pytest.mark.parametrize("preset", sorted(FROZEN))
 def test_presets_give_the_frozen_stage_configs(preset):
     built = build(preset)
-    assert [stage for stage in built if stage != "ei"] == list(FROZEN[preset])  # ei came after the freeze
+    after = ("ei",) + stages.SMALL_RM_STAGES  # stages added after the freeze
+    assert [stage for stage in built if stage not in after] == list(FROZEN[preset])
     for stage, frozen in FROZEN[preset].items():
         cfg = built[stage]
         expected = {**frozen, **CHANGED.get(preset, {}).get(stage, {})}
         assert {k: cfg[k] for k in expected} == expected, stage
         default = cfg["_class"]()  # a field added since: the preset leaves it at its default
         assert all(v == getattr(default, k) for k, v in cfg.items() if k not in expected and k != "_class"), stage
+
+
+@pytest.mark.parametrize("preset", sorted(FROZEN))
+def test_small_rm_stages_differ_only_in_the_reward_model(preset):
+    """grpo_rm_small and bon_small are grpo_rm and bon with the small reward model's checkpoint; rm_small is the
+    preset's rm_small section over the rm loop's defaults, labelled by the same annotator, sampled from SFT."""
+    built = build(preset)
+    small = {"reward_model": "OUT/rm_small/ckpt.pt", "out": "OUT/grpo_rm_small"}
+    assert built["grpo_rm_small"] == {**built["grpo_rm"], **small}
+    assert built["bon_small"] == {**built["bon"], "rm": "OUT/rm_small/ckpt.pt", "out": "OUT/bon_small"}
+    wiring = {"name": "rm_small", "out": "OUT/rm_small", "init": "<SFT>", "seed": 0, "device": "cpu", "threads": 1,
+              "length_bias": 0.0}
+    expected = {**dataclasses.asdict(stages.reward_model.RMConfig()), **PRESETS[preset].get("rm_small", {}), **wiring}
+    assert {k: v for k, v in built["rm_small"].items() if k != "_class"} == expected
+    annotator = ("tau", "format_weight", "steps_weight", "length_bias")
+    assert all(built["rm_small"][k] == built["rm"][k] for k in annotator)
+    wired = stages.post_configs(preset, Path("OUT"), str(stages.shipped("tiny")[1]), 0, "cpu", 1, 0.05)
+    assert wired["rm_small"].length_bias == wired["rm"].length_bias == 0.05
 
 
 def test_every_preset_section_is_a_stage_config():

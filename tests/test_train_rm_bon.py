@@ -191,6 +191,23 @@ def test_best_of_n_gain_paired_se_by_hand():
     assert rows[1]["reward/gold_gain_se"] == pytest.approx(0.5)
 
 
+def test_best_of_n_fall_from_peak_by_hand():
+    """Two prompts, pools of 4 ranked by proxy; the top-proxy sample of prompt 0 is wrong (over-optimisation).
+    Prompt 0, gold [0, 0, 1, 0]: N = 1 gives 1/4; N = 2's 6 pairs are won by samples 1, 2, 3, 2, 3, 3 (gold 0, 1,
+    0, 1, 0, 0): 1/3; N = 4 gives sample 3: 0. Prompt 1, gold [0, 1, 1, 1]: 3/4, 1, 1. Means 1/2, 2/3, 1/2: the
+    peak is N = 2. N = 4 minus the peak, per prompt: [-1/3, 0], mean -1/6, SE std([-1/3, 0]) / sqrt 2 = 1/6;
+    N = 1: [-1/12, -1/4], mean -1/6, SE 1/12."""
+    proxy = torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.1, 0.2, 0.3, 0.4]])
+    gold = torch.tensor([[0.0, 0.0, 1.0, 0.0], [0.0, 1.0, 1.0, 1.0]])
+    rows = bon.best_of_n_curve(proxy, gold, torch.ones(2, 4), [1, 2, 4])
+    assert [r["reward/gold_mean"] for r in rows] == pytest.approx([1 / 2, 2 / 3, 1 / 2])
+    assert rows[1]["reward/gold_minus_peak"] == 0.0 and rows[1]["reward/gold_minus_peak_se"] == 0.0
+    assert rows[2]["reward/gold_minus_peak"] == pytest.approx(-1 / 6)
+    assert rows[2]["reward/gold_minus_peak_se"] == pytest.approx(1 / 6)
+    assert rows[0]["reward/gold_minus_peak"] == pytest.approx(-1 / 6)
+    assert rows[0]["reward/gold_minus_peak_se"] == pytest.approx(1 / 12)
+
+
 def test_bon_smoke_proxy_rises_with_n(tiny_ckpt, trained_rm, tmp_path):
     _, rm_result = trained_rm
     result = bon.main(["--init", tiny_ckpt, "--rm", rm_result["checkpoint"], "--out", str(tmp_path),

@@ -16,6 +16,8 @@ so gold and proxy reward against sqrt(KL) trace the reward-model over-optimisati
 
 One metrics.jsonl line per N (step = N): reward/gold_mean, reward/proxy_mean, reward/oracle_mean (pass@N),
 reward/gold_gain and reward/gold_gain_se (gold_mean minus N = 1's, with its paired standard error over prompts),
+reward/gold_minus_peak and reward/gold_minus_peak_se (gold_mean minus the best N's, with its paired standard error:
+over-optimisation is a fall after the peak),
 kl/ref (the closed form), response/length_mean, response/distinct_2 (of best-of-N among the first N samples of
 each pool: one concrete draw).
 """
@@ -86,18 +88,22 @@ def best_of_n_curve(proxy: torch.Tensor, gold: torch.Tensor, lengths: torch.Tens
         one dict per N: {"n", "reward/proxy_mean", "reward/gold_mean", "reward/oracle_mean" (pass@N with the
         gold reward as the selector, exact for 0/1 gold rewards), "reward/gold_gain" (gold_mean minus N = 1's,
         i.e. minus the pool's mean gold reward) and "reward/gold_gain_se" (its paired standard error over the P
-        prompts: each prompt's gain is one observation; 0 for P = 1), "response/length_mean", "kl/ref" (closed
-        form), and with `worked` "response/worked_share" (the share of worked responses among those selected)}.
+        prompts: each prompt's gain is one observation; 0 for P = 1), "reward/gold_minus_peak" and
+        "reward/gold_minus_peak_se" (gold_mean minus that of the N in `ns` with the highest gold_mean, the peak,
+        with its paired standard error: is a fall after the peak more than noise? 0 at the peak),
+        "response/length_mean", "kl/ref" (closed form), and with `worked` "response/worked_share" (the share of
+        worked responses among those selected)}.
     """
     P, n = proxy.shape
     order = proxy.double().argsort(dim=1, stable=True)                      # (P, n) ascending by proxy
     columns = (("proxy", proxy), ("gold", gold), ("len", lengths)) + ((("worked", worked),) if worked is not None else ())
     ranked = {name: t.double().gather(1, order) for name, t in columns}
     correct = (gold > 0.5).sum(dim=1).tolist()                              # per prompt, for pass@N
-    rows = []
+    rows, per_prompt = [], []
     for N in ns:
         w = best_of_n_weights(n, N)                                         # (n,) weight of each rank
-        gain = ranked["gold"] @ w - ranked["gold"].mean(dim=1)             # (P,) per prompt: BoN-N minus N = 1
+        per_prompt.append(ranked["gold"] @ w)                               # (P,) per prompt: BoN-N's gold
+        gain = per_prompt[-1] - ranked["gold"].mean(dim=1)                  # (P,) per prompt: BoN-N minus N = 1
         rows.append({"n": N, "reward/proxy_mean": float((ranked["proxy"] @ w).mean()),
                      "reward/gold_mean": float((ranked["gold"] @ w).mean()),
                      "reward/oracle_mean": sum(pass_at_k(n, c, N) for c in correct) / P,
@@ -106,6 +112,11 @@ def best_of_n_curve(proxy: torch.Tensor, gold: torch.Tensor, lengths: torch.Tens
                      "response/length_mean": float((ranked["len"] @ w).mean()), "kl/ref": best_of_n_kl(N)})
         if worked is not None:
             rows[-1]["response/worked_share"] = float((ranked["worked"] @ w).mean())
+    peak = max(range(len(ns)), key=lambda i: rows[i]["reward/gold_mean"])
+    for row, gold_n in zip(rows, per_prompt):
+        drop = gold_n - per_prompt[peak]                                     # (P,) per prompt: BoN-N minus the peak
+        row["reward/gold_minus_peak"] = float(drop.mean())
+        row["reward/gold_minus_peak_se"] = float(drop.std() / math.sqrt(P)) if P > 1 else 0.0
     return rows
 
 
