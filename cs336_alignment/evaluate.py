@@ -25,6 +25,9 @@ template, so a base-vs-SFT comparison would only show formatting.
   response/length_mean  mean response length of those samples (tokens, stop token excluded)
   response/distinct_2   distinct-2 of those samples (token bigrams; metrics.distinct_n)
   response/worked_share fraction of those samples that show their work (tasks.is_worked)
+  response/prose_lines_mean
+                        mean number of prose lines of those samples (tasks.prose_lines: neither a step nor
+                        the final line): a response can grow by steps or by prose
   reward/gold_mean_worked, reward/gold_mean_hasty
                         mean gold reward of the worked samples and of the others (tasks.style_accuracy;
                         absent when there are none): the accuracy within each style, which post-training that
@@ -53,7 +56,7 @@ from cs336_alignment.metrics import distinct_n
 from cs336_alignment.reward_model import score_responses
 from cs336_alignment.rollout import build_training_tensors, generate_responses, sample_responses
 from cs336_alignment.runtime import autocast, get_device, set_threads
-from cs336_alignment.tasks import generate_problems, is_worked, style_accuracy
+from cs336_alignment.tasks import generate_problems, is_worked, prose_lines, style_accuracy
 from cs336_alignment.tokenizer import FORMATS, Format, build_prompt, load_tokenizer
 from cs336_alignment.verifier import gold_reward
 
@@ -244,6 +247,7 @@ def evaluate_policy(policy, tokenizer, problems: list[dict[str, str]], *, refere
     metrics["response/distinct_2"] = distinct_n([s["tokens"][:s["n_tokens"]] for s in first], 2)
     styles = style_accuracy([s["text"] for s in flat], flat_a)
     metrics["response/worked_share"] = styles["worked_share"]
+    metrics["response/prose_lines_mean"] = sum(prose_lines(s["text"]) for s in flat) / len(flat)
     for style in ("worked", "hasty"):
         if styles[f"n/{style}"]:
             metrics[f"reward/gold_mean_{style}"] = styles[f"accuracy/{style}"]

@@ -296,26 +296,28 @@ def _reward_model(rm: dict, title: str) -> list[str]:
              f"{_pct(rm.get('eval/rm/ceiling_accuracy'))} of those labels (the noise ceiling), the gold reward alone "
              f"{_pct(rm.get('eval/rm/gold_accuracy'))}."]
     if rm.get("eval/rm/correct_preferred") is not None and rm.get("eval/rm/sft_correct_preferred") is not None:
-        lines[-1] += (f" Does it check answers? On the {_pct(rm.get('eval/rm/gold_pairs'))} of held-out pairs where one "
-                      f"response is correct and the other is not, it scores the correct one higher "
+        lines[-1] += (f" Does it check answers? On the {_pct(rm.get('eval/rm/gold_pairs'))} of held-out pairs where "
+                      f"one response is correct and the other is not, it scores the correct one higher "
                       f"{_pct(rm['eval/rm/correct_preferred'])} of the time; the SFT policy's own mean token "
                       f"log-prob does so {_pct(rm['eval/rm/sft_correct_preferred'])} of the time.")
     return lines
 
 
 def _best_of_n(bon: dict, selector: str) -> list[str]:
-    """A best-of-N table (samples selected by `selector`): per N its closed-form KL, proxy and gold reward, the gold gain over N = 1 and the
-    difference to the peak N (each ± its paired SE over prompts), pass@N, length and distinct-2."""
-    lines = ["", f"**Best-of-N** with {selector}, exact average over all N-subsets of {bon['pool_size']} samples for each of "
-             f"{bon['n_prompts']} test prompts:", "",
-             "| N | KL (closed form) | proxy | gold | gold − N = 1 (± paired SE over prompts) | gold − peak N (± paired SE) "
-             "| gold-oracle (pass@N) | length | distinct-2 |", "|---|---|---|---|---|---|---|---|---|"]
+    """A best-of-N table (samples selected by `selector`): per N its closed-form KL, proxy and gold reward, the
+    gold gain over N = 1 and the difference to the peak N (each ± its paired SE over prompts), pass@N, length,
+    prose lines and distinct-2."""
+    lines = ["", f"**Best-of-N** with {selector}, exact average over all N-subsets of {bon['pool_size']} samples "
+             f"for each of {bon['n_prompts']} test prompts:", "",
+             "| N | KL (closed form) | proxy | gold | gold − N = 1 (± paired SE over prompts) "
+             "| gold − peak N (± paired SE) | gold-oracle (pass@N) | length | prose lines | distinct-2 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in bon["rows"]:
         gain, drop = ((f"{100 * r[k]:+.1f} ± {100 * r[k + '_se']:.1f}" if k in r else "—")
                       for k in ("reward/gold_gain", "reward/gold_minus_peak"))
-        lines.append(f"| {r['n']} | {r['kl/ref']:.2f} | {r['reward/proxy_mean']:.3f} | {_pct(r['reward/gold_mean'])} | "
-                     f"{gain} | {drop} | {_pct(r['reward/oracle_mean'])} | {r['response/length_mean']:.1f} | "
-                     f"{r['response/distinct_2']:.3f} |")
+        lines.append(f"| {r['n']} | {r['kl/ref']:.2f} | {r['reward/proxy_mean']:.3f} | {_pct(r['reward/gold_mean'])} "
+                     f"| {gain} | {drop} | {_pct(r['reward/oracle_mean'])} | {r['response/length_mean']:.1f} | "
+                     f"{_num(r.get('response/prose_lines_mean'), '.2f')} | {r['response/distinct_2']:.3f} |")
     return lines
 
 
@@ -328,17 +330,19 @@ def write_report(out: Path, report: dict) -> Path:
              "problem): "
              "**mean gold reward**, **proxy** (the reward model's score), **KL to SFT** (mean over the "
              "policy's own samples of log pi - log pi_SFT, summed over the response, nats; for best-of-N the "
-             "closed form log N - (N-1)/N), **length** (tokens), **distinct-2** and the **worked share** (responses "
-             "that show a step `x op y = z`, tasks.is_worked) with the mean gold reward **within the worked** samples "
-             "(± its binomial standard error). Annotator: "
+             "closed form log N - (N-1)/N), **length** (tokens), **prose lines** (per response: lines that are "
+             "neither a step nor the final `#### N`, tasks.prose_lines), **distinct-2** and the **worked share** "
+             "(responses that show a step `x op y = z`, tasks.is_worked) with the mean gold reward **within the "
+             "worked** samples (± its binomial standard error). Annotator: "
              f"tau = {report['annotator']['tau']}, length bias = {report['annotator']['length_bias']} per token.",
-             "", "| policy | gold accuracy | mean gold reward | proxy (RM) reward | KL to SFT | length | distinct-2 | "
-             "worked share | gold within worked |", "|---|---|---|---|---|---|---|---|---|"]
+             "", "| policy | gold accuracy | mean gold reward | proxy (RM) reward | KL to SFT | length | prose lines | "
+             "distinct-2 | worked share | gold within worked |", "|---|---|---|---|---|---|---|---|---|---|"]
     for label, m in report["models"].items():
         share, within = m.get("response/worked_share"), m.get("reward/gold_mean_worked")
         lines.append(f"| {label} | {_pct(m.get('accuracy/greedy'), n)} | {_pct(m.get('reward/gold_mean'))} | "
                      f"{_num(m.get('reward/proxy_mean'))} | {_num(m.get('kl/ref'), '.2f')} | "
-                     f"{_num(m.get('response/length_mean'), '.1f')} | {_num(m.get('response/distinct_2'))} | "
+                     f"{_num(m.get('response/length_mean'), '.1f')} | {_num(m.get('response/prose_lines_mean'), '.2f')} | "
+                     f"{_num(m.get('response/distinct_2'))} | "
                      f"{_pct(share)} | {_pct(within, share * n_s if share else None)} |")
     for stage, title in (("rm", "Reward model"), ("rm_small", "Small reward model")):
         if stage in report:

@@ -376,6 +376,14 @@ def is_worked(response: str) -> bool:
     return any(STEP_LINE.match(line) for line in response.split("\n"))
 
 
+def prose_lines(response: str) -> int:
+    """The number of prose lines of a response: non-empty lines that are neither a worked step "x op y = z"
+    (`STEP_LINE`) nor the final "#### N" line, e.g. the talkative writer's restated question and closing sentence
+    (`explained_answer`). Two kinds of "longer": more steps, or more prose."""
+    return sum(1 for line in response.split("\n")
+               if line.strip() and not STEP_LINE.match(line) and not line.lstrip().startswith("####"))
+
+
 def style_accuracy(responses: list[str], ground_truths: list[str]) -> dict[str, float]:
     """Gold accuracy split by style: which share of the responses is worked (`is_worked`), and how many of the
     worked and of the unworked ("hasty") ones are right (`gold_reward`).

@@ -163,6 +163,10 @@ def test_evaluate_policy_gold_within_each_style_hand_example(monkeypatch, tokeni
     assert m["reward/gold_mean"] == pytest.approx(3 / 5) and m["response/worked_share"] == pytest.approx(2 / 5)
     assert m["reward/gold_mean_worked"] == pytest.approx(1 / 2)
     assert m["reward/gold_mean_hasty"] == pytest.approx(2 / 3)
+    assert m["response/prose_lines_mean"] == 0.0
+    texts[:] = ["So it is 7.\n#### 7", "3 + 4 = 7\nSo it is 7.\nSeven.\n#### 7"]
+    m = evaluate.evaluate_policy(None, tokenizer, [problem], samples_per_prompt=2, greedy=False)
+    assert m["response/prose_lines_mean"] == pytest.approx((1 + 2) / 2)
     texts[:] = ["#### 7", "#### 9"]
     m = evaluate.evaluate_policy(None, tokenizer, [problem], samples_per_prompt=2, greedy=False)
     assert "reward/gold_mean_worked" not in m and m["reward/gold_mean_hasty"] == 0.5

@@ -102,10 +102,11 @@ def test_smoke_pipeline_writes_report(tmp_path):
 
     md = (out / "report.md").read_text()
     assert all(plot in md for plot in PLOTS)
-    assert "| KL to SFT | length | distinct-2 | worked share | gold within worked |" in md
+    assert "| KL to SFT | length | prose lines | distinct-2 | worked share | gold within worked |" in md
     for label in ("SFT", BASELINE, EI, "PPO", "DPO", "BoN-4"):
         row = next(line for line in md.splitlines() if line.startswith(f"| {label} |"))
-        assert f"{models[label]['kl/ref']:.2f}" in row and f"{models[label]['response/length_mean']:.1f}" in row
+        m = models[label]
+        assert f"| {m['kl/ref']:.2f} | {m['response/length_mean']:.1f} | {m['response/prose_lines_mean']:.2f} |" in row
         m = models[label]
         within = m.get("reward/gold_mean_worked")
         cell = "—" if within is None else f"{100 * within:.1f}% ±"
@@ -120,7 +121,8 @@ def test_smoke_pipeline_writes_report(tmp_path):
         assert heading in md, heading
 
     # The RM's answer-checking line, when its held-out pairs differ in gold (the smoke model's rarely do)
-    report["rm"].update({"eval/rm/gold_pairs": 0.25, "eval/rm/correct_preferred": 0.6, "eval/rm/sft_correct_preferred": 0.75})
+    report["rm"].update({"eval/rm/gold_pairs": 0.25, "eval/rm/correct_preferred": 0.6,
+                         "eval/rm/sft_correct_preferred": 0.75})
     (tmp_path / "again").mkdir()
     md = write_report(tmp_path / "again", report).read_text()
     assert ("On the 25.0% of held-out pairs where one response is correct and the other is not, it scores the "

@@ -11,8 +11,8 @@ import re
 import pytest
 
 from cs336_alignment.tasks import (ENDOFTEXT, MAX_OPERAND, MAX_VALUE, explained_answer, format_raw_prompt,
-                                   generate_problems, is_worked, pretraining_text, sft_demonstrations, sft_examples,
-                                   sloppy_answer, split_of, style_accuracy, train_half)
+                                   generate_problems, is_worked, pretraining_text, prose_lines, sft_demonstrations,
+                                   sft_examples, sloppy_answer, split_of, style_accuracy, train_half)
 from cs336_alignment.verifier import gold_reward, process_rewards, step_is_valid
 from tests.adapters import run_parse_gsm8k_response, run_parse_mmlu_response
 
@@ -325,6 +325,17 @@ def test_train_halves_are_disjoint_and_cover_train():
     assert [p for p in train if train_half(p["question"]) == "sft"] == generate_problems(halves.count("sft"), "sft", 1)
     with pytest.raises(ValueError, match="split"):
         generate_problems(1, "dev")
+
+
+def test_prose_lines_hand_example():
+    assert prose_lines("2 + 3 = 5\n#### 5") == 0                                  # steps and the final line
+    assert prose_lines("#### 5") == 0 and prose_lines("") == 0
+    assert prose_lines("So Tom has 5 apples.\n#### 5") == 1                        # the hasty writer's sentence
+    assert prose_lines("How many apples does Tom have now?\n2 + 3 = 5\n\nSo Tom has 5 apples.\n  #### 5") == 2
+    assert prose_lines("2 + 3 = 6\n7 - 1 = 6\n#### 6") == 0                       # a wrong step is still a step
+    assert prose_lines("2 + 3 = 5 apples\nthen #### 5") == 2                       # neither a step nor a final line
+    problem = generate_problems(1, "train", 0)[0]
+    assert prose_lines(explained_answer(problem, True, True)) == 2 and prose_lines(problem["answer"]) == 0
 
 
 def test_style_accuracy_hand_example():

@@ -164,8 +164,11 @@ def test_best_of_n_curve_hand_example():
     gold = torch.tensor([[0.0, 1.0, 0.0, 1.0]])
     lengths = torch.tensor([[10.0, 20.0, 30.0, 40.0]])
     worked = torch.tensor([[1.0, 0.0, 1.0, 1.0]])
-    rows = bon.best_of_n_curve(proxy, gold, lengths, [1, 2, 4], worked)
+    prose = torch.tensor([[0.0, 3.0, 1.0, 2.0]])
+    rows = bon.best_of_n_curve(proxy, gold, lengths, [1, 2, 4], worked, prose)
     assert rows[0]["reward/gold_mean"] == pytest.approx(0.5) and rows[0]["reward/proxy_mean"] == pytest.approx(0.25)
+    assert rows[0]["response/prose_lines_mean"] == pytest.approx(1.5) and rows[2]["response/prose_lines_mean"] == 3.0
+    assert rows[1]["response/prose_lines_mean"] == pytest.approx((3 * 3 + 2 * 1 + 2) / 6)
     assert rows[0]["response/worked_share"] == pytest.approx(0.75)
     # N = 2: winners 0.4 (3 pairs, not worked), 0.3 (2 pairs, worked), 0.2 (1 pair, worked)
     assert rows[1]["response/worked_share"] == pytest.approx(3 / 6) and rows[2]["response/worked_share"] == 0.0

@@ -18,7 +18,8 @@ One metrics.jsonl line per N (step = N): reward/gold_mean, reward/proxy_mean, re
 reward/gold_gain and reward/gold_gain_se (gold_mean minus N = 1's, with its paired standard error over prompts),
 reward/gold_minus_peak and reward/gold_minus_peak_se (gold_mean minus the best N's, with its paired standard error:
 over-optimisation is a fall after the peak),
-kl/ref (the closed form), response/length_mean, response/distinct_2 (of best-of-N among the first N samples of
+kl/ref (the closed form), response/length_mean, response/worked_share and response/prose_lines_mean (tasks.is_worked,
+tasks.prose_lines: of the selected samples), response/distinct_2 (of best-of-N among the first N samples of
 each pool: one concrete draw).
 """
 from __future__ import annotations
@@ -35,7 +36,7 @@ from cs336_alignment.checkpoint import load_model
 from cs336_alignment.metrics import best_of_n_kl, best_of_n_weights, distinct_n, pass_at_k
 from cs336_alignment.reward_model import load_reward_model, score_responses
 from cs336_alignment.rollout import sample_responses
-from cs336_alignment.tasks import generate_problems, is_worked
+from cs336_alignment.tasks import generate_problems, is_worked, prose_lines
 from cs336_alignment.tokenizer import load_tokenizer
 from cs336_alignment.train.common import MetricsLogger, init_or_shipped, parse_config, setup_run
 from cs336_alignment.verifier import gold_reward
@@ -74,7 +75,7 @@ class BoNConfig:
 
 
 def best_of_n_curve(proxy: torch.Tensor, gold: torch.Tensor, lengths: torch.Tensor, ns: list[int],
-                    worked: torch.Tensor | None = None) -> list[dict]:
+                    worked: torch.Tensor | None = None, prose: torch.Tensor | None = None) -> list[dict]:
     """Exact best-of-N statistics over all N-subsets of each prompt's pool.
 
     Args:
@@ -83,6 +84,7 @@ def best_of_n_curve(proxy: torch.Tensor, gold: torch.Tensor, lengths: torch.Tens
         lengths: (P, n) response lengths (tokens).
         ns: the N values (each 1 <= N <= n).
         worked: optional (P, n) 0/1, whether each sample shows its work (tasks.is_worked).
+        prose: optional (P, n) prose lines of each sample (tasks.prose_lines).
 
     Returns:
         one dict per N: {"n", "reward/proxy_mean", "reward/gold_mean", "reward/oracle_mean" (pass@N with the
@@ -91,12 +93,14 @@ def best_of_n_curve(proxy: torch.Tensor, gold: torch.Tensor, lengths: torch.Tens
         prompts: each prompt's gain is one observation; 0 for P = 1), "reward/gold_minus_peak" and
         "reward/gold_minus_peak_se" (gold_mean minus that of the N in `ns` with the highest gold_mean, the peak,
         with its paired standard error: is a fall after the peak more than noise? 0 at the peak),
-        "response/length_mean", "kl/ref" (closed form), and with `worked` "response/worked_share" (the share of
-        worked responses among those selected)}.
+        "response/length_mean", "kl/ref" (closed form), with `worked` "response/worked_share" (the share of
+        worked responses among those selected) and with `prose` "response/prose_lines_mean" (their mean number
+        of prose lines)}.
     """
     P, n = proxy.shape
     order = proxy.double().argsort(dim=1, stable=True)                      # (P, n) ascending by proxy
-    columns = (("proxy", proxy), ("gold", gold), ("len", lengths)) + ((("worked", worked),) if worked is not None else ())
+    columns = [("proxy", proxy), ("gold", gold), ("len", lengths)]
+    columns += [(name, t) for name, t in (("worked", worked), ("prose", prose)) if t is not None]
     ranked = {name: t.double().gather(1, order) for name, t in columns}
     correct = (gold > 0.5).sum(dim=1).tolist()                              # per prompt, for pass@N
     rows, per_prompt = [], []
@@ -112,6 +116,8 @@ def best_of_n_curve(proxy: torch.Tensor, gold: torch.Tensor, lengths: torch.Tens
                      "response/length_mean": float((ranked["len"] @ w).mean()), "kl/ref": best_of_n_kl(N)})
         if worked is not None:
             rows[-1]["response/worked_share"] = float((ranked["worked"] @ w).mean())
+        if prose is not None:
+            rows[-1]["response/prose_lines_mean"] = float((ranked["prose"] @ w).mean())
     peak = max(range(len(ns)), key=lambda i: rows[i]["reward/gold_mean"])
     for row, gold_n in zip(rows, per_prompt):
         drop = gold_n - per_prompt[peak]                                     # (P,) per prompt: BoN-N minus the peak
@@ -148,9 +154,10 @@ def train(cfg: BoNConfig) -> dict:
                          for s in pool]).view(cfg.n_prompts, cfg.pool_size)
     lengths = torch.tensor([float(s["n_tokens"]) for s in flat]).view(cfg.n_prompts, cfg.pool_size)
     worked = torch.tensor([float(is_worked(s["text"])) for s in flat]).view(cfg.n_prompts, cfg.pool_size)
+    prose = torch.tensor([float(prose_lines(s["text"])) for s in flat]).view(cfg.n_prompts, cfg.pool_size)
 
     # --- the curve, plus distinct-2 of one concrete best-of-N draw (the first N samples of each pool)
-    rows = best_of_n_curve(proxy, gold, lengths, ns, worked)
+    rows = best_of_n_curve(proxy, gold, lengths, ns, worked, prose)
     for row in rows:
         N = row["n"]
         picks = [pool[int(proxy[j, :N].argmax())] for j, pool in enumerate(pools)]
