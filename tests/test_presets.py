@@ -297,8 +297,10 @@ WRITERS = {"n_examples": 5000, "hasty": 0.4, "split": "sft"}
 RM_EPOCH = {"num_steps": 260, "likelihood_coef": 1.0}
 # tiny's SFT trains 1,800 steps instead of 1,200 (the shipped model is then at its plateau: data/checkpoints/README.md).
 SFT_PLATEAU = {**WRITERS, "num_steps": 1800, "checkpoint_every": 1800}
-CHANGED = {"tiny": {"sft": SFT_PLATEAU, "sft_baseline": WRITERS, "rm": RM_EPOCH},
-           "tiny_rl10": {"sft": SFT_PLATEAU, "sft_baseline": WRITERS, "rm": RM_EPOCH},
+# tiny's best-of-N draws pools for 128 test prompts instead of 64 (paired standard errors 1/sqrt(2) as large).
+BON_PROMPTS = {"n_prompts": 128}
+CHANGED = {"tiny": {"sft": SFT_PLATEAU, "sft_baseline": WRITERS, "rm": RM_EPOCH, "bon": BON_PROMPTS},
+           "tiny_rl10": {"sft": SFT_PLATEAU, "sft_baseline": WRITERS, "rm": RM_EPOCH, "bon": BON_PROMPTS},
            "smoke": {"sft_baseline": WRITERS}, "small": {"sft_baseline": WRITERS}}
 
 
