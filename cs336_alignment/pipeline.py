@@ -32,10 +32,11 @@ process), each as soon as the stage it needs is done: rm and grpo_gold start tog
 from its config, so the numbers do not depend on --jobs, except sft_baseline's: its length is measured CPU time.
 --skip of a stage also skips the stages that need it.
 
-Then every policy is measured the same way on held-out test problems (evaluate.evaluate_policy), one policy per
-worker: greedy gold accuracy, and on temperature-1 samples mean gold reward, proxy (reward-model) reward, KL to
-SFT, length, distinct-2 and the share of worked responses (tasks.is_worked). report.md / report.json hold the
-numbers and each stage's wall and CPU seconds; training_curves.png, overoptimization.png and gold_vs_kl.png (each
+Every policy is measured the same way on held-out test problems (evaluate.evaluate_policy), one policy per worker,
+as soon as it (and the reward model, the proxy) is trained and a worker has no stage to start: greedy gold
+accuracy, and on temperature-1 samples mean gold reward, proxy (reward-model) reward, KL to SFT, length, prose
+lines, distinct-2 and the share of worked responses (tasks.is_worked). report.md / report.json hold the numbers
+and each stage's wall and CPU seconds (eval: the sum over its evaluations); training_curves.png, overoptimization.png and gold_vs_kl.png (each
 method's sampled accuracy against its KL to SFT) the plots.
 
 The base model is evaluated in the raw "Question: ... Answer:" format it was pretrained on, every other
@@ -50,7 +51,7 @@ import argparse
 import json
 import shutil
 import time
-from concurrent.futures import Executor
+from collections.abc import Callable
 
 from cs336_alignment.checkpoint import load_model
 from cs336_alignment.evaluate import evaluate_model, evaluate_policy
@@ -76,15 +77,15 @@ SMALL = "GRPO (small RM)"  # the report label of stage grpo_rm_small
 
 
 def evaluate_checkpoint(ckpt: str, fmt: str, sft_ckpt: str, rm_ckpt: str | None, cfg: EvalConfig, seed: int,
-                        device: str, threads: int) -> tuple[dict, dict[str, list[float]], float]:
+                        device: str, threads: int) -> tuple[dict, dict[str, list[float]], float, float]:
     """The report's metrics of one checkpoint on cfg.n_problems held-out test problems, in the calling process.
 
     fmt "raw": the base model, greedy gold accuracy in the "Question: ... Answer:" format it was pretrained on.
     fmt "chat": a policy, evaluate.evaluate_policy with the SFT model as reference and the reward model (if any)
     as the proxy reward. Returns (metrics with their "format", per-problem scores {"greedy", "sampled"} (raw:
-    greedy only) for paired comparisons, CPU seconds of this process during the call).
+    greedy only) for paired comparisons, CPU seconds of this process during the call, its wall seconds).
     """
-    c0 = time.process_time()
+    t0, c0 = time.perf_counter(), time.process_time()
     set_threads(threads)
     torch_device = get_device(device)
     tokenizer = load_tokenizer()
@@ -105,26 +106,23 @@ def evaluate_checkpoint(ckpt: str, fmt: str, sft_ckpt: str, rm_ckpt: str | None,
             batch_size=cfg.batch_size, return_per_problem=True,
             distinct_over=cfg.distinct_over)  # the best-of-N rows' prompts (the first test problems)
         metrics = {"format": "chat", **metrics}
-    return metrics, per_problem, time.process_time() - c0
+    return metrics, per_problem, time.process_time() - c0, time.perf_counter() - t0
 
 
-def evaluate_policies(policies: dict[str, str], base_ckpt: str, sft_ckpt: str, rm_ckpt: str | None, cfg: EvalConfig,
-                      seed: int, device: str, threads: int, pool: Executor) -> tuple[dict[str, dict], dict, float]:
-    """The base model and each chat policy {label: checkpoint}, one evaluate_checkpoint call each in `pool`.
+def evaluations(labels: dict[str, str], run_stages: list[str], base_ckpt: str, sft_ckpt: str, cfg: EvalConfig,
+                seed: int, device: str, threads: int) -> dict[str, tuple[tuple[str, ...], Callable[[dict], tuple]]]:
+    """The report's evaluations, for `stages.run_post_training`: the base model, SFT and each policy of
+    {report label: stage} whose stage runs, each an evaluate_checkpoint call with the reward model (when rm runs)
+    as the proxy; each needs its policy's stage and rm. In the report's order: base, SFT, then `labels`'."""
+    rm = ("rm",) if "rm" in run_stages else ()
 
-    Returns:
-        ({"base": metrics, label: metrics, ...} in that order, {label: per-problem scores}, the CPU seconds of
-        all the calls).
-    """
-    checkpoints = {"base": (base_ckpt, "raw"), **{label: (ckpt, "chat") for label, ckpt in policies.items()}}
-    futures = {label: pool.submit(evaluate_checkpoint, ckpt, fmt, sft_ckpt, rm_ckpt, cfg, seed, device, threads)
-               for label, (ckpt, fmt) in checkpoints.items()}
-    models, per_problem, cpu_s = {}, {}, 0.0
-    for label, future in futures.items():
-        models[label], per_problem[label], seconds = future.result()
-        cpu_s += seconds
-        print(f"eval {label}: " + " | ".join(f"{k} {v:.4g}" for k, v in models[label].items() if k != "format"))
-    return models, per_problem, cpu_s
+    def call(stage: str | None, fmt: str) -> Callable[[dict], tuple]:
+        return lambda results: (evaluate_checkpoint, results[stage]["checkpoint"] if stage else
+                                (base_ckpt if fmt == "raw" else sft_ckpt), fmt, sft_ckpt,
+                                results.get("rm", {}).get("checkpoint"), cfg, seed, device, threads)
+
+    return {"base": ((), call(None, "raw")), "SFT": (rm, call(None, "chat")),
+            **{label: ((stage, *rm), call(stage, "chat")) for label, stage in labels.items() if stage in run_stages}}
 
 
 def paired_comparisons(per_problem: dict[str, dict[str, list[float]]]) -> list[dict]:
@@ -190,20 +188,18 @@ def run(preset_name: str = "tiny", out: str = "", name: str = "", threads: int =
     small_rm = length_bias > 0 if small_rm is None else small_rm
     run_stages = [s for s in POST_STAGES if s not in skip and (small_rm or s not in SMALL_RM_STAGES)]
     run_stages = [s for s in run_stages if s not in NEEDS or NEEDS[s] in run_stages]  # what they need is not skipped
+    # --- 2. post-training from SFT, --jobs stages at a time; 3. every policy on the same held-out problems, with
+    # the same metrics, each as soon as it is trained and a worker has no stage to run
+    labels = {MATCHED: "sft_baseline", "GRPO (gold)": "grpo_gold", EI: "ei", "GRPO (RM)": "grpo_rm",
+              SMALL: "grpo_rm_small", "PPO": "ppo", "DPO": "dpo"}
+    calls = evaluations(labels, run_stages, base_ckpt, sft_ckpt, eval_cfg, seed, device, threads)
     with make_pool(jobs) as pool:
-        # --- 2. post-training from SFT, --jobs stages at a time
-        results = run_post_training(run_stages, configs, pool, jobs, stages)
-
-        # --- 3. every policy on the same held-out problems, with the same metrics
-        t0 = time.perf_counter()
-        labels = {MATCHED: "sft_baseline", "GRPO (gold)": "grpo_gold", EI: "ei", "GRPO (RM)": "grpo_rm",
-                  SMALL: "grpo_rm_small", "PPO": "ppo", "DPO": "dpo"}
-        policies = {"SFT": sft_ckpt, **{label: results[stage]["checkpoint"] for label, stage in labels.items()
-                                        if stage in results}}
-        rm_ckpt = results.get("rm", {}).get("checkpoint")
-        models, per_problem, eval_cpu_s = evaluate_policies(policies, base_ckpt, sft_ckpt, rm_ckpt, eval_cfg, seed,
-                                                            device, threads, pool)
-        stages["eval"] = {"wall_s": time.perf_counter() - t0, "cpu_s": eval_cpu_s}
+        results, evaluated = run_post_training(run_stages, configs, pool, jobs, stages, calls)
+    models, per_problem = {}, {}
+    for label in calls:  # the report's order
+        models[label], per_problem[label], _, _ = evaluated[label]
+        print(f"eval {label}: " + " | ".join(f"{k} {v:.4g}" for k, v in models[label].items() if k != "format"))
+    stages["eval"] = {"wall_s": sum(e[3] for e in evaluated.values()), "cpu_s": sum(e[2] for e in evaluated.values())}
     for row in results.get("bon", {}).get("rows", []):
         models[f"BoN-{row['n']}"] = {"format": "chat", "accuracy/greedy": None, **{k: v for k, v in row.items()
                                                                                   if k != "n"}}

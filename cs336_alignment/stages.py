@@ -17,6 +17,7 @@ import json
 import multiprocessing
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 
@@ -179,15 +180,23 @@ def record(stages: dict, name: str, result: dict, wall_s: float, cpu_s: float) -
     return result
 
 
-def run_post_training(names: list[str], configs: dict, pool: Executor, jobs: int, stages: dict) -> dict[str, dict]:
+def run_post_training(names: list[str], configs: dict, pool: Executor, jobs: int, stages: dict,
+                      evaluations: dict[str, tuple[tuple[str, ...], Callable[[dict], tuple]]] | None = None,
+                      ) -> tuple[dict[str, dict], dict[str, object]]:
     """Train the post-training stages `names` (each with the stage it NEEDS), at most `jobs` at a time: whenever
     one finishes, start the first of the others (in POST_STAGES order) whose needed stage is done.
 
+    evaluations: {label: (the stages it needs, make)}, make(results) -> (fn, *args): a call that runs in a worker
+    once its stages are done, whenever no stage is ready to start (so evaluations fill workers that would
+    otherwise wait, and never hold a stage back), in the order given. The stages it needs must be in `names`.
+
     Returns:
-        {stage: its train() result}; stages[stage] gets its seconds (see `record`).
+        ({stage: its train() result}, {label: its evaluation's return value}); stages[stage] gets its seconds
+        (see `record`).
     """
-    results, running, waiting = {}, {}, list(names)
-    while waiting or running:
+    evaluations = dict(evaluations or {})
+    results, evaluated, running, waiting = {}, {}, {}, list(names)
+    while waiting or evaluations or running:
         for stage in [s for s in waiting if s not in NEEDS or NEEDS[s] in results]:
             if len(running) == jobs:
                 break
@@ -196,12 +205,23 @@ def run_post_training(names: list[str], configs: dict, pool: Executor, jobs: int
                 cfg = dataclasses.replace(cfg, max_cpu_s=results["grpo_gold"]["cpu_s"])
             waiting.remove(stage)
             running[pool.submit(run_stage, stage, cfg)] = stage
+        if not any(s not in NEEDS or NEEDS[s] in results for s in waiting):  # no stage can start: evaluate
+            for label in [label for label, (needs, _) in evaluations.items() if set(needs) <= set(results)]:
+                if len(running) == jobs:
+                    break
+                fn, *args = evaluations.pop(label)[1](results)
+                running[pool.submit(fn, *args)] = ("eval", label)
+        if not running:
+            raise ValueError(f"evaluations {sorted(evaluations)} need stages that do not run")
         done, _ = wait(running, return_when=FIRST_COMPLETED)
         for future in done:
-            stage = running.pop(future)
-            results[stage] = record(stages, stage, *future.result())
-            print(f"{stage} done: {stages[stage]['wall_s']:.0f} s wall, {stages[stage]['cpu_s']:.0f} s CPU")
-    return results
+            name = running.pop(future)
+            if isinstance(name, tuple):
+                evaluated[name[1]] = future.result()
+                continue
+            results[name] = record(stages, name, *future.result())
+            print(f"{name} done: {stages[name]['wall_s']:.0f} s wall, {stages[name]['cpu_s']:.0f} s CPU")
+    return results, evaluated
 
 
 def cpu_seconds() -> float:

@@ -177,6 +177,47 @@ def test_length_bias_adds_the_small_reward_model(tmp_path):
     assert set(off["stages"]) == {"pretrain", "sft", "rm", "eval"}
 
 
+def test_evaluations_fill_idle_workers_and_never_hold_a_stage_back(monkeypatch):
+    """run_post_training with stand-in loops (stages.LOOPS) on a 2-thread pool. rm takes longest; while it runs,
+    grpo_gold and sft_baseline use the other worker, and the evaluations that need neither rm nor a stage still
+    waiting (base) start only when no stage can start. Each evaluation starts after the stages it needs, and one
+    that needs a stage that does not run is an error."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    events = []
+
+    def loop(stage, seconds):
+        def train(cfg):
+            events.append(("start", stage))
+            time.sleep(seconds)
+            events.append(("end", stage))
+            return {"checkpoint": f"{stage}.pt", "cpu_s": 0.01}
+        return train
+
+    def evaluate(label):
+        events.append(("start", label))
+        time.sleep(0.01)
+        events.append(("end", label))
+        return label.upper()
+
+    durations = {"rm": 0.3, "grpo_gold": 0.05, "sft_baseline": 0.05, "bon": 0.05}
+    monkeypatch.setattr(stages_module, "LOOPS", {s: loop(s, t) for s, t in durations.items()})
+    configs = {s: stages_module.sft.SFTConfig() for s in durations}  # the stand-ins ignore it (sft_baseline: an SFT one)
+    calls = {"base": ((), lambda results: (evaluate, "base")),
+             "SFT": (("rm",), lambda results: (evaluate, "sft")),
+             "bon": (("bon", "rm"), lambda results: (evaluate, results["bon"]["checkpoint"]))}
+    with ThreadPoolExecutor(2) as pool:
+        results, evaluated = stages_module.run_post_training(list(durations), configs, pool, 2, {}, calls)
+    assert set(results) == set(durations) and evaluated == {"base": "BASE", "SFT": "SFT", "bon": "BON.PT"}
+    at = {event: i for i, event in enumerate(events)}
+    assert at[("start", "base")] > at[("start", "sft_baseline")], "an evaluation waits while a stage can start"
+    assert at[("start", "base")] < at[("end", "rm")], "and fills a worker that has no stage to run"
+    assert at[("start", "sft")] > at[("end", "rm")] and at[("start", "bon.pt")] > at[("end", "bon")]
+    with pytest.raises(ValueError, match="need stages that do not run"):
+        stages_module.run_post_training(["grpo_gold"], configs, stages_module.InProcess(), 1, {},
+                                        {"SFT": (("rm",), lambda results: (evaluate, "sft"))})
+
+
 def test_ship_rebuilds_bit_for_bit(tmp_path, monkeypatch):
     digests = []
     for i in range(2):
