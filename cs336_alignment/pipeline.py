@@ -36,8 +36,8 @@ Every policy is measured the same way on held-out test problems (evaluate.evalua
 as soon as it (and the reward model, the proxy) is trained and a worker has no stage to start: greedy gold
 accuracy, and on temperature-1 samples mean gold reward, proxy (reward-model) reward, KL to SFT, length, prose
 lines, distinct-2 and the share of worked responses (tasks.is_worked). report.md / report.json hold the numbers
-and each stage's wall and CPU seconds (eval: the sum over its evaluations); training_curves.png, overoptimization.png and gold_vs_kl.png (each
-method's sampled accuracy against its KL to SFT) the plots.
+and each stage's wall and CPU seconds (eval: the sum over its evaluations); training_curves.png,
+overoptimization.png and gold_vs_kl.png (each method's sampled accuracy against its KL to SFT) the plots.
 
 The base model is evaluated in the raw "Question: ... Answer:" format it was pretrained on, every other
 policy in the chat template.

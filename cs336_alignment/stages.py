@@ -9,6 +9,8 @@ base/SFT checkpoints, and running the post-training stages in worker processes a
     sft_baseline              when grpo_gold is done   (its training CPU seconds: the matched compute)
     ei                        needs only SFT           (expert iteration; starts when a worker is free and no
                                                         stage before it in POST_STAGES is ready)
+    the pipeline's evaluations                         when their policy's stage (and rm) are done and a worker
+                                                        has no stage to start
 """
 from __future__ import annotations
 

@@ -202,7 +202,7 @@ def test_evaluations_fill_idle_workers_and_never_hold_a_stage_back(monkeypatch):
 
     durations = {"rm": 0.3, "grpo_gold": 0.05, "sft_baseline": 0.05, "bon": 0.05}
     monkeypatch.setattr(stages_module, "LOOPS", {s: loop(s, t) for s, t in durations.items()})
-    configs = {s: stages_module.sft.SFTConfig() for s in durations}  # the stand-ins ignore it (sft_baseline: an SFT one)
+    configs = {s: stages_module.sft.SFTConfig() for s in durations}  # ignored by the stand-ins
     calls = {"base": ((), lambda results: (evaluate, "base")),
              "SFT": (("rm",), lambda results: (evaluate, "sft")),
              "bon": (("bon", "rm"), lambda results: (evaluate, results["bon"]["checkpoint"]))}
