@@ -116,13 +116,16 @@ def evaluations(labels: dict[str, str], run_stages: list[str], base_ckpt: str, s
     as the proxy; each needs its policy's stage and rm. In the report's order: base, SFT, then `labels`'."""
     rm = ("rm",) if "rm" in run_stages else ()
 
-    def call(stage: str | None, fmt: str) -> Callable[[dict], tuple]:
-        return lambda results: (evaluate_checkpoint, results[stage]["checkpoint"] if stage else
-                                (base_ckpt if fmt == "raw" else sft_ckpt), fmt, sft_ckpt,
+    def call(checkpoint: Callable[[dict], str], fmt: str) -> Callable[[dict], tuple]:
+        return lambda results: (evaluate_checkpoint, checkpoint(results), fmt, sft_ckpt,
                                 results.get("rm", {}).get("checkpoint"), cfg, seed, device, threads)
 
-    return {"base": ((), call(None, "raw")), "SFT": (rm, call(None, "chat")),
-            **{label: ((stage, *rm), call(stage, "chat")) for label, stage in labels.items() if stage in run_stages}}
+    def trained(stage: str) -> Callable[[dict], str]:
+        return lambda results: results[stage]["checkpoint"]
+
+    return {"base": ((), call(lambda results: base_ckpt, "raw")), "SFT": (rm, call(lambda results: sft_ckpt, "chat")),
+            **{label: ((stage, *rm), call(trained(stage), "chat")) for label, stage in labels.items()
+               if stage in run_stages}}
 
 
 def paired_comparisons(per_problem: dict[str, dict[str, list[float]]]) -> list[dict]:

@@ -213,8 +213,8 @@ def run_post_training(names: list[str], configs: dict, pool: Executor, jobs: int
                     break
                 fn, *args = evaluations.pop(label)[1](results)
                 running[pool.submit(fn, *args)] = ("eval", label)
-        if not running:
-            raise ValueError(f"evaluations {sorted(evaluations)} need stages that do not run")
+        if not running:  # nothing runs and nothing can start: what is left waits for a stage not in `names`
+            raise ValueError(f"stages {waiting} and evaluations {sorted(evaluations)} need stages that do not run")
         done, _ = wait(running, return_when=FIRST_COMPLETED)
         for future in done:
             name = running.pop(future)

@@ -216,6 +216,8 @@ def test_evaluations_fill_idle_workers_and_never_hold_a_stage_back(monkeypatch):
     with pytest.raises(ValueError, match="need stages that do not run"):
         stages_module.run_post_training(["grpo_gold"], configs, stages_module.InProcess(), 1, {},
                                         {"SFT": (("rm",), lambda results: (evaluate, "sft"))})
+    with pytest.raises(ValueError, match=r"stages \['sft_baseline'\].*need stages that do not run"):
+        stages_module.run_post_training(["sft_baseline"], configs, stages_module.InProcess(), 1, {})
 
 
 def test_ship_rebuilds_bit_for_bit(tmp_path, monkeypatch):
