@@ -164,7 +164,7 @@ def with_overrides(preset: dict[str, dict[str, Any]], changes: dict[str, dict[st
 
 # tiny with 10x the GRPO budget (120 steps of 64 prompts x 8, constant lr; its matched baseline follows): past
 # the choice of style, which tiny's 24 steps already make, GRPO raises the accuracy within the worked style
-# (79.7 % -> 84.9 %; README, "Ten times the GRPO budget").
+# (79.7 % -> 84.9 %; data/RESULTS.md, "Ten times the GRPO budget").
 PRESETS["tiny_rl10"] = with_overrides(PRESETS["tiny"], {
     "grpo": {"n_problems": 12_000, "prompts_per_step": 64, "num_steps": 120, "min_lr": 1e-4, "eval_every": 60,
              "checkpoint_every": 120},

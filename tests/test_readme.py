@@ -1,6 +1,7 @@
 """The README states what the code does: its file map lists every module of the package, its command list is
-the CLI's, every flag it shows a command with is in that command's --help, and the pipeline's synopsis lists
-every pipeline flag. (The metric table: tests/test_metric_names.py.)"""
+the CLI's, every flag it or the other documents (data/RESULTS.md, the handout's and the loops' READMEs) show a
+command with is in that command's --help, and the pipeline's synopsis lists every pipeline flag. It stays a map:
+at most 250 lines. (The metric table: tests/test_metric_names.py.)"""
 from __future__ import annotations
 
 import contextlib
@@ -19,6 +20,8 @@ pytestmark = pytest.mark.skipif(not IS_LIBRARY_README, reason=NOT_IN_HANDOUT)
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
+DOCUMENTS = [ROOT / "README.md", ROOT / "data" / "RESULTS.md", ROOT / "cs336_alignment" / "handout" / "README.md",
+             ROOT / "cs336_alignment" / "train" / "README.md"]
 PACKAGE = ROOT / "cs336_alignment"
 
 
@@ -35,13 +38,19 @@ def help_text(command: str, *sub: str) -> str:
 
 
 def readme_commands() -> list[list[str]]:
-    """Every `python -m cs336_alignment ...` the README shows, as argv lists (comments and [...] hints dropped)."""
+    """Every `python -m cs336_alignment ...` the documents show, as argv lists (comments and [...] hints dropped)."""
     commands = []
-    flat = re.sub(r"\\\n\s*", " ", README)  # shell line continuations
+    flat = re.sub(r"\\\n\s*", " ", "\n".join(path.read_text() for path in DOCUMENTS))  # shell line continuations
     for match in re.finditer(r"python -m cs336_alignment ([^`\n#{]*)", flat):
         text = re.sub(r"\[([^\]]*)\]", r"\1", match.group(1)).replace("|", " ")
         commands.append(shlex.split(text.split(" -- ")[0]))
     return [argv for argv in commands if argv]
+
+
+def test_readme_is_a_map():
+    assert len(README.splitlines()) <= 250, "measured findings belong in data/RESULTS.md"
+    for link in re.findall(r"\]\(([^)#]+)", README):
+        assert (ROOT / link).exists(), link
 
 
 def test_file_map_lists_every_module():
