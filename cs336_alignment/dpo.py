@@ -115,15 +115,16 @@ def sequence_log_probs(model: nn.Module, input_ids: Tensor, labels: Tensor, resp
         response_mask: (B, T) bool or 0/1, True on response labels (EOS / end-of-turn included).
 
     Returns:
-        (B,) float32, log pi(y | x) in nats, differentiable w.r.t. the model's parameters.
+        (B,) float32 (float64 for a float64 model), log pi(y | x) in nats, differentiable w.r.t. the model's
+        parameters.
     """
     if not input_ids.shape == labels.shape == response_mask.shape:
         raise ValueError("input_ids, labels and response_mask must all be (B, T)")
     # BEGIN SOLUTION
     output = model(input_ids)
     logits = getattr(output, "logits", output)                                     # (B, T, V)
-    per_token = selective_log_softmax(logits, labels)                               # (B, T)
-    return torch.where(response_mask.bool(), per_token.float(), 0.0).sum(dim=-1)   # (B,)
+    per_token = selective_log_softmax(logits, labels)                               # (B, T), float32 or float64
+    return torch.where(response_mask.bool(), per_token, 0.0).sum(dim=-1)            # (B,)
     # END SOLUTION
 
 

@@ -163,3 +163,19 @@ def test_per_instance_dpo_is_log2_against_itself():
     lm = _tiny_lm(tokenizer.vocab_size, 3)
     loss = run_compute_per_instance_dpo_loss(lm, copy.deepcopy(lm), tokenizer, 0.1, PROMPT, CHOSEN, REJECTED)
     torch.testing.assert_close(loss, torch.tensor(math.log(2)), atol=1e-5, rtol=0, msg="policy = reference")
+
+
+def test_sequence_log_probs_keeps_float64():
+    """A float64 model's sequence log-prob stays float64 (an independent float64 sum agrees to 1e-10; a cast to
+    float32 inside would leave ~1e-7)."""
+    from cs336_alignment.dpo import sequence_log_probs
+    from cs336_alignment.tokenizer import load_tokenizer
+    tokenizer = load_tokenizer()
+    lm = _tiny_lm(tokenizer.vocab_size, 4).double()
+    ids, assistant_mask = tokenizer.render([{"role": "user", "content": PROMPT},
+                                            {"role": "assistant", "content": CHOSEN}])
+    out = sequence_log_probs(lm, torch.tensor([ids[:-1]]), torch.tensor([ids[1:]]),
+                             torch.tensor([assistant_mask[1:]]))
+    assert out.dtype == torch.float64, out.dtype
+    expected = _oracle_sequence_logp(lm, tokenizer, CHOSEN)
+    assert abs(out.item() - expected) < 1e-10, (out.item(), expected)
