@@ -201,9 +201,3 @@ def check_presets() -> None:
     for name, sections in PRESETS.items():
         for section in sections:
             stage_config(name, section)
-
-
-def as_dict(preset_name: str) -> dict[str, dict[str, Any]]:
-    """The preset's overrides as plain data (what report.json records)."""
-    return copy.deepcopy(PRESETS[preset_name])
-
