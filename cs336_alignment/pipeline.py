@@ -61,15 +61,12 @@ from cs336_alignment.report import (plot_gold_vs_kl, plot_overoptimization, plot
                                     write_report)
 from cs336_alignment.reward_model import load_reward_model
 from cs336_alignment.runtime import get_device, set_threads
-from cs336_alignment.stages import (NEEDS, POST_STAGES, SMALL_RM_STAGES, base_sft_configs, cpu_seconds, make_pool,
-                                    post_configs, record, run_post_training, run_stage, ship, shipped, shipped_metrics)
+from cs336_alignment.stages import (LABELS, NEEDS, POST_STAGES, SMALL_RM_STAGES, STAGES, base_sft_configs, cpu_seconds,
+                                    make_pool, post_configs, record, run_post_training, run_stage, ship, shipped,
+                                    shipped_metrics)
 from cs336_alignment.tasks import generate_problems
 from cs336_alignment.tokenizer import load_tokenizer
 from cs336_alignment.train.common import read_metrics, run_dir
-
-MATCHED = "SFT + more SFT (matched CPU)"  # the report label of stage sft_baseline
-EI = "Expert iteration"  # the report label of stage ei
-SMALL = "GRPO (small RM)"  # the report label of stage grpo_rm_small
 
 # ---------------------------------------------------------------------------------------------------------
 # Evaluation: every policy measured the same way
@@ -129,12 +126,12 @@ def evaluations(labels: dict[str, str], run_stages: list[str], base_ckpt: str, s
 
 
 def paired_comparisons(per_problem: dict[str, dict[str, list[float]]]) -> list[dict]:
-    """Each post-trained policy minus SFT, GRPO (gold) minus the matched-compute SFT baseline, expert iteration
-    minus GRPO (gold) (the same verifier, a matched budget) and GRPO against the reward model minus GRPO against
-    the smaller one (the same budget, a better reward model), on the same test problems:
+    """Each post-trained policy minus SFT, then each stage's policy minus the policy of the stage it is `versus`
+    in the stage table (GRPO (gold) minus the matched-compute SFT baseline, expert iteration minus GRPO (gold), GRPO
+    against the reward model minus GRPO against the smaller one), on the same test problems:
     [{"a", "b", "greedy": (mean, se), "sampled": (mean, se)}] (metrics.paired_difference)."""
     pairs = [(label, "SFT") for label in per_problem if label not in ("base", "SFT")]
-    for a, b in (("GRPO (gold)", MATCHED), (EI, "GRPO (gold)"), ("GRPO (RM)", SMALL)):
+    for a, b in ((s.label, STAGES[s.versus].label) for s in STAGES.values() if s.label and s.versus):
         if a in per_problem and b in per_problem:
             pairs.append((a, b))
     return [{"a": a, "b": b, **{kind: paired_difference(per_problem[a][kind], per_problem[b][kind])
@@ -193,9 +190,7 @@ def run(preset_name: str = "tiny", out: str = "", name: str = "", threads: int =
     run_stages = [s for s in run_stages if s not in NEEDS or NEEDS[s] in run_stages]  # what they need is not skipped
     # --- 2. post-training from SFT, --jobs stages at a time; 3. every policy on the same held-out problems, with
     # the same metrics, each as soon as it is trained and a worker has no stage to run
-    labels = {MATCHED: "sft_baseline", "GRPO (gold)": "grpo_gold", EI: "ei", "GRPO (RM)": "grpo_rm",
-              SMALL: "grpo_rm_small", "PPO": "ppo", "DPO": "dpo"}
-    calls = evaluations(labels, run_stages, base_ckpt, sft_ckpt, eval_cfg, seed, device, threads)
+    calls = evaluations(LABELS, run_stages, base_ckpt, sft_ckpt, eval_cfg, seed, device, threads)
     with make_pool(jobs) as pool:
         results, evaluated = run_post_training(run_stages, configs, pool, jobs, stages, calls)
     models, per_problem = {}, {}
@@ -230,7 +225,8 @@ def run(preset_name: str = "tiny", out: str = "", name: str = "", threads: int =
     report["wall_s_total"] = time.perf_counter() - t_start
     report["cpu_s_total"] = cpu_seconds() - c_start  # this process and its workers
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
-    plot_training_curves(out_dir, [s for s, _ in base_sft] + run_stages)
+    plot_training_curves(out_dir, {s: STAGES[s].curves for s in [s for s, _ in base_sft] + run_stages
+                                   if STAGES[s].curves})
     rl_runs = {title: read_metrics(out_dir / stage / "metrics.jsonl") for stage, title in
                (("ppo", "PPO against the reward model"), ("grpo_rm", "GRPO against the reward model"),
                 ("grpo_rm_small", "GRPO against the small reward model")) if stage in results}
@@ -240,7 +236,7 @@ def run(preset_name: str = "tiny", out: str = "", name: str = "", threads: int =
     plot_overoptimization(out_dir, bon_runs, rl_runs,
                           f"reward-model over-optimisation (annotator length bias {length_bias} per token)")
     plot_gold_vs_kl(out_dir, report)
-    path = write_report(out_dir, report)
+    path = write_report(out_dir, report, {stage: label for label, stage in LABELS.items()})
     print(f"wrote {path}, report.json, training_curves.png, overoptimization.png and gold_vs_kl.png in {out_dir} "
           f"({report['wall_s_total']:.0f} s wall, {report['cpu_s_total']:.0f} s CPU over {jobs} job(s))")
     return report

@@ -27,44 +27,20 @@ from cs336_alignment.train.common import read_metrics
 # Plots
 # ---------------------------------------------------------------------------------------------------------
 
-# stage -> (left-axis metrics, right-axis metrics, left label, right label)
-SFT_CURVES = (["loss/train", "eval/loss"], ["eval/accuracy/greedy", "eval/reward/gold_mean"],
-              "loss (nats / response token)", "held-out accuracy (greedy, T = 1)")
-CURVES = {
-    "pretrain": (["loss/train", "eval/loss"], [], "loss (nats / token)", ""),
-    "sft": SFT_CURVES,
-    "sft_more": SFT_CURVES,
-    "sft_baseline": SFT_CURVES,
-    "rm": (["loss/train", "eval/loss"], ["eval/rm/accuracy", "eval/rm/ceiling_accuracy"], "Bradley-Terry loss",
-           "held-out pairwise accuracy"),
-    "rm_small": (["loss/train", "eval/loss"], ["eval/rm/accuracy", "eval/rm/ceiling_accuracy"], "Bradley-Terry loss",
-                 "held-out pairwise accuracy"),
-    "dpo": (["loss/train", "eval/loss"], ["eval/accuracy/greedy"], "DPO loss", "greedy gold accuracy"),
-    "grpo_gold": (["reward/gold_mean", "response/worked_share"], ["eval/accuracy/greedy"],
-                  "gold reward / worked share of rollouts", "greedy accuracy"),
-    "ei": (["reward/gold_mean", "response/worked_share"], ["eval/accuracy/greedy"],
-           "gold reward / worked share of samples", "greedy accuracy"),
-    "grpo_rm": (["reward/gold_mean", "reward/proxy_mean"], ["eval/accuracy/greedy"], "reward of rollouts",
-                "greedy accuracy"),
-    "grpo_rm_small": (["reward/gold_mean", "reward/proxy_mean"], ["eval/accuracy/greedy"], "reward of rollouts",
-                      "greedy accuracy"),
-    "ppo": (["reward/gold_mean", "reward/proxy_mean"], ["kl/ref"], "reward of rollouts", "KL to SFT (nats)"),
-}
-
-
-def plot_training_curves(out: Path, stages: list[str]) -> Path:
-    """training_curves.png: one panel per stage that wrote a metrics.jsonl (see CURVES)."""
+def plot_training_curves(out: Path, curves: dict[str, tuple]) -> Path:
+    """training_curves.png: one panel per stage of `curves` that wrote a metrics.jsonl. curves: {stage: (left-axis
+    metrics, right-axis metrics, left label, right label)}, in panel order (the stage table's `curves`)."""
     from matplotlib.figure import Figure
 
 
-    stages = [s for s in stages if s in CURVES and (out / s / "metrics.jsonl").is_file()]
+    stages = [s for s in curves if (out / s / "metrics.jsonl").is_file()]
     cols = min(4, max(1, len(stages)))
     rows = math.ceil(len(stages) / cols)
     fig = Figure(figsize=(4.6 * cols, 3.4 * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax, stage in zip(axes, stages):
         records = read_metrics(out / stage / "metrics.jsonl")
-        left, right, left_label, right_label = CURVES[stage]
+        left, right, left_label, right_label = curves[stage]
         lines = []
         for key in left:
             points = [(r["step"], r[key]) for r in records if key in r]
@@ -202,10 +178,10 @@ def sft_progress(out: Path, stages: list[str]) -> dict:
     return {"curve": curve, "cpu_s": cpu_s}
 
 
-def _matched_compute(report: dict) -> list[str]:
-    """The issue's comparison: GRPO against the gold reward vs SFT vs SFT trained further for GRPO's CPU time."""
+def _matched_compute(report: dict, labels: dict[str, str]) -> list[str]:
+    """GRPO against the gold reward vs SFT vs SFT trained further for GRPO's CPU time (labels: {stage: row})."""
     models, stages = report["models"], report["stages"]
-    grpo, more = "GRPO (gold)", "SFT + more SFT (matched CPU)"
+    grpo, more = labels["grpo_gold"], labels["sft_baseline"]
     if grpo not in models or more not in models:
         return []
 
@@ -229,10 +205,10 @@ def _matched_compute(report: dict) -> list[str]:
             "time): " + "; ".join(parts) + ". GRPO above both: " + ", ".join(verdicts) + "."]
 
 
-def _expert_iteration(report: dict) -> list[str]:
+def _expert_iteration(report: dict, labels: dict[str, str]) -> list[str]:
     """Expert iteration against GRPO (gold): the same verifier, as many samples (the preset's ei section)."""
     models, stages = report["models"], report["stages"]
-    ei, grpo = "Expert iteration", "GRPO (gold)"
+    ei, grpo = labels["ei"], labels["grpo_gold"]
     if ei not in models or grpo not in models:
         return []
     parts = [f"{label} {_pct(models[label]['accuracy/greedy'])} / {_pct(models[label]['reward/gold_mean'])}, "
@@ -321,8 +297,8 @@ def _best_of_n(bon: dict, selector: str) -> list[str]:
     return lines
 
 
-def write_report(out: Path, report: dict) -> Path:
-    """report.md from the report dict (report.json holds the same numbers)."""
+def write_report(out: Path, report: dict, labels: dict[str, str]) -> Path:
+    """report.md from the report dict (report.json holds the same numbers); labels: {stage: its policy's row}."""
     n, n_s = report["n_test_problems"], report["n_sampled"]
     lines = [f"# Pipeline report: {report['name']} (preset `{report['preset']}`)", "",
              f"Held-out test split of the task world. **gold accuracy**: greedy answers to {n} problems "
@@ -350,7 +326,8 @@ def write_report(out: Path, report: dict) -> Path:
     for stage, selector in (("bon", "the reward model"), ("bon_small", "the small reward model")):
         if stage in report:
             lines += _best_of_n(report[stage], selector)
-    lines += _paired(report) + _matched_compute(report) + _expert_iteration(report) + _sft_curve(report)
+    lines += _paired(report) + _matched_compute(report, labels) + _expert_iteration(report, labels)
+    lines += _sft_curve(report)
     lines += ["", "**Stage times** (CPU time: of the process that ran the stage, evaluations included; training: the "
               "loop's own count, evaluations excluded):", "",
               "| stage | steps | wall time | CPU time | training CPU time |", "|---|---|---|---|---|"]

@@ -28,17 +28,113 @@ from cs336_alignment.model import TransformerConfig, TransformerLM
 from cs336_alignment.presets import PRESETS, stage_config
 from cs336_alignment.train import bon, dpo, expert_iteration, grpo, ppo, pretrain, reward_model, sft
 
-SHIPPED = SHIPPED_DIR  # data/checkpoints/<preset>/: base/SFT checkpoints per preset
-POST_STAGES = ("rm", "dpo", "grpo_gold", "sft_baseline", "grpo_rm", "ppo", "bon", "rm_small", "grpo_rm_small",
-               "bon_small", "ei")  # in the order they start
-SMALL_RM_STAGES = ("rm_small", "grpo_rm_small", "bon_small")  # the smaller reward model and what optimises it
-# stage -> the stage it waits for: the reward model's pairs or checkpoint; grpo_gold's training CPU seconds
-NEEDS = {"dpo": "rm", "grpo_rm": "rm", "ppo": "rm", "bon": "rm", "sft_baseline": "grpo_gold",
-         "grpo_rm_small": "rm_small", "bon_small": "rm_small"}
-LOOPS = {"pretrain": pretrain.train, "sft": sft.train, "sft_more": sft.train, "rm": reward_model.train,
-         "dpo": dpo.train, "grpo_gold": grpo.train, "sft_baseline": sft.train, "grpo_rm": grpo.train,
-         "ppo": ppo.train, "bon": bon.train, "rm_small": reward_model.train, "grpo_rm_small": grpo.train,
-         "bon_small": bon.train, "ei": expert_iteration.train}  # stage -> the loop that trains it
+SHIPPED = SHIPPED_DIR  # data/checkpoints/<preset>/: base/SFT checkpoints per preset (tests point it elsewhere)
+
+# ---------------------------------------------------------------------------------------------------------
+# The stage table: everything the run, the scheduler and the report know about a stage
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Wiring:
+    """What the run decides for every stage: where it writes, what it starts from, seed and hardware."""
+    out: Path            # the run directory; a stage writes to out/<stage>/
+    seed: int
+    device: str
+    threads: int
+    sft_ckpt: str = ""   # the SFT model every post-training stage starts from
+    length_bias: float = 0.0
+    demonstrations: dict = dataclasses.field(default_factory=dict)  # the SFT model's data fields (sft_baseline)
+
+    def ckpt(self, stage: str) -> str:
+        return str(self.out / stage / "ckpt.pt")
+
+    def post(self, stage: str) -> dict:
+        """The fields every post-training stage gets: its directory, seed, hardware and the SFT model."""
+        return dict(out=str(self.out / stage), seed=self.seed, device=self.device, threads=self.threads,
+                    init=self.sft_ckpt)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One stage of the pipeline. Adding a stage = one entry in STAGES (+ its loop and its tests)."""
+    name: str                                 # its directory under the run, its key in report.json's "stages"
+    section: str                              # the preset section (presets.SECTIONS: its config class)
+    train: Callable[[object], dict]           # the loop: train(cfg) -> its result dict ("checkpoint", "cpu_s", ...)
+    wiring: Callable[[Wiring], dict]          # the config fields the run sets (paths, reward, seed, ...)
+    needs: str | None = None                  # the stage whose output it reads: it starts when that one is done
+    start: int = 0                            # post-training: when several can start, the lowest goes first
+    label: str | None = None                  # its policy's row in the report (evaluated like every policy)
+    versus: str | None = None                 # a stage its policy is also compared with (paired, on the same problems)
+    curves: tuple | None = None               # training_curves.png: (left metrics, right metrics, left, right label)
+    base: bool = False                        # makes the base/SFT model (in the run's process, before the rest)
+    optional: bool = False                    # base: only if the preset has its section; post: only with --small-rm
+    matched_cpu_of: str | None = None         # max_cpu_s := that stage's training CPU seconds (matched compute)
+
+
+SFT_CURVES = (["loss/train", "eval/loss"], ["eval/accuracy/greedy", "eval/reward/gold_mean"],
+              "loss (nats / response token)", "held-out accuracy (greedy, T = 1)")
+RM_CURVES = (["loss/train", "eval/loss"], ["eval/rm/accuracy", "eval/rm/ceiling_accuracy"], "Bradley-Terry loss",
+             "held-out pairwise accuracy")
+GOLD_CURVES = (["reward/gold_mean", "response/worked_share"], ["eval/accuracy/greedy"],
+               "gold reward / worked share of rollouts", "greedy accuracy")
+PROXY_CURVES = (["reward/gold_mean", "reward/proxy_mean"], ["eval/accuracy/greedy"], "reward of rollouts",
+                "greedy accuracy")
+
+
+def _pairs(w: Wiring) -> dict:
+    return dict(data=str(w.out / "rm" / "preferences_train.jsonl"), eval_data=str(w.out / "rm" / "preferences_eval.jsonl"))
+
+
+# In the report's order (its rows: base, SFT, then each labelled stage); `start` orders the post-training starts.
+STAGES = {s.name: s for s in [
+    Stage("pretrain", "pretrain", pretrain.train, base=True,
+          wiring=lambda w: dict(out=str(w.out / "pretrain"), seed=w.seed, device=w.device, threads=w.threads),
+          curves=(["loss/train", "eval/loss"], [], "loss (nats / token)", "")),
+    # SFT draws its demonstrations with another seed than pretraining: mostly new questions.
+    Stage("sft", "sft", sft.train, base=True, needs="pretrain", curves=SFT_CURVES,
+          wiring=lambda w: dict(out=str(w.out / "sft"), init=w.ckpt("pretrain"), seed=w.seed + 1, device=w.device,
+                                threads=w.threads)),
+    Stage("sft_more", "sft_more", sft.train, base=True, optional=True, needs="sft", curves=SFT_CURVES,
+          wiring=lambda w: dict(out=str(w.out / "sft_more"), init=w.ckpt("sft"), seed=w.seed + 1, device=w.device,
+                                threads=w.threads)),
+    # More SFT on the SFT model's own demonstrations for the CPU seconds GRPO (gold) trained: the control.
+    Stage("sft_baseline", "sft_baseline", sft.train, needs="grpo_gold", start=3, label="SFT + more SFT (matched CPU)",
+          matched_cpu_of="grpo_gold", curves=SFT_CURVES,
+          wiring=lambda w: dict(name="sft_baseline", out=str(w.out / "sft_baseline"), init=w.sft_ckpt, max_cpu_s=0.0,
+                                device=w.device, threads=w.threads, **w.demonstrations)),
+    Stage("grpo_gold", "grpo", grpo.train, start=2, label="GRPO (gold)", versus="sft_baseline", curves=GOLD_CURVES,
+          wiring=lambda w: dict(reward="gold", **w.post("grpo_gold"))),
+    Stage("ei", "ei", expert_iteration.train, start=10, label="Expert iteration", versus="grpo_gold",
+          curves=(["reward/gold_mean", "response/worked_share"], ["eval/accuracy/greedy"],
+                  "gold reward / worked share of samples", "greedy accuracy"),
+          wiring=lambda w: w.post("ei")),
+    Stage("grpo_rm", "grpo", grpo.train, needs="rm", start=4, label="GRPO (RM)", versus="grpo_rm_small",
+          curves=PROXY_CURVES, wiring=lambda w: dict(reward="rm", reward_model=w.ckpt("rm"), **w.post("grpo_rm"))),
+    Stage("grpo_rm_small", "grpo", grpo.train, needs="rm_small", start=8, optional=True, label="GRPO (small RM)",
+          curves=PROXY_CURVES,
+          wiring=lambda w: dict(reward="rm", reward_model=w.ckpt("rm_small"), **w.post("grpo_rm_small"))),
+    Stage("ppo", "ppo", ppo.train, needs="rm", start=5, label="PPO",
+          curves=(["reward/gold_mean", "reward/proxy_mean"], ["kl/ref"], "reward of rollouts", "KL to SFT (nats)"),
+          wiring=lambda w: dict(reward="rm", reward_model=w.ckpt("rm"), **w.post("ppo"))),
+    Stage("dpo", "dpo", dpo.train, needs="rm", start=1, label="DPO",
+          curves=(["loss/train", "eval/loss"], ["eval/accuracy/greedy"], "DPO loss", "greedy gold accuracy"),
+          wiring=lambda w: dict(**_pairs(w), **w.post("dpo"))),
+    # Sample pairs from SFT, label them with the synthetic annotator, train the reward model.
+    Stage("rm", "rm", reward_model.train, start=0, curves=RM_CURVES,
+          wiring=lambda w: dict(length_bias=w.length_bias, **w.post("rm"))),
+    Stage("bon", "bon", bon.train, needs="rm", start=6, wiring=lambda w: dict(rm=w.ckpt("rm"), **w.post("bon"))),
+    # A smaller reward model from the same annotator (the preset's rm_small section), and what optimises it.
+    Stage("rm_small", "rm_small", reward_model.train, start=7, optional=True, curves=RM_CURVES,
+          wiring=lambda w: dict(name="rm_small", length_bias=w.length_bias, **w.post("rm_small"))),
+    Stage("bon_small", "bon", bon.train, needs="rm_small", start=9, optional=True,
+          wiring=lambda w: dict(rm=w.ckpt("rm_small"), **w.post("bon_small"))),
+]}
+BASE_STAGES = tuple(s.name for s in STAGES.values() if s.base)
+POST_STAGES = tuple(sorted((s.name for s in STAGES.values() if not s.base), key=lambda n: STAGES[n].start))
+SMALL_RM_STAGES = tuple(s for s in POST_STAGES if STAGES[s].optional)  # the smaller reward model and what optimises it
+NEEDS = {s.name: s.needs for s in STAGES.values() if s.needs and not s.base}  # post-training stage -> what it waits for
+LABELS = {s.label: s.name for s in STAGES.values() if s.label}  # report label -> stage, in the report's order
 
 # ---------------------------------------------------------------------------------------------------------
 # Stage configs: the preset's overrides (presets.py) plus the run's wiring
@@ -48,25 +144,16 @@ LOOPS = {"pretrain": pretrain.train, "sft": sft.train, "sft_more": sft.train, "r
 def base_sft_configs(preset_name: str, out: Path, seed: int, device: str, threads: int) -> list[tuple[str, object]]:
     """[(stage, PretrainConfig | SFTConfig)] that make the base and SFT models: pretrain, sft and, when the
     preset has a "sft_more" section, a second SFT phase that continues the first."""
-    run = dict(device=device, threads=threads)
-    configs = [("pretrain", stage_config(preset_name, "pretrain", out=str(out / "pretrain"), seed=seed, **run)),
-               # SFT draws its demonstrations with another seed than pretraining: mostly new questions.
-               ("sft", stage_config(preset_name, "sft", out=str(out / "sft"), init=str(out / "pretrain" / "ckpt.pt"),
-                                    seed=seed + 1, **run))]
-    if "sft_more" in PRESETS[preset_name]:
-        configs.append(("sft_more", stage_config(preset_name, "sft_more", out=str(out / "sft_more"),
-                                                 init=str(out / "sft" / "ckpt.pt"), seed=seed + 1, **run)))
-    return configs
+    wiring = Wiring(out, seed, device, threads)
+    return [(s.name, stage_config(preset_name, s.section, **s.wiring(wiring))) for s in STAGES.values()
+            if s.base and (not s.optional or s.section in PRESETS[preset_name])]
 
 
 def post_configs(preset_name: str, out: Path, sft_ckpt: str, seed: int, device: str, threads: int,
                  length_bias: float, base_sft: list[tuple[str, object]] | None = None) -> dict[str, object]:
-    """{stage: config} of the post-training stages; all start from `sft_ckpt` and share the reward model (the
-    *_small stages: the smaller one, the preset's rm_small section, labelled by the same annotator).
-    sft_baseline's max_cpu_s is left 0: the scheduler sets it to grpo_gold's training CPU seconds."""
-    common = dict(seed=seed, device=device, threads=threads, init=sft_ckpt)
-    rm_ckpt, small_ckpt = str(out / "rm" / "ckpt.pt"), str(out / "rm_small" / "ckpt.pt")
-    pairs = dict(data=str(out / "rm" / "preferences_train.jsonl"), eval_data=str(out / "rm" / "preferences_eval.jsonl"))
+    """{stage: config} of the post-training stages, in POST_STAGES order; all start from `sft_ckpt` and share the
+    reward model (the *_small stages: the smaller one, labelled by the same annotator). sft_baseline's max_cpu_s is
+    left 0: the scheduler sets it to grpo_gold's training CPU seconds."""
     # The demonstrations the SFT model was trained on, from its saved config (shipped: the config minus paths; a
     # field the checkpoint predates had its default value); the last base/SFT stage's for a checkpoint saved
     # without one.
@@ -74,24 +161,8 @@ def post_configs(preset_name: str, out: Path, sft_ckpt: str, seed: int, device: 
     trained = load_checkpoint_extra(sft_ckpt).get("config") or dataclasses.asdict(last_sft)
     demonstrations = {k: trained.get(k, getattr(sft.SFTConfig, k)) for k in ("seed", "n_examples", "verbosity", "hasty",
                                                                                "sloppy", "split", "filter_correct")}
-    return {
-        "rm": stage_config(preset_name, "rm", out=str(out / "rm"), length_bias=length_bias, **common),
-        "dpo": stage_config(preset_name, "dpo", out=str(out / "dpo"), **pairs, **common),
-        "grpo_gold": stage_config(preset_name, "grpo", out=str(out / "grpo_gold"), reward="gold", **common),
-        "sft_baseline": stage_config(preset_name, "sft_baseline", name="sft_baseline", out=str(out / "sft_baseline"),
-                                     init=sft_ckpt, max_cpu_s=0.0, device=device, threads=threads,
-                                     **demonstrations),
-        "grpo_rm": stage_config(preset_name, "grpo", out=str(out / "grpo_rm"), reward="rm", reward_model=rm_ckpt,
-                                **common),
-        "ppo": stage_config(preset_name, "ppo", out=str(out / "ppo"), reward="rm", reward_model=rm_ckpt, **common),
-        "bon": stage_config(preset_name, "bon", out=str(out / "bon"), rm=rm_ckpt, **common),
-        "rm_small": stage_config(preset_name, "rm_small", name="rm_small", out=str(out / "rm_small"),
-                                 length_bias=length_bias, **common),
-        "grpo_rm_small": stage_config(preset_name, "grpo", out=str(out / "grpo_rm_small"), reward="rm",
-                                      reward_model=small_ckpt, **common),
-        "bon_small": stage_config(preset_name, "bon", out=str(out / "bon_small"), rm=small_ckpt, **common),
-        "ei": stage_config(preset_name, "ei", out=str(out / "ei"), **common),
-    }
+    wiring = Wiring(out, seed, device, threads, sft_ckpt, length_bias, demonstrations)
+    return {name: stage_config(preset_name, STAGES[name].section, **STAGES[name].wiring(wiring)) for name in POST_STAGES}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -163,13 +234,13 @@ def make_pool(jobs: int) -> Executor:
 
 
 def run_stage(stage: str, cfg) -> tuple[dict, float, float]:
-    """The stage's loop, LOOPS[stage](cfg), in the calling process (a worker's, with --jobs > 1).
+    """The stage's loop, STAGES[stage].train(cfg), in the calling process (a worker's, with --jobs > 1).
 
     Returns:
         (its result dict, wall seconds, CPU seconds of this process during the call).
     """
     t0, c0 = time.perf_counter(), time.process_time()
-    result = LOOPS[stage](cfg)
+    result = STAGES[stage].train(cfg)
     return result, time.perf_counter() - t0, time.process_time() - c0
 
 
@@ -186,7 +257,7 @@ def run_post_training(names: list[str], configs: dict, pool: Executor, jobs: int
                       evaluations: dict[str, tuple[tuple[str, ...], Callable[[dict], tuple]]] | None = None,
                       ) -> tuple[dict[str, dict], dict[str, object]]:
     """Train the post-training stages `names` (each with the stage it NEEDS), at most `jobs` at a time: whenever
-    one finishes, start the first of the others (in POST_STAGES order) whose needed stage is done.
+    one finishes, start the first of the others (in the order of `names`) whose needed stage is done.
 
     evaluations: {label: (the stages it needs, make)}, make(results) -> (fn, *args): a call that runs in a worker
     once its stages are done, whenever no stage is ready to start (so evaluations fill workers that would
@@ -202,9 +273,9 @@ def run_post_training(names: list[str], configs: dict, pool: Executor, jobs: int
         for stage in [s for s in waiting if s not in NEEDS or NEEDS[s] in results]:
             if len(running) == jobs:
                 break
-            cfg = configs[stage]
-            if stage == "sft_baseline":  # matched compute: the CPU seconds grpo_gold's training took
-                cfg = dataclasses.replace(cfg, max_cpu_s=results["grpo_gold"]["cpu_s"])
+            cfg, matched = configs[stage], STAGES[stage].matched_cpu_of
+            if matched:  # matched compute: the CPU seconds that stage's training took
+                cfg = dataclasses.replace(cfg, max_cpu_s=results[matched]["cpu_s"])
             waiting.remove(stage)
             running[pool.submit(run_stage, stage, cfg)] = stage
         if not any(s not in NEEDS or NEEDS[s] in results for s in waiting):  # no stage can start: evaluate

@@ -9,7 +9,7 @@ import dataclasses
 import pytest
 import torch
 
-from cs336_alignment import report
+from cs336_alignment import report, stages
 from cs336_alignment.checkpoint import save_checkpoint
 from cs336_alignment.model import TransformerConfig, TransformerLM
 from cs336_alignment.tokenizer import load_tokenizer
@@ -34,7 +34,7 @@ def test_every_row_has_names_loops_meaning_and_units():
 
 
 def test_names_the_report_reads_are_documented():
-    curves = {key for left, right, _, _ in report.CURVES.values() for key in left + right}
+    curves = {key for stage in stages.STAGES.values() if stage.curves for key in stage.curves[0] + stage.curves[1]}
     assert curves | set(report.SFT_EVAL_KEYS) <= documented_names()
 
 

@@ -124,7 +124,8 @@ def test_smoke_pipeline_writes_report(tmp_path):
     report["rm"].update({"eval/rm/gold_pairs": 0.25, "eval/rm/correct_preferred": 0.6,
                          "eval/rm/sft_correct_preferred": 0.75})
     (tmp_path / "again").mkdir()
-    md = write_report(tmp_path / "again", report).read_text()
+    labels = {s.name: s.label for s in stages_module.STAGES.values()}
+    md = write_report(tmp_path / "again", report, labels).read_text()
     assert ("On the 25.0% of held-out pairs where one response is correct and the other is not, it scores the "
             "correct one higher 60.0% of the time; the SFT policy's own mean token log-prob does so 75.0%") in md
 
@@ -178,7 +179,7 @@ def test_length_bias_adds_the_small_reward_model(tmp_path):
 
 
 def test_evaluations_fill_idle_workers_and_never_hold_a_stage_back(monkeypatch):
-    """run_post_training with stand-in loops (stages.LOOPS) on a 2-thread pool. rm takes longest; while it runs,
+    """run_post_training with stand-in loops (the stage table's train functions) on a 2-thread pool. rm takes longest; while it runs,
     grpo_gold and sft_baseline use the other worker, and the evaluations that need neither rm nor a stage still
     waiting (base) start only when no stage can start. Each evaluation starts after the stages it needs, and one
     that needs a stage that does not run is an error."""
@@ -201,7 +202,8 @@ def test_evaluations_fill_idle_workers_and_never_hold_a_stage_back(monkeypatch):
         return label.upper()
 
     durations = {"rm": 0.3, "grpo_gold": 0.05, "sft_baseline": 0.05, "bon": 0.05}
-    monkeypatch.setattr(stages_module, "LOOPS", {s: loop(s, t) for s, t in durations.items()})
+    for s, t in durations.items():
+        monkeypatch.setitem(stages_module.STAGES, s, dataclasses.replace(stages_module.STAGES[s], train=loop(s, t)))
     configs = {s: stages_module.sft.SFTConfig() for s in durations}  # ignored by the stand-ins
     calls = {"base": ((), lambda results: (evaluate, "base")),
              "SFT": (("rm",), lambda results: (evaluate, "sft")),
@@ -278,3 +280,20 @@ def test_preset_sft_writers_reach_the_sft_and_baseline_configs(tmp_path, monkeyp
     save_checkpoint(torch.nn.Linear(1, 1), None, 0, ckpt, config=dataclasses.asdict(sft))
     baseline = stages_module.post_configs("writers", tmp_path, str(ckpt), 0, "cpu", 1, 0.0)["sft_baseline"]
     assert all(getattr(baseline, k) == getattr(sft, k) for k in ("seed", "n_examples", "verbosity", "hasty", "split"))
+
+
+def test_the_stage_table_is_consistent():
+    """Everything the run, the scheduler and the report know of a stage is its entry in stages.STAGES: each
+    names a preset section, waits only for a stage of its own phase, compares only with a labelled stage, and the
+    post-training stages start in a total order."""
+    from cs336_alignment.presets import SECTIONS
+    table = stages_module.STAGES
+    assert all(name == stage.name and stage.section in SECTIONS for name, stage in table.items())
+    for stage in table.values():
+        assert stage.needs is None or (stage.needs in table and table[stage.needs].base == stage.base), stage.name
+        assert stage.versus is None or (table[stage.versus].label and stage.label), stage.name
+        assert stage.matched_cpu_of is None or stage.matched_cpu_of == stage.needs, stage.name
+    post = [s for s in table.values() if not s.base]
+    assert sorted(s.start for s in post) == list(range(len(post))), "one start rank per post-training stage"
+    assert stages_module.POST_STAGES[0] == "rm", "the longest stage starts first"
+    assert len(stages_module.LABELS) == sum(1 for s in table.values() if s.label), "report labels are unique"
