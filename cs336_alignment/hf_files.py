@@ -46,7 +46,7 @@ def read_json(file: str | Path, error: type[Exception] = ValueError) -> dict[str
     except UnicodeDecodeError as e:
         raise error(f"{file}: not UTF-8 text (byte {e.start}); a corrupt file?") from None
     except json.JSONDecodeError as e:
-        raise error(f"{file}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); truncated or "
+        raise error(f"{file}: not valid JSON ({e.msg}: line {e.lineno} column {e.colno}); truncated or "
                     "corrupt?") from None
     if not isinstance(value, dict):
         raise error(f"{file}: expected a JSON object, found {type(value).__name__}")

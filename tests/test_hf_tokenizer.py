@@ -188,7 +188,7 @@ def test_default_system_prompt_is_read_from_the_template():
     assert chat_format_from_template(QWEN_TEMPLATE, "x").default_system == (
         "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.")
     assert chat_format_from_template(CHATML_TEMPLATE, "x").default_system is None
-    assert chat_format_from_template(LLAMA3_TEMPLATE, "x").kind == "llama3"
+    assert chat_format_from_template(LLAMA3_TEMPLATE, "x", {"bos_token": "<|begin_of_text|>"}).kind == "llama3"
     with pytest.raises(TokenizerFileError, match="chat_template"):
         chat_format_from_template("{{ messages }}", "tokenizer_config.json")
 
