@@ -191,18 +191,21 @@ def chat_format_from_template(template: str | None, where: str,
     head, user_turn = "<|im_start|>system\n", "<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
     if lone_user.startswith(head) and lone_user.endswith(user_turn):
         candidates.insert(0, ChatFormat("chatml", lone_user[len(head):-len(user_turn)]))
-    first_miss = None
+    closest = None  # (probes matched before the first miss, the candidate, where that miss is)
     for candidate in candidates:
-        for (i, g), theirs in rendered.items():
+        for matched, ((i, g), theirs) in enumerate(rendered.items()):
             ours = "".join(text for text, _, _ in candidate.segments(PROBES[i], g))
             if theirs != ours:
-                first_miss = first_miss or (candidate, i, g, _first_difference(theirs, ours))
+                miss = f"probe conversation {i} with add_generation_prompt={g}: {_first_difference(theirs, ours)}"
+                if closest is None or matched > closest[0]:
+                    closest = (matched, candidate, miss)
                 break
         else:
             return candidate
-    candidate, i, g, difference = first_miss
+    _, candidate, miss = closest
+    name = "Llama 3" if candidate.kind == "llama3" else "ChatML"
     raise TokenizerFileError(f"{where}: field 'chat_template' renders differently from every supported chat format "
-                             f"(ChatML, Llama 3): probe conversation {i} with add_generation_prompt={g}: {difference}")
+                             f"(ChatML, Llama 3); closest, {name}, differs on {miss}")
 
 
 def _pre_tokenizer_pattern(spec: dict | None, where: str) -> str:
