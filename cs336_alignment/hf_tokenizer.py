@@ -6,8 +6,9 @@
 Layering: this module only parses. `read_tokenizer_files` turns tokenizer.json (+ tokenizer_config.json)
 into plain data (`TokenizerFiles`: ranks, special tokens, regex, normalizer, a `ChatFormat`), and
 `tokenizer.PretrainedTokenizer` (a Tokenizer subclass, in tokenizer.py, above this file) encodes with it
-and renders the chat format it holds. This file imports nothing of the package, so `Tokenizer.from_pretrained`
-imports it at the top of tokenizer.py without an import circle.
+and renders the chat format it holds. This file imports only `hf_files.py` (which imports nothing of the
+package), so `Tokenizer.from_pretrained` imports it at the top of tokenizer.py without an import circle. An empty,
+truncated, corrupt or Git-LFS-pointer tokenizer.json / tokenizer_config.json raises TokenizerFileError naming it.
 
 tokenizer.json (the `tokenizers` library's format) of a byte-level BPE model holds: `model.vocab` (token ->
 id, each token's bytes written with GPT-2's printable byte alphabet), `model.merges` (in priority order),
@@ -19,8 +20,15 @@ training; a vocabulary converted from tiktoken ranks may list several splits of 
 ids, allowed), and `tokenizers`' BpeTrainer writes one merge per token. tests/test_hf_tokenizer.py compares
 `encode`/`decode` with `tokenizers`, including a merges list with such extra splits.
 
-Chat formats (recognised from tokenizer_config.json's `chat_template`; we render them in Python, the text
-equal to transformers' `apply_chat_template` for content without special-token strings):
+Chat formats (we render them in Python, the text equal to transformers' `apply_chat_template` for content
+without special-token strings). A checkpoint's `chat_template` (tokenizer_config.json or chat_template.jinja) is
+recognised by what it renders, not by what it contains: it is rendered with Jinja as transformers does
+(sandboxed, trim_blocks, lstrip_blocks, the special tokens as variables) on a few probe conversations, with and
+without the generation prompt, and a format is accepted only when our rendering equals the template's on every
+probe; otherwise loading stops with an error naming the file and the first difference. So Qwen3's template (an
+empty <think></think> block in the last assistant turn), Llama 3 *base*'s (no generation prompt) and Llama 3.1's
+(dated system text) are refused rather than rendered differently, and Qwen2-VL's default system message, written
+as template text rather than a string literal, is read from the rendering of a one-message probe.
   * ChatML (Qwen2 / Qwen2.5): [<|im_start|>system\\n{default system prompt}<|im_end|>\\n when the first
     message is not a system message and the template inserts one] then per message
     <|im_start|>{role}\\n{content}<|im_end|>\\n; the generation prompt is <|im_start|>assistant\\n.
@@ -36,10 +44,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from cs336_alignment.hf_files import read_json
 
 # GPT-2's pre-tokenizer (ByteLevel with use_regex=true), as the `tokenizers` library writes it.
 GPT2_PAT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -112,28 +125,87 @@ class ChatFormat:
         return out
 
 
-def chat_format_from_template(template: str | None, where: str) -> ChatFormat | None:
-    """Recognise a Jinja chat template as ChatML or Llama 3's header format; None when there is no template.
+# Probe conversations: system or not, multi-turn, an assistant turn after the last user turn and before it,
+# whitespace that Llama 3 trims, non-ASCII text. Each is rendered with and without the generation prompt.
+PROBES: tuple[list[dict[str, str]], ...] = (
+    [{"role": "user", "content": "Hi"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 3?"},
+     {"role": "assistant", "content": "5"}, {"role": "user", "content": " and 4?\n"}],
+    [{"role": "user", "content": "  Straße 中文 🙂 "}, {"role": "assistant", "content": "  It is\n\n5.  "}],
+    [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}],
+)
+
+
+def render_template(template: str, messages: list[dict[str, str]], add_generation_prompt: bool,
+                    special_tokens: dict[str, str]) -> str:
+    """A Jinja chat template rendered as transformers' apply_chat_template(..., tokenize=False) renders it: a
+    sandboxed environment with trim_blocks, lstrip_blocks and loop controls, the `tojson` filter, the
+    `raise_exception` and `strftime_now` globals, and the special tokens (bos_token, eos_token, ...) as variables.
 
     Raises:
-        TokenizerFileError: for a template of neither kind (or Llama 3.1's, which adds dated system text).
+        jinja2.TemplateError: a template that does not parse, or that raises on these messages.
+    """
+    def raise_exception(message):
+        raise jinja2.TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = lambda x, indent=None, separators=None, sort_keys=False: json.dumps(
+        x, ensure_ascii=False, indent=indent, separators=separators, sort_keys=sort_keys)
+    env.globals.update(raise_exception=raise_exception, strftime_now=lambda fmt: datetime.now().strftime(fmt))
+    return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                            **special_tokens)
+
+
+def _first_difference(theirs: str, ours: str) -> str:
+    """Where two renderings part, with a little context of each."""
+    n = next((i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b), min(len(theirs), len(ours)))
+    return f"at character {n} the template gives {theirs[max(0, n - 12):n + 28]!r}, ours {ours[max(0, n - 12):n + 28]!r}"
+
+
+def chat_format_from_template(template: str | None, where: str,
+                              special_tokens: dict[str, str] | None = None) -> ChatFormat | None:
+    """The ChatFormat that renders exactly as the Jinja chat `template` does on every probe conversation (PROBES,
+    with and without the generation prompt); None when there is no template.
+
+    Candidates: ChatML with the default system message the template inserts before a lone user message (read
+    from that rendering), ChatML without one, and Llama 3's headers.
+
+    Args:
+        where: the file the template came from, for the error. special_tokens: the template's variables
+            (bos_token, eos_token, ... as strings, from tokenizer_config.json).
+    Raises:
+        TokenizerFileError: naming the file and field 'chat_template': a template that fails to render a probe,
+            or one no candidate renders identically (the message shows the first difference).
     """
     if not template:
         return None
-    if "<|im_start|>" in template:
-        # Qwen's templates insert a fixed system message: '<|im_start|>system\nYou are ...<|im_end|>\n'.
-        match = re.search(r"""(['"])<\|im_start\|>system\\n((?:(?!\1).)*?)<\|im_end\|>\\n\1""", template)
-        default = None
-        if match:
-            default = match.group(2).encode("utf-8").decode("unicode_escape").encode("latin-1").decode("utf-8")
-        return ChatFormat("chatml", default)
-    if "<|start_header_id|>" in template:
-        if "Cutting Knowledge Date" in template or "tools" in template:
-            raise TokenizerFileError(f"{where}: field 'chat_template': Llama 3.1+'s template (dated system "
-                                     "text, tools) is not supported; Llama 3's is")
-        return ChatFormat("llama3")
-    raise TokenizerFileError(f"{where}: field 'chat_template' is neither ChatML (<|im_start|>) nor Llama 3 "
-                             "(<|start_header_id|>)")
+    tokens = special_tokens or {}
+    try:
+        rendered = {(i, g): render_template(template, probe, g, tokens)
+                    for i, probe in enumerate(PROBES) for g in (False, True)}
+    except Exception as e:  # jinja2's errors, and whatever a template's own code raises
+        raise TokenizerFileError(f"{where}: field 'chat_template' fails to render a probe conversation: "
+                                 f"{type(e).__name__}: {e}") from None
+    candidates = [ChatFormat("chatml"), ChatFormat("llama3")]
+    lone_user = rendered[0, False]
+    head, user_turn = "<|im_start|>system\n", "<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+    if lone_user.startswith(head) and lone_user.endswith(user_turn):
+        candidates.insert(0, ChatFormat("chatml", lone_user[len(head):-len(user_turn)]))
+    closest = None  # (probes matched before the first miss, the candidate, where that miss is)
+    for candidate in candidates:
+        for matched, ((i, g), theirs) in enumerate(rendered.items()):
+            ours = "".join(text for text, _, _ in candidate.segments(PROBES[i], g))
+            if theirs != ours:
+                miss = f"probe conversation {i} with add_generation_prompt={g}: {_first_difference(theirs, ours)}"
+                if closest is None or matched > closest[0]:
+                    closest = (matched, candidate, miss)
+                break
+        else:
+            return candidate
+    _, candidate, miss = closest
+    name = "Llama 3" if candidate.kind == "llama3" else "ChatML"
+    raise TokenizerFileError(f"{where}: field 'chat_template' renders differently from every supported chat format "
+                             f"(ChatML, Llama 3); closest, {name}, differs on {miss}")
 
 
 def _pre_tokenizer_pattern(spec: dict | None, where: str) -> str:
@@ -165,6 +237,7 @@ class TokenizerFiles:
     pad_token: str | None
     bos_token: str | None
     source_dir: str  # the directory, resolved
+    special_ids: frozenset[int] = frozenset()  # added tokens marked "special" (skipped by decode(skip_special_tokens))
 
 
 def read_tokenizer_files(path: str | os.PathLike) -> TokenizerFiles:
@@ -172,7 +245,8 @@ def read_tokenizer_files(path: str | os.PathLike) -> TokenizerFiles:
 
     Raises:
         FileNotFoundError: no tokenizer.json.
-        TokenizerFileError: naming the file and field: not BPE, byte fallback, an unsupported normalizer or
+        TokenizerFileError: naming the file: empty, truncated, corrupt, a Git LFS pointer; a chat template no
+            supported format renders identically (`chat_format_from_template`); or naming the field: not BPE, byte fallback, an unsupported normalizer or
             pre-tokenizer, a vocabulary without all 256 bytes, a merge whose token's id is smaller than an
             earlier merge's.
     """
@@ -180,7 +254,7 @@ def read_tokenizer_files(path: str | os.PathLike) -> TokenizerFiles:
     file = path / "tokenizer.json"
     if not file.is_file():
         raise FileNotFoundError(f"{path}: no tokenizer.json")
-    spec = json.loads(file.read_text(encoding="utf-8"))
+    spec = read_json(file, TokenizerFileError)
     model = spec.get("model") or {}
     if model.get("type") != "BPE":
         raise TokenizerFileError(f"{file}: field 'model.type' is {model.get('type')!r}; only byte-level BPE is "
@@ -212,17 +286,21 @@ def read_tokenizer_files(path: str | os.PathLike) -> TokenizerFiles:
                                      "is smaller than an earlier merge's (tiktoken merges by id)")
         previous = ranks[merged]
     specials = {t["content"]: t["id"] for t in spec.get("added_tokens", [])}
+    special_ids = frozenset(t["id"] for t in spec.get("added_tokens", []) if t.get("special", True))
     for content in specials:
         ranks.pop(content.encode("utf-8"), None)  # an added token listed in the vocab too is matched as special
 
     config_file = path / "tokenizer_config.json"
-    config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
-    template = config.get("chat_template")
+    config = read_json(config_file, TokenizerFileError) if config_file.is_file() else {}
+    template, template_file = config.get("chat_template"), config_file
     if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
         template = next((t["template"] for t in template if t.get("name") == "default"), None)
     if (path / "chat_template.jinja").is_file():  # transformers >= 4.50 saves it beside the config
-        template = (path / "chat_template.jinja").read_text(encoding="utf-8")
-    chat_format = chat_format_from_template(template, str(config_file))
+        template_file = path / "chat_template.jinja"
+        template = template_file.read_text(encoding="utf-8")
+    token_strings = {name: _token_content(value) for name, value in config.items()
+                     if name.endswith("_token") and isinstance(_token_content(value), str)}
+    chat_format = chat_format_from_template(template, str(template_file), token_strings)
     eos = _token_content(config.get("eos_token"))
     if chat_format is not None and eos == chat_format.end_of_turn:
         # Instruct configs (Qwen2.5, Llama 3) name the end of a turn as EOS; ours is the end of a document.
@@ -230,4 +308,5 @@ def read_tokenizer_files(path: str | os.PathLike) -> TokenizerFiles:
         eos = document_end if document_end in specials else eos
     return TokenizerFiles(ranks, specials, pat_str, normalizer="NFC" if normalizer else None,
                           chat_format=chat_format, eos_token=eos, pad_token=_token_content(config.get("pad_token")),
-                          bos_token=_token_content(config.get("bos_token")), source_dir=str(path.resolve()))
+                          bos_token=_token_content(config.get("bos_token")), source_dir=str(path.resolve()),
+                          special_ids=special_ids)

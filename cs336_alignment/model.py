@@ -6,11 +6,15 @@ self-attention (Vaswani et al. 2017, eq. 1) and a SwiGLU feed-forward (Shazeer 2
 embedding and output head. Module and parameter names are CS336's, so its state dicts load unchanged.
 A ScalarHead (d -> 1) turns the final hidden states into rewards or values.
 
-Four switches, all off by default (the CS336 model), let the same code hold Llama and Qwen2 checkpoints
-(`pretrained.py` loads them): grouped-query attention (`num_kv_heads`, Ainslie et al. 2023,
+Switches, all off by default (the CS336 model), let the same code hold Llama, Qwen2, Qwen3 and OLMo-2
+checkpoints (`pretrained.py` loads them): grouped-query attention (`num_kv_heads`, Ainslie et al. 2023,
 https://arxiv.org/abs/2305.13245: each group of num_heads / num_kv_heads query heads shares one key/value
-head), a bias on the q/k/v projections (`qkv_bias`, Qwen2), the RMSNorm epsilon (`rms_norm_eps`) and an
-lm_head tied to the input embedding (`tie_embeddings`, Press & Wolf 2017). RoPE stays interleaved here:
+head), a bias on the q/k/v projections (`qkv_bias`, Qwen2), the RMSNorm epsilon (`rms_norm_eps`), an
+lm_head tied to the input embedding (`tie_embeddings`, Press & Wolf 2017), a head width independent of
+d_model (`head_dim`, Qwen3), RMSNorm on queries and keys before RoPE (`qk_norm`: "full" over the whole q/k
+projection, OLMo-2, OLMo et al. 2024, https://arxiv.org/abs/2501.00656 §3.1; "head" over each head, Qwen3,
+Yang et al. 2025, https://arxiv.org/abs/2505.09388 §2) and the norm after each sublayer instead of before it
+(`norm_placement="post"`, OLMo-2: h = x + RMSNorm(Attn(x)), out = h + RMSNorm(FFN(h))). RoPE stays interleaved here:
 `pretrained.py` permutes the q/k projection rows of Hugging Face's rotate-half layout at load and back at
 save (exact, since attention scores are dot products within a head).
 
@@ -166,24 +170,35 @@ class MultiHeadSelfAttention(nn.Module):
     num_kv_heads < num_heads is grouped-query attention (Ainslie et al. 2023): k_proj and v_proj give
     num_kv_heads heads, query head h reads key/value head h // (num_heads / num_kv_heads) (the grouping of
     Hugging Face's `repeat_kv`), and the KV cache stores only the num_kv_heads heads. qkv_bias adds a bias to
-    q_proj, k_proj and v_proj (Qwen2), not to output_proj.
+    q_proj, k_proj and v_proj (Qwen2), not to output_proj. head_dim (default d_model / num_heads) sets the
+    width of a head: q_proj is (num_heads·head_dim, d_model), output_proj (d_model, num_heads·head_dim).
+    qk_norm applies RMSNorm (eps) to queries and keys before RoPE: "full" to the whole projection output
+    (q_norm (num_heads·head_dim,), k_norm (num_kv_heads·head_dim,), OLMo-2), "head" to each head
+    (q_norm, k_norm (head_dim,), Qwen3); "none" (default) adds no parameters.
     """
 
     def __init__(self, d_model: int, num_heads: int, rope: RotaryPositionalEmbedding | None = None,
                  use_sdpa: bool = False, device=None, dtype=None, num_kv_heads: int | None = None,
-                 qkv_bias: bool = False):
+                 qkv_bias: bool = False, head_dim: int | None = None, qk_norm: str = "none", eps: float = 1e-5):
         super().__init__()
         num_kv_heads = num_kv_heads or num_heads
-        if d_model % num_heads or num_heads % num_kv_heads:
+        if (head_dim is None and d_model % num_heads) or num_heads % num_kv_heads:
             raise ValueError(f"d_model {d_model} must divide by num_heads {num_heads}, and num_heads by "
                              f"num_kv_heads {num_kv_heads}")
-        self.num_heads, self.d_head, self.rope, self.use_sdpa = num_heads, d_model // num_heads, rope, use_sdpa
-        self.num_kv_heads = num_kv_heads
-        d_kv = num_kv_heads * self.d_head
-        self.q_proj = Linear(d_model, d_model, device, dtype, bias=qkv_bias)
+        if qk_norm not in ("none", "full", "head"):
+            raise ValueError(f"qk_norm is {qk_norm!r}; choose 'none', 'full' or 'head'")
+        self.d_head = head_dim or d_model // num_heads
+        self.num_heads, self.rope, self.use_sdpa = num_heads, rope, use_sdpa
+        self.num_kv_heads, self.qk_norm = num_kv_heads, qk_norm
+        d_q, d_kv = num_heads * self.d_head, num_kv_heads * self.d_head
+        self.q_proj = Linear(d_model, d_q, device, dtype, bias=qkv_bias)
         self.k_proj = Linear(d_model, d_kv, device, dtype, bias=qkv_bias)
         self.v_proj = Linear(d_model, d_kv, device, dtype, bias=qkv_bias)
-        self.output_proj = Linear(d_model, d_model, device, dtype)
+        self.output_proj = Linear(d_q, d_model, device, dtype)
+        if qk_norm != "none":  # only then: the CS336 state dict has no q_norm / k_norm
+            per_head = qk_norm == "head"
+            self.q_norm = RMSNorm(self.d_head if per_head else d_q, eps, device=device, dtype=dtype)
+            self.k_norm = RMSNorm(self.d_head if per_head else d_kv, eps, device=device, dtype=dtype)
 
     def forward(self, x: Tensor, token_positions: Tensor | None = None, mask: Tensor | None = None,
                 kv_cache: KVCache | None = None, layer_idx: int = 0) -> Tensor:
@@ -197,8 +212,13 @@ class MultiHeadSelfAttention(nn.Module):
         *lead, T, _ = x.shape
         past = kv_cache.length if kv_cache is not None else 0
         split = lambda t, heads: t.view(*lead, T, heads, self.d_head).transpose(-3, -2)  # (..., heads, T, dh)
-        q = split(self.q_proj(x), self.num_heads)  # (..., H, T, dh)
-        k, v = split(self.k_proj(x), self.num_kv_heads), split(self.v_proj(x), self.num_kv_heads)  # (..., Hkv, T, dh)
+        q, k = self.q_proj(x), self.k_proj(x)  # (..., T, H·dh), (..., T, Hkv·dh)
+        if self.qk_norm == "full":  # OLMo-2: over all heads at once
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = split(q, self.num_heads)  # (..., H, T, dh)
+        k, v = split(k, self.num_kv_heads), split(self.v_proj(x), self.num_kv_heads)  # (..., Hkv, T, dh)
+        if self.qk_norm == "head":  # Qwen3: each head over its own dh features
+            q, k = self.q_norm(q), self.k_norm(k)
         if self.rope is not None:
             if token_positions is None:
                 token_positions = torch.arange(past, past + T, device=x.device)  # (T,)
@@ -234,19 +254,31 @@ class SwiGLU(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """Pre-norm block: x + Attn(RMSNorm(x)), then y + FFN(RMSNorm(y))."""
+    """Pre-norm block: x + Attn(RMSNorm(x)), then y + FFN(RMSNorm(y)).
+
+    norm_placement="post" (OLMo-2) normalises each sublayer's output instead: x + ln1(Attn(x)), then
+    y + ln2(FFN(y)). head_dim and qk_norm go to the attention (MultiHeadSelfAttention).
+    """
 
     def __init__(self, d_model: int, num_heads: int, d_ff: int, rope: RotaryPositionalEmbedding | None = None,
                  use_sdpa: bool = False, device=None, dtype=None, num_kv_heads: int | None = None,
-                 qkv_bias: bool = False, eps: float = 1e-5):
+                 qkv_bias: bool = False, eps: float = 1e-5, head_dim: int | None = None, qk_norm: str = "none",
+                 norm_placement: str = "pre"):
         super().__init__()
+        if norm_placement not in ("pre", "post"):
+            raise ValueError(f"norm_placement is {norm_placement!r}; choose 'pre' or 'post'")
+        self.post_norm = norm_placement == "post"
         self.ln1 = RMSNorm(d_model, eps, device=device, dtype=dtype)
-        self.attn = MultiHeadSelfAttention(d_model, num_heads, rope, use_sdpa, device, dtype, num_kv_heads, qkv_bias)
+        self.attn = MultiHeadSelfAttention(d_model, num_heads, rope, use_sdpa, device, dtype, num_kv_heads, qkv_bias,
+                                           head_dim, qk_norm, eps)
         self.ln2 = RMSNorm(d_model, eps, device=device, dtype=dtype)
         self.ffn = SwiGLU(d_model, d_ff, device, dtype)
 
     def forward(self, x: Tensor, token_positions: Tensor | None = None, mask: Tensor | None = None,
                 kv_cache: KVCache | None = None, layer_idx: int = 0) -> Tensor:  # (..., T, d) -> (..., T, d)
+        if self.post_norm:  # OLMo-2
+            x = x + self.ln1(self.attn(x, token_positions, mask, kv_cache, layer_idx))
+            return x + self.ln2(self.ffn(x))
         x = x + self.attn(self.ln1(x), token_positions, mask, kv_cache, layer_idx)
         return x + self.ffn(self.ln2(x))
 
@@ -268,11 +300,11 @@ class TransformerLM(nn.Module):
     def __init__(self, config: TransformerConfig, device=None, dtype=None):
         super().__init__()
         c = self.config = config
-        rope = RotaryPositionalEmbedding(c.rope_theta, c.d_model // c.num_heads, c.context_length, device)
+        rope = RotaryPositionalEmbedding(c.rope_theta, c.d_head, c.context_length, device)
         self.token_embeddings = Embedding(c.vocab_size, c.d_model, device, dtype)
         self.layers = nn.ModuleList(
             TransformerBlock(c.d_model, c.num_heads, c.d_ff, rope, c.use_sdpa, device, dtype, c.num_kv_heads,
-                             c.qkv_bias, c.rms_norm_eps)
+                             c.qkv_bias, c.rms_norm_eps, c.head_dim, c.qk_norm, c.norm_placement)
             for _ in range(c.num_layers))
         self.ln_final = RMSNorm(c.d_model, c.rms_norm_eps, device=device, dtype=dtype)
         self.lm_head = Linear(c.d_model, c.vocab_size, device, dtype)
@@ -282,7 +314,7 @@ class TransformerLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path, dtype: torch.dtype | str | None = None, device=None) -> "TransformerLM":
-        """Load a Llama / Qwen2 Hugging Face checkpoint directory into a TransformerLM.
+        """Load a Llama / Qwen2 / Qwen3 / OLMo-2 Hugging Face checkpoint directory into a TransformerLM.
 
         The model is built on the meta device (no random init, no second copy) and the tensors are read one by
         one from the safetensors file(s), renamed, permuted to the interleaved RoPE layout (`pretrained.py`),
@@ -298,7 +330,8 @@ class TransformerLM(nn.Module):
         Raises:
             FileNotFoundError: no config.json in `path`.
             pretrained.CheckpointError: naming the field (config_from_hf) or the tensor: a missing tensor, an
-                unexpected one, or one of the wrong shape.
+                unexpected one, or one of the wrong shape; or the file: empty, not JSON / safetensors, truncated,
+                or a Git LFS pointer.
         """
         hf, config = read_hf_config(path)
         dtype, device = resolve_dtype(dtype, hf, path), torch.device(device or "cpu")
@@ -310,8 +343,7 @@ class TransformerLM(nn.Module):
         if config.tie_embeddings:
             model.lm_head.weight = model.token_embeddings.weight
         # RoPE tables are non-persistent buffers (not in any state dict): build them for real on `device`.
-        rope = RotaryPositionalEmbedding(config.rope_theta, config.d_model // config.num_heads, config.context_length,
-                                         device)
+        rope = RotaryPositionalEmbedding(config.rope_theta, config.d_head, config.context_length, device)
         for layer in model.layers:
             layer.attn.rope = rope
         still_meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]

@@ -26,3 +26,12 @@ class TransformerConfig:
     rms_norm_eps: float = 1e-5  # RMSNorm epsilon (HF rms_norm_eps)
     tie_embeddings: bool = False  # lm_head shares the input embedding's weight (HF tie_word_embeddings)
     tokenizer: str = ""  # directory of the tokenizer these ids belong to (a HF checkpoint); "" = the shipped one
+    # The switches an OLMo-2 / Qwen3 checkpoint needs (defaults: the CS336 model, same state-dict keys):
+    head_dim: int | None = None  # width of one head (Qwen3: independent of d_model); None = d_model / num_heads
+    norm_placement: str = "pre"  # "pre": x + f(norm(x)) (CS336, Llama, Qwen); "post": x + norm(f(x)) (OLMo-2)
+    qk_norm: str = "none"  # RMSNorm on q and k before RoPE: "none", "full" (all heads, OLMo-2), "head" (Qwen3)
+
+    @property
+    def d_head(self) -> int:
+        """Width of one attention head (the RoPE dimension d_k)."""
+        return self.head_dim or self.d_model // self.num_heads

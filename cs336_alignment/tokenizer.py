@@ -214,7 +214,7 @@ class Tokenizer:
         return PretrainedTokenizer(files.mergeable_ranks, files.special_tokens, files.pat_str,
                                    normalizer=files.normalizer, chat_format=files.chat_format,
                                    eos_token=files.eos_token, pad_token=files.pad_token, bos_token=files.bos_token,
-                                   source_dir=files.source_dir)
+                                   source_dir=files.source_dir, special_ids=files.special_ids)
 
     @classmethod
     def load_default(cls) -> "Tokenizer":
@@ -231,12 +231,17 @@ class PretrainedTokenizer(Tokenizer):
     chat_format (None when the checkpoint ships no template), normalizer ("NFC" or None), bos_token_id.
     eos_token_id is the tokenizer's EOS (Qwen2 <|endoftext|>, Llama 3 <|end_of_text|>), end_of_turn_id the
     chat format's (<|im_end|> / <|eot_id|>), pad_token_id the configured pad token, else the EOS.
+    special_ids: the added tokens marked "special" in tokenizer.json, the only ones decode(skip_special_tokens=True)
+    drops (as `tokenizers`: Qwen3's <think> and <tool_call> are added but not special); None = every added token.
     """
 
     def __init__(self, mergeable_ranks: dict[bytes, int], special_tokens: dict[str, int], pat_str: str, *,
                  normalizer: str | None, chat_format: ChatFormat | None, eos_token: str | None,
-                 pad_token: str | None, bos_token: str | None, source_dir: str = ""):
+                 pad_token: str | None, bos_token: str | None, source_dir: str = "",
+                 special_ids: frozenset[int] | None = None):
         super().__init__(mergeable_ranks, special_tokens, pat_str, name=f"pretrained:{Path(source_dir).name}")
+        if special_ids is not None:
+            self._special_ids = frozenset(special_ids)
         self.normalizer, self.chat_format, self.source_dir = normalizer, chat_format, source_dir
         self.eos_token_id = special_tokens.get(eos_token) if eos_token else None
         self.bos_token_id = special_tokens.get(bos_token) if bos_token else None

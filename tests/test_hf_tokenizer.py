@@ -188,7 +188,7 @@ def test_default_system_prompt_is_read_from_the_template():
     assert chat_format_from_template(QWEN_TEMPLATE, "x").default_system == (
         "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.")
     assert chat_format_from_template(CHATML_TEMPLATE, "x").default_system is None
-    assert chat_format_from_template(LLAMA3_TEMPLATE, "x").kind == "llama3"
+    assert chat_format_from_template(LLAMA3_TEMPLATE, "x", {"bos_token": "<|begin_of_text|>"}).kind == "llama3"
     with pytest.raises(TokenizerFileError, match="chat_template"):
         chat_format_from_template("{{ messages }}", "tokenizer_config.json")
 
@@ -232,3 +232,183 @@ def test_merges_out_of_id_order_are_refused(tmp_path):
     (tmp_path / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
     with pytest.raises(TokenizerFileError, match=r"model\.merges\[4\]"):  # the first after the high one
         Tokenizer.from_pretrained(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Chat templates are recognised by what they render; decode keeps added tokens that are not special
+# ---------------------------------------------------------------------------------------------------------
+
+# Qwen3's template (Qwen3-0.6B's tokenizer_config.json; the tool-call branches shortened to their structure):
+# the last assistant turn after the last user query gets a <think> block, empty when there is no reasoning.
+QWEN3_TEMPLATE = r"""{%- if tools %}
+    {{- '<|im_start|>system\n' }}
+    {%- if messages[0].role == 'system' %}
+        {{- messages[0].content + '\n\n' }}
+    {%- endif %}
+    {{- "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\n" }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- "\n</tools><|im_end|>\n" }}
+{%- else %}
+    {%- if messages[0].role == 'system' %}
+        {{- '<|im_start|>system\n' + messages[0].content + '<|im_end|>\n' }}
+    {%- endif %}
+{%- endif %}
+{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}
+{%- for message in messages[::-1] %}
+    {%- set index = (messages|length - 1) - loop.index0 %}
+    {%- if ns.multi_step_tool and message.role == "user" and message.content is string and not(message.content.startswith('<tool_response>') and message.content.endswith('</tool_response>')) %}
+        {%- set ns.multi_step_tool = false %}
+        {%- set ns.last_query_index = index %}
+    {%- endif %}
+{%- endfor %}
+{%- for message in messages %}
+    {%- if message.content is string %}
+        {%- set content = message.content %}
+    {%- else %}
+        {%- set content = '' %}
+    {%- endif %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) %}
+        {{- '<|im_start|>' + message.role + '\n' + content + '<|im_end|>' + '\n' }}
+    {%- elif message.role == "assistant" %}
+        {%- set reasoning_content = '' %}
+        {%- if message.reasoning_content is string %}
+            {%- set reasoning_content = message.reasoning_content %}
+        {%- else %}
+            {%- if '</think>' in content %}
+                {%- set reasoning_content = content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') %}
+                {%- set content = content.split('</think>')[-1].lstrip('\n') %}
+            {%- endif %}
+        {%- endif %}
+        {%- if loop.index0 > ns.last_query_index %}
+            {%- if loop.last or (not loop.last and reasoning_content) %}
+                {{- '<|im_start|>' + message.role + '\n<think>\n' + reasoning_content.strip('\n') + '\n</think>\n\n' + content.lstrip('\n') }}
+            {%- else %}
+                {{- '<|im_start|>' + message.role + '\n' + content }}
+            {%- endif %}
+        {%- else %}
+            {{- '<|im_start|>' + message.role + '\n' + content }}
+        {%- endif %}
+        {%- if message.tool_calls %}
+            {%- for tool_call in message.tool_calls %}
+                {{- '\n<tool_call>\n' + tool_call.function.name + '\n</tool_call>' }}
+            {%- endfor %}
+        {%- endif %}
+        {{- '<|im_end|>\n' }}
+    {%- elif message.role == "tool" %}
+        {{- '<|im_start|>user\n<tool_response>\n' + content + '\n</tool_response><|im_end|>\n' }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+    {%- if enable_thinking is defined and enable_thinking is false %}
+        {{- '<think>\n\n</think>\n\n' }}
+    {%- endif %}
+{%- endif %}"""
+# Qwen2-VL-2B-Instruct's template: its default system message is template text, not a quoted string.
+QWEN2_VL_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}"
+    "<|im_end|>\n{% else %}{% for content in message['content'] %}{% if content['type'] == 'image' or 'image' in "
+    "content or 'image_url' in content %}{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}"
+    "Picture {{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>{% elif content['type'] "
+    "== 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}"
+    "Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>{% elif 'text' in content "
+    "%}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}"
+    "<|im_start|>assistant\n{% endif %}")
+# Meta-Llama-3-8B's (the base model's) template: the instruct one without the generation-prompt branch.
+LLAMA3_BASE_TEMPLATE = ("{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
+                        "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim"
+                        " + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
+                        "{{ content }}{% endfor %}")
+
+
+@pytest.fixture(scope="module")
+def qwen_tokenizer(tmp_path_factory):
+    """(tokenizers.Tokenizer, transformers tokenizer) of one trained Qwen2-style tokenizer."""
+    return build_hf_tokenizer("qwen2", tmp_path_factory.mktemp("qwen_base"))
+
+
+def _save_with_template(fast, template, path):
+    fast.chat_template = template
+    fast.save_pretrained(path)
+    return path / "chat_template.jinja" if (path / "chat_template.jinja").is_file() else path / "tokenizer_config.json"
+
+
+def test_qwen3_template_is_refused_naming_the_file(qwen_tokenizer, tmp_path):
+    """Oracle: transformers renders a final assistant turn with an empty <think> block, which ChatML lacks, so the
+    old substring match (<|im_start|> -> ChatML) trained on text the model never sees. Now: one error naming
+    the file and where the renderings part."""
+    _, fast = qwen_tokenizer
+    file = _save_with_template(fast, QWEN3_TEMPLATE, tmp_path)
+    theirs = fast.apply_chat_template(CHATS[0], tokenize=False)
+    assert "<|im_start|>assistant\n<think>\n\n</think>\n\n2 + 3 = 5." in theirs
+    with pytest.raises(TokenizerFileError) as info:
+        Tokenizer.from_pretrained(tmp_path)
+    message = str(info.value)
+    assert message.startswith(f"{file}: field 'chat_template'") and "<think>" in message and "\n" not in message
+
+
+def test_qwen2_vl_default_system_message_is_read_from_the_rendering(qwen_tokenizer, tmp_path):
+    """Qwen2-VL writes its default system message as template text: the substring regex found none and rendered
+    without it. Oracle: apply_chat_template's text and ids, with and without the generation prompt."""
+    _, fast = qwen_tokenizer
+    _save_with_template(fast, QWEN2_VL_TEMPLATE, tmp_path)
+    ours = Tokenizer.from_pretrained(tmp_path)
+    assert ours.chat_format.default_system == "You are a helpful assistant."
+    for chat in CHATS:
+        for add_generation_prompt in (False, True):
+            text = fast.apply_chat_template(chat, tokenize=False, add_generation_prompt=add_generation_prompt)
+            assert ours.apply_chat_template(chat, add_generation_prompt) == text
+            ids = fast.apply_chat_template(chat, tokenize=True, add_generation_prompt=add_generation_prompt)
+            ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+            assert ours.render(chat, add_generation_prompt)[0] == list(ids)
+
+
+def test_llama3_base_template_without_generation_prompt_is_refused(qwen_tokenizer):
+    """Oracle: transformers renders Llama 3 base's template identically with and without add_generation_prompt
+    (it has no such branch); our Llama 3 format would append the assistant header, so it is refused."""
+    _, fast = qwen_tokenizer
+    fast.chat_template = LLAMA3_BASE_TEMPLATE
+    chat = CHATS[2]
+    tokens = {"bos_token": "<|begin_of_text|>"}
+    with_prompt, without = (fast.apply_chat_template(chat, tokenize=False, add_generation_prompt=g, **tokens)
+                            for g in (True, False))
+    assert with_prompt == without and with_prompt.startswith("<|begin_of_text|><|start_header_id|>user")
+    with pytest.raises(TokenizerFileError, match=r"tokenizer_config.json: field 'chat_template'.*"
+                                                 r"add_generation_prompt=True"):
+        chat_format_from_template(LLAMA3_BASE_TEMPLATE, "tokenizer_config.json", tokens)
+    assert chat_format_from_template(LLAMA3_TEMPLATE, "tokenizer_config.json", tokens).kind == "llama3"
+
+
+def test_a_template_that_raises_is_refused_in_one_line():
+    with pytest.raises(TokenizerFileError, match=r"^x.json: field 'chat_template' fails to render.*roles"):
+        chat_format_from_template("{{ raise_exception('roles must alternate') }}", "x.json")
+
+
+def test_decode_skips_only_added_tokens_marked_special(qwen_tokenizer, tmp_path):
+    """Qwen3's tokenizer.json adds <think>, </think>, <tool_call>, </tool_call> with special=false: `tokenizers`
+    keeps them in decode(skip_special_tokens=True) and drops <|im_end|>. Oracle: `tokenizers` on the same file,
+    on random id sequences over the whole vocabulary and on encoded strings."""
+    tok, fast = qwen_tokenizer
+    _save_with_template(fast, QWEN_TEMPLATE, tmp_path)
+    tok = tokenizers.Tokenizer.from_str(tok.to_str())  # a copy: the fixture's stays as trained
+    added = ["<think>", "</think>", "<tool_call>", "</tool_call>"]
+    tok.add_tokens([tokenizers.AddedToken(t, special=False, normalized=False) for t in added])
+    tok.save(str(tmp_path / "tokenizer.json"))
+    theirs = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    ours = Tokenizer.from_pretrained(tmp_path)
+    text = "<|im_start|>assistant\n<think>\nsum</think>\n\n5<tool_call>f</tool_call><|im_end|>"
+    ids = ours.encode(text)
+    assert ids == theirs.encode(text, add_special_tokens=False).ids
+    assert ours.decode(ids, skip_special_tokens=True) == theirs.decode(ids, skip_special_tokens=True) == \
+        "assistant\n<think>\nsum</think>\n\n5<tool_call>f</tool_call>"
+    rng = random.Random(5)
+    vocab = theirs.get_vocab_size()
+    for _ in range(200):
+        seq = [rng.randrange(vocab) for _ in range(rng.randint(1, 30))]
+        for skip in (False, True):
+            assert ours.decode(seq, skip_special_tokens=skip) == theirs.decode(seq, skip_special_tokens=skip)

@@ -1,7 +1,8 @@
 """Hugging Face checkpoints in and out (pretrained.py), against transformers as the oracle.
 
-Tiny random Llama / Qwen2 checkpoints are built locally (2 layers, GQA, QKV bias, tied and untied embeddings,
-one sharded) and written with transformers' own save_pretrained; nothing is downloaded. Weights are drawn
+Tiny random Llama / Qwen2 / Qwen3 / OLMo-2 checkpoints are built locally (2 layers, GQA, QKV bias, tied and
+untied embeddings, Qwen3's per-head q/k norm with a head_dim other than hidden / heads, OLMo-2's post-norms and
+q/k norm over the whole projection, one sharded) and written with transformers' own save_pretrained; nothing is downloaded. Weights are drawn
 with a large scale (and random biases and norm gains) so that a wrong permutation, head grouping or bias
 shows up far above the float32 tolerance.
 """
@@ -14,7 +15,7 @@ import torch
 
 from cs336_alignment.generation import generate
 from cs336_alignment.model import TransformerConfig, TransformerLM
-from cs336_alignment.pretrained import (CheckpointError, config_from_hf, interleaved_to_rotate_half,
+from cs336_alignment.pretrained import (CheckpointError, config_from_hf, hf_architecture, interleaved_to_rotate_half,
                                         rotate_half_to_interleaved)
 
 transformers = pytest.importorskip("transformers")
@@ -30,6 +31,10 @@ VARIANTS = {  # name -> (config class, kwargs): each switch of model.py on and o
                                              rms_norm_eps=1e-5)),
     "llama_mqa_tied": ("LlamaConfig", dict(num_key_value_heads=1, tie_word_embeddings=True, rope_theta=1e4,
                                            rms_norm_eps=1e-6)),
+    "olmo2_gqa_untied": ("Olmo2Config", dict(num_key_value_heads=2, tie_word_embeddings=False, rope_theta=5e5,
+                                             rms_norm_eps=1e-6)),
+    "qwen3_gqa_headdim24_tied": ("Qwen3Config", dict(num_key_value_heads=2, head_dim=24, tie_word_embeddings=True,
+                                                     rope_theta=1e6, rms_norm_eps=1e-6)),
 }
 
 
@@ -189,7 +194,8 @@ def test_saved_config_reads_back(tmp_path, checkpoint):
     model.save_pretrained(tmp_path)
     again = config_from_hf(json.loads((tmp_path / "config.json").read_text()))
     for field in ("vocab_size", "d_model", "num_layers", "num_heads", "d_ff", "rope_theta", "num_kv_heads",
-                  "qkv_bias", "rms_norm_eps", "tie_embeddings", "context_length"):
+                  "qkv_bias", "rms_norm_eps", "tie_embeddings", "context_length", "head_dim", "norm_placement",
+                  "qk_norm", "d_head"):
         assert getattr(again, field) == getattr(model.config, field), field
 
 
@@ -262,3 +268,86 @@ def test_qwen2_5_0_5b_config_gives_its_494m_parameters():
     d = 896
     by_hand = 151936 * d + 24 * ((d * d + d) + 2 * (d * 128 + 128) + d * d + 3 * d * 4864 + 2 * d) + d
     assert sum(p.numel() for p in model.parameters()) == by_hand == 494_032_768
+
+
+def test_generation_with_kv_cache_equals_without(checkpoint):
+    """Sampling (temperature 1, one seed) with the KV cache gives the tokens and log-probs of recomputing the
+    whole prefix at every step, on each architecture (q/k norms and post-norms included)."""
+    _, _, path = checkpoint
+    model = TransformerLM.from_pretrained(path).eval()
+    prompts = [[5, 17, 33, 9, 101], [250, 3, 8]]
+    runs = [generate(model, prompts, max_new_tokens=20, temperature=1.0, eos_token_id=None, pad_token_id=0,
+                     generator=torch.Generator().manual_seed(7), use_kv_cache=cached) for cached in (True, False)]
+    assert runs[0].tokens == runs[1].tokens
+    for a, b in zip(runs[0].logprobs, runs[1].logprobs):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+
+
+def test_olmo2_and_qwen3_layouts(checkpoint):
+    """The switches each family sets, and the HF tensor names they read (post-norms for OLMo-2)."""
+    variant, hf_model, path = checkpoint
+    config = TransformerLM.from_pretrained(path).config
+    family = variant.split("_")[0]
+    assert config.norm_placement == ("post" if family == "olmo2" else "pre")
+    assert config.qk_norm == {"olmo2": "full", "qwen3": "head"}.get(family, "none")
+    assert config.d_head == (24 if family == "qwen3" else 16)
+    assert hf_architecture(config) == type(hf_model).__name__
+
+
+def test_olmo_2_0425_1b_config_gives_its_1_48b_parameters():
+    """The fields of OLMo-2-0425-1B's config.json (the 2026 course model). Oracle: the count by hand,
+    2·V·d (untied) + 16·(4 d² attention, 2d q/k norms, 3·d·8192 MLP, 2d post-norms) + d = 1,484,916,736."""
+    hf = {"architectures": ["Olmo2ForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+          "eos_token_id": 100257, "hidden_act": "silu", "hidden_size": 2048, "initializer_range": 0.02,
+          "intermediate_size": 8192, "max_position_embeddings": 4096, "model_type": "olmo2",
+          "num_attention_heads": 16, "num_hidden_layers": 16, "num_key_value_heads": 16, "pad_token_id": 100277,
+          "rms_norm_eps": 1e-06, "rope_scaling": None, "rope_theta": 500000, "tie_word_embeddings": False,
+          "torch_dtype": "float32", "use_cache": True, "vocab_size": 100352}
+    config = config_from_hf(hf)
+    assert (config.norm_placement, config.qk_norm, config.d_head, config.rope_theta, config.rms_norm_eps) == \
+        ("post", "full", 128, 5e5, 1e-6)
+    with torch.device("meta"):
+        model = TransformerLM(config)
+    d = 2048
+    by_hand = 2 * 100352 * d + 16 * (4 * d * d + 2 * d + 3 * d * 8192 + 2 * d) + d
+    assert sum(p.numel() for p in model.parameters()) == by_hand == 1_484_916_736
+
+
+def test_qwen3_0_6b_config_gives_its_0_44b_non_embedding_parameters():
+    """Qwen3-0.6B's config.json: head_dim 128 with 16 heads on hidden_size 1024 (q_proj 1024 -> 2048).
+    Oracle: by hand, 28·(q 1024·2048, k/v 2·1024·1024, o 2048·1024, q/k norms 2·128, MLP 3·1024·3072,
+    norms 2·1024) + 1024 = 440,467,456 besides the tied V·d embedding (the model card's 0.44B)."""
+    hf = {"architectures": ["Qwen3ForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+          "bos_token_id": 151643, "eos_token_id": 151645, "head_dim": 128, "hidden_act": "silu", "hidden_size": 1024,
+          "initializer_range": 0.02, "intermediate_size": 3072, "max_position_embeddings": 40960,
+          "max_window_layers": 28, "model_type": "qwen3", "num_attention_heads": 16, "num_hidden_layers": 28,
+          "num_key_value_heads": 8, "rms_norm_eps": 1e-06, "rope_scaling": None, "rope_theta": 1000000,
+          "sliding_window": None, "tie_word_embeddings": True, "torch_dtype": "bfloat16", "use_cache": True,
+          "use_sliding_window": False, "vocab_size": 151936}
+    config = config_from_hf(hf)
+    assert (config.qk_norm, config.d_head, config.num_kv_heads, config.tie_embeddings) == ("head", 128, 8, True)
+    with torch.device("meta"):
+        model = TransformerLM(config)
+    by_hand = 28 * (1024 * 2048 + 2 * 1024 * 1024 + 2048 * 1024 + 2 * 128 + 3 * 1024 * 3072 + 2 * 1024) + 1024
+    assert model.num_params(include_embeddings=False) == by_hand == 440_467_456
+    assert model.layers[0].attn.q_proj.weight.shape == (2048, 1024)
+
+
+def test_switch_combinations_without_an_hf_architecture_are_refused(tmp_path):
+    """Post-norm without OLMo-2's q/k norm, or a q/k/v bias with Qwen3's, has no transformers class: save
+    refuses before writing anything; so do OLMo-2 / Qwen3 fields we do not implement."""
+    base = dict(vocab_size=50, context_length=16, d_model=16, num_layers=1, num_heads=2, d_ff=32)
+    for switches in (dict(norm_placement="post"), dict(qk_norm="head", qkv_bias=True), dict(qk_norm="full")):
+        with pytest.raises(CheckpointError, match="no Hugging Face architecture"):
+            TransformerLM(TransformerConfig(**base, **switches)).save_pretrained(tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    hf = {"architectures": ["Olmo2ForCausalLM"], "hidden_size": 8, "num_attention_heads": 2, "vocab_size": 10,
+          "max_position_embeddings": 8, "num_hidden_layers": 1, "intermediate_size": 16}
+    with pytest.raises(CheckpointError, match="'attention_bias'"):
+        config_from_hf({**hf, "attention_bias": True})
+    with pytest.raises(CheckpointError, match="'head_dim'"):
+        config_from_hf({**hf, "head_dim": 8})
+    with pytest.raises(CheckpointError, match="'use_sliding_window'"):
+        config_from_hf({**hf, "architectures": ["Qwen3ForCausalLM"], "use_sliding_window": True})
+    with pytest.raises(ValueError, match="qk_norm"):
+        TransformerLM(TransformerConfig(**base, qk_norm="layer"))
