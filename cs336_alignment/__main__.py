@@ -58,11 +58,13 @@ COMMANDS = {  # command -> module with a main(argv), imported only when its comm
 def user_error(e: BaseException) -> str | None:
     """The one-line message of an error the user can fix (data files, checkpoints, flag values), else None.
 
-    DataError messages already read "<file>:<line>: field '<name>': <problem>"; an OSError names its file.
+    DataError messages already read "<file>:<line>: field '<name>': <problem>", CheckpointError and RunDirError
+    ones "<file>: <problem>"; an OSError names its file.
     """
     if isinstance(e, OSError) and e.filename and not str(e).startswith(str(e.filename)):
         return f"{e.filename}: {e.strerror}"
-    if isinstance(e, (OSError, ValueError)):  # DataError is a ValueError; config checks raise ValueError
+    if isinstance(e, (OSError, ValueError, FloatingPointError)):  # DataError, CheckpointError, RunDirError and
+        # config checks are ValueErrors; FloatingPointError: a loss that became NaN (train.common.finite_or_raise)
         return " ".join(str(e).split())
     return None
 

@@ -55,24 +55,47 @@ def _require(record: Mapping[str, Any], field: str, kind: type, where: str, non_
     return value
 
 
-def load_jsonl(path: str | os.PathLike, fields: Mapping[str, type] | None = None) -> list[dict[str, Any]]:
+def load_jsonl(path: str | os.PathLike, fields: Mapping[str, type] | None = None, non_empty: bool = False
+               ) -> list[dict[str, Any]]:
     """Read a jsonl file (one JSON object per line; blank lines skipped).
 
     Args:
         path: the file.
         fields: optional {field name: python type} every record must have, e.g. {"question": str}.
+        non_empty: the str `fields` must also hold more than whitespace.
     Returns:
         the records, in file order.
     Raises:
         DataError: "<path>:<line>: ..." on a line that is not UTF-8, not JSON or not an object, and on a
-            missing field or one of the wrong type.
+            missing field or one of the wrong type (or an empty one, with non_empty).
     """
     records = []
     for lineno, record in _iter_jsonl(path):
         for field, kind in (fields or {}).items():
-            _require(record, field, kind, f"{path}:{lineno}")
+            _require(record, field, kind, f"{path}:{lineno}", non_empty=non_empty and kind is str)
         records.append(record)
     return records
+
+
+def load_problems_file(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The {"question": str, "answer": str} problems of a jsonl file (eval, grpo, ppo and ei --data), both fields
+    non-empty (other fields kept).
+
+    Raises:
+        DataError: "<path>:<line>: ..." on a bad record (see `load_jsonl`), "<path>: no problems" on a file
+            without records.
+    """
+    problems = load_jsonl(path, fields={"question": str, "answer": str}, non_empty=True)
+    if not problems:
+        raise DataError(f"{path}: no problems (an empty file): expected one {{\"question\", \"answer\"}} object per "
+                        f"line")
+    return problems
+
+
+def record_lines(path: str | os.PathLike) -> list[int]:
+    """The line number of each record of a jsonl file (blank lines are skipped by every loader), so that a
+    check made after loading can still name "<file>:<line>"."""
+    return [lineno for lineno, _ in _iter_jsonl(path)]
 
 
 def write_jsonl(path: str | os.PathLike, records: list[Mapping[str, Any]]) -> None:

@@ -50,7 +50,7 @@ import torch
 from torch import Tensor
 
 from cs336_alignment.checkpoint import load_model
-from cs336_alignment.data import length_sorted_batches, load_jsonl
+from cs336_alignment.data import length_sorted_batches, load_problems_file
 from cs336_alignment.dpo import sequence_log_probs
 from cs336_alignment.metrics import distinct_n
 from cs336_alignment.reward_model import score_responses
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model, _ = load_model(args.ckpt, device)
     tokenizer = load_tokenizer(model.config.tokenizer)  # the checkpoint's own (e.g. a Hugging Face one's)
     if args.data:
-        problems = load_jsonl(args.data)
+        problems = load_problems_file(args.data)  # every record checked before the model runs
     else:
         problems = generate_problems(args.n_problems, args.split, args.seed)
     with autocast(device):  # bf16 matmuls on CUDA; a no-op elsewhere

@@ -48,6 +48,7 @@ scheduling the stages over processes), this file (the run, the evaluation of eve
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import time
@@ -66,7 +67,8 @@ from cs336_alignment.stages import (LABELS, NEEDS, POST_STAGES, SMALL_RM_STAGES,
                                     shipped_metrics)
 from cs336_alignment.tasks import generate_problems
 from cs336_alignment.tokenizer import load_tokenizer
-from cs336_alignment.train.common import read_metrics, run_dir
+from cs336_alignment.rundir import RunDirError, holds_run
+from cs336_alignment.train.common import hold_run_dir, read_metrics, releases_run_dir, run_dir
 
 # ---------------------------------------------------------------------------------------------------------
 # Evaluation: every policy measured the same way
@@ -143,14 +145,18 @@ def paired_comparisons(per_problem: dict[str, dict[str, list[float]]]) -> list[d
 # ---------------------------------------------------------------------------------------------------------
 
 
+@releases_run_dir
 def run(preset_name: str = "tiny", out: str = "", name: str = "", threads: int = 1, device: str = "auto",
         seed: int = 0, length_bias: float = 0.0, from_scratch: bool = False, skip: tuple[str, ...] = (),
-        ship_checkpoints: bool = False, jobs: int = 2, small_rm: bool | None = None) -> dict:
+        ship_checkpoints: bool = False, jobs: int = 2, small_rm: bool | None = None, overwrite: bool = False) -> dict:
     """Every stage, then the evaluation and the report; returns the report dict (also written to report.json).
-    small_rm: run the SMALL_RM_STAGES; None = when length_bias > 0.
+    small_rm: run the SMALL_RM_STAGES; None = when length_bias > 0. The output directory is locked for the run
+    (rundir.RunLock); one that holds a pipeline run (report.json or a stage's run) is replaced only with
+    `overwrite`, which every stage then gets too.
 
     Raises:
-        ValueError: an unknown preset or --skip stage, or jobs < 1.
+        ValueError: an unknown preset or --skip stage, or jobs < 1. rundir.RunDirError: the directory is
+            another run's, or holds a run and not `overwrite`.
     """
     if preset_name not in PRESETS:
         raise ValueError(f"unknown preset {preset_name!r}; choose one of {sorted(PRESETS)}")
@@ -160,14 +166,21 @@ def run(preset_name: str = "tiny", out: str = "", name: str = "", threads: int =
     name = name or preset_name
     eval_cfg = stage_config(preset_name, "eval")
     out_dir = run_dir(name, out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    hold_run_dir(out_dir)
+    present = [p for p in ["report.json"] if (out_dir / p).exists()] + [
+        f"{d.name}/{f}" for d in sorted(out_dir.iterdir()) if d.is_dir() for f in holds_run(d)]
+    if present and not overwrite:
+        raise RunDirError(f"{out_dir}: holds a pipeline run ({', '.join(present[:4])}"
+                          f"{', ...' if len(present) > 4 else ''}): pass --overwrite to replace it, or choose another "
+                          f"--out")
     set_threads(threads)
     torch_device = get_device(device)
     stages: dict[str, dict] = {}
     t_start, c_start = time.perf_counter(), cpu_seconds()
 
     # --- 1. base and SFT models: shipped (tiny), or trained here, in this process (each needs the one before)
-    base_sft = base_sft_configs(preset_name, out_dir, seed, device, threads)
+    base_sft = [(stage, dataclasses.replace(cfg, overwrite=overwrite))
+                for stage, cfg in base_sft_configs(preset_name, out_dir, seed, device, threads)]
     shipped_as = stage_config(preset_name, "pipeline").checkpoints or preset_name
     ready = None if (from_scratch or ship_checkpoints) else shipped(shipped_as)
     if ready:
@@ -184,7 +197,8 @@ def run(preset_name: str = "tiny", out: str = "", name: str = "", threads: int =
             print(f"shipped to {ship(out_dir, shipped_as, 'pretrain', base_sft[-1][0])}")
             return {"stages": stages}
 
-    configs = post_configs(preset_name, out_dir, sft_ckpt, seed, device, threads, length_bias, base_sft)
+    configs = {stage: dataclasses.replace(cfg, overwrite=overwrite) for stage, cfg in
+               post_configs(preset_name, out_dir, sft_ckpt, seed, device, threads, length_bias, base_sft).items()}
     small_rm = length_bias > 0 if small_rm is None else small_rm
     run_stages = [s for s in POST_STAGES if s not in skip and (small_rm or s not in SMALL_RM_STAGES)]
     run_stages = [s for s in run_stages if s not in NEEDS or NEEDS[s] in run_stages]  # what they need is not skipped
@@ -267,11 +281,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--skip", default="",
                         help=f"comma-separated post-training stages to skip, with the stages that need them: "
                              f"{','.join(POST_STAGES)}")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the pipeline run already in the output directory (without it: an error)")
     parser.add_argument("--ship", action="store_true",
                         help="(maintainers) train base + SFT from scratch and write them to data/checkpoints/<preset>")
     args = parser.parse_args(argv)
     return run(args.preset, args.out, args.name, args.threads, args.device, args.seed, args.length_bias,
-               args.from_scratch, tuple(s for s in args.skip.split(",") if s), args.ship, args.jobs, args.small_rm)
+               args.from_scratch, tuple(s for s in args.skip.split(",") if s), args.ship, args.jobs, args.small_rm,
+               args.overwrite)
 
 
 if __name__ == "__main__":

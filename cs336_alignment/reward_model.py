@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cs336_alignment.checkpoint import load_checkpoint, load_checkpoint_extra
+from cs336_alignment.checkpoint import load_checkpoint, load_checkpoint_extra, model_config_from
 from cs336_alignment.data import length_sorted_batches, pad_sequences
 from cs336_alignment.logprobs import fused_linear_log_probs
 from cs336_alignment.model import ScalarHead, TransformerConfig, TransformerLM
@@ -243,7 +243,7 @@ def load_reward_model(path, device: torch.device | str = "cpu") -> tuple[RewardM
     extra = load_checkpoint_extra(path)
     if extra.get("kind") != "reward_model":
         raise ValueError(f"{path} is not a reward-model checkpoint (written by `python -m cs336_alignment rm`)")
-    model = RewardModel(TransformerConfig(**extra["model_config"]),
+    model = RewardModel(model_config_from(extra, path),
                         likelihood_coef=0.0 if extra.get("likelihood_term") else None)  # its value is in the weights
     load_checkpoint(path, model)
     return model.to(device).eval(), extra

@@ -1,4 +1,5 @@
-"""Checkpoints: round trip, exact resumption, atomic writes, weights_only safety, RNG state."""
+"""Checkpoints: round trip, exact resumption, atomic writes, weights_only safety, RNG state, and one clear line for
+every file that cannot be used (unreadable, foreign, another shape, nothing to resume from)."""
 from __future__ import annotations
 
 import io
@@ -9,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from cs336_alignment.checkpoint import (load_checkpoint, load_checkpoint_extra, rng_state, save_checkpoint,
-                                        set_rng_state)
+from cs336_alignment.checkpoint import (CheckpointError, check_resumable, load_checkpoint, load_checkpoint_extra,
+                                        load_model, read_checkpoint, rng_state, save_checkpoint, set_rng_state)
 from cs336_alignment.model import TransformerConfig, TransformerLM
 from cs336_alignment.nn_utils import AdamW, cross_entropy
 from tests import adapters
@@ -99,8 +100,49 @@ def test_atomic_write_leaves_no_temp_file_and_failure_keeps_old_checkpoint(tmp_p
 def test_load_refuses_arbitrary_pickles(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"model": {}, "optimizer": None, "iteration": 0, "extra": {"obj": object()}}, path)
-    with pytest.raises(Exception):
+    with pytest.raises(CheckpointError, match=f"^{path}: refused: it holds (builtins\\.)?object, which weights-only"):
         load_checkpoint(path, make(0)[0])
+
+
+def test_a_tensor_of_another_shape_is_named_with_both_shapes(tmp_path):
+    save_checkpoint(make(0)[0], None, 1, tmp_path / "ckpt.pt")
+    other = TransformerLM(TransformerConfig(**{**CFG.__dict__, "d_ff": 48}))
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(tmp_path / "ckpt.pt", other)
+    name = next(k for k, v in other.state_dict().items() if v.shape != make(0)[0].state_dict()[k].shape)
+    saved, wanted = tuple(make(0)[0].state_dict()[name].shape), tuple(other.state_dict()[name].shape)
+    message = f"{tmp_path / 'ckpt.pt'}: tensor {name!r}: shape {saved} saved, {wanted} in the model"
+    assert str(e.value).startswith(message)
+    assert len(str(e.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize("content,problem", [
+    (b"", "empty file"), (b"PK\x03\x04 cut short", "corrupt or truncated"), (b"\x80\x02garbage", "not a PyTorch"),
+])
+def test_unreadable_files_are_one_line_naming_the_file(tmp_path, content, problem):
+    path = tmp_path / "ckpt.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as e:
+        read_checkpoint(path)
+    assert str(e.value).startswith(f"{path}: ") and problem in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_plain_state_dict_and_missing_fields_are_named(tmp_path):
+    torch.save(make(0)[0].state_dict(), tmp_path / "sd.pt")
+    with pytest.raises(CheckpointError, match="a plain state_dict"):
+        read_checkpoint(tmp_path / "sd.pt")
+    torch.save({"model": {}, "iteration": 0, "extra": {}}, tmp_path / "no_opt.pt")
+    with pytest.raises(CheckpointError, match="field 'optimizer': missing"):
+        read_checkpoint(tmp_path / "no_opt.pt")
+    save_checkpoint(make(0)[0], None, 1, tmp_path / "ok.pt", config={"seed": 0})
+    with pytest.raises(CheckpointError, match="field 'model_config': missing"):
+        load_model(tmp_path / "ok.pt")
+    with pytest.raises(CheckpointError, match="field 'rng': missing"):
+        check_resumable(tmp_path / "ok.pt", {"seed": 0})
+    save_checkpoint(make(0)[0], None, 1, tmp_path / "ok.pt", config={"seed": 0}, rng=rng_state())
+    assert check_resumable(tmp_path / "ok.pt", {"seed": 0, "threads": 4})["config"] == {"seed": 0}
+    with pytest.raises(CheckpointError, match="field 'seed' is 1 here, 0 in the saved run"):
+        check_resumable(tmp_path / "ok.pt", {"seed": 1})
 
 
 def test_rng_state_round_trip_through_a_checkpoint(tmp_path):

@@ -49,6 +49,9 @@ def answers(path: Path = HERE / "answers.md") -> dict[str, str]:
     return {k: v.strip() for k, v in out.items()}
 
 
+TRAINS = ("pipeline", "pretrain", "sft", "ei", "rm", "dpo", "grpo", "ppo", "bon")  # commands that take --overwrite
+
+
 def commands_for(problem: Problem, out: Path, smoke: bool) -> list[list[str]]:
     """The problem's commands as argument lists, `runs/` moved under OUT, smoke-sized if asked."""
     texts = problem.commands
@@ -62,6 +65,8 @@ def commands_for(problem: Problem, out: Path, smoke: bool) -> list[list[str]]:
         argv = [str(out / a) if a.startswith("runs/") else a for a in argv]
         if argv[0] == "python":
             argv[0] = sys.executable
+        if argv[1:3] == ["-m", "cs336_alignment"] and argv[3:4] and argv[3] in TRAINS and "--resume" not in argv:
+            argv.append("--overwrite")  # a rerun of the key replaces its runs (a run directory is never reused silently)
         result.append(argv)
     return result
 

@@ -38,7 +38,7 @@ from cs336_alignment.reward_model import load_reward_model, score_responses
 from cs336_alignment.rollout import sample_responses
 from cs336_alignment.tasks import generate_problems, is_worked, prose_lines
 from cs336_alignment.tokenizer import load_tokenizer
-from cs336_alignment.train.common import MetricsLogger, init_or_shipped, parse_config, setup_run
+from cs336_alignment.train.common import MetricsLogger, init_or_shipped, parse_config, releases_run_dir, setup_run
 from cs336_alignment.verifier import gold_reward
 
 
@@ -49,6 +49,8 @@ class BoNConfig:
     """run name: outputs go to runs/<name>/ unless --out is given"""
     out: str = ""
     """output directory (metrics.jsonl, bon.json); default runs/<name>"""
+    overwrite: bool = False
+    """replace the run already in --out (without it, a directory that holds a run is an error)"""
     seed: int = 0
     """seed of the test prompts and of the samples"""
     device: str = "auto"
@@ -126,6 +128,7 @@ def best_of_n_curve(proxy: torch.Tensor, gold: torch.Tensor, lengths: torch.Tens
     return rows
 
 
+@releases_run_dir
 def train(cfg: BoNConfig) -> dict:
     """Sample the pools, score them, and write the best-of-N curve. Returns {"rows": [...], "wall_s": ...}."""
     cfg = init_or_shipped(cfg, "bon")

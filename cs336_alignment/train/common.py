@@ -1,6 +1,7 @@
 """What every training loop shares, and nothing more: config -> argparse (and the strict dict loader), the run's
-setup (`setup_run`: output directory, threads, seed and device in one call), the data order (one seeded
-permutation per epoch), RL prompts, the optimizer, the learning-rate schedule and the metrics logger.
+setup (`setup_run`: output directory and its lock, threads, seed and device in one call; `rundir.py` has the run
+directory's rules), data checks made before training, the data order (one seeded permutation per epoch), RL
+prompts, the optimizer, the learning-rate schedule and the metrics logger.
 Device, autocast, threads and seeds live in `runtime.py`; loading a model in `checkpoint.py`.
 
 The loops themselves (pretrain.py, sft.py, ...) write their steps out in full, CleanRL style: the
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import atexit
 import dataclasses
 import functools
 import inspect
@@ -29,20 +31,24 @@ import sys
 import textwrap
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 from tqdm import tqdm
 
-from cs336_alignment.checkpoint import SHIPPED_SFT
-from cs336_alignment.data import load_jsonl
+from cs336_alignment.checkpoint import SHIPPED_SFT, check_resumable, read_checkpoint
+from cs336_alignment.data import DataError, load_problems_file, record_lines
 from cs336_alignment.gpu import PRESETS, preset_overrides
 from cs336_alignment.nn_utils import AdamW, get_lr_cosine_schedule
+from cs336_alignment.preferences import conversations
+from cs336_alignment.rundir import RunLock, clean_stale_temps, prepare
 from cs336_alignment.runtime import get_device, set_seed, set_threads
 from cs336_alignment.tasks import generate_problems
 
 C = TypeVar("C")
+R = TypeVar("R")
 
 # ---------------------------------------------------------------------------------------------------------
 # Config: one flat dataclass per entry point, each field documented by the string literal under it
@@ -128,18 +134,54 @@ def run_dir(name: str, out: str) -> Path:
 # ---------------------------------------------------------------------------------------------------------
 
 
+_HELD: list[RunLock] = []  # the locks setup_run took in this process, released by `releases_run_dir`
+atexit.register(lambda: [lock.release() for lock in _HELD])  # a setup_run called outside a decorated loop
+
+
 def setup_run(cfg: Any) -> tuple[Path, torch.device]:
-    """The first lines of every loop, from the config fields name, out, threads, seed and device:
-    create the output directory (`run_dir`), `set_threads`, `set_seed`, and pick the device (`get_device`).
+    """The first lines of every loop, from the config fields name, out, threads, seed, device (and resume,
+    overwrite where the config has them): lock the output directory (`run_dir`) for this run, remove the
+    temporary files of a killed run, check what the run may do with it (`rundir.prepare`: a directory holding a
+    run is replaced only with overwrite; resume needs <out>/ckpt.pt, and its saved config must match this one in
+    every field that changes the run: `checkpoint.check_resumable`), then `set_threads`, `set_seed`, and pick the
+    device (`get_device`). The lock is held until the loop decorated with `releases_run_dir` returns.
 
     Returns:
         (output directory, torch.device).
+    Raises:
+        rundir.RunDirError, checkpoint.CheckpointError (ValueErrors: one line naming the directory or file).
     """
     out = run_dir(cfg.name, cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    hold_run_dir(out)
+    resume = bool(getattr(cfg, "resume", False))
+    prepare(out, resume, bool(getattr(cfg, "overwrite", False)), can_resume=hasattr(cfg, "resume"))
+    if resume:
+        check_resumable(out / "ckpt.pt", dataclasses.asdict(cfg))
     set_threads(cfg.threads)
     set_seed(cfg.seed)
     return out, get_device(cfg.device)
+
+
+def hold_run_dir(out: Path) -> None:
+    """Lock `out` for this process (`rundir.RunLock`; RunDirError naming the holder's pid if another run has it)
+    and remove the temporary files a killed run left there; the lock is released when the enclosing function
+    decorated with `releases_run_dir` returns."""
+    _HELD.append(RunLock.acquire(out))
+    clean_stale_temps(out)
+
+
+def releases_run_dir(train: Callable[..., R]) -> Callable[..., R]:
+    """Decorate a loop's train(): the run-directory locks its `setup_run` took are released when it returns or
+    raises (a killed process's lock is dropped by the kernel and taken over by the next run)."""
+    @functools.wraps(train)
+    def wrapper(*args, **kwargs) -> R:
+        depth = len(_HELD)
+        try:
+            return train(*args, **kwargs)
+        finally:
+            while len(_HELD) > depth:
+                _HELD.pop().release()
+    return wrapper
 
 
 @functools.lru_cache(maxsize=4)
@@ -169,10 +211,51 @@ def init_or_shipped(cfg: C, stage: str) -> C:
 
 
 def load_problems(data: str, n_problems: int, split: str, seed: int) -> list[dict[str, str]]:
-    """{"question", "answer"} prompts from a jsonl file or the task world."""
+    """{"question", "answer"} prompts from a jsonl file (`data.load_problems_file`: every record checked, DataError
+    "<file>:<line>: ...") or the task world."""
     if data:
-        return load_jsonl(data, fields={"question": str, "answer": str})
+        return load_problems_file(data)
     return generate_problems(n_problems, split, seed)
+
+
+def pair_sources(cfg: Any, out: Path, n_train: int, n_eval: int) -> tuple[list[str], list[str]]:
+    """"<file>:<line>" of each train and held-out pair of `preferences.preference_data(cfg, ...)` (its --data and
+    --eval-data files, or the files it wrote in `out`), for errors found after loading."""
+    if not cfg.data:
+        return ([f"{out / 'preferences_train.jsonl'}:{i + 1}" for i in range(n_train)],
+                [f"{out / 'preferences_eval.jsonl'}:{i + 1}" for i in range(n_eval)])
+    train = [f"{cfg.data}:{n}" for n in record_lines(cfg.data)]
+    if cfg.eval_data:
+        return train[:n_train], [f"{cfg.eval_data}:{n}" for n in record_lines(cfg.eval_data)][:n_eval]
+    return train[:n_train], train[n_train:n_train + n_eval]
+
+
+GOLD_FIELDS, UTILITY_FIELDS = ("gold_chosen", "gold_rejected"), ("u_chosen", "u_rejected")  # preferences.pair_record's
+
+
+def check_pairs(pairs: list[dict], sources: list[str], tokenizer, window: slice) -> list[int]:
+    """Check every preference pair before training; return the indices of the pairs where the chosen or the rejected
+    response has no assistant token inside `window` of its rendered conversation (a prompt that fills the context).
+
+    Raises:
+        DataError: "<file>:<line>: field 'gold_chosen': ..." when a pair has one gold field without the other, or
+            utilities (u_chosen / u_rejected) without both gold fields, or any of them not a number (the reward
+            model's held-out diagnostics read them together).
+    """
+    no_room = []
+    for i, (pair, where) in enumerate(zip(pairs, sources)):
+        has_u = any(field in pair for field in UTILITY_FIELDS)
+        needed = (UTILITY_FIELDS + GOLD_FIELDS if has_u else GOLD_FIELDS if any(f in pair for f in GOLD_FIELDS)
+                  else ())
+        for field in needed:
+            value = pair.get(field)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                problem = "missing" if field not in pair else f"must be a number, got {type(value).__name__}"
+                raise DataError(f"{where}: field {field!r}: {problem} (a pair with {'utilities' if has_u else 'gold'} "
+                                f"fields needs {', '.join(needed)})")
+        if any(not any(tokenizer.render(c)[1][window]) for c in conversations(pair)):
+            no_room.append(i)
+    return no_room
 
 
 def build_optimizer(params, cfg: Any, lr: float | None = None) -> AdamW:
@@ -187,10 +270,14 @@ def load_sft_optimizer_state(path: str, optimizer) -> None:
     about lr * sign(g) for every weight, whatever the gradient's size; with SFT's second moments, a small RL
     gradient gives a small step. (The momentum is zeroed: SFT's would keep doing SFT for a few steps.)"""
     hyper = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-    state = torch.load(path, map_location="cpu", weights_only=True)["optimizer"]
+    state = read_checkpoint(path)["optimizer"]
     if state is None:
         raise ValueError(f"{path} has no optimizer state: use --no-init-optimizer")
-    optimizer.load_state_dict(state)
+    try:
+        optimizer.load_state_dict(state)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: field 'optimizer': does not fit this model's optimizer ({e}): use "
+                         f"--no-init-optimizer") from None
     for group, saved in zip(optimizer.param_groups, hyper):
         group.update(saved)
     for param_state in optimizer.state.values():  # keep only the scale: SFT's momentum would be more SFT
@@ -221,10 +308,29 @@ def format_metrics(step: int, num_steps: int, metrics: dict[str, float]) -> str:
 
 
 def _lines_up_to(path: Path, step: int) -> list[str]:
-    """The lines of a JSONL file whose "step" (0 when absent) is at most `step`; [] if there is no file."""
+    """The lines of a JSONL file whose "step" (0 when absent) is at most `step`; [] if there is no file.
+
+    A last line that is not JSON (a run stopped while writing it: a kill, a full disk) is dropped, with a note on
+    stderr; any other undecodable line raises DataError "<file>:<line>: ..."."""
     if not path.exists():
         return []
-    return [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    kept = []
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            if lineno == len(lines):
+                print(f"note: {path}:{lineno}: dropped a torn last line (the interrupted run stopped while writing "
+                      f"it)", file=sys.stderr)
+                continue
+            raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg}); only a torn last line is dropped on "
+                            f"resume") from None
+        if not isinstance(record, dict) or record.get("step", 0) <= step:
+            kept.append(line)
+    return kept
 
 
 class MetricsLogger:

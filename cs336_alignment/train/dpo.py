@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from cs336_alignment.checkpoint import load_model, rng_state, save_checkpoint
-from cs336_alignment.data import collate_chat
+from cs336_alignment.data import DataError, collate_chat
 from cs336_alignment.dpo import dpo_loss, sequence_log_probs
 from cs336_alignment.evaluate import evaluate_model
 from cs336_alignment.model import TransformerConfig
@@ -38,8 +38,9 @@ from cs336_alignment.preferences import PreferenceDataConfig, conversations, pre
 from cs336_alignment.runtime import autocast
 from cs336_alignment.tasks import generate_problems
 from cs336_alignment.tokenizer import load_tokenizer
-from cs336_alignment.train.common import (MetricsLogger, build_optimizer, cosine_lr, finite_or_raise, init_or_shipped,
-                                          num_params, parse_config, progress_bar, setup_run, stream_indices)
+from cs336_alignment.train.common import (MetricsLogger, build_optimizer, check_pairs, cosine_lr, finite_or_raise,
+                                          init_or_shipped, num_params, pair_sources, parse_config, progress_bar,
+                                          releases_run_dir, setup_run, stream_indices)
 
 
 @dataclass
@@ -49,6 +50,8 @@ class DPOConfig(PreferenceDataConfig):
     """run name: outputs go to runs/<name>/ unless --out is given"""
     out: str = ""
     """output directory (ckpt.pt, metrics.jsonl); default runs/<name>"""
+    overwrite: bool = False
+    """replace the run already in --out (without it, a directory that holds a run is an error)"""
     seed: int = 0
     """seed of the prompts, samples and labels (when made here) and of the pair order"""
     device: str = "auto"
@@ -97,6 +100,7 @@ class DPOConfig(PreferenceDataConfig):
     """no console lines (metrics.jsonl is still written)"""
 
 
+@releases_run_dir
 def train(cfg: DPOConfig) -> dict:
     """Run DPO. Returns {"checkpoint", "steps", "loss/train", "eval/loss", "eval/dpo/accuracy",
     "eval/accuracy/greedy", ...} (the last logged values)."""
@@ -113,6 +117,13 @@ def train(cfg: DPOConfig) -> dict:
     logger = MetricsLogger(out, cfg.num_steps, dataclasses.asdict(cfg), quiet=cfg.quiet)
     t_data = time.perf_counter()
     train_pairs, eval_pairs = preference_data(cfg, model, tokenizer, out, cfg.seed, log=logger.write)
+    # Every pair is checked before the first step: a prompt that leaves no response token in the context would
+    # stop the run when its batch came (labels are tokens 1 .. context of each conversation).
+    for pairs, sources in zip((train_pairs, eval_pairs), pair_sources(cfg, out, len(train_pairs), len(eval_pairs))):
+        no_room = check_pairs(pairs, sources, tokenizer, slice(1, context + 1))
+        if no_room:
+            raise DataError(f"{sources[no_room[0]]}: field 'prompt': leaves no room for a response in context_length "
+                            f"{context} ({len(no_room)} such pairs in the file): shorten or drop them")
     train_chats = [conversations(p) for p in train_pairs]                        # [(chosen, rejected)]
     eval_chats = [conversations(p) for p in eval_pairs]
     gold_problems = generate_problems(cfg.n_gold_problems, "test", cfg.seed)

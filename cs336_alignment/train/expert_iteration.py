@@ -50,7 +50,7 @@ from cs336_alignment.sft import sft_microbatch_train_step
 from cs336_alignment.tokenizer import load_tokenizer
 from cs336_alignment.train.common import (MetricsLogger, build_optimizer, finite_or_raise, init_or_shipped,
                                           load_problems, num_params, parse_config, progress_bar, prompt_indices,
-                                          setup_run)
+                                          releases_run_dir, setup_run)
 from cs336_alignment.verifier import gold_reward
 
 
@@ -61,6 +61,8 @@ class EIConfig:
     """run name: outputs go to runs/<name>/ unless --out is given"""
     out: str = ""
     """output directory (ckpt.pt, metrics.jsonl); default runs/<name>"""
+    overwrite: bool = False
+    """replace the run already in --out (without it, a directory that holds a run is an error)"""
     seed: int = 0
     """seed of the prompt order, the sampling and the fine-tuning order"""
     device: str = "auto"
@@ -124,6 +126,7 @@ class EIConfig:
     """no console lines (metrics.jsonl is still written)"""
 
 
+@releases_run_dir
 def train(cfg: EIConfig, reward_fn: Callable[[str, str], dict[str, float]] | None = None) -> dict:
     """Run expert iteration. Returns {"checkpoint", "steps" (rounds), "cpu_s", "eval": last eval metrics}.
 

@@ -75,7 +75,7 @@ from cs336_alignment.runtime import autocast
 from cs336_alignment.tokenizer import build_prompt, load_tokenizer
 from cs336_alignment.train.common import (MetricsLogger, build_optimizer, cosine_lr, finite_or_raise, init_or_shipped,
                                           load_problems, load_sft_optimizer_state, num_params, parse_config,
-                                          progress_bar, prompt_indices, setup_run)
+                                          progress_bar, prompt_indices, releases_run_dir, setup_run)
 from cs336_alignment.verifier import gold_reward, process_rewards
 
 
@@ -86,6 +86,8 @@ class GRPOConfig:
     """run name: outputs go to runs/<name>/ unless --out is given"""
     out: str = ""
     """output directory (ckpt.pt, metrics.jsonl); default runs/<name>"""
+    overwrite: bool = False
+    """replace the run already in --out (without it, a directory that holds a run is an error)"""
     seed: int = 0
     """seed of the prompt order and of the sampling"""
     device: str = "auto"
@@ -256,6 +258,7 @@ def policy_and_kl_backward(log_probs: torch.Tensor, mask: torch.Tensor, accumula
 # ---------------------------------------------------------------------------------------------------------
 
 
+@releases_run_dir
 def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | None = None) -> dict:
     """Run GRPO / REINFORCE. Returns {"checkpoint", "steps", "cpu_s", "eval": last eval metrics}.
 

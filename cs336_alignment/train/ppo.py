@@ -67,7 +67,7 @@ from cs336_alignment.rollout import micro_batch, sample_rollouts, sequence_width
 from cs336_alignment.tokenizer import load_tokenizer, stop_token_ids
 from cs336_alignment.train.common import (MetricsLogger, build_optimizer, cosine_lr, finite_or_raise, init_or_shipped,
                                           load_problems, load_sft_optimizer_state, num_params, parse_config,
-                                          progress_bar, prompt_indices, setup_run)
+                                          progress_bar, prompt_indices, releases_run_dir, setup_run)
 from cs336_alignment.verifier import gold_reward
 
 
@@ -78,6 +78,8 @@ class PPOConfig:
     """run name: outputs go to runs/<name>/ unless --out is given"""
     out: str = ""
     """output directory (ckpt.pt, metrics.jsonl); default runs/<name>"""
+    overwrite: bool = False
+    """replace the run already in --out (without it, a directory that holds a run is an error)"""
     seed: int = 0
     """seed of the prompt order and of the sampling"""
     device: str = "auto"
@@ -183,6 +185,7 @@ class PPOConfig:
 # ---------------------------------------------------------------------------------------------------------
 
 
+@releases_run_dir
 def train(cfg: PPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | None = None) -> dict:
     """Run PPO. Returns {"checkpoint", "steps", "cpu_s", "eval": last eval metrics}.
 

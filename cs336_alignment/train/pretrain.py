@@ -21,13 +21,13 @@ import torch
 
 from cs336_alignment import tasks
 from cs336_alignment.checkpoint import load_checkpoint, load_checkpoint_extra, rng_state, save_checkpoint, set_rng_state
-from cs336_alignment.data import get_batch
+from cs336_alignment.data import DataError, get_batch
 from cs336_alignment.model import TransformerConfig, TransformerLM
 from cs336_alignment.nn_utils import clip_gradients, cross_entropy
 from cs336_alignment.runtime import autocast
 from cs336_alignment.tokenizer import load_tokenizer
 from cs336_alignment.train.common import (MetricsLogger, build_optimizer, cosine_lr, finite_or_raise, num_params,
-                                          parse_config, progress_bar, setup_run)
+                                          parse_config, progress_bar, releases_run_dir, setup_run)
 
 
 @dataclass
@@ -37,6 +37,8 @@ class PretrainConfig:
     """run name: outputs go to runs/<name>/ unless --out is given"""
     out: str = ""
     """output directory (ckpt.pt, metrics.jsonl); empty = runs/<name>"""
+    overwrite: bool = False
+    """replace the run already in --out (without it, a directory that holds a run is an error)"""
     seed: int = 0
     """seed of the data, the initialisation and the batch sampling"""
     device: str = "auto"
@@ -100,12 +102,18 @@ class PretrainConfig:
 
 
 def load_token_stream(cfg: PretrainConfig, tokenizer) -> np.ndarray:
-    """The whole corpus as one (N,) int32 array of token ids."""
-    text = Path(cfg.data).read_text(encoding="utf-8") if cfg.data else tasks.pretraining_text(cfg.n_problems,
-                                                                                                cfg.seed)
+    """The whole corpus as one (N,) int32 array of token ids. Raises DataError naming --data when it is not UTF-8."""
+    if not cfg.data:
+        return np.array(tokenizer.encode(tasks.pretraining_text(cfg.n_problems, cfg.seed)), dtype=np.int32)  # (N,)
+    try:
+        text = Path(cfg.data).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = Path(cfg.data).read_bytes()[:e.start].count(b"\n") + 1
+        raise DataError(f"{cfg.data}:{line}: not UTF-8 ({e.reason} at byte {e.start})") from None
     return np.array(tokenizer.encode(text), dtype=np.int32)  # (N,)
 
 
+@releases_run_dir
 def train(cfg: PretrainConfig) -> dict:
     """Run pretraining. Returns {"checkpoint": path, "loss/train": last, "eval/loss": last, "steps": n}."""
     # ---------------------------------------------------------------------------------------------------
@@ -122,7 +130,8 @@ def train(cfg: PretrainConfig) -> dict:
     n_val = max(int(len(tokens) * cfg.val_fraction), cfg.context_length + 2)
     train_tokens, val_tokens = tokens[:-n_val], tokens[-n_val:]
     if len(train_tokens) <= cfg.context_length + 1:
-        raise ValueError(f"only {len(train_tokens)} training tokens: need more than context_length + 1")
+        raise DataError(f"{cfg.data or 'the task world'}: only {len(tokens)} tokens: need more than context_length "
+                        f"+ 1 = {cfg.context_length + 1} after holding out {n_val} for validation")
 
     model_config = TransformerConfig(vocab_size=tokenizer.vocab_size, context_length=cfg.context_length,
                                      d_model=cfg.d_model, num_layers=cfg.num_layers, num_heads=cfg.num_heads,

@@ -27,6 +27,7 @@ Bradley-Terry loss only sees differences; InstructGPT normalises its RM the same
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from dataclasses import dataclass
 
@@ -34,6 +35,7 @@ import numpy as np
 import torch
 
 from cs336_alignment.checkpoint import load_model, save_checkpoint
+from cs336_alignment.data import DataError
 from cs336_alignment.evaluate import batched_sequence_log_probs
 from cs336_alignment.metrics import pairwise_calibration_error
 from cs336_alignment.model import TransformerConfig
@@ -42,8 +44,9 @@ from cs336_alignment.preferences import PreferenceDataConfig, conversations, pre
 from cs336_alignment.reward_model import (RewardModel, batch_rewards, bradley_terry_loss, response_start,
                                           reward_accuracy, score_sequences)
 from cs336_alignment.tokenizer import load_tokenizer
-from cs336_alignment.train.common import (MetricsLogger, build_optimizer, cosine_lr, finite_or_raise, init_or_shipped,
-                                          num_params, parse_config, progress_bar, setup_run, stream_indices)
+from cs336_alignment.train.common import (MetricsLogger, build_optimizer, check_pairs, cosine_lr, finite_or_raise,
+                                          init_or_shipped, num_params, pair_sources, parse_config, progress_bar,
+                                          releases_run_dir, setup_run, stream_indices)
 
 
 @dataclass
@@ -53,6 +56,8 @@ class RMConfig(PreferenceDataConfig):
     """run name: outputs go to runs/<name>/ unless --out is given"""
     out: str = ""
     """output directory (ckpt.pt, metrics.jsonl, preferences_*.jsonl); default runs/<name>"""
+    overwrite: bool = False
+    """replace the run already in --out (without it, a directory that holds a run is an error)"""
     seed: int = 0
     """seed of the prompts, the samples, the labels and the pair order"""
     device: str = "auto"
@@ -154,6 +159,7 @@ def sft_diagnostics(sft_model, tokenizer, pairs: list[dict], context: int) -> di
 # ---------------------------------------------------------------------------------------------------------
 
 
+@releases_run_dir
 def train(cfg: RMConfig) -> dict:
     """Train a reward model. Returns {"checkpoint", "steps", "loss/train", "eval/rm/accuracy", "eval/rm/ece",
     "eval/rm/ceiling_accuracy", "eval/rm/gold_accuracy", "n_pairs", "n_eval_pairs", "preferences_train", ...}."""
@@ -170,6 +176,15 @@ def train(cfg: RMConfig) -> dict:
     train_pairs, eval_pairs = preference_data(cfg, sft_model, tokenizer, out, cfg.seed, log=logger.write)
     t_data = time.perf_counter() - t_data
     context = model_config.context_length
+    # Every pair is checked before training; the model reads tokens 0 .. context - 1 of each conversation.
+    for pairs, sources in zip((train_pairs, eval_pairs), pair_sources(cfg, out, len(train_pairs), len(eval_pairs))):
+        no_room = check_pairs(pairs, sources, tokenizer, slice(0, context))
+        if len(no_room) == len(pairs):
+            raise DataError(f"{sources[0]}: field 'prompt': every pair's prompt leaves no room for a response in "
+                            f"context_length {context}: nothing to score")
+        if no_room:
+            print(f"note: {sources[no_room[0]]}: {len(no_room)} of {len(pairs)} pairs leave no room for a response in "
+                  f"context_length {context} (their two sequences look alike to the reward model)", file=sys.stderr)
 
     def tokenize(pairs):  # -> [(chosen ids, rejected ids)] cut to the context, [(their response starts)]
         rendered = [[tokenizer.render(c) for c in conversations(p)] for p in pairs]

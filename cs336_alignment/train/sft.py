@@ -27,7 +27,7 @@ import torch
 from cs336_alignment import tasks
 from cs336_alignment.checkpoint import (load_checkpoint, load_checkpoint_extra, load_model, rng_state, save_checkpoint,
                                         set_rng_state)
-from cs336_alignment.data import collate_chat, load_sft_examples
+from cs336_alignment.data import DataError, collate_chat, load_sft_examples
 from cs336_alignment.evaluate import evaluate_policy
 from cs336_alignment.gpu import configure_model
 from cs336_alignment.logprobs import get_response_log_probs
@@ -37,7 +37,7 @@ from cs336_alignment.runtime import autocast
 from cs336_alignment.sft import sft_microbatch_train_step
 from cs336_alignment.tokenizer import load_tokenizer
 from cs336_alignment.train.common import (MetricsLogger, build_optimizer, cosine_lr, finite_or_raise, num_params,
-                                          parse_config, progress_bar, setup_run, stream_indices)
+                                          parse_config, progress_bar, releases_run_dir, setup_run, stream_indices)
 from cs336_alignment.verifier import gold_reward
 
 
@@ -48,6 +48,8 @@ class SFTConfig:
     """run name: outputs go to runs/<name>/ unless --out is given"""
     out: str = ""
     """output directory (ckpt.pt, metrics.jsonl); empty = runs/<name>"""
+    overwrite: bool = False
+    """replace the run already in --out (without it, a directory that holds a run is an error)"""
     seed: int = 0
     """seed of the task-world data and the example order"""
     device: str = "auto"
@@ -146,7 +148,10 @@ def load_conversations(cfg: SFTConfig) -> tuple[list, list]:
         if cfg.filter_correct:
             raise ValueError("--filter-correct checks task-world demonstrations against their problems' answers; "
                              "a --data file has no ground truth (filter it before training)")
-        distinct = {json.dumps(e["messages"], sort_keys=True): e["messages"] for e in load_sft_examples(cfg.data)}
+        examples = load_sft_examples(cfg.data)
+        if not examples:
+            raise DataError(f"{cfg.data}: no demonstrations (an empty file)")
+        distinct = {json.dumps(e["messages"], sort_keys=True): e["messages"] for e in examples}
         train = list(distinct.values())  # in file order, each conversation once
     else:
         demonstrations = tasks.sft_demonstrations(cfg.n_examples, cfg.seed, split=cfg.split,
@@ -158,6 +163,8 @@ def load_conversations(cfg: SFTConfig) -> tuple[list, list]:
     if cfg.eval_data:
         train = train[:cfg.n_examples or None]
         evals = [e["messages"] for e in load_sft_examples(cfg.eval_data)][:cfg.n_eval_examples]
+        if not evals:
+            raise DataError(f"{cfg.eval_data}: no demonstrations (an empty file)")
     elif cfg.data:  # hold out the end of the file
         n_eval = min(cfg.n_eval_examples, len(train) // 10)
         train, evals = train[:len(train) - n_eval][:cfg.n_examples or None], train[len(train) - n_eval:]
@@ -168,6 +175,7 @@ def load_conversations(cfg: SFTConfig) -> tuple[list, list]:
     return train, evals
 
 
+@releases_run_dir
 def train(cfg: SFTConfig) -> dict:
     """Run SFT. Returns {"checkpoint": path, "loss/train": last, "eval/loss": last, "steps": optimizer steps
     done (fewer than num_steps when max_cpu_s stopped the run), "cpu_s": process CPU seconds of training}."""
@@ -199,7 +207,8 @@ def train(cfg: SFTConfig) -> dict:
     train_chats = [c for c, n in zip(train_chats, n_trained) if n > 0]
     eval_chats = [c for c in eval_chats if sum(tokenizer.render(c)[1][1:context + 1]) > 0]
     if not train_chats:
-        raise ValueError(f"no training conversation has a response token within context_length {context}")
+        raise DataError(f"{cfg.data or 'the task world'}: no training conversation has a response token within "
+                        f"context_length {context}")
     # One constant for the whole run: the mean number of trained-on tokens per conversation.
     normalize_constant = float(np.mean([n for n in n_trained if n > 0]))
     optimizer = build_optimizer(model.parameters(), cfg)
