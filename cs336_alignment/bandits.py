@@ -8,10 +8,10 @@ their answers, so the student handout leaves it out.
 Everything is float64. Sources: REINFORCE and its baselines (Williams 1992; Greensmith, Bartlett & Baxter 2004,
 "Variance reduction techniques for gradient estimates in RL", the optimal constant baseline); GRPO's group
 normalisation (Shao et al. 2024, DeepSeekMath, §4.1.2); Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-like
-training", §3.1); MaxRL's mean normaliser (Tajwar et al. 2026, "Maximum likelihood reinforcement learning");
-RFT (Yuan et al. 2023, "Scaling relationship on learning mathematical reasoning"); GRPO's token-level and GSPO's
-sequence-level importance ratios (Shao et al. 2024, eq. 3; Zheng et al. 2025, "Group sequence policy
-optimization", eq. 5-7).
+training: a critical perspective"); MaxRL's mean normaliser, as CS336's 2026 assignment 5 states it; RFT (Yuan et al.
+2023, "Scaling relationship on learning mathematical reasoning with large language models"); GRPO's token-level and
+GSPO's sequence-level importance ratios (Shao et al. 2024, eq. 3; Zheng et al. 2025, "Group sequence policy
+optimization").
 """
 from __future__ import annotations
 
