@@ -4,6 +4,7 @@ and (slow, CI) every experiment command runs at smoke size through the answer ke
 from __future__ import annotations
 
 import ast
+import math
 import re
 import shlex
 import subprocess
@@ -104,6 +105,34 @@ def test_experiment_command_runs_at_smoke_size(problem, smoke_dir):
     result = answer_key.run_problem(problem, smoke_dir, smoke=True, log=lambda *a: None)
     failed = [r for r in result["runs"] if r["returncode"] != 0]
     assert not failed, f"{failed[0]['command']}\n{failed[0]['log_tail']}"
+
+
+DERIVATIONS = ("baseline_calcs", "think_about_rft", "derive_difficulty_reweightings", "derive_surrogate_objectives")
+
+
+def test_derivations_have_exact_checks():
+    """Each CS336 2026 derivation's model answer names a check command (answers.md `Check:`), which the answer key
+    runs: `python -m cs336_alignment.bandits <derivation> --out runs/...json`."""
+    answer_key = pytest.importorskip("cs336_alignment.handout.answer_key", reason="instructor-only (not in the handout)")
+    bandits = pytest.importorskip("cs336_alignment.bandits", reason="instructor-only (not in the handout)")
+    checks = answer_key.check_commands()
+    assert set(DERIVATIONS) <= set(checks) <= {p.name for p in WRITEUP.problems if p.kind == "written"}
+    for name in DERIVATIONS:
+        (command,) = checks[name]
+        argv = shlex.split(command)
+        assert argv[:4] == ["python", "-m", "cs336_alignment.bandits", name] and name in bandits.REPORTS, command
+        assert argv[4] == "--out" and argv[5].startswith("runs/"), command
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", DERIVATIONS)
+def test_derivation_check_runs_through_the_answer_key(name, smoke_dir):
+    answer_key = pytest.importorskip("cs336_alignment.handout.answer_key", reason="instructor-only (not in the handout)")
+    problem = next(p for p in WRITEUP.problems if p.name == name)
+    result = answer_key.run_problem(problem, smoke_dir, smoke=True, log=lambda *a: None)
+    (run,) = result["runs"]
+    assert run["returncode"] == 0, run["log_tail"]
+    assert run["metrics"] and all(math.isfinite(v) for v in run["metrics"].values()), run["metrics"]
 
 
 def test_written_problems_have_model_answers():

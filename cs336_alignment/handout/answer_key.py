@@ -6,6 +6,10 @@ plus model answers to its written questions (answers.md). Never shipped (pyproje
     python -m cs336_alignment.handout.answer_key --out runs/answer_key --only grpo_baselines dpo_beta
     python -m cs336_alignment.handout.answer_key --out runs/answer_key --jobs 2     # two experiments at a time
 
+A derivation (a written problem) whose model answer in answers.md has a line starting "Check:" with a command in
+backquotes is run the same way, at full size with --smoke too (a check takes seconds): it prints the derivation's
+closed forms beside an exact or Monte-Carlo check and writes them as json metrics.
+
 For each experiment every command runs with its `runs/` paths moved under OUT (and, with --smoke, the problem's
 `Smoke:` flags appended, or its `Smoke:` command instead). Experiments run in writeup order, --jobs at a time; one
 that reads another's output (best-of-N reads the reward model's checkpoint) waits for it. Each command's output
@@ -52,10 +56,19 @@ def answers(path: Path = HERE / "answers.md") -> dict[str, str]:
 TRAINS = ("pipeline", "pretrain", "sft", "ei", "rm", "dpo", "grpo", "ppo", "bon")  # commands that take --overwrite
 
 
+def check_commands(path: Path = HERE / "answers.md") -> dict[str, list[str]]:
+    """{problem name: its check commands}: the `Check: `...`` lines of the model answers in answers.md."""
+    found = {name: re.findall(r"^Check: `([^`]+)`", text, flags=re.M) for name, text in answers(path).items()}
+    return {name: commands for name, commands in found.items() if commands}
+
+
 def commands_for(problem: Problem, out: Path, smoke: bool) -> list[list[str]]:
-    """The problem's commands as argument lists, `runs/` moved under OUT, smoke-sized if asked."""
+    """The problem's commands (or its answer's check commands) as argument lists, `runs/` moved under OUT,
+    smoke-sized if asked."""
     texts = problem.commands
-    if smoke and problem.smoke_flags.startswith("python "):
+    if not texts:
+        texts = check_commands().get(problem.name, [])  # a derivation's check: full size, with --smoke too
+    elif smoke and problem.smoke_flags.startswith("python "):
         texts = [problem.smoke_flags]
     elif smoke:
         texts = [f"{t} {problem.smoke_flags}" for t in texts]
@@ -152,7 +165,8 @@ def write_key(w: Writeup, results: list[dict], model_answers: dict[str, str], ou
         if r:
             ok = all(run["returncode"] == 0 for run in r["runs"])
             status = ("FAILED" if not ok else "over budget" if r["over_budget"] else "ok")
-            lines.append(f"| {p.name} | {p.points:g} | {p.cpu_minutes:g} | {r['cpu_min']:g} | {status} |")
+            budget = "—" if p.cpu_minutes is None else f"{p.cpu_minutes:g}"
+            lines.append(f"| {p.name} | {p.points:g} | {budget} | {r['cpu_min']:g} | {status} |")
     lines.append("")
     for p in w.problems:
         if p.kind == "code":
@@ -204,14 +218,17 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m cs336_alignment.handout.answer_key", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=REPO / "runs" / "answer_key")
     p.add_argument("--smoke", action="store_true", help="append each problem's Smoke: flags (CI)")
-    p.add_argument("--only", nargs="*", default=None, help="problem names to run (default: every experiment)")
+    p.add_argument("--only", nargs="*", default=None,
+                   help="problem names to run (default: every experiment and every derivation's check)")
     p.add_argument("--jobs", type=int, default=1, help="experiments run at the same time (default 1)")
     args = p.parse_args(argv)
     w = load(HERE / "writeup.md")
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    chosen = [q for q in w.problems if q.commands and (args.only is None or q.name in args.only)]
-    unknown = set(args.only or []) - {q.name for q in w.problems if q.commands}
+    checked = check_commands()
+    runnable = [q for q in w.problems if q.commands or q.name in checked]
+    chosen = [q for q in runnable if args.only is None or q.name in args.only]
+    unknown = set(args.only or []) - {q.name for q in runnable}
     if unknown:
         p.error(f"no experiment named {', '.join(sorted(unknown))}")
     results = run_all(chosen, out, args.smoke, max(1, args.jobs))
