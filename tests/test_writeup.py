@@ -166,3 +166,18 @@ def test_answer_key_counts_the_cpu_of_each_command_alone(tmp_path):
         (code_a, cpu_a, _), (code_b, cpu_b, _) = a.result(), b.result()
     assert code_a == code_b == 0
     assert 0.8 <= cpu_a < 1.15 and 0.5 <= cpu_b < 0.85, (cpu_a, cpu_b)
+
+
+def test_answer_key_averages_seeds():
+    """Runs whose commands differ only in --seed and --out are one variant: mean ± SE over its seeds (hand values)."""
+    answer_key = pytest.importorskip("cs336_alignment.handout.answer_key", reason="instructor-only (not in the handout)")
+    base = "python -m cs336_alignment grpo --baseline {b} --seed {s} --out runs/exp/{name}_s{s}"
+    runs = [{"command": base.format(b=b, s=s, name=name), "outputs": [f"runs/exp/{name}_s{s}"], "cpu_s": 10.0,
+             "metrics": {"eval/accuracy/greedy": acc}}
+            for (b, name, accs) in (("mean", "dr", (0.5, 0.7)), ("none", "rft", (0.4, 0.4)))
+            for s, acc in enumerate(accs)]
+    groups = answer_key.seed_groups(runs)
+    assert {k: len(v) for k, v in groups.items()} == {"dr": 2, "rft": 2}
+    table = "\n".join(answer_key.seed_table(runs))
+    assert "| dr | 2 | 0.6 ± 0.1 | 10 |" in table      # mean 0.6, sd 0.1414, SE = sd / sqrt(2) = 0.1
+    assert "| rft | 2 | 0.4 ± 0 | 10 |" in table

@@ -155,6 +155,46 @@ def run_problem(problem: Problem, out: Path, smoke: bool, log=print) -> dict:
             "over_budget": bool(problem.cpu_minutes and cpu / 60 > problem.cpu_minutes), "runs": runs, "plot": plot}
 
 
+SEEDED = ("eval/accuracy/greedy", "eval/reward/gold_mean", "reward/gold_mean", "response/length_mean")
+
+
+def seed_groups(runs: list[dict]) -> dict[str, list[dict]]:
+    """{variant: its runs} for the runs whose commands differ only in --seed and --out (the course's "4 seeds each"):
+    the variant is the first run's --out with a trailing _s<N> / _seed<N> dropped."""
+    groups: dict[tuple, list[dict]] = {}
+    for run in runs:
+        argv = shlex.split(run["command"])
+        key = tuple(a for i, a in enumerate(argv) if a not in ("--seed", "--out") and
+                    (i == 0 or argv[i - 1] not in ("--seed", "--out")) and a != "--overwrite")
+        groups.setdefault(key, []).append(run)
+    named = {}
+    for members in groups.values():
+        first = members[0]["outputs"][0] if members[0]["outputs"] else members[0]["command"]
+        named[re.sub(r"_s(eed)?\d+$", "", Path(first).name)] = members
+    return named
+
+
+def seed_table(runs: list[dict]) -> list[str]:
+    """Mean ± standard error over seeds of each variant's last held-out metrics (only variants with >= 2 seeds)."""
+    groups = {name: members for name, members in seed_groups(runs).items() if len(members) >= 2}
+    keys = [k for k in SEEDED if any(k in r["metrics"] for members in groups.values() for r in members)]
+    if not groups or not keys:
+        return []
+    lines = ["", "| variant | seeds | " + " | ".join(f"`{k}`" for k in keys) + " | CPU-s per run |",
+             "|---|---|" + "---|" * (len(keys) + 1)]
+    for name, members in groups.items():
+        cells = []
+        for key in keys:
+            values = [r["metrics"][key] for r in members if key in r["metrics"]]
+            mean = sum(values) / len(values) if values else float("nan")
+            se = (sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values)) ** 0.5 \
+                if len(values) > 1 else float("nan")
+            cells.append(f"{mean:.4g} ± {se:.2g}")
+        cpu = sum(r["cpu_s"] for r in members) / len(members)
+        lines.append(f"| {name} | {len(members)} | " + " | ".join(cells) + f" | {cpu:.0f} |")
+    return lines
+
+
 def write_key(w: Writeup, results: list[dict], model_answers: dict[str, str], out: Path, smoke: bool) -> Path:
     lines = [f"# Answer key ({'smoke size: numbers are meaningless, commands ran' if smoke else 'full size'})", "",
              "Instructor-only. Built by `python -m cs336_alignment.handout.answer_key`.", "",
@@ -179,6 +219,7 @@ def write_key(w: Writeup, results: list[dict], model_answers: dict[str, str], ou
             lines += [f"- `{run['command']}`: exit {run['returncode']}, {run['cpu_s']:g} CPU-s", f"  - {shown or '—'}"]
             if run["log_tail"]:
                 lines += ["  ```", *("  " + x for x in run["log_tail"].splitlines()[-8:]), "  ```"]
+        lines += seed_table((r or {}).get("runs", []))
         if r and r["plot"]:
             lines += ["", f"![{p.name}]({os.path.relpath(r['plot'], out)})"]
         if p.name in model_answers:
