@@ -2,8 +2,8 @@
 
 - Group baselines (no critic): GRPO's group-normalized rewards (Shao et al. 2024, DeepSeekMath, eq. 3 and
   §4.1.2) with the CS336 2026 edition's choices of baseline ("mean", "none") and normalizer ("std", "none" as in
-  Dr. GRPO, "mean" as in MaxRL), its per-token form for step rewards (process supervision, §4.1.3), and RLOO's leave-one-out
-  baseline (Ahmadian et al. 2024, "Back to Basics").
+  Dr. GRPO, "mean" as in MaxRL), its per-token form for step rewards (process supervision, §4.1.3), and RLOO's
+  leave-one-out baseline (Ahmadian et al. 2024, "Back to Basics").
 - A learned critic: generalized advantage estimation, GAE(gamma, lambda) (Schulman et al. 2016, eq. 16),
   over the response tokens of a (B, T) batch, for PPO.
 - PPO's per-token rewards: the sequence score at the last token minus beta * KL to the reference at every
@@ -68,9 +68,10 @@ def compute_group_normalized_rewards(raw_rewards: Tensor, group_size: int, basel
                                d = s + advantage_eps ("std"), m + advantage_eps ("mean") or 1 ("none").
     baseline="mean", normalizer="std" is GRPO (Shao et al. 2024, DeepSeekMath §4.1.2); normalizer "none" is
     Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training"), which argues that dividing by s
-    up-weights groups that are nearly all right or all wrong; normalizer "mean" is MaxRL (dividing by the
-    group's success rate weights hard prompts up); baseline="none" with normalizer "none" is REINFORCE on
-    the raw rewards (Williams 1992).
+    up-weights groups that are nearly all right or all wrong; normalizer "mean" is MaxRL (the CS336 2026
+    edition's maximum-likelihood variant: with 0/1 rewards and success rate p, grad p / p = grad log p, so the
+    update ascends the log-likelihood of a correct answer and weighs hard prompts up by 1/p); baseline="none"
+    with normalizer "none" is REINFORCE on the raw rewards (Williams 1992).
 
     With baseline "mean", a group whose rewards are all equal carries no signal and gets advantages exactly
     0: the formula gives (r - m) / d, where r - m is 0 up to the rounding of m (at most a few ulps, so the

@@ -175,7 +175,8 @@ def aggregate_loss_across_microbatch(per_token_policy_gradient_loss: Tensor, mas
         raise ValueError(f"per-token loss {tuple(per_token_policy_gradient_loss.shape)} and mask "
                          f"{tuple(mask.shape)} must both be (B, T)")
     if loss_normalization == "constant" and (normalization_constant is None or normalization_constant <= 0):
-        raise ValueError(f"loss_normalization 'constant' needs normalization_constant > 0, got {normalization_constant}")
+        raise ValueError(f"loss_normalization 'constant' needs normalization_constant > 0, "
+                         f"got {normalization_constant}")
     # BEGIN SOLUTION
     if loss_normalization == "sequence":
         return masked_mean(per_token_policy_gradient_loss, mask, dim=-1).mean()           # GRPO eq. 3: 1/|o_i|
@@ -253,7 +254,8 @@ def _weights_and_method_2025(policy_log_probs: Tensor, loss_type: str, raw_rewar
     weights_name, method = LOSS_TYPES_2025[loss_type]
     given = {"raw_rewards": raw_rewards, "advantages": advantages, "old_log_probs": old_log_probs,
              "cliprange": cliprange}
-    required = [weights_name] + ["old_log_probs"] * needs_old_log_probs(method) + ["cliprange"] * needs_cliprange(method)
+    required = [weights_name] + ["old_log_probs"] * needs_old_log_probs(method)
+    required += ["cliprange"] * needs_cliprange(method)
     missing = [name for name in required if given[name] is None]
     if missing:
         raise ValueError(f"loss_type {loss_type!r} needs {', '.join(missing)}")

@@ -22,6 +22,16 @@ from cs336_alignment.logprobs import get_response_log_probs
 from cs336_alignment.nn_utils import clip_gradients
 
 
+def clip_step_and_clear(model: torch.nn.Module, optimizer: torch.optim.Optimizer, max_grad_norm: float | None) -> float:
+    """Clip the global gradient norm to max_grad_norm (None: no clipping; `nn_utils.clip_gradients`), take the
+    optimizer step, and set every parameter's `.grad` to None. Returns the norm before clipping."""
+    grad_norm = clip_gradients(model.parameters(), math.inf if max_grad_norm is None else max_grad_norm)
+    optimizer.step()
+    for p in model.parameters():
+        p.grad = None
+    return float(grad_norm)
+
+
 def grpo_train_step(model: torch.nn.Module, tokenizer, optimizer: torch.optim.Optimizer,
                     gradient_accumulation_steps: int, max_grad_norm: float | None,
                     reward_fn: Callable[[str, str], dict[str, float]], repeated_prompts: list[str],
@@ -75,15 +85,16 @@ def grpo_train_step(model: torch.nn.Module, tokenizer, optimizer: torch.optim.Op
         raise ValueError(f"{n} rollouts do not split into {gradient_accumulation_steps} equal micro-batches")
     if max_grad_norm is not None and max_grad_norm <= 0:
         raise ValueError(f"max_grad_norm must be > 0 or None, got {max_grad_norm}")
-    # BEGIN SOLUTION
+    if needs_old_log_probs(importance_reweighting_method) and old_log_probs is None:
+        raise ValueError(f"importance_reweighting_method {importance_reweighting_method!r} needs old_log_probs")
     device = next(model.parameters()).device
+    # BEGIN SOLUTION
     batch = tokenize_prompt_and_output(repeated_prompts, rollout_responses, tokenizer)   # each (N, T)
-    if needs_old_log_probs(importance_reweighting_method) and (
-            old_log_probs is None or old_log_probs.shape != batch["labels"].shape):
-        raise ValueError(f"{importance_reweighting_method!r} needs old_log_probs of shape "
-                         f"{tuple(batch['labels'].shape)} (the tokenised batch)")
-    raw_rewards, metadata = compute_rollout_rewards(reward_fn, rollout_responses, repeated_ground_truths)
-    advantages, stats = compute_group_normalized_rewards(raw_rewards, group_size, baseline, advantage_eps,
+    if old_log_probs is not None and old_log_probs.shape != batch["labels"].shape:
+        raise ValueError(f"old_log_probs {tuple(old_log_probs.shape)} must be (N, T) = "
+                         f"{tuple(batch['labels'].shape)}, the tokenised batch's shape")
+    raw, metadata = compute_rollout_rewards(reward_fn, rollout_responses, repeated_ground_truths)   # (N,)
+    advantages, stats = compute_group_normalized_rewards(raw, group_size, baseline, advantage_eps,
                                                          advantage_normalizer)           # (N,)
     metadata.update(stats)
     micro = n // gradient_accumulation_steps
@@ -105,14 +116,11 @@ def grpo_train_step(model: torch.nn.Module, tokenizer, optimizer: torch.optim.Op
         loss = loss * len(rows) / micro / divisor if loss_normalization == "sequence" else loss / divisor
         loss.backward()
         total = total + loss.detach().cpu()
-        if "clipped" in info:
+        if "clip_fraction" in info:
             clipped += float((info["clipped"] & mask.bool()).sum())
             response_tokens += float(mask.sum())
-    grad_norm = clip_gradients(model.parameters(), math.inf if max_grad_norm is None else max_grad_norm)
-    optimizer.step()
-    for p in model.parameters():
-        p.grad = None
-    metadata.update({"grad_norm": float(grad_norm), "skipped_fraction": float((advantages == 0).float().mean())})
+    grad_norm = clip_step_and_clear(model, optimizer, max_grad_norm)
+    metadata.update({"grad_norm": grad_norm, "skipped_fraction": float((advantages == 0).float().mean())})
     if response_tokens:
         metadata["clip_fraction"] = clipped / response_tokens
     return total, metadata

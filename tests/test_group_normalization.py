@@ -11,7 +11,7 @@ from cs336_alignment.advantages import group_normalize
 from tests.adapters import run_compute_group_normalized_rewards, run_compute_rollout_rewards
 from tests.adapters_2025 import run_compute_group_normalized_rewards as run_compute_group_normalized_rewards_2025
 
-PART = "7.1 Rollout rewards and group normalisation"
+PART = "6.1 Rollout rewards and group normalisation"
 
 # 3 groups of 4: mixed rewards, a group with one success in four, and a group of partial credit
 REWARDS = [1.0, 0.0, 0.5, 0.25, 0.0, 0.0, 1.0, 0.0, 0.2, 0.9, 0.6, 0.7]

@@ -13,7 +13,7 @@ import torch
 from cs336_alignment.train.grpo import GRPOConfig, resolve_loss_type
 from tests.adapters import run_grpo_train_step
 
-PART = "7.3 GRPO train step"
+PART = "6.3 GRPO train step"
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")

@@ -11,7 +11,7 @@ from cs336_alignment.grpo_loss import needs_cliprange, needs_old_log_probs
 from tests.adapters import run_aggregate_loss_across_microbatch, run_compute_policy_gradient_loss
 from tests.adapters_2025 import run_compute_policy_gradient_loss as run_compute_policy_gradient_loss_2025
 
-PART = "7.2 Policy-gradient loss and aggregation"
+PART = "6.2 Policy-gradient loss and aggregation"
 
 B, T = 4, 7
 
@@ -88,8 +88,8 @@ def test_compute_policy_gradient_loss_off_policy_gspo(batch):
     x = log_probs.clone().requires_grad_(True)
     loss, metadata = run_compute_policy_gradient_loss(advantages, x, "gspo", old, 0.2, mask)
     torch.testing.assert_close(loss, _naive_loss("gspo", advantages, log_probs, old, 0.2, mask))
-    assert torch.autograd.gradcheck(lambda y: run_compute_policy_gradient_loss(advantages, y, "gspo", old, 0.2, mask)[0],
-                                    (x,))
+    assert torch.autograd.gradcheck(
+        lambda y: run_compute_policy_gradient_loss(advantages, y, "gspo", old, 0.2, mask)[0], (x,))
     # prompt and padding tokens are not part of the sequence ratio: changing them changes nothing
     noisy = torch.where(mask, log_probs, log_probs - 30.0)
     torch.testing.assert_close(run_compute_policy_gradient_loss(advantages, noisy, "gspo", old, 0.2, mask)[0], loss)
