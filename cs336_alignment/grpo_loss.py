@@ -24,12 +24,13 @@ import torch
 from torch import Tensor
 
 from cs336_alignment.masked import masked_mean, masked_normalize
-from cs336_alignment.policy_losses import (PolicyLossType, _check_per_sequence, compute_grpo_clip_loss,
+from cs336_alignment.policy_losses import (check_sequence_weights, compute_grpo_clip_loss,
                                            compute_naive_policy_gradient_loss, kl_estimate)
 
 REWEIGHTING_METHODS = ("none", "noclip", "grpo", "gspo", "cispo")
 LOSS_NORMALIZATIONS = ("sequence", "constant")
 ReweightingMethod = Literal["none", "noclip", "grpo", "gspo", "cispo"]
+PolicyLossType = Literal["no_baseline", "reinforce_with_baseline", "grpo_clip", "grpo_no_clip"]   # the 2025 names
 # The 2025 edition's loss_type -> (which per-sequence weights it uses, the 2026 importance reweighting)
 LOSS_TYPES_2025: dict[str, tuple[str, str]] = {
     "no_baseline": ("raw_rewards", "none"), "reinforce_with_baseline": ("advantages", "none"),
@@ -78,10 +79,10 @@ def compute_policy_gradient_loss(raw_rewards_or_advantages: Tensor, policy_log_p
         "none":   -A log pi_t                                  REINFORCE (Williams 1992); on-policy
         "noclip": -A w_t                                       importance-weighted, unbounded
         "grpo":   -min(A w_t, A clip(w_t, 1 - eps, 1 + eps))   PPO eq. 7 per token; GRPO eq. 3
-        "gspo":   -min(A s, A clip(s, 1 - eps, 1 + eps)),      GSPO eq. 5-7 (Zheng et al. 2025): one ratio per
+        "gspo":   -min(A s, A clip(s, 1 - eps, 1 + eps)),      GSPO (Zheng et al. 2025), its s_i: one ratio per
                   s = exp(mean over response tokens of (log pi_t - log pi_old,t)), the geometric mean of the
                   token ratios, computed in log space (never a product of ratios) and broadcast to every token
-        "cispo":  -sg(min(w_t, 1 + eps)) A log pi_t            MiniMax-M1 eq. 4 (§3.1). The paper's weight is
+        "cispo":  -sg(min(w_t, 1 + eps)) A log pi_t            CISPO (MiniMax-M1, §3.1). The paper's weight is
                   clip(w, 1 - eps_low, 1 + eps_high) and it sets eps_low large, i.e. no lower bound, and tunes
                   eps_high only: so here only the upper clip, at 1 + cliprange. Every token keeps a gradient.
     Before the first update pi == pi_old, so every ratio is 1 and all methods give the same gradient.
@@ -111,7 +112,7 @@ def compute_policy_gradient_loss(raw_rewards_or_advantages: Tensor, policy_log_p
     weights = raw_rewards_or_advantages
     if weights.dim() == 1:
         weights = weights.unsqueeze(-1)                                        # (B,) -> (B, 1)
-    _check_per_sequence("raw_rewards_or_advantages", weights, policy_log_probs)
+    check_sequence_weights("raw_rewards_or_advantages", weights, policy_log_probs)
     if needs_old_log_probs(importance_reweighting_method) and (
             old_log_probs is None or old_log_probs.shape != policy_log_probs.shape):
         raise ValueError(f"importance_reweighting_method {importance_reweighting_method!r} needs old_log_probs of "
@@ -133,11 +134,11 @@ def compute_policy_gradient_loss(raw_rewards_or_advantages: Tensor, policy_log_p
     if method in ("noclip", "grpo"):  # clip(w, -inf, inf) = w: the min of two equal terms, -A w
         loss, info = compute_grpo_clip_loss(weights, policy_log_probs, old_log_probs,
                                             math.inf if method == "noclip" else cliprange)
-    elif method == "gspo":  # log s = masked mean of the token log-ratios (GSPO eq. 7), then the same clip on s
+    elif method == "gspo":  # log s = masked mean of the token log-ratios (GSPO's s_i), then the same clip on s
         log_s = masked_mean(policy_log_probs - old_log_probs, mask, dim=-1).unsqueeze(-1)    # (B, 1)
         loss, info = compute_grpo_clip_loss(weights, log_s.expand_as(policy_log_probs),
                                             torch.zeros_like(policy_log_probs), cliprange)
-    else:  # cispo: a detached, clipped weight on REINFORCE (MiniMax-M1 eq. 4, no lower clip)
+    else:  # cispo: a detached, clipped weight on REINFORCE (CISPO, no lower clip)
         ratio = torch.exp(policy_log_probs.detach() - old_log_probs)                          # (B, T)
         loss = compute_naive_policy_gradient_loss(weights * ratio.clamp(max=1 + cliprange), policy_log_probs)
         info = {"ratio": ratio, "clipped": ratio > 1 + cliprange}
@@ -259,7 +260,7 @@ def _weights_and_method_2025(policy_log_probs: Tensor, loss_type: str, raw_rewar
     missing = [name for name in required if given[name] is None]
     if missing:
         raise ValueError(f"loss_type {loss_type!r} needs {', '.join(missing)}")
-    _check_per_sequence(weights_name, given[weights_name], policy_log_probs)   # 2025: (B, 1) or (B, T) only
+    check_sequence_weights(weights_name, given[weights_name], policy_log_probs)   # 2025: (B, 1) or (B, T) only
     return given[weights_name], method
 
 

@@ -24,11 +24,9 @@ from torch import Tensor
 
 from cs336_alignment.masked import masked_mean
 
-PolicyLossType = Literal["no_baseline", "reinforce_with_baseline", "grpo_clip", "grpo_no_clip"]
-
-
-def _check_per_sequence(name: str, weights: Tensor, policy_log_probs: Tensor) -> None:
-    """Advantages/rewards must be (B, 1) or (B, T): a (B,) tensor would broadcast along T when B == T."""
+def check_sequence_weights(name: str, weights: Tensor, policy_log_probs: Tensor) -> None:
+    """Raise ValueError unless `weights` (per-sequence rewards or advantages) is (B, 1) or (B, T) for
+    policy_log_probs (B, T): a (B,) tensor would broadcast along T when B == T."""
     if weights.dim() != 2 or weights.shape[0] != policy_log_probs.shape[0] or \
             weights.shape[1] not in (1, policy_log_probs.shape[1]):
         raise ValueError(f"{name} must be (B, 1) or (B, T) for policy_log_probs {tuple(policy_log_probs.shape)}, "
@@ -55,7 +53,7 @@ def compute_naive_policy_gradient_loss(raw_rewards_or_advantages: Tensor, policy
     Raises:
         ValueError: if the advantages are not (B, 1) or (B, T).
     """
-    _check_per_sequence("raw_rewards_or_advantages", raw_rewards_or_advantages, policy_log_probs)
+    check_sequence_weights("raw_rewards_or_advantages", raw_rewards_or_advantages, policy_log_probs)
     # BEGIN SOLUTION
     return -raw_rewards_or_advantages.detach() * policy_log_probs        # REINFORCE, broadcast over T
     # END SOLUTION
@@ -81,7 +79,7 @@ def compute_grpo_clip_loss(advantages: Tensor, policy_log_probs: Tensor, old_log
     Raises:
         ValueError: on shape mismatch or cliprange <= 0.
     """
-    _check_per_sequence("advantages", advantages, policy_log_probs)
+    check_sequence_weights("advantages", advantages, policy_log_probs)
     if policy_log_probs.shape != old_log_probs.shape:
         raise ValueError(f"policy_log_probs {tuple(policy_log_probs.shape)} and old_log_probs "
                          f"{tuple(old_log_probs.shape)} must have the same shape")
