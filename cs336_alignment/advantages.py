@@ -1,8 +1,9 @@
 """Advantages: how much better than expected was each response (or each token)?
 
 - Group baselines (no critic): GRPO's group-normalized rewards (Shao et al. 2024, DeepSeekMath, eq. 3 and
-  §4.1.2), its per-token form for step rewards (process supervision, §4.1.3), and RLOO's leave-one-out
-  baseline (Ahmadian et al. 2024, "Back to Basics").
+  §4.1.2) with the CS336 2026 edition's choices of baseline ("mean", "none") and normalizer ("std", "none" as in
+  Dr. GRPO, "mean" as in MaxRL), its per-token form for step rewards (process supervision, §4.1.3), and RLOO's
+  leave-one-out baseline (Ahmadian et al. 2024, "Back to Basics").
 - A learned critic: generalized advantage estimation, GAE(gamma, lambda) (Schulman et al. 2016, eq. 16),
   over the response tokens of a (B, T) batch, for PPO.
 - PPO's per-token rewards: the sequence score at the last token minus beta * KL to the reference at every
@@ -19,87 +20,130 @@ from cs336_alignment.policy_losses import kl_estimate
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Group baselines: GRPO and RLOO
+# Group baselines: GRPO (and its Dr. GRPO / MaxRL variants) and RLOO
 # ---------------------------------------------------------------------------------------------------------
 
-def group_normalize(rewards: Tensor, group_size: int, advantage_eps: float,
-                    normalize_by_std: bool) -> Tensor:
-    """GRPO advantages from a flat tensor of rewards, in contiguous groups of `group_size`.
+BASELINES = ("mean", "none")
+ADVANTAGE_NORMALIZERS = ("std", "none", "mean")
 
-    A_i = r_i - mean(group), divided by (std(group) + advantage_eps) when normalize_by_std, where std is
-    the *unbiased* sample standard deviation (Shao et al. 2024, §4.1.2: "normalized reward"). Dr. GRPO
-    (Liu et al. 2025) argues for normalize_by_std=False: dividing by std up-weights groups that are
-    nearly all right or all wrong. A group whose rewards are all equal carries no signal: its advantages
-    are exactly 0 (never NaN, and never rounding noise blown up by a tiny std).
+
+def compute_rollout_rewards(reward_fn: Callable[[str, str], dict[str, float]], rollout_responses: list,
+                            repeated_ground_truths: list) -> tuple[Tensor, dict[str, float]]:
+    """Score every rollout with `reward_fn` (CS336 assignment 5, 2026 edition: compute_rollout_rewards).
 
     Args:
-        rewards: (N,) float, N = n_prompts * group_size; group g is rewards[g*G:(g+1)*G].
-        group_size: G, responses per prompt (>= 2 when normalize_by_std, since the std needs two samples).
-        advantage_eps: added to the std in the denominator.
-        normalize_by_std: divide by the group std (GRPO) or only subtract the group mean.
+        reward_fn: reward_fn(response, ground_truth) -> dict with a "reward" key; every other key (e.g.
+            "format_reward", "answer_reward") is averaged into the metadata.
+        rollout_responses: N responses (any objects reward_fn accepts: strings, or token-id tuples).
+        repeated_ground_truths: N ground truths, lined up with the responses.
 
     Returns:
-        (N,) advantages, same dtype as `rewards`.
+        (raw_rewards (N,) float32, metadata) with Python floats under "reward/mean" (the mean total reward)
+        and "reward/<key>_mean" for every other key of reward_fn's dict (e.g. "reward/format_reward_mean",
+        "reward/answer_reward_mean").
 
     Raises:
-        ValueError: if N is not a multiple of group_size, or group_size < 1 (< 2 with normalize_by_std).
-    """
-    if rewards.dim() != 1:
-        raise ValueError(f"rewards must be 1-d (N,), got shape {tuple(rewards.shape)}")
-    if group_size < (2 if normalize_by_std else 1) or rewards.numel() % group_size != 0:
-        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
-    # BEGIN SOLUTION
-    grouped = rewards.view(-1, group_size)                                     # (n_groups, G)
-    advantages = grouped - grouped.mean(dim=-1, keepdim=True)
-    if normalize_by_std:
-        std = grouped.std(dim=-1, keepdim=True)                                # unbiased (divides by G - 1)
-        advantages = advantages / (std + advantage_eps)                        # DeepSeekMath §4.1.2
-    # An all-equal group's mean can differ from its members by rounding; make its advantages exactly 0.
-    constant = (grouped == grouped[:, :1]).all(dim=-1, keepdim=True)           # (n_groups, 1)
-    advantages = torch.where(constant, 0.0, advantages)
-    return advantages.reshape(-1)
-    # END SOLUTION
-
-
-def compute_group_normalized_rewards(reward_fn: Callable[[str, str], dict[str, float]],
-                                     rollout_responses: list[str], repeated_ground_truths: list[str],
-                                     group_size: int, advantage_eps: float,
-                                     normalize_by_std: bool) -> tuple[Tensor, Tensor, dict[str, float]]:
-    """Score every rollout with `reward_fn` and turn the rewards into GRPO advantages (CS336 assignment 5).
-
-    Args:
-        reward_fn: reward_fn(response, ground_truth) -> dict with a "reward" key (other keys, e.g.
-            "format_reward" and "answer_reward", are averaged into the metadata).
-        rollout_responses: N = n_prompts * group_size responses; the G responses to one prompt are contiguous.
-        repeated_ground_truths: N ground truths, each repeated G times to line up with the responses.
-        group_size: G.
-        advantage_eps: added to the group std.
-        normalize_by_std: see `group_normalize`.
-
-    Returns:
-        (advantages (N,) float32, raw_rewards (N,) float32, metadata). metadata holds Python floats under
-        exactly these keys (the GRPO loop and notebook 04 read them):
-            "reward/mean", "reward/std" (unbiased, n - 1), "reward/max", "reward/min"  of the raw rewards;
-            "reward/<key>_mean"  the mean of every other key of reward_fn's dict (e.g. "format_reward" gives
-                                 "reward/format_reward_mean").
-        Nothing is masked here: advantages are per response, broadcast over its tokens by the loss.
-
-    Raises:
-        ValueError: if the lists are empty, differ in length or do not split into groups of group_size.
+        ValueError: if the lists are empty or differ in length.
     """
     if len(rollout_responses) != len(repeated_ground_truths) or not rollout_responses:
         raise ValueError(f"{len(rollout_responses)} responses but {len(repeated_ground_truths)} ground truths")
     # BEGIN SOLUTION
     scores = [reward_fn(response, truth) for response, truth in zip(rollout_responses, repeated_ground_truths)]
     raw_rewards = torch.tensor([float(s["reward"]) for s in scores], dtype=torch.float32)   # (N,)
-    advantages = group_normalize(raw_rewards, group_size, advantage_eps, normalize_by_std)   # (N,)
-    metadata = {"reward/mean": raw_rewards.mean().item(), "reward/std": raw_rewards.std().item(),
-                "reward/max": raw_rewards.max().item(), "reward/min": raw_rewards.min().item()}
+    metadata = {"reward/mean": raw_rewards.mean().item()}
     for key in scores[0]:
         if key != "reward":
             metadata[f"reward/{key}_mean"] = sum(float(s[key]) for s in scores) / len(scores)
-    return advantages, raw_rewards, metadata
+    return raw_rewards, metadata
     # END SOLUTION
+
+
+def compute_group_normalized_rewards(raw_rewards: Tensor, group_size: int, baseline: str = "mean",
+                                     advantage_eps: float = 1e-6, advantage_normalizer: str = "std"
+                                     ) -> tuple[Tensor, dict[str, float]]:
+    """Advantages from rewards in contiguous groups of `group_size` (CS336 assignment 5, 2026 edition).
+
+    With the group's rewards r_1..r_G, their mean m and unbiased standard deviation s (divides by G - 1):
+        A_i = (r_i - b) / d,   b = m ("mean") or 0 ("none"),
+                               d = s + advantage_eps ("std"), m + advantage_eps ("mean") or 1 ("none").
+    baseline="mean", normalizer="std" is GRPO (Shao et al. 2024, DeepSeekMath §4.1.2); normalizer "none" is
+    Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training"), which argues that dividing by s
+    up-weights groups that are nearly all right or all wrong; normalizer "mean" is MaxRL (the CS336 2026
+    edition's maximum-likelihood variant: with 0/1 rewards and success rate p, grad p / p = grad log p, so the
+    update ascends the log-likelihood of a correct answer and weighs hard prompts up by 1/p); baseline="none"
+    with normalizer "none" is REINFORCE on the raw rewards (Williams 1992).
+
+    With baseline "mean", a group whose rewards are all equal carries no signal and gets advantages exactly
+    0: the formula gives (r - m) / d, where r - m is 0 up to the rounding of m (at most a few ulps, so the
+    exact 0 agrees with the formula to ~1e-7 / d), and an exact 0 lets a train step skip those sequences.
+    With baseline "none" nothing is zeroed (an all-equal group of reward 1 still has A = 1 / d).
+
+    Args:
+        raw_rewards: (N,) float, N = n_prompts * group_size; group g is raw_rewards[g*G:(g+1)*G].
+        group_size: G (>= 2 with normalizer "std": the std needs two samples).
+        baseline: "mean" or "none".
+        advantage_eps: added to the denominator of the "std" and "mean" normalizers.
+        advantage_normalizer: "std", "none" or "mean".
+
+    Returns:
+        (advantages (N,) in raw_rewards' dtype, metadata) with Python floats "reward/mean", "reward/std"
+        (unbiased, over all N), "reward/max", "reward/min" of the raw rewards.
+
+    Raises:
+        ValueError: if raw_rewards is not 1-d, N is not a multiple of group_size, group_size < 1 (< 2 with
+            "std"), or baseline / advantage_normalizer is not one of the names above.
+    """
+    if baseline not in BASELINES or advantage_normalizer not in ADVANTAGE_NORMALIZERS:
+        raise ValueError(f"baseline must be one of {BASELINES} and advantage_normalizer one of "
+                         f"{ADVANTAGE_NORMALIZERS}, got {baseline!r} and {advantage_normalizer!r}")
+    if raw_rewards.dim() != 1:
+        raise ValueError(f"raw_rewards must be 1-d (N,), got shape {tuple(raw_rewards.shape)}")
+    if group_size < (2 if advantage_normalizer == "std" else 1) or raw_rewards.numel() % group_size != 0:
+        raise ValueError(f"{raw_rewards.numel()} rewards do not split into groups of {group_size}")
+    # BEGIN SOLUTION
+    grouped = raw_rewards.view(-1, group_size)                                 # (n_groups, G)
+    mean = grouped.mean(dim=-1, keepdim=True)                                  # (n_groups, 1)
+    advantages = grouped - mean if baseline == "mean" else grouped
+    if advantage_normalizer == "std":
+        std = grouped.std(dim=-1, keepdim=True)                                # unbiased (divides by G - 1)
+        advantages = advantages / (std + advantage_eps)                        # DeepSeekMath §4.1.2
+    elif advantage_normalizer == "mean":
+        advantages = advantages / (mean + advantage_eps)                       # MaxRL: the group's mean reward
+    if baseline == "mean":  # an all-equal group's mean can differ from its members by rounding: exactly 0
+        constant = (grouped == grouped[:, :1]).all(dim=-1, keepdim=True)       # (n_groups, 1)
+        advantages = torch.where(constant, 0.0, advantages)
+    metadata = {"reward/mean": raw_rewards.mean().item(), "reward/std": raw_rewards.std().item(),
+                "reward/max": raw_rewards.max().item(), "reward/min": raw_rewards.min().item()}
+    return advantages.reshape(-1), metadata
+    # END SOLUTION
+
+
+def group_normalize(rewards: Tensor, group_size: int, advantage_eps: float, normalize_by_std: bool) -> Tensor:
+    """GRPO advantages (baseline "mean"), divided by the group std + eps when normalize_by_std, else not:
+    `compute_group_normalized_rewards` without its metadata. rewards (N,) -> (N,); raises as it does."""
+    return compute_group_normalized_rewards(rewards, group_size, "mean", advantage_eps,
+                                            "std" if normalize_by_std else "none")[0]
+
+
+def score_and_normalize(reward_fn: Callable[[str, str], dict[str, float]], rollout_responses: list,
+                        repeated_ground_truths: list, group_size: int, advantage_eps: float,
+                        normalize_by_std: bool) -> tuple[Tensor, Tensor, dict[str, float]]:
+    """The 2025 edition's compute_group_normalized_rewards (CS336 assignment 5, Spring 2025): score the
+    rollouts (`compute_rollout_rewards`) and normalize them in groups with the mean baseline
+    (`compute_group_normalized_rewards`, normalizer "std" when normalize_by_std, else "none").
+
+    Returns:
+        (advantages (N,) float32, raw_rewards (N,) float32, metadata): the two functions' metadata merged,
+        "reward/mean", "reward/std", "reward/max", "reward/min" and "reward/<key>_mean" for every other key of
+        reward_fn's dict (the GRPO loop and notebook 04 read them).
+
+    Raises:
+        ValueError: as the two functions do.
+    """
+    raw_rewards, metadata = compute_rollout_rewards(reward_fn, rollout_responses, repeated_ground_truths)
+    advantages, stats = compute_group_normalized_rewards(raw_rewards, group_size, "mean", advantage_eps,
+                                                         "std" if normalize_by_std else "none")
+    return advantages, raw_rewards, {**stats, **metadata}
 
 
 def compute_group_process_advantages(step_rewards: list[list[float]], step_ends: list[list[int]],

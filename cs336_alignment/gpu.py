@@ -38,9 +38,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {  # preset -> stage config clas
             n_eval_problems=0, log_every=10, eval_every=100, checkpoint_every=100, gradient_checkpointing=True),
         "GRPOConfig": dict(
             device="cuda", threads=0, prompts_per_step=32, group_size=8, temperature=1.0, max_new_tokens=512,
-            loss_type="grpo_clip", cliprange=0.2, epochs_per_rollout_batch=1, minibatches=2, micro_batch_size=16,
-            num_steps=100, lr=3e-6, min_lr=3e-7, warmup_steps=5, kl_coef=0.0, n_eval_problems=200,
-            eval_samples=1, eval_every=25, checkpoint_every=25, gradient_checkpointing=True),
+            importance_reweighting="grpo", cliprange=0.2, epochs_per_rollout_batch=1, minibatches=2,
+            micro_batch_size=16, num_steps=100, lr=3e-6, min_lr=3e-7, warmup_steps=5, kl_coef=0.0,
+            n_eval_problems=200, eval_samples=1, eval_every=25, checkpoint_every=25, gradient_checkpointing=True),
     },
 }
 

@@ -8,28 +8,25 @@ clipped surrogate), so the loss is its negative.
 - PPO-clip (Schulman et al. 2017, eq. 7), used per token by GRPO (Shao et al. 2024, eq. 3) and PPO; and
   "GRPO-No-Clip", the importance-ratio-weighted loss -rho * A without the clip (CS336 assignment 5,
   grpo_off_policy_clip_ablation): the clipped loss with an infinite clip range.
-- GRPO's micro-batch step (CS336 assignment 5) with per-sequence length normalization, or the Dr. GRPO
-  constant normalizer (Liu et al. 2025, "Understanding R1-Zero-Like Training").
+  The GRPO interface built on these two (importance reweighting methods, aggregation, the micro-batch
+  step) is `grpo_loss`.
 - PPO's critic and regularizers: clipped value loss, entropy bonus.
 - KL to the reference policy: the k1 / k2 / k3 estimators (Schulman 2020, "Approximating KL divergence",
   http://joschu.net/blog/kl-approx.html) and the adaptive KL coefficient (Ziegler et al. 2019, §2.2).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-from cs336_alignment.masked import masked_mean, masked_normalize
+from cs336_alignment.masked import masked_mean
 
-PolicyLossType = Literal["no_baseline", "reinforce_with_baseline", "grpo_clip", "grpo_no_clip"]
-
-
-def _check_per_sequence(name: str, weights: Tensor, policy_log_probs: Tensor) -> None:
-    """Advantages/rewards must be (B, 1) or (B, T): a (B,) tensor would broadcast along T when B == T."""
+def check_sequence_weights(name: str, weights: Tensor, policy_log_probs: Tensor) -> None:
+    """Raise ValueError unless `weights` (per-sequence rewards or advantages) is (B, 1) or (B, T) for
+    policy_log_probs (B, T): a (B,) tensor would broadcast along T when B == T."""
     if weights.dim() != 2 or weights.shape[0] != policy_log_probs.shape[0] or \
             weights.shape[1] not in (1, policy_log_probs.shape[1]):
         raise ValueError(f"{name} must be (B, 1) or (B, T) for policy_log_probs {tuple(policy_log_probs.shape)}, "
@@ -56,7 +53,7 @@ def compute_naive_policy_gradient_loss(raw_rewards_or_advantages: Tensor, policy
     Raises:
         ValueError: if the advantages are not (B, 1) or (B, T).
     """
-    _check_per_sequence("raw_rewards_or_advantages", raw_rewards_or_advantages, policy_log_probs)
+    check_sequence_weights("raw_rewards_or_advantages", raw_rewards_or_advantages, policy_log_probs)
     # BEGIN SOLUTION
     return -raw_rewards_or_advantages.detach() * policy_log_probs        # REINFORCE, broadcast over T
     # END SOLUTION
@@ -82,7 +79,7 @@ def compute_grpo_clip_loss(advantages: Tensor, policy_log_probs: Tensor, old_log
     Raises:
         ValueError: on shape mismatch or cliprange <= 0.
     """
-    _check_per_sequence("advantages", advantages, policy_log_probs)
+    check_sequence_weights("advantages", advantages, policy_log_probs)
     if policy_log_probs.shape != old_log_probs.shape:
         raise ValueError(f"policy_log_probs {tuple(policy_log_probs.shape)} and old_log_probs "
                          f"{tuple(old_log_probs.shape)} must have the same shape")
@@ -95,120 +92,6 @@ def compute_grpo_clip_loss(advantages: Tensor, policy_log_probs: Tensor, old_log
     clipped = torch.clamp(ratio, 1 - cliprange, 1 + cliprange) * advantages
     loss = -torch.minimum(unclipped, clipped)                                   # PPO eq. 7 (Schulman et al. 2017)
     return loss, {"ratio": ratio.detach(), "clipped": clipped < unclipped}
-    # END SOLUTION
-
-
-def compute_policy_gradient_loss(policy_log_probs: Tensor, loss_type: PolicyLossType,
-                                 raw_rewards: Tensor | None = None, advantages: Tensor | None = None,
-                                 old_log_probs: Tensor | None = None,
-                                 cliprange: float | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-    """Dispatch to the per-token loss named by `loss_type` (CS336 assignment 5).
-
-    "no_baseline": naive REINFORCE with raw_rewards; "reinforce_with_baseline": naive REINFORCE with
-    advantages; "grpo_clip": `compute_grpo_clip_loss` with advantages, old_log_probs and cliprange;
-    "grpo_no_clip": the importance-ratio-weighted loss -rho * A, rho = exp(log pi - log pi_old), without the
-    clip (CS336 assignment 5, grpo_off_policy_clip_ablation), i.e. `compute_grpo_clip_loss` with an infinite
-    clip range. Its gradient is -A * rho * grad log pi: off-policy updates are corrected but never bounded.
-    All keywords are always accepted; those the loss type does not use are ignored.
-
-    Args:
-        policy_log_probs: (B, T) float.
-        loss_type: one of the four names above.
-        raw_rewards: (B, 1), needed by "no_baseline".
-        advantages: (B, 1), needed by "reinforce_with_baseline", "grpo_clip" and "grpo_no_clip".
-        old_log_probs: (B, T), needed by "grpo_clip" and "grpo_no_clip".
-        cliprange: float, needed by "grpo_clip".
-
-    Returns:
-        (loss (B, T), metadata dict of tensors; empty for the REINFORCE losses; for "grpo_no_clip" "ratio" and
-        an all-False "clipped").
-
-    Raises:
-        ValueError: for an unknown loss_type or a missing argument.
-    """
-    required = {"no_baseline": {"raw_rewards": raw_rewards},
-                "reinforce_with_baseline": {"advantages": advantages},
-                "grpo_clip": {"advantages": advantages, "old_log_probs": old_log_probs, "cliprange": cliprange},
-                "grpo_no_clip": {"advantages": advantages, "old_log_probs": old_log_probs}}
-    if loss_type not in required:
-        raise ValueError(f"unknown loss_type {loss_type!r}; expected one of {sorted(required)}")
-    missing = [name for name, value in required[loss_type].items() if value is None]
-    if missing:
-        raise ValueError(f"loss_type {loss_type!r} needs {', '.join(missing)}")
-    # BEGIN SOLUTION
-    if loss_type == "grpo_clip":
-        return compute_grpo_clip_loss(advantages, policy_log_probs, old_log_probs, cliprange=cliprange)
-    if loss_type == "grpo_no_clip":  # clip(rho, -inf, inf) = rho: the min of two equal terms, -rho * A
-        return compute_grpo_clip_loss(advantages, policy_log_probs, old_log_probs, cliprange=math.inf)
-    weights = raw_rewards if loss_type == "no_baseline" else advantages    # the baseline is already subtracted
-    return compute_naive_policy_gradient_loss(weights, policy_log_probs), {}
-    # END SOLUTION
-
-
-# ---------------------------------------------------------------------------------------------------------
-# GRPO micro-batch step (per-sequence mean, or the Dr. GRPO constant normalizer)
-# ---------------------------------------------------------------------------------------------------------
-
-def grpo_microbatch_train_step(policy_log_probs: Tensor, response_mask: Tensor, gradient_accumulation_steps: int,
-                               loss_type: PolicyLossType, raw_rewards: Tensor | None = None,
-                               advantages: Tensor | None = None, old_log_probs: Tensor | None = None,
-                               cliprange: float | None = None, *,
-                               length_normalization: Literal["sequence", "constant"] = "sequence",
-                               max_response_length: int | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-    """Policy-gradient loss of one micro-batch, scaled for gradient accumulation; calls `backward()`.
-
-    Per-token loss from `compute_policy_gradient_loss`, reduced per sequence over its response tokens, then
-    averaged over the batch and divided by gradient_accumulation_steps. `.grad` accumulates (never zeroed).
-    The per-sequence reduction:
-      - "sequence" (GRPO, Shao et al. 2024 eq. 3; CS336): masked *mean*, 1/|o_i| per token. A token of a
-        short response then weighs more than a token of a long one, which biases towards long wrong answers.
-      - "constant" (Dr. GRPO, Liu et al. 2025): masked *sum* / max_response_length, the same constant
-        for every sequence, so each token's gradient is independent of its sequence's length.
-
-    Args:
-        policy_log_probs: (B, T) float, requires grad.
-        response_mask: (B, T) bool or 0/1, True on response tokens (every row needs one for "sequence").
-        gradient_accumulation_steps: micro-batches per optimizer step (>= 1).
-        loss_type, raw_rewards, advantages, old_log_probs, cliprange: see `compute_policy_gradient_loss`.
-        length_normalization: "sequence" (GRPO) or "constant" (Dr. GRPO).
-        max_response_length: the constant of "constant" (the generation budget in tokens); must be >= every
-            row's response length.
-
-    Returns:
-        (loss, metadata): the scaled 0-d loss (detached) and detached 0-d metrics: "loss/policy" (unscaled),
-        and for "grpo_clip" and "grpo_no_clip" also "policy/clipfrac" (0 for no clip) and "policy/approx_kl"
-        (k3 estimate of KL(pi_old || pi)).
-
-    Raises:
-        ValueError: for bad arguments (see `compute_policy_gradient_loss`), a missing or too small
-            max_response_length with "constant", or an unknown length_normalization.
-    """
-    if gradient_accumulation_steps < 1:
-        raise ValueError(f"gradient_accumulation_steps must be >= 1, got {gradient_accumulation_steps}")
-    if policy_log_probs.shape != response_mask.shape:
-        raise ValueError("policy_log_probs and response_mask must have the same shape")
-    if length_normalization not in ("sequence", "constant"):
-        raise ValueError(f"length_normalization must be 'sequence' or 'constant', got {length_normalization!r}")
-    if length_normalization == "constant" and (
-            max_response_length is None or int(response_mask.sum(-1).max()) > max_response_length):
-        raise ValueError("Dr. GRPO's 'constant' normalization needs max_response_length >= every response length")
-    # BEGIN SOLUTION
-    per_token, info = compute_policy_gradient_loss(policy_log_probs, loss_type, raw_rewards, advantages,
-                                                   old_log_probs, cliprange)        # (B, T)
-    if length_normalization == "sequence":
-        per_sequence = masked_mean(per_token, response_mask, dim=-1)                # (B,) GRPO eq. 3: 1/|o_i|
-    else:
-        per_sequence = masked_normalize(per_token, response_mask, dim=-1,
-                                        normalize_constant=max_response_length)     # (B,) Dr. GRPO
-    unscaled = per_sequence.mean()
-    loss = unscaled / gradient_accumulation_steps
-    loss.backward()
-    metadata = {"loss/policy": unscaled.detach()}
-    if "clipped" in info:  # grpo_clip, grpo_no_clip
-        metadata["policy/clipfrac"] = masked_mean(info["clipped"].float(), response_mask)
-        metadata["policy/approx_kl"] = masked_mean(kl_estimate(old_log_probs, policy_log_probs.detach(), "k3"),
-                                                   response_mask)
-    return loss.detach(), metadata
     # END SOLUTION
 
 

@@ -329,7 +329,7 @@ def score_rollouts(model: RewardModel, rollouts: Rollouts, batch_size: int = 128
 
 def rollout_reward_fn(model: RewardModel, rollouts: Rollouts, batch_size: int = 128
                       ) -> Callable[[tuple[int, ...], tuple[int, ...]], dict[str, float]]:
-    """A reward function in the shape `advantages.compute_group_normalized_rewards` takes,
+    """A reward function in the shape `advantages.compute_rollout_rewards` takes,
     reward_fn(response, ground_truth) -> {"reward"}, for a reward model: the response is its sampled token
     ids and the "ground truth" the prompt's ids (tuples), so the model scores exactly the tokens the policy
     sampled. All rows are scored at once (`score_rollouts`, batched); the function looks a response up by

@@ -1,6 +1,9 @@
 """CS336-style adapters: one-line glue from the course's `run_*` names to this package.
 
-Tests (and graders from Stanford CS336, Spring 2025, assignments 1 and 5) call these by keyword.
+Tests (and graders from Stanford CS336: assignment 1 of Spring 2025, assignment 5 of the Spring 2026 edition) call
+these by keyword. The 2025 edition's assignment 5 used some of the same names with other parameters
+(compute_group_normalized_rewards, compute_policy_gradient_loss) and names the 2026 edition dropped: every 2025
+name and signature is in `adapters_2025.py`.
 Imports are inside each function so that one unfinished module never breaks the others' tests.
 """
 from __future__ import annotations
@@ -155,7 +158,7 @@ def run_train_bpe(input_path: str | os.PathLike, vocab_size: int, special_tokens
 
 
 # ============================================================================
-# Assignment 5: SFT, policy gradient / GRPO, DPO
+# Assignment 5 (2026 edition): tokenisation, log-probs, GRPO; the supplement's SFT and DPO
 # ============================================================================
 
 def run_tokenize_prompt_and_output(prompt_strs: list[str], output_strs: list[str], tokenizer) -> dict[str, Tensor]:
@@ -191,40 +194,49 @@ def run_sft_microbatch_train_step(policy_log_probs: Tensor, response_mask: Tenso
     return sft_microbatch_train_step(policy_log_probs, response_mask, gradient_accumulation_steps, normalize_constant)
 
 
-def run_compute_group_normalized_rewards(reward_fn: Callable, rollout_responses: list[str],
-                                         repeated_ground_truths: list[str], group_size: int,
-                                         advantage_eps: float, normalize_by_std: bool):
+def run_compute_rollout_rewards(reward_fn: Callable, rollout_responses: list[str],
+                                repeated_ground_truths: list[str]) -> tuple[Tensor, dict[str, float]]:
+    from cs336_alignment.advantages import compute_rollout_rewards
+    return compute_rollout_rewards(reward_fn, rollout_responses, repeated_ground_truths)
+
+
+def run_compute_group_normalized_rewards(raw_rewards: Tensor, group_size: int, baseline: str = "mean",
+                                         advantage_eps: float = 1e-6,
+                                         advantage_normalizer: str = "std") -> tuple[Tensor, dict[str, float]]:
     from cs336_alignment.advantages import compute_group_normalized_rewards
-    return compute_group_normalized_rewards(reward_fn, rollout_responses, repeated_ground_truths, group_size,
-                                            advantage_eps, normalize_by_std)
+    return compute_group_normalized_rewards(raw_rewards, group_size, baseline, advantage_eps, advantage_normalizer)
 
 
-def run_compute_naive_policy_gradient_loss(raw_rewards_or_advantages: Tensor, policy_log_probs: Tensor) -> Tensor:
-    from cs336_alignment.policy_losses import compute_naive_policy_gradient_loss
-    return compute_naive_policy_gradient_loss(raw_rewards_or_advantages, policy_log_probs)
+def run_compute_policy_gradient_loss(raw_rewards_or_advantages: Tensor, policy_log_probs: Tensor,
+                                     importance_reweighting_method: str = "none", old_log_probs: Tensor | None = None,
+                                     cliprange: float | None = None,
+                                     response_mask: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    from cs336_alignment.grpo_loss import compute_policy_gradient_loss
+    return compute_policy_gradient_loss(raw_rewards_or_advantages, policy_log_probs, importance_reweighting_method,
+                                        old_log_probs, cliprange, response_mask)
 
 
-def run_compute_grpo_clip_loss(advantages: Tensor, policy_log_probs: Tensor, old_log_probs: Tensor,
-                               cliprange: float) -> tuple[Tensor, dict[str, Tensor]]:
-    from cs336_alignment.policy_losses import compute_grpo_clip_loss
-    return compute_grpo_clip_loss(advantages, policy_log_probs, old_log_probs, cliprange)
+def run_aggregate_loss_across_microbatch(per_token_policy_gradient_loss: Tensor, mask: Tensor,
+                                         loss_normalization: str = "sequence",
+                                         normalization_constant: float | None = None) -> Tensor:
+    from cs336_alignment.grpo_loss import aggregate_loss_across_microbatch
+    return aggregate_loss_across_microbatch(per_token_policy_gradient_loss, mask, loss_normalization,
+                                            normalization_constant)
 
 
-def run_compute_policy_gradient_loss(policy_log_probs: Tensor, loss_type: str, raw_rewards: Tensor | None = None,
-                                     advantages: Tensor | None = None, old_log_probs: Tensor | None = None,
-                                     cliprange: float | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-    from cs336_alignment.policy_losses import compute_policy_gradient_loss
-    return compute_policy_gradient_loss(policy_log_probs, loss_type, raw_rewards, advantages, old_log_probs,
-                                        cliprange)
-
-
-def run_grpo_microbatch_train_step(policy_log_probs: Tensor, response_mask: Tensor, gradient_accumulation_steps: int,
-                                   loss_type: str, raw_rewards: Tensor | None = None,
-                                   advantages: Tensor | None = None, old_log_probs: Tensor | None = None,
-                                   cliprange: float | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-    from cs336_alignment.policy_losses import grpo_microbatch_train_step
-    return grpo_microbatch_train_step(policy_log_probs, response_mask, gradient_accumulation_steps, loss_type,
-                                      raw_rewards, advantages, old_log_probs, cliprange)
+def run_grpo_train_step(model: torch.nn.Module, tokenizer, optimizer: torch.optim.Optimizer,
+                        gradient_accumulation_steps: int, max_grad_norm: float | None, reward_fn: Callable,
+                        repeated_prompts: list[str], rollout_responses: list[str], repeated_ground_truths: list[str],
+                        group_size: int, baseline: str = "mean", advantage_eps: float = 1e-6,
+                        advantage_normalizer: str = "std", importance_reweighting_method: str = "none",
+                        old_log_probs: Tensor | None = None, cliprange: float | None = None,
+                        loss_normalization: str = "sequence",
+                        normalization_constant: float | None = None) -> tuple[Tensor, dict[str, float]]:
+    from cs336_alignment.grpo_step import grpo_train_step
+    return grpo_train_step(model, tokenizer, optimizer, gradient_accumulation_steps, max_grad_norm, reward_fn,
+                           repeated_prompts, rollout_responses, repeated_ground_truths, group_size, baseline,
+                           advantage_eps, advantage_normalizer, importance_reweighting_method, old_log_probs,
+                           cliprange, loss_normalization, normalization_constant)
 
 
 def run_parse_gsm8k_response(model_output: str) -> str | None:

@@ -10,7 +10,8 @@ import torch
 
 from cs336_alignment.advantages import (apply_missing_eos_penalty, compute_group_process_advantages,
                                         compute_kl_shaped_rewards, compute_rloo_advantages)
-from tests.adapters import run_compute_gae, run_compute_group_normalized_rewards, run_whiten
+from tests.adapters import run_compute_gae, run_whiten
+from tests.adapters_2025 import run_compute_group_normalized_rewards
 
 PART = "4.1 Advantages (GRPO, RLOO, GAE)"
 

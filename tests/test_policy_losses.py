@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from cs336_alignment.policy_losses import AdaptiveKLController, compute_entropy_bonus, compute_ppo_policy_loss
-from tests.adapters import (run_compute_grpo_clip_loss, run_compute_naive_policy_gradient_loss,
-                            run_compute_policy_gradient_loss, run_compute_ppo_value_loss,
-                            run_grpo_microbatch_train_step, run_kl_estimate)
+from tests.adapters import run_compute_ppo_value_loss, run_kl_estimate
+from tests.adapters_2025 import (run_compute_grpo_clip_loss, run_compute_naive_policy_gradient_loss,
+                                 run_compute_policy_gradient_loss, run_grpo_microbatch_train_step)
 
 PART = "4.2 Policy losses (REINFORCE, GRPO, PPO)"
 
@@ -207,7 +207,7 @@ def test_grpo_accumulation_8x1_equals_1x8(length_normalization):
         old = policy(input_ids, labels) + 0.1 * torch.randn(8, 6)
     kwargs = dict(loss_type="grpo_clip", advantages=advantages, old_log_probs=old, cliprange=0.2)
     extra = dict(length_normalization=length_normalization, max_response_length=6)
-    from cs336_alignment.policy_losses import grpo_microbatch_train_step
+    from cs336_alignment.grpo_loss import grpo_microbatch_train_step
     grpo_microbatch_train_step(policy(input_ids, labels), mask, 1, **kwargs, **extra)
     full = [p.grad.clone() for p in policy.parameters()]
     policy.zero_grad()
@@ -222,7 +222,7 @@ def test_grpo_accumulation_8x1_equals_1x8(length_normalization):
 def test_dr_grpo_constant_normalizer_is_length_independent():
     """Invariance 8: under Dr. GRPO's constant normalizer a token's gradient does not depend on its sequence's
     length; under GRPO's per-sequence mean it does (1 / |o_i|)."""
-    from cs336_alignment.policy_losses import grpo_microbatch_train_step
+    from cs336_alignment.grpo_loss import grpo_microbatch_train_step
     mask = torch.tensor([[True, True, False, False, False], [True, True, True, True, True]])   # lengths 2 and 5
     advantages = torch.tensor([[1.0], [1.0]])
     grads = {}

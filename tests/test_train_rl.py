@@ -15,10 +15,11 @@ import pytest
 import torch
 
 from cs336_alignment.checkpoint import load_checkpoint_extra, load_model, save_checkpoint
+from cs336_alignment.grpo_loss import grpo_microbatch_train_step
 from cs336_alignment.logprobs import get_response_log_probs
 from cs336_alignment.masked import masked_mean
 from cs336_alignment.model import TransformerConfig, TransformerLM
-from cs336_alignment.policy_losses import grpo_microbatch_train_step, kl_estimate
+from cs336_alignment.policy_losses import kl_estimate
 from cs336_alignment.tokenizer import build_prompt, load_tokenizer
 from cs336_alignment.train import grpo, ppo
 from cs336_alignment.train.common import load_problems, load_sft_optimizer_state, prompt_indices, read_metrics
@@ -63,13 +64,13 @@ COMMON = dict(n_problems=16, n_eval_problems=4, max_new_tokens=3, warmup_steps=0
 
 def test_grpo_smoke_reward_rises(tmp_path, init_ckpt, tokenizer, monkeypatch):
     seen = []  # (policy_log_probs, old_log_probs, mask) of every micro-batch step
-    original = grpo.grpo_microbatch_train_step
+    original = grpo.policy_and_kl_backward
 
-    def spy(policy_log_probs, response_mask, *args, **kwargs):
-        seen.append((policy_log_probs.detach().clone(), kwargs["old_log_probs"].clone(), response_mask.clone()))
-        return original(policy_log_probs, response_mask, *args, **kwargs)
+    def spy(log_probs, mask, *args, **kwargs):
+        seen.append((log_probs.detach().clone(), kwargs["old_log_probs"].clone(), mask.clone()))
+        return original(log_probs, mask, *args, **kwargs)
 
-    monkeypatch.setattr(grpo, "grpo_microbatch_train_step", spy)
+    monkeypatch.setattr(grpo, "policy_and_kl_backward", spy)
     cfg = grpo.GRPOConfig(init=init_ckpt, out=str(tmp_path), num_steps=10, prompts_per_step=8, group_size=8,
                           lr=1e-2, min_lr=1e-2, epochs_per_rollout_batch=2, micro_batch_size=32,
                           log_generations_every=5, log_generations_samples=64, **COMMON)
@@ -138,11 +139,15 @@ def test_grpo_question_only_prompt(tmp_path, init_ckpt, tokenizer, monkeypatch):
 
 
 # CS336 a5's GRPO ablations (the writeup's experiments), each a flag of the one loop: every one must still learn.
+# The 2025 --loss-type names are aliases of the 2026 flags (grpo.LOSS_TYPE_ALIASES); both forms run here.
 ABLATIONS = {"no_baseline": dict(loss_type="no_baseline"),
-             "reinforce_with_baseline": dict(loss_type="reinforce_with_baseline"),
+             "reinforce_with_baseline": dict(importance_reweighting="none"),
              "grpo_no_clip": dict(loss_type="grpo_no_clip"),
-             "length_normalization_constant": dict(length_normalization="constant"),
-             "no_std_normalization": dict(normalize_by_std=False),
+             "gspo": dict(importance_reweighting="gspo"),
+             "cispo": dict(importance_reweighting="cispo"),
+             "maxrl": dict(advantage_normalizer="mean"),
+             "loss_normalization_constant": dict(loss_normalization="constant"),
+             "no_std_normalization": dict(advantage_normalizer="none"),
              "off_policy_4_epochs_2_minibatches": dict(epochs_per_rollout_batch=4, minibatches=2),
              "kl_penalty": dict(kl_coef=0.1)}
 
@@ -394,6 +399,8 @@ def test_load_sft_optimizer_state_keeps_second_moments_only(tmp_path):
 
 @pytest.mark.parametrize("loss_type", ["grpo_clip", "reinforce_with_baseline"])
 def test_grpo_kl_joins_the_policy_loss_in_one_backward(loss_type):
+    from cs336_alignment.grpo_loss import LOSS_TYPES_2025
+
     """One backward pass through the model gives the gradient of the two the loop used to run: the KL term
     backpropagated with retain_graph=True, then the policy step's own backward."""
     torch.manual_seed(0)
@@ -411,8 +418,9 @@ def test_grpo_kl_joins_the_policy_loss_in_one_backward(loss_type):
     kl_coef, accumulation = 0.3, 2.0
 
     policy_lp = get_response_log_probs(model, input_ids, labels)["log_probs"]           # (3, 8), with grad
-    info, kl = grpo.policy_and_kl_backward(policy_lp, mask, accumulation, loss_type, kl_coef=kl_coef,
-                                           ref_log_probs=ref, **kwargs)
+    info, kl = grpo.policy_and_kl_backward(policy_lp, mask, accumulation, LOSS_TYPES_2025[loss_type][1],
+                                           weights=kwargs["advantages"], old_log_probs=old, cliprange=0.2,
+                                           kl_coef=kl_coef, ref_log_probs=ref)
     one = [p.grad.clone() for p in model.parameters()]
     model.zero_grad(set_to_none=True)
 

@@ -2,27 +2,35 @@
 
     python -m cs336_alignment grpo --init runs/tiny/sft/ckpt.pt                          # gold (verifiable) reward
     python -m cs336_alignment grpo --init SFT --reward rm --reward-model runs/tiny/rm/ckpt.pt --kl-coef 0.05
-    python -m cs336_alignment grpo --init SFT --loss-type reinforce_with_baseline --epochs-per-rollout-batch 1
+    python -m cs336_alignment grpo --init SFT --importance-reweighting none --epochs-per-rollout-batch 1
+    python -m cs336_alignment grpo --init SFT --advantage-normalizer none --loss-normalization constant   # Dr. GRPO
     python -m cs336_alignment grpo --init SFT --prompt question_only     # the bare question, no chat template
 
 One step (Shao et al. 2024, DeepSeekMath §4.1, eq. 3; Stanford CS336 assignment 5):
   1. take `prompts_per_step` questions and sample `group_size` responses to each at `temperature`
      (`rollout.sample_rollouts`, KV cache, contiguous groups);
   2. score them, with the gold reward (`verifier.gold_reward`, right number in "#### N" format) or a learned
-     reward model, and turn the scores into advantages with `advantages.compute_group_normalized_rewards`
-     (reward minus the group mean, divided by the group std); with --process-reward, every worked step and the
+     reward model (`advantages.compute_rollout_rewards`), and turn the scores into advantages with
+     `advantages.compute_group_normalized_rewards` (--baseline: minus the group mean or not; --advantage-normalizer:
+     divided by the group std, by nothing, or by the group mean); with --process-reward, every worked step and the
      final answer are scored on their own (`verifier.process_rewards`) and each token gets the normalized rewards of
      the steps it led to (`advantages.compute_group_process_advantages`, DeepSeekMath §4.1.3);
-  3. optionally drop the groups whose rewards are all equal: their advantages are 0, so they only cost compute;
+  3. optionally drop the groups whose rewards are all equal: with the mean baseline their advantages are 0, so
+     they only cost compute;
   4. for `epochs_per_rollout_batch` epochs, split the rows into `minibatches` optimizer steps (each over
-     micro-batches of `micro_batch_size`) and minimize the loss of `policy_losses.grpo_microbatch_train_step`
-     ("no_baseline", "reinforce_with_baseline" or the clipped "grpo_clip"), plus, if kl_coef > 0, the k3
+     micro-batches of `micro_batch_size`) and minimize the per-token loss of `grpo_loss.compute_policy_gradient_loss`
+     (--importance-reweighting none, noclip, grpo, gspo or cispo) reduced by `grpo_loss.aggregate_loss_across_
+     microbatch` (--loss-normalization sequence or constant), plus, if kl_coef > 0, the k3
      estimate of KL(pi || pi_ref) to the frozen reference (DeepSeekMath eq. 3-4), per-sequence means: one loss,
      one backward pass per micro-batch (`policy_and_kl_backward`).
 With --reward rm the reward function scores the sampled token ids with the reward model
 (`reward_model.rollout_reward_fn`: responses and prompts as id tuples, never re-tokenized text).
-For grpo_clip, old log-probs come from a no-grad pass of the policy before the first update, in the same
-micro-batches as the first epoch, so the first ratio is exactly 1 (after that, the clip has work to do).
+For every reweighting but none, old log-probs come from a no-grad pass of the policy before the first update, in
+the same micro-batches as the first epoch, so the first ratio is exactly 1 (after that, the clip has work to do).
+The loss flags are the CS336 2026 edition's names; the 2025 edition's --loss-type is kept as an alias that sets
+them (`LOSS_TYPE_ALIASES`): no_baseline = --baseline none --advantage-normalizer none --importance-reweighting none,
+reinforce_with_baseline = --baseline mean --importance-reweighting none, grpo_clip = --baseline mean
+--importance-reweighting grpo, grpo_no_clip = --baseline mean --importance-reweighting noclip.
 
 From Python (the pipeline's stages.py calls it with the preset's config), cs336_alignment.train.grpo:
     result = grpo.train(grpo.GRPOConfig(init=sft_ckpt, out=str(run / "grpo"), reward="gold", num_steps=40))
@@ -60,15 +68,16 @@ from typing import Callable, Literal
 
 import torch
 
-from cs336_alignment.advantages import compute_group_normalized_rewards, compute_group_process_advantages
+from cs336_alignment.advantages import (compute_group_normalized_rewards, compute_group_process_advantages,
+                                        compute_rollout_rewards)
 from cs336_alignment.checkpoint import (load_checkpoint, load_checkpoint_extra, load_model, rng_state, save_checkpoint,
                                         set_rng_state)
 from cs336_alignment.evaluate import log_generations, run_eval
 from cs336_alignment.gpu import configure_model
 from cs336_alignment.logprobs import get_response_log_probs
+from cs336_alignment.grpo_loss import needs_old_log_probs, policy_and_kl_backward
 from cs336_alignment.masked import masked_mean
 from cs336_alignment.nn_utils import clip_gradients
-from cs336_alignment.policy_losses import grpo_microbatch_train_step, kl_estimate
 from cs336_alignment.reward_model import load_reward_model, rollout_reward_fn
 from cs336_alignment.rollout import Rollouts, micro_batch, sample_rollouts, sequence_widths
 from cs336_alignment.runtime import autocast
@@ -132,17 +141,27 @@ class GRPOConfig:
     """what the policy reads, in training and in its held-out evaluations (tokenizer.build_prompt): the chat
     template, or the bare question text without it (CS336 a5's prompt ablation; a reward model then reads the
     bare question too)"""
-    # --- loss
-    loss_type: Literal["no_baseline", "reinforce_with_baseline", "grpo_clip", "grpo_no_clip"] = "grpo_clip"
-    """per-token loss (policy_losses.compute_policy_gradient_loss)"""
+    # --- loss (the CS336 2026 edition's names)
+    baseline: Literal["mean", "none"] = "mean"
+    """subtract the group's mean reward (mean) or nothing (none: REINFORCE on the raw rewards)"""
+    advantage_normalizer: Literal["std", "none", "mean"] = "std"
+    """divide the advantages by the group's std + eps (GRPO), by nothing (Dr. GRPO) or by its mean reward + eps
+    (MaxRL) (advantages.compute_group_normalized_rewards)"""
+    importance_reweighting: Literal["none", "noclip", "grpo", "gspo", "cispo"] = "grpo"
+    """per-token loss (grpo_loss.compute_policy_gradient_loss): none (REINFORCE), noclip (pi / pi_old), grpo
+    (token-level clip), gspo (sequence-level clip), cispo (clipped detached weight)"""
     cliprange: float = 0.2
-    """PPO/GRPO clip epsilon"""
+    """clip epsilon of grpo, gspo and cispo"""
     advantage_eps: float = 1e-6
-    """added to the group std"""
-    normalize_by_std: bool = True
-    """divide advantages by the group std (GRPO) or only subtract the mean (Dr. GRPO)"""
-    length_normalization: Literal["sequence", "constant"] = "sequence"
-    """per-sequence mean (GRPO) or sum / max_new_tokens (Dr. GRPO)"""
+    """added to the std or mean the advantages are divided by"""
+    loss_normalization: Literal["sequence", "constant"] = "sequence"
+    """per-sequence mean, then the mean over sequences (GRPO), or the sum over a constant (Dr. GRPO)"""
+    normalization_constant: float = 0.0
+    """the constant of --loss-normalization constant, per optimizer step; 0 = max_new_tokens x the step's rows
+    (each response's token sum / max_new_tokens, averaged over the responses)"""
+    loss_type: Literal["", "no_baseline", "reinforce_with_baseline", "grpo_clip", "grpo_no_clip"] = ""
+    """the 2025 edition's name for a loss, an alias that sets --baseline and --importance-reweighting (and for
+    no_baseline --advantage-normalizer none); empty = use those flags"""
     process_reward: bool = False
     """(--reward gold) per-token advantages from the task world's step checker instead of one per response:
     every worked step and the final answer are rewarded on their own tokens (verifier.process_rewards,
@@ -194,6 +213,22 @@ class GRPOConfig:
     """no console lines (metrics.jsonl is still written)"""
 
 
+LOSS_TYPE_ALIASES: dict[str, dict[str, str]] = {  # the 2025 edition's --loss-type -> the 2026 flags it sets
+    "no_baseline": {"baseline": "none", "advantage_normalizer": "none", "importance_reweighting": "none"},
+    "reinforce_with_baseline": {"baseline": "mean", "importance_reweighting": "none"},
+    "grpo_clip": {"baseline": "mean", "importance_reweighting": "grpo"},
+    "grpo_no_clip": {"baseline": "mean", "importance_reweighting": "noclip"}}
+
+
+def resolve_loss_type(cfg: GRPOConfig) -> GRPOConfig:
+    """The config with its 2025 --loss-type alias (if any) applied to the 2026 flags, and loss_type cleared."""
+    if not cfg.loss_type:
+        return cfg
+    if cfg.loss_type not in LOSS_TYPE_ALIASES:
+        raise ValueError(f"unknown --loss-type {cfg.loss_type!r}; expected one of {sorted(LOSS_TYPE_ALIASES)}")
+    return dataclasses.replace(cfg, loss_type="", **LOSS_TYPE_ALIASES[cfg.loss_type])
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Per-token advantages from the task world's step rewards (--process-reward)
 # ---------------------------------------------------------------------------------------------------------
@@ -217,43 +252,6 @@ def process_advantages(rollouts: Rollouts, truths: list[str], tokenizer, advanta
 
 
 # ---------------------------------------------------------------------------------------------------------
-# One micro-batch's loss: the policy-gradient term plus the KL penalty, one backward pass
-# ---------------------------------------------------------------------------------------------------------
-
-
-def policy_and_kl_backward(log_probs: torch.Tensor, mask: torch.Tensor, accumulation: float, loss_type: str, *,
-                           kl_coef: float = 0.0, ref_log_probs: torch.Tensor | None = None, **step_kwargs
-                           ) -> tuple[dict[str, torch.Tensor], float | None]:
-    """Backpropagate policy loss + kl_coef * KL(pi || pi_ref) of one micro-batch through the model, once.
-
-    The policy loss is `policy_losses.grpo_microbatch_train_step` (it calls backward itself). It runs on a
-    detached copy of the log-probs, so its backward stops there: a few elementwise ops that leave
-    g = d policy_loss / d log_probs. The surrogate sum(log_probs * g) has the same gradient with respect to the
-    model's parameters; the KL term (k3 per token, per-sequence mean, DeepSeekMath eq. 3-4) joins it, and
-    one backward pass through the model gives the gradient of the sum. (The loop used to run a second backward
-    with retain_graph=True for the KL term: twice the backward work.)
-
-    Args:
-        log_probs: (b, T) float, the policy's log-probs of the sampled tokens, attached to the model's graph.
-        mask: (b, T) bool, response tokens.  accumulation: the micro-batch's divisor (gradient accumulation).
-        loss_type, **step_kwargs: passed on to `grpo_microbatch_train_step` (raw_rewards, advantages, ...).
-        kl_coef: weight of the KL term (0 = none).  ref_log_probs: (b, T) the frozen reference's (kl_coef > 0).
-    Returns:
-        (the step's metadata, the unscaled KL as a float, or None when kl_coef == 0).
-    """
-    leaf = log_probs.detach().requires_grad_(True)                                # (b, T)
-    _, info = grpo_microbatch_train_step(leaf, mask, accumulation, loss_type, **step_kwargs)
-    loss = (log_probs * leaf.grad).sum()                # gradient w.r.t. the parameters = the policy loss's
-    kl = None
-    if kl_coef > 0:
-        kl_term = masked_mean(kl_estimate(log_probs, ref_log_probs, "k3"), mask, dim=-1).mean()
-        loss = loss + kl_coef * kl_term / accumulation
-        kl = float(kl_term.detach())
-    loss.backward()
-    return info, kl
-
-
-# ---------------------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------------------
 
@@ -270,11 +268,13 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
     # ---------------------------------------------------------------------------------------------------
     if cfg.reward == "rm" and not cfg.reward_model and reward_fn is None:
         raise ValueError("--reward rm needs --reward-model CKPT")
-    if cfg.group_size < 2 and cfg.loss_type != "no_baseline":
-        raise ValueError("group baselines need group_size >= 2")
-    if cfg.process_reward and (cfg.reward != "gold" or reward_fn is not None or cfg.loss_type == "no_baseline"):
+    cfg = resolve_loss_type(cfg)
+    needs_old_log_probs(cfg.importance_reweighting)  # an unknown method fails here, before any work
+    if cfg.group_size < 2 and (cfg.baseline == "mean" or cfg.advantage_normalizer == "std"):
+        raise ValueError("group baselines (--baseline mean) and --advantage-normalizer std need group_size >= 2")
+    if cfg.process_reward and (cfg.reward != "gold" or reward_fn is not None or cfg.baseline != "mean"):
         raise ValueError("--process-reward needs the task world's gold reward (no --reward rm, no reward_fn) "
-                         "and a baseline (--loss-type reinforce_with_baseline or grpo_clip)")
+                         "and --baseline mean")
     cfg = init_or_shipped(cfg, "grpo")  # RL starts from an SFT policy
     out, device = setup_run(cfg)
     ckpt_path = out / "ckpt.pt"
@@ -331,8 +331,9 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
         else:  # the RM scores the sampled token ids (no decode / re-encode): responses and prompts as id tuples
             score_fn = rollout_reward_fn(reward_model, ro)
             responses, keys = [tuple(r) for r in ro.response_ids], [tuple(p) for p in ro.prompt_ids]
-        advantages, raw_rewards, _ = compute_group_normalized_rewards(
-            score_fn, responses, keys, cfg.group_size, cfg.advantage_eps, cfg.normalize_by_std)  # (N,)
+        raw_rewards, _ = compute_rollout_rewards(score_fn, responses, keys)                      # (N,)
+        advantages, _ = compute_group_normalized_rewards(raw_rewards, cfg.group_size, cfg.baseline, cfg.advantage_eps,
+                                                         cfg.advantage_normalizer)               # (N,)
         if reward_model is not None:
             proxy = raw_rewards.tolist()
             metrics["reward/proxy_mean"] = sum(proxy) / len(proxy)
@@ -347,7 +348,7 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
         zero_variance = float((~informative).float().mean())  # groups whose training rewards are all equal
         if cfg.process_reward:
             informative = tensors["advantages"].view(-1, cfg.group_size * ro.labels.shape[1]).ne(0).any(dim=-1)
-        if not cfg.drop_zero_variance_groups or cfg.loss_type == "no_baseline":
+        if not cfg.drop_zero_variance_groups or cfg.baseline != "mean":  # all-equal groups: A = 0 only with a mean
             informative = torch.ones_like(informative)
         keep = informative.repeat_interleave(cfg.group_size).nonzero().squeeze(-1)   # (K,) row indices
         metrics.update({"reward/mean": float(raw_rewards.mean()),
@@ -363,7 +364,7 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
         # plan[epoch][minibatch] = the micro-batches (row-index tensors) of one optimizer step
         # old / reference log-probs, in the first epoch's micro-batches (first ratio == 1)
         with torch.no_grad(), autocast(device):
-            for name, model, needed in (("old_log_probs", policy, cfg.loss_type in ("grpo_clip", "grpo_no_clip")),
+            for name, model, needed in (("old_log_probs", policy, needs_old_log_probs(cfg.importance_reweighting)),
                                         ("ref_log_probs", reference, cfg.kl_coef > 0)):
                 if needed and plan:
                     tensors[name] = torch.zeros(ro.labels.shape)                 # (N, T)
@@ -386,15 +387,14 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
                     log_probs, mask = out_lp["log_probs"], mb["response_mask"]        # (b, T')
                     # Weigh each micro-batch by its share of the minibatch's rows (a float accumulation
                     # factor), so uneven micro-batches still give exactly the minibatch mean.
-                    accumulation = mini_rows / len(rows)
                     info, kl = policy_and_kl_backward(
-                        log_probs, mask, accumulation, cfg.loss_type, kl_coef=cfg.kl_coef,
-                        ref_log_probs=mb.get("ref_log_probs"),
-                        raw_rewards=raw_rewards[rows].unsqueeze(-1).to(device),       # (b, 1)
-                        advantages=mb["advantages"] if cfg.process_reward                # (b, T')
+                        log_probs, mask, mini_rows / len(rows), cfg.importance_reweighting,
+                        weights=mb["advantages"] if cfg.process_reward                    # (b, T')
                         else advantages[rows].unsqueeze(-1).to(device),                   # (b, 1)
                         old_log_probs=mb.get("old_log_probs"), cliprange=cfg.cliprange,
-                        length_normalization=cfg.length_normalization, max_response_length=cfg.max_new_tokens)
+                        loss_normalization=cfg.loss_normalization,
+                        normalization_constant=cfg.normalization_constant or cfg.max_new_tokens * mini_rows,
+                        kl_coef=cfg.kl_coef, ref_log_probs=mb.get("ref_log_probs"))
                     if kl is not None:
                         stats.setdefault("kl/ref_per_token", []).append(kl)
                     for key, value in info.items():
