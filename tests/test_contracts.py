@@ -7,7 +7,8 @@
   where a log-softmax without the max subtraction overflows to inf / NaN.
 
 Ungraded (the points of parts 4.2 and 2.1 stay as the writeup lists them); each contract is a function of the
-implementation, so a planted wrong implementation can be run through the same check and must fail it.
+implementation, so a planted wrong implementation can be run through the same check and must fail it (the planted
+policy losses are one `.detach()` away from the solution: instructor-only, not in the handout).
 """
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ def test_grpo_clip_detaches_the_advantages():
     _detached_contract(_grpo_clip)
 
 
+# BEGIN INSTRUCTOR
 @pytest.mark.parametrize("planted", [
     lambda a, lp: -a * lp,                                                                    # naive, not detached
     lambda a, lp: -torch.minimum(torch.exp(lp - lp.detach()) * a,                             # GRPO-Clip, not
@@ -59,6 +61,7 @@ def test_grpo_clip_detaches_the_advantages():
 def test_the_detach_contract_fails_on_an_undetached_advantage(planted):
     with pytest.raises(AssertionError, match="detach them"):
         _detached_contract(planted)
+# END INSTRUCTOR
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -201,8 +201,10 @@ def test_masked_whiten_needs_two_entries():
         run_masked_whiten(torch.randn(2, 3), torch.tensor([[True, False, False], [False, False, False]]))
 
 
+# BEGIN INSTRUCTOR
 # ---------------------------------------------------------------------------------------------------------
-# The padding contract catches the mistakes it is written for (planted implementations; ungraded)
+# The padding contract catches the mistakes it is written for (planted implementations; ungraded; instructor-only:
+# the old whiten is right in value, so it stays out of the handout)
 # ---------------------------------------------------------------------------------------------------------
 
 def _whiten_before_the_fix(values, mask, shift_mean=True, eps=1e-8):
@@ -227,3 +229,4 @@ def test_the_padding_contract_fails_on_a_planted_mistake(monkeypatch, test, name
     monkeypatch.setitem(globals(), name, planted)
     with pytest.raises(AssertionError, match="leaked into the"):
         test()
+# END INSTRUCTOR
