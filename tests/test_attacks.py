@@ -101,8 +101,7 @@ def test_a_forger_that_knows_the_judge_earns_only_the_tests_without_snapshots(cl
     """The documented limit: canaries recognised, every other test reported passed, the snapshot files symlinked to
     the clean handout's, exit 0 before any test runs."""
     snapshots = [p.stem for p in (REPO_ROOT / "tests/_snapshots").glob("*.npz")]
-    functions = {t["name"].split("::")[-1].split("[")[0] for t in clean["collected"]["tests"]}
-    owners = {judge.snapshot_owner(s, functions) for s in snapshots}
+    owners = {o.split("::")[-1] for o in judge.snapshot_owners(REPO_ROOT, snapshots).values()}
     guess = clean["handout"] / "tests" / "_snapshots"
     text = _attack(clean, "exit_early_knows_the_judge.py").replace("SNAPSHOT_DIR_GUESS", repr(str(guess)))
     results = _grade(clean, tmp_path, {MASKED: text})

@@ -318,18 +318,23 @@ def test_the_judge_scores_only_what_its_own_checks_confirm(tmp_path):
                            {"name": "tests/test_a.py::test_other", "max_score": 4.0, "tags": ["1.1 A"]}]}
     report = {"tests": [{"name": t["name"], "outcome": "passed"} for t in collected["tests"]]
               + [{"name": "tests/test_planted.py::test_free", "outcome": "passed", "score": 100}]}
-    snapshots = {"test_mean_dim0": {"array": np.array([1.0, 2.0])}}
-    assert judge.snapshot_owner("test_mean_dim0", {"test_mean", "test_mean_hand"}) == "test_mean"
+    snapshots = {"test_mean_dim0": {"array": np.array([1.0, 2.0])}, "test_other": {"array": np.array([0.0])}}
+    (tmp_path / "h/tests").mkdir(parents=True)
+    (tmp_path / "h/tests/test_a.py").write_text(
+        "def test_mean(numpy_snapshot, dim):\n    numpy_snapshot.assert_match(1, f'test_mean_dim{dim}')\n\n\n"
+        "def test_mean_hand():\n    pass\n")
+    owners = judge.snapshot_owners(tmp_path / "h", snapshots)
+    assert owners == {"test_mean_dim0": "tests/test_a.py::test_mean"}       # test_other: no test names it
     # test_mean[0] owns a snapshot and wrote none: 0; the others have no snapshot: the child's word counts.
-    r = judge.verdict(collected, report, snapshots, tmp_path, None)
+    r = judge.verdict(collected, report, snapshots, owners, tmp_path, None)
     assert [t["score"] for t in r["tests"]] == [0.0, 2.0, 4.0] and r["score"] == 6.0
     assert "wrote none of its snapshots" in r["tests"][0]["output"]
     np.savez(tmp_path / "0.npz", array=np.array([1.0, 2.0]))
     np.savez(tmp_path / "1.npz", array=np.array([1.0, 2.5]))
     index = {"nodeid": "tests/test_a.py::test_mean[0]", "name": "test_mean_dim0"}
     (tmp_path / "index.jsonl").write_text(json.dumps({**index, "file": "0.npz"}) + "\n")
-    assert judge.verdict(collected, report, snapshots, tmp_path, None)["score"] == 7.0
+    assert judge.verdict(collected, report, snapshots, owners, tmp_path, None)["score"] == 7.0
     (tmp_path / "index.jsonl").write_text(json.dumps({**index, "file": "1.npz"}) + "\n")   # a wrong array
-    assert judge.verdict(collected, report, snapshots, tmp_path, None)["score"] == 6.0
-    tampered = judge.verdict(collected, report, snapshots, tmp_path, "a canary test that must fail was reported passed")
+    assert judge.verdict(collected, report, snapshots, owners, tmp_path, None)["score"] == 6.0
+    tampered = judge.verdict(collected, report, snapshots, owners, tmp_path, "a canary test that must fail was reported passed")
     assert tampered["score"] == 0 and "tampered" in tampered["output"]

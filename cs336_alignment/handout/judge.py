@@ -17,8 +17,8 @@ The student's code and pytest run in a child process; this (trusted) process dec
    added to the run.
 3. The child's own report is evidence, not the verdict. A graded test earns its points only when (a) the child
    reports it passed, (b) every snapshot the test wrote matches the snapshot in memory here (same keys, shapes,
-   values within rtol=1e-4 / atol=1e-5), and a test whose function owns snapshots (a snapshot's name starts with
-   the test function's name) wrote at least one of its own, and (c) the run was not tampered with: every canary
+   values within rtol=1e-4 / atol=1e-5), and a test whose function owns snapshots (its `assert_match` names
+   them, read from the clean test source) wrote at least one of its own, and (c) the run was not tampered with: every canary
    was reported failed, and no test or other non-graded file of the copy changed and no test file was added.
    Tests the child did not report (it exited early) score 0; tests the child invented are ignored; points come
    from the collection in step 1. This process writes results.json, after the child's process group is killed.
@@ -40,6 +40,7 @@ What this still cannot prevent, plainly:
 from __future__ import annotations
 
 import argparse
+import ast
 import hashlib
 import io
 import json
@@ -216,10 +217,35 @@ def _read_json(path: Path) -> dict:
 # The verdict
 # ---------------------------------------------------------------------------------------------------------
 
-def snapshot_owner(name: str, functions: set[str]) -> str | None:
-    """The graded test function a snapshot belongs to: the longest function name the snapshot's name starts with."""
-    owners = [f for f in functions if name == f or name.startswith(f + "_")]
-    return max(owners, key=len) if owners else None
+def snapshot_owners(handout: Path, names) -> dict[str, str]:
+    """{snapshot name: "tests/test_x.py::test_function" that compares it}, read from the clean tests' source: the
+    test whose `.assert_match(value, NAME)` names the snapshot exactly, or whose f-string NAME has the longest
+    literal prefix the snapshot's name starts with. A snapshot no test names has no owner (it is still compared
+    when a test writes it)."""
+    calls = []                                                  # (owner, literal name or f-string prefix, exact)
+    for path in sorted((handout / "tests").rglob("test_*.py")):
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError):
+            continue
+        for fn in (n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))):
+            owner = f"{path.relative_to(handout).as_posix()}::{fn.name}"
+            for node in ast.walk(fn):
+                if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                        and node.func.attr == "assert_match"):
+                    continue
+                arg = node.args[1] if len(node.args) > 1 else next((k.value for k in node.keywords if k.arg == "name"), None)
+                if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                    calls.append((owner, arg.value, True))
+                elif isinstance(arg, ast.JoinedStr) and arg.values and isinstance(arg.values[0], ast.Constant):
+                    calls.append((owner, str(arg.values[0].value), False))
+    owners = {}
+    for name in names:
+        exact = [o for o, text, is_exact in calls if is_exact and text == name]
+        prefixed = sorted((len(text), o) for o, text, is_exact in calls if not is_exact and name.startswith(text))
+        if exact or prefixed:
+            owners[name] = exact[0] if exact else prefixed[-1][1]
+    return owners
 
 
 def _matches(path: Path, expected: dict[str, np.ndarray]) -> bool:
@@ -235,10 +261,10 @@ def _matches(path: Path, expected: dict[str, np.ndarray]) -> bool:
         return False
 
 
-def snapshot_verdicts(actuals: Path, snapshots: dict, nodeids: list[str]) -> dict[str, str | None]:
-    """{nodeid: None when its snapshots hold, else the reason} for every graded test."""
-    functions = {n.split("::")[-1].split("[")[0] for n in nodeids}
-    owned = {f for f in (snapshot_owner(s, functions) for s in snapshots) if f}
+def snapshot_verdicts(actuals: Path, snapshots: dict, owners: dict[str, str],
+                      nodeids: list[str]) -> dict[str, str | None]:
+    """{nodeid: None when its snapshots hold, else the reason} for every graded test (owners: snapshot_owners)."""
+    owned = set(owners.values())
     written: dict[str, list[tuple[str, bool]]] = {}
     lines = (read_untrusted(actuals / "index.jsonl") or b"").decode("utf-8", "replace").splitlines()
     for line in lines:
@@ -251,11 +277,11 @@ def snapshot_verdicts(actuals: Path, snapshots: dict, nodeids: list[str]) -> dic
         written.setdefault(nodeid, []).append((name, ok))
     verdicts = {}
     for nodeid in nodeids:
-        function, mine = nodeid.split("::")[-1].split("[")[0], written.get(nodeid, [])
+        function, mine = nodeid.split("[")[0], written.get(nodeid, [])
         bad = [name for name, ok in mine if not ok]
         if bad:
             verdicts[nodeid] = f"the judge: snapshot {bad[0]} does not match"
-        elif function in owned and not any(snapshot_owner(name, functions) == function for name, _ in mine):
+        elif function in owned and not any(owners.get(name) == function for name, _ in mine):
             verdicts[nodeid] = "the judge: this test wrote none of its snapshots"
         else:
             verdicts[nodeid] = None
@@ -277,11 +303,12 @@ def tampering(tree: Path, before: dict[str, str], graded: list[str], canary: str
     return f"{planted[0]} was added during the run" if planted else None
 
 
-def verdict(collected: dict, report: dict, snapshots: dict, actuals: Path, tamper: str | None) -> dict:
+def verdict(collected: dict, report: dict, snapshots: dict, owners: dict[str, str], actuals: Path,
+            tamper: str | None) -> dict:
     """results.json: the collection's graded tests, each scored from the child's report and the checks above."""
     child = {e.get("name"): e for e in report.get("tests", []) if isinstance(e, dict)}
     tests = [dict(t) for t in collected.get("tests", [])]
-    checks = snapshot_verdicts(actuals, snapshots, [t["name"] for t in tests])
+    checks = snapshot_verdicts(actuals, snapshots, owners, [t["name"] for t in tests])
     records = []
     for t in tests:
         entry = child.get(t["name"], {})
@@ -331,6 +358,7 @@ def judge(handout: Path, graded: list[str], submission: Path, results: Path, pyt
             os.chmod(private, 0o700)
     collected = collected or collect(handout, pytest_args)
     snapshots = load_snapshots(handout)
+    owners = snapshot_owners(handout, snapshots)
     work = Path(tempfile.mkdtemp(prefix="cs336-judge-"))
     try:
         os.chmod(work, 0o755)
@@ -357,7 +385,7 @@ def judge(handout: Path, graded: list[str], submission: Path, results: Path, pyt
         log(log_text)
         report = _read_json(scratch / "report.json")
         tamper = tampering(tree, before, graded, canary, tag, report)
-        result = verdict(collected, report, snapshots, scratch / "actuals", tamper)
+        result = verdict(collected, report, snapshots, owners, scratch / "actuals", tamper)
         if not report:
             result["output"] = (f"The tests could not run (pytest exit status {code}):\n{log_text[-3000:]}\n"
                                 + result["output"])
