@@ -26,8 +26,8 @@ The student's code and pytest run in a child process; this (trusted) process dec
 What this still cannot prevent, plainly:
   * The child's report is written in the process the submission runs in. A submission written against this judge
     (it recognises the canaries in its own process and forges "passed" only for the real tests) earns the points
-    of every graded test that has no snapshot, without the work. Snapshot-checked tests cannot be forged this way:
-    their values are compared here.
+    of every graded test that has no snapshot, without the work (81 of the 128 code points when this was
+    written). Snapshot-checked tests cannot be forged this way: their values are compared here.
   * Hard-coding the handout's own snapshot values for the handout's own test inputs (the student has both) passes
     those snapshot checks; only hidden tests with other inputs (tests/hidden/) catch that.
   * Without root (CI, laptops), or when `nobody` cannot run this Python (as in a Python under a 0700 home
