@@ -1,7 +1,8 @@
 """Provenance of a checkpoint: which process wrote it, when, after how many steps and how much CPU, from what.
 
 `checkpoint.save_checkpoint` stores `provenance_record(...)` under `extra["provenance"]` of every checkpoint, so
-every training loop writes one. The leaderboard (leaderboard.py) reads it back to tell a checkpoint that its
+every training loop writes one (a caller may pass provenance=None: `stages.ship` does, so that the shipped models
+stay a pure function of their command). The leaderboard (leaderboard.py) reads it back to tell a checkpoint that its
 training command made during the run from one copied in:
 
     {"pid": 4242,                # the process that wrote it
