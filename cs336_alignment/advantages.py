@@ -16,7 +16,6 @@ from typing import Callable, Literal
 import torch
 from torch import Tensor
 
-from cs336_alignment.policy_losses import kl_estimate
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -289,14 +288,15 @@ def compute_kl_shaped_rewards(scores: Tensor, policy_log_probs: Tensor, ref_log_
         ref_log_probs: (B, T) float, log pi_ref of the same tokens.
         response_mask: (B, T) bool or 0/1; each row needs at least one response token.
         kl_coef: beta >= 0.
-        kl_kind: per-token KL estimator, "k1" (log-ratio, unbiased) or "k3" (non-negative), see `kl_estimate`.
+        kl_kind: per-token KL estimator (Schulman 2020), with log r = log pi_ref - log pi: "k1" = -log r
+            (unbiased) or "k3" = (r - 1) - log r (unbiased and non-negative).
 
     Returns:
         (rewards (B, T) detached, 0 off the mask; metadata {"objective/kl": mean summed KL per sequence,
         "objective/non_score_reward": mean summed -beta * KL, "objective/scores": mean score}).
 
     Raises:
-        ValueError: on shape mismatch, a row with no response token, or kl_coef < 0.
+        ValueError: on shape mismatch, a row with no response token, kl_coef < 0 or an unknown kl_kind.
     """
     if not policy_log_probs.shape == ref_log_probs.shape == response_mask.shape or policy_log_probs.dim() != 2:
         raise ValueError("policy_log_probs, ref_log_probs and response_mask must all be (B, T)")
@@ -304,12 +304,15 @@ def compute_kl_shaped_rewards(scores: Tensor, policy_log_probs: Tensor, ref_log_
         raise ValueError(f"scores must be (B,) = ({policy_log_probs.shape[0]},), got {tuple(scores.shape)}")
     if kl_coef < 0:
         raise ValueError(f"kl_coef must be >= 0, got {kl_coef}")
+    if kl_kind not in ("k1", "k3"):
+        raise ValueError(f"kl_kind must be 'k1' or 'k3', got {kl_kind!r}")
     if not bool(response_mask.bool().any(dim=-1).all()):
         raise ValueError("every row needs at least one response token")
     # BEGIN SOLUTION
     mask = response_mask.bool()
     T = mask.shape[1]
-    kl = torch.where(mask, kl_estimate(policy_log_probs.detach(), ref_log_probs.detach(), kl_kind), 0.0)  # (B, T)
+    log_r = ref_log_probs.detach() - policy_log_probs.detach()                 # (B, T) log (pi_ref / pi)
+    kl = torch.where(mask, -log_r if kl_kind == "k1" else torch.expm1(log_r) - log_r, 0.0)  # (B, T) k1 or k3
     non_score = -kl_coef * kl                                                  # Ziegler et al. 2019 eq. 2
     last = (torch.arange(T, device=mask.device) * mask).argmax(dim=-1)         # (B,) last response token
     rewards = non_score.scatter_add(1, last[:, None], scores.detach().to(non_score.dtype)[:, None])

@@ -30,6 +30,7 @@ import torch
 
 from cs336_alignment.model import TransformerConfig, TransformerLM
 from cs336_alignment.pretrained import is_pretrained_dir
+from cs336_alignment.provenance import provenance_record
 from cs336_alignment.rundir import TEMP_SUFFIX, config_difference
 
 PathOrFile = str | os.PathLike | BinaryIO | IO[bytes]
@@ -80,6 +81,7 @@ def save_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer | N
     Raises:
         TypeError: if `extra` holds a value that weights_only loading would refuse (checked before writing).
     """
+    extra.setdefault("provenance", provenance_record(iteration, extra.get("config")))   # read by the leaderboard
     _check_weights_only_safe(extra, "extra")
     state = {"model": model.state_dict(), "optimizer": None if optimizer is None else optimizer.state_dict(),
              "iteration": int(iteration), "extra": extra}

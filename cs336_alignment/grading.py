@@ -30,6 +30,12 @@ Two rules keep one unfinished or broken module from costing more than its own te
    "extra_data": {"ungraded": [same fields, no points], "collection_errors": [{"name", "output"}]}}
 Only graded tests go in "tests", so students see a clean point list on Gradescope; ungraded tests (the given
 infrastructure) are kept under "extra_data" for `handout check`, which requires them to pass in the handout.
+
+Trust: this plugin runs in the same process as the code it scores, so a submission can rewrite anything it
+reports (its records, pytest's hooks, the assert helpers). Locally that only fools the student. On Gradescope the
+verdict is not this plugin's: handout/judge.py copies only the graded modules of a submission, runs pytest in a
+child process (as `nobody` when root) and re-derives every score in its own process (snapshots compared there,
+canary tests that must fail, test files hashed). Its docstring says what it still cannot prevent.
 """
 from __future__ import annotations
 
@@ -142,6 +148,26 @@ def graded_tests_in_source(path: Path) -> list[tuple[str, float, str | None, set
         if points:
             found.append((node.name, points, part, marks))
     return found
+
+
+def grade_table(records) -> list[str]:
+    """The grade table: one line per part of the graded `records` (score / points, tests passed), then TOTAL."""
+    parts: dict[str, list[TestRecord]] = {}
+    for record in records:
+        if record.graded:
+            parts.setdefault(record.part or MISC_PART, []).append(record)
+    if not parts:
+        return []
+    width = max(40, max(len(p) for p in parts) + 2)
+    lines = []
+    for part in sorted(parts, key=_part_sort_key):
+        records = parts[part]
+        n_passed = sum(r.outcome == "passed" for r in records)
+        lines.append(f"{part:<{width}} {sum(r.score for r in records):7.2f} / {sum(r.points for r in records):7.2f}"
+                     f"   ({n_passed}/{len(records)} tests passed)")
+    graded = [r for group in parts.values() for r in group]
+    lines.append(f"{'TOTAL':<{width}} {sum(r.score for r in graded):7.2f} / {sum(r.points for r in graded):7.2f}")
+    return lines
 
 
 _REPR_START = re.compile(r"\b(tensor|array|Parameter containing:\s*tensor)\(")
@@ -270,22 +296,7 @@ class Grader:
     # ---- reporting
 
     def table(self) -> list[str]:
-        parts: dict[str, list[TestRecord]] = {}
-        for record in self.records.values():
-            if record.graded:
-                parts.setdefault(record.part or MISC_PART, []).append(record)
-        if not parts:
-            return []
-        width = max(40, max(len(p) for p in parts) + 2)
-        lines = []
-        for part in sorted(parts, key=_part_sort_key):
-            records = parts[part]
-            n_passed = sum(r.outcome == "passed" for r in records)
-            lines.append(f"{part:<{width}} {sum(r.score for r in records):7.2f} / {sum(r.points for r in records):7.2f}"
-                         f"   ({n_passed}/{len(records)} tests passed)")
-        graded = [r for r in self.records.values() if r.graded]
-        lines.append(f"{'TOTAL':<{width}} {sum(r.score for r in graded):7.2f} / {sum(r.points for r in graded):7.2f}")
-        return lines
+        return grade_table(self.records.values())
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         lines = self.table()

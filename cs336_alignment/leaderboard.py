@@ -14,6 +14,13 @@
 3. Writes the score file (`--out`, default next to the checkpoint): accuracy, its standard error, the CPU seconds
    the training used, the budget, whether it was stopped at the budget, the command, and the SHA-256 of the
    package's code and of the checkpoint, so a score can be traced to the code that made it.
+
+Only a checkpoint the command made is scored (`created_by_command` in the score file): `--ckpt` must not exist
+before the start, and the provenance record every training loop saves in its checkpoints (provenance.py: pid,
+time, steps, CPU-s, the init checkpoint's SHA-256) must name a process of the command's tree, a time within the
+run and no more CPU than the tree used. A checkpoint copied in (`cp`), or one from before the run, is refused with
+one line, exit 2. Not detected: a command that loads a trained model and saves it again during the run (the score
+file's `provenance` shows its steps, CPU-s and init hash).
 """
 from __future__ import annotations
 
@@ -28,6 +35,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from cs336_alignment.checkpoint import load_checkpoint_extra
 
 LEADERBOARD_SEED = 2025            # the held-out set: never the seed the training loops evaluate on (0)
 LEADERBOARD_PROBLEMS = 1000
@@ -54,6 +63,11 @@ def _stat(pid: int) -> tuple[int, float] | None:
 
 def tree_cpu_seconds(root: int) -> float:
     """CPU seconds used by `root` and every live descendant (exited ones are in their parent's cutime/cstime)."""
+    return process_tree(root)[0]
+
+
+def process_tree(root: int) -> tuple[float, set[int]]:
+    """(CPU seconds as in tree_cpu_seconds, the pids of `root` and its live descendants)."""
     stats = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and (s := _stat(int(entry.name))) is not None:
@@ -66,7 +80,7 @@ def tree_cpu_seconds(root: int) -> float:
         seen.add(pid)
         total += stats[pid][1]
         todo += [child for child, (parent, _) in stats.items() if parent == pid]
-    return total
+    return total, seen
 
 
 def run_with_cpu_budget(cmd: list[str], budget_s: float, *, log=print) -> dict:
@@ -75,10 +89,11 @@ def run_with_cpu_budget(cmd: list[str], budget_s: float, *, log=print) -> dict:
     start = time.time()
     usage_before = os.times()
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
-    used, stopped = 0.0, False
+    used, stopped, pids = 0.0, False, {proc.pid}
     while proc.poll() is None:
         if Path("/proc").is_dir():
-            used = max(used, tree_cpu_seconds(proc.pid))
+            cpu, seen = process_tree(proc.pid)
+            used, pids = max(used, cpu), pids | seen
             if used >= budget_s:
                 log(f"leaderboard: the training command reached the budget ({used:.1f} >= {budget_s:g} CPU-s): "
                     f"stopping it")
@@ -94,7 +109,35 @@ def run_with_cpu_budget(cmd: list[str], budget_s: float, *, log=print) -> dict:
     after = os.times()
     waited = (after.children_user - usage_before.children_user) + (after.children_system - usage_before.children_system)
     return {"returncode": proc.returncode, "cpu_s": max(used, waited), "stopped_at_budget": stopped,
-            "wall_s": time.time() - start}
+            "wall_s": time.time() - start, "start": start, "end": time.time(), "pids": sorted(pids)}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Provenance: the checkpoint was made by the command, during the run
+# ---------------------------------------------------------------------------------------------------------
+
+def check_provenance(ckpt: Path, run: dict, slack_cpu_s: float = 2.0) -> tuple[dict, str | None]:
+    """(the checkpoint's provenance record, None) when the training command's process tree wrote `ckpt` during
+    `run` (run_with_cpu_budget's result) with no more CPU than the tree used; else (record, why not).
+
+    The record is the one checkpoint.save_checkpoint stores (provenance.py). Checked: it exists, its pid is one of
+    the pids seen in the command's process tree, it was written between the start and the end of the run, and
+    its CPU seconds do not exceed what the leaderboard measured for the tree (plus `slack_cpu_s` for polling).
+    """
+    try:
+        record = load_checkpoint_extra(ckpt).get("provenance")
+    except Exception as err:             # noqa: BLE001 - any unreadable file is refused with its reason
+        return {}, f"cannot be read as a checkpoint ({type(err).__name__})"
+    if not isinstance(record, dict) or not {"pid", "written_at", "cpu_s"} <= set(record):
+        return {}, "has no provenance record (not written by this package's training loops)"
+    if record["pid"] not in run["pids"]:
+        return record, f"was written by pid {record['pid']}, which is not in the training command's process tree"
+    if not run["start"] <= record["written_at"] <= run["end"]:
+        return record, "was written before the training command started"
+    if record["cpu_s"] > run["cpu_s"] + slack_cpu_s:
+        return record, (f"claims {record['cpu_s']:.1f} CPU-s, more than the {run['cpu_s']:.1f} CPU-s the training "
+                        f"command used")
+    return record, None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -151,11 +194,18 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(own)
     if not train_cmd:
         p.error("give the training command after `--`")
-    start = time.time()
+    if args.ckpt.exists():
+        print(f"error: {args.ckpt}: exists before the run; the scored checkpoint must be written by the training "
+              f"command (remove it or pick another --ckpt)", file=sys.stderr)
+        raise SystemExit(2)
     run = run_with_cpu_budget(train_cmd, args.budget_cpu_s)
-    if not args.ckpt.exists() or args.ckpt.stat().st_mtime < start:
+    if not args.ckpt.exists():
         print(f"error: {args.ckpt}: the training command wrote no checkpoint there (exit status "
               f"{run['returncode']})", file=sys.stderr)
+        raise SystemExit(2)
+    provenance, refused = check_provenance(args.ckpt, run)
+    if refused:
+        print(f"error: {args.ckpt}: refused: it {refused} (a copied checkpoint?)", file=sys.stderr)
         raise SystemExit(2)
     if run["returncode"] not in (0, None) and not run["stopped_at_budget"]:
         print(f"leaderboard: the training command failed (exit status {run['returncode']}); scoring the "
@@ -166,6 +216,8 @@ def main(argv: list[str] | None = None) -> dict:
               "budget_cpu_s": args.budget_cpu_s, "stopped_at_budget": run["stopped_at_budget"],
               "train_wall_s": round(run["wall_s"], 1), "eval_cpu_s": round(score["eval_cpu_s"], 2),
               "command": train_cmd, "code_sha256": code_sha256(),
+              "created_by_command": True,    # check_provenance: written by the command's process tree, in the run
+              "provenance": {k: provenance.get(k) for k in ("steps", "cpu_s", "init_sha256")},
               "ckpt_sha256": hashlib.sha256(args.ckpt.read_bytes()).hexdigest()}
     out = args.out or args.ckpt.parent / "score.json"
     out.parent.mkdir(parents=True, exist_ok=True)

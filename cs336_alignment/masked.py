@@ -94,7 +94,8 @@ def masked_whiten(values: Tensor, mask: Tensor, shift_mean: bool = True, eps: fl
         eps: added to the variance before the square root.
 
     Returns:
-        Same shape and dtype as `values`; masked-out positions are 0.
+        Same shape and dtype as `values`; masked-out positions are 0, and whatever they held (NaN, -inf) reaches
+        neither the result nor the gradient.
 
     Raises:
         ValueError: if `mask` does not broadcast to `values` or selects fewer than 2 entries (no variance).
@@ -104,10 +105,12 @@ def masked_whiten(values: Tensor, mask: Tensor, shift_mean: bool = True, eps: fl
         raise ValueError("masked_whiten needs at least 2 masked entries to estimate a variance")
     # BEGIN SOLUTION
     n = mask.sum()
-    mean = torch.where(mask, values, 0).sum() / n
-    var = torch.where(mask, (values - mean) ** 2, 0).sum() / (n - 1)   # unbiased (Bessel's correction)
-    whitened = (values - mean) * torch.rsqrt(var + eps)
+    selected = torch.where(mask, values, 0)                    # NaN/-inf padding never enters value or gradient
+    mean = selected.sum() / n
+    centered = torch.where(mask, selected - mean, 0)
+    var = (centered ** 2).sum() / (n - 1)                      # unbiased (Bessel's correction)
+    whitened = centered * torch.rsqrt(var + eps)
     if not shift_mean:
-        whitened = whitened + mean
-    return whitened.masked_fill(~mask, 0.0)
+        whitened = torch.where(mask, whitened + mean, 0)
+    return whitened
     # END SOLUTION

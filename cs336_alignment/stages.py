@@ -192,7 +192,8 @@ def ship(out_dir: Path, preset_name: str, base_stage: str, sft_stage: str) -> Pa
         model = TransformerLM(TransformerConfig(**extra["model_config"]))
         step = load_checkpoint(src, model)
         recipe = {k: v for k, v in extra["config"].items() if k not in ("out", "init", "name")}  # no paths
-        save_checkpoint(model, None, step, dest / f"{label}.pt", model_config=extra["model_config"], config=recipe)
+        save_checkpoint(model, None, step, dest / f"{label}.pt", model_config=extra["model_config"], config=recipe,
+                        provenance=None)   # no pid or time: the same command rewrites the same bytes
     for stage in ("pretrain", "sft", "sft_more"):
         if (out_dir / stage / "metrics.jsonl").is_file():
             lines = [json.loads(line) for line in (out_dir / stage / "metrics.jsonl").read_text().splitlines()]

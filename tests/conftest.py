@@ -1,6 +1,7 @@
 """Shared test setup: threads, seeds, the grading plugin and the numeric snapshot fixture."""
 from __future__ import annotations
 
+import json
 import os
 
 # Small parallel ops cost ~ms each under OpenMP's default busy-wait on 2-core machines; tests are tiny.
@@ -32,14 +33,20 @@ class NumpySnapshot:
     the only check of a test (each test also checks an independent oracle).
     """
 
-    def __init__(self, update: bool):
-        self.update = update
+    def __init__(self, update: bool, nodeid: str = ""):
+        self.update, self.nodeid = update, nodeid
 
     def assert_match(self, actual, name: str, rtol: float = 1e-4, atol: float = 1e-6) -> None:
         arrays = actual if isinstance(actual, dict) else {"array": actual}
         arrays = {k: (v.detach().cpu().double().numpy() if isinstance(v, torch.Tensor) else np.asarray(v))
                   for k, v in arrays.items()}
         path = SNAPSHOT_DIR / f"{name}.npz"
+        if actuals := os.environ.get("CS336_SNAPSHOT_ACTUALS"):    # Gradescope: the judge compares (handout/judge.py)
+            n = len(list(Path(actuals).glob("*.npz")))
+            np.savez(Path(actuals) / f"{n}.npz", **arrays)
+            with open(Path(actuals) / "index.jsonl", "a") as f:
+                f.write(json.dumps({"nodeid": self.nodeid, "name": name, "file": f"{n}.npz"}) + "\n")
+            return
         # BEGIN INSTRUCTOR
         if self.update:
             SNAPSHOT_DIR.mkdir(exist_ok=True)
@@ -73,4 +80,4 @@ def numpy_snapshot(request) -> NumpySnapshot:
     # BEGIN INSTRUCTOR
     update = request.config.getoption("--update-snapshots")
     # END INSTRUCTOR
-    return NumpySnapshot(update)
+    return NumpySnapshot(update, request.node.nodeid)

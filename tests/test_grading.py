@@ -1,4 +1,5 @@
-"""The grading plugin: points per part, parametrize splits, Gradescope results.json, no answers in the output.
+"""The grading plugin: points per part, parametrize splits, Gradescope results.json, no answers in the output; and
+the parts of the Gradescope judge (handout/judge.py) that need no pytest run.
 
 Each test runs pytest in a subprocess on a tiny synthetic test tree (no torch), with the plugin loaded both from
 the tree's conftest (as tests/conftest.py does) and with `-p` (as the CLI does).
@@ -12,10 +13,12 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import cs336_alignment
 from cs336_alignment.grading import part_number, redact
+from cs336_alignment.handout import judge
 
 REPO_ROOT = Path(cs336_alignment.__file__).resolve().parents[1]
 
@@ -271,3 +274,67 @@ def test_a_module_that_does_not_import_costs_only_its_own_graded_tests(tmp_path)
     lines = [line.split() for line in proc.stdout[proc.stdout.index("= grade ="):].splitlines()[1:4]]
     assert lines[0][:2] == ["1.1", "Fine"] and lines[0][2:5] == ["1.00", "/", "1.00"]
     assert lines[1][:4] == ["2.1", "Broken", "(a", "part)"] and lines[1][4:7] == ["0.00", "/", "3.00"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The judge's parts that need no pytest run (tests/test_attacks.py grades attack submissions through it)
+# ---------------------------------------------------------------------------------------------------------
+
+def test_the_judge_overlays_only_graded_modules(tmp_path):
+    tree, sub = tmp_path / "tree", tmp_path / "sub" / "repo" / "pkg"
+    for rel in ("pkg/__init__.py", "pkg/ops.py", "pkg/grading.py"):
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tree / rel).write_text("clean\n")
+    for rel in ("__init__.py", "ops.py", "grading.py", "extra.py"):
+        (sub / rel).parent.mkdir(parents=True, exist_ok=True)
+        (sub / rel).write_text("submitted\n")
+    judge.overlay(tmp_path / "sub", tree, ["pkg/ops.py"], log=lambda *a: None)
+    assert (tree / "pkg/ops.py").read_text() == "submitted\n"
+    assert [(tree / f"pkg/{n}").read_text() for n in ("__init__.py", "grading.py")] == ["clean\n", "clean\n"]
+    assert not (tree / "pkg/extra.py").exists()
+    (sub / "ops.py").unlink()
+    (sub / "ops.py").symlink_to(tmp_path / "secret.txt")              # a link is never followed
+    (tmp_path / "secret.txt").write_text("secret\n")
+    (tree / "pkg/ops.py").write_text("clean\n")
+    judge.overlay(tmp_path / "sub", tree, ["pkg/ops.py"], log=lambda *a: None)
+    assert (tree / "pkg/ops.py").read_text() == "clean\n"
+
+
+def test_the_judge_reads_no_link_fifo_or_oversized_file_for_the_child(tmp_path):
+    (tmp_path / "real.json").write_text('{"a": 1}')
+    (tmp_path / "link.json").symlink_to(tmp_path / "real.json")
+    os.mkfifo(tmp_path / "fifo.json")
+    (tmp_path / "big.json").write_bytes(b"x" * 100)
+    assert judge.read_untrusted(tmp_path / "real.json") == b'{"a": 1}'
+    assert judge.read_untrusted(tmp_path / "link.json") is None and judge.read_untrusted(tmp_path / "fifo.json") is None
+    assert judge.read_untrusted(tmp_path / "big.json", limit=10) is None
+    (tmp_path / "linked_dir").symlink_to(tmp_path)
+    assert judge.read_untrusted(tmp_path / "linked_dir" / "real.json") is None
+
+
+def test_the_judge_scores_only_what_its_own_checks_confirm(tmp_path):
+    collected = {"tests": [{"name": "tests/test_a.py::test_mean[0]", "max_score": 1.0, "tags": ["1.1 A"]},
+                           {"name": "tests/test_a.py::test_mean_hand", "max_score": 2.0, "tags": ["1.1 A"]},
+                           {"name": "tests/test_a.py::test_other", "max_score": 4.0, "tags": ["1.1 A"]}]}
+    report = {"tests": [{"name": t["name"], "outcome": "passed"} for t in collected["tests"]]
+              + [{"name": "tests/test_planted.py::test_free", "outcome": "passed", "score": 100}]}
+    snapshots = {"test_mean_dim0": {"array": np.array([1.0, 2.0])}, "test_other": {"array": np.array([0.0])}}
+    (tmp_path / "h/tests").mkdir(parents=True)
+    (tmp_path / "h/tests/test_a.py").write_text(
+        "def test_mean(numpy_snapshot, dim):\n    numpy_snapshot.assert_match(1, f'test_mean_dim{dim}')\n\n\n"
+        "def test_mean_hand():\n    pass\n")
+    owners = judge.snapshot_owners(tmp_path / "h", snapshots)
+    assert owners == {"test_mean_dim0": "tests/test_a.py::test_mean"}       # test_other: no test names it
+    # test_mean[0] owns a snapshot and wrote none: 0; the others have no snapshot: the child's word counts.
+    r = judge.verdict(collected, report, snapshots, owners, tmp_path, None)
+    assert [t["score"] for t in r["tests"]] == [0.0, 2.0, 4.0] and r["score"] == 6.0
+    assert "wrote none of its snapshots" in r["tests"][0]["output"]
+    np.savez(tmp_path / "0.npz", array=np.array([1.0, 2.0]))
+    np.savez(tmp_path / "1.npz", array=np.array([1.0, 2.5]))
+    index = {"nodeid": "tests/test_a.py::test_mean[0]", "name": "test_mean_dim0"}
+    (tmp_path / "index.jsonl").write_text(json.dumps({**index, "file": "0.npz"}) + "\n")
+    assert judge.verdict(collected, report, snapshots, owners, tmp_path, None)["score"] == 7.0
+    (tmp_path / "index.jsonl").write_text(json.dumps({**index, "file": "1.npz"}) + "\n")   # a wrong array
+    assert judge.verdict(collected, report, snapshots, owners, tmp_path, None)["score"] == 6.0
+    tampered = judge.verdict(collected, report, snapshots, owners, tmp_path, "a canary test that must fail was reported passed")
+    assert tampered["score"] == 0 and "tampered" in tampered["output"]

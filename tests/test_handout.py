@@ -19,6 +19,7 @@ import cs336_alignment
 from cs336_alignment import grading, handout
 from cs336_alignment.handout import HandoutError, build, check, strip_markers, stub_adapter_functions
 from cs336_alignment.handout.check import graded_names
+from cs336_alignment.handout.leaks import result_leaks
 
 REPO_ROOT = Path(cs336_alignment.__file__).resolve().parents[1]
 BS, ES = "# BEGIN " + "SOLUTION", "# END " + "SOLUTION"
@@ -492,3 +493,26 @@ def test_real_handout_readme_is_the_writeup_and_the_answer_key_stays_out(tmp_pat
     assert model_answer not in readme
     stub = (out / "cs336_alignment/masked.py").read_text()
     assert "raise NotImplementedError('masked_mean is not implemented yet (part 2.2 Masked reductions)')" in stub
+    # No measured result ships: the checkpoints' README stays out, the data READMEs and "Look for" lines state none.
+    assert not (out / "data/checkpoints/README.md").exists() and (out / "data/checkpoints/tiny/sft.pt").exists()
+    assert result_leaks(out, handout.list_files(out)) == []
+    assert result_leaks(REPO_ROOT, ["data/checkpoints/README.md"]), "the solution's checkpoints README has results"
+
+
+def test_the_result_check_fails_on_a_planted_result_sentence(tmp_path):
+    (tmp_path / "data/models").mkdir(parents=True)
+    readme = ("### Problem (demo): A demo (2 points)\n- Look for: whether accuracy moves at `--lr 0.003`, and why.\n"
+              "- Deliverable: the plot and 2 sentences.\n\nLoss 1.25 in the prose of a problem is not a Look-for line.\n")
+    data = "# models\nRebuild with `python -m demo --beta 0.1` (about 2 CPU-minutes).\n"
+    (tmp_path / "README.md").write_text(readme)
+    (tmp_path / "data/models/README.md").write_text(data)
+    files = ["README.md", "data/models/README.md"]
+    assert result_leaks(tmp_path, files) == []
+    for planted in ("GRPO gains +25.9 points from the worked style.", "Greedy accuracy 77.0 ± 2.1.",
+                    "SFT reaches 95% and keeps climbing.", "The margin is 3 points higher at beta 0.5."):
+        (tmp_path / "data/models/README.md").write_text(data + planted + "\n")
+        assert result_leaks(tmp_path, files) == [f"data/models/README.md:3: a result in the handout: {planted}"]
+    (tmp_path / "data/models/README.md").write_text(data)
+    (tmp_path / "README.md").write_text(readme.replace("and why.", "and why.\n  Divergence: accuracy falls 12.5 "
+                                                                     "points within a few steps."))
+    assert [b.split(":")[1] for b in result_leaks(tmp_path, files)] == ["3"]    # the bullet's continuation line

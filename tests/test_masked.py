@@ -71,17 +71,43 @@ def test_masked_mean_empty_slice_is_nan():
     assert torch.isnan(out[1]), "a row without masked entries is 0/0 = NaN (do not clamp the count)"
 
 
+# Padding may hold NaN or -inf (e.g. log-probs of pad tokens): neither the value nor the gradient may see it.
+PADDED = [[1.0, float("-inf"), 3.0], [float("nan"), 2.0, 4.0]]                  # (2, 3); masked out: -inf, NaN
+PAD_MASK = [[True, False, True], [False, True, True]]
+UPSTREAM = [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]                                   # d loss / d out (not all equal)
+
+
+def _padding_contract(reduce, expected_value, expected_grad) -> None:
+    """`reduce(tensor, mask)` on PADDED: the value, and the gradient of its sum (UPSTREAM-weighted when the output
+    has the input's shape), are the expected ones; a NaN or -inf that leaks (`tensor * mask`: NaN * 0 = NaN) fails."""
+    tensor = torch.tensor(PADDED, dtype=torch.float64, requires_grad=True)
+    out = reduce(tensor, torch.tensor(PAD_MASK))
+    torch.testing.assert_close(out.detach(), expected_value, msg="masked-out NaN/-inf leaked into the value")
+    weights = torch.tensor(UPSTREAM, dtype=torch.float64)
+    (out * (weights if out.shape == weights.shape else 1.0)).sum().backward()
+    torch.testing.assert_close(tensor.grad, expected_grad, msg="masked-out NaN/-inf leaked into the gradient "
+                                                                "(it must be finite, and 0 where masked out)")
+
+
+def _whiten_oracle(shift_mean: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whitening written on the 4 selected entries only (a 1-D tensor: no padding anywhere), value and gradient."""
+    selected = torch.tensor([1.0, 3.0, 2.0, 4.0], dtype=torch.float64, requires_grad=True)   # row-major order
+    mean = selected.mean()
+    var = ((selected - mean) ** 2).sum() / 3                                    # unbiased, n - 1 = 3
+    out = (selected - mean) / torch.sqrt(var + 1e-8) + (0 if shift_mean else mean)
+    (out * torch.tensor([1.0, 3.0, 5.0, 6.0], dtype=torch.float64)).sum().backward()  # UPSTREAM at those entries
+    value, grad = torch.zeros(2, 3, dtype=torch.float64), torch.zeros(2, 3, dtype=torch.float64)
+    index = torch.tensor(PAD_MASK)
+    value[index], grad[index] = out.detach(), selected.grad
+    return value, grad
+
+
 @pytest.mark.points(1)
 def test_masked_mean_ignores_nonfinite_masked_out_entries():
-    """Padding may hold NaN or -inf (e.g. log-probs of pad tokens): neither the value nor the gradient may see it."""
-    tensor = torch.tensor([[1.0, float("-inf"), 3.0], [float("nan"), 2.0, 4.0]], requires_grad=True)
-    mask = torch.tensor([[True, False, True], [False, True, True]])
-    out = run_masked_mean(tensor, mask, dim=-1)
-    torch.testing.assert_close(out, torch.tensor([2.0, 3.0]), msg="masked-out NaN/-inf leaked into the mean")
-    torch.testing.assert_close(run_masked_mean(tensor, mask), torch.tensor(2.5), msg="dim=None")
-    out.sum().backward()
-    expected = torch.tensor([[0.5, 0.0, 0.5], [0.0, 0.5, 0.5]])                # d mean / d x = mask / count
-    torch.testing.assert_close(tensor.grad, expected, msg="the gradient must be finite and 0 where masked out")
+    mask = torch.tensor(PAD_MASK, dtype=torch.float64)
+    _padding_contract(lambda t, m: run_masked_mean(t, m, dim=-1), torch.tensor([2.0, 3.0], dtype=torch.float64),
+                      mask / 2)                                 # d mean / d x = mask / count (2 per row)
+    _padding_contract(lambda t, m: run_masked_mean(t, m), torch.tensor(2.5, dtype=torch.float64), mask / 4)
 
 
 @pytest.mark.points(1)
@@ -90,6 +116,8 @@ def test_masked_mean_gradcheck(tensor_and_mask):
     x = tensor.double().requires_grad_()
     for dim in (None, 0, 1):
         assert torch.autograd.gradcheck(lambda t: run_masked_mean(t, mask, dim), (x,)), f"dim={dim}"
+    # A constant passes gradcheck too: the value must also be right.
+    torch.testing.assert_close(run_masked_mean(x, mask), x[mask].mean(), msg="value")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -115,6 +143,17 @@ def test_masked_normalize_gradcheck(tensor_and_mask):
     x = tensor.double().requires_grad_()
     assert torch.autograd.gradcheck(lambda t: run_masked_normalize(t, mask, -1, 7.0), (x,))
     assert torch.autograd.gradcheck(lambda t: run_masked_normalize(t, mask, None, 0.5), (x,))
+    torch.testing.assert_close(run_masked_normalize(x, mask, None, 0.5), x[mask].sum() / 0.5, msg="value")
+
+
+@pytest.mark.points(1)
+def test_masked_normalize_ignores_nonfinite_masked_out_entries():
+    mask = torch.tensor(PAD_MASK, dtype=torch.float64)
+    _padding_contract(lambda t, m: run_masked_normalize(t, m, dim=-1, normalize_constant=2.0),
+                      torch.tensor([2.0, 3.0], dtype=torch.float64),
+                      mask / 2)                                 # d (sum / c) / d x = mask / c
+    _padding_contract(lambda t, m: run_masked_normalize(t, m, normalize_constant=4.0),
+                      torch.tensor(2.5, dtype=torch.float64), mask / 4)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -146,8 +185,48 @@ def test_masked_whiten_gradcheck(tensor_and_mask):
     x = tensor.double().requires_grad_()
     assert torch.autograd.gradcheck(lambda t: run_masked_whiten(t, mask, True), (x,))
     assert torch.autograd.gradcheck(lambda t: run_masked_whiten(t, mask, False), (x,))
+    out = run_masked_whiten(x, mask, True)
+    torch.testing.assert_close(out[mask].mean(), torch.zeros((), dtype=torch.float64), msg="whitened mean")
+    torch.testing.assert_close(out[mask].var(), torch.ones((), dtype=torch.float64), msg="whitened variance")
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("shift_mean", [True, False])
+def test_masked_whiten_ignores_nonfinite_masked_out_entries(shift_mean):
+    _padding_contract(lambda t, m: run_masked_whiten(t, m, shift_mean), *_whiten_oracle(shift_mean))
 
 
 def test_masked_whiten_needs_two_entries():
     with pytest.raises(ValueError):
         run_masked_whiten(torch.randn(2, 3), torch.tensor([[True, False, False], [False, False, False]]))
+
+
+# BEGIN INSTRUCTOR
+# ---------------------------------------------------------------------------------------------------------
+# The padding contract catches the mistakes it is written for (planted implementations; ungraded; instructor-only:
+# the old whiten is right in value, so it stays out of the handout)
+# ---------------------------------------------------------------------------------------------------------
+
+def _whiten_before_the_fix(values, mask, shift_mean=True, eps=1e-8):
+    """The reference masked_whiten of an earlier commit: right values, an all-NaN gradient with NaN padding."""
+    mask = mask.bool()
+    n = mask.sum()
+    mean = torch.where(mask, values, 0).sum() / n
+    var = torch.where(mask, (values - mean) ** 2, 0).sum() / (n - 1)
+    whitened = (values - mean) * torch.rsqrt(var + eps)
+    return (whitened if shift_mean else whitened + mean).masked_fill(~mask, 0.0)
+
+
+@pytest.mark.parametrize("test, name, planted", [
+    (test_masked_mean_ignores_nonfinite_masked_out_entries, "run_masked_mean",
+     lambda tensor, mask, dim=None: (tensor * mask).sum(dim=dim) / mask.sum(dim=dim)),
+    (test_masked_normalize_ignores_nonfinite_masked_out_entries, "run_masked_normalize",
+     lambda tensor, mask, dim=None, normalize_constant=1.0: (tensor * mask).sum(dim=dim) / normalize_constant),
+    (lambda: test_masked_whiten_ignores_nonfinite_masked_out_entries(True), "run_masked_whiten",
+     _whiten_before_the_fix),
+], ids=["mean: tensor * mask", "normalize: tensor * mask", "whiten: the old reference"])
+def test_the_padding_contract_fails_on_a_planted_mistake(monkeypatch, test, name, planted):
+    monkeypatch.setitem(globals(), name, planted)
+    with pytest.raises(AssertionError, match="leaked into the"):
+        test()
+# END INSTRUCTOR

@@ -4,7 +4,7 @@
 
 Fails when a marker survives, a module does not import, a graded test does anything but fail with
 NotImplementedError, an ungraded test neither passes nor is skipped, a solution body leaks (verbatim or renamed,
-see leaks.py), building again changes anything, or a notebook keeps outputs.
+see leaks.py) or a measured result does, building again changes anything, or a notebook keeps outputs.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from cs336_alignment.handout.build import build, list_files, sidecar
-from cs336_alignment.handout.leaks import clone_leaks, exact_leaks
+from cs336_alignment.handout.leaks import clone_leaks, exact_leaks, result_leaks
 from cs336_alignment.handout.markers import MARKER_RE, HandoutError
 
 IMPORT_SCRIPT = Path(__file__).resolve().parent / "scripts" / "import_check.py"
@@ -133,7 +133,8 @@ def check(out: Path, package: str = "cs336_alignment", *, slow: bool = False, al
       part, naming the part); failing with NotImplementedError is fine too when the handout was built with
       --stub-adapters (every adapter raises) or with allow_ungraded_nie;
     5 leaks: no solution line (a statement's first line or a comment; see leaks.is_generic) in any text file, and
-      no renamed copy of a solution body (leaks.clone_leaks);
+      no renamed copy of a solution body (leaks.clone_leaks), and no measured result in a data README or a
+      "Look for" line of the README (leaks.result_leaks);
     6 idempotence: building from the handout changes nothing;
     7 notebooks: no outputs or execution counts.
     Tests marked slow (notebooks) are deselected unless slow=True. The pytest results go to OUT.check-results.json.
@@ -153,6 +154,7 @@ def check(out: Path, package: str = "cs336_alignment", *, slow: bool = False, al
         ("idempotence", lambda: _check_idempotent(out)),
         ("solution leaks", lambda: exact_leaks(out, files, meta["lines"])),
         ("renamed copies", lambda: clone_leaks(out, files, meta["lines"], graded_names(meta))),
+        ("results", lambda: result_leaks(out, files)),
         ("imports", lambda: _check_imports(out, package)),
         ("tests", lambda: _check_tests(out, sidecar(out, "check-results.json"), slow,
                                        allow_ungraded_nie or meta.get("stub_adapters", False), log)),

@@ -7,6 +7,7 @@ The shell and Python scripts that run on Gradescope are real files in `handout/s
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -20,22 +21,25 @@ from pathlib import Path
 from cs336_alignment.handout.build import HIDDEN_TESTS, matches_any, is_skipped, build, list_files
 
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
-ZIP_SCRIPTS = ("setup.sh", "run_autograder", "overlay_submission.py", "no_results.py")   # at the zip's root
+ZIP_SCRIPTS = ("setup.sh", "run_autograder", "no_results.py")   # at the zip's root
+GRADED_MODULES = "graded_modules.json"   # at the zip's root: the package files with solution markers (judge.py)
 SUBMIT_SKIP_FILES = ("*.pt", "*.pth", "*.ckpt", "*.safetensors", "*.bin", "*.npz", "*.npy", "*.pyc", "*.zip")
 SUBMIT_MAX_BYTES = 5_000_000
 SUBMIT_RESULTS = "test_results.json"     # written by `submit`, zipped with the package, ignored by git
 
 
 def autograder(zip_path: Path, repo: Path, *, package: str = "cs336_alignment", log=print) -> None:
-    """Write the Gradescope autograder zip: setup.sh, run_autograder (+ helpers) and a clean handout/ (hidden tests
-    included: `tests/hidden/` is excluded from the student handout and kept here)."""
+    """Write the Gradescope autograder zip: setup.sh, run_autograder (+ helpers), a clean handout/ (hidden tests
+    included: `tests/hidden/` is excluded from the student handout and kept here) and graded_modules.json (the
+    package files the build stubbed: the only files judge.py takes from a submission)."""
     deps = tomllib.loads((repo / "pyproject.toml").read_text()).get("project", {}).get("dependencies", [])
     torch = next((d for d in deps if re.match(r"torch\b", d)), "torch")
     others = [d for d in deps if d != torch] + ["pytest>=8"]
     fill = {"@TORCH@": shlex.quote(torch), "@DEPS@": " ".join(map(shlex.quote, others)), "@PKG@": package}
     with tempfile.TemporaryDirectory() as tmp:
         tree = Path(tmp) / "handout"
-        build(repo, tree, keep=(HIDDEN_TESTS,), log=log)
+        result = build(repo, tree, keep=(HIDDEN_TESTS,), log=log)
+        graded = sorted({f["file"] for f in result.functions if f["file"].startswith(package + "/")})
         with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as z:
             for name in ZIP_SCRIPTS:
                 text = (SCRIPTS / name).read_text()
@@ -45,6 +49,7 @@ def autograder(zip_path: Path, repo: Path, *, package: str = "cs336_alignment", 
                 info.external_attr = (0o100755 if not name.endswith(".py") else 0o100644) << 16
                 info.compress_type = zipfile.ZIP_DEFLATED
                 z.writestr(info, text)
+            z.writestr(GRADED_MODULES, json.dumps(graded, indent=1) + "\n")
             for rel in list_files(tree):
                 z.write(tree / rel, f"handout/{rel}")
     log(f"wrote {zip_path}: setup.sh, run_autograder, handout/ (upload it as the Gradescope autograder)")

@@ -12,6 +12,9 @@ Two detectors, both run by `handout check` on every text file of the built hando
    .py file or notebook code cell. A second rule catches a re-implementation kept under the graded name: a
    module-level function of the handout named like a graded function (`sequence_log_probs`) whose body is
    not the stub.
+3. Results (`result_leaks`): the handout states no measured result. A data README (`data/**/*.md`) and every
+   "Look for:" line of the handout's README (the rendered writeup's written and experiment problems) must hold no
+   result-like number: a ±, a percentage, a signed number, "N points", or a number with decimals.
 """
 from __future__ import annotations
 
@@ -237,3 +240,36 @@ def _redefinitions(code: str, graded_names: set[str]) -> list[tuple[int, str]]:
             if not stub and node.name not in calls:        # glue that calls the graded function is fine (adapters)
                 found.append((node.lineno, node.name))
     return found
+
+
+# ---- 3. results: the handout tells no answers
+
+RESULT_RE = re.compile(r"±|\+/-|\d\s?%|(?<![\w.])[+−]\d|\b\d+(\.\d+)?\s+points?\b|(?<![\w.=-])\d+\.\d+\b")
+LOOK_FOR = re.compile(r"- (\*\*)?Look for:")     # the source's bullet, or the rendered one (bold)
+
+
+def _look_for_lines(text: str):
+    """(line number, text) of every "- Look for:" bullet, continuation lines (indented) included."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if LOOK_FOR.match(line):
+            yield i + 1, line
+            for j in range(i + 1, len(lines)):
+                if not lines[j].startswith("  "):
+                    break
+                yield j + 1, lines[j]
+
+
+def result_leaks(out: Path, files: list[str]) -> list[str]:
+    """"file:line: text" of every result-like number (RESULT_RE) in a data README or a "Look for" line."""
+    bad = []
+    for rel in files:
+        if rel.startswith("data/") and rel.endswith(".md"):
+            found = enumerate((out / rel).read_text(encoding="utf-8").splitlines(), 1)
+        elif rel == "README.md":
+            found = _look_for_lines((out / rel).read_text(encoding="utf-8"))
+        else:
+            continue
+        bad += [f"{rel}:{n}: a result in the handout: {line.strip()}" for n, line in found
+                if RESULT_RE.search(re.sub(r"`[^`]*`", "", line))]        # code spans (flags, calls) are not results
+    return bad
