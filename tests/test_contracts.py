@@ -15,8 +15,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.adapters import (run_compute_grpo_clip_loss, run_compute_naive_policy_gradient_loss,
-                            run_fused_linear_log_probs, run_selective_log_softmax)
+from tests.adapters import run_fused_linear_log_probs, run_selective_log_softmax
+from tests.adapters_2025 import run_compute_grpo_clip_loss, run_compute_naive_policy_gradient_loss
 
 ADVANTAGES = [[1.0], [-2.0]]                                                     # (B, 1)
 
