@@ -1,7 +1,7 @@
 """The instructor's answer key: the reference solution's measured results for every experiment of the writeup,
 plus model answers to its written questions (answers.md). Never shipped (pyproject's exclude list).
 
-    python -m cs336_alignment.handout.answer_key --out runs/answer_key            # full size, by hand (< 2 CPU-h)
+    python -m cs336_alignment.handout.answer_key --out runs/answer_key            # full size, by hand (< 3 CPU-h)
     python -m cs336_alignment.handout.answer_key --out /tmp/key --smoke           # CI: every command, tiny sizes
     python -m cs336_alignment.handout.answer_key --out runs/answer_key --only grpo_baselines dpo_beta
     python -m cs336_alignment.handout.answer_key --out runs/answer_key --jobs 2     # two experiments at a time
