@@ -1,5 +1,6 @@
 """One broken module costs only the tests that need it: a syntax error planted in the solution's advantages.py
-(part 4.1) leaves every other part at full points, run locally and through the Gradescope autograder.
+costs the parts whose code is in it (4.1, 6.1) or imports it (6.3: grpo_step.py calls 6.1's functions) and leaves
+every other part at full points, run locally and through the Gradescope autograder.
 
 The handout is built from this repository and the reference solution is put back in as a student would submit it
 (the autograder's overlay of cs336_alignment/**/*.py), so every test that does not need advantages.py passes.
@@ -24,6 +25,8 @@ from cs336_alignment.handout.writeup import load as load_writeup
 REPO_ROOT = Path(cs336_alignment.__file__).resolve().parents[1]
 BROKEN = "advantages.py"
 BROKEN_PART = "4.1 Advantages (GRPO, RLOO, GAE)"
+# every part whose tests import advantages.py: its own functions (4.1, 6.1) or a module that imports it (6.3)
+BROKEN_PARTS = {BROKEN_PART, "6.1 Rollout rewards and group normalisation", "6.3 GRPO train step"}
 LOCAL_TESTS = ["tests/test_masked.py", "tests/test_sft.py", "tests/test_advantages.py", "tests/test_policy_losses.py",
                "tests/test_dpo.py"]
 
@@ -50,11 +53,11 @@ def _assert_isolated(results: dict, parts_expected: set[str]) -> None:
     parts = _points_by_part(results)
     assert parts_expected <= set(parts), sorted(parts)
     for part, (score, max_score) in parts.items():
-        if part == BROKEN_PART:
+        if part in BROKEN_PARTS:
             assert score == 0 and max_score == writeup_points[part], (part, score, max_score)
         else:
             assert score == max_score > 0, f"{part}: {score} / {max_score}: a syntax error elsewhere cost points"
-    broken = [t for t in results["tests"] if t["tags"] == [BROKEN_PART]]
+    broken = [t for t in results["tests"] if t["tags"][0] in BROKEN_PARTS]
     assert broken and all(t["exception"] == "SyntaxError" for t in broken), broken[:1]
     assert "could not be collected" in results["output"]
 
@@ -91,5 +94,5 @@ def test_syntax_error_costs_only_its_part_on_gradescope(tmp_path):
     assert "tests" in results, proc.stdout[-3000:]
     writeup = load_writeup(REPO_ROOT / "cs336_alignment/handout/writeup.md")
     _assert_isolated(results, set(writeup.points_by_part()))
-    expected_total = sum(writeup.points_by_part().values()) - writeup.points_by_part()[BROKEN_PART]
+    expected_total = sum(v for part, v in writeup.points_by_part().items() if part not in BROKEN_PARTS)
     assert results["score"] == round(expected_total, 2), results["score"]
