@@ -57,14 +57,14 @@ from collections.abc import Callable
 from cs336_alignment.checkpoint import load_model
 from cs336_alignment.evaluate import evaluate_model, evaluate_policy
 from cs336_alignment.metrics import paired_difference
-from cs336_alignment.presets import PRESETS, EvalConfig, stage_config
+from cs336_alignment.presets import PIPELINE_PRESETS, PRESETS, EvalConfig
 from cs336_alignment.report import (plot_gold_vs_kl, plot_overoptimization, plot_training_curves, sft_progress,
                                     write_report)
 from cs336_alignment.reward_model import load_reward_model
 from cs336_alignment.runtime import get_device, set_threads
 from cs336_alignment.stages import (LABELS, NEEDS, POST_STAGES, SMALL_RM_STAGES, STAGES, base_sft_configs, cpu_seconds,
                                     make_pool, post_configs, record, run_post_training, run_stage, ship, shipped,
-                                    shipped_metrics)
+                                    shipped_metrics, stage_config)
 from cs336_alignment.tasks import generate_problems
 from cs336_alignment.tokenizer import load_tokenizer
 from cs336_alignment.rundir import RunDirError, holds_run
@@ -158,8 +158,8 @@ def run(preset_name: str = "tiny", out: str = "", name: str = "", threads: int =
         ValueError: an unknown preset or --skip stage, or jobs < 1. rundir.RunDirError: the directory is
             another run's, or holds a run and not `overwrite`.
     """
-    if preset_name not in PRESETS:
-        raise ValueError(f"unknown preset {preset_name!r}; choose one of {sorted(PRESETS)}")
+    if preset_name not in PIPELINE_PRESETS:
+        raise ValueError(f"unknown pipeline preset {preset_name!r}; choose one of {sorted(PIPELINE_PRESETS)}")
     unknown = set(skip) - set(POST_STAGES)
     if unknown:
         raise ValueError(f"--skip {sorted(unknown)}: not a post-training stage ({', '.join(POST_STAGES)})")
@@ -259,7 +259,7 @@ def run(preset_name: str = "tiny", out: str = "", name: str = "", threads: int =
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m cs336_alignment pipeline", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny",
+    parser.add_argument("--preset", choices=sorted(PIPELINE_PRESETS), default="tiny",
                         help="smoke (seconds), tiny (the CPU run), tiny_rl10 (tiny with 10x the GRPO budget), "
                              "small (one GPU)")
     parser.add_argument("--name", default="", help="run name: outputs go to runs/<name>/; empty = the preset's name")

@@ -1,16 +1,19 @@
-"""Presets of the pipeline: per-stage overrides of the stages' own config defaults.
+"""Presets: per-stage overrides of the stages' own config defaults, for the pipeline and every stage command.
 
 Each stage's config dataclass (train/<loop>.py) holds the only defaults. A preset names, per stage, the fields
 it changes, and nothing else:
 
     PRESETS["smoke"]["grpo"] == {"n_eval_problems": 4, "prompts_per_step": 2, "max_new_tokens": 12, ...}
 
-`stage_config` applies them through the strict loader `train.common.config_from_dict`, so a key that is not
-a field is an error naming the preset, the stage and the key. The pipeline adds the run's wiring (output
-directories, the checkpoint each stage starts from, seed, device, threads): a preset may not set those.
+This file is data only (it imports no loop): `stages.stage_config` applies a section through the strict loader
+`train.common.config_from_dict`, so a key that is not a field is an error naming the preset, the stage and the
+key, and a stage run alone reads its section with `--preset` (`train.common.parse_config`), so `--preset` means
+the same for every command. `gpu` is a stage preset (sft and grpo sections only); the pipeline runs the presets
+with an eval section (PIPELINE_PRESETS). The pipeline adds the run's wiring (output directories, the
+checkpoint each stage starts from, seed, device, threads): a preset may not set those.
 
-Sections (stage config class): pretrain (PretrainConfig), sft (SFTConfig), sft_more (SFTConfig, on top of
-sft: a second SFT phase; optional), sft_baseline (SFTConfig: the matched-compute baseline), rm (RMConfig),
+Sections (their config classes: stages.SECTIONS): pretrain (PretrainConfig), sft (SFTConfig), sft_more (SFTConfig,
+on top of sft: a second SFT phase; optional), sft_baseline (SFTConfig: the matched-compute baseline), rm (RMConfig),
 rm_small (RMConfig: the smaller reward model of the pipeline's --small-rm stages), dpo (DPOConfig), grpo
 (GRPOConfig: grpo_gold, grpo_rm and grpo_rm_small), ppo (PPOConfig), bon (BoNConfig: bon and bon_small), ei
 (EIConfig: expert iteration), eval (EvalConfig: the report's evaluation of every policy) and pipeline
@@ -27,15 +30,6 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-from cs336_alignment.train.bon import BoNConfig
-from cs336_alignment.train.common import config_from_dict
-from cs336_alignment.train.dpo import DPOConfig
-from cs336_alignment.train.expert_iteration import EIConfig
-from cs336_alignment.train.grpo import GRPOConfig
-from cs336_alignment.train.ppo import PPOConfig
-from cs336_alignment.train.pretrain import PretrainConfig
-from cs336_alignment.train.reward_model import RMConfig
-from cs336_alignment.train.sft import SFTConfig
 
 
 @dataclass
@@ -59,11 +53,6 @@ class PipelineConfig:
     checkpoints: str = ""
     """use the base/SFT models shipped under data/checkpoints/<this>/; empty = the preset's own name"""
 
-
-SECTIONS: dict[str, type] = {"pretrain": PretrainConfig, "sft": SFTConfig, "sft_more": SFTConfig,
-                             "sft_baseline": SFTConfig, "rm": RMConfig, "rm_small": RMConfig, "dpo": DPOConfig,
-                             "grpo": GRPOConfig, "ppo": PPOConfig, "bon": BoNConfig, "ei": EIConfig, "eval": EvalConfig,
-                             "pipeline": PipelineConfig}
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # A few steps of everything, to prove the plumbing: the numbers mean nothing.
@@ -172,32 +161,31 @@ PRESETS["tiny_rl10"] = with_overrides(PRESETS["tiny"], {
     "ei": {"n_problems": 16_000, "n_ei_steps": 12, "prompts_per_step": 1280, "eval_every": 6},
     "pipeline": {"checkpoints": "tiny"}})
 
+# The single-GPU stage preset (`sft --preset gpu`, `grpo --preset gpu`; gpu.py: what it switches on). Starting
+# points for Qwen2.5-0.5B-Instruct on GSM8K on one 80 GB-class GPU, from CS336 assignment 5's settings; not yet run
+# on a GPU in this repository.
+PRESETS["gpu"] = {
+    "sft": dict(device="cuda", threads=0, n_examples=0,  # n_examples 0: every line of --data (GSM8K train: 7,473)
+                lr=1e-5, min_lr=1e-6, warmup_steps=20, num_steps=400, batch_size=32, grad_accum_steps=4,
+                weight_decay=0.0, beta2=0.95, grad_clip=1.0, n_eval_examples=256, n_eval_problems=0, log_every=10,
+                eval_every=100, checkpoint_every=100, gradient_checkpointing=True),
+    "grpo": dict(device="cuda", threads=0, prompts_per_step=32, group_size=8, temperature=1.0, max_new_tokens=512,
+                 importance_reweighting="grpo", cliprange=0.2, epochs_per_rollout_batch=1, minibatches=2,
+                 micro_batch_size=16, num_steps=100, lr=3e-6, min_lr=3e-7, warmup_steps=5, kl_coef=0.0,
+                 n_eval_problems=200, eval_samples=1, eval_every=25, checkpoint_every=25, gradient_checkpointing=True),
+}
+PIPELINE_PRESETS = tuple(name for name, sections in PRESETS.items() if "eval" in sections)  # runnable by `pipeline`
 
-def stage_config(preset_name: str, section: str, **wiring: Any):
-    """The config of one stage: the section's class, its defaults, the preset's overrides, then `wiring`.
+
+def section_overrides(preset_name: str, section: str) -> dict[str, Any]:
+    """The fields `preset_name` sets in `section` (a copy): what `--preset` means for a stage run alone.
 
     Raises:
-        ValueError: an unknown preset or section, or "preset 'P', stage 'S': ..." for a key that is not a
-            field of the stage's config, or one that the pipeline sets (`wiring`).
+        ValueError: an unknown preset, or a preset with nothing for this stage.
     """
     if preset_name not in PRESETS:
         raise ValueError(f"unknown preset {preset_name!r}; choose one of {sorted(PRESETS)}")
-    if section not in SECTIONS:
-        raise ValueError(f"unknown stage {section!r}; the stages are {sorted(SECTIONS)}")
-    overrides = dict(PRESETS[preset_name].get(section, {}))
-    if section == "sft_more":  # a second SFT phase continues the first: sft's overrides, then its own
-        overrides = {**PRESETS[preset_name].get("sft", {}), **overrides}
-    reserved = sorted(set(PRESETS[preset_name].get(section, {})) & set(wiring))
-    if reserved:
-        raise ValueError(f"preset {preset_name!r}, stage {section!r}: keys {reserved} are set by the pipeline")
-    try:
-        return config_from_dict(SECTIONS[section], {**overrides, **wiring})
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"preset {preset_name!r}, stage {section!r}: {e}") from None
-
-
-def check_presets() -> None:
-    """Build every section of every preset (no wiring): raises on the first unknown or reserved key."""
-    for name, sections in PRESETS.items():
-        for section in sections:
-            stage_config(name, section)
+    if section not in PRESETS[preset_name]:
+        having = sorted(name for name, sections in PRESETS.items() if section in sections)
+        raise ValueError(f"preset {preset_name!r} has no {section!r} section; presets with one: {having}")
+    return copy.deepcopy(PRESETS[preset_name][section])

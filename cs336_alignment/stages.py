@@ -25,10 +25,51 @@ from pathlib import Path
 
 from cs336_alignment.checkpoint import SHIPPED_DIR, load_checkpoint, load_checkpoint_extra, save_checkpoint
 from cs336_alignment.model import TransformerConfig, TransformerLM
-from cs336_alignment.presets import PRESETS, stage_config
+from cs336_alignment.presets import PRESETS, EvalConfig, PipelineConfig
 from cs336_alignment.train import bon, dpo, expert_iteration, grpo, ppo, pretrain, reward_model, sft
+from cs336_alignment.train.common import config_from_dict
 
 SHIPPED = SHIPPED_DIR  # data/checkpoints/<preset>/: base/SFT checkpoints per preset (tests point it elsewhere)
+
+# ---------------------------------------------------------------------------------------------------------
+# Preset sections and their config classes
+# ---------------------------------------------------------------------------------------------------------
+
+SECTIONS: dict[str, type] = {"pretrain": pretrain.PretrainConfig, "sft": sft.SFTConfig, "sft_more": sft.SFTConfig,
+                             "sft_baseline": sft.SFTConfig, "rm": reward_model.RMConfig, "rm_small": reward_model.RMConfig,
+                             "dpo": dpo.DPOConfig, "grpo": grpo.GRPOConfig, "ppo": ppo.PPOConfig, "bon": bon.BoNConfig,
+                             "ei": expert_iteration.EIConfig, "eval": EvalConfig, "pipeline": PipelineConfig}
+
+
+def stage_config(preset_name: str, section: str, **wiring):
+    """The config of one stage: the section's class, its defaults, the preset's overrides, then `wiring`.
+
+    Raises:
+        ValueError: an unknown preset or section, or "preset 'P', stage 'S': ..." for a key that is not a
+            field of the stage's config, or one that the pipeline sets (`wiring`).
+    """
+    if preset_name not in PRESETS:
+        raise ValueError(f"unknown preset {preset_name!r}; choose one of {sorted(PRESETS)}")
+    if section not in SECTIONS:
+        raise ValueError(f"unknown stage {section!r}; the stages are {sorted(SECTIONS)}")
+    overrides = dict(PRESETS[preset_name].get(section, {}))
+    if section == "sft_more":  # a second SFT phase continues the first: sft's overrides, then its own
+        overrides = {**PRESETS[preset_name].get("sft", {}), **overrides}
+    reserved = sorted(set(PRESETS[preset_name].get(section, {})) & set(wiring))
+    if reserved:
+        raise ValueError(f"preset {preset_name!r}, stage {section!r}: keys {reserved} are set by the pipeline")
+    try:
+        return config_from_dict(SECTIONS[section], {**overrides, **wiring})
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"preset {preset_name!r}, stage {section!r}: {e}") from None
+
+
+def check_presets() -> None:
+    """Build every section of every preset (no wiring): raises on the first unknown or reserved key."""
+    for name, sections in PRESETS.items():
+        for section in sections:
+            stage_config(name, section)
+
 
 # ---------------------------------------------------------------------------------------------------------
 # The stage table: everything the run, the scheduler and the report know about a stage
@@ -59,7 +100,7 @@ class Wiring:
 class Stage:
     """One stage of the pipeline. Adding a stage = one entry in STAGES (+ its loop and its tests)."""
     name: str                                 # its directory under the run, its key in report.json's "stages"
-    section: str                              # the preset section (presets.SECTIONS: its config class)
+    section: str                              # the preset section (SECTIONS: its config class)
     train: Callable[[object], dict]           # the loop: train(cfg) -> its result dict ("checkpoint", "cpu_s", ...)
     wiring: Callable[[Wiring], dict]          # the config fields the run sets (paths, reward, seed, ...)
     needs: str | None = None                  # the stage whose output it reads: it starts when that one is done

@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cs336_alignment.gpu import PRESETS, configure_model, preset_overrides
+from cs336_alignment.gpu import configure_model
+from cs336_alignment.presets import PIPELINE_PRESETS, PRESETS, section_overrides
 from cs336_alignment.logprobs import get_response_log_probs
 from cs336_alignment.model import TransformerConfig, TransformerLM
 from cs336_alignment.train.common import parse_config
@@ -18,24 +19,26 @@ from cs336_alignment.train.sft import SFTConfig
 
 
 def test_gpu_preset_sets_defaults_and_flags_still_win():
-    cfg = parse_config(SFTConfig, ["--preset", "gpu", "--lr", "2e-5"], "sft")
+    cfg = parse_config(SFTConfig, ["--preset", "gpu", "--lr", "2e-5"], "sft", section="sft")
     assert cfg.lr == 2e-5  # the flag
     assert cfg.device == "cuda" and cfg.gradient_checkpointing and cfg.grad_accum_steps == 4  # the preset
-    assert parse_config(SFTConfig, [], "sft") == SFTConfig()  # no preset: the dataclass defaults
-    grpo = parse_config(GRPOConfig, ["--preset", "gpu", "--init", "x"], "grpo")
+    assert parse_config(SFTConfig, [], "sft", section="sft") == SFTConfig()  # no preset: the dataclass defaults
+    grpo = parse_config(GRPOConfig, ["--preset", "gpu", "--init", "x"], "grpo", section="grpo")
     assert grpo.max_new_tokens == 512 and grpo.init == "x"
 
 
-def test_presets_are_checked_strictly(monkeypatch):
-    for cls in (SFTConfig, GRPOConfig):
-        assert preset_overrides("gpu", cls)  # every key is a field
+def test_one_preset_registry_for_every_command(monkeypatch):
+    """--preset means the same for a stage run alone as in the pipeline: the preset's section for that stage."""
+    tiny = parse_config(GRPOConfig, ["--preset", "tiny"], "grpo", section="grpo")
+    assert all(getattr(tiny, k) == v for k, v in PRESETS["tiny"]["grpo"].items())
+    assert "gpu" in PRESETS and "gpu" not in PIPELINE_PRESETS and "tiny" in PIPELINE_PRESETS
     with pytest.raises(ValueError, match="unknown preset"):
-        preset_overrides("tpu", SFTConfig)
-    monkeypatch.setitem(PRESETS, "bad", {"SFTConfig": {"learning_rate": 1.0}})
-    with pytest.raises(ValueError, match="learning_rate"):
-        preset_overrides("bad", SFTConfig)
-    with pytest.raises(ValueError, match="GRPOConfig"):
-        preset_overrides("bad", GRPOConfig)
+        section_overrides("tpu", "sft")
+    with pytest.raises(ValueError, match="no 'rm' section"):
+        section_overrides("gpu", "rm")
+    monkeypatch.setitem(PRESETS, "bad", {"sft": {"learning_rate": 1.0}})
+    with pytest.raises(ValueError, match=r"SFTConfig has no fields \['learning_rate'\]"):
+        parse_config(SFTConfig, ["--preset", "bad"], "sft", section="sft")
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():

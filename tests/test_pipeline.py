@@ -286,9 +286,8 @@ def test_the_stage_table_is_consistent():
     """Everything the run, the scheduler and the report know of a stage is its entry in stages.STAGES: each
     names a preset section, waits only for a stage of its own phase, compares only with a labelled stage, and the
     post-training stages start in a total order."""
-    from cs336_alignment.presets import SECTIONS
     table = stages_module.STAGES
-    assert all(name == stage.name and stage.section in SECTIONS for name, stage in table.items())
+    assert all(name == stage.name and stage.section in stages_module.SECTIONS for name, stage in table.items())
     for stage in table.values():
         assert stage.needs is None or (stage.needs in table and table[stage.needs].base == stage.base), stage.name
         assert stage.versus is None or (table[stage.versus].label and stage.label), stage.name

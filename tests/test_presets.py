@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from cs336_alignment import presets, stages
-from cs336_alignment.presets import PRESETS, check_presets, stage_config, with_overrides
+from cs336_alignment.presets import PIPELINE_PRESETS, PRESETS, with_overrides
+from cs336_alignment.stages import check_presets, stage_config
 
 FROZEN = {  # preset -> stage -> dataclasses.asdict(config), from the mapping the presets replaced
     'smoke': {
@@ -362,7 +363,7 @@ def test_small_rm_stages_differ_only_in_the_reward_model(preset):
 
 
 def test_every_preset_section_is_a_stage_config():
-    assert set(PRESETS) == set(FROZEN)
+    assert set(PIPELINE_PRESETS) == set(FROZEN) and set(PRESETS) == set(FROZEN) | {"gpu"}
     check_presets()
     assert stage_config("tiny_rl10", "pipeline").checkpoints == "tiny"
     assert stage_config("tiny", "pipeline").checkpoints == ""

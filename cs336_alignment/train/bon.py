@@ -173,7 +173,7 @@ def train(cfg: BoNConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = parse_config(BoNConfig, argv, "python -m cs336_alignment bon", __doc__.split("\n\n")[0])
+    cfg = parse_config(BoNConfig, argv, "python -m cs336_alignment bon", __doc__.split("\n\n")[0], "bon")
     return train(cfg)
 
 

@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from cs336_alignment.checkpoint import SHIPPED_SFT, check_resumable, read_checkpoint
 from cs336_alignment.data import DataError, load_problems_file, record_lines
-from cs336_alignment.gpu import PRESETS, preset_overrides
+from cs336_alignment.presets import PRESETS, section_overrides
 from cs336_alignment.nn_utils import AdamW, get_lr_cosine_schedule
 from cs336_alignment.preferences import conversations
 from cs336_alignment.rundir import RunLock, clean_stale_temps, prepare
@@ -94,18 +94,26 @@ def build_parser(cls: type, prog: str, description: str | None = None) -> argpar
     return parser
 
 
-def parse_config(cls: type[C], argv: list[str] | None, prog: str, description: str | None = None) -> C:
+def parse_config(cls: type[C], argv: list[str] | None, prog: str, description: str | None = None,
+                 section: str = "") -> C:
     """Parse command-line flags into `cls`; unknown flags and wrong types exit with argparse's message.
 
-    `--preset NAME` (gpu.PRESETS, e.g. gpu) first replaces the defaults of the fields it names; flags given
-    on the command line still win.
+    `--preset NAME` first replaces the defaults of the fields that preset's `section` names (presets.PRESETS, the
+    same presets the pipeline runs: `grpo --preset tiny` is the pipeline's tiny GRPO; `gpu` is for one GPU); flags
+    given on the command line still win. A key the preset sets that is not a field of `cls` is an error.
     """
     parser = build_parser(cls, prog, description)
-    parser.add_argument("--preset", default="", choices=["", *PRESETS],
-                        help="stage preset: overrides of these defaults (gpu: a 0.5B-1.5B checkpoint on one GPU)")
+    choices = [name for name, sections in PRESETS.items() if section in sections]
+    parser.add_argument("--preset", default="", choices=["", *choices],
+                        help=f"preset whose {section!r} section overrides these defaults (gpu: a 0.5B-1.5B checkpoint "
+                             "on one GPU; the pipeline's presets: its settings for this stage)")
     preset = parser.parse_known_args(argv)[0].preset
     if preset:
-        parser.set_defaults(**preset_overrides(preset, cls))
+        overrides = section_overrides(preset, section)
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"preset {preset!r}: {cls.__name__} has no fields {unknown}")
+        parser.set_defaults(**overrides)
     args = vars(parser.parse_args(argv))
     args.pop("preset")
     return cls(**args)

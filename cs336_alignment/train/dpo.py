@@ -243,7 +243,7 @@ def train(cfg: DPOConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = parse_config(DPOConfig, argv, "python -m cs336_alignment dpo", __doc__.split("\n\n")[0])
+    cfg = parse_config(DPOConfig, argv, "python -m cs336_alignment dpo", __doc__.split("\n\n")[0], "dpo")
     return train(cfg)
 
 

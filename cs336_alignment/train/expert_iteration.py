@@ -240,7 +240,7 @@ def train(cfg: EIConfig, reward_fn: Callable[[str, str], dict[str, float]] | Non
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = parse_config(EIConfig, argv, "python -m cs336_alignment ei", __doc__.split("\n\n")[0])
+    cfg = parse_config(EIConfig, argv, "python -m cs336_alignment ei", __doc__.split("\n\n")[0], "ei")
     return train(cfg)
 
 

@@ -435,7 +435,7 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = parse_config(GRPOConfig, argv, "python -m cs336_alignment grpo", __doc__.split("\n\n")[0])
+    cfg = parse_config(GRPOConfig, argv, "python -m cs336_alignment grpo", __doc__.split("\n\n")[0], "grpo")
     return train(cfg)
 
 

@@ -368,7 +368,7 @@ def train(cfg: PPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | No
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = parse_config(PPOConfig, argv, "python -m cs336_alignment ppo", __doc__.split("\n\n")[0])
+    cfg = parse_config(PPOConfig, argv, "python -m cs336_alignment ppo", __doc__.split("\n\n")[0], "ppo")
     return train(cfg)
 
 

@@ -222,7 +222,7 @@ def train(cfg: PretrainConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = parse_config(PretrainConfig, argv, "python -m cs336_alignment pretrain", __doc__.split("\n\n")[0])
+    cfg = parse_config(PretrainConfig, argv, "python -m cs336_alignment pretrain", __doc__.split("\n\n")[0], "pretrain")
     return train(cfg)
 
 

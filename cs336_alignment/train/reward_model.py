@@ -299,7 +299,7 @@ def train(cfg: RMConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = parse_config(RMConfig, argv, "python -m cs336_alignment rm", __doc__.split("\n\n")[0])
+    cfg = parse_config(RMConfig, argv, "python -m cs336_alignment rm", __doc__.split("\n\n")[0], "rm")
     return train(cfg)
 
 

@@ -324,7 +324,7 @@ def train(cfg: SFTConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = parse_config(SFTConfig, argv, "python -m cs336_alignment sft", __doc__.split("\n\n")[0])
+    cfg = parse_config(SFTConfig, argv, "python -m cs336_alignment sft", __doc__.split("\n\n")[0], "sft")
     return train(cfg)
 
 
