@@ -122,7 +122,8 @@ def test_packed_sft_dataset_matches_python_loop(numpy_snapshot, tmp_path, tok):
         assert item["input_ids"].tolist() == stream[i * seq_length: (i + 1) * seq_length]
         assert item["labels"].tolist() == stream[i * seq_length + 1: (i + 1) * seq_length + 1]
         assert item["input_ids"].dtype == torch.long and item["input_ids"].shape == (seq_length,)
-    numpy_snapshot.assert_match({key: torch.stack([dataset[i][key] for i in range(n)]) for key in ("input_ids", "labels")},
+    numpy_snapshot.assert_match({key: torch.stack([dataset[i][key] for i in range(n)])
+                                 for key in ("input_ids", "labels")},
                                 "test_packed_sft_dataset_matches_python_loop")
 
 

@@ -100,7 +100,8 @@ def test_compute_group_normalized_rewards_maxrl(numpy_snapshot):
     # MaxRL on 0/1 rewards: (r - p) / p with p the group's success rate; one success in four weighs 4x
     advantages, _ = run_compute_group_normalized_rewards(torch.tensor([1.0, 0.0, 0.0, 0.0]), 4, "mean", 0.0, "mean")
     torch.testing.assert_close(advantages, torch.tensor([3.0, -1.0, -1.0, -1.0]))
-    numpy_snapshot.assert_match({"group_means": group_means, "hand": advantages}, "test_compute_group_normalized_rewards_maxrl")
+    numpy_snapshot.assert_match({"group_means": group_means, "hand": advantages},
+                                "test_compute_group_normalized_rewards_maxrl")
 
 
 @pytest.mark.parametrize("baseline", ["mean", "none"])
