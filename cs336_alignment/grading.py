@@ -34,8 +34,8 @@ infrastructure) are kept under "extra_data" for `handout check`, which requires 
 Trust: this plugin runs in the same process as the code it scores, so a submission can rewrite anything it
 reports (its records, pytest's hooks, the assert helpers). Locally that only fools the student. On Gradescope the
 verdict is not this plugin's: handout/judge.py copies only the graded modules of a submission, runs pytest in a
-child process (as `nobody` when root) and re-derives every score in its own process (snapshots compared there,
-canary tests that must fail, test files hashed). Its docstring says what it still cannot prevent.
+child process (as `nobody` when root) and re-derives every score in its own process (snapshots compared there:
+every graded test records its outputs through one; canary tests that must fail; test files hashed). Its docstring says what it still cannot prevent.
 """
 from __future__ import annotations
 

@@ -57,7 +57,7 @@ def test_compute_group_normalized_rewards(numpy_snapshot, rollouts, normalize_by
 
 
 @pytest.mark.points(1)
-def test_group_normalized_rewards_metadata_keys(rollouts):
+def test_group_normalized_rewards_metadata_keys(numpy_snapshot, rollouts):
     """The metadata keys the docstring names (the GRPO loop and notebook 04 read them), with their values."""
     responses, truths, group_size = rollouts
     _, _, metadata = run_compute_group_normalized_rewards(
@@ -72,11 +72,13 @@ def test_group_normalized_rewards_metadata_keys(rollouts):
     for key, value in expected.items():
         assert isinstance(metadata[key], float), f"{key}: a Python float, not {type(metadata[key]).__name__}"
         assert math.isclose(metadata[key], value, rel_tol=1e-5, abs_tol=1e-6), key
+    numpy_snapshot.assert_match({key.replace("/", "_"): metadata[key] for key in sorted(metadata)},
+                                "test_group_normalized_rewards_metadata_keys")
 
 
 @pytest.mark.points(1)
 @pytest.mark.parametrize("advantage_eps", [1e-6, 0.0])
-def test_equal_rewards_give_zero_advantages_not_nan(advantage_eps):
+def test_equal_rewards_give_zero_advantages_not_nan(numpy_snapshot, advantage_eps):
     """Invariance 9: a group whose rewards are all equal carries no signal: advantages exactly 0."""
     rewards = {"a": 0.1, "b": 1.0, "c": 0.0}
     responses = ["a"] * 4 + ["b", "c", "b", "c"] + ["b"] * 4                   # groups: all 0.1, mixed, all 1
@@ -86,10 +88,11 @@ def test_equal_rewards_give_zero_advantages_not_nan(advantage_eps):
     assert torch.isfinite(advantages).all(), "no NaN or inf"
     assert (advantages[:4] == 0).all() and (advantages[8:] == 0).all(), "an all-equal group must give exactly 0"
     assert (advantages[4:8].abs() > 0.5).all(), "the mixed group keeps its signal"
+    numpy_snapshot.assert_match(advantages, f"test_equal_rewards_give_zero_advantages_not_nan_eps{advantage_eps:g}")
 
 
 @pytest.mark.points(1)
-def test_rloo_advantages():
+def test_rloo_advantages(numpy_snapshot):
     rewards = torch.tensor([1.0, 0.0, 0.5, 0.0, 2.0, 4.0, 6.0, 8.0])
     out = compute_rloo_advantages(rewards, group_size=4)
     expected = []
@@ -102,6 +105,7 @@ def test_rloo_advantages():
     # RLOO = G / (G - 1) * (r - group mean): the plain mean baseline shrinks the advantage.
     group_mean = rewards.view(2, 4).mean(-1, keepdim=True)
     torch.testing.assert_close(out, (4 / 3 * (rewards.view(2, 4) - group_mean)).view(-1), msg="RLOO identity")
+    numpy_snapshot.assert_match(out, "test_rloo_advantages")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -148,33 +152,37 @@ def test_compute_gae(numpy_snapshot, gae_inputs, gamma, lam):
 
 
 @pytest.mark.points(1)
-def test_gae_lambda1_gamma1_is_reward_to_go_minus_value(gae_inputs):
+def test_gae_lambda1_gamma1_is_reward_to_go_minus_value(numpy_snapshot, gae_inputs):
     rewards, values, mask = gae_inputs
     advantages, returns = run_compute_gae(rewards, values, mask, 1.0, 1.0)
     masked_rewards = torch.where(mask, rewards, 0.0)
     reward_to_go = masked_rewards.flip(-1).cumsum(-1).flip(-1)                # sum_{t' >= t} r_t'
     torch.testing.assert_close(advantages, torch.where(mask, reward_to_go - values, 0.0), msg="lambda = 1")
     torch.testing.assert_close(returns, torch.where(mask, reward_to_go, 0.0), msg="returns = reward-to-go")
+    numpy_snapshot.assert_match({"advantages": advantages, "returns": returns},
+                                "test_gae_lambda1_gamma1_is_reward_to_go_minus_value")
 
 
 @pytest.mark.points(1)
-def test_gae_outputs_are_detached(gae_inputs):
+def test_gae_outputs_are_detached(numpy_snapshot, gae_inputs):
     """Advantages and returns are targets: no gradient may flow from them into the value model."""
     rewards, values, mask = gae_inputs
     values = values.clone().requires_grad_()
     advantages, returns = run_compute_gae(rewards=rewards.clone().requires_grad_(), values=values,
                                           response_mask=mask, gamma=0.99, lam=0.95)
     assert not advantages.requires_grad and not returns.requires_grad, "detach GAE's outputs (see the docstring)"
+    numpy_snapshot.assert_match({"advantages": advantages, "returns": returns}, "test_gae_outputs_are_detached")
 
 
 @pytest.mark.points(1)
-def test_gae_lambda0_is_td_error():
+def test_gae_lambda0_is_td_error(numpy_snapshot):
     rewards = torch.tensor([[0.0, 1.0, 2.0, 0.0]])
     values = torch.tensor([[9.0, 0.5, 0.25, 9.0]])
     mask = torch.tensor([[False, True, True, False]])
     advantages, _ = run_compute_gae(rewards, values, mask, 0.5, 0.0)
     # t=1: 1 + 0.5 * 0.25 - 0.5 = 0.625; t=2 (last): 2 + 0 - 0.25 = 1.75
     torch.testing.assert_close(advantages, torch.tensor([[0.0, 0.625, 1.75, 0.0]]))
+    numpy_snapshot.assert_match(advantages, "test_gae_lambda0_is_td_error")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -182,7 +190,7 @@ def test_gae_lambda0_is_td_error():
 # ---------------------------------------------------------------------------------------------------------
 
 @pytest.mark.points(1)
-def test_whiten():
+def test_whiten(numpy_snapshot):
     values = 5.0 + 2.0 * torch.randn(3, 8)
     mask = torch.rand(3, 8) > 0.3
     out = run_whiten(values, mask)
@@ -194,6 +202,8 @@ def test_whiten():
     torch.testing.assert_close(kept.mean(), values[mask].mean(), msg="shift_mean=False keeps the mean")
     unmasked = run_whiten(values)                                            # no mask: every entry
     torch.testing.assert_close(unmasked, (values - values.mean()) / torch.sqrt(values.var() + 1e-8))
+    numpy_snapshot.assert_match({"masked": out, "no_shift": run_whiten(values, mask, shift_mean=False),
+                                 "unmasked": unmasked}, "test_whiten")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -224,7 +234,7 @@ def test_kl_shaped_rewards(numpy_snapshot):
 
 
 @pytest.mark.points(1)
-def test_missing_eos_penalty():
+def test_missing_eos_penalty(numpy_snapshot):
     eos, end = 5, 6
     response_ids = torch.tensor([[1, 2, 5, 0], [1, 2, 3, 4], [6, 0, 0, 0], [1, 5, 0, 0]])
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 0, 0, 0], [1, 0, 0, 0]])   # row 3: EOS is padding
@@ -233,6 +243,9 @@ def test_missing_eos_penalty():
     torch.testing.assert_close(out, torch.tensor([1.0, -1.0, 1.0, -1.0]))
     out = apply_missing_eos_penalty(scores, response_ids, mask, eos, penalty=2.0)
     torch.testing.assert_close(out, torch.tensor([1.0, -1.0, -1.0, -1.0]))
+    numpy_snapshot.assert_match({"eos": out, "eos_or_end": apply_missing_eos_penalty(scores, response_ids, mask,
+                                                                                      [eos, end], penalty=2.0)},
+                                "test_missing_eos_penalty")
 
 
 def test_group_normalize_rejects_bad_group_size():

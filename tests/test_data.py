@@ -44,7 +44,7 @@ def write_lines(path, lines: list[str]):
 # tokenize_prompt_and_output (graded)
 
 @pytest.mark.points(2)
-def test_tokenize_prompt_and_output_by_hand():
+def test_tokenize_prompt_and_output_by_hand(numpy_snapshot):
     out = run_tokenize_prompt_and_output(prompt_strs=["ab", "c"], output_strs=["x", "yz"],
                                          tokenizer=CharTokenizer())
     a, b, c, x, y, z = map(ord, "abcxyz")
@@ -61,10 +61,11 @@ def test_tokenize_prompt_and_output_by_hand():
     assert out["labels"].tolist() == [[b, c, x, y], [z, 0, 0, 0]]
     assert out["response_mask"].tolist() == [[False, False, True, True], [True, False, False, False]]
     assert out["input_ids"].dtype == torch.long and out["response_mask"].dtype == torch.bool
+    numpy_snapshot.assert_match(dict(out), "test_tokenize_prompt_and_output_by_hand")
 
 
 @pytest.mark.points(2)
-def test_tokenize_prompt_and_output_seam(tok):
+def test_tokenize_prompt_and_output_seam(numpy_snapshot, tok):
     problems = generate_problems(16, "train", seed=11)
     prompts = [tok.apply_chat_template([{"role": "user", "content": p["question"]}], add_generation_prompt=True)
                for p in problems]
@@ -86,6 +87,7 @@ def test_tokenize_prompt_and_output_seam(tok):
                                       {"role": "assistant", "content": problems[0]["answer"]}])
     n = len(ids) - 1
     assert out["input_ids"][0, :n].tolist() == ids[:-1] and out["response_mask"][0, :n].tolist() == assistant_mask[1:]
+    numpy_snapshot.assert_match(dict(out), "test_tokenize_prompt_and_output_seam")
 
 
 def test_tokenize_prompt_and_output_rejects_empty():
@@ -101,7 +103,7 @@ def test_tokenize_prompt_and_output_rejects_empty():
 # Packed SFT dataset and batches (graded)
 
 @pytest.mark.points(2)
-def test_packed_sft_dataset_matches_python_loop(tmp_path, tok):
+def test_packed_sft_dataset_matches_python_loop(numpy_snapshot, tmp_path, tok):
     problems = generate_problems(7, "train", seed=2)
     path = tmp_path / "sft.jsonl"
     write_jsonl(path, problems)
@@ -120,10 +122,13 @@ def test_packed_sft_dataset_matches_python_loop(tmp_path, tok):
         assert item["input_ids"].tolist() == stream[i * seq_length: (i + 1) * seq_length]
         assert item["labels"].tolist() == stream[i * seq_length + 1: (i + 1) * seq_length + 1]
         assert item["input_ids"].dtype == torch.long and item["input_ids"].shape == (seq_length,)
+    numpy_snapshot.assert_match({key: torch.stack([dataset[i][key] for i in range(n)])
+                                 for key in ("input_ids", "labels")},
+                                "test_packed_sft_dataset_matches_python_loop")
 
 
 @pytest.mark.points(1)
-def test_packed_sft_dataset_shuffle_permutes_documents(tmp_path, tok):
+def test_packed_sft_dataset_shuffle_permutes_documents(numpy_snapshot, tmp_path, tok):
     conversations = sft_examples(9, seed=4)
     path = tmp_path / "sft.jsonl"
     write_jsonl(path, [{"messages": c} for c in conversations])
@@ -143,10 +148,13 @@ def test_packed_sft_dataset_shuffle_permutes_documents(tmp_path, tok):
         position += len(doc)
     file_order = [tuple(tok.render(c)[0] + [tok.eos_token_id]) for c in conversations]
     assert order != file_order[: len(order)]                                    # seeded: not the file order
+    # The order is the implementation's own (seeded): only what any correct shuffle gives is recorded.
+    numpy_snapshot.assert_match({"length": len(stream), "items": len(dataset)},
+                                "test_packed_sft_dataset_shuffle_permutes_documents")
 
 
 @pytest.mark.points(2)
-def test_iterate_batches(tmp_path):
+def test_iterate_batches(numpy_snapshot, tmp_path):
     from cs336_alignment.data import TensorDictDataset
     dataset = TensorDictDataset(input_ids=torch.arange(30).view(10, 3), labels=torch.arange(30).view(10, 3) + 1)
     loader = run_iterate_batches(dataset=dataset, batch_size=4, shuffle=False)
@@ -159,6 +167,9 @@ def test_iterate_batches(tmp_path):
     shuffled = torch.cat([b["input_ids"] for b in run_iterate_batches(dataset=dataset, batch_size=3, shuffle=True)])
     assert sorted(shuffled[:, 0].tolist()) == list(range(0, 30, 3))                            # each item once
     assert not torch.equal(shuffled, torch.arange(30).view(10, 3))                              # seeded: not sorted
+    numpy_snapshot.assert_match({"input_ids": torch.cat([b["input_ids"] for b in batches]),
+                                 "labels": torch.cat([b["labels"] for b in batches]),
+                                 "shuffled_sorted": shuffled[:, 0].sort().values}, "test_iterate_batches")
 
 
 # ----------------------------------------------------------------------------

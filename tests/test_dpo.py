@@ -47,11 +47,12 @@ def test_dpo_loss_sigmoid(numpy_snapshot, logps, beta):
 
 
 @pytest.mark.points(1)
-def test_dpo_loss_is_log2_when_policy_equals_reference(logps):
+def test_dpo_loss_is_log2_when_policy_equals_reference(numpy_snapshot, logps):
     pc, pr, _, _ = logps
     loss, metrics = run_dpo_loss(pc, pr, pc.clone(), pr.clone(), beta=0.3)
     torch.testing.assert_close(loss, torch.tensor(math.log(2)), msg="h = 0 gives -log sigma(0) = log 2")
     assert metrics["dpo/margin"] == 0 and metrics["dpo/accuracy"] == 0
+    numpy_snapshot.assert_match({"loss": loss, **metrics}, "test_dpo_loss_is_log2_when_policy_equals_reference")
 
 
 @pytest.mark.points(2)
@@ -83,14 +84,18 @@ def test_ipo_loss(numpy_snapshot, logps):
 
 @pytest.mark.points(1)
 @pytest.mark.parametrize("loss_type,label_smoothing", [("sigmoid", 0.0), ("sigmoid", 0.1), ("ipo", 0.0)])
-def test_dpo_loss_gradcheck(logps, loss_type, label_smoothing):
+def test_dpo_loss_gradcheck(numpy_snapshot, logps, loss_type, label_smoothing):
     inputs = tuple(t.double().requires_grad_() for t in logps)
     assert torch.autograd.gradcheck(
         lambda *x: run_dpo_loss(*x, beta=0.2, loss_type=loss_type, label_smoothing=label_smoothing)[0], inputs)
+    loss = run_dpo_loss(*inputs, beta=0.2, loss_type=loss_type, label_smoothing=label_smoothing)[0]
+    loss.backward()
+    numpy_snapshot.assert_match({"loss": loss, **{f"grad{i}": x.grad for i, x in enumerate(inputs)}},
+                                f"test_dpo_loss_gradcheck_{loss_type}_ls{label_smoothing:g}")
 
 
 @pytest.mark.points(1)
-def test_dpo_metrics_are_detached(logps):
+def test_dpo_metrics_are_detached(numpy_snapshot, logps):
     """The metrics are for logging: none may hold the graph (or a caller's .backward() would reach them)."""
     leaves = [x.clone().requires_grad_() for x in logps]
     loss, metrics = run_dpo_loss(*leaves, beta=0.1)
@@ -98,12 +103,14 @@ def test_dpo_metrics_are_detached(logps):
     assert {"dpo/chosen_reward", "dpo/rejected_reward", "dpo/margin"} <= set(metrics)
     for key, value in metrics.items():
         assert not (isinstance(value, torch.Tensor) and value.requires_grad), f"metrics[{key!r}] is not detached"
+    numpy_snapshot.assert_match({"loss": loss, **metrics}, "test_dpo_metrics_are_detached")
 
 
 @pytest.mark.points(1)
-def test_dpo_implicit_rewards():
+def test_dpo_implicit_rewards(numpy_snapshot):
     out = dpo_implicit_rewards(torch.tensor([-3.0, -10.0]), torch.tensor([-4.0, -8.0]), beta=0.5)
     torch.testing.assert_close(out, torch.tensor([0.5, -1.0]), msg="beta * (log pi - log pi_ref)")
+    numpy_snapshot.assert_match(out, "test_dpo_implicit_rewards")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -157,12 +164,13 @@ def test_compute_per_instance_dpo_loss(numpy_snapshot):
 
 
 @pytest.mark.points(1)
-def test_per_instance_dpo_is_log2_against_itself():
+def test_per_instance_dpo_is_log2_against_itself(numpy_snapshot):
     from cs336_alignment.tokenizer import load_tokenizer
     tokenizer = load_tokenizer()
     lm = _tiny_lm(tokenizer.vocab_size, 3)
     loss = run_compute_per_instance_dpo_loss(lm, copy.deepcopy(lm), tokenizer, 0.1, PROMPT, CHOSEN, REJECTED)
     torch.testing.assert_close(loss, torch.tensor(math.log(2)), atol=1e-5, rtol=0, msg="policy = reference")
+    numpy_snapshot.assert_match(loss, "test_per_instance_dpo_is_log2_against_itself", atol=1e-5)
 
 
 def test_sequence_log_probs_keeps_float64():

@@ -36,7 +36,7 @@ def _naive(rewards: list[float], group_size: int, baseline: str, eps: float, nor
     return out
 
 
-def _check(baseline: str, normalizer: str, eps: float = 1e-6) -> None:
+def _check(baseline: str, normalizer: str, eps: float = 1e-6) -> torch.Tensor:
     rewards = torch.tensor(REWARDS)
     out = run_compute_group_normalized_rewards(raw_rewards=rewards, group_size=G, baseline=baseline,
                                                advantage_eps=eps, advantage_normalizer=normalizer)
@@ -46,6 +46,7 @@ def _check(baseline: str, normalizer: str, eps: float = 1e-6) -> None:
     expected = torch.tensor(_naive(REWARDS, G, baseline, eps, normalizer))
     torch.testing.assert_close(advantages, expected, rtol=1e-5, atol=1e-6,
                                msg=f"baseline={baseline}, normalizer={normalizer} differ from the naive formula")
+    return advantages
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -53,7 +54,7 @@ def _check(baseline: str, normalizer: str, eps: float = 1e-6) -> None:
 # ---------------------------------------------------------------------------------------------------------
 
 @pytest.mark.points(1)
-def test_compute_rollout_rewards():
+def test_compute_rollout_rewards(numpy_snapshot):
     responses = [f"x{i}={r}" for i, r in enumerate(REWARDS)]
     truths = ["7"] * 8 + ["3"] * 4
     raw, metadata = run_compute_rollout_rewards(reward_fn=_reward_fn, rollout_responses=responses,
@@ -66,6 +67,8 @@ def test_compute_rollout_rewards():
                 "reward/answer_reward_mean": statistics.mean(s["answer_reward"] for s in scores)}
     for key, value in expected.items():
         assert math.isclose(float(metadata[key]), value, rel_tol=1e-6, abs_tol=1e-7), key
+    numpy_snapshot.assert_match({"raw": raw, **{key.replace("/", "_"): float(metadata[key]) for key in expected}},
+                                "test_compute_rollout_rewards")
 
 
 def test_compute_rollout_rewards_rejects_mismatched_lists():
@@ -78,23 +81,27 @@ def test_compute_rollout_rewards_rejects_mismatched_lists():
 # ---------------------------------------------------------------------------------------------------------
 
 @pytest.mark.points(1)
-def test_compute_group_normalized_rewards_grpo():
-    _check("mean", "std")
-    _check("mean", "std", eps=0.1)              # eps is added to the std, not to its square
+def test_compute_group_normalized_rewards_grpo(numpy_snapshot):
+    advantages = _check("mean", "std")
+    advantages_eps = _check("mean", "std", eps=0.1)              # eps is added to the std, not to its square
+    numpy_snapshot.assert_match({"eps_default": advantages, "eps_tenth": advantages_eps},
+                                "test_compute_group_normalized_rewards_grpo")
 
 
 @pytest.mark.points(0.5)
 @pytest.mark.parametrize("baseline", ["mean", "none"])
-def test_compute_group_normalized_rewards_drgrpo(baseline):
-    _check(baseline, "none")
+def test_compute_group_normalized_rewards_drgrpo(numpy_snapshot, baseline):
+    numpy_snapshot.assert_match(_check(baseline, "none"), f"test_compute_group_normalized_rewards_drgrpo_{baseline}")
 
 
 @pytest.mark.points(0.5)
-def test_compute_group_normalized_rewards_maxrl():
-    _check("mean", "mean")
+def test_compute_group_normalized_rewards_maxrl(numpy_snapshot):
+    group_means = _check("mean", "mean")
     # MaxRL on 0/1 rewards: (r - p) / p with p the group's success rate; one success in four weighs 4x
     advantages, _ = run_compute_group_normalized_rewards(torch.tensor([1.0, 0.0, 0.0, 0.0]), 4, "mean", 0.0, "mean")
     torch.testing.assert_close(advantages, torch.tensor([3.0, -1.0, -1.0, -1.0]))
+    numpy_snapshot.assert_match({"group_means": group_means, "hand": advantages},
+                                "test_compute_group_normalized_rewards_maxrl")
 
 
 @pytest.mark.parametrize("baseline", ["mean", "none"])

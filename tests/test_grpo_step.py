@@ -117,7 +117,8 @@ def run_step(model, tokenizer, accumulation, max_grad_norm, lr=0.1, **kwargs):
     return loss, metadata
 
 
-def assert_same_step(model, tokenizer, accumulation, max_grad_norm, oracle_kwargs, step_kwargs):
+def assert_same_step(model, tokenizer, accumulation, max_grad_norm, oracle_kwargs, step_kwargs) -> dict:
+    """The step equals the oracle's; returns its loss, grad_norm and parameters (flattened) for a snapshot."""
     before = [p.detach().clone() for p in model.parameters()]
     loss, norm, expected = naive_step(copy.deepcopy(model), tokenizer, max_grad_norm, **oracle_kwargs)
     out, metadata = run_step(model, tokenizer, accumulation, max_grad_norm, **step_kwargs)
@@ -126,6 +127,8 @@ def assert_same_step(model, tokenizer, accumulation, max_grad_norm, oracle_kwarg
     assert max(float((a - b).abs().max()) for a, b in zip(before, expected)) > 1e-4, "the step must move"
     for got, want in zip(model.parameters(), expected):
         torch.testing.assert_close(got.detach(), want, rtol=0, atol=1e-6)
+    return {"loss": float(out), "grad_norm": float(metadata["grad_norm"]),
+            "params": torch.cat([p.detach().flatten() for p in model.parameters()])}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -134,10 +137,11 @@ def assert_same_step(model, tokenizer, accumulation, max_grad_norm, oracle_kwarg
 
 @pytest.mark.points(5)
 @pytest.mark.parametrize("accumulation", [1, 2, 4])
-def test_grpo_train_step_standard_on_policy(hf_tokenizer, accumulation):
+def test_grpo_train_step_standard_on_policy(numpy_snapshot, hf_tokenizer, accumulation):
     """GRPO (mean baseline, std normaliser, per-sequence mean): one full-batch step for 1, 2 and 4 micro-batches,
     with the gradient clipped (max_grad_norm below the norm)."""
-    assert_same_step(tiny_gpt2(), hf_tokenizer, accumulation, 0.05, {}, {})
+    step = assert_same_step(tiny_gpt2(), hf_tokenizer, accumulation, 0.05, {}, {})
+    numpy_snapshot.assert_match(step, f"test_grpo_train_step_standard_on_policy_acc{accumulation}")
 
 
 VARIANTS = {"dr_grpo": dict(baseline="mean", advantage_normalizer="none", loss_normalization="constant",
@@ -150,7 +154,7 @@ VARIANTS = {"dr_grpo": dict(baseline="mean", advantage_normalizer="none", loss_n
 
 @pytest.mark.points(2.5)
 @pytest.mark.parametrize("name", sorted(VARIANTS))
-def test_grpo_train_step_variants_on_policy(hf_tokenizer, name):
+def test_grpo_train_step_variants_on_policy(numpy_snapshot, hf_tokenizer, name):
     """Every baseline, normaliser and aggregation; rows with advantage exactly 0 never reach the model (fewer
     tokens through the forward pass) and the parameters are those of the step with every row."""
     v = VARIANTS[name]
@@ -158,17 +162,19 @@ def test_grpo_train_step_variants_on_policy(hf_tokenizer, name):
     forwarded = []
     model.register_forward_pre_hook(lambda module, args, kwargs: forwarded.append(  # not the oracle's copy
         (args[0] if args else kwargs["input_ids"]).numel()) if module is model else None, with_kwargs=True)
-    assert_same_step(model, hf_tokenizer, 2, None,
-                     dict(baseline=v["baseline"], normalizer=v["advantage_normalizer"],
-                          loss_normalization=v["loss_normalization"], constant=v.get("normalization_constant")), v)
+    step = assert_same_step(model, hf_tokenizer, 2, None,
+                            dict(baseline=v["baseline"], normalizer=v["advantage_normalizer"],
+                                 loss_normalization=v["loss_normalization"],
+                                 constant=v.get("normalization_constant")), v)
     full = naive_batch(hf_tokenizer, [p for p in PROMPTS for _ in range(G)], RESPONSES)[0].numel()
     assert 0 < sum(forwarded) < full, f"{sum(forwarded)} tokens through the model, the whole batch has {full}: " \
                                       "rows with advantage exactly 0 must be skipped"
+    numpy_snapshot.assert_match(step, f"test_grpo_train_step_variants_on_policy_{name}")
 
 
 @pytest.mark.points(2.5)
 @pytest.mark.parametrize("method", ["noclip", "grpo", "gspo"])
-def test_grpo_train_step_off_policy(hf_tokenizer, method):
+def test_grpo_train_step_off_policy(numpy_snapshot, hf_tokenizer, method):
     """Old log-probs of another policy (per full batch, aligned with the tokenised batch), clipped at 0.1."""
     model, old_model = tiny_gpt2(0), tiny_gpt2(1)
     with torch.no_grad():
@@ -176,8 +182,9 @@ def test_grpo_train_step_off_policy(hf_tokenizer, method):
             p.copy_(q + 0.05 * torch.randn_like(q))
         input_ids, labels, _ = naive_batch(hf_tokenizer, [p for p in PROMPTS for _ in range(G)], RESPONSES)
         old = log_probs_of(old_model, input_ids, labels)                                    # (N, T)
-    assert_same_step(model, hf_tokenizer, 2, 1.0, dict(method=method, old=old, cliprange=0.1),
-                     dict(importance_reweighting_method=method, old_log_probs=old, cliprange=0.1))
+    step = assert_same_step(model, hf_tokenizer, 2, 1.0, dict(method=method, old=old, cliprange=0.1),
+                            dict(importance_reweighting_method=method, old_log_probs=old, cliprange=0.1))
+    numpy_snapshot.assert_match(step, f"test_grpo_train_step_off_policy_{method}")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -80,17 +80,20 @@ def test_compute_entropy(numpy_snapshot):
 
 
 @pytest.mark.points(1)
-def test_compute_entropy_hand_computed():
+def test_compute_entropy_hand_computed(numpy_snapshot):
     uniform = torch.zeros(4, 10)  # H = log 10
     torch.testing.assert_close(run_compute_entropy(logits=uniform), torch.full((4,), math.log(10.0)),
                                msg="uniform distribution")
     two_way = torch.tensor([[0.0, 0.0, -1e4]])  # third token has probability e^-10000 = 0: H = log 2
     torch.testing.assert_close(run_compute_entropy(logits=two_way), torch.tensor([math.log(2.0)]),
                                msg="two equally likely tokens")
+    numpy_snapshot.assert_match({"uniform": run_compute_entropy(logits=uniform),
+                                 "two_way": run_compute_entropy(logits=two_way)},
+                                "test_compute_entropy_hand_computed")
 
 
 @pytest.mark.points(1)
-def test_compute_entropy_is_stable_for_huge_logits():
+def test_compute_entropy_is_stable_for_huge_logits(numpy_snapshot):
     logits = torch.tensor([[1e4, 1e4, -1e4, 0.0], [5e4, 0.0, 0.0, 0.0]])
     assert torch.isnan(naive_entropy(logits)).any()  # the textbook formula breaks here ...
     entropy = run_compute_entropy(logits=logits)  # ... compute_entropy must not
@@ -99,6 +102,8 @@ def test_compute_entropy_is_stable_for_huge_logits():
     shifted = torch.randn(3, 8)
     torch.testing.assert_close(run_compute_entropy(logits=shifted + 1000.0), oracle_entropy(shifted).float(),
                                atol=1e-3, rtol=0, msg="shift invariance")
+    numpy_snapshot.assert_match(entropy, "test_compute_entropy_is_stable_for_huge_logits")   # not the shifted case:
+    # float32 holds x + 1000 to ~1e-4 only, looser than the judge's tolerance
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -125,7 +130,7 @@ def test_get_response_log_probs(numpy_snapshot, hf_style):
 
 @pytest.mark.points(2)
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_get_response_log_probs_fused_path(temperature):
+def test_get_response_log_probs_fused_path(numpy_snapshot, temperature):
     """A model with lm_head + return_hidden goes through the fused kernel: same values and gradients."""
     model = TinyHiddenLM()
     input_ids, labels = ids_and_labels()
@@ -143,11 +148,14 @@ def test_get_response_log_probs_fused_path(temperature):
                                    msg="token_entropy")
     for a, b in zip(fused_grads, plain_grads):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg="gradients of the fused and plain paths")
+    numpy_snapshot.assert_match({f"{path}_{key}": out[key] for path, out in (("fused", fused), ("plain", plain))
+                                 for key in ("log_probs", "token_entropy")},
+                                f"test_get_response_log_probs_fused_path_t{temperature:g}")
 
 
 @pytest.mark.points(1)
 @pytest.mark.parametrize("fused", [True, False])
-def test_log_probs_alone_equal_log_probs_in_a_right_padded_batch(fused):
+def test_log_probs_alone_equal_log_probs_in_a_right_padded_batch(numpy_snapshot, fused):
     """Invariance: padding after a sequence cannot change its per-token log-probs (causal model)."""
     from cs336_alignment.model import TransformerConfig, TransformerLM
 
@@ -165,10 +173,11 @@ def test_log_probs_alone_equal_log_probs_in_a_right_padded_batch(fused):
                                    msg="log_probs alone vs in the padded batch")
         torch.testing.assert_close(out["token_entropy"][i, :n], alone["token_entropy"][0], atol=1e-6, rtol=1e-6,
                                    msg="entropy alone vs in the padded batch")
+    numpy_snapshot.assert_match(dict(out), f"test_log_probs_alone_equal_log_probs_in_a_right_padded_batch_fused{fused}")
 
 
 @pytest.mark.points(1)
-def test_sampler_log_probs_equal_recomputed_log_probs():
+def test_sampler_log_probs_equal_recomputed_log_probs(numpy_snapshot):
     """Invariance: generate's log-probs at temperature 0.7 are what a trainer recomputes at 0.7."""
     from cs336_alignment.generation import generate
     from cs336_alignment.model import TransformerConfig, TransformerLM
@@ -184,6 +193,8 @@ def test_sampler_log_probs_equal_recomputed_log_probs():
             out = get_response_log_probs(model, full[:, :-1], full[:, 1:], temperature=0.7)
         torch.testing.assert_close(out["log_probs"][0, len(prompt) - 1:], sampled, atol=1e-5, rtol=1e-5,
                                    msg="sampler vs recomputed log-probs")
+    numpy_snapshot.assert_match({"last_recomputed": out["log_probs"], "sampled": torch.cat(list(gen.logprobs))},
+                                "test_sampler_log_probs_equal_recomputed_log_probs")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ def _reduce_over(tensor, mask, dim):
 # ---------------------------------------------------------------------------------------------------------
 
 @pytest.mark.points(1)
-def test_masked_mean_hand_computed():
+def test_masked_mean_hand_computed(numpy_snapshot):
     tensor = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
     mask = torch.tensor([[True, True, False], [False, False, True]])
     torch.testing.assert_close(run_masked_mean(tensor, mask), torch.tensor(3.0), msg="dim=None")   # (1+2+6)/3
@@ -48,6 +48,10 @@ def test_masked_mean_hand_computed():
     # A 0/1 float mask means the same as a bool mask.
     torch.testing.assert_close(run_masked_mean(tensor, mask.float(), dim=1), torch.tensor([1.5, 6.0]),
                                msg="float mask")
+    numpy_snapshot.assert_match({"all": run_masked_mean(tensor, mask), "dim1": run_masked_mean(tensor, mask, dim=1),
+                                 "dim0": run_masked_mean(tensor, mask, dim=0),
+                                 "float_mask": run_masked_mean(tensor, mask.float(), dim=1)},
+                                "test_masked_mean_hand_computed")
 
 
 @pytest.mark.points(2)
@@ -63,12 +67,13 @@ def test_masked_mean(numpy_snapshot, tensor_and_mask, dim):
 
 
 @pytest.mark.points(1)
-def test_masked_mean_empty_slice_is_nan():
+def test_masked_mean_empty_slice_is_nan(numpy_snapshot):
     tensor = torch.randn(2, 3)
     mask = torch.tensor([[True, False, True], [False, False, False]])
     out = run_masked_mean(tensor, mask, dim=-1)
     assert torch.isfinite(out[0]), "a row with masked entries must be finite"
     assert torch.isnan(out[1]), "a row without masked entries is 0/0 = NaN (do not clamp the count)"
+    numpy_snapshot.assert_match(out, "test_masked_mean_empty_slice_is_nan")
 
 
 # Padding may hold NaN or -inf (e.g. log-probs of pad tokens): neither the value nor the gradient may see it.
@@ -77,9 +82,10 @@ PAD_MASK = [[True, False, True], [False, True, True]]
 UPSTREAM = [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]                                   # d loss / d out (not all equal)
 
 
-def _padding_contract(reduce, expected_value, expected_grad) -> None:
+def _padding_contract(reduce, expected_value, expected_grad) -> dict[str, torch.Tensor]:
     """`reduce(tensor, mask)` on PADDED: the value, and the gradient of its sum (UPSTREAM-weighted when the output
-    has the input's shape), are the expected ones; a NaN or -inf that leaks (`tensor * mask`: NaN * 0 = NaN) fails."""
+    has the input's shape), are the expected ones; a NaN or -inf that leaks (`tensor * mask`: NaN * 0 = NaN) fails.
+    Returns {"value", "grad"} for the test's snapshot."""
     tensor = torch.tensor(PADDED, dtype=torch.float64, requires_grad=True)
     out = reduce(tensor, torch.tensor(PAD_MASK))
     torch.testing.assert_close(out.detach(), expected_value, msg="masked-out NaN/-inf leaked into the value")
@@ -87,6 +93,7 @@ def _padding_contract(reduce, expected_value, expected_grad) -> None:
     (out * (weights if out.shape == weights.shape else 1.0)).sum().backward()
     torch.testing.assert_close(tensor.grad, expected_grad, msg="masked-out NaN/-inf leaked into the gradient "
                                                                 "(it must be finite, and 0 where masked out)")
+    return {"value": out.detach(), "grad": tensor.grad}
 
 
 def _whiten_oracle(shift_mean: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,21 +110,26 @@ def _whiten_oracle(shift_mean: bool) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.points(1)
-def test_masked_mean_ignores_nonfinite_masked_out_entries():
+def test_masked_mean_ignores_nonfinite_masked_out_entries(numpy_snapshot):
     mask = torch.tensor(PAD_MASK, dtype=torch.float64)
-    _padding_contract(lambda t, m: run_masked_mean(t, m, dim=-1), torch.tensor([2.0, 3.0], dtype=torch.float64),
-                      mask / 2)                                 # d mean / d x = mask / count (2 per row)
-    _padding_contract(lambda t, m: run_masked_mean(t, m), torch.tensor(2.5, dtype=torch.float64), mask / 4)
+    rows = _padding_contract(lambda t, m: run_masked_mean(t, m, dim=-1),
+                             torch.tensor([2.0, 3.0], dtype=torch.float64),
+                             mask / 2)                          # d mean / d x = mask / count (2 per row)
+    every = _padding_contract(lambda t, m: run_masked_mean(t, m), torch.tensor(2.5, dtype=torch.float64), mask / 4)
+    numpy_snapshot.assert_match({"rows_value": rows["value"], "rows_grad": rows["grad"], "all_value": every["value"],
+                                 "all_grad": every["grad"]}, "test_masked_mean_ignores_nonfinite_masked_out_entries")
 
 
 @pytest.mark.points(1)
-def test_masked_mean_gradcheck(tensor_and_mask):
+def test_masked_mean_gradcheck(numpy_snapshot, tensor_and_mask):
     tensor, mask = tensor_and_mask
     x = tensor.double().requires_grad_()
     for dim in (None, 0, 1):
         assert torch.autograd.gradcheck(lambda t: run_masked_mean(t, mask, dim), (x,)), f"dim={dim}"
     # A constant passes gradcheck too: the value must also be right.
     torch.testing.assert_close(run_masked_mean(x, mask), x[mask].mean(), msg="value")
+    numpy_snapshot.assert_match({f"dim{dim}": run_masked_mean(x, mask, dim) for dim in (None, 0, 1)},
+                                "test_masked_mean_gradcheck")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -138,22 +150,27 @@ def test_masked_normalize(numpy_snapshot, tensor_and_mask, dim, normalize_consta
 
 
 @pytest.mark.points(1)
-def test_masked_normalize_gradcheck(tensor_and_mask):
+def test_masked_normalize_gradcheck(numpy_snapshot, tensor_and_mask):
     tensor, mask = tensor_and_mask
     x = tensor.double().requires_grad_()
     assert torch.autograd.gradcheck(lambda t: run_masked_normalize(t, mask, -1, 7.0), (x,))
     assert torch.autograd.gradcheck(lambda t: run_masked_normalize(t, mask, None, 0.5), (x,))
     torch.testing.assert_close(run_masked_normalize(x, mask, None, 0.5), x[mask].sum() / 0.5, msg="value")
+    numpy_snapshot.assert_match({"rows": run_masked_normalize(x, mask, -1, 7.0),
+                                 "all": run_masked_normalize(x, mask, None, 0.5)}, "test_masked_normalize_gradcheck")
 
 
 @pytest.mark.points(1)
-def test_masked_normalize_ignores_nonfinite_masked_out_entries():
+def test_masked_normalize_ignores_nonfinite_masked_out_entries(numpy_snapshot):
     mask = torch.tensor(PAD_MASK, dtype=torch.float64)
-    _padding_contract(lambda t, m: run_masked_normalize(t, m, dim=-1, normalize_constant=2.0),
-                      torch.tensor([2.0, 3.0], dtype=torch.float64),
-                      mask / 2)                                 # d (sum / c) / d x = mask / c
-    _padding_contract(lambda t, m: run_masked_normalize(t, m, normalize_constant=4.0),
-                      torch.tensor(2.5, dtype=torch.float64), mask / 4)
+    rows = _padding_contract(lambda t, m: run_masked_normalize(t, m, dim=-1, normalize_constant=2.0),
+                             torch.tensor([2.0, 3.0], dtype=torch.float64),
+                             mask / 2)                          # d (sum / c) / d x = mask / c
+    every = _padding_contract(lambda t, m: run_masked_normalize(t, m, normalize_constant=4.0),
+                              torch.tensor(2.5, dtype=torch.float64), mask / 4)
+    numpy_snapshot.assert_match({"rows_value": rows["value"], "rows_grad": rows["grad"], "all_value": every["value"],
+                                 "all_grad": every["grad"]},
+                                "test_masked_normalize_ignores_nonfinite_masked_out_entries")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -180,7 +197,7 @@ def test_masked_whiten(numpy_snapshot, tensor_and_mask, shift_mean):
 
 
 @pytest.mark.points(1)
-def test_masked_whiten_gradcheck(tensor_and_mask):
+def test_masked_whiten_gradcheck(numpy_snapshot, tensor_and_mask):
     tensor, mask = tensor_and_mask
     x = tensor.double().requires_grad_()
     assert torch.autograd.gradcheck(lambda t: run_masked_whiten(t, mask, True), (x,))
@@ -188,12 +205,15 @@ def test_masked_whiten_gradcheck(tensor_and_mask):
     out = run_masked_whiten(x, mask, True)
     torch.testing.assert_close(out[mask].mean(), torch.zeros((), dtype=torch.float64), msg="whitened mean")
     torch.testing.assert_close(out[mask].var(), torch.ones((), dtype=torch.float64), msg="whitened variance")
+    numpy_snapshot.assert_match({"shift": out, "no_shift": run_masked_whiten(x, mask, False)},
+                                "test_masked_whiten_gradcheck")
 
 
 @pytest.mark.points(1)
 @pytest.mark.parametrize("shift_mean", [True, False])
-def test_masked_whiten_ignores_nonfinite_masked_out_entries(shift_mean):
-    _padding_contract(lambda t, m: run_masked_whiten(t, m, shift_mean), *_whiten_oracle(shift_mean))
+def test_masked_whiten_ignores_nonfinite_masked_out_entries(numpy_snapshot, shift_mean):
+    result = _padding_contract(lambda t, m: run_masked_whiten(t, m, shift_mean), *_whiten_oracle(shift_mean))
+    numpy_snapshot.assert_match(result, f"test_masked_whiten_ignores_nonfinite_masked_out_entries_shift{shift_mean}")
 
 
 def test_masked_whiten_needs_two_entries():
@@ -222,11 +242,11 @@ def _whiten_before_the_fix(values, mask, shift_mean=True, eps=1e-8):
      lambda tensor, mask, dim=None: (tensor * mask).sum(dim=dim) / mask.sum(dim=dim)),
     (test_masked_normalize_ignores_nonfinite_masked_out_entries, "run_masked_normalize",
      lambda tensor, mask, dim=None, normalize_constant=1.0: (tensor * mask).sum(dim=dim) / normalize_constant),
-    (lambda: test_masked_whiten_ignores_nonfinite_masked_out_entries(True), "run_masked_whiten",
+    (lambda snapshot: test_masked_whiten_ignores_nonfinite_masked_out_entries(snapshot, True), "run_masked_whiten",
      _whiten_before_the_fix),
 ], ids=["mean: tensor * mask", "normalize: tensor * mask", "whiten: the old reference"])
-def test_the_padding_contract_fails_on_a_planted_mistake(monkeypatch, test, name, planted):
+def test_the_padding_contract_fails_on_a_planted_mistake(monkeypatch, numpy_snapshot, test, name, planted):
     monkeypatch.setitem(globals(), name, planted)
     with pytest.raises(AssertionError, match="leaked into the"):
-        test()
+        test(numpy_snapshot)
 # END INSTRUCTOR

@@ -57,7 +57,7 @@ def _naive_loss(method, a, lp, old, eps, mask):
 
 @pytest.mark.points(1)
 @pytest.mark.parametrize("shape", ["(B,)", "(B, 1)"])
-def test_compute_policy_gradient_loss_on_policy(batch, shape):
+def test_compute_policy_gradient_loss_on_policy(numpy_snapshot, batch, shape):
     log_probs, _, advantages, _ = batch
     a = advantages if shape == "(B,)" else advantages[:, None]
     x = log_probs.clone().requires_grad_(True)
@@ -66,11 +66,13 @@ def test_compute_policy_gradient_loss_on_policy(batch, shape):
     torch.testing.assert_close(loss, _naive_loss("none", advantages, log_probs, log_probs, 0.2, torch.ones(B, T)))
     loss.sum().backward()
     torch.testing.assert_close(x.grad, -advantages[:, None].expand(B, T), msg="d loss / d log pi = -A")
+    numpy_snapshot.assert_match({"loss": loss, "grad": x.grad},
+                                f"test_compute_policy_gradient_loss_on_policy_{'B' if shape == '(B,)' else 'B1'}")
 
 
 @pytest.mark.points(1)
 @pytest.mark.parametrize("method", ["noclip", "grpo"])
-def test_compute_policy_gradient_loss_off_policy(batch, method):
+def test_compute_policy_gradient_loss_off_policy(numpy_snapshot, batch, method):
     log_probs, old, advantages, mask = batch
     loss, metadata = run_compute_policy_gradient_loss(
         raw_rewards_or_advantages=advantages[:, None], policy_log_probs=log_probs,
@@ -80,10 +82,11 @@ def test_compute_policy_gradient_loss_off_policy(batch, method):
     assert torch.autograd.gradcheck(
         lambda x: run_compute_policy_gradient_loss(advantages, x, method, old, 0.2, mask)[0],
         (log_probs.clone().requires_grad_(True),))
+    numpy_snapshot.assert_match(loss, f"test_compute_policy_gradient_loss_off_policy_{method}")
 
 
 @pytest.mark.points(1)
-def test_compute_policy_gradient_loss_off_policy_gspo(batch):
+def test_compute_policy_gradient_loss_off_policy_gspo(numpy_snapshot, batch):
     log_probs, old, advantages, mask = batch
     x = log_probs.clone().requires_grad_(True)
     loss, metadata = run_compute_policy_gradient_loss(advantages, x, "gspo", old, 0.2, mask)
@@ -102,6 +105,8 @@ def test_compute_policy_gradient_loss_off_policy_gspo(batch):
     torch.testing.assert_close(big, torch.full((1, n), -math.exp(0.05), dtype=torch.float64))
     big.sum().backward()
     assert torch.isfinite(lp.grad).all()
+    numpy_snapshot.assert_match({"loss": loss, "big": big, "big_grad": lp.grad},
+                                "test_compute_policy_gradient_loss_off_policy_gspo")
 
 
 def test_cispo_weight_is_clipped_above_and_detached(batch):
@@ -182,7 +187,7 @@ def test_2025_loss_types_map_onto_the_methods(batch, loss_type, method):
 # ---------------------------------------------------------------------------------------------------------
 
 @pytest.mark.points(0.5)
-def test_aggregate_loss_across_microbatch_sequence(batch):
+def test_aggregate_loss_across_microbatch_sequence(numpy_snapshot, batch):
     _, _, _, mask = batch
     per_token = torch.randn(B, T, dtype=torch.float64)
     per_token[~mask] = float("nan")                                          # padding must not leak
@@ -190,10 +195,11 @@ def test_aggregate_loss_across_microbatch_sequence(batch):
                                                loss_normalization="sequence")
     rows = [sum(float(per_token[b, t]) for t in range(T) if mask[b, t]) / int(mask[b].sum()) for b in range(B)]
     assert out.dim() == 0 and float(out) == pytest.approx(sum(rows) / B)
+    numpy_snapshot.assert_match(out, "test_aggregate_loss_across_microbatch_sequence")
 
 
 @pytest.mark.points(0.5)
-def test_aggregate_loss_across_microbatch_constant(batch):
+def test_aggregate_loss_across_microbatch_constant(numpy_snapshot, batch):
     _, _, _, mask = batch
     per_token = torch.randn(B, T, dtype=torch.float64)
     per_token[~mask] = float("nan")
@@ -205,6 +211,7 @@ def test_aggregate_loss_across_microbatch_constant(batch):
     x = torch.zeros(B, T, dtype=torch.float64, requires_grad=True)
     run_aggregate_loss_across_microbatch(x, mask, "constant", 17.0).backward()
     torch.testing.assert_close(x.grad, mask.double() / 17.0)
+    numpy_snapshot.assert_match({"loss": out, "grad": x.grad}, "test_aggregate_loss_across_microbatch_constant")
 
 
 def test_aggregate_errors(batch):

@@ -80,7 +80,7 @@ def test_compute_grpo_clip_loss(numpy_snapshot, batch, cliprange):
 
 
 @pytest.mark.points(1)
-def test_compute_grpo_clip_loss_gradcheck(batch):
+def test_compute_grpo_clip_loss_gradcheck(numpy_snapshot, batch):
     policy_log_probs, old_log_probs, _, advantages, _ = batch
     x = policy_log_probs.double().requires_grad_()
     # cliprange 0.2: some tokens are clipped (zero gradient) and none sits on a kink (|rho - 1| = 0.2 exactly).
@@ -88,6 +88,7 @@ def test_compute_grpo_clip_loss_gradcheck(batch):
     assert torch.autograd.gradcheck(f, (x,))
     loss, metadata = run_compute_grpo_clip_loss(advantages, x.float(), old_log_probs, 0.2)
     assert metadata["clipped"].any() and not metadata["clipped"].all(), "fixture should clip some tokens"
+    numpy_snapshot.assert_match({"loss": loss, "clipped": metadata["clipped"]}, "test_compute_grpo_clip_loss_gradcheck")
 
 
 @pytest.mark.points(2)
@@ -110,7 +111,7 @@ def test_compute_policy_gradient_loss(numpy_snapshot, batch, loss_type):
 
 
 @pytest.mark.points(1)
-def test_compute_policy_gradient_loss_grpo_no_clip_hand_example():
+def test_compute_policy_gradient_loss_grpo_no_clip_hand_example(numpy_snapshot):
     """GRPO-No-Clip (CS336 a5 grpo_off_policy_clip_ablation): -rho * A, rho = pi / pi_old, never clipped.
     Hand example: ratios 2, 1/2 and 1 (far outside a 0.2 clip range for the first two), advantages +1 and -3."""
     old = torch.log(torch.tensor([[0.2, 0.4, 0.5], [0.1, 0.3, 0.6]], dtype=torch.float64))
@@ -139,6 +140,8 @@ def test_compute_policy_gradient_loss_grpo_no_clip_hand_example():
     with pytest.raises(ValueError, match="old_log_probs"):
         run_compute_policy_gradient_loss(policy_log_probs=new, loss_type="grpo_no_clip", raw_rewards=None,
                                          advantages=advantages, old_log_probs=None, cliprange=0.2)
+    numpy_snapshot.assert_match({"loss": loss, "grad": new.grad, "ratio": metadata["ratio"], "clipped": clipped},
+                                "test_compute_policy_gradient_loss_grpo_no_clip_hand_example")
 
 
 def test_grpo_microbatch_train_step_grpo_no_clip(batch):
@@ -195,7 +198,7 @@ def test_grpo_microbatch_train_step(numpy_snapshot, batch, loss_type):
 
 @pytest.mark.points(2)
 @pytest.mark.parametrize("length_normalization", ["sequence", "constant"])
-def test_grpo_accumulation_8x1_equals_1x8(length_normalization):
+def test_grpo_accumulation_8x1_equals_1x8(numpy_snapshot, length_normalization):
     """Invariance 7: 8 micro-batches of 1 with 8 accumulation steps == 1 micro-batch of 8 with 1 step."""
     policy = _TinyPolicy()
     input_ids, labels = torch.randint(0, 13, (8, 6)), torch.randint(0, 13, (8, 6))
@@ -216,10 +219,13 @@ def test_grpo_accumulation_8x1_equals_1x8(length_normalization):
         grpo_microbatch_train_step(policy(input_ids[b:b + 1], labels[b:b + 1]), mask[b:b + 1], 8, **kwargs, **extra)
     for g_full, p in zip(full, policy.parameters()):
         torch.testing.assert_close(p.grad, g_full, msg="accumulated gradients differ")
+    numpy_snapshot.assert_match({"full": torch.cat([g.flatten() for g in full]),
+                                 "accumulated": torch.cat([p.grad.flatten() for p in policy.parameters()])},
+                                f"test_grpo_accumulation_8x1_equals_1x8_{length_normalization}")
 
 
 @pytest.mark.points(2)
-def test_dr_grpo_constant_normalizer_is_length_independent():
+def test_dr_grpo_constant_normalizer_is_length_independent(numpy_snapshot):
     """Invariance 8: under Dr. GRPO's constant normalizer a token's gradient does not depend on its sequence's
     length; under GRPO's per-sequence mean it does (1 / |o_i|)."""
     from cs336_alignment.grpo_loss import grpo_microbatch_train_step
@@ -237,10 +243,11 @@ def test_dr_grpo_constant_normalizer_is_length_independent():
     s = grads["sequence"]
     torch.testing.assert_close(s[0, :2], torch.full((2,), -1.0 / (2 * 2 * 3)), msg="GRPO: 1 / |o_i|")
     torch.testing.assert_close(s[1], torch.full((5,), -1.0 / (2 * 5 * 3)), msg="GRPO: 1 / |o_i|")
+    numpy_snapshot.assert_match(grads, "test_dr_grpo_constant_normalizer_is_length_independent")
 
 
 @pytest.mark.points(2)
-def test_ratio_is_one_before_first_update():
+def test_ratio_is_one_before_first_update(numpy_snapshot):
     """Invariance 5: with the rollout policy's own log-probs, rho == 1 exactly, nothing is clipped, and the
     clipped surrogate has the REINFORCE gradient."""
     policy = _TinyPolicy()
@@ -260,6 +267,8 @@ def test_ratio_is_one_before_first_update():
     y = new.detach().requires_grad_()
     run_compute_naive_policy_gradient_loss(advantages, y).sum().backward()
     torch.testing.assert_close(x.grad, y.grad, msg="at rho = 1 the gradient is REINFORCE's")
+    numpy_snapshot.assert_match({"loss": loss, "ratio": metadata["ratio"], "grad": x.grad},
+                                "test_ratio_is_one_before_first_update")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -314,7 +323,7 @@ def test_compute_ppo_value_loss(numpy_snapshot, batch):
 
 
 @pytest.mark.points(1)
-def test_entropy_bonus():
+def test_entropy_bonus(numpy_snapshot):
     entropy = torch.tensor([[1.0, 2.0, 9.0], [3.0, 9.0, 9.0]])
     mask = torch.tensor([[True, True, False], [True, False, False]])
     loss, metrics = compute_entropy_bonus(entropy, mask)
@@ -322,6 +331,7 @@ def test_entropy_bonus():
     torch.testing.assert_close(metrics["policy/entropy"], torch.tensor(2.0))
     x = entropy.double().requires_grad_()
     assert torch.autograd.gradcheck(lambda e: compute_entropy_bonus(e, mask)[0], (x,))
+    numpy_snapshot.assert_match({"loss": loss, "entropy": metrics["policy/entropy"]}, "test_entropy_bonus")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -336,15 +346,17 @@ def two_categoricals():
 
 
 @pytest.mark.points(1)
-def test_kl_estimate_hand_computed():
+def test_kl_estimate_hand_computed(numpy_snapshot):
     log_p, log_q = torch.tensor([math.log(0.5)]), torch.tensor([math.log(0.25)])   # r = q / p = 0.5
     torch.testing.assert_close(run_kl_estimate(log_p, log_q, "k1"), torch.tensor([math.log(2)]))
     torch.testing.assert_close(run_kl_estimate(log_p, log_q, "k2"), torch.tensor([0.5 * math.log(2) ** 2]))
     torch.testing.assert_close(run_kl_estimate(log_p, log_q, "k3"), torch.tensor([0.5 - 1 + math.log(2)]))
+    numpy_snapshot.assert_match({kind: run_kl_estimate(log_p, log_q, kind) for kind in ("k1", "k2", "k3")},
+                                "test_kl_estimate_hand_computed")
 
 
 @pytest.mark.points(2)
-def test_kl_estimators_expectation_and_sample_mean(two_categoricals):
+def test_kl_estimators_expectation_and_sample_mean(numpy_snapshot, two_categoricals):
     p, q, kl = two_categoricals
     log_p, log_q = p.log(), q.log()
     # Exact expectations under p: k1 and k3 are unbiased.
@@ -362,20 +374,26 @@ def test_kl_estimators_expectation_and_sample_mean(two_categoricals):
     k3 = run_kl_estimate(log_p[samples], log_q[samples], "k3")
     k1 = run_kl_estimate(log_p[samples], log_q[samples], "k1")
     assert k3.std() < k1.std(), "k3 has lower variance than k1 here"
+    numpy_snapshot.assert_match(
+        {**{f"expectation_{kind}": (p * run_kl_estimate(log_p, log_q, kind)).sum() for kind in ("k1", "k2", "k3")},
+         **{f"sample_mean_{kind}": run_kl_estimate(log_p[samples], log_q[samples], kind).double().mean()
+            for kind in ("k1", "k2", "k3")}}, "test_kl_estimators_expectation_and_sample_mean")
 
 
 @pytest.mark.points(1)
-def test_k3_is_nonnegative():
+def test_k3_is_nonnegative(numpy_snapshot):
     log_p, log_q = 3 * torch.randn(1000), 3 * torch.randn(1000)
     assert (run_kl_estimate(log_p, log_q, "k3") >= 0).all()
     assert (run_kl_estimate(log_p, log_q, "k2") >= 0).all()
     assert (run_kl_estimate(log_p, log_q, "k1") < 0).any(), "k1 can be negative (sanity check of the fixture)"
     x = log_p[:5].double().requires_grad_()
     assert torch.autograd.gradcheck(lambda lp: run_kl_estimate(lp, log_q[:5].double(), "k3"), (x,))
+    numpy_snapshot.assert_match({kind: run_kl_estimate(log_p, log_q, kind) for kind in ("k1", "k2", "k3")},
+                                "test_k3_is_nonnegative")
 
 
 @pytest.mark.points(1)
-def test_adaptive_kl_controller():
+def test_adaptive_kl_controller(numpy_snapshot):
     ctl = AdaptiveKLController(value=0.1, target=6.0, horizon=10000)
     assert ctl.update(current_kl=12.0, n_steps=256) == pytest.approx(0.1 * (1 + 0.2 * 256 / 10000))   # clipped +0.2
     ctl = AdaptiveKLController(value=0.1, target=6.0, horizon=10000)
@@ -383,6 +401,10 @@ def test_adaptive_kl_controller():
     ctl = AdaptiveKLController(value=0.1, target=6.0, horizon=10000)
     assert ctl.update(current_kl=0.0, n_steps=100) == pytest.approx(0.1 * (1 - 0.2 * 100 / 10000))    # clipped -0.2
     assert ctl.value == pytest.approx(0.1 * 0.998)
+    numpy_snapshot.assert_match(
+        {"high": AdaptiveKLController(value=0.1, target=6.0, horizon=10000).update(current_kl=12.0, n_steps=256),
+         "near": AdaptiveKLController(value=0.1, target=6.0, horizon=10000).update(current_kl=6.6, n_steps=256),
+         "value_after_low": ctl.value}, "test_adaptive_kl_controller")
 
 
 def test_policy_gradient_loss_rejects_missing_arguments(batch):

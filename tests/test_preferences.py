@@ -37,7 +37,7 @@ def _close(actual, expected, msg, atol=1e-9):
 # ---------------------------------------------------------------------------------------------------------
 
 @pytest.mark.points(1)
-def test_preference_probability():
+def test_preference_probability(numpy_snapshot):
     _close(preference_probability(1.0, 0.5, tau=0.25), 1 / (1 + math.exp(-2.0)), "sigma((u_a - u_b) / tau)")
     _close(preference_probability(0.3, 0.3, tau=0.1), 0.5, "equal utilities: a coin flip")
     for ua, ub, tau in [(0.2, 1.0, 0.5), (3.0, -1.0, 2.0)]:
@@ -48,28 +48,38 @@ def test_preference_probability():
     assert preference_probability(1e4, 0.0, tau=1e-3) == 1.0 and preference_probability(0.0, 1e4, tau=1e-3) == 0.0
     with pytest.raises(ValueError):
         preference_probability(0.0, 1.0, tau=-1.0)
+    numpy_snapshot.assert_match([preference_probability(ua, ub, tau) for ua, ub, tau in
+                                 [(1.0, 0.5, 0.25), (0.3, 0.3, 0.1), (0.2, 1.0, 0.5), (3.0, -1.0, 2.0), (1.0, 0.0, 0.0),
+                                  (0.0, 0.0, 0.0), (1e4, 0.0, 1e-3), (0.0, 1e4, 1e-3)]], "test_preference_probability")
 
 
 @pytest.mark.points(1)
-def test_annotator_without_noise_picks_higher_utility():
+def test_annotator_without_noise_picks_higher_utility(numpy_snapshot):
     annotator, rng = Annotator(tau=0.0), random.Random(0)
     u = {r: annotator.utility(r, "#### 9", n_tokens=10) for r in (RIGHT, WRONG_FORMATTED, NO_FORMAT)}
     assert u[RIGHT] > u[WRONG_FORMATTED] > u[NO_FORMAT], "gold, then format and valid steps"
     for a, b in itertools.permutations(u, 2):
         assert all(annotator.prefers_first(u[a], u[b], rng) == (u[a] > u[b]) for _ in range(50))
+    numpy_snapshot.assert_match({"utilities": [u[r] for r in (RIGHT, WRONG_FORMATTED, NO_FORMAT)],
+                                 "prefers_first": [annotator.prefers_first(u[a], u[b], rng)
+                                                   for a, b in itertools.permutations(u, 2)]},
+                                "test_annotator_without_noise_picks_higher_utility")
 
 
 @pytest.mark.points(1)
-def test_label_frequencies_match_bradley_terry():
+def test_label_frequencies_match_bradley_terry(numpy_snapshot):
     annotator, rng, n = Annotator(tau=0.25), random.Random(1), 4000
     for du in (0.0, 0.1, 0.25, 0.6):
         p = 1 / (1 + math.exp(-du / 0.25))
         freq = sum(annotator.prefers_first(du, 0.0, rng) for _ in range(n)) / n
         assert abs(freq - p) < 4 * math.sqrt(p * (1 - p) / n) + 1e-9, "label frequency is sigma(du / tau)"
+    # The labels themselves depend on how the implementation draws from rng: only sigma(du / tau) is recorded.
+    numpy_snapshot.assert_match([preference_probability(du, 0.0, 0.25) for du in (0.0, 0.1, 0.25, 0.6)],
+                                "test_label_frequencies_match_bradley_terry")
 
 
 @pytest.mark.points(1)
-def test_length_bias_flips_preference_to_longer():
+def test_length_bias_flips_preference_to_longer(numpy_snapshot):
     short_right, long_wrong = RIGHT, WRONG_FORMATTED + "\n" + "\n".join(["1 + 1 = 2"] * 10)
     n_short, n_long = 12, 80
     fair, biased = Annotator(tau=0.0), Annotator(tau=0.0, length_bias=0.05)
@@ -79,6 +89,8 @@ def test_length_bias_flips_preference_to_longer():
     assert fair.prefers_first(*u_fair, rng), "without bias the right answer wins"
     assert not biased.prefers_first(*u_biased, rng), "with length bias the long wrong answer wins"
     _close(u_biased[1] - u_fair[1], 0.05 * n_long, "the bias adds length_bias per token")
+    numpy_snapshot.assert_match({"fair": list(u_fair), "biased": list(u_biased)},
+                                "test_length_bias_flips_preference_to_longer")
 
 
 def test_step_validity():
@@ -93,7 +105,7 @@ def test_step_validity():
 # ---------------------------------------------------------------------------------------------------------
 
 @pytest.mark.points(1)
-def test_expected_calibration_error_hand_example():
+def test_expected_calibration_error_hand_example(numpy_snapshot):
     probs = torch.tensor([0.12, 0.15, 0.82, 0.91, 0.95], dtype=torch.float64)
     labels = torch.tensor([0, 1, 1, 1, 0])
     # 2 bins: [0.12, 0.15] -> |1/2 - 0.135| * 2/5 = 0.146;  [0.82, 0.91, 0.95] -> |2/3 - 0.89333| * 3/5 = 0.136
@@ -102,25 +114,34 @@ def test_expected_calibration_error_hand_example():
     _close(expected_calibration_error(probs, labels, n_bins=10), 0.354, "ECE with 10 bins", atol=1e-6)
     _close(expected_calibration_error(torch.full((4,), 0.5), torch.tensor([1, 0, 1, 0])), 0.0, "calibrated")
     _close(expected_calibration_error(torch.tensor([1.0, 1.0]), torch.tensor([1, 0])), 0.5, "p = 1 in the last bin")
+    numpy_snapshot.assert_match([expected_calibration_error(probs, labels, n_bins=2),
+                                 expected_calibration_error(probs, labels, n_bins=10),
+                                 expected_calibration_error(torch.full((4,), 0.5), torch.tensor([1, 0, 1, 0])),
+                                 expected_calibration_error(torch.tensor([1.0, 1.0]), torch.tensor([1, 0]))],
+                                "test_expected_calibration_error_hand_example")
 
 
 @pytest.mark.points(1)
-def test_pairwise_calibration_error():
+def test_pairwise_calibration_error(numpy_snapshot):
     # r_c - r_r = log 3 -> p = 0.75 (label 1) and 0.25 (label 0): bins 7 and 2, each off by 0.25.
     chosen, rejected = torch.tensor([math.log(3.0)]), torch.tensor([0.0])
     _close(pairwise_calibration_error(chosen, rejected), 0.25, "both orders of the pair", atol=1e-6)
     # Four pairs at p = 0.75 of which three are right-ordered: calibrated.
     chosen, rejected = torch.tensor([math.log(3.0)] * 3 + [0.0]), torch.tensor([0.0] * 3 + [math.log(3.0)])
     _close(pairwise_calibration_error(chosen, rejected), 0.0, "3 of 4 pairs at p = 0.75 are right", atol=1e-6)
+    numpy_snapshot.assert_match([pairwise_calibration_error(torch.tensor([math.log(3.0)]), torch.tensor([0.0])),
+                                 pairwise_calibration_error(chosen, rejected)], "test_pairwise_calibration_error")
 
 
 @pytest.mark.points(1)
-def test_distinct_n():
+def test_distinct_n(numpy_snapshot):
     seqs = [[1, 2, 3], [1, 2, 4]]
     _close(distinct_n(seqs, 2), 3 / 4, "bigrams (1,2) (2,3) (1,2) (2,4)")
     _close(distinct_n(seqs, 1), 4 / 6, "unigrams")
     _close(distinct_n([[5, 5, 5, 5]], 2), 1 / 3, "one bigram repeated")
     assert distinct_n([[1], []], 2) == 0.0
+    numpy_snapshot.assert_match([distinct_n(seqs, 2), distinct_n(seqs, 1), distinct_n([[5, 5, 5, 5]], 2),
+                                 distinct_n([[1], []], 2)], "test_distinct_n")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -139,7 +160,7 @@ def _exact_bon_kl(n: int, m: int) -> float:
 
 
 @pytest.mark.points(1)
-def test_best_of_n_kl_against_exact_computation():
+def test_best_of_n_kl_against_exact_computation(numpy_snapshot):
     _close(best_of_n_kl(1), 0.0, "best-of-1 is the policy")
     _close(best_of_n_kl(2), math.log(2) - 0.5, "log 2 - 1/2")
     for n in (2, 4, 16, 64):
@@ -149,10 +170,12 @@ def test_best_of_n_kl_against_exact_computation():
     # With few distinct outcomes the bound is loose: 2 equally likely responses, best-of-4 -> KL = 0.459 < 0.636.
     _close(_exact_bon_kl(4, m=2), 15 / 16 * math.log(15 / 8) + 1 / 16 * math.log(1 / 8), "exact KL, 2 outcomes")
     assert _exact_bon_kl(4, m=2) < best_of_n_kl(4) - 0.1, "ties make the closed form loose"
+    numpy_snapshot.assert_match([best_of_n_kl(n) for n in (1, 2, 4, 16, 64)],
+                                "test_best_of_n_kl_against_exact_computation")
 
 
 @pytest.mark.points(1)
-def test_pass_at_k_against_enumeration():
+def test_pass_at_k_against_enumeration(numpy_snapshot):
     n = 6
     for c in range(n + 1):
         correct = [1] * c + [0] * (n - c)
@@ -160,6 +183,8 @@ def test_pass_at_k_against_enumeration():
             subsets = list(itertools.combinations(correct, k))
             brute = sum(max(s) for s in subsets) / len(subsets)
             _close(pass_at_k(n, c, k), brute, f"pass@{k} with {c}/{n} right", atol=1e-12)
+    numpy_snapshot.assert_match([[pass_at_k(n, c, k) for k in range(1, n + 1)] for c in range(n + 1)],
+                                "test_pass_at_k_against_enumeration")
 
 
 def test_best_of_n_weights_against_enumeration():

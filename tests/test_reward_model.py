@@ -43,28 +43,35 @@ def test_bradley_terry_loss_hand_computed(numpy_snapshot):
 
 
 @pytest.mark.points(1)
-def test_bradley_terry_loss_gradcheck():
+def test_bradley_terry_loss_gradcheck(numpy_snapshot):
     chosen = torch.randn(5, dtype=torch.float64, requires_grad=True)
     rejected = torch.randn(5, dtype=torch.float64, requires_grad=True)
     margin = torch.rand(5, dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda c, r: run_bradley_terry_loss(c, r, margin, 0.05)[0], (chosen, rejected))
+    loss = run_bradley_terry_loss(chosen, rejected, margin, 0.05)[0]
+    loss.backward()
+    numpy_snapshot.assert_match({"loss": loss, "grad_chosen": chosen.grad, "grad_rejected": rejected.grad},
+                                "test_bradley_terry_loss_gradcheck")
 
 
 @pytest.mark.points(1)
-def test_bradley_terry_loss_is_shift_invariant_without_centering():
+def test_bradley_terry_loss_is_shift_invariant_without_centering(numpy_snapshot):
     chosen, rejected = torch.randn(6), torch.randn(6)
     loss, _ = run_bradley_terry_loss(chosen, rejected)
     shifted, _ = run_bradley_terry_loss(chosen + 7.0, rejected + 7.0)
     torch.testing.assert_close(loss, shifted, msg="only differences matter")
     centered, _ = run_bradley_terry_loss(chosen + 7.0, rejected + 7.0, center_coef=0.01)
     assert centered > shifted + 1.0, "the centering term penalizes the shift"
+    numpy_snapshot.assert_match({"loss": loss, "shifted": shifted, "centered": centered},
+                                "test_bradley_terry_loss_is_shift_invariant_without_centering")
 
 
 @pytest.mark.points(1)
-def test_reward_accuracy():
+def test_reward_accuracy(numpy_snapshot):
     chosen = torch.tensor([1.0, 2.0, 3.0, 0.0])
     rejected = torch.tensor([0.0, 2.0, 4.0, -1.0])
     torch.testing.assert_close(reward_accuracy(chosen, rejected), torch.tensor((1 + 0.5 + 0 + 1) / 4))
+    numpy_snapshot.assert_match(reward_accuracy(chosen, rejected), "test_reward_accuracy")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -93,13 +100,17 @@ def test_plackett_luce_loss(numpy_snapshot, top_k):
 
 
 @pytest.mark.points(1)
-def test_listwise_losses_reduce_to_bradley_terry_for_two():
+def test_listwise_losses_reduce_to_bradley_terry_for_two(numpy_snapshot):
     chosen, rejected = torch.randn(5), torch.randn(5)
     bt, _ = run_bradley_terry_loss(chosen, rejected)
     torch.testing.assert_close(plackett_luce_loss(torch.stack([chosen, rejected], -1)), bt, msg="K = 2")
     ranked = torch.randn(5, 4)                                     # best-of-K = cross-entropy on the best
     torch.testing.assert_close(plackett_luce_loss(ranked, top_k=1),
                                torch.nn.functional.cross_entropy(ranked, torch.zeros(5, dtype=torch.long)))
+    numpy_snapshot.assert_match({"bradley_terry": bt,
+                                 "plackett_luce_k2": plackett_luce_loss(torch.stack([chosen, rejected], -1)),
+                                 "top1": plackett_luce_loss(ranked, top_k=1)},
+                                "test_listwise_losses_reduce_to_bradley_terry_for_two")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -112,7 +123,7 @@ def _tiny_config():
 
 
 @pytest.mark.points(3)
-def test_reward_model_reads_last_real_token_whatever_the_padding():
+def test_reward_model_reads_last_real_token_whatever_the_padding(numpy_snapshot):
     """Invariance 3: the score of a sequence does not change with padding side or amount."""
     from cs336_alignment.reward_model import RewardModel
     rm = RewardModel(_tiny_config()).eval()
@@ -131,10 +142,13 @@ def test_reward_model_reads_last_real_token_whatever_the_padding():
                 assert rewards.shape == (3,), "one reward per sequence"
                 torch.testing.assert_close(rewards, alone, atol=1e-5, rtol=1e-5, msg=f"{side} padding to {pad_to}")
         torch.testing.assert_close(rm(seqs[1][None]), alone[1:2], msg="no mask: the last position")
+    with torch.no_grad():
+        numpy_snapshot.assert_match({"alone": alone, "left_padded_to_14": rewards, "no_mask": rm(seqs[1][None])},
+                                    "test_reward_model_reads_last_real_token_whatever_the_padding", atol=1e-5)
 
 
 @pytest.mark.points(1)
-def test_reward_model_from_lm_copies_the_trunk():
+def test_reward_model_from_lm_copies_the_trunk(numpy_snapshot):
     from cs336_alignment.model import TransformerLM
     from cs336_alignment.reward_model import RewardModel
     lm = TransformerLM(_tiny_config())
@@ -149,6 +163,8 @@ def test_reward_model_from_lm_copies_the_trunk():
     loss, _ = run_bradley_terry_loss(rm(ids[:1]), rm(ids[1:]))
     loss.backward()
     assert rm.head.weight.grad is not None and rm.trunk.layers[0].attn.q_proj.weight.grad is not None
+    numpy_snapshot.assert_match({"rewards": before, "loss": loss, "head_grad": rm.head.weight.grad},
+                                "test_reward_model_from_lm_copies_the_trunk", atol=1e-5)
 
 
 def test_reward_model_likelihood_term_is_head_plus_a_times_mean_response_log_prob():

@@ -39,20 +39,26 @@ class _TinyPolicy(torch.nn.Module):
 # ---------------------------------------------------------------------------------------------------------
 
 @pytest.mark.points(1)
-def test_sft_loss_hand_computed():
+def test_sft_loss_hand_computed(numpy_snapshot):
     log_probs = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -0.25, -4.0]])
     mask = torch.tensor([[False, True, True], [True, True, False]])
     # example 0: 2 + 3 = 5; example 1: 0.5 + 0.25 = 0.75; mean over the batch = 2.875
     torch.testing.assert_close(sft_loss(log_probs, mask), torch.tensor(2.875), msg="plain sum")
     torch.testing.assert_close(sft_loss(log_probs, mask, normalize_constant=5.0), torch.tensor(0.575),
                                msg="normalize_constant")
+    numpy_snapshot.assert_match({"sum": sft_loss(log_probs, mask),
+                                 "constant": sft_loss(log_probs, mask, normalize_constant=5.0)},
+                                "test_sft_loss_hand_computed")
 
 
 @pytest.mark.points(1)
-def test_sft_loss_gradcheck(log_probs_and_mask):
+def test_sft_loss_gradcheck(numpy_snapshot, log_probs_and_mask):
     log_probs, mask = log_probs_and_mask
     x = log_probs.double().requires_grad_()
     assert torch.autograd.gradcheck(lambda t: sft_loss(t, mask, 3.0), (x,))
+    loss = sft_loss(x, mask, 3.0)
+    loss.backward()
+    numpy_snapshot.assert_match({"loss": loss, "grad": x.grad}, "test_sft_loss_gradcheck")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -86,17 +92,19 @@ def test_sft_microbatch_train_step(numpy_snapshot, log_probs_and_mask, gradient_
 
 
 @pytest.mark.points(1)
-def test_sft_microbatch_train_step_accumulates_grad(log_probs_and_mask):
+def test_sft_microbatch_train_step_accumulates_grad(numpy_snapshot, log_probs_and_mask):
     log_probs, mask = log_probs_and_mask
     policy_log_probs = log_probs.clone().requires_grad_()
     run_sft_microbatch_train_step(policy_log_probs, mask, 2)
     once = policy_log_probs.grad.clone()
     run_sft_microbatch_train_step(policy_log_probs, mask, 2)
     torch.testing.assert_close(policy_log_probs.grad, 2 * once, msg="a second call must add to .grad")
+    numpy_snapshot.assert_match({"once": once, "twice": policy_log_probs.grad},
+                                "test_sft_microbatch_train_step_accumulates_grad")
 
 
 @pytest.mark.points(2)
-def test_sft_accumulation_8x1_equals_1x8():
+def test_sft_accumulation_8x1_equals_1x8(numpy_snapshot):
     """Invariance: 8 micro-batches of 1 with 8 accumulation steps == 1 micro-batch of 8 with 1 step."""
     policy = _TinyPolicy()
     input_ids = torch.randint(0, 13, (8, 6))
@@ -112,3 +120,6 @@ def test_sft_accumulation_8x1_equals_1x8():
                                       normalize_constant=6.0)
     for g_full, p in zip(full, policy.parameters()):
         torch.testing.assert_close(p.grad, g_full, msg="accumulated gradients differ")
+    numpy_snapshot.assert_match({"full": torch.cat([g.flatten() for g in full]),
+                                 "accumulated": torch.cat([p.grad.flatten() for p in policy.parameters()])},
+                                "test_sft_accumulation_8x1_equals_1x8")

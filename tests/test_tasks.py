@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import re
 
+import numpy as np
 import pytest
 
 from cs336_alignment.tasks import (ENDOFTEXT, MAX_OPERAND, MAX_VALUE, explained_answer, format_raw_prompt,
@@ -17,6 +18,12 @@ from cs336_alignment.verifier import gold_reward, process_rewards, step_is_valid
 from tests.adapters import run_parse_gsm8k_response, run_parse_mmlu_response
 
 PART = "1.1 Answer parsing and gold reward"
+
+
+def _codes(strings: list[str | None]) -> np.ndarray:
+    """Strings as a snapshot can compare them: one row of code points each, padded with -1; None is a row of -2."""
+    width = max(len(v) for v in strings if v is not None) + 1 if any(v is not None for v in strings) else 1
+    return np.array([[-2] * width if v is None else [ord(c) for c in v] + [-1] * (width - len(v)) for v in strings])
 
 GSM8K_ANSWER = ("Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n"
                 "Natalia sold 48+24 = <<48+24=72>>72 clips altogether in April and May.\n#### 72")
@@ -28,7 +35,7 @@ MMLU_EXAMPLE = {"subject": "virology", "question": "How many human polyomaviruse
 # Parsers (CS336 assignment 5)
 
 @pytest.mark.points(1)
-def test_parse_gsm8k_response():
+def test_parse_gsm8k_response(numpy_snapshot):
     output = ("Natalia sold 48/2 = 24 clips in May. Natalia sold 48+24 = 72 clips altogether in April and May. "
               "The answer is 72.")
     assert run_parse_gsm8k_response(model_output=output) == "72"
@@ -38,30 +45,42 @@ def test_parse_gsm8k_response():
     assert run_parse_gsm8k_response(model_output="48-24") == "24"          # a minus after a digit is not a sign
     assert run_parse_gsm8k_response(model_output="The price is 3.50 now") == "3.50"
     assert run_parse_gsm8k_response(model_output="5 + 7 = 12\n12 - 3 = 9\n#### 9") == "9"
+    numpy_snapshot.assert_match(_codes([run_parse_gsm8k_response(model_output=o) for o in (
+        output, "It costs $1,234 in total, not 5", "It costs $1,234.", "x = -3", "48-24", "The price is 3.50 now",
+        "5 + 7 = 12\n12 - 3 = 9\n#### 9")]), "test_parse_gsm8k_response")
 
 
 @pytest.mark.points(1)
-def test_parse_gsm8k_response_unknown():
+def test_parse_gsm8k_response_unknown(numpy_snapshot):
     output = ("Natalia sold twenty-four clips in May. Thus, Natalia sold seventy-two clips altogether in April "
               "and May. The answer is seventy-two.")
     assert run_parse_gsm8k_response(model_output=output) is None
     assert run_parse_gsm8k_response(model_output="") is None
+    numpy_snapshot.assert_match(_codes([run_parse_gsm8k_response(model_output=o) for o in (output, "")]),
+                                "test_parse_gsm8k_response_unknown")
 
 
 @pytest.mark.points(1)
-def test_parse_mmlu_response():
+def test_parse_mmlu_response(numpy_snapshot):
     output = "The correct answer is B. There are 14 known human polyomaviruses."
     assert run_parse_mmlu_response(mmlu_example=MMLU_EXAMPLE, model_output=output) == "B"
     assert run_parse_mmlu_response(mmlu_example=MMLU_EXAMPLE, model_output="the correct answer is: (D)") == "D"
     two = "The correct answer is A. Wait, no: the correct answer is C"
     assert run_parse_mmlu_response(mmlu_example=MMLU_EXAMPLE, model_output=two) == "C"   # the last one counts
+    numpy_snapshot.assert_match(_codes([run_parse_mmlu_response(mmlu_example=MMLU_EXAMPLE, model_output=o)
+                                        for o in (output, "the correct answer is: (D)", two)]),
+                                "test_parse_mmlu_response")
 
 
 @pytest.mark.points(1)
-def test_parse_mmlu_response_unknown():
+def test_parse_mmlu_response_unknown(numpy_snapshot):
     for output in ["The correct answer is 10000 polyomaviruses.", "The correct answer is a mystery.",
                    "The correct answer is E.", "I think B."]:
         assert not run_parse_mmlu_response(mmlu_example=MMLU_EXAMPLE, model_output=output), output
+    # Any falsy value means "no answer": only that is recorded.
+    numpy_snapshot.assert_match([bool(run_parse_mmlu_response(mmlu_example=MMLU_EXAMPLE, model_output=o)) for o in [
+        "The correct answer is 10000 polyomaviruses.", "The correct answer is a mystery.", "The correct answer is E.",
+        "I think B."]], "test_parse_mmlu_response_unknown")
 
 
 # ----------------------------------------------------------------------------
@@ -74,7 +93,7 @@ def R(response: str, truth: str) -> tuple[float, float, float]:
 
 
 @pytest.mark.points(2)
-def test_gold_reward_task_world_cases():
+def test_gold_reward_task_world_cases(numpy_snapshot):
     truth = "5 + 7 = 12\n12 - 3 = 9\n#### 9"
     assert R(truth, truth) == (1.0, 1.0, 1.0)
     assert R("#### 9", "9") == (1.0, 1.0, 1.0)                                # truth given as the number only
@@ -86,10 +105,14 @@ def test_gold_reward_task_world_cases():
     assert R("#### 9\nQuestion: Tom has 3 apples.", truth) == (0.0, 0.0, 0.0)  # rambles past the answer
     assert R("#### nine", truth) == (0.0, 0.0, 0.0)
     assert R("", truth) == (0.0, 0.0, 0.0)
+    numpy_snapshot.assert_match([R(response, truth) for response in (
+        truth, " 5 + 7 = 12\n12 - 3 = 9\n#### 9<|end|>", "5 + 7 = 12\n#### 9\n\n  ", "5 + 7 = 12\n12 - 3 = 8\n#### 8",
+        "5 + 7 = 12\n12 - 3 = 9", "The answer is 9", "#### 9\nQuestion: Tom has 3 apples.", "#### nine", "")]
+        + [R("#### 9", "9")], "test_gold_reward_task_world_cases")
 
 
 @pytest.mark.points(2)
-def test_gold_reward_gsm8k_number_formats():
+def test_gold_reward_gsm8k_number_formats(numpy_snapshot):
     assert R("48/2 = 24\n48 + 24 = 72\n#### 72", GSM8K_ANSWER) == (1.0, 1.0, 1.0)
     assert R("#### 1,234", "1234") == (1.0, 1.0, 1.0)
     assert R("#### 1234", "#### 1,234") == (1.0, 1.0, 1.0)
@@ -104,15 +127,26 @@ def test_gold_reward_gsm8k_number_formats():
     assert R("#### 1,23", "123") == (0.0, 0.0, 0.0)                         # not a number
     with pytest.raises(ValueError):
         gold_reward("#### 1", "no number here")
+    numpy_snapshot.assert_match([R(response, truth) for response, truth in [
+        ("48/2 = 24\n48 + 24 = 72\n#### 72", GSM8K_ANSWER), ("#### 1,234", "1234"), ("#### 1234", "#### 1,234"),
+        ("#### -5", "-5"), ("#### 5", "-5"), ("#### 3.50", "3.5"), ("#### 18.00", "18"), ("#### 3.51", "3.5"),
+        ("#### $18", "18"), ("#### 18.", "18"), ("####18", "18"), ("#### 1,23", "123")]],
+        "test_gold_reward_gsm8k_number_formats")
 
 
 @pytest.mark.points(1)
-def test_gold_reward_on_generated_problems():
+def test_gold_reward_on_generated_problems(numpy_snapshot):
     for p in generate_problems(200, "test", seed=5):
         assert R(p["answer"], p["answer"]) == (1.0, 1.0, 1.0)
         final = int(p["answer"].rsplit("#### ", 1)[1])
         wrong = p["answer"].rsplit("#### ", 1)[0] + f"#### {final + 1}"
         assert R(wrong, p["answer"]) == (0.0, 1.0, 0.0)
+    problems = generate_problems(200, "test", seed=5)
+    wrongs = [q["answer"].rsplit("#### ", 1)[0] + f"#### {int(q['answer'].rsplit('#### ', 1)[1]) + 1}"
+              for q in problems]
+    numpy_snapshot.assert_match({"right": [R(q["answer"], q["answer"]) for q in problems],
+                                 "wrong": [R(w, q["answer"]) for w, q in zip(wrongs, problems)]},
+                                "test_gold_reward_on_generated_problems")
 
 
 # ----------------------------------------------------------------------------

@@ -25,9 +25,10 @@ The student's code and pytest run in a child process; this (trusted) process dec
 
 What this still cannot prevent, plainly:
   * The child's report is written in the process the submission runs in. A submission written against this judge
-    (it recognises the canaries in its own process and forges "passed" only for the real tests) earns the points
-    of every graded test that has no snapshot, without the work (81 of the 128 code points when this was
-    written). Snapshot-checked tests cannot be forged this way: their values are compared here.
+    (it recognises the canaries in its own process and forges "passed" only for the real tests) would earn the
+    points of every graded test that has no snapshot, without the work. Every graded test owns one (all 145 code
+    points; tests/test_attacks.py fails on a graded test without one), and their values are compared here, so
+    such a forger earns what its honest functions earn (0 for stubs).
   * Hard-coding the handout's own snapshot values for the handout's own test inputs (the student has both) passes
     those snapshot checks; only hidden tests with other inputs (tests/hidden/) catch that.
   * Without root (CI, laptops), or when `nobody` cannot run this Python (as in a Python under a 0700 home

@@ -1,7 +1,8 @@
 # Attack written against the judge: from the first graded call, write a report in which the judge's canaries fail
 # and every other collected test passes, symlink the judge's snapshot files to the clean handout's snapshots, then
-# leave with exit status 0. The judge cannot tell this from an honest run for tests without snapshots (its docstring
-# says so); snapshot-checked tests still score 0 (it reads no symlink).
+# leave with exit status 0. The judge cannot tell this from an honest run for a test without a snapshot (its
+# docstring says so), but every graded test owns one (tests/test_attacks.py checks it) and the judge reads no
+# symlink: the forger scores 0.
 import gc as _gc
 import json as _json
 import os as _os
