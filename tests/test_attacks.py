@@ -125,6 +125,8 @@ def test_an_honest_masked_mean_alone_earns_exactly_its_tests(clean, tmp_path):
 def test_an_attack_scores_nothing_and_is_called_tampering(clean, tmp_path, attack):
     results = _grade(clean, tmp_path, {MASKED: _attack(clean, attack)})
     assert results["score"] == 0, results["output"]
+    if attack == "plant_tests.py" and judge._unprivileged() is not None:
+        return  # as `nobody` the grading tree is read-only to the child: the plant fails, nothing to call tampering
     assert "tampered" in results["output"], results["output"]
 
 
