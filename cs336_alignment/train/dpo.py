@@ -28,6 +28,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from cs336_alignment import distributed as ddp
 from cs336_alignment.checkpoint import load_model, rng_state, save_checkpoint
 from cs336_alignment.data import DataError, collate_chat
 from cs336_alignment.dpo import dpo_loss, sequence_log_probs
@@ -108,15 +109,15 @@ def train(cfg: DPOConfig) -> dict:
     # Setup: policy, frozen reference, pairs, reference log-probs (once)
     # ---------------------------------------------------------------------------------------------------
     cfg = init_or_shipped(cfg, "dpo")
-    out, device = setup_run(cfg)
+    out, device = ddp.setup_run(cfg)  # under torchrun: rank 0 prepares the directory (distributed.py)
     model, init_extra = load_model(cfg.init, device)
     tokenizer = load_tokenizer(model.config.tokenizer)  # the checkpoint's own (e.g. a Hugging Face one's)
     model_config = TransformerConfig(**init_extra["model_config"])
     reference = copy.deepcopy(model).eval().requires_grad_(False)
     context = model_config.context_length
-    logger = MetricsLogger(out, cfg.num_steps, dataclasses.asdict(cfg), quiet=cfg.quiet)
+    logger = ddp.metrics_logger(out, cfg.num_steps, dataclasses.asdict(cfg), quiet=cfg.quiet)
     t_data = time.perf_counter()
-    train_pairs, eval_pairs = preference_data(cfg, model, tokenizer, out, cfg.seed, log=logger.write)
+    train_pairs, eval_pairs = ddp.preference_data(cfg, model, tokenizer, out, cfg.seed, log=logger.write)
     # Every pair is checked before the first step: a prompt that leaves no response token in the context would
     # stop the run when its batch came (labels are tokens 1 .. context of each conversation).
     for pairs, sources in zip((train_pairs, eval_pairs), pair_sources(cfg, out, len(train_pairs), len(eval_pairs))):
@@ -196,6 +197,7 @@ def train(cfg: DPOConfig) -> dict:
 
         # --- forward: policy log-probs of chosen and rejected; the reference's once per pair (no grad)
         idx = stream_indices(step * cfg.batch_size, cfg.batch_size, len(train_chats), cfg.seed)
+        idx = ddp.shard(idx, "batch_size")  # this rank's pairs (all of them with one process)
         ref_chosen, ref_rejected = reference_logps(idx)
         policy_chosen, policy_rejected, n_chosen = batch_logps(model, [train_chats[i] for i in idx], True)
         loss, metrics = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, cfg.beta, cfg.loss_type,
@@ -208,6 +210,7 @@ def train(cfg: DPOConfig) -> dict:
 
         # --- backward / update
         loss.backward()
+        ddp.all_reduce_gradients(model.parameters())  # mean over ranks (equal shards): the whole batch's gradient
         grad_norm = clip_gradients(model.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -229,13 +232,14 @@ def train(cfg: DPOConfig) -> dict:
             if is_eval:
                 log.update(evaluate())
             log["perf/tokens_per_s"] = tokens_per_s
+            log = ddp.reduce_metrics(log)  # training means over ranks (equal shards), tokens/s summed
             logger.log(done, log)
             last.update(log)
             window = {k: [] for k in window}
             window_tokens, t0 = 0, time.perf_counter()
     bar.close()
     ckpt_path = out / "ckpt.pt"
-    save_checkpoint(model, optimizer, cfg.num_steps, ckpt_path, config=dataclasses.asdict(cfg),
+    ddp.save_checkpoint(model, optimizer, cfg.num_steps, ckpt_path, config=dataclasses.asdict(cfg),
                     model_config=dataclasses.asdict(model_config), rng=rng_state())
     return {"checkpoint": str(ckpt_path), "steps": cfg.num_steps, "data_wall_s": t_data,
             "n_pairs": len(train_pairs), "n_eval_pairs": len(eval_pairs),

@@ -68,6 +68,7 @@ from typing import Callable, Literal
 
 import torch
 
+from cs336_alignment import distributed as ddp
 from cs336_alignment.advantages import (compute_group_normalized_rewards, compute_group_process_advantages,
                                         compute_rollout_rewards)
 from cs336_alignment.checkpoint import (load_checkpoint, load_checkpoint_extra, load_model, rng_state, save_checkpoint,
@@ -276,7 +277,7 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
         raise ValueError("--process-reward needs the task world's gold reward (no --reward rm, no reward_fn) "
                          "and --baseline mean")
     cfg = init_or_shipped(cfg, "grpo")  # RL starts from an SFT policy
-    out, device = setup_run(cfg)
+    out, device = ddp.setup_run(cfg)  # under torchrun: rank 0 prepares the directory (distributed.py)
     ckpt_path = out / "ckpt.pt"
     policy, init_extra = load_model(cfg.init, device)
     tokenizer = load_tokenizer(policy.config.tokenizer)  # the checkpoint's own (e.g. a Hugging Face one's)
@@ -296,7 +297,7 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
         extra = load_checkpoint_extra(ckpt_path)
         set_rng_state(extra["rng"])
         cpu_s = extra.get("cpu_s", 0.0)
-    logger = MetricsLogger(out, cfg.num_steps, dataclasses.asdict(cfg), resumed_from=start_step, quiet=cfg.quiet)
+    logger = ddp.metrics_logger(out, cfg.num_steps, dataclasses.asdict(cfg), resumed_from=start_step, quiet=cfg.quiet)
     logger.write(f"grpo: {num_params(policy) / 1e6:.2f}M parameters, {len(problems)} prompts, reward {cfg.reward}, "
                  f"{cfg.prompts_per_step} x {cfg.group_size} rollouts per step, device {device}")
 
@@ -314,8 +315,10 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
             group["lr"] = lr
 
         # --- 1. rollouts: G samples per prompt, contiguous groups
-        batch = [problems[i] for i in prompt_indices(step, len(problems), cfg.prompts_per_step, cfg.seed)]
-        generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step)
+        # this rank's prompts (all with one process): whole groups stay on one rank, so group statistics are exact
+        batch = [problems[i] for i in ddp.shard(prompt_indices(step, len(problems), cfg.prompts_per_step, cfg.seed),
+                                                "prompts_per_step")]
+        generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step + 7919 * ddp.rank())
         prompts = [build_prompt(p["question"], tokenizer, cfg.prompt) for p in batch]
         with autocast(device):  # bf16 matmuls on CUDA; a no-op on CPU
             ro = sample_rollouts(policy, tokenizer, prompts, cfg.group_size,
@@ -358,9 +361,11 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
         # --- 4. policy-gradient epochs over the kept rows
         widths = sequence_widths(ro)
         shuffle = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        n_mini = max(1, min(cfg.minibatches, len(keep)))
-        plan = [[mini.split(cfg.micro_batch_size) for mini in keep[torch.randperm(len(keep), generator=shuffle)]
-                 .tensor_split(n_mini)] for _ in range(cfg.epochs_per_rollout_batch)] if len(keep) else []
+        n_kept = ddp.global_count(len(keep))  # over all ranks: every rank takes the same number of optimizer steps
+        n_mini = max(1, min(cfg.minibatches, n_kept))
+        plan = [[[r for r in mini.split(cfg.micro_batch_size) if len(r)] for mini in keep[torch.randperm(
+            len(keep), generator=shuffle)].tensor_split(n_mini)] for _ in range(cfg.epochs_per_rollout_batch)] \
+            if n_kept else []
         # plan[epoch][minibatch] = the micro-batches (row-index tensors) of one optimizer step
         # old / reference log-probs, in the first epoch's micro-batches (first ratio == 1)
         with torch.no_grad(), autocast(device):
@@ -378,7 +383,7 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
         entropy = torch.full((len(ro),), math.nan)  # (N,) each response's mean token entropy, first epoch
         for epoch, minibatches in enumerate(plan):
             for micros in minibatches:
-                mini_rows = sum(len(rows) for rows in micros)
+                mini_rows = ddp.global_count(sum(len(rows) for rows in micros))  # the optimizer step's rows, all ranks
                 for rows in micros:
                     mb = micro_batch(tensors, rows, widths, device)
                     with autocast(device):
@@ -387,13 +392,16 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
                     log_probs, mask = out_lp["log_probs"], mb["response_mask"]        # (b, T')
                     # Weigh each micro-batch by its share of the minibatch's rows (a float accumulation
                     # factor), so uneven micro-batches still give exactly the minibatch mean.
+                    share, constant = ddp.policy_loss_scaling(  # with one process: (mini_rows / len(rows), C)
+                        cfg.loss_normalization, mini_rows, len(rows),
+                        cfg.normalization_constant or cfg.max_new_tokens * mini_rows)
                     info, kl = policy_and_kl_backward(
-                        log_probs, mask, mini_rows / len(rows), cfg.importance_reweighting,
+                        log_probs, mask, share, cfg.importance_reweighting,
                         weights=mb["advantages"] if cfg.process_reward                    # (b, T')
                         else advantages[rows].unsqueeze(-1).to(device),                   # (b, 1)
                         old_log_probs=mb.get("old_log_probs"), cliprange=cfg.cliprange,
                         loss_normalization=cfg.loss_normalization,
-                        normalization_constant=cfg.normalization_constant or cfg.max_new_tokens * mini_rows,
+                        normalization_constant=constant,
                         kl_coef=cfg.kl_coef, ref_log_probs=mb.get("ref_log_probs"))
                     if kl is not None:
                         stats.setdefault("kl/ref_per_token", []).append(kl)
@@ -402,11 +410,13 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
                     if epoch == 0:  # the first pass over each trained row
                         entropy[rows] = masked_mean(out_lp["token_entropy"].detach().float(), mask, dim=-1).cpu()
                     n_tokens += int(mb["input_ids"].numel())
-                finite_or_raise(stats["loss/policy"][-1], step + 1)
+                if micros:  # a rank may hold no rows of this step (their groups had no signal)
+                    finite_or_raise(stats["loss/policy"][-1], step + 1)
+                ddp.all_reduce_gradients(policy.parameters(), average=False)  # each rank's loss is its share
                 norms.append(float(clip_gradients(policy.parameters(), cfg.grad_clip)))
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-        cpu_s += time.process_time() - cpu0
+        cpu_s += ddp.sum_across_ranks(time.process_time() - cpu0)[0]  # every rank's CPU seconds
         bar.update(1)
 
         # --- log / eval / checkpoint
@@ -421,6 +431,7 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
         metrics.update({"grad_norm": sum(norms) / len(norms) if norms else 0.0, "lr": lr,
                         "perf/tokens_per_s": n_tokens / max(time.perf_counter() - train_t0, 1e-9),
                         "perf/rollout_s": rollout_s, "perf/step_s": time.perf_counter() - t0, "perf/cpu_s": cpu_s})
+        metrics = ddp.reduce_metrics(metrics)  # means over ranks (equal rollouts each), tokens/s summed
         if done % cfg.log_every == 0 or done == cfg.num_steps:
             logger.log(done, metrics)
         if cfg.log_generations_every and done % cfg.log_generations_every == 0:
@@ -428,7 +439,7 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
         if done % cfg.eval_every == 0 or done == cfg.num_steps:
             last_eval = evaluate(done)
         if done % cfg.checkpoint_every == 0 or done == cfg.num_steps:
-            save_checkpoint(policy, optimizer, done, ckpt_path, config=dataclasses.asdict(cfg),
+            ddp.save_checkpoint(policy, optimizer, done, ckpt_path, config=dataclasses.asdict(cfg),
                             model_config=init_extra["model_config"], rng=rng_state(), cpu_s=cpu_s)
     bar.close()
     return {"checkpoint": str(ckpt_path), "steps": cfg.num_steps, "cpu_s": cpu_s, "eval": last_eval}

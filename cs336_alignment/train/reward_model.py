@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cs336_alignment import distributed as ddp
 from cs336_alignment.checkpoint import load_model, save_checkpoint
 from cs336_alignment.data import DataError
 from cs336_alignment.evaluate import batched_sequence_log_probs
@@ -167,13 +168,13 @@ def train(cfg: RMConfig) -> dict:
     # Setup: the SFT model, preference pairs, the reward model
     # ---------------------------------------------------------------------------------------------------
     cfg = init_or_shipped(cfg, "rm")
-    out, device = setup_run(cfg)
+    out, device = ddp.setup_run(cfg)  # under torchrun: rank 0 prepares the directory (distributed.py)
     sft_model, init_extra = load_model(cfg.init, device)
     tokenizer = load_tokenizer(sft_model.config.tokenizer)  # the checkpoint's own (e.g. a Hugging Face one's)
     model_config = TransformerConfig(**init_extra["model_config"])
-    logger = MetricsLogger(out, cfg.num_steps, dataclasses.asdict(cfg), quiet=cfg.quiet)
+    logger = ddp.metrics_logger(out, cfg.num_steps, dataclasses.asdict(cfg), quiet=cfg.quiet)
     t_data = time.perf_counter()
-    train_pairs, eval_pairs = preference_data(cfg, sft_model, tokenizer, out, cfg.seed, log=logger.write)
+    train_pairs, eval_pairs = ddp.preference_data(cfg, sft_model, tokenizer, out, cfg.seed, log=logger.write)
     t_data = time.perf_counter() - t_data
     context = model_config.context_length
     # Every pair is checked before training; the model reads tokens 0 .. context - 1 of each conversation.
@@ -243,6 +244,7 @@ def train(cfg: RMConfig) -> dict:
 
         # --- forward: chosen and rejected of every pair in one right-padded batch
         idx = stream_indices(step * cfg.batch_size, cfg.batch_size, len(train_seqs), cfg.seed)
+        idx = ddp.shard(idx, "batch_size")  # this rank's pairs (all of them with one process)
         batch = [train_seqs[i] for i in idx]
         sequences = [s for pair in batch for s in pair]                            # 2B sequences
         starts = [s for i in idx for s in train_starts[i]]
@@ -252,6 +254,7 @@ def train(cfg: RMConfig) -> dict:
 
         # --- backward / update
         loss.backward()
+        ddp.all_reduce_gradients(model.parameters())  # mean over ranks (equal shards): the whole batch's gradient
         grad_norm = clip_gradients(model.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -275,6 +278,7 @@ def train(cfg: RMConfig) -> dict:
             if is_eval:
                 metrics.update(evaluate())
             metrics["perf/tokens_per_s"] = tokens_per_s
+            metrics = ddp.reduce_metrics(metrics)  # training means over ranks (equal shards), tokens/s summed
             logger.log(done, metrics)
             last.update(metrics)
             window = {k: [] for k in window}
@@ -287,7 +291,7 @@ def train(cfg: RMConfig) -> dict:
     with torch.no_grad():
         model.head.bias -= offset
     ckpt_path = out / "ckpt.pt"
-    save_checkpoint(model, None, cfg.num_steps, ckpt_path, kind="reward_model", config=dataclasses.asdict(cfg),
+    ddp.save_checkpoint(model, None, cfg.num_steps, ckpt_path, kind="reward_model", config=dataclasses.asdict(cfg),
                     model_config=dataclasses.asdict(model_config), reward_offset=offset,
                     likelihood_term=model.likelihood_coef is not None)
     keys = ("loss/train", "eval/loss", "eval/rm/accuracy", "eval/rm/ece", "eval/rm/ceiling_accuracy", "eval/rm/gold_accuracy",

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cs336_alignment import distributed as ddp
 from cs336_alignment import tasks
 from cs336_alignment.checkpoint import (load_checkpoint, load_checkpoint_extra, load_model, rng_state, save_checkpoint,
                                         set_rng_state)
@@ -184,8 +185,9 @@ def train(cfg: SFTConfig) -> dict:
     # ---------------------------------------------------------------------------------------------------
     if cfg.batch_size % cfg.grad_accum_steps:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by grad_accum_steps {cfg.grad_accum_steps}")
-    micro_batch_size = cfg.batch_size // cfg.grad_accum_steps  # to be filled in at runtime
-    out, device = setup_run(cfg)
+    # per rank: under torchrun each of the W ranks takes 1/W of every micro-batch (distributed.py)
+    micro_batch_size = ddp.per_rank(cfg.batch_size // cfg.grad_accum_steps, "batch_size / grad_accum_steps")
+    out, device = ddp.setup_run(cfg)
     ckpt_path = out / "ckpt.pt"
 
     tokenizer = load_tokenizer()
@@ -219,7 +221,7 @@ def train(cfg: SFTConfig) -> dict:
         resumed = load_checkpoint_extra(ckpt_path)
         set_rng_state(resumed["rng"])
         cpu_s = resumed.get("cpu_s", 0.0)
-    logger = MetricsLogger(out, cfg.num_steps, dataclasses.asdict(cfg), resumed_from=start_step, quiet=cfg.quiet)
+    logger = ddp.metrics_logger(out, cfg.num_steps, dataclasses.asdict(cfg), resumed_from=start_step, quiet=cfg.quiet)
     logger.write(f"sft: {num_params(model) / 1e6:.2f}M parameters, {len(train_chats)} train / {len(eval_chats)} "
                  f"eval conversations ({n_cut} cut to context_length {context}), {normalize_constant:.1f} response "
                  f"tokens per conversation, device {device}" + (f", resumed at step {start_step}" if start_step else ""))
@@ -227,7 +229,8 @@ def train(cfg: SFTConfig) -> dict:
     def batch_indices(step: int, micro: int) -> list[int]:
         """A fresh permutation of the training conversations per epoch (`stream_indices`): resuming at any step
         draws the same examples without replaying a generator."""
-        first = step * cfg.batch_size + micro * micro_batch_size  # position in the endless example stream
+        # position in the endless example stream; rank r's micro-batches follow ranks 0 .. r-1's (distributed.shard)
+        first = step * cfg.batch_size + (ddp.rank() * cfg.grad_accum_steps + micro) * micro_batch_size
         return stream_indices(first, micro_batch_size, len(train_chats), cfg.seed)
 
     @torch.no_grad()
@@ -287,15 +290,17 @@ def train(cfg: SFTConfig) -> dict:
             step_nll -= float((log_probs.detach().float() * batch["response_mask"]).sum())
             step_count += int(batch["response_mask"].sum())
             window_tokens += int((batch["input_ids"] != tokenizer.pad_token_id).sum())
+        step_nll, step_count = ddp.sum_across_ranks(step_nll, step_count)  # the whole batch's, on every rank
         finite_or_raise(step_nll, step + 1)
 
         # --- update
+        ddp.all_reduce_gradients(model.parameters())  # mean over ranks (equal shards): the whole batch's gradient
         grad_norm = clip_gradients(model.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         window_nll, window_count = window_nll + step_nll, window_count + step_count
         window_norms.append(float(grad_norm))
-        cpu_s += time.process_time() - cpu0
+        cpu_s += ddp.sum_across_ranks(time.process_time() - cpu0)[0]  # every rank's CPU (so all stop together)
         bar.update(1)
 
         # --- log / eval / checkpoint
@@ -310,11 +315,12 @@ def train(cfg: SFTConfig) -> dict:
             if is_eval and eval_problems:
                 metrics.update(evaluate_accuracy())
             metrics.update({"perf/tokens_per_s": tokens_per_s, "perf/cpu_s": cpu_s})
+            metrics = ddp.reduce_metrics(metrics)  # tokens/s summed over ranks; the rest is equal on every rank
             logger.log(done, metrics)
             last.update(metrics)
             window_nll, window_count, window_norms, window_tokens, t0 = 0.0, 0, [], 0, time.perf_counter()
         if done % cfg.checkpoint_every == 0 or is_last:
-            save_checkpoint(model, optimizer, done, ckpt_path, config=dataclasses.asdict(cfg),
+            ddp.save_checkpoint(model, optimizer, done, ckpt_path, config=dataclasses.asdict(cfg),
                             model_config=dataclasses.asdict(model_config), rng=rng_state(), cpu_s=cpu_s)
         if is_last:
             break

@@ -1,0 +1,223 @@
+"""Data parallel training (cs336_alignment/distributed.py): loss normalisation is invariant to the world size.
+
+Two gloo processes on the CPU (torch.multiprocessing.spawn, as CS336 assignment 2's DDP tests do) each take
+their shard of a batch, back-propagate and all-reduce the gradients with the loops' own calls; one process
+accumulates the same micro-batches. The oracle is the single-process step (float64 model: differences are
+rounding only, ~1e-16), and a deliberately wrong normalisation (each rank's own mean over the GRPO rows it kept,
+then averaged) must differ from it, so the comparison can fail. Every case ends with the loops' gradient clip
+and one step of our AdamW; parameters are compared after it, gradients before.
+
+The spawn (~5 s) runs once per module; the end-to-end torchrun runs of the stages are marked slow.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from cs336_alignment import distributed as ddp
+from cs336_alignment.advantages import compute_group_normalized_rewards
+from cs336_alignment.dpo import dpo_loss, sequence_log_probs
+from cs336_alignment.grpo_loss import policy_and_kl_backward
+from cs336_alignment.logprobs import get_response_log_probs
+from cs336_alignment.model import TransformerConfig, TransformerLM
+from cs336_alignment.nn_utils import AdamW, clip_gradients
+from cs336_alignment.sft import sft_microbatch_train_step
+
+B, T, GROUP = 8, 10, 2   # rows of the batch, tokens per row, GRPO group size
+# GRPO rewards in groups of 2: group 2 (rank 1's first) has no variance (dropped by the loop's
+# zero-advantage skip), so rank 0 keeps 4 rows and rank 1 keeps 2 ("uneven"); in "empty" rank 1 keeps none.
+REWARDS = {"uneven": [1., 0., 0., 1., 1., 1., 0., 1.], "empty": [1., 0., 0., 1., 1., 1., 0., 0.]}
+CASES = ["sft", "dpo", "grpo_sequence", "grpo_constant", "grpo_sequence_empty", "grpo_naive"]
+
+
+def _model(seed: int = 0) -> TransformerLM:
+    torch.manual_seed(seed)
+    cfg = TransformerConfig(vocab_size=32, context_length=16, d_model=16, num_layers=1, num_heads=2, d_ff=32)
+    return TransformerLM(cfg).double()
+
+
+def _batch(seed: int) -> dict[str, torch.Tensor]:
+    """B rows of random tokens; row i's response is its last 2 + i % 5 label positions (uneven lengths)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 32, (B, T + 1), generator=g)
+    mask = torch.zeros(B, T, dtype=torch.bool)
+    for i in range(B):
+        mask[i, T - 2 - i % 5:] = True
+    return {"input_ids": ids[:, :-1], "labels": ids[:, 1:], "response_mask": mask}
+
+
+def _rows(case: str, world: int, accum: int, rank: int) -> list[list[int]]:
+    """The row indices of each of this rank's micro-batches: the loops' layout (rank r's micro-batches follow
+    ranks 0 .. r-1's; for GRPO the rows of the rank's prompts that the zero-advantage skip keeps)."""
+    if not case.startswith("grpo"):
+        size = B // (world * accum)
+        return [list(range((rank * accum + m) * size, (rank * accum + m + 1) * size)) for m in range(accum)]
+    rewards = torch.tensor(REWARDS["empty" if case.endswith("empty") else "uneven"])
+    kept = [i for i in range(B) if rewards[i - i % GROUP:i - i % GROUP + GROUP].std() > 0]
+    halves = [[i for i in kept if i < B // 2], [i for i in kept if i >= B // 2]]  # rank 0's prompts, rank 1's
+    return halves if world == 1 else [halves[rank]]
+
+
+def _step(case: str, world: int, accum: int, rank: int) -> dict[str, torch.Tensor]:
+    """One optimizer step of `case` on this rank: the gradients after the all-reduce, the parameters after
+    clip + AdamW."""
+    model, other = _model(0), _model(1)  # other: DPO's reference and GRPO's old / reference policy
+    batch, micros = _batch(0), _rows(case, world, accum, rank)
+    pairs = _batch(1)  # DPO: row i of `batch` is chosen, row i of `pairs` rejected
+    rewards = torch.tensor(REWARDS["empty" if case.endswith("empty") else "uneven"], dtype=torch.float64)
+    advantages, _ = compute_group_normalized_rewards(rewards, GROUP)  # within groups: the same on any rank
+    global_rows = ddp.global_count(sum(len(r) for r in micros))       # the loop's all-reduced row count
+    for rows in micros:
+        if not rows:
+            continue
+        mb = {k: v[rows] for k, v in batch.items()}
+        log_probs = get_response_log_probs(model, mb["input_ids"], mb["labels"], fused=False)["log_probs"]
+        if case == "sft":
+            sft_microbatch_train_step(log_probs, mb["response_mask"], accum, normalize_constant=4.5)
+        elif case == "dpo":
+            rej = {k: v[rows] for k, v in pairs.items()}
+            with torch.no_grad():
+                ref_c = sequence_log_probs(other, mb["input_ids"], mb["labels"], mb["response_mask"])
+                ref_r = sequence_log_probs(other, rej["input_ids"], rej["labels"], rej["response_mask"])
+            pol_r = sequence_log_probs(model, rej["input_ids"], rej["labels"], rej["response_mask"])
+            pol_c = (log_probs * mb["response_mask"]).sum(-1)
+            loss, _ = dpo_loss(pol_c, pol_r, ref_c, ref_r, beta=0.5)
+            loss = loss + 0.3 * (-pol_c / mb["response_mask"].sum(-1)).mean()   # the RPO term (--nll-coef)
+            (loss / accum).backward()
+        else:
+            with torch.no_grad():
+                old = get_response_log_probs(other, mb["input_ids"], mb["labels"], fused=False)["log_probs"]
+            normalization = "constant" if case == "grpo_constant" else "sequence"
+            if case == "grpo_naive":  # wrong on purpose: each rank's own rows as if they were the whole step
+                local = sum(len(r) for r in micros)
+                share, constant, average = local / len(rows), float(T * local), True
+            else:
+                share, constant = ddp.policy_loss_scaling(normalization, global_rows, len(rows), T * global_rows)
+                average = False
+            policy_and_kl_backward(log_probs, mb["response_mask"], share, "grpo",
+                                   weights=advantages[rows].unsqueeze(-1), old_log_probs=old, cliprange=0.2,
+                                   loss_normalization=normalization, normalization_constant=constant,
+                                   kl_coef=0.1, ref_log_probs=old)
+    ddp.all_reduce_gradients(model.parameters(), average=case in ("sft", "dpo") or case == "grpo_naive")
+    grads = {n: p.grad.clone() if p.grad is not None else torch.zeros_like(p) for n, p in model.named_parameters()}
+    clip_gradients(model.parameters(), 1.0)
+    AdamW(model.parameters(), lr=1e-2).step()
+    return {"grads": grads, "params": {n: p.detach().clone() for n, p in model.named_parameters()}}
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    ddp.init("cpu")
+    results = {(case, accum): _step(case, world, accum, rank) for case in CASES for accum in (1, 2)
+               if case.startswith(("sft", "dpo")) or accum == 1}
+    torch.save(results, Path(out) / f"rank{rank}.pt")
+    ddp.cleanup()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> list[dict]:
+    out = tmp_path_factory.mktemp("ddp")
+    mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    return [torch.load(out / f"rank{r}.pt") for r in range(2)]
+
+
+def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def _scale(a: dict[str, torch.Tensor]) -> float:
+    return max(float(v.abs().max()) for v in a.values())
+
+
+@pytest.mark.parametrize("case,accum", [("sft", 1), ("sft", 2), ("dpo", 1), ("dpo", 2), ("grpo_sequence", 1),
+                                        ("grpo_constant", 1), ("grpo_sequence_empty", 1)])
+def test_two_ranks_equal_one_rank_accumulating(two_ranks, case, accum):
+    """2 ranks x `accum` micro-batches == 1 rank x 2 * accum micro-batches (the same rows): the gradients within
+    1e-10 (float64), the parameters after clip + AdamW within 1e-6 (the brief's bound; observed ~1e-16), and both
+    ranks hold the same parameters."""
+    reference = _step(case, 1, 2 * accum, 0) if not case.startswith("grpo") else _step(case, 1, 1, 0)
+    got = two_ranks[0][(case, accum)]
+    assert _scale(reference["grads"]) > 1e-3                       # a real gradient, not zeros on both sides
+    assert _max_diff(got["grads"], reference["grads"]) < 1e-10
+    assert _max_diff(got["params"], reference["params"]) < 1e-6
+    assert _max_diff(two_ranks[1][(case, accum)]["params"], got["params"]) == 0.0
+
+
+def test_per_rank_mean_of_uneven_grpo_rows_is_not_invariant(two_ranks):
+    """The bug class the global row count fixes: ranks that keep 4 and 2 rows, each normalising by its own count
+    and then averaging, weigh rank 1's rows twice as much. The comparison above must catch it."""
+    reference = _step("grpo_sequence", 1, 1, 0)
+    assert _max_diff(two_ranks[0][("grpo_naive", 1)]["grads"], reference["grads"]) > 1e-4
+
+
+def test_shard_is_disjoint_and_covers_the_batch(monkeypatch):
+    items = list(range(12))
+    shards = []
+    for r in range(3):
+        monkeypatch.setenv("WORLD_SIZE", "3")
+        monkeypatch.setenv("RANK", str(r))
+        shards.append(ddp.shard(items))
+    assert sum(shards, []) == items                                # in rank order, disjoint, complete
+    with pytest.raises(ValueError, match="not divisible by the number of processes 3"):
+        ddp.shard(list(range(10)), "batch_size")
+
+
+def test_one_process_is_the_identity():
+    """Without torchrun every call is the single-process one: nothing reduced, nothing touched."""
+    model = _model()
+    model(torch.zeros(1, 4, dtype=torch.long)).sum().backward()
+    before = {n: p.grad.clone() for n, p in model.named_parameters()}
+    ddp.all_reduce_gradients(model.parameters())
+    assert _max_diff({n: p.grad for n, p in model.named_parameters()}, before) == 0.0
+    assert ddp.sum_across_ranks(1.5, 2.0) == (1.5, 2.0) and ddp.global_count(7) == 7
+    assert ddp.reduce_metrics({"a": 1.0}) == {"a": 1.0} and ddp.world_size() == 1 and ddp.is_main()
+    assert ddp.policy_loss_scaling("sequence", 6, 2, 60.0) == (3.0, 60.0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# End to end: torchrun --nproc_per_node 2 runs every stage (slow: ~1 min)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "cs336_alignment", *args, "--quiet"]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_runs_every_stage(tmp_path):
+    """sft, rm, dpo and grpo run under torchrun with 2 gloo ranks; SFT's checkpoint equals the one process run
+    with 2 accumulation steps (same examples, same normalisation) within 1e-6."""
+    for stage in ("sft", "rm", "dpo", "grpo"):
+        extra = ["--grad-accum-steps", "1"] if stage == "sft" else []
+        done = _torchrun([stage, "--preset", "smoke", "--out", str(tmp_path / stage), *extra], tmp_path)
+        assert done.returncode == 0, f"{stage}: {done.stderr[-2000:]}"
+        assert (tmp_path / stage / "ckpt.pt").exists() and (tmp_path / stage / "metrics.jsonl").exists()
+    single = subprocess.run([sys.executable, "-m", "cs336_alignment", "sft", "--preset", "smoke", "--quiet",
+                             "--out", str(tmp_path / "sft1"), "--grad-accum-steps", "2"], cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert single.returncode == 0
+    a = torch.load(tmp_path / "sft" / "ckpt.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "sft1" / "ckpt.pt", weights_only=False)["model"]
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+    shutil.rmtree(tmp_path)
