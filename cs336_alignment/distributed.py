@@ -38,9 +38,16 @@ Design (the standard recipe of PyTorch DDP, nanoGPT/nanochat and CS336 assignmen
 """
 from __future__ import annotations
 
+import atexit
 import dataclasses
+import importlib
+import json
 import math
 import os
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence, TypeVar
 
@@ -94,6 +101,12 @@ def init(device: str | torch.device = "cpu") -> None:
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend="nccl" if cuda else "gloo")
+    atexit.register(_destroy)
+
+
+def _destroy() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def cleanup() -> None:
@@ -284,3 +297,67 @@ def preference_data(cfg: Any, model, tokenizer, out: Path, seed: int, log=print)
     files = dataclasses.replace(cfg, data=str(Path(out) / "preferences_train.jsonl"),
                                 eval_data=str(Path(out) / "preferences_eval.jsonl"))
     return preferences.preference_data(files, model, tokenizer, out, seed, log=log)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Launching a loop from Python (the pipeline's --nproc, bench ddp)
+# ---------------------------------------------------------------------------------------------------------
+
+DATA_PARALLEL_LOOPS = ("cs336_alignment.train.sft", "cs336_alignment.train.reward_model",
+                       "cs336_alignment.train.dpo", "cs336_alignment.train.grpo")  # the loops wired above
+
+
+def data_parallel(train_fn) -> bool:
+    """True if `train_fn` is the train() of a loop that runs data parallel (`DATA_PARALLEL_LOOPS`)."""
+    return getattr(train_fn, "__module__", "") in DATA_PARALLEL_LOOPS
+
+
+def launch(train_fn, cfg: Any, nproc: int) -> tuple[dict, float, float]:
+    """Run `train_fn(cfg)` (a loop's train, `data_parallel`) in `nproc` fresh processes: `torchrun --standalone
+    --nproc_per_node nproc` (a free port of its own), or one plain process when nproc == 1. The config travels as
+    JSON (every field of the loops' configs is a str, number or bool); each process runs with OMP_NUM_THREADS =
+    cfg.threads (1 by default).
+
+    Returns:
+        (rank 0's result dict, wall seconds, CPU seconds of the child processes).
+    Raises:
+        ValueError: nproc < 1, or a loop that is not data parallel with nproc > 1.
+        RuntimeError: the processes failed (their stderr has gone to this process's stderr).
+    """
+    if nproc < 1 or (nproc > 1 and not data_parallel(train_fn)):
+        raise ValueError(f"--nproc {nproc}: only {', '.join(m.rsplit('.', 1)[1] for m in DATA_PARALLEL_LOOPS)} "
+                         f"run data parallel, with nproc >= 1")
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = {"train": f"{train_fn.__module__}:{train_fn.__name__}",
+                "config": f"{type(cfg).__module__}:{type(cfg).__qualname__}", "values": dataclasses.asdict(cfg),
+                "result": str(Path(tmp) / "result.json")}
+        spec_path = Path(tmp) / "spec.json"
+        spec_path.write_text(json.dumps(spec))
+        runner = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)] if nproc > 1 else []
+        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, getattr(cfg, "threads", 1)))}
+        before, t0 = os.times(), time.perf_counter()
+        done = subprocess.run([sys.executable, *runner, "-m", "cs336_alignment.distributed", str(spec_path)], env=env)
+        wall, after = time.perf_counter() - t0, os.times()
+        if done.returncode != 0:
+            raise RuntimeError(f"{train_fn.__module__} with {nproc} process(es) exited with status {done.returncode}")
+        result = json.loads(Path(spec["result"]).read_text())
+    cpu = (after.children_user + after.children_system) - (before.children_user + before.children_system)
+    return result, wall, cpu
+
+
+def _resolve(name: str):
+    module, attr = name.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m cs336_alignment.distributed SPEC.json` (what `launch` runs in every process): build the config,
+    run the loop, rank 0 writes the result next to the spec."""
+    spec = json.loads(Path((argv or sys.argv[1:])[0]).read_text())
+    result = _resolve(spec["train"])(common.config_from_dict(_resolve(spec["config"]), spec["values"]))
+    if rank() == 0:
+        Path(spec["result"]).write_text(json.dumps(result, default=float))
+
+
+if __name__ == "__main__":
+    main()

@@ -148,11 +148,13 @@ def paired_comparisons(per_problem: dict[str, dict[str, list[float]]]) -> list[d
 @releases_run_dir
 def run(preset_name: str = "tiny", out: str = "", name: str = "", threads: int = 1, device: str = "auto",
         seed: int = 0, length_bias: float = 0.0, from_scratch: bool = False, skip: tuple[str, ...] = (),
-        ship_checkpoints: bool = False, jobs: int = 2, small_rm: bool | None = None, overwrite: bool = False) -> dict:
+        ship_checkpoints: bool = False, jobs: int = 2, small_rm: bool | None = None, overwrite: bool = False,
+        nproc: int = 1) -> dict:
     """Every stage, then the evaluation and the report; returns the report dict (also written to report.json).
     small_rm: run the SMALL_RM_STAGES; None = when length_bias > 0. The output directory is locked for the run
     (rundir.RunLock); one that holds a pipeline run (report.json or a stage's run) is replaced only with
-    `overwrite`, which every stage then gets too.
+    `overwrite`, which every stage then gets too. nproc > 1: the data parallel stages (sft, rm, dpo, grpo) each run
+    in nproc torchrun processes (`stages.run_stage`).
 
     Raises:
         ValueError: an unknown preset or --skip stage, or jobs < 1. rundir.RunDirError: the directory is
@@ -191,7 +193,7 @@ def run(preset_name: str = "tiny", out: str = "", name: str = "", threads: int =
         print(f"base and SFT models: shipped {base_ckpt}, {sft_ckpt} (--from-scratch retrains them)")
     else:
         for stage, cfg in base_sft:
-            record(stages, stage, *run_stage(stage, cfg))
+            record(stages, stage, *run_stage(stage, cfg, nproc))
         base_ckpt, sft_ckpt = str(out_dir / "pretrain" / "ckpt.pt"), str(out_dir / base_sft[-1][0] / "ckpt.pt")
         if ship_checkpoints:
             print(f"shipped to {ship(out_dir, shipped_as, 'pretrain', base_sft[-1][0])}")
@@ -206,7 +208,7 @@ def run(preset_name: str = "tiny", out: str = "", name: str = "", threads: int =
     # the same metrics, each as soon as it is trained and a worker has no stage to run
     calls = evaluations(LABELS, run_stages, base_ckpt, sft_ckpt, eval_cfg, seed, device, threads)
     with make_pool(jobs) as pool:
-        results, evaluated = run_post_training(run_stages, configs, pool, jobs, stages, calls)
+        results, evaluated = run_post_training(run_stages, configs, pool, jobs, stages, calls, nproc)
     models, per_problem = {}, {}
     for label in calls:  # the report's order
         models[label], per_problem[label], _, _ = evaluated[label]
@@ -229,7 +231,7 @@ def run(preset_name: str = "tiny", out: str = "", name: str = "", threads: int =
               "base_sft": "shipped" if ready else "trained", "models": models, "stages": stages,
               "sft": {**sft_progress(out_dir, [s for s, _ in base_sft if s != "pretrain"]),
                       "n_eval_problems": base_sft[-1][1].n_eval_problems},
-              "preset_config": PRESETS[preset_name]}
+              "preset_config": PRESETS[preset_name], **({"nproc": nproc} if nproc > 1 else {})}
     for stage in ("rm", "rm_small"):
         if stage in results:
             report[stage] = stages[stage]
@@ -285,10 +287,13 @@ def main(argv: list[str] | None = None) -> dict:
                         help="replace the pipeline run already in the output directory (without it: an error)")
     parser.add_argument("--ship", action="store_true",
                         help="(maintainers) train base + SFT from scratch and write them to data/checkpoints/<preset>")
+    parser.add_argument("--nproc", type=int, default=1,
+                        help="processes per data parallel stage (sft, rm, dpo, grpo: torchrun, distributed.py); "
+                             "1 = each stage in one process")
     args = parser.parse_args(argv)
     return run(args.preset, args.out, args.name, args.threads, args.device, args.seed, args.length_bias,
                args.from_scratch, tuple(s for s in args.skip.split(",") if s), args.ship, args.jobs, args.small_rm,
-               args.overwrite)
+               args.overwrite, args.nproc)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 
+from cs336_alignment import distributed as ddp
 from cs336_alignment.checkpoint import SHIPPED_DIR, load_checkpoint, load_checkpoint_extra, save_checkpoint
 from cs336_alignment.model import TransformerConfig, TransformerLM
 from cs336_alignment.presets import PRESETS, EvalConfig, PipelineConfig
@@ -275,12 +276,16 @@ def make_pool(jobs: int) -> Executor:
     return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
 
 
-def run_stage(stage: str, cfg) -> tuple[dict, float, float]:
-    """The stage's loop, STAGES[stage].train(cfg), in the calling process (a worker's, with --jobs > 1).
+def run_stage(stage: str, cfg, nproc: int = 1) -> tuple[dict, float, float]:
+    """The stage's loop, STAGES[stage].train(cfg), in the calling process (a worker's, with --jobs > 1); with
+    nproc > 1 and a data parallel loop (sft, rm, dpo, grpo: `distributed.data_parallel`), in nproc torchrun
+    processes instead (`distributed.launch`; CPU seconds: theirs).
 
     Returns:
         (its result dict, wall seconds, CPU seconds of this process during the call).
     """
+    if nproc > 1 and ddp.data_parallel(STAGES[stage].train):
+        return ddp.launch(STAGES[stage].train, cfg, nproc)
     t0, c0 = time.perf_counter(), time.process_time()
     result = STAGES[stage].train(cfg)
     return result, time.perf_counter() - t0, time.process_time() - c0
@@ -297,13 +302,14 @@ def record(stages: dict, name: str, result: dict, wall_s: float, cpu_s: float) -
 
 def run_post_training(names: list[str], configs: dict, pool: Executor, jobs: int, stages: dict,
                       evaluations: dict[str, tuple[tuple[str, ...], Callable[[dict], tuple]]] | None = None,
-                      ) -> tuple[dict[str, dict], dict[str, object]]:
+                      nproc: int = 1) -> tuple[dict[str, dict], dict[str, object]]:
     """Train the post-training stages `names` (each with the stage it NEEDS), at most `jobs` at a time: whenever
     one finishes, start the first of the others (in the order of `names`) whose needed stage is done.
 
     evaluations: {label: (the stages it needs, make)}, make(results) -> (fn, *args): a call that runs in a worker
     once its stages are done, whenever no stage is ready to start (so evaluations fill workers that would
     otherwise wait, and never hold a stage back), in the order given. The stages it needs must be in `names`.
+    nproc: processes per data parallel stage (`run_stage`).
 
     Returns:
         ({stage: its train() result}, {label: its evaluation's return value}); stages[stage] gets its seconds
@@ -319,7 +325,7 @@ def run_post_training(names: list[str], configs: dict, pool: Executor, jobs: int
             if matched:  # matched compute: the CPU seconds that stage's training took
                 cfg = dataclasses.replace(cfg, max_cpu_s=results[matched]["cpu_s"])
             waiting.remove(stage)
-            running[pool.submit(run_stage, stage, cfg)] = stage
+            running[pool.submit(run_stage, stage, cfg, nproc)] = stage
         if not any(s not in NEEDS or NEEDS[s] in results for s in waiting):  # no stage can start: evaluate
             for label in [label for label, (needs, _) in evaluations.items() if set(needs) <= set(results)]:
                 if len(running) == jobs:

@@ -209,7 +209,8 @@ def test_torchrun_two_processes_runs_every_stage(tmp_path):
     """sft, rm, dpo and grpo run under torchrun with 2 gloo ranks; SFT's checkpoint equals the one process run
     with 2 accumulation steps (same examples, same normalisation) within 1e-6."""
     for stage in ("sft", "rm", "dpo", "grpo"):
-        extra = ["--grad-accum-steps", "1"] if stage == "sft" else []
+        extra = {"sft": ["--grad-accum-steps", "1"], "dpo": ["--n-prompts", "8", "--n-eval-prompts", "4",
+                                                              "--k-samples", "3"]}.get(stage, [])
         done = _torchrun([stage, "--preset", "smoke", "--out", str(tmp_path / stage), *extra], tmp_path)
         assert done.returncode == 0, f"{stage}: {done.stderr[-2000:]}"
         assert (tmp_path / stage / "ckpt.pt").exists() and (tmp_path / stage / "metrics.jsonl").exists()
