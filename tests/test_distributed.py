@@ -11,7 +11,7 @@ The spawn (~5 s) runs once per module; the end-to-end torchrun runs of the stage
 """
 from __future__ import annotations
 
-import copy
+import json
 import os
 import shutil
 import socket
@@ -222,3 +222,16 @@ def test_torchrun_two_processes_runs_every_stage(tmp_path):
     b = torch.load(tmp_path / "sft1" / "ckpt.pt", weights_only=False)["model"]
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
     shutil.rmtree(tmp_path)
+
+
+@pytest.mark.slow
+def test_pipeline_nproc_runs_the_data_parallel_stages_under_torchrun(tmp_path):
+    """`pipeline --preset smoke --jobs 1 --nproc 2`: sft-type, rm, dpo and grpo stages through `distributed.launch`,
+    the others in the process; the report is written and says nproc 2."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "cs336_alignment", "pipeline", "--preset", "smoke", "--jobs", "1",
+                           "--nproc", "2", "--out", str(tmp_path / "p")], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((tmp_path / "p" / "report.json").read_text())
+    assert report["nproc"] == 2 and {"rm", "dpo", "grpo_gold"} <= set(report["stages"])
