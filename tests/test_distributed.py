@@ -7,16 +7,18 @@ rounding only, ~1e-16), and a deliberately wrong normalisation (each rank's own 
 then averaged) must differ from it, so the comparison can fail. Every case ends with the loops' gradient clip
 and one step of our AdamW; parameters are compared after it, gradients before.
 
-The spawn (~5 s) runs once per module; the end-to-end torchrun runs of the stages are marked slow.
+The spawn (~5 s) runs once per session, from the first test that needs it; the end-to-end torchrun runs of the stages are marked slow.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -131,11 +133,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory) -> list[dict]:
-    out = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
-    return [torch.load(out / f"rank{r}.pt") for r in range(2)]
+_RESULTS: list[dict] = []
+
+
+def two_ranks() -> list[dict]:
+    """Every case's step on 2 gloo ranks: [rank 0's results, rank 1's], spawned once per test session. A handout
+    stub hit in a worker is raised here as its NotImplementedError (the grading plugin then skips the test)."""
+    if not _RESULTS:
+        with tempfile.TemporaryDirectory() as out:
+            try:
+                mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+            except mp.ProcessRaisedException as e:
+                stub = re.search(r"([\w.]+ is not implemented yet \(part .+\))\s*$", str(e), flags=re.M)
+                if stub:
+                    raise NotImplementedError(stub.group(1)) from None
+                raise
+            _RESULTS.extend(torch.load(Path(out) / f"rank{r}.pt") for r in range(2))
+    return _RESULTS
 
 
 def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -149,23 +163,23 @@ def _scale(a: dict[str, torch.Tensor]) -> float:
 
 @pytest.mark.parametrize("case,accum", [("sft", 1), ("sft", 2), ("dpo", 1), ("dpo", 2), ("grpo_sequence", 1),
                                         ("grpo_constant", 1), ("grpo_sequence_empty", 1)])
-def test_two_ranks_equal_one_rank_accumulating(two_ranks, case, accum):
+def test_two_ranks_equal_one_rank_accumulating(case, accum):
     """2 ranks x `accum` micro-batches == 1 rank x 2 * accum micro-batches (the same rows): the gradients within
     1e-10 (float64), the parameters after clip + AdamW within 1e-6 (the brief's bound; observed ~1e-16), and both
     ranks hold the same parameters."""
     reference = _step(case, 1, 2 * accum, 0) if not case.startswith("grpo") else _step(case, 1, 1, 0)
-    got = two_ranks[0][(case, accum)]
+    got = two_ranks()[0][(case, accum)]
     assert _scale(reference["grads"]) > 1e-3                       # a real gradient, not zeros on both sides
     assert _max_diff(got["grads"], reference["grads"]) < 1e-10
     assert _max_diff(got["params"], reference["params"]) < 1e-6
-    assert _max_diff(two_ranks[1][(case, accum)]["params"], got["params"]) == 0.0
+    assert _max_diff(two_ranks()[1][(case, accum)]["params"], got["params"]) == 0.0
 
 
-def test_per_rank_mean_of_uneven_grpo_rows_is_not_invariant(two_ranks):
+def test_per_rank_mean_of_uneven_grpo_rows_is_not_invariant():
     """The bug class the global row count fixes: ranks that keep 4 and 2 rows, each normalising by its own count
     and then averaging, weigh rank 1's rows twice as much. The comparison above must catch it."""
     reference = _step("grpo_sequence", 1, 1, 0)
-    assert _max_diff(two_ranks[0][("grpo_naive", 1)]["grads"], reference["grads"]) > 1e-4
+    assert _max_diff(two_ranks()[0][("grpo_naive", 1)]["grads"], reference["grads"]) > 1e-4
 
 
 def test_shard_is_disjoint_and_covers_the_batch(monkeypatch):
