@@ -38,6 +38,10 @@ given prompts, responses, ground truths, their rewards, per-response entropy and
   reward/gold_mean, reward/format_mean, reward/answer_mean, policy/entropy (when entropies are given),
   response/length_mean, response/length_correct_mean, response/length_incorrect_mean, response/worked_share
 and one record per response (prompt, response, ground truth, rewards, entropy, length, worked).
+
+`safety_metrics` (the safety world, safety.py; the safety lesson's report): from responses to held-out prompts of
+known kinds, safety/violation_rate (forbidden requests answered), safety/false_refusal_rate (look-alikes refused),
+safety/plain_refusal_rate (plain problems refused), each with its binomial standard error (`_se`).
 """
 from __future__ import annotations
 
