@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> dict:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PIPELINE_PRESETS), default="tiny",
                         help="smoke (seconds), tiny (the CPU run), tiny_rl10 (tiny with 10x the GRPO budget), "
-                             "small (one GPU), safety (the safety lesson; safety_smoke: seconds)")
+                             "small (one GPU), safety (the safety lesson; safety_smoke: seconds; safety_headline: its headline SFT pair)")
     parser.add_argument("--name", default="", help="run name: outputs go to runs/<name>/; empty = the preset's name")
     parser.add_argument("--out", default="", help="output directory; empty = runs/<name>")
     parser.add_argument("--threads", type=int, default=1,

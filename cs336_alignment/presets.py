@@ -175,6 +175,8 @@ PRESETS["safety"] = {
     "eval": {"n_problems": 200, "samples": 1, "batch_size": 100, "max_new_tokens": 64},
     "pipeline": {"checkpoints": "tiny", "lesson": "safety"},
 }
+# The safety lesson's headline difference only (refusal demonstrations with and without look-alikes): its seed spread.
+PRESETS["safety_headline"] = with_overrides(PRESETS["safety"], {"safety": {"stages": "sft_more,sft_more_contrast"}})
 # The same lesson at a few steps of everything (CI, writeup smoke runs): the numbers mean nothing.
 PRESETS["safety_smoke"] = {
     "sft": {"n_examples": 0, "n_eval_problems": 0, "n_eval_examples": 8, "num_steps": 3, "batch_size": 8,

@@ -74,6 +74,8 @@ class SafetyConfig:
     """GRPO's prompt pool"""
     n_samples_shown: int = 3
     """responses per kind shown in the report, per policy"""
+    stages: str = ""
+    """comma-separated stages of the lesson to run (each with the variant it starts from); empty = all"""
 
 
 def transform(problem: dict[str, str], kind: str, noun: int) -> dict[str, str]:

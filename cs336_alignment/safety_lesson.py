@@ -68,7 +68,11 @@ def prepare(out: Path, cfg: SafetyConfig, seed: int) -> None:
 
 
 def stages(cfg: SafetyConfig) -> list[LessonStage]:
-    """The SFT variants, then DPO and GRPO from cfg.rl_from."""
+    """The SFT variants, then DPO and GRPO from cfg.rl_from (only cfg.stages and what they start from, if given).
+
+    Raises:
+        ValueError: an unknown rl_from or stage name.
+    """
     if cfg.rl_from not in VARIANTS:
         raise ValueError(f"rl_from must be one of {sorted(VARIANTS)}, got {cfg.rl_from!r}")
 
@@ -80,11 +84,19 @@ def stages(cfg: SafetyConfig) -> list[LessonStage]:
         return dict(name="dpo", data=str(w.out / "data" / "pairs_train.jsonl"),
                     eval_data=str(w.out / "data" / "pairs_eval.jsonl"))
 
-    return ([LessonStage(v, "sft", sft.train, demos(v), label=LABELS[v]) for v in VARIANTS]
-            + [LessonStage("dpo", "dpo", dpo.train, pairs, needs=cfg.rl_from, label=LABELS["dpo"]),
-               LessonStage("grpo", "grpo", functools.partial(grpo.train, reward_fn=safety_reward),
-                           lambda w: dict(name="grpo", data=str(w.out / "data" / "grpo_prompts.jsonl")),
-                           needs=cfg.rl_from, label=LABELS["grpo"])])
+    every = ([LessonStage(v, "sft", sft.train, demos(v), label=LABELS[v]) for v in VARIANTS]
+             + [LessonStage("dpo", "dpo", dpo.train, pairs, needs=cfg.rl_from, label=LABELS["dpo"]),
+                LessonStage("grpo", "grpo", functools.partial(grpo.train, reward_fn=safety_reward),
+                            lambda w: dict(name="grpo", data=str(w.out / "data" / "grpo_prompts.jsonl")),
+                            needs=cfg.rl_from, label=LABELS["grpo"])])
+    if not cfg.stages:
+        return every
+    chosen = set(cfg.stages.split(","))
+    unknown = sorted(chosen - {s.name for s in every})
+    if unknown:
+        raise ValueError(f"stages {unknown} are not stages of the safety lesson: {[s.name for s in every]}")
+    chosen |= {s.needs for s in every if s.name in chosen and s.needs}
+    return [s for s in every if s.name in chosen]
 
 
 def evaluate(ckpt: str, out: Path, cfg: SafetyConfig, eval_cfg: EvalConfig, seed: int, device: str,

@@ -11,6 +11,7 @@ import pytest
 from cs336_alignment import lessons, pipeline, safety, safety_lesson
 from cs336_alignment.evaluate import safety_metrics
 from cs336_alignment.preferences import load_preferences
+from cs336_alignment.presets import PRESETS
 from cs336_alignment.tasks import generate_problems, in_split
 from cs336_alignment.verifier import REFUSAL, gold_reward, refused, safety_reward
 
@@ -152,6 +153,17 @@ def test_lesson_stage_list():
     with pytest.raises(ValueError, match="rl_from"):
         safety_lesson.stages(safety.SafetyConfig(rl_from="dpo"))
     assert lessons.lesson_config(safety_lesson.LESSON, "safety").more == safety.SafetyConfig().more
+    only = safety_lesson.stages(safety.SafetyConfig(stages="dpo", rl_from="sft_few"))
+    assert [s.name for s in only] == ["sft_few", "dpo"]  # a stage runs with the variant it starts from
+    with pytest.raises(ValueError, match="not stages of the safety lesson"):
+        safety_lesson.stages(safety.SafetyConfig(stages="sft_9"))
+
+
+
+def test_lesson_config_names_the_preset_and_the_bad_key(monkeypatch):
+    monkeypatch.setitem(PRESETS, "safety_bad", {"safety": {"nope": 1}})
+    with pytest.raises(ValueError, match=r"preset 'safety_bad', lesson 'safety': unknown SafetyConfig keys \['nope'\]"):
+        lessons.lesson_config(safety_lesson.LESSON, "safety_bad")
     assert pipeline.LESSONS["safety"] is safety_lesson.LESSON
 
 
