@@ -56,11 +56,13 @@ from collections.abc import Callable
 
 from cs336_alignment.checkpoint import load_model
 from cs336_alignment.evaluate import evaluate_model, evaluate_policy
+from cs336_alignment.lessons import run_lesson
 from cs336_alignment.metrics import paired_difference
 from cs336_alignment.presets import PIPELINE_PRESETS, PRESETS, EvalConfig
 from cs336_alignment.report import (plot_gold_vs_kl, plot_overoptimization, plot_training_curves, sft_progress,
                                     write_report)
 from cs336_alignment.reward_model import load_reward_model
+from cs336_alignment.safety_lesson import LESSON as SAFETY_LESSON
 from cs336_alignment.runtime import get_device, set_threads
 from cs336_alignment.stages import (LABELS, NEEDS, POST_STAGES, SMALL_RM_STAGES, STAGES, base_sft_configs, cpu_seconds,
                                     make_pool, post_configs, record, run_post_training, run_stage, ship, shipped,
@@ -145,6 +147,9 @@ def paired_comparisons(per_problem: dict[str, dict[str, list[float]]]) -> list[d
 # ---------------------------------------------------------------------------------------------------------
 
 
+LESSONS = {"safety": SAFETY_LESSON}  # lesson presets name one in their pipeline section (lessons.py)
+
+
 @releases_run_dir
 def run(preset_name: str = "tiny", out: str = "", name: str = "", threads: int = 1, device: str = "auto",
         seed: int = 0, length_bias: float = 0.0, from_scratch: bool = False, skip: tuple[str, ...] = (),
@@ -175,6 +180,9 @@ def run(preset_name: str = "tiny", out: str = "", name: str = "", threads: int =
         raise RunDirError(f"{out_dir}: holds a pipeline run ({', '.join(present[:4])}"
                           f"{', ...' if len(present) > 4 else ''}): pass --overwrite to replace it, or choose another "
                           f"--out")
+    lesson = stage_config(preset_name, "pipeline").lesson
+    if lesson:  # a lesson preset: its own stages and report (lessons.py)
+        return run_lesson(LESSONS[lesson], preset_name, out_dir, seed, device, threads, jobs, overwrite)
     set_threads(threads)
     torch_device = get_device(device)
     stages: dict[str, dict] = {}
@@ -263,7 +271,7 @@ def main(argv: list[str] | None = None) -> dict:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PIPELINE_PRESETS), default="tiny",
                         help="smoke (seconds), tiny (the CPU run), tiny_rl10 (tiny with 10x the GRPO budget), "
-                             "small (one GPU)")
+                             "small (one GPU), safety (the safety lesson; safety_smoke: seconds; safety_headline: its headline SFT pair)")
     parser.add_argument("--name", default="", help="run name: outputs go to runs/<name>/; empty = the preset's name")
     parser.add_argument("--out", default="", help="output directory; empty = runs/<name>")
     parser.add_argument("--threads", type=int, default=1,

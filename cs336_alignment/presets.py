@@ -52,6 +52,8 @@ class EvalConfig:
 class PipelineConfig:
     checkpoints: str = ""
     """use the base/SFT models shipped under data/checkpoints/<this>/; empty = the preset's own name"""
+    lesson: str = ""
+    """run this lesson's own stages and report instead of the pipeline's (lessons.py; e.g. "safety"); empty = none"""
 
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
@@ -160,6 +162,32 @@ PRESETS["tiny_rl10"] = with_overrides(PRESETS["tiny"], {
     # expert iteration at the same 10x: 12 rounds x 1,280 prompts x 4 = 61,440 samples, no prompt twice
     "ei": {"n_problems": 16_000, "n_ei_steps": 12, "prompts_per_step": 1280, "eval_every": 6},
     "pipeline": {"checkpoints": "tiny"}})
+
+# The safety lesson (safety_lesson.py): SFT variants with 0 / few / more refusal demonstrations, with and without
+# look-alike demonstrations, then DPO and GRPO, from the shipped tiny SFT model; its own stages and report.
+PRESETS["safety"] = {
+    "sft": {"n_examples": 0, "n_eval_problems": 0, "num_steps": 150, "lr": 3e-4, "min_lr": 3e-5, "warmup_steps": 10,
+            "log_every": 25, "eval_every": 150, "checkpoint_every": 150},
+    "dpo": {"num_steps": 40, "lr": 1e-4, "min_lr": 1e-5, "warmup_steps": 4, "log_every": 10, "eval_every": 40,
+            "n_gold_problems": 0},
+    "grpo": {"n_eval_problems": 0, "prompts_per_step": 16, "num_steps": 16, "eval_every": 16, "checkpoint_every": 16},
+    "safety": {},
+    "eval": {"n_problems": 200, "samples": 1, "batch_size": 100, "max_new_tokens": 64},
+    "pipeline": {"checkpoints": "tiny", "lesson": "safety"},
+}
+# The safety lesson's headline difference only (refusal demonstrations with and without look-alikes): its seed spread.
+PRESETS["safety_headline"] = with_overrides(PRESETS["safety"], {"safety": {"stages": "sft_more,sft_more_contrast"}})
+# The same lesson at a few steps of everything (CI, writeup smoke runs): the numbers mean nothing.
+PRESETS["safety_smoke"] = {
+    "sft": {"n_examples": 0, "n_eval_problems": 0, "n_eval_examples": 8, "num_steps": 3, "batch_size": 8,
+            "warmup_steps": 1, "log_every": 1, "eval_every": 3, "checkpoint_every": 3},
+    "dpo": {"num_steps": 2, "batch_size": 8, "warmup_steps": 1, "log_every": 1, "eval_every": 2, "n_gold_problems": 0},
+    "grpo": {"n_eval_problems": 0, "prompts_per_step": 2, "group_size": 4, "max_new_tokens": 16, "num_steps": 1,
+             "eval_every": 1, "checkpoint_every": 1},
+    "safety": {"n_plain": 32, "few": 4, "more": 8, "n_pairs": 8, "n_rl_prompts": 16, "n_samples_shown": 1},
+    "eval": {"n_problems": 4, "samples": 1, "batch_size": 16, "max_new_tokens": 16},
+    "pipeline": {"checkpoints": "tiny", "lesson": "safety"},
+}
 
 # The single-GPU stage preset (`sft --preset gpu`, `grpo --preset gpu`; gpu.py: what it switches on). Starting
 # points for Qwen2.5-0.5B-Instruct on GSM8K on one 80 GB-class GPU, from CS336 assignment 5's settings; not yet run

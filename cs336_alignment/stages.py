@@ -27,6 +27,7 @@ from cs336_alignment import distributed as ddp
 from cs336_alignment.checkpoint import SHIPPED_DIR, load_checkpoint, load_checkpoint_extra, save_checkpoint
 from cs336_alignment.model import TransformerConfig, TransformerLM
 from cs336_alignment.presets import PRESETS, EvalConfig, PipelineConfig
+from cs336_alignment.safety import SafetyConfig
 from cs336_alignment.train import bon, dpo, expert_iteration, grpo, ppo, pretrain, reward_model, sft
 from cs336_alignment.train.common import config_from_dict
 
@@ -39,7 +40,8 @@ SHIPPED = SHIPPED_DIR  # data/checkpoints/<preset>/: base/SFT checkpoints per pr
 SECTIONS: dict[str, type] = {"pretrain": pretrain.PretrainConfig, "sft": sft.SFTConfig, "sft_more": sft.SFTConfig,
                              "sft_baseline": sft.SFTConfig, "rm": reward_model.RMConfig, "rm_small": reward_model.RMConfig,
                              "dpo": dpo.DPOConfig, "grpo": grpo.GRPOConfig, "ppo": ppo.PPOConfig, "bon": bon.BoNConfig,
-                             "ei": expert_iteration.EIConfig, "eval": EvalConfig, "pipeline": PipelineConfig}
+                             "ei": expert_iteration.EIConfig, "eval": EvalConfig, "pipeline": PipelineConfig,
+                             "safety": SafetyConfig}
 
 
 def stage_config(preset_name: str, section: str, **wiring):
