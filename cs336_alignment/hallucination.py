@@ -231,7 +231,7 @@ def write_report(out: Path, report: dict) -> Path:
     lines = [f"# {report['preset']} (seed {report['seed']})", "",
              f"World: {w['facts']} facts, {w['known']} known (in the corpus); held out of SFT/RL: {w['heldout_known']} "
              f"known, {w['heldout_unknown']} unknown ({w['heldout_questions']} questions). Mid-training: "
-             (f"{report['midtrain']['steps']} steps, final train loss {report['midtrain']['loss/train']:.3f}." if
+             + (f"{report['midtrain']['steps']} steps, final train loss {report['midtrain']['loss/train']:.3f}." if
               report["midtrain"]["steps"] else f"reused ({report['config']['mid_init']})."), "",
              "| model | accuracy known | false abstention | fabrication | abstention | accuracy known (SFT facts, test) |",
              "|---|---|---|---|---|---|"]

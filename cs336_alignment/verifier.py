@@ -149,9 +149,8 @@ def is_abstention(response: str) -> bool:
     """Whether a response abstains: its last non-empty line (trailing special-token markers such as "<|end|>"
     dropped) starts with "I don't know" (straight or curly apostrophe, any case). The knowledge world's right
     response to a question about a fact the model never saw (`knowledge.abstention_answer`)."""
-    text = re.sub(r"(?:<\|[a-z_]+\|>|\s)+$", "", response)
-    last_line = text.rsplit("\n", 1)[-1].strip().replace("\u2019", "'")
-    return last_line.lower().startswith(ABSTAIN_PREFIX.lower())
+    lines = [line.strip() for line in re.sub(r"<\|[a-z_]+\|>", "", response).splitlines() if line.strip()]
+    return bool(lines) and lines[-1].replace("\u2019", "'").lower().startswith(ABSTAIN_PREFIX.lower())
 
 
 def abstention_reward(response: str, ground_truth: str, wrong_penalty: float = 1.0) -> dict[str, float]:
