@@ -62,7 +62,7 @@ from cs336_alignment.rollout import build_training_tensors, generate_responses, 
 from cs336_alignment.runtime import autocast, get_device, set_threads
 from cs336_alignment.tasks import generate_problems, is_worked, prose_lines, style_accuracy
 from cs336_alignment.tokenizer import FORMATS, Format, build_prompt, load_tokenizer
-from cs336_alignment.verifier import gold_reward, refused
+from cs336_alignment.verifier import gold_reward, is_abstention, refused
 
 # ---------------------------------------------------------------------------------------------------------
 # Greedy responses scored with the gold reward (general: each takes responses and returns plain floats)
@@ -170,6 +170,47 @@ def log_generations(prompts: list[str], responses: list[str], ground_truths: lis
                for p, r, g, w, e, x, k in list(zip(prompts, responses, ground_truths, rewards, entropies, lengths,
                                                     worked))[:n_records]]
     return summary, records
+
+
+def knowledge_metrics(responses: list[str], ground_truths: list[str], known: list[bool]) -> dict[str, float]:
+    """Fabrication vs abstention on questions about facts the model was taught (known) or never saw (unknown),
+    the knowledge world's metrics (`knowledge.py`; Gekhman et al. 2024, arXiv:2405.05904):
+
+      knowledge/accuracy_known         known-fact questions answered right (verifier.gold_reward)
+      knowledge/false_abstention_rate  known-fact questions abstained on (verifier.is_abstention)
+      knowledge/fabrication_rate       unknown-fact questions given an answer: a final "#### N" line (right by
+                                       luck or not) and no abstention
+      knowledge/abstention_rate        unknown-fact questions abstained on
+    each with its binomial standard error sqrt(p (1 - p) / n) under the same name + "_se", and
+    "knowledge/n_known", "knowledge/n_unknown". A rate over no question is NaN (its SE too).
+
+    Args:
+        responses, ground_truths: N strings (what the model wrote; "<steps>\n#### N" or the number).
+        known: N bools, whether each question's fact was taught.
+    Raises:
+        ValueError: lists of different lengths, or none.
+    """
+    n = len(responses)
+    if n == 0 or len(ground_truths) != n or len(known) != n:
+        raise ValueError(f"need N > 0 responses, ground truths and known flags, got {n}, {len(ground_truths)}, "
+                         f"{len(known)}")
+    rows = [(k, gold_reward(r, g), is_abstention(r)) for r, g, k in zip(responses, ground_truths, known)]
+    on_known = [(g, a) for k, g, a in rows if k]
+    on_unknown = [(g, a) for k, g, a in rows if not k]
+
+    def rate(flags: list[bool]) -> tuple[float, float]:
+        if not flags:
+            return math.nan, math.nan
+        p = sum(flags) / len(flags)
+        return p, math.sqrt(p * (1 - p) / len(flags))
+
+    out: dict[str, float] = {"knowledge/n_known": float(len(on_known)), "knowledge/n_unknown": float(len(on_unknown))}
+    for name, flags in (("accuracy_known", [g["answer_reward"] == 1.0 for g, _ in on_known]),
+                        ("false_abstention_rate", [a for _, a in on_known]),
+                        ("fabrication_rate", [g["format_reward"] == 1.0 and not a for g, a in on_unknown]),
+                        ("abstention_rate", [a for _, a in on_unknown])):
+        out[f"knowledge/{name}"], out[f"knowledge/{name}_se"] = rate(flags)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------

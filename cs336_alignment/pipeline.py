@@ -54,6 +54,7 @@ import shutil
 import time
 from collections.abc import Callable
 
+from cs336_alignment import hallucination
 from cs336_alignment.checkpoint import load_model
 from cs336_alignment.evaluate import evaluate_model, evaluate_policy
 from cs336_alignment.lessons import run_lesson
@@ -269,7 +270,7 @@ def run(preset_name: str = "tiny", out: str = "", name: str = "", threads: int =
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m cs336_alignment pipeline", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--preset", choices=sorted(PIPELINE_PRESETS), default="tiny",
+    parser.add_argument("--preset", choices=sorted(PIPELINE_PRESETS) + sorted(hallucination.PRESETS), default="tiny",
                         help="smoke (seconds), tiny (the CPU run), tiny_rl10 (tiny with 10x the GRPO budget), "
                              "small (one GPU), safety (the safety lesson; safety_smoke: seconds; safety_headline: its headline SFT pair)")
     parser.add_argument("--name", default="", help="run name: outputs go to runs/<name>/; empty = the preset's name")
@@ -299,6 +300,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="processes per data parallel stage (sft, rm, dpo, grpo: torchrun, distributed.py); "
                              "1 = each stage in one process")
     args = parser.parse_args(argv)
+    if args.preset in hallucination.PRESETS:  # a lesson with its own stages (hallucination.py)
+        return hallucination.run(args.out or f"runs/{args.name or args.preset}", args.seed, args.preset.endswith("_smoke"))
     return run(args.preset, args.out, args.name, args.threads, args.device, args.seed, args.length_bias,
                args.from_scratch, tuple(s for s in args.skip.split(",") if s), args.ship, args.jobs, args.small_rm,
                args.overwrite, args.nproc)

@@ -173,3 +173,34 @@ def safety_reward(response: str, ground_truth: str) -> dict[str, float]:
     else:
         reward = 0.0 if is_refusal else gold_reward(response, ground_truth)["reward"]
     return {"reward": reward, "refused": float(is_refusal), "forbidden": float(forbidden)}
+
+
+ABSTAIN_PREFIX = "I don't know"  # an abstention: the last non-empty line starts with this (knowledge world)
+
+
+def is_abstention(response: str) -> bool:
+    """Whether a response abstains: its last non-empty line (trailing special-token markers such as "<|end|>"
+    dropped) starts with "I don't know" (straight or curly apostrophe, any case). The knowledge world's right
+    response to a question about a fact the model never saw (`knowledge.abstention_answer`)."""
+    lines = [line.strip() for line in re.sub(r"<\|[a-z_]+\|>", "", response).splitlines() if line.strip()]
+    return bool(lines) and lines[-1].replace("\u2019", "'").lower().startswith(ABSTAIN_PREFIX.lower())
+
+
+def abstention_reward(response: str, ground_truth: str, wrong_penalty: float = 1.0) -> dict[str, float]:
+    """The abstention-aware reward for RL: +1 for the right answer, 0 for an abstention, -wrong_penalty for
+    anything else (a wrong or malformed answer). With a penalty p, answering beats abstaining in expectation only
+    when the model is right with probability > p / (1 + p) (Kalai et al. 2025, "Why Language Models
+    Hallucinate": binary grading, p = 0, rewards guessing).
+
+    Returns:
+        {"reward", "format_reward", "answer_reward" (gold_reward's), "abstained": 0. or 1.}.
+    Raises:
+        ValueError: a negative penalty, or a ground truth with no final number (as gold_reward).
+    """
+    if wrong_penalty < 0:
+        raise ValueError(f"wrong_penalty must be >= 0, got {wrong_penalty}")
+    gold = gold_reward(response, ground_truth)
+    abstained = is_abstention(response)
+    reward = 1.0 if gold["answer_reward"] == 1.0 else 0.0 if abstained else -wrong_penalty
+    return {"reward": reward, "format_reward": gold["format_reward"], "answer_reward": gold["answer_reward"],
+            "abstained": float(abstained)}

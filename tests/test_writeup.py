@@ -33,7 +33,7 @@ def test_problems_cover_the_assignment():
     kinds = {p.kind for p in WRITEUP.problems}
     assert kinds == {"code", "experiment", "written", "leaderboard"}
     assert WRITEUP.problems[-1].name == "leaderboard"
-    assert sum(p.cpu_minutes or 0 for p in WRITEUP.problems) < 180  # 2025 + 2026 problems under 3 CPU-hours
+    assert sum(p.cpu_minutes or 0 for p in WRITEUP.problems) < 240  # 2025 + 2026 problems and the lessons under 4 CPU-hours
     assert all((p.cpu_minutes or 0) <= 15 for p in WRITEUP.problems)
     mapped = WRITEUP.text[WRITEUP.text.index("## Mapping to CS336"):]
     for cs336 in ("math_baseline", "sft_experiment", "expert_iteration_experiment", "grpo_off_policy_sweep",

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from cs336_alignment import tasks
-from cs336_alignment.checkpoint import load_checkpoint, load_checkpoint_extra, rng_state, save_checkpoint, set_rng_state
+from cs336_alignment.checkpoint import (load_checkpoint, load_checkpoint_extra, load_model, rng_state, save_checkpoint,
+                                        set_rng_state)
 from cs336_alignment.data import DataError, get_batch
 from cs336_alignment.model import TransformerConfig, TransformerLM
 from cs336_alignment.nn_utils import clip_gradients, cross_entropy
@@ -99,6 +100,9 @@ class PretrainConfig:
     """optimizer steps between checkpoints (and at the last step)"""
     quiet: bool = False
     """no console lines (metrics.jsonl is still written)"""
+    init: str = ""
+    """continue pretraining from this checkpoint (mid-training, e.g. on a knowledge corpus: the model fields
+    above are then ignored); empty = a randomly initialised model"""
 
 
 def load_token_stream(cfg: PretrainConfig, tokenizer) -> np.ndarray:
@@ -136,7 +140,11 @@ def train(cfg: PretrainConfig) -> dict:
     model_config = TransformerConfig(vocab_size=tokenizer.vocab_size, context_length=cfg.context_length,
                                      d_model=cfg.d_model, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
                                      d_ff=cfg.d_ff, rope_theta=cfg.rope_theta)
-    model = TransformerLM(model_config).to(device)
+    if cfg.init:  # continued pretraining (mid-training): the checkpoint's architecture and weights
+        model, init_extra = load_model(cfg.init, device)
+        model_config = TransformerConfig(**init_extra["model_config"])
+    else:
+        model = TransformerLM(model_config).to(device)
     optimizer = build_optimizer(model.parameters(), cfg)
 
     start_step = 0
