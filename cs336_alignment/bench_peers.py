@@ -159,7 +159,7 @@ def fwd_bwd(side: Side, b: dict) -> None:
     loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten())
     loss.backward()
     side.model.zero_grad(set_to_none=True)
-    side.last = (float(loss), 0.0)
+    side.last = (float(loss.detach()), 0.0)
 
 
 def sft_step(side: Side, b: dict) -> None:

@@ -90,6 +90,10 @@ class RotaryPositionalEmbedding(nn.Module):
     """RoPE: rotate each interleaved pair (x[2k], x[2k+1]) by angle pos · theta^(-2k/d_k) (Su et al. 2021, eq. 34).
 
     cos/sin tables (max_seq_len, d_k/2) are non-persistent buffers: they are not in the state dict.
+    float32/float64 on CPU or CUDA take the fast form: each pair is one complex number x[2k] + i·x[2k+1], the
+    rotation one complex multiplication by cos + i·sin (one kernel forward and one backward, instead of four
+    products, two sums, a stack and two strided-slice backwards). On CPU it gives the bits of the pair formula
+    below, forward and backward (tests/test_model_fast_paths.py); other dtypes (bf16) and devices use the formula.
     """
 
     def __init__(self, theta: float, d_k: int, max_seq_len: int, device=None):
@@ -105,6 +109,10 @@ class RotaryPositionalEmbedding(nn.Module):
         """x (..., T, d_k); token_positions (..., T) long, broadcastable to x's leading dims. Returns x's shape."""
         cos = self.cos[token_positions].to(x.dtype)  # (..., T, d_k/2)
         sin = self.sin[token_positions].to(x.dtype)
+        if (x.dtype in (torch.float32, torch.float64) and x.device.type in ("cpu", "cuda") and x.stride(-1) == 1
+                and x.storage_offset() % 2 == 0 and all(s % 2 == 0 for s in x.stride()[:-1])):  # complex-viewable
+            pairs = torch.view_as_complex(x.unflatten(-1, (-1, 2)))  # (..., T, d_k/2) complex, a view of x
+            return torch.view_as_real(pairs * torch.complex(cos, sin)).flatten(-2)  # (..., T, d_k)
         x_even, x_odd = x[..., 0::2], x[..., 1::2]  # (..., T, d_k/2) each
         rotated = torch.stack((x_even * cos - x_odd * sin, x_even * sin + x_odd * cos), dim=-1)  # (..., T, d_k/2, 2)
         return rotated.flatten(-2)  # pairs back in place: (..., T, d_k)
