@@ -88,11 +88,13 @@ class _Opt:  # the fields build_optimizer reads
 # ---------------------------------------------------------------------------------------------------------
 
 
-def load_pair(ckpt: str, tmp: str):
+def load_pair(ckpt: str, tmp: str, fast_kernels: bool = False):
     """(ours TransformerLM, peer LlamaForCausalLM, tokenizer), the same float32 weights."""
     from transformers import LlamaForCausalLM
 
     ours, _ = load_model(ckpt, "cpu")
+    if fast_kernels:
+        ours.use_fast_kernels()
     ours.save_pretrained(tmp, dtype=torch.float32)
     peer = LlamaForCausalLM.from_pretrained(tmp, dtype=torch.float32, attn_implementation="sdpa")
     peer.config.use_cache = False
@@ -142,7 +144,7 @@ class Side:
             norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        self.last = (float(loss), float(norm))
+        self.last = (float(loss.detach()), float(norm))
 
 
 def make_sides(ours, peer, old_forward: bool):
@@ -351,12 +353,13 @@ def bench_peers(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        ours, peer, tok = load_pair(args.ckpt, tmp)
+        ours, peer, tok = load_pair(args.ckpt, tmp, args.fast_kernels)
     add_fused_lm_head(peer)  # TRL's DPO forward; without fused_lm_head=True the forward is the original one
     context = ours.config.context_length
     print(f"bench peers: {ours.num_params() / 1e6:.2f}M params ({args.ckpt}), torch {torch.__version__}, "
           f"transformers {transformers.__version__}, trl {trl.__version__}, 1 thread, batch {args.batch_size}, "
-          f"median of {args.repeats} interleaved steps; ratio = ours / peer (< 1: ours faster)")
+          f"median of {args.repeats} interleaved steps; ratio = ours / peer (< 1: ours faster)"
+          + ("; ours with use_fast_kernels" if args.fast_kernels else ""))
     rows = []
     sft_batches = [chat_batch(tok, sft_chats(args.batch_size * 4, 0)[i::4], context) for i in range(4)]
     o, p = make_sides(ours, peer, args.old_forward)
@@ -371,7 +374,7 @@ def bench_peers(args: argparse.Namespace) -> int:
         with torch.no_grad():  # the frozen reference = the starting weights
             b["ref"] = sequence_log_probs(ours, b["input_ids"], b["labels"], b["response_mask"])
         dpo_batches.append(b)
-    o, p = make_sides(*load_pair_again(args.ckpt), args.old_forward)
+    o, p = make_sides(*load_pair_again(args.ckpt, args.fast_kernels), args.old_forward)
     rows.append(interleave("dpo", (o, p), dpo_step, dpo_batches, args.repeats))
 
     g = torch.Generator().manual_seed(2)
@@ -380,9 +383,9 @@ def bench_peers(args: argparse.Namespace) -> int:
         b = chat_batch(tok, sft_chats(args.batch_size * 4, 3)[i::4], context)
         b["advantages"] = torch.randn(len(b["input_ids"]), generator=g)
         grpo_batches.append(b)
-    o, p = make_sides(*load_pair_again(args.ckpt), args.old_forward)
+    o, p = make_sides(*load_pair_again(args.ckpt, args.fast_kernels), args.old_forward)
     rows.append(interleave("grpo", (o, p), grpo_step, grpo_batches, args.repeats))
-    ours, peer = load_pair_again(args.ckpt)
+    ours, peer = load_pair_again(args.ckpt, args.fast_kernels)
     rows.append(sampling(ours.eval(), peer.eval(), tok, args.prompts, args.new_tokens, max(1, args.repeats // 4)))
 
     print(f"{'what':<9}{'ours s':>9}{'peer s':>9}{'ratio':>7}  check")
@@ -412,12 +415,12 @@ def bench_peers(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_pair_again(ckpt: str):
+def load_pair_again(ckpt: str, fast_kernels: bool = False):
     """A fresh (ours, peer) pair from the checkpoint: each step kind starts from the same weights."""
     from trl.trainer.utils import add_fused_lm_head
 
     with tempfile.TemporaryDirectory() as tmp:
-        ours, peer, _ = load_pair(ckpt, tmp)
+        ours, peer, _ = load_pair(ckpt, tmp, fast_kernels)
     add_fused_lm_head(peer)
     return ours, peer
 
@@ -433,5 +436,7 @@ def add_parser(sub) -> None:
     p.add_argument("--memory-steps", type=int, default=100, help="DPO steps of the memory check (0 = skip)")
     p.add_argument("--old-forward", action="store_true",
                    help="GRPO: also run the no-grad forward for old log-probs (the loop before it reused the first pass)")
+    p.add_argument("--fast-kernels", action="store_true",
+                   help="ours with TransformerLM.use_fast_kernels (F.silu, rsqrt: other float rounding; off by default)")
     p.add_argument("--json", default="", help="also write the rows here")
     p.set_defaults(func=bench_peers)

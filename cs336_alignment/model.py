@@ -78,10 +78,13 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(d_model, device=device, dtype=dtype))
+        self.fast = False  # TransformerLM.use_fast_kernels
 
     def forward(self, x: Tensor) -> Tensor:  # (..., d_model) -> same shape and dtype
         in_dtype = x.dtype
         x = x.float()  # squares of bf16 activations overflow/lose precision
+        if self.fast:
+            return (x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps) * self.weight).to(in_dtype)
         rms = torch.sqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps)  # (..., 1)
         return (x / rms * self.weight).to(in_dtype)
 
@@ -90,10 +93,8 @@ class RotaryPositionalEmbedding(nn.Module):
     """RoPE: rotate each interleaved pair (x[2k], x[2k+1]) by angle pos · theta^(-2k/d_k) (Su et al. 2021, eq. 34).
 
     cos/sin tables (max_seq_len, d_k/2) are non-persistent buffers: they are not in the state dict.
-    float32/float64 on CPU or CUDA take the fast form: each pair is one complex number x[2k] + i·x[2k+1], the
-    rotation one complex multiplication by cos + i·sin (one kernel forward and one backward, instead of four
-    products, two sums, a stack and two strided-slice backwards). On CPU it gives the bits of the pair formula
-    below, forward and backward (tests/test_model_fast_paths.py); other dtypes (bf16) and devices use the formula.
+    float32/64 on CPU/CUDA: each pair is a complex number x[2k] + i·x[2k+1] rotated by one multiplication with
+    cos + i·sin (one kernel each way); on CPU the bits of the pair formula below (tests/test_fast_paths.py).
     """
 
     def __init__(self, theta: float, d_k: int, max_seq_len: int, device=None):
@@ -256,9 +257,10 @@ class SwiGLU(nn.Module):
         self.w1 = Linear(d_model, d_ff, device, dtype)
         self.w2 = Linear(d_ff, d_model, device, dtype)
         self.w3 = Linear(d_model, d_ff, device, dtype)
+        self.fast = False  # TransformerLM.use_fast_kernels
 
     def forward(self, x: Tensor) -> Tensor:  # (..., d_model) -> (..., d_model)
-        return self.w2(silu(self.w1(x)) * self.w3(x))
+        return self.w2((F.silu if self.fast else silu)(self.w1(x)) * self.w3(x))
 
 
 class TransformerBlock(nn.Module):
@@ -369,6 +371,14 @@ class TransformerLM(nn.Module):
             dtype: of the saved tensors (default: the model's).
         """
         save_hf_checkpoint(self.state_dict(), self.config, path, tokenizer=tokenizer, dtype=dtype)
+
+    def use_fast_kernels(self, on: bool = True) -> "TransformerLM":
+        """F.silu in SwiGLU and x · rsqrt(mean(x²) + eps) in RMSNorm, in place. Off by default: the same maths with
+        other float rounding (≤ 1e-6 per op), so runs would not repeat the default pipeline's bits."""
+        for module in self.modules():
+            if isinstance(module, (RMSNorm, SwiGLU)):
+                module.fast = on
+        return self
 
     def num_params(self, include_embeddings: bool = True) -> int:
         """Number of parameters (optionally without the input embedding table)."""

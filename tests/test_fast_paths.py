@@ -154,3 +154,28 @@ def test_bench_peers_runs_and_both_sides_agree(capsys):
     diffs = [float(part.split()[-1].rstrip(",")) for line in out.splitlines() if "loss rel diff" in line
              for part in [line.split("loss rel diff")[1].split(", grad norm")[0]]]
     assert len(diffs) == 4 and max(diffs) < 1e-4  # same weights, same batches: the same losses step for step
+
+
+def test_fast_kernels_stay_within_rounding_of_the_course_forms():
+    """use_fast_kernels (F.silu, rsqrt) changes only float rounding: logits and gradients within 1e-5 (float32;
+    RMSNorm computes in float32 whatever the dtype); the two formulas agree in float64 within 1e-12."""
+    torch.manual_seed(0)
+    config = TransformerConfig(vocab_size=64, context_length=16, d_model=32, num_layers=2, num_heads=2, d_ff=96)
+    ids = torch.randint(0, 64, (3, 16))
+    for dtype, tol in ((torch.float32, 1e-5),):
+        course = TransformerLM(config).to(dtype)
+        fast = TransformerLM(config).to(dtype)
+        fast.load_state_dict(course.state_dict())
+        assert not any(getattr(m, "fast", False) for m in fast.modules())
+        fast.use_fast_kernels()
+        outs = []
+        for model in (course, fast):
+            logits = model(ids)
+            (grad,) = torch.autograd.grad(logits.pow(2).mean(), model.layers[0].ffn.w1.weight)
+            outs.append((logits.detach(), grad))
+        torch.testing.assert_close(outs[1][0], outs[0][0], rtol=tol, atol=tol)
+        torch.testing.assert_close(outs[1][1], outs[0][1], rtol=tol, atol=tol)
+    x = torch.randn(1000, dtype=torch.float64) * 5
+    torch.testing.assert_close(torch.nn.functional.silu(x), x / (1 + torch.exp(-x)), rtol=1e-12, atol=1e-12)
+    ms = x.pow(2).mean() + 1e-5
+    torch.testing.assert_close(x * torch.rsqrt(ms), x / torch.sqrt(ms), rtol=1e-12, atol=1e-12)
