@@ -252,7 +252,8 @@ def interleave(name: str, sides, step, batches: list[dict], repeats: int, warmup
 
 def sampling(ours, peer, tokenizer, n_prompts: int, new_tokens: int, repeats: int) -> dict:
     """Seconds to sample n_prompts responses, ours vs generate (both batched, temperature 1)."""
-    prompts = [tokenizer.prompt_ids(p["question"]) for p in generate_problems(n_prompts, "test", 0)]
+    prompts = [tokenizer.prompt_ids(p["question"]) for p in generate_problems(4 * n_prompts, "test", 0)]
+    prompts = [p for p in prompts if len(p) + new_tokens <= ours.config.context_length][:n_prompts]  # room to end
     end, pad = tokenizer.end_of_turn_id, tokenizer.pad_token_id
     width = max(map(len, prompts))
     ids = torch.full((len(prompts), width), pad)
@@ -360,7 +361,7 @@ def bench_peers(args: argparse.Namespace) -> int:
           f"transformers {transformers.__version__}, trl {trl.__version__}, 1 thread, batch {args.batch_size}, "
           f"median of {args.repeats} interleaved steps; ratio = ours / peer (< 1: ours faster)"
           + ("; ours with use_fast_kernels" if args.fast_kernels else ""))
-    rows = []
+    rows = Rows()
     sft_batches = [chat_batch(tok, sft_chats(args.batch_size * 4, 0)[i::4], context) for i in range(4)]
     o, p = make_sides(ours, peer, args.old_forward)
     rows.append(interleave("fwd+bwd", (o, p), fwd_bwd, sft_batches, args.repeats))
@@ -388,12 +389,6 @@ def bench_peers(args: argparse.Namespace) -> int:
     ours, peer = load_pair_again(args.ckpt, args.fast_kernels)
     rows.append(sampling(ours.eval(), peer.eval(), tok, args.prompts, args.new_tokens, max(1, args.repeats // 4)))
 
-    print(f"{'what':<9}{'ours s':>9}{'peer s':>9}{'ratio':>7}  check")
-    for r in rows:
-        check = (f"{r['steps_compared']} steps: loss rel diff {r['loss_rel_diff']:.1e}, grad norm "
-                 f"{r['grad_norm_rel_diff']:.1e}" if "steps_compared" in r else
-                 f"new tokens ours {r['ours_tokens']} / peer {r['peer_tokens']} (sampled)")
-        print(f"{r['name']:<9}{r['ours_s']:>9.4f}{r['peer_s']:>9.4f}{r['ratio']:>7.2f}  {check}")
     peak = matmul_peak_flops()
     n = ours.num_params()
     c = ours.config
@@ -413,6 +408,19 @@ def bench_peers(args: argparse.Namespace) -> int:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
     return 0
+
+
+class Rows(list):
+    """The result rows; each is printed as it is appended (a crash later keeps what was measured)."""
+
+    def append(self, r: dict) -> None:
+        if not self:
+            print(f"{'what':<9}{'ours s':>9}{'peer s':>9}{'ratio':>7}  check")
+        check = (f"{r['steps_compared']} steps: loss rel diff {r['loss_rel_diff']:.1e}, grad norm "
+                 f"{r['grad_norm_rel_diff']:.1e}" if "steps_compared" in r else
+                 f"new tokens ours {r['ours_tokens']} / peer {r['peer_tokens']} (sampled)")
+        print(f"{r['name']:<9}{r['ours_s']:>9.4f}{r['peer_s']:>9.4f}{r['ratio']:>7.2f}  {check}", flush=True)
+        super().append(r)
 
 
 def load_pair_again(ckpt: str, fast_kernels: bool = False):
