@@ -3,6 +3,7 @@
     python -m cs336_alignment bench generate   # KV-cache generation vs recomputing the prefix; dropping finished rows
     python -m cs336_alignment bench logprobs   # fused log-prob kernels vs naive / F.cross_entropy / native
     python -m cs336_alignment bench ddp        # one stage at 1 vs N torchrun processes (bench_ddp.py)
+    python -m cs336_alignment bench peers      # vs transformers + TRL (optional extra), see bench_peers.py
 
 Timings on shared CPUs vary 10-40% run to run: read the ratios, not the absolute times.
 """
@@ -14,7 +15,8 @@ import os
 # Must be set before torch is imported: OpenMP's default busy-wait makes small parallel ops cost ~ms each.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from cs336_alignment.logprobs import fused_linear_log_probs, naive_linear_log_probs  # noqa: E402 (after the environ)
+from cs336_alignment.bench_peers import add_parser as add_peers_parser  # noqa: E402 (after the environ)
+from cs336_alignment.logprobs import fused_linear_log_probs, naive_linear_log_probs  # noqa: E402
 from cs336_alignment.generation import generate  # noqa: E402
 from cs336_alignment import bench_ddp  # noqa: E402
 from cs336_alignment.model import TransformerConfig, TransformerLM  # noqa: E402
@@ -332,7 +334,7 @@ def bench_logprobs(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------------------------------------------------
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int | None:
     parser = argparse.ArgumentParser(prog="python -m cs336_alignment bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="which", required=True)
@@ -348,8 +350,9 @@ def main(argv: list[str] | None = None) -> None:
     lp.add_argument("--threads", type=int, default=2)
     lp.set_defaults(func=bench_logprobs)
     bench_ddp.add_parser(sub)
+    add_peers_parser(sub)
     args = parser.parse_args(argv)
-    args.func(args)
+    return args.func(args)
 
 
 if __name__ == "__main__":

@@ -78,10 +78,13 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(d_model, device=device, dtype=dtype))
+        self.fast = False  # TransformerLM.use_fast_kernels
 
     def forward(self, x: Tensor) -> Tensor:  # (..., d_model) -> same shape and dtype
         in_dtype = x.dtype
         x = x.float()  # squares of bf16 activations overflow/lose precision
+        if self.fast:
+            return (x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps) * self.weight).to(in_dtype)
         rms = torch.sqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps)  # (..., 1)
         return (x / rms * self.weight).to(in_dtype)
 
@@ -90,6 +93,8 @@ class RotaryPositionalEmbedding(nn.Module):
     """RoPE: rotate each interleaved pair (x[2k], x[2k+1]) by angle pos · theta^(-2k/d_k) (Su et al. 2021, eq. 34).
 
     cos/sin tables (max_seq_len, d_k/2) are non-persistent buffers: they are not in the state dict.
+    float32/64 on CPU/CUDA: each pair is a complex number x[2k] + i·x[2k+1] rotated by one multiplication with
+    cos + i·sin (one kernel each way); on CPU the bits of the pair formula below (tests/test_fast_paths.py).
     """
 
     def __init__(self, theta: float, d_k: int, max_seq_len: int, device=None):
@@ -105,6 +110,10 @@ class RotaryPositionalEmbedding(nn.Module):
         """x (..., T, d_k); token_positions (..., T) long, broadcastable to x's leading dims. Returns x's shape."""
         cos = self.cos[token_positions].to(x.dtype)  # (..., T, d_k/2)
         sin = self.sin[token_positions].to(x.dtype)
+        if (x.dtype in (torch.float32, torch.float64) and x.device.type in ("cpu", "cuda") and x.stride(-1) == 1
+                and x.storage_offset() % 2 == 0 and all(s % 2 == 0 for s in x.stride()[:-1])):  # complex-viewable
+            pairs = torch.view_as_complex(x.unflatten(-1, (-1, 2)))  # (..., T, d_k/2) complex, a view of x
+            return torch.view_as_real(pairs * torch.complex(cos, sin)).flatten(-2)  # (..., T, d_k)
         x_even, x_odd = x[..., 0::2], x[..., 1::2]  # (..., T, d_k/2) each
         rotated = torch.stack((x_even * cos - x_odd * sin, x_even * sin + x_odd * cos), dim=-1)  # (..., T, d_k/2, 2)
         return rotated.flatten(-2)  # pairs back in place: (..., T, d_k)
@@ -248,9 +257,10 @@ class SwiGLU(nn.Module):
         self.w1 = Linear(d_model, d_ff, device, dtype)
         self.w2 = Linear(d_ff, d_model, device, dtype)
         self.w3 = Linear(d_model, d_ff, device, dtype)
+        self.fast = False  # TransformerLM.use_fast_kernels
 
     def forward(self, x: Tensor) -> Tensor:  # (..., d_model) -> (..., d_model)
-        return self.w2(silu(self.w1(x)) * self.w3(x))
+        return self.w2((F.silu if self.fast else silu)(self.w1(x)) * self.w3(x))
 
 
 class TransformerBlock(nn.Module):
@@ -361,6 +371,14 @@ class TransformerLM(nn.Module):
             dtype: of the saved tensors (default: the model's).
         """
         save_hf_checkpoint(self.state_dict(), self.config, path, tokenizer=tokenizer, dtype=dtype)
+
+    def use_fast_kernels(self, on: bool = True) -> "TransformerLM":
+        """F.silu in SwiGLU and x · rsqrt(mean(x²) + eps) in RMSNorm, in place. Off by default: the same maths with
+        other float rounding (≤ 1e-6 per op), so runs would not repeat the default pipeline's bits."""
+        for module in self.modules():
+            if isinstance(module, (RMSNorm, SwiGLU)):
+                module.fast = on
+        return self
 
     def num_params(self, include_embeddings: bool = True) -> int:
         """Number of parameters (optionally without the input embedding table)."""

@@ -114,6 +114,7 @@ class AdamW(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+            by_step: dict[tuple, list[Tensor]] = {}  # parameters sharing a step count and device: one update
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -123,14 +124,24 @@ class AdamW(torch.optim.Optimizer):
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
-                t, m, v, g = state["step"], state["exp_avg"], state["exp_avg_sq"], p.grad
-                p.mul_(1 - lr * wd)                                   # decoupled weight decay
-                m.mul_(beta1).add_(g, alpha=1 - beta1)                # m ← β1 m + (1-β1) g
-                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)         # v ← β2 v + (1-β2) g²
+                by_step.setdefault((state["step"], p.device), []).append(p)
+            for (t, _), params in by_step.items():
+                # The update of the class docstring on every parameter of the list at once (torch._foreach_*: the
+                # same element-wise kernels in the same order as one parameter at a time, so the same bits).
+                m = [self.state[p]["exp_avg"] for p in params]
+                v = [self.state[p]["exp_avg_sq"] for p in params]
+                g = [p.grad for p in params]
+                torch._foreach_mul_(params, 1 - lr * wd)               # decoupled weight decay
+                torch._foreach_mul_(m, beta1)                          # m ← β1 m + (1-β1) g
+                torch._foreach_add_(m, g, alpha=1 - beta1)
+                torch._foreach_mul_(v, beta2)                          # v ← β2 v + (1-β2) g²
+                torch._foreach_addcmul_(v, g, g, value=1 - beta2)
                 bias_correction1 = 1 - beta1 ** t
                 bias_correction2 = 1 - beta2 ** t
-                denom = (v.sqrt() / math.sqrt(bias_correction2)).add_(eps)
-                p.addcdiv_(m, denom, value=-lr / bias_correction1)
+                denom = torch._foreach_sqrt(v)                         # sqrt(v̂) + eps = sqrt(v)/sqrt(1-β2^t) + eps
+                torch._foreach_div_(denom, math.sqrt(bias_correction2))
+                torch._foreach_add_(denom, eps)
+                torch._foreach_addcdiv_(params, m, denom, value=-lr / bias_correction1)
         return loss
 
 

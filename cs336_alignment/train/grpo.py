@@ -367,13 +367,15 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
             len(keep), generator=shuffle)].tensor_split(n_mini)] for _ in range(cfg.epochs_per_rollout_batch)] \
             if n_kept else []
         # plan[epoch][minibatch] = the micro-batches (row-index tensors) of one optimizer step
-        # old / reference log-probs, in the first epoch's micro-batches (first ratio == 1)
+        # old / reference log-probs, in the first epoch's micro-batches (first ratio == 1). The first optimizer
+        # step's old log-probs are its own forward's, detached (no update yet: the same bits), so no pass here.
         with torch.no_grad(), autocast(device):
             for name, model, needed in (("old_log_probs", policy, needs_old_log_probs(cfg.importance_reweighting)),
                                         ("ref_log_probs", reference, cfg.kl_coef > 0)):
                 if needed and plan:
                     tensors[name] = torch.zeros(ro.labels.shape)                 # (N, T)
-                    for rows in (rows for mini in plan[0] for rows in mini):
+                    first = 1 if name == "old_log_probs" else 0
+                    for rows in (rows for mini in plan[0][first:] for rows in mini):
                         mb = micro_batch(tensors, rows, widths, device)
                         lp = get_response_log_probs(model, mb["input_ids"], mb["labels"],
                                                     temperature=cfg.temperature)["log_probs"]  # (b, T')
@@ -382,7 +384,7 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
         n_tokens, train_t0, norms = 0, time.perf_counter(), []
         entropy = torch.full((len(ro),), math.nan)  # (N,) each response's mean token entropy, first epoch
         for epoch, minibatches in enumerate(plan):
-            for micros in minibatches:
+            for mini_idx, micros in enumerate(minibatches):
                 mini_rows = ddp.global_count(sum(len(rows) for rows in micros))  # the optimizer step's rows, all ranks
                 for rows in micros:
                     mb = micro_batch(tensors, rows, widths, device)
@@ -390,6 +392,9 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
                         out_lp = get_response_log_probs(policy, mb["input_ids"], mb["labels"],
                                                         return_token_entropy=True, temperature=cfg.temperature)
                     log_probs, mask = out_lp["log_probs"], mb["response_mask"]        # (b, T')
+                    if epoch == mini_idx == 0 and "old_log_probs" in tensors:  # before the first update
+                        mb["old_log_probs"] = log_probs.detach()
+                        tensors["old_log_probs"][rows, :log_probs.shape[1]] = log_probs.detach().float().cpu()
                     # Weigh each micro-batch by its share of the minibatch's rows (a float accumulation
                     # factor), so uneven micro-batches still give exactly the minibatch mean.
                     share, constant = ddp.policy_loss_scaling(  # with one process: (mini_rows / len(rows), C)
