@@ -34,7 +34,8 @@ Design (the standard recipe of PyTorch DDP, nanoGPT/nanochat and CS336 assignmen
   correct responses on a rank with none, are left out); throughput keys are summed.
 - Writes: rank 0 alone locks and prepares the run directory (`setup_run`), writes metrics.jsonl
   (`metrics_logger` hands the other ranks a silent logger), the preference pairs it samples
-  (`preference_data`) and the checkpoints (`save_checkpoint`, atomically as `checkpoint.save_checkpoint`).
+  (`preference_data`) and, guarded by `is_main()` in the loops, the checkpoints (atomically, as with one process:
+  the other ranks hold the same weights, the same gradients having been applied to the same start).
 """
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ from typing import Any, Iterable, Sequence, TypeVar
 import torch
 import torch.distributed as dist
 
-from cs336_alignment import checkpoint, preferences
+from cs336_alignment import preferences
 from cs336_alignment.runtime import get_device, set_seed, set_threads
 from cs336_alignment.train import common
 
@@ -276,13 +277,6 @@ def metrics_logger(out: Path, num_steps: int, config: dict[str, Any], resumed_fr
     if not is_main():
         return _SilentLogger()
     return common.MetricsLogger(out, num_steps, config, resumed_from=resumed_from, quiet=quiet)
-
-
-def save_checkpoint(*args: Any, **kwargs: Any) -> None:
-    """`checkpoint.save_checkpoint` on rank 0 (atomic: temporary file + rename); nothing on the other ranks
-    (their weights are rank 0's: the same gradients were applied to the same start)."""
-    if is_main():
-        checkpoint.save_checkpoint(*args, **kwargs)
 
 
 def preference_data(cfg: Any, model, tokenizer, out: Path, seed: int, log=print):

@@ -221,7 +221,8 @@ def _torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_torchrun_two_processes_runs_every_stage(tmp_path):
     """sft, rm, dpo and grpo run under torchrun with 2 gloo ranks; SFT's checkpoint equals the one process run
-    with 2 accumulation steps (same examples, same normalisation) within 1e-6."""
+    with 2 accumulation steps (same examples, same normalisation) within 1e-6, and a 2-process run stopped after
+    its step-4 checkpoint and resumed by 1 process ends where the uninterrupted 2-process run ended."""
     for stage in ("sft", "rm", "dpo", "grpo"):
         extra = {"sft": ["--grad-accum-steps", "1"], "dpo": ["--n-prompts", "8", "--n-eval-prompts", "4",
                                                               "--k-samples", "3"]}.get(stage, [])
@@ -235,6 +236,22 @@ def test_torchrun_two_processes_runs_every_stage(tmp_path):
     a = torch.load(tmp_path / "sft" / "ckpt.pt", weights_only=False)["model"]
     b = torch.load(tmp_path / "sft1" / "ckpt.pt", weights_only=False)["model"]
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+    # --resume at another world size: 2 processes stopped right after the step-4 checkpoint, 1 process resumes
+    script = tmp_path / "stop_after_first_checkpoint.py"
+    script.write_text("import sys\nfrom cs336_alignment.train import sft\nsave = sft.save_checkpoint\n"
+                      "def stop(*a, **k):\n    save(*a, **k)\n    raise SystemExit(3)\n"
+                      "sft.save_checkpoint = stop\nsft.main(sys.argv[1:])\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    flags = ["--preset", "smoke", "--out", str(tmp_path / "sftk"), "--grad-accum-steps", "1", "--checkpoint-every",
+             "4", "--quiet"]
+    stopped = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                              str(script), *flags], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert stopped.returncode != 0 and torch.load(tmp_path / "sftk" / "ckpt.pt", weights_only=False)["iteration"] == 4
+    resumed = subprocess.run([sys.executable, "-m", "cs336_alignment", "sft", *flags, "--resume"], cwd=tmp_path,
+                             env=env)
+    assert resumed.returncode == 0
+    c = torch.load(tmp_path / "sftk" / "ckpt.pt", weights_only=False)["model"]
+    assert max(float((a[k] - c[k]).abs().max()) for k in a) < 1e-5   # float32: the same sums in another order
     shutil.rmtree(tmp_path)
 
 

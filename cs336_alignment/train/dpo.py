@@ -239,8 +239,9 @@ def train(cfg: DPOConfig) -> dict:
             window_tokens, t0 = 0, time.perf_counter()
     bar.close()
     ckpt_path = out / "ckpt.pt"
-    ddp.save_checkpoint(model, optimizer, cfg.num_steps, ckpt_path, config=dataclasses.asdict(cfg),
-                    model_config=dataclasses.asdict(model_config), rng=rng_state())
+    if ddp.is_main():  # rank 0 alone writes
+        save_checkpoint(model, optimizer, cfg.num_steps, ckpt_path, config=dataclasses.asdict(cfg),
+                        model_config=dataclasses.asdict(model_config), rng=rng_state())
     return {"checkpoint": str(ckpt_path), "steps": cfg.num_steps, "data_wall_s": t_data,
             "n_pairs": len(train_pairs), "n_eval_pairs": len(eval_pairs),
             **{k: float(v) for k, v in last.items() if k not in ("lr", "grad_norm", "perf/tokens_per_s")}}

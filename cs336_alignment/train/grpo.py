@@ -443,8 +443,8 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
             logger.log_generations(done, records)
         if done % cfg.eval_every == 0 or done == cfg.num_steps:
             last_eval = evaluate(done)
-        if done % cfg.checkpoint_every == 0 or done == cfg.num_steps:
-            ddp.save_checkpoint(policy, optimizer, done, ckpt_path, config=dataclasses.asdict(cfg),
+        if (done % cfg.checkpoint_every == 0 or done == cfg.num_steps) and ddp.is_main():  # rank 0 alone writes
+            save_checkpoint(policy, optimizer, done, ckpt_path, config=dataclasses.asdict(cfg),
                             model_config=init_extra["model_config"], rng=rng_state(), cpu_s=cpu_s)
     bar.close()
     return {"checkpoint": str(ckpt_path), "steps": cfg.num_steps, "cpu_s": cpu_s, "eval": last_eval}

@@ -291,9 +291,10 @@ def train(cfg: RMConfig) -> dict:
     with torch.no_grad():
         model.head.bias -= offset
     ckpt_path = out / "ckpt.pt"
-    ddp.save_checkpoint(model, None, cfg.num_steps, ckpt_path, kind="reward_model", config=dataclasses.asdict(cfg),
-                    model_config=dataclasses.asdict(model_config), reward_offset=offset,
-                    likelihood_term=model.likelihood_coef is not None)
+    if ddp.is_main():  # rank 0 alone writes
+        save_checkpoint(model, None, cfg.num_steps, ckpt_path, kind="reward_model", config=dataclasses.asdict(cfg),
+                        model_config=dataclasses.asdict(model_config), reward_offset=offset,
+                        likelihood_term=model.likelihood_coef is not None)
     keys = ("loss/train", "eval/loss", "eval/rm/accuracy", "eval/rm/ece", "eval/rm/ceiling_accuracy", "eval/rm/gold_accuracy",
             "eval/rm/gold_pairs", "eval/rm/correct_preferred", "eval/rm/sft_correct_preferred", "rm/likelihood_coef")
     return {"checkpoint": str(ckpt_path), "steps": cfg.num_steps, **{k: float(last[k]) for k in keys if k in last},

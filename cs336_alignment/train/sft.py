@@ -319,8 +319,8 @@ def train(cfg: SFTConfig) -> dict:
             logger.log(done, metrics)
             last.update(metrics)
             window_nll, window_count, window_norms, window_tokens, t0 = 0.0, 0, [], 0, time.perf_counter()
-        if done % cfg.checkpoint_every == 0 or is_last:
-            ddp.save_checkpoint(model, optimizer, done, ckpt_path, config=dataclasses.asdict(cfg),
+        if (done % cfg.checkpoint_every == 0 or is_last) and ddp.is_main():  # rank 0 alone writes
+            save_checkpoint(model, optimizer, done, ckpt_path, config=dataclasses.asdict(cfg),
                             model_config=dataclasses.asdict(model_config), rng=rng_state(), cpu_s=cpu_s)
         if is_last:
             break
