@@ -29,6 +29,8 @@ import numpy as np
 import torch
 
 from cs336_alignment.checkpoint import load_model, rng_state, save_checkpoint
+from cs336_alignment.config_blocks import (IntervalConfig, LogConfig, OptimConfig, PolicyInitConfig, RunConfig,
+                                           ScheduleConfig, with_defaults)
 from cs336_alignment.data import DataError, collate_chat
 from cs336_alignment.dpo import dpo_loss, sequence_log_probs
 from cs336_alignment.evaluate import evaluate_model
@@ -44,23 +46,11 @@ from cs336_alignment.train.common import (MetricsLogger, build_optimizer, check_
 
 
 @dataclass
-class DPOConfig(PreferenceDataConfig):
-    # --- run
-    name: str = "dpo"
-    """run name: outputs go to runs/<name>/ unless --out is given"""
-    out: str = ""
-    """output directory (ckpt.pt, metrics.jsonl); default runs/<name>"""
-    overwrite: bool = False
-    """replace the run already in --out (without it, a directory that holds a run is an error)"""
-    seed: int = 0
-    """seed of the prompts, samples and labels (when made here) and of the pair order"""
-    device: str = "auto"
-    """cuda, mps, cpu, or auto (cuda, then mps, then cpu)"""
-    threads: int = 1
-    """torch.set_num_threads; 0 = torch's default (1 was fastest on a shared 2-core CPU)"""
-    init: str = ""
-    """SFT checkpoint: the initial policy and the frozen reference; empty = the shipped tiny SFT model
-    (data/checkpoints/tiny/sft.pt)"""
+@with_defaults(name="dpo", num_steps=120, beta2=0.999, log_every=10, eval_every=40)
+class DPOConfig(LogConfig, IntervalConfig, ScheduleConfig, OptimConfig, PreferenceDataConfig, PolicyInitConfig,
+                RunConfig):
+    """DPO: the shared blocks (config_blocks), the preference data's (preferences.PreferenceDataConfig) and DPO's."""
+
     # --- DPO
     beta: float = 0.1
     """KL strength: the implicit reward is beta * log(pi / pi_ref)"""
@@ -70,34 +60,12 @@ class DPOConfig(PreferenceDataConfig):
     """assumed label-flip rate (cDPO); sigmoid only"""
     nll_coef: float = 0.0
     """add nll_coef x the chosen responses' NLL per token (RPO, Pang et al. 2024 eq. 1); 0 = plain DPO"""
-    # --- optimisation
-    num_steps: int = 120
-    """optimizer steps"""
     batch_size: int = 32
     """preference pairs per optimizer step"""
-    lr: float = 1e-4
-    """peak learning rate (after linear warmup)"""
-    min_lr: float = 1e-5
-    """learning rate at the end of the cosine decay"""
-    warmup_steps: int = 10
-    """linear warmup steps"""
-    weight_decay: float = 0.0
-    """AdamW decoupled weight decay"""
-    beta1: float = 0.9
-    """AdamW beta1"""
-    beta2: float = 0.999
-    """AdamW beta2"""
-    grad_clip: float = 1.0
-    """clip the global gradient L2 norm to this value"""
-    # --- logging / eval
-    log_every: int = 10
-    """optimizer steps between console/metrics lines"""
-    eval_every: int = 40
-    """optimizer steps between held-out evaluations (and at the last step)"""
     n_gold_problems: int = 128
     """test problems answered greedily at each evaluation (0 = skip the gold evaluation)"""
-    quiet: bool = False
-    """no console lines (metrics.jsonl is still written)"""
+
+    FLAG_ALIASES = {"k_samples": "group_size"}
 
 
 @releases_run_dir

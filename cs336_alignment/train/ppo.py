@@ -14,7 +14,7 @@ implementation details of RLHF with PPO"):
   3. per-token rewards: -beta * KL_t on every token plus the score on the last one
      (`advantages.compute_kl_shaped_rewards`); then GAE(gamma, lambda) advantages and lambda-returns
      (`advantages.compute_gae`), and whitened advantages (`masked.masked_whiten`);
-  4. `ppo_epochs` passes, each split into `minibatches` optimizer steps: clipped policy loss
+  4. `epochs_per_rollout_batch` passes, each split into `minibatches` optimizer steps: clipped policy loss
      (`policy_losses.compute_ppo_policy_loss`), clipped value loss (`compute_ppo_value_loss`) and an
      optional entropy bonus; the policy and the value model have their own optimizers;
   5. with --target-kl, update beta with `policy_losses.AdaptiveKLController` (Ziegler et al. 2019 §2.2).
@@ -56,6 +56,9 @@ import torch
 from cs336_alignment.advantages import apply_missing_eos_penalty, compute_gae, compute_kl_shaped_rewards
 from cs336_alignment.checkpoint import (load_checkpoint, load_checkpoint_extra, load_model, rng_state, save_checkpoint,
                                         set_rng_state)
+from cs336_alignment.config_blocks import (GenerationLogConfig, IntervalConfig, LogConfig, OptimConfig,
+                                           PolicyInitConfig, PolicyUpdateConfig, PromptConfig, ResumableRunConfig, RewardConfig,
+                                           RolloutConfig, with_defaults)
 from cs336_alignment.evaluate import log_generations, run_eval
 from cs336_alignment.logprobs import get_response_log_probs
 from cs336_alignment.masked import masked_mean, masked_whiten
@@ -72,56 +75,24 @@ from cs336_alignment.verifier import gold_reward
 
 
 @dataclass
-class PPOConfig:
-    # --- run
-    name: str = "ppo"
-    """run name: outputs go to runs/<name>/ unless --out is given"""
-    out: str = ""
-    """output directory (ckpt.pt, metrics.jsonl); default runs/<name>"""
-    overwrite: bool = False
-    """replace the run already in --out (without it, a directory that holds a run is an error)"""
-    seed: int = 0
-    """seed of the prompt order and of the sampling"""
-    device: str = "auto"
-    """cuda, mps, cpu, or auto"""
-    threads: int = 1
-    """torch.set_num_threads; 0 = torch's default"""
-    resume: bool = False
-    """continue from <out>/ckpt.pt (policy, value model, both optimizers, KL coefficient, RNG states)"""
-    init: str = ""
-    """the SFT checkpoint to start from, also the frozen reference; empty = the shipped tiny SFT model
-    (data/checkpoints/tiny/sft.pt)"""
-    init_optimizer: bool = False
-    """start the policy's AdamW second moments from those saved in --init (train.common.load_sft_optimizer_state)"""
-    # --- reward, value model and data
-    reward: Literal["rm", "gold"] = "rm"
-    """rm = the learned reward model at --reward-model; gold = the task world's verifiable reward"""
-    reward_model: str = ""
-    """reward-model checkpoint (train/reward_model.py)"""
+@with_defaults(name="ppo", reward="rm", prompts_per_step=64, group_size=2, minibatches=2, num_steps=30, log_every=1,
+               eval_every=10, checkpoint_every=10)
+class PPOConfig(LogConfig, GenerationLogConfig, IntervalConfig, OptimConfig, PolicyUpdateConfig, RolloutConfig,
+                RewardConfig, PromptConfig, PolicyInitConfig, ResumableRunConfig):
+    """PPO with a value model: the shared blocks (config_blocks) and PPO's own fields below. Weight decay, betas and
+    the gradient clip apply to both models (each clipped alone)."""
+
+    lr: float = 3e-5
+    """policy learning rate"""
+    value_lr: float = 1e-4
+    """value model learning rate"""
+    warmup_steps: int = 2
+    """rollout batches of linear warmup (then the learning rates stay constant)"""
+    # --- value model and reward shaping
     value_init: Literal["auto", "rm", "sft"] = "auto"
     """value model = copy of the RM (rm) or SFT trunk + new head (sft); auto = rm when there is one"""
     missing_eos_penalty: float = 0.0
     """subtracted from the score of a response cut at max_new_tokens (0 = off)"""
-    data: str = ""
-    """jsonl of {"question", "answer"} prompts; empty = the task world's --split"""
-    split: str = "rl"
-    """task-world split of the prompt pool: rl, the half of train that SFT demonstrations drawn from sft never use
-    (tasks.train_half), so no RL prompt is a question whose answer the SFT model memorised; train = both halves"""
-    n_problems: int = 4000
-    """task-world prompts in the pool (when --data is empty)"""
-    n_eval_problems: int = 200
-    """held-out test problems for eval/*"""
-    eval_samples: int = 2
-    """T = 1 samples per eval problem for eval/sampled_accuracy"""
-    # --- sampling
-    prompts_per_step: int = 64
-    """questions per rollout batch"""
-    group_size: int = 2
-    """responses per question"""
-    temperature: float = 1.0
-    """sampling temperature"""
-    max_new_tokens: int = 64
-    """response length limit (task-world answers: at most ~40 tokens terse, ~60 with both prose lines)"""
     # --- PPO
     kl_coef: float = 0.05
     """beta: per-token KL penalty to the reference in the reward (initial value when adaptive)"""
@@ -133,51 +104,14 @@ class PPOConfig:
     """discount"""
     lam: float = 0.95
     """GAE lambda"""
-    cliprange: float = 0.2
-    """policy ratio clip epsilon"""
     cliprange_value: float = 0.2
     """value clip (reward units)"""
     vf_coef: float = 0.5
     """weight of the value loss (the value model has its own optimizer; this scales its gradient)"""
     ent_coef: float = 0.0
     """weight of the entropy bonus"""
-    ppo_epochs: int = 2
-    """passes over each rollout batch"""
-    minibatches: int = 2
-    """optimizer steps per epoch"""
-    micro_batch_size: int = 64
-    """rows per forward/backward"""
-    # --- optimisation
-    num_steps: int = 30
-    """rollout batches"""
-    lr: float = 3e-5
-    """policy learning rate"""
-    value_lr: float = 1e-4
-    """value model learning rate"""
-    warmup_steps: int = 2
-    """rollout batches of linear warmup"""
-    weight_decay: float = 0.0
-    """AdamW decoupled weight decay (both models)"""
-    beta1: float = 0.9
-    """AdamW beta1 (both models)"""
-    beta2: float = 0.95
-    """AdamW beta2 (both models)"""
-    grad_clip: float = 1.0
-    """global gradient-norm clip (each model separately)"""
-    # --- logging / eval / checkpoints
-    log_every: int = 1
-    """rollout batches between console/metrics lines"""
-    eval_every: int = 10
-    """rollout batches between evaluations (also before the first and after the last)"""
-    checkpoint_every: int = 10
-    """rollout batches between checkpoints (and at the last)"""
-    log_generations_every: int = 0
-    """rollout batches between writes of sample responses (prompt, response, ground truth, rewards, entropy) to
-    <out>/generations.jsonl (evaluate.log_generations); 0 = never"""
-    log_generations_samples: int = 16
-    """responses per write: the step's first rows"""
-    quiet: bool = False
-    """no console lines"""
+
+    FLAG_ALIASES = {"ppo_epochs": "epochs_per_rollout_batch"}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -217,7 +151,7 @@ def train(cfg: PPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | No
     value_model = copy.deepcopy(reward_model) if value_init == "rm" else RewardModel.from_lm(policy)
     value_model.train().requires_grad_(True)
     problems = load_problems(cfg.data, cfg.n_problems, cfg.split, cfg.seed + 2)
-    eval_problems = load_problems("", cfg.n_eval_problems, "test", 0)
+    eval_problems = load_problems(cfg.eval_data, cfg.n_eval_problems, "test", 0)[:cfg.n_eval_problems]
     optimizer = build_optimizer(policy.parameters(), cfg)
     value_optimizer = build_optimizer(value_model.parameters(), cfg, lr=cfg.value_lr)
     if cfg.init_optimizer:
@@ -281,7 +215,7 @@ def train(cfg: PPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | No
         N, widths = len(ro), sequence_widths(ro)
         shuffle = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         plan = [[mini.split(cfg.micro_batch_size) for mini in torch.randperm(N, generator=shuffle)
-                 .tensor_split(min(cfg.minibatches, N))] for _ in range(cfg.ppo_epochs)]
+                 .tensor_split(min(cfg.minibatches, N))] for _ in range(cfg.epochs_per_rollout_batch)]
         tensors = {"input_ids": ro.input_ids, "labels": ro.labels, "response_mask": ro.response_mask}
         for name in ("old_log_probs", "ref_log_probs", "old_values"):
             tensors[name] = torch.zeros(ro.labels.shape)                           # (N, T)
