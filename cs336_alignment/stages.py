@@ -164,7 +164,8 @@ STAGES = {s.name: s for s in [
     # Sample pairs from SFT, label them with the synthetic annotator, train the reward model.
     Stage("rm", "rm", reward_model.train, start=0, curves=RM_CURVES,
           wiring=lambda w: dict(length_bias=w.length_bias, **w.post("rm"))),
-    Stage("bon", "bon", bon.train, needs="rm", start=6, wiring=lambda w: dict(reward_model=w.ckpt("rm"), **w.post("bon"))),
+    Stage("bon", "bon", bon.train, needs="rm", start=6,
+          wiring=lambda w: dict(reward_model=w.ckpt("rm"), **w.post("bon"))),
     # A smaller reward model from the same annotator (the preset's rm_small section), and what optimises it.
     Stage("rm_small", "rm_small", reward_model.train, start=7, optional=True, curves=RM_CURVES,
           wiring=lambda w: dict(name="rm_small", length_bias=w.length_bias, **w.post("rm_small"))),

@@ -31,7 +31,6 @@ sample responses to <out>/generations.jsonl every K rounds, as in grpo.py.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import time
@@ -40,7 +39,7 @@ from typing import Callable
 
 import torch
 
-from cs336_alignment.checkpoint import load_model, save_checkpoint
+from cs336_alignment.checkpoint import save_checkpoint
 from cs336_alignment.config_blocks import (GenerationLogConfig, LogConfig, OptimConfig, PolicyInitConfig, PromptConfig,
                                            RolloutConfig, RunConfig, with_defaults)
 from cs336_alignment.evaluate import log_generations, run_eval
@@ -49,10 +48,9 @@ from cs336_alignment.masked import masked_mean
 from cs336_alignment.nn_utils import clip_gradients
 from cs336_alignment.rollout import micro_batch, sample_rollouts, sequence_widths
 from cs336_alignment.sft import sft_microbatch_train_step
-from cs336_alignment.tokenizer import load_tokenizer
-from cs336_alignment.train.common import (MetricsLogger, build_optimizer, finite_or_raise, init_or_shipped,
-                                          load_problems, num_params, parse_config, progress_bar, prompt_indices,
-                                          releases_run_dir, setup_run)
+from cs336_alignment.train.common import (MetricsLogger, finite_or_raise, num_params, parse_config, progress_bar,
+                                          prompt_indices, releases_run_dir)
+from cs336_alignment.train.setup import setup_policy
 from cs336_alignment.verifier import gold_reward
 
 
@@ -99,19 +97,14 @@ def train(cfg: EIConfig, reward_fn: Callable[[str, str], dict[str, float]] | Non
     # ---------------------------------------------------------------------------------------------------
     # Setup
     # ---------------------------------------------------------------------------------------------------
-    cfg = init_or_shipped(cfg, "ei")
     for name in ("num_steps", "group_size", "prompts_per_step", "sft_epochs", "batch_size",
                  "micro_batch_size", "max_new_tokens"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
-    out, device = setup_run(cfg)
-    ckpt_path = out / "ckpt.pt"
-    policy, init_extra = load_model(cfg.init, device)
-    tokenizer = load_tokenizer(policy.config.tokenizer)  # the checkpoint's own (e.g. a Hugging Face one's)
-    reference = copy.deepcopy(policy).eval().requires_grad_(False)  # the initial policy: eval/kl/ref
-    problems = load_problems(cfg.data, cfg.n_problems, cfg.split, cfg.seed + 2)
-    eval_problems = load_problems(cfg.eval_data, cfg.n_eval_problems, "test", 0)[:cfg.n_eval_problems]
-    optimizer = build_optimizer(policy.parameters(), cfg)
+    run = setup_policy(cfg, "ei")  # the reference is the initial policy: eval/kl/ref
+    cfg, out, device, ckpt_path = run.cfg, run.out, run.device, run.ckpt_path
+    policy, tokenizer, optimizer, reference = run.policy, run.tokenizer, run.optimizer, run.reference
+    problems, eval_problems = run.problems, run.eval_problems
     filter_fn = reward_fn or gold_reward
     logger = MetricsLogger(out, cfg.num_steps, dataclasses.asdict(cfg), quiet=cfg.quiet)
     logger.write(f"ei: {num_params(policy) / 1e6:.2f}M parameters, {len(problems)} prompts, {cfg.num_steps} rounds "
@@ -194,7 +187,7 @@ def train(cfg: EIConfig, reward_fn: Callable[[str, str], dict[str, float]] | Non
         if done % cfg.eval_every == 0 or done == cfg.num_steps:
             last_eval = evaluate(done)
         save_checkpoint(policy, optimizer, done, ckpt_path, config=dataclasses.asdict(cfg),
-                        model_config=init_extra["model_config"], cpu_s=cpu_s)
+                        model_config=run.model_config, cpu_s=cpu_s)
     bar.close()
     return {"checkpoint": str(ckpt_path), "steps": cfg.num_steps, "cpu_s": cpu_s, "eval": last_eval}
 

@@ -29,8 +29,9 @@ For every reweighting but none, old log-probs come from a no-grad pass of the po
 the same micro-batches as the first epoch, so the first ratio is exactly 1 (after that, the clip has work to do).
 The loss flags are the CS336 2026 edition's names; the 2025 edition's --loss-type is kept as an alias that
 sets them (`grpo_loss.LOSS_TYPE_ALIASES`): no_baseline = --baseline none --advantage-normalizer none
---importance-reweighting none, reinforce_with_baseline = --baseline mean --importance-reweighting none, grpo_clip = --baseline mean
---importance-reweighting grpo, grpo_no_clip = --baseline mean --importance-reweighting noclip.
+--importance-reweighting none, reinforce_with_baseline = --baseline mean --importance-reweighting none,
+grpo_clip = --baseline mean --importance-reweighting grpo, grpo_no_clip = --baseline mean --importance-reweighting
+noclip.
 
 From Python (the pipeline's stages.py calls it with the preset's config), cs336_alignment.train.grpo:
     result = grpo.train(grpo.GRPOConfig(init=sft_ckpt, out=str(run / "grpo"), reward="gold", num_steps=40))
@@ -57,7 +58,6 @@ are `evaluate.evaluate_policy`'s with an "eval/" prefix: eval/accuracy/greedy, e
 from __future__ import annotations
 
 import bisect
-import copy
 import dataclasses
 import functools
 import itertools
@@ -69,27 +69,23 @@ from typing import Callable, Literal
 import torch
 
 from cs336_alignment.advantages import (AdvantageNormalizer, Baseline, compute_group_normalized_rewards,
-                                        compute_group_process_advantages, compute_rollout_rewards,
-                                        needs_group_statistics, zeroes_equal_groups)
-from cs336_alignment.checkpoint import (load_checkpoint, load_checkpoint_extra, load_model, rng_state, save_checkpoint,
-                                        set_rng_state)
+                                        compute_group_process_advantages, needs_group_statistics, zeroes_equal_groups)
+from cs336_alignment.checkpoint import rng_state, save_checkpoint, set_rng_state
 from cs336_alignment.config_blocks import (GenerationLogConfig, IntervalConfig, LogConfig, MemoryConfig, OptimConfig,
                                            PolicyInitConfig, PolicyUpdateConfig, PromptConfig, ResumableRunConfig,
                                            RewardConfig, RolloutConfig, ScheduleConfig, with_defaults)
 from cs336_alignment.evaluate import log_generations, run_eval
-from cs336_alignment.gpu import configure_model
 from cs336_alignment.logprobs import get_response_log_probs
 from cs336_alignment.grpo_loss import (LOSS_TYPE_ALIASES, LossNormalization, PolicyLossType, ReweightingMethod,
                                        needs_old_log_probs, policy_and_kl_backward)
 from cs336_alignment.masked import masked_mean
 from cs336_alignment.nn_utils import clip_gradients
-from cs336_alignment.reward_model import load_reward_model, rollout_reward_fn
 from cs336_alignment.rollout import Rollouts, micro_batch, sample_rollouts, sequence_widths
 from cs336_alignment.runtime import autocast
-from cs336_alignment.tokenizer import build_prompt, load_tokenizer
-from cs336_alignment.train.common import (MetricsLogger, build_optimizer, cosine_lr, finite_or_raise, init_or_shipped,
-                                          load_problems, load_sft_optimizer_state, num_params, parse_config,
-                                          progress_bar, prompt_indices, releases_run_dir, setup_run)
+from cs336_alignment.tokenizer import build_prompt
+from cs336_alignment.train.common import (MetricsLogger, cosine_lr, finite_or_raise, num_params, parse_config,
+                                          progress_bar, prompt_indices, releases_run_dir)
+from cs336_alignment.train.setup import sequence_rewards, setup_policy
 from cs336_alignment.verifier import gold_reward, process_rewards
 
 
@@ -189,27 +185,15 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
     if cfg.process_reward and (cfg.reward != "gold" or reward_fn is not None or cfg.baseline != "mean"):
         raise ValueError("--process-reward needs the task world's gold reward (no --reward rm, no reward_fn) "
                          "and --baseline mean")
-    cfg = init_or_shipped(cfg, "grpo")  # RL starts from an SFT policy
-    out, device = setup_run(cfg)
-    ckpt_path = out / "ckpt.pt"
-    policy, init_extra = load_model(cfg.init, device)
-    tokenizer = load_tokenizer(policy.config.tokenizer)  # the checkpoint's own (e.g. a Hugging Face one's)
-    reference = copy.deepcopy(policy).eval().requires_grad_(False)  # frozen SFT policy: KL and eval/kl_ref
-    configure_model(policy, device, gradient_checkpointing=cfg.gradient_checkpointing, compile=cfg.compile)
-    reward_model = None
-    if cfg.reward == "rm" and reward_fn is None:
-        reward_model = load_reward_model(cfg.reward_model, device)[0].requires_grad_(False)
-    problems = load_problems(cfg.data, cfg.n_problems, cfg.split, cfg.seed + 2)
-    eval_problems = load_problems(cfg.eval_data, cfg.n_eval_problems, "test", 0)[:cfg.n_eval_problems]
-    optimizer = build_optimizer(policy.parameters(), cfg)
-    if cfg.init_optimizer:
-        load_sft_optimizer_state(cfg.init, optimizer)
-    start_step, cpu_s = 0, 0.0  # cpu_s: process CPU seconds of training so far (evals and checkpoints excluded)
-    if cfg.resume and ckpt_path.exists():
-        start_step = load_checkpoint(ckpt_path, policy, optimizer)
-        extra = load_checkpoint_extra(ckpt_path)
-        set_rng_state(extra["rng"])
-        cpu_s = extra.get("cpu_s", 0.0)
+    run = setup_policy(cfg, "grpo", load_rm=cfg.reward == "rm" and reward_fn is None)  # RL starts from SFT
+    cfg, out, device, ckpt_path = run.cfg, run.out, run.device, run.ckpt_path
+    policy, tokenizer, optimizer = run.policy, run.tokenizer, run.optimizer
+    reference, reward_model = run.reference, run.reward_model  # the frozen SFT policy: KL and eval/kl/ref
+    problems, eval_problems = run.problems, run.eval_problems
+    start_step, cpu_s = run.start_step, 0.0  # cpu_s: process CPU seconds of training so far (evals excluded)
+    if run.resume_extra:
+        set_rng_state(run.resume_extra["rng"])
+        cpu_s = run.resume_extra.get("cpu_s", 0.0)
     logger = MetricsLogger(out, cfg.num_steps, dataclasses.asdict(cfg), resumed_from=start_step, quiet=cfg.quiet)
     logger.write(f"grpo: {num_params(policy) / 1e6:.2f}M parameters, {len(problems)} prompts, reward {cfg.reward}, "
                  f"{cfg.prompts_per_step} x {cfg.group_size} rollouts per step, device {device}")
@@ -239,18 +223,9 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
 
         # --- 2. rewards -> group-normalized advantages (the gold reward, or the RM score looked up by row)
         gold = [gold_reward(text, truth) for text, truth in zip(ro.response_texts, truths)]
-        metrics = {}
-        if reward_model is None:
-            score_fn, responses, keys = reward_fn or gold_reward, ro.response_texts, truths
-        else:  # the RM scores the sampled token ids (no decode / re-encode): responses and prompts as id tuples
-            score_fn = rollout_reward_fn(reward_model, ro)
-            responses, keys = [tuple(r) for r in ro.response_ids], [tuple(p) for p in ro.prompt_ids]
-        raw_rewards, _ = compute_rollout_rewards(score_fn, responses, keys)                      # (N,)
+        raw_rewards, metrics = sequence_rewards(ro, truths, reward_model, reward_fn)             # (N,)
         advantages, _ = compute_group_normalized_rewards(raw_rewards, cfg.group_size, cfg.baseline, cfg.advantage_eps,
                                                          cfg.advantage_normalizer)               # (N,)
-        if reward_model is not None:
-            proxy = raw_rewards.tolist()
-            metrics["reward/proxy_mean"] = sum(proxy) / len(proxy)
 
         tensors = {"input_ids": ro.input_ids, "labels": ro.labels, "response_mask": ro.response_mask}
         if cfg.process_reward:  # per-token advantages (N, T) from the step rewards replace the per-response ones
@@ -343,7 +318,7 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
             last_eval = evaluate(done)
         if done % cfg.checkpoint_every == 0 or done == cfg.num_steps:
             save_checkpoint(policy, optimizer, done, ckpt_path, config=dataclasses.asdict(cfg),
-                            model_config=init_extra["model_config"], rng=rng_state(), cpu_s=cpu_s)
+                            model_config=run.model_config, rng=rng_state(), cpu_s=cpu_s)
     bar.close()
     return {"checkpoint": str(ckpt_path), "steps": cfg.num_steps, "cpu_s": cpu_s, "eval": last_eval}
 

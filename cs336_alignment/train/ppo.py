@@ -54,23 +54,22 @@ from typing import Callable, Literal
 import torch
 
 from cs336_alignment.advantages import apply_missing_eos_penalty, compute_gae, compute_kl_shaped_rewards
-from cs336_alignment.checkpoint import (load_checkpoint, load_checkpoint_extra, load_model, rng_state, save_checkpoint,
-                                        set_rng_state)
+from cs336_alignment.checkpoint import rng_state, save_checkpoint, set_rng_state
 from cs336_alignment.config_blocks import (GenerationLogConfig, IntervalConfig, LogConfig, OptimConfig,
-                                           PolicyInitConfig, PolicyUpdateConfig, PromptConfig, ResumableRunConfig, RewardConfig,
-                                           RolloutConfig, with_defaults)
+                                           PolicyInitConfig, PolicyUpdateConfig, PromptConfig, ResumableRunConfig,
+                                           RewardConfig, RolloutConfig, with_defaults)
 from cs336_alignment.evaluate import log_generations, run_eval
 from cs336_alignment.logprobs import get_response_log_probs
 from cs336_alignment.masked import masked_mean, masked_whiten
 from cs336_alignment.nn_utils import clip_gradients
 from cs336_alignment.policy_losses import (AdaptiveKLController, compute_entropy_bonus, compute_ppo_policy_loss,
                                            compute_ppo_value_loss)
-from cs336_alignment.reward_model import RewardModel, load_reward_model, score_rollouts
+from cs336_alignment.reward_model import RewardModel
 from cs336_alignment.rollout import micro_batch, sample_rollouts, sequence_widths
-from cs336_alignment.tokenizer import load_tokenizer, stop_token_ids
-from cs336_alignment.train.common import (MetricsLogger, build_optimizer, cosine_lr, finite_or_raise, init_or_shipped,
-                                          load_problems, load_sft_optimizer_state, num_params, parse_config,
-                                          progress_bar, prompt_indices, releases_run_dir, setup_run)
+from cs336_alignment.tokenizer import stop_token_ids
+from cs336_alignment.train.common import (MetricsLogger, build_optimizer, cosine_lr, finite_or_raise, num_params,
+                                          parse_config, progress_bar, prompt_indices, releases_run_dir)
+from cs336_alignment.train.setup import sequence_rewards, setup_policy
 from cs336_alignment.verifier import gold_reward
 
 
@@ -138,30 +137,22 @@ def train(cfg: PPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | No
     # ---------------------------------------------------------------------------------------------------
     if cfg.reward == "rm" and not cfg.reward_model and reward_fn is None:
         raise ValueError("--reward rm needs --reward-model CKPT (or use --reward gold)")
-    cfg = init_or_shipped(cfg, "ppo")  # RL starts from an SFT policy
-    out, device = setup_run(cfg)
-    ckpt_path = out / "ckpt.pt"
-    policy, init_extra = load_model(cfg.init, device)
-    tokenizer = load_tokenizer(policy.config.tokenizer)  # the checkpoint's own (e.g. a Hugging Face one's)
-    reference = copy.deepcopy(policy).eval().requires_grad_(False)  # the SFT policy, also when resuming
-    reward_model = load_reward_model(cfg.reward_model, device)[0].requires_grad_(False) if cfg.reward_model else None
+    run = setup_policy(cfg, "ppo")  # RL starts from an SFT policy, also the frozen reference when resuming
+    cfg, out, device, ckpt_path = run.cfg, run.out, run.device, run.ckpt_path
+    policy, tokenizer, optimizer = run.policy, run.tokenizer, run.optimizer
+    reference, reward_model = run.reference, run.reward_model
+    problems, eval_problems = run.problems, run.eval_problems
     value_init = cfg.value_init if cfg.value_init != "auto" else ("rm" if reward_model is not None else "sft")
     if value_init == "rm" and reward_model is None:
         raise ValueError("--value-init rm needs --reward-model")
     value_model = copy.deepcopy(reward_model) if value_init == "rm" else RewardModel.from_lm(policy)
     value_model.train().requires_grad_(True)
-    problems = load_problems(cfg.data, cfg.n_problems, cfg.split, cfg.seed + 2)
-    eval_problems = load_problems(cfg.eval_data, cfg.n_eval_problems, "test", 0)[:cfg.n_eval_problems]
-    optimizer = build_optimizer(policy.parameters(), cfg)
     value_optimizer = build_optimizer(value_model.parameters(), cfg, lr=cfg.value_lr)
-    if cfg.init_optimizer:
-        load_sft_optimizer_state(cfg.init, optimizer)
     kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon) if cfg.target_kl > 0 else None
     kl_coef = cfg.kl_coef
-    start_step, cpu_s = 0, 0.0  # cpu_s: process CPU seconds of training so far (evals and checkpoints excluded)
-    if cfg.resume and ckpt_path.exists():
-        start_step = load_checkpoint(ckpt_path, policy, optimizer)
-        extra = load_checkpoint_extra(ckpt_path)
+    start_step, cpu_s = run.start_step, 0.0  # cpu_s: process CPU seconds of training so far (evals excluded)
+    if run.resume_extra:
+        extra = run.resume_extra
         if "value_model" not in extra:
             raise ValueError(f"{ckpt_path} holds no value model (written before PPO runs could resume): start anew")
         value_model.load_state_dict(extra["value_model"])
@@ -198,16 +189,8 @@ def train(cfg: PPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | No
                              stop_token_ids=stops)
         truths = [p["answer"] for p in batch for _ in range(cfg.group_size)]
         gold = [gold_reward(t, a) for t, a in zip(ro.response_texts, truths)]
-        gold_scores = torch.tensor([g["reward"] for g in gold])                    # (N,)
-        metrics = {}
-        if reward_fn is not None:
-            scores = torch.tensor([float(reward_fn(t, a)["reward"]) for t, a in zip(ro.response_texts, truths)])
-            metrics["reward/proxy_mean"] = float(scores.mean())
-        elif cfg.reward == "rm":
-            scores = score_rollouts(reward_model, ro)                              # (N,)
-            metrics["reward/proxy_mean"] = float(scores.mean())
-        else:
-            scores = gold_scores
+        scorer = reward_model if cfg.reward == "rm" else None  # the RM also scores --reward gold runs' evals
+        scores, metrics = sequence_rewards(ro, truths, scorer, reward_fn)         # (N,)
         if cfg.missing_eos_penalty:
             scores = apply_missing_eos_penalty(scores, ro.labels, ro.response_mask, stops, cfg.missing_eos_penalty)
 
@@ -294,7 +277,7 @@ def train(cfg: PPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | No
             last_eval = evaluate(done)
         if done % cfg.checkpoint_every == 0 or done == cfg.num_steps:
             save_checkpoint(policy, optimizer, done, ckpt_path, config=dataclasses.asdict(cfg),
-                            model_config=init_extra["model_config"], rng=rng_state(),
+                            model_config=run.model_config, rng=rng_state(),
                             value_model=value_model.state_dict(), value_optimizer=value_optimizer.state_dict(),
                             kl_coef=float(kl_coef), cpu_s=cpu_s)
     bar.close()
