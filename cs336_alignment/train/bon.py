@@ -32,14 +32,13 @@ from dataclasses import dataclass
 
 import torch
 
-from cs336_alignment.checkpoint import load_model
 from cs336_alignment.config_blocks import LogConfig, PolicyInitConfig, RunConfig, with_defaults
 from cs336_alignment.metrics import best_of_n_kl, best_of_n_weights, distinct_n, pass_at_k
-from cs336_alignment.reward_model import load_reward_model, score_responses
+from cs336_alignment.reward_model import score_responses
 from cs336_alignment.rollout import sample_responses
 from cs336_alignment.tasks import generate_problems, is_worked, prose_lines
-from cs336_alignment.tokenizer import load_tokenizer
-from cs336_alignment.train.common import MetricsLogger, init_or_shipped, parse_config, releases_run_dir, setup_run
+from cs336_alignment.train.common import MetricsLogger, parse_config, releases_run_dir
+from cs336_alignment.train.setup import setup_policy
 from cs336_alignment.verifier import gold_reward
 
 
@@ -120,11 +119,8 @@ def best_of_n_curve(proxy: torch.Tensor, gold: torch.Tensor, lengths: torch.Tens
 @releases_run_dir
 def train(cfg: BoNConfig) -> dict:
     """Sample the pools, score them, and write the best-of-N curve. Returns {"rows": [...], "wall_s": ...}."""
-    cfg = init_or_shipped(cfg, "bon")
-    out, device = setup_run(cfg)
-    policy, _ = load_model(cfg.init, device)
-    tokenizer = load_tokenizer(policy.config.tokenizer)  # the checkpoint's own (e.g. a Hugging Face one's)
-    reward_model, _ = load_reward_model(cfg.reward_model, device)
+    run = setup_policy(cfg, "bon", reference=False, problems=False, optimizer=False)  # the sampler and --reward-model
+    cfg, out, policy, tokenizer, reward_model = run.cfg, run.out, run.policy, run.tokenizer, run.reward_model
     ns = [2 ** i for i in range(int(math.log2(cfg.group_size)) + 1)]
     logger = MetricsLogger(out, ns[-1], dataclasses.asdict(cfg), quiet=cfg.quiet)
 

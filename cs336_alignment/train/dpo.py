@@ -19,7 +19,6 @@ eval/accuracy/greedy (gold accuracy of greedy answers to test problems) with eva
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from cs336_alignment.checkpoint import load_model, rng_state, save_checkpoint
+from cs336_alignment.checkpoint import rng_state, save_checkpoint
 from cs336_alignment.config_blocks import (IntervalConfig, LogConfig, OptimConfig, PolicyInitConfig, RunConfig,
                                            ScheduleConfig, with_defaults)
 from cs336_alignment.data import DataError, collate_chat
@@ -39,10 +38,9 @@ from cs336_alignment.nn_utils import clip_gradients
 from cs336_alignment.preferences import PreferenceDataConfig, conversations, preference_data
 from cs336_alignment.runtime import autocast
 from cs336_alignment.tasks import generate_problems
-from cs336_alignment.tokenizer import load_tokenizer
-from cs336_alignment.train.common import (MetricsLogger, build_optimizer, check_pairs, cosine_lr, finite_or_raise,
-                                          init_or_shipped, num_params, pair_sources, parse_config, progress_bar,
-                                          releases_run_dir, setup_run, stream_indices)
+from cs336_alignment.train.common import (MetricsLogger, check_pairs, cosine_lr, finite_or_raise, num_params,
+                                          pair_sources, parse_config, progress_bar, releases_run_dir, stream_indices)
+from cs336_alignment.train.setup import setup_policy
 
 
 @dataclass
@@ -75,12 +73,9 @@ def train(cfg: DPOConfig) -> dict:
     # ---------------------------------------------------------------------------------------------------
     # Setup: policy, frozen reference, pairs, reference log-probs (once)
     # ---------------------------------------------------------------------------------------------------
-    cfg = init_or_shipped(cfg, "dpo")
-    out, device = setup_run(cfg)
-    model, init_extra = load_model(cfg.init, device)
-    tokenizer = load_tokenizer(model.config.tokenizer)  # the checkpoint's own (e.g. a Hugging Face one's)
-    model_config = TransformerConfig(**init_extra["model_config"])
-    reference = copy.deepcopy(model).eval().requires_grad_(False)
+    run = setup_policy(cfg, "dpo", problems=False)  # the SFT policy, its frozen copy as the reference, AdamW
+    cfg, out, device, model, tokenizer = run.cfg, run.out, run.device, run.policy, run.tokenizer
+    reference, optimizer, model_config = run.reference, run.optimizer, TransformerConfig(**run.model_config)
     context = model_config.context_length
     logger = MetricsLogger(out, cfg.num_steps, dataclasses.asdict(cfg), quiet=cfg.quiet)
     t_data = time.perf_counter()
@@ -127,7 +122,6 @@ def train(cfg: DPOConfig) -> dict:
 
     pair_tokens = [sum(len(tokenizer.render(c)[0]) for c in pair) for pair in train_chats]  # for perf/tokens_per_s
     t_data = time.perf_counter() - t_data
-    optimizer = build_optimizer(model.parameters(), cfg)
     logger.write(f"dpo: {num_params(model) / 1e6:.2f}M parameters, {len(train_pairs)} train / {len(eval_pairs)} "
                  f"held-out pairs, beta {cfg.beta}, held-out reference log-probs precomputed ({t_data:.0f} s with "
                  f"the pairs), device {device}")

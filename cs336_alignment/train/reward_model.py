@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cs336_alignment.checkpoint import load_model, save_checkpoint
+from cs336_alignment.checkpoint import save_checkpoint
 from cs336_alignment.config_blocks import (IntervalConfig, LogConfig, OptimConfig, RunConfig, ScheduleConfig,
                                            with_defaults)
 from cs336_alignment.data import DataError
@@ -45,10 +45,10 @@ from cs336_alignment.nn_utils import clip_gradients
 from cs336_alignment.preferences import PreferenceDataConfig, conversations, preference_data
 from cs336_alignment.reward_model import (RewardModel, batch_rewards, bradley_terry_loss, response_start,
                                           reward_accuracy, score_sequences)
-from cs336_alignment.tokenizer import load_tokenizer
 from cs336_alignment.train.common import (MetricsLogger, build_optimizer, check_pairs, cosine_lr, finite_or_raise,
-                                          init_or_shipped, num_params, pair_sources, parse_config, progress_bar,
-                                          releases_run_dir, setup_run, stream_indices)
+                                          num_params, pair_sources, parse_config, progress_bar, releases_run_dir,
+                                          stream_indices)
+from cs336_alignment.train.setup import setup_policy
 
 
 @dataclass
@@ -139,11 +139,9 @@ def train(cfg: RMConfig) -> dict:
     # ---------------------------------------------------------------------------------------------------
     # Setup: the SFT model, preference pairs, the reward model
     # ---------------------------------------------------------------------------------------------------
-    cfg = init_or_shipped(cfg, "rm")
-    out, device = setup_run(cfg)
-    sft_model, init_extra = load_model(cfg.init, device)
-    tokenizer = load_tokenizer(sft_model.config.tokenizer)  # the checkpoint's own (e.g. a Hugging Face one's)
-    model_config = TransformerConfig(**init_extra["model_config"])
+    run = setup_policy(cfg, "rm", reference=False, problems=False, optimizer=False)  # the SFT model: trunk, sampler
+    cfg, out, device, sft_model, tokenizer = run.cfg, run.out, run.device, run.policy, run.tokenizer
+    model_config = TransformerConfig(**run.model_config)
     logger = MetricsLogger(out, cfg.num_steps, dataclasses.asdict(cfg), quiet=cfg.quiet)
     t_data = time.perf_counter()
     train_pairs, eval_pairs = preference_data(cfg, sft_model, tokenizer, out, cfg.seed, log=logger.write)

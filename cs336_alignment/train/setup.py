@@ -42,9 +42,9 @@ class PolicySetup:
     tokenizer: Any                        # the checkpoint's own tokenizer
     reference: torch.nn.Module | None     # the frozen initial policy (KL terms, eval/kl/ref)
     reward_model: RewardModel | None      # frozen, when the config names one (--reward-model)
-    problems: list[dict[str, str]]        # the prompt pool ({"question", "answer"})
+    problems: list[dict[str, str]]        # the prompt pool ({"question", "answer"}; [] when not asked for)
     eval_problems: list[dict[str, str]]   # the held-out problems (--eval-data, or the task world's test split)
-    optimizer: AdamW
+    optimizer: AdamW | None               # AdamW over the policy (None when not asked for)
     start_step: int = 0                   # the step a resumed run continues from
     resume_extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # the checkpoint's extra dict on resume
 
@@ -53,18 +53,21 @@ class PolicySetup:
         return self.out / "ckpt.pt"
 
 
-def setup_policy(cfg: Any, stage: str, *, reference: bool = True, load_rm: bool | None = None) -> PolicySetup:
-    """The first lines of an RL loop (grpo, ppo, ei), in this order: an empty --init becomes the shipped SFT model
-    (`init_or_shipped`); `setup_run` (run directory and lock, threads, seed, device); the policy from --init and
-    the checkpoint's own tokenizer (a Hugging Face checkpoint's, or ours); a frozen deep copy of it as the
-    reference; `gpu.configure_model` when the config has gradient_checkpointing / compile; the frozen reward model
-    at cfg.reward_model (when `load_rm`, by default whenever a path is given); the prompt pool (cfg.data or the
-    task world's cfg.split, seeded cfg.seed + 2) and the first cfg.n_eval_problems held-out problems (cfg.eval_data
-    or the task world's test split); AdamW over the policy (with --init-optimizer, SFT's second moments); on
-    --resume with <out>/ckpt.pt, the policy and optimizer state of that checkpoint and its extra dict (the loop
-    restores the RNG state from it once it has built everything else).
+def setup_policy(cfg: Any, stage: str, *, reference: bool = True, load_rm: bool | None = None, problems: bool = True,
+                 optimizer: bool = True) -> PolicySetup:
+    """The first lines of a loop that starts from a policy: grpo, ppo and ei use all of it; dpo, rm and bon the
+    parts they need (`reference`, `problems`, `optimizer` False leave those out). In this order: an empty --init
+    becomes the shipped SFT model (`init_or_shipped`); `setup_run` (run directory and lock, threads, seed, device);
+    the policy from --init and the checkpoint's own tokenizer (a Hugging Face checkpoint's, or ours); a frozen deep
+    copy of it as the reference; `gpu.configure_model` when the config has gradient_checkpointing / compile; the
+    frozen reward model at cfg.reward_model (when `load_rm`, by default whenever a path is given); the prompt pool
+    (cfg.data or the task world's cfg.split, seeded cfg.seed + 2) and the first cfg.n_eval_problems held-out
+    problems (cfg.eval_data or the task world's test split); AdamW over the policy (with --init-optimizer, SFT's
+    second moments); on --resume with <out>/ckpt.pt, the policy and optimizer state of that checkpoint and its
+    extra dict (the loop restores the RNG state from it once it has built everything else).
 
-    None of this draws from the global random generators (the loops' own draws keep their order).
+    Nothing here draws from the global random generators after `setup_run` seeds them, except the model
+    constructors of load_model / load_reward_model, in that order (the loops' own draws keep their order).
 
     Raises:
         ValueError: as setup_run, load_model, load_reward_model and load_problems do (one line naming the file).
@@ -78,15 +81,15 @@ def setup_policy(cfg: Any, stage: str, *, reference: bool = True, load_rm: bool 
         configure_model(policy, device, gradient_checkpointing=cfg.gradient_checkpointing, compile=cfg.compile)
     rm_path = getattr(cfg, "reward_model", "")
     rm = load_reward_model(rm_path, device)[0].requires_grad_(False) if rm_path and load_rm is not False else None
-    problems = load_problems(cfg.data, cfg.n_problems, cfg.split, cfg.seed + 2)
-    eval_problems = load_problems(cfg.eval_data, cfg.n_eval_problems, "test", 0)[:cfg.n_eval_problems]
-    optimizer = build_optimizer(policy.parameters(), cfg)
-    if getattr(cfg, "init_optimizer", False):
-        load_sft_optimizer_state(cfg.init, optimizer)
-    setup = PolicySetup(cfg, out, device, policy, init_extra["model_config"], tokenizer, frozen, rm, problems,
-                        eval_problems, optimizer)
+    pool = load_problems(cfg.data, cfg.n_problems, cfg.split, cfg.seed + 2) if problems else []
+    held_out = load_problems(cfg.eval_data, cfg.n_eval_problems, "test", 0)[:cfg.n_eval_problems] if problems else []
+    adamw = build_optimizer(policy.parameters(), cfg) if optimizer else None
+    if adamw is not None and getattr(cfg, "init_optimizer", False):
+        load_sft_optimizer_state(cfg.init, adamw)
+    setup = PolicySetup(cfg, out, device, policy, init_extra["model_config"], tokenizer, frozen, rm, pool, held_out,
+                        adamw)
     if getattr(cfg, "resume", False) and setup.ckpt_path.exists():
-        setup.start_step = load_checkpoint(setup.ckpt_path, policy, optimizer)
+        setup.start_step = load_checkpoint(setup.ckpt_path, policy, adamw)
         setup.resume_extra = load_checkpoint_extra(setup.ckpt_path)
     return setup
 
