@@ -11,7 +11,7 @@
 """
 from __future__ import annotations
 
-from typing import Callable, Literal
+from typing import Callable, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -22,8 +22,21 @@ from torch import Tensor
 # Group baselines: GRPO (and its Dr. GRPO / MaxRL variants) and RLOO
 # ---------------------------------------------------------------------------------------------------------
 
-BASELINES = ("mean", "none")
-ADVANTAGE_NORMALIZERS = ("std", "none", "mean")
+Baseline = Literal["mean", "none"]
+AdvantageNormalizer = Literal["std", "none", "mean"]
+BASELINES, ADVANTAGE_NORMALIZERS = get_args(Baseline), get_args(AdvantageNormalizer)
+
+
+def needs_group_statistics(baseline: str, advantage_normalizer: str) -> bool:
+    """Whether an advantage depends on the other rewards of its group (the mean baseline, the std normalizer):
+    then a group needs at least 2 responses. The loops ask this instead of naming the choices."""
+    return baseline == "mean" or advantage_normalizer == "std"
+
+
+def zeroes_equal_groups(baseline: str) -> bool:
+    """Whether a group whose rewards are all equal gets advantage 0 exactly (the mean baseline): such a group
+    carries no gradient, so a loop may drop it before the backward passes."""
+    return baseline == "mean"
 
 
 def compute_rollout_rewards(reward_fn: Callable[[str, str], dict[str, float]], rollout_responses: list,

@@ -18,7 +18,7 @@ The per-token pieces (REINFORCE and the clipped surrogate) are `policy_losses`' 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -27,14 +27,20 @@ from cs336_alignment.masked import masked_mean, masked_normalize
 from cs336_alignment.policy_losses import (check_sequence_weights, compute_grpo_clip_loss,
                                            compute_naive_policy_gradient_loss, kl_estimate)
 
-REWEIGHTING_METHODS = ("none", "noclip", "grpo", "gspo", "cispo")
-LOSS_NORMALIZATIONS = ("sequence", "constant")
 ReweightingMethod = Literal["none", "noclip", "grpo", "gspo", "cispo"]
+LossNormalization = Literal["sequence", "constant"]
 PolicyLossType = Literal["no_baseline", "reinforce_with_baseline", "grpo_clip", "grpo_no_clip"]   # the 2025 names
+REWEIGHTING_METHODS, LOSS_NORMALIZATIONS = get_args(ReweightingMethod), get_args(LossNormalization)
 # The 2025 edition's loss_type -> (which per-sequence weights it uses, the 2026 importance reweighting)
 LOSS_TYPES_2025: dict[str, tuple[str, str]] = {
     "no_baseline": ("raw_rewards", "none"), "reinforce_with_baseline": ("advantages", "none"),
     "grpo_clip": ("advantages", "grpo"), "grpo_no_clip": ("advantages", "noclip")}
+# The 2025 edition's --loss-type -> the 2026 flags it sets (train/grpo.py's --loss-type alias)
+LOSS_TYPE_ALIASES: dict[str, dict[str, str]] = {
+    "no_baseline": {"baseline": "none", "advantage_normalizer": "none", "importance_reweighting": "none"},
+    "reinforce_with_baseline": {"baseline": "mean", "importance_reweighting": "none"},
+    "grpo_clip": {"baseline": "mean", "importance_reweighting": "grpo"},
+    "grpo_no_clip": {"baseline": "mean", "importance_reweighting": "noclip"}}
 
 
 def _check_method(method: str) -> None:

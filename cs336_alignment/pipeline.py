@@ -90,9 +90,9 @@ def evaluate_checkpoint(ckpt: str, fmt: str, sft_ckpt: str, rm_ckpt: str | None,
     t0, c0 = time.perf_counter(), time.process_time()
     set_threads(threads)
     torch_device = get_device(device)
-    tokenizer = load_tokenizer()
     problems = generate_problems(cfg.n_problems, "test", seed)
     policy, _ = load_model(ckpt, torch_device)
+    tokenizer = load_tokenizer(policy.config.tokenizer)  # the checkpoint's own (e.g. a Hugging Face one's)
     if fmt == "raw":
         base_metrics, samples = evaluate_model(policy, tokenizer, problems, fmt="raw",
                                                max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)

@@ -175,7 +175,7 @@ class PreferenceDataConfig:
     """task-world train prompts to sample pairs on (when --data is empty)"""
     n_eval_prompts: int = 128
     """task-world test prompts for held-out pairs (when --eval-data is empty)"""
-    k_samples: int = 4
+    group_size: int = 4
     """responses sampled per prompt; all pairs of distinct responses are labelled (InstructGPT's K)"""
     max_new_tokens: int = 64
     """response length limit when sampling"""
@@ -215,12 +215,12 @@ def preference_data(cfg: PreferenceDataConfig, model, tokenizer, out_dir, seed: 
     out = {}
     for split, n, offset in (("train", cfg.n_prompts, 0), ("test", cfg.n_eval_prompts, 1)):
         problems = generate_problems(n, split, seed)
-        samples = sample_responses(model, tokenizer, [p["question"] for p in problems], cfg.k_samples,
+        samples = sample_responses(model, tokenizer, [p["question"] for p in problems], cfg.group_size,
                                    max_new_tokens=cfg.max_new_tokens, seed=seed + offset)
         out[split] = make_preference_pairs(problems, samples, annotator, seed=seed + offset)
         path = Path(out_dir) / f"preferences_{'eval' if split == 'test' else 'train'}.jsonl"
         write_preferences(path, out[split])
-        log(f"preferences: {len(out[split])} pairs from {n} {split} prompts x {cfg.k_samples} samples -> {path}")
+        log(f"preferences: {len(out[split])} pairs from {n} {split} prompts x {cfg.group_size} samples -> {path}")
     if not out["train"] or not out["test"]:
         raise ValueError("the policy gave identical responses to every prompt: no pairs to label")
     return out["train"], out["test"]

@@ -20,7 +20,7 @@ rm_small (RMConfig: the smaller reward model of the pipeline's --small-rm stages
 (PipelineConfig).
 
 Expert iteration's budget is set here, in samples, to match GRPO (gold)'s: as many sampled responses
-(n_ei_steps x prompts_per_step x rollouts_per_prompt = num_steps x prompts_per_step x group_size of the grpo
+(num_steps x prompts_per_step x group_size of the ei section = the same product of the grpo
 section). Its training (SFT on the kept samples only, no old-policy pass) is lighter than GRPO's, so the
 report's stage table gives both stages' training CPU seconds: compare them there.
 """
@@ -66,9 +66,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                 "min_lr": 1e-4, "warmup_steps": 1, "log_every": 2, "eval_every": 4, "checkpoint_every": 8},
         "sft_baseline": {"max_new_tokens": 12, "num_steps": 100_000, "batch_size": 8, "lr": 1e-3, "min_lr": 1e-3,
                          "warmup_steps": 0, "log_every": 2, "eval_every": 4, "checkpoint_every": 100_000},
-        "rm": {"n_prompts": 8, "n_eval_prompts": 4, "k_samples": 3, "max_new_tokens": 12, "num_steps": 4, "lr": 1e-3,
+        "rm": {"n_prompts": 8, "n_eval_prompts": 4, "group_size": 3, "max_new_tokens": 12, "num_steps": 4, "lr": 1e-3,
                "min_lr": 1e-4, "warmup_steps": 1, "log_every": 1, "eval_every": 1},
-        "rm_small": {"n_prompts": 4, "n_eval_prompts": 4, "k_samples": 3, "max_new_tokens": 12, "num_steps": 2,
+        "rm_small": {"n_prompts": 4, "n_eval_prompts": 4, "group_size": 3, "max_new_tokens": 12, "num_steps": 2,
                      "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 1, "log_every": 1, "eval_every": 1},
         "dpo": {"max_new_tokens": 12, "num_steps": 4, "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 1, "log_every": 1,
                 "eval_every": 1, "n_gold_problems": 4},
@@ -76,10 +76,10 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                  "checkpoint_every": 2},
         "ppo": {"n_eval_problems": 4, "prompts_per_step": 2, "max_new_tokens": 12, "num_steps": 2, "eval_every": 1,
                 "checkpoint_every": 2},
-        "bon": {"n_prompts": 2, "pool_size": 4, "max_new_tokens": 12, "batch_size": 64},
+        "bon": {"n_prompts": 2, "group_size": 4, "max_new_tokens": 12, "batch_size": 64},
         # grpo's 2 steps x 2 prompts x 8 samples = 32 samples; one evaluation at the end (and the one before)
-        "ei": {"n_eval_problems": 4, "prompts_per_step": 8, "rollouts_per_prompt": 2, "max_new_tokens": 12,
-               "n_ei_steps": 2, "keep_unfinished": True, "batch_size": 8, "eval_every": 2},
+        "ei": {"n_eval_problems": 4, "prompts_per_step": 8, "group_size": 2, "max_new_tokens": 12,
+               "num_steps": 2, "keep_unfinished": True, "batch_size": 8, "eval_every": 2},
         "eval": {"n_problems": 8, "samples": 1, "batch_size": 16, "max_new_tokens": 12, "distinct_over": 2},
     },
     # The laptop run. Base and SFT are shipped under data/checkpoints/tiny (rebuilt by --from-scratch): the
@@ -111,7 +111,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # 128 prompts: a best-of-N gain's paired SE ~1.8 points at N = 8 (2.6 with the loop's 64)
         "bon": {"n_prompts": 128, "batch_size": 100},
         # grpo's 24 steps x 32 prompts x 8 samples = 6,144 samples = 6 rounds x 256 prompts x 4
-        "ei": {"n_eval_problems": 100, "n_ei_steps": 6, "prompts_per_step": 256, "rollouts_per_prompt": 4,
+        "ei": {"n_eval_problems": 100, "num_steps": 6, "prompts_per_step": 256, "group_size": 4,
                "eval_every": 3},
         "eval": {"n_problems": 400, "samples": 2, "batch_size": 100, "max_new_tokens": 64, "distinct_over": 128},
     },
@@ -138,8 +138,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                 "checkpoint_every": 200},
         "bon": {"n_prompts": 500, "batch_size": 250},
         # grpo's 200 steps x 64 prompts x 8 samples = 102,400 samples = 10 rounds x 1,280 prompts x 8
-        "ei": {"n_problems": 12_800, "n_eval_problems": 500, "n_ei_steps": 10, "prompts_per_step": 1280,
-               "rollouts_per_prompt": 8, "batch_size": 64, "eval_every": 5},
+        "ei": {"n_problems": 12_800, "n_eval_problems": 500, "num_steps": 10, "prompts_per_step": 1280,
+               "group_size": 8, "batch_size": 64, "eval_every": 5},
         "eval": {"n_problems": 2000, "samples": 2, "batch_size": 250, "max_new_tokens": 64, "distinct_over": 500},
     },
 }
@@ -160,7 +160,7 @@ PRESETS["tiny_rl10"] = with_overrides(PRESETS["tiny"], {
     "grpo": {"n_problems": 12_000, "prompts_per_step": 64, "num_steps": 120, "min_lr": 1e-4, "eval_every": 60,
              "checkpoint_every": 120},
     # expert iteration at the same 10x: 12 rounds x 1,280 prompts x 4 = 61,440 samples, no prompt twice
-    "ei": {"n_problems": 16_000, "n_ei_steps": 12, "prompts_per_step": 1280, "eval_every": 6},
+    "ei": {"n_problems": 16_000, "num_steps": 12, "prompts_per_step": 1280, "eval_every": 6},
     "pipeline": {"checkpoints": "tiny"}})
 
 # The safety lesson (safety_lesson.py): SFT variants with 0 / few / more refusal demonstrations, with and without

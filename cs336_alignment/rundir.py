@@ -29,7 +29,7 @@ TEMP_SUFFIX = ".partial"  # checkpoint.save_checkpoint's temporary files: .<name
 RUN_FILES = ("ckpt.pt", "metrics.jsonl", "generations.jsonl")  # what makes a directory hold a run
 # Config fields that do not change what a run computes: a resumed run may differ from the saved one in these.
 NOT_RUN_FIELDS = frozenset({"out", "name", "resume", "overwrite", "threads", "device", "quiet", "log_every",
-                            "checkpoint_every", "log_generations_every", "log_generations_samples"})
+                            "checkpoint_every", "log_generations_every", "log_generations_samples", "log_to"})
 
 
 class RunDirError(ValueError):

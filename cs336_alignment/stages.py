@@ -167,12 +167,13 @@ STAGES = {s.name: s for s in [
     # Sample pairs from SFT, label them with the synthetic annotator, train the reward model.
     Stage("rm", "rm", reward_model.train, start=0, curves=RM_CURVES,
           wiring=lambda w: dict(length_bias=w.length_bias, **w.post("rm"))),
-    Stage("bon", "bon", bon.train, needs="rm", start=6, wiring=lambda w: dict(rm=w.ckpt("rm"), **w.post("bon"))),
+    Stage("bon", "bon", bon.train, needs="rm", start=6,
+          wiring=lambda w: dict(reward_model=w.ckpt("rm"), **w.post("bon"))),
     # A smaller reward model from the same annotator (the preset's rm_small section), and what optimises it.
     Stage("rm_small", "rm_small", reward_model.train, start=7, optional=True, curves=RM_CURVES,
           wiring=lambda w: dict(name="rm_small", length_bias=w.length_bias, **w.post("rm_small"))),
     Stage("bon_small", "bon", bon.train, needs="rm_small", start=9, optional=True,
-          wiring=lambda w: dict(rm=w.ckpt("rm_small"), **w.post("bon_small"))),
+          wiring=lambda w: dict(reward_model=w.ckpt("rm_small"), **w.post("bon_small"))),
 ]}
 BASE_STAGES = tuple(s.name for s in STAGES.values() if s.base)
 POST_STAGES = tuple(sorted((s.name for s in STAGES.values() if not s.base), key=lambda n: STAGES[n].start))

@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> dict:
     model, _ = load_model(args.ckpt, get_device(args.device))
     model.eval()
     problems = generate_problems(args.n_problems, "test", args.seed)
-    result = measure(model, load_tokenizer(), problems, samples=args.samples, max_new_tokens=args.max_new_tokens,
+    tokenizer = load_tokenizer(model.config.tokenizer)  # the checkpoint's own (e.g. a Hugging Face one's)
+    result = measure(model, tokenizer, problems, samples=args.samples, max_new_tokens=args.max_new_tokens,
                      seed=args.seed + 1)
     for kind, stats in result.items():
         print(format_line(kind, stats))

@@ -34,7 +34,7 @@ COMMON = dict(n_problems=16, prompts_per_step=8, n_eval_problems=4, eval_samples
 
 
 def test_expert_iteration_raises_the_filtered_behaviour(tmp_path, init_ckpt, tokenizer):
-    cfg = expert_iteration.EIConfig(init=init_ckpt, out=str(tmp_path), n_ei_steps=4, rollouts_per_prompt=8,
+    cfg = expert_iteration.EIConfig(init=init_ckpt, out=str(tmp_path), num_steps=4, group_size=8,
                                     sft_epochs=2, batch_size=16, micro_batch_size=8, lr=1e-2,
                                     log_generations_every=2, log_generations_samples=64, **COMMON)
     problems = load_problems("", cfg.n_problems, cfg.split, cfg.seed + 2)  # the loop's own prompt pool
@@ -68,5 +68,5 @@ def test_ei_command_line_flags(tmp_path, init_ckpt):
     config = read_metrics(tmp_path / "metrics.jsonl")  # first line: the config
     first = [r for r in config if "ei/kept" in r][0]
     assert first["step"] == 1 and 0 <= first["ei/kept"] <= 6
-    with pytest.raises(ValueError, match="rollouts_per_prompt"):
-        expert_iteration.train(expert_iteration.EIConfig(init=init_ckpt, rollouts_per_prompt=0))
+    with pytest.raises(ValueError, match="group_size"):
+        expert_iteration.train(expert_iteration.EIConfig(init=init_ckpt, group_size=0))

@@ -52,7 +52,7 @@ def test_smoke_pipeline_writes_report(tmp_path):
 
     report = json.loads((out / "report.json").read_text())
     assert report == json.loads(json.dumps(returned))
-    n, pool = PRESETS["smoke"]["eval"]["n_problems"], PRESETS["smoke"]["bon"]["pool_size"]
+    n, pool = PRESETS["smoke"]["eval"]["n_problems"], PRESETS["smoke"]["bon"]["group_size"]
     models = report["models"]
     assert list(models)[:8] == ["base", "SFT", BASELINE, "GRPO (gold)", EI, "GRPO (RM)", "PPO", "DPO"]
     assert [k for k in models if k.startswith("BoN-")][:3] == ["BoN-1", "BoN-2", "BoN-4"]
@@ -96,8 +96,8 @@ def test_smoke_pipeline_writes_report(tmp_path):
     # expert iteration: its own stage, with as many sampled responses as grpo_gold (the preset's ei section)
     ei_config = json.loads((out / "ei" / "metrics.jsonl").read_text().splitlines()[0])["config"]
     grpo_config = json.loads((out / "grpo_gold" / "metrics.jsonl").read_text().splitlines()[0])["config"]
-    assert ei_config["init"] == str(out / "sft" / "ckpt.pt") and stages["ei"]["steps"] == ei_config["n_ei_steps"]
-    assert ei_config["n_ei_steps"] * ei_config["prompts_per_step"] * ei_config["rollouts_per_prompt"] == \
+    assert ei_config["init"] == str(out / "sft" / "ckpt.pt") and stages["ei"]["steps"] == ei_config["num_steps"]
+    assert ei_config["num_steps"] * ei_config["prompts_per_step"] * ei_config["group_size"] == \
         grpo_config["num_steps"] * grpo_config["prompts_per_step"] * grpo_config["group_size"]
 
     md = (out / "report.md").read_text()
@@ -162,7 +162,7 @@ def test_length_bias_adds_the_small_reward_model(tmp_path):
     assert list(report["models"])[:4] == ["base", "SFT", "GRPO (RM)", "GRPO (small RM)"]
     assert ("GRPO (RM)", "GRPO (small RM)") in {(p["a"], p["b"]) for p in report["paired"]}
     assert {"eval/rm/accuracy", "eval/rm/ceiling_accuracy"} <= set(report["rm_small"])
-    pool = PRESETS["smoke"]["bon"]["pool_size"]
+    pool = PRESETS["smoke"]["bon"]["group_size"]
     assert [r["n"] for r in report["bon_small"]["rows"]] == [2 ** i for i in range(int(math.log2(pool)) + 1)]
     assert max(r["reward/gold_minus_peak"] for r in report["bon_small"]["rows"]) == 0.0
     assert not undocumented(out.glob("*/metrics.jsonl"))

@@ -28,13 +28,13 @@ FROZEN = {  # preset -> stage -> dataclasses.asdict(config), from the mapping th
                 'batch_size': 8, 'grad_accum_steps': 1, 'lr': 0.001, 'min_lr': 0.0001, 'warmup_steps': 1,
                 'weight_decay': 0.0, 'beta1': 0.9, 'beta2': 0.95, 'grad_clip': 1.0, 'fused_logprobs': True,
                 'log_every': 2, 'eval_every': 4, 'checkpoint_every': 8, 'quiet': False},
-        'rm': {'data': '', 'eval_data': '', 'n_prompts': 8, 'n_eval_prompts': 4, 'k_samples': 3, 'max_new_tokens': 12,
+        'rm': {'data': '', 'eval_data': '', 'n_prompts': 8, 'n_eval_prompts': 4, 'group_size': 3, 'max_new_tokens': 12,
                'tau': 0.25, 'format_weight': 0.25, 'steps_weight': 0.25, 'length_bias': 0.0, 'name': 'rm',
                'out': 'OUT/rm', 'seed': 0, 'device': 'cpu', 'threads': 1, 'init': '<SFT>', 'num_steps': 4,
                'batch_size': 32, 'lr': 0.001, 'min_lr': 0.0001, 'warmup_steps': 1, 'weight_decay': 0.0, 'beta1': 0.9,
                'beta2': 0.999, 'grad_clip': 1.0, 'center_coef': 0.0, 'log_every': 1, 'eval_every': 1, 'quiet': False},
         'dpo': {'data': 'OUT/rm/preferences_train.jsonl', 'eval_data': 'OUT/rm/preferences_eval.jsonl',
-                'n_prompts': 384, 'n_eval_prompts': 128, 'k_samples': 4, 'max_new_tokens': 12, 'tau': 0.25,
+                'n_prompts': 384, 'n_eval_prompts': 128, 'group_size': 4, 'max_new_tokens': 12, 'tau': 0.25,
                 'format_weight': 0.25, 'steps_weight': 0.25, 'length_bias': 0.0, 'name': 'dpo', 'out': 'OUT/dpo',
                 'seed': 0, 'device': 'cpu', 'threads': 1, 'init': '<SFT>', 'beta': 0.1, 'loss_type': 'sigmoid',
                 'label_smoothing': 0.0, 'nll_coef': 0.0, 'num_steps': 4, 'batch_size': 32, 'lr': 0.001,
@@ -78,11 +78,11 @@ FROZEN = {  # preset -> stage -> dataclasses.asdict(config), from the mapping th
                 'n_eval_problems': 4, 'eval_samples': 2, 'prompts_per_step': 2, 'group_size': 2, 'temperature': 1.0,
                 'max_new_tokens': 12, 'kl_coef': 0.05, 'target_kl': 0.0, 'kl_horizon': 10000, 'gamma': 1.0,
                 'lam': 0.95, 'cliprange': 0.2, 'cliprange_value': 0.2, 'vf_coef': 0.5, 'ent_coef': 0.0,
-                'ppo_epochs': 2, 'minibatches': 2, 'micro_batch_size': 64, 'num_steps': 2, 'lr': 3e-05,
+                'epochs_per_rollout_batch': 2, 'minibatches': 2, 'micro_batch_size': 64, 'num_steps': 2, 'lr': 3e-05,
                 'value_lr': 0.0001, 'warmup_steps': 2, 'weight_decay': 0.0, 'beta1': 0.9, 'beta2': 0.95,
                 'grad_clip': 1.0, 'log_every': 1, 'eval_every': 1, 'checkpoint_every': 2, 'quiet': False},
         'bon': {'name': 'bon', 'out': 'OUT/bon', 'seed': 0, 'device': 'cpu', 'threads': 1, 'init': '<SFT>',
-                'rm': 'OUT/rm/ckpt.pt', 'n_prompts': 2, 'pool_size': 4, 'max_new_tokens': 12, 'temperature': 1.0,
+                'reward_model': 'OUT/rm/ckpt.pt', 'n_prompts': 2, 'group_size': 4, 'max_new_tokens': 12, 'temperature': 1.0,
                 'batch_size': 64, 'quiet': False},
     },
     'tiny': {
@@ -99,14 +99,14 @@ FROZEN = {  # preset -> stage -> dataclasses.asdict(config), from the mapping th
                 'batch_size': 32, 'grad_accum_steps': 1, 'lr': 0.001, 'min_lr': 0.0001, 'warmup_steps': 20,
                 'weight_decay': 0.0, 'beta1': 0.9, 'beta2': 0.95, 'grad_clip': 1.0, 'fused_logprobs': True,
                 'log_every': 25, 'eval_every': 100, 'checkpoint_every': 1200, 'quiet': False},
-        'rm': {'data': '', 'eval_data': '', 'n_prompts': 1536, 'n_eval_prompts': 256, 'k_samples': 4,
+        'rm': {'data': '', 'eval_data': '', 'n_prompts': 1536, 'n_eval_prompts': 256, 'group_size': 4,
                'max_new_tokens': 64, 'tau': 0.25, 'format_weight': 0.25, 'steps_weight': 0.25, 'length_bias': 0.0,
                'name': 'rm', 'out': 'OUT/rm', 'seed': 0, 'device': 'cpu', 'threads': 1, 'init': '<SFT>',
                'num_steps': 120, 'batch_size': 32, 'lr': 0.0002, 'min_lr': 2e-05, 'warmup_steps': 12,
                'weight_decay': 0.0, 'beta1': 0.9, 'beta2': 0.999, 'grad_clip': 1.0, 'center_coef': 0.0,
                'log_every': 10, 'eval_every': 40, 'quiet': False},
         'dpo': {'data': 'OUT/rm/preferences_train.jsonl', 'eval_data': 'OUT/rm/preferences_eval.jsonl',
-                'n_prompts': 384, 'n_eval_prompts': 128, 'k_samples': 4, 'max_new_tokens': 64, 'tau': 0.25,
+                'n_prompts': 384, 'n_eval_prompts': 128, 'group_size': 4, 'max_new_tokens': 64, 'tau': 0.25,
                 'format_weight': 0.25, 'steps_weight': 0.25, 'length_bias': 0.0, 'name': 'dpo', 'out': 'OUT/dpo',
                 'seed': 0, 'device': 'cpu', 'threads': 1, 'init': '<SFT>', 'beta': 0.1, 'loss_type': 'sigmoid',
                 'label_smoothing': 0.0, 'nll_coef': 0.0, 'num_steps': 80, 'batch_size': 32, 'lr': 3e-05,
@@ -150,11 +150,11 @@ FROZEN = {  # preset -> stage -> dataclasses.asdict(config), from the mapping th
                 'n_eval_problems': 100, 'eval_samples': 2, 'prompts_per_step': 32, 'group_size': 2,
                 'temperature': 1.0, 'max_new_tokens': 64, 'kl_coef': 0.05, 'target_kl': 0.0, 'kl_horizon': 10000,
                 'gamma': 1.0, 'lam': 0.95, 'cliprange': 0.2, 'cliprange_value': 0.2, 'vf_coef': 0.5, 'ent_coef': 0.0,
-                'ppo_epochs': 2, 'minibatches': 2, 'micro_batch_size': 64, 'num_steps': 24, 'lr': 3e-05,
+                'epochs_per_rollout_batch': 2, 'minibatches': 2, 'micro_batch_size': 64, 'num_steps': 24, 'lr': 3e-05,
                 'value_lr': 0.0001, 'warmup_steps': 2, 'weight_decay': 0.0, 'beta1': 0.9, 'beta2': 0.95,
                 'grad_clip': 1.0, 'log_every': 1, 'eval_every': 12, 'checkpoint_every': 24, 'quiet': False},
         'bon': {'name': 'bon', 'out': 'OUT/bon', 'seed': 0, 'device': 'cpu', 'threads': 1, 'init': '<SFT>',
-                'rm': 'OUT/rm/ckpt.pt', 'n_prompts': 64, 'pool_size': 64, 'max_new_tokens': 64, 'temperature': 1.0,
+                'reward_model': 'OUT/rm/ckpt.pt', 'n_prompts': 64, 'group_size': 64, 'max_new_tokens': 64, 'temperature': 1.0,
                 'batch_size': 100, 'quiet': False},
     },
     'small': {
@@ -171,14 +171,14 @@ FROZEN = {  # preset -> stage -> dataclasses.asdict(config), from the mapping th
                 'batch_size': 64, 'grad_accum_steps': 1, 'lr': 0.0003, 'min_lr': 3e-05, 'warmup_steps': 100,
                 'weight_decay': 0.0, 'beta1': 0.9, 'beta2': 0.95, 'grad_clip': 1.0, 'fused_logprobs': True,
                 'log_every': 50, 'eval_every': 500, 'checkpoint_every': 2000, 'quiet': False},
-        'rm': {'data': '', 'eval_data': '', 'n_prompts': 8192, 'n_eval_prompts': 1365, 'k_samples': 4,
+        'rm': {'data': '', 'eval_data': '', 'n_prompts': 8192, 'n_eval_prompts': 1365, 'group_size': 4,
                'max_new_tokens': 64, 'tau': 0.25, 'format_weight': 0.25, 'steps_weight': 0.25, 'length_bias': 0.0,
                'name': 'rm', 'out': 'OUT/rm', 'seed': 0, 'device': 'cpu', 'threads': 1, 'init': '<SFT>',
                'num_steps': 2000, 'batch_size': 32, 'lr': 5e-05, 'min_lr': 5e-06, 'warmup_steps': 200,
                'weight_decay': 0.0, 'beta1': 0.9, 'beta2': 0.999, 'grad_clip': 1.0, 'center_coef': 0.0,
                'log_every': 166, 'eval_every': 666, 'quiet': False},
         'dpo': {'data': 'OUT/rm/preferences_train.jsonl', 'eval_data': 'OUT/rm/preferences_eval.jsonl',
-                'n_prompts': 384, 'n_eval_prompts': 128, 'k_samples': 4, 'max_new_tokens': 64, 'tau': 0.25,
+                'n_prompts': 384, 'n_eval_prompts': 128, 'group_size': 4, 'max_new_tokens': 64, 'tau': 0.25,
                 'format_weight': 0.25, 'steps_weight': 0.25, 'length_bias': 0.0, 'name': 'dpo', 'out': 'OUT/dpo',
                 'seed': 0, 'device': 'cpu', 'threads': 1, 'init': '<SFT>', 'beta': 0.1, 'loss_type': 'sigmoid',
                 'label_smoothing': 0.0, 'nll_coef': 0.0, 'num_steps': 1000, 'batch_size': 32, 'lr': 5e-06,
@@ -223,11 +223,11 @@ FROZEN = {  # preset -> stage -> dataclasses.asdict(config), from the mapping th
                 'n_eval_problems': 500, 'eval_samples': 2, 'prompts_per_step': 128, 'group_size': 2,
                 'temperature': 1.0, 'max_new_tokens': 64, 'kl_coef': 0.05, 'target_kl': 0.0, 'kl_horizon': 10000,
                 'gamma': 1.0, 'lam': 0.95, 'cliprange': 0.2, 'cliprange_value': 0.2, 'vf_coef': 0.5, 'ent_coef': 0.0,
-                'ppo_epochs': 2, 'minibatches': 2, 'micro_batch_size': 64, 'num_steps': 200, 'lr': 3e-05,
+                'epochs_per_rollout_batch': 2, 'minibatches': 2, 'micro_batch_size': 64, 'num_steps': 200, 'lr': 3e-05,
                 'value_lr': 0.0001, 'warmup_steps': 2, 'weight_decay': 0.0, 'beta1': 0.9, 'beta2': 0.95,
                 'grad_clip': 1.0, 'log_every': 1, 'eval_every': 100, 'checkpoint_every': 200, 'quiet': False},
         'bon': {'name': 'bon', 'out': 'OUT/bon', 'seed': 0, 'device': 'cpu', 'threads': 1, 'init': '<SFT>',
-                'rm': 'OUT/rm/ckpt.pt', 'n_prompts': 500, 'pool_size': 64, 'max_new_tokens': 64, 'temperature': 1.0,
+                'reward_model': 'OUT/rm/ckpt.pt', 'n_prompts': 500, 'group_size': 64, 'max_new_tokens': 64, 'temperature': 1.0,
                 'batch_size': 250, 'quiet': False},
     },
     'tiny_rl10': {
@@ -244,14 +244,14 @@ FROZEN = {  # preset -> stage -> dataclasses.asdict(config), from the mapping th
                 'batch_size': 32, 'grad_accum_steps': 1, 'lr': 0.001, 'min_lr': 0.0001, 'warmup_steps': 20,
                 'weight_decay': 0.0, 'beta1': 0.9, 'beta2': 0.95, 'grad_clip': 1.0, 'fused_logprobs': True,
                 'log_every': 25, 'eval_every': 100, 'checkpoint_every': 1200, 'quiet': False},
-        'rm': {'data': '', 'eval_data': '', 'n_prompts': 1536, 'n_eval_prompts': 256, 'k_samples': 4,
+        'rm': {'data': '', 'eval_data': '', 'n_prompts': 1536, 'n_eval_prompts': 256, 'group_size': 4,
                'max_new_tokens': 64, 'tau': 0.25, 'format_weight': 0.25, 'steps_weight': 0.25, 'length_bias': 0.0,
                'name': 'rm', 'out': 'OUT/rm', 'seed': 0, 'device': 'cpu', 'threads': 1, 'init': '<SFT>',
                'num_steps': 120, 'batch_size': 32, 'lr': 0.0002, 'min_lr': 2e-05, 'warmup_steps': 12,
                'weight_decay': 0.0, 'beta1': 0.9, 'beta2': 0.999, 'grad_clip': 1.0, 'center_coef': 0.0,
                'log_every': 10, 'eval_every': 40, 'quiet': False},
         'dpo': {'data': 'OUT/rm/preferences_train.jsonl', 'eval_data': 'OUT/rm/preferences_eval.jsonl',
-                'n_prompts': 384, 'n_eval_prompts': 128, 'k_samples': 4, 'max_new_tokens': 64, 'tau': 0.25,
+                'n_prompts': 384, 'n_eval_prompts': 128, 'group_size': 4, 'max_new_tokens': 64, 'tau': 0.25,
                 'format_weight': 0.25, 'steps_weight': 0.25, 'length_bias': 0.0, 'name': 'dpo', 'out': 'OUT/dpo',
                 'seed': 0, 'device': 'cpu', 'threads': 1, 'init': '<SFT>', 'beta': 0.1, 'loss_type': 'sigmoid',
                 'label_smoothing': 0.0, 'nll_coef': 0.0, 'num_steps': 80, 'batch_size': 32, 'lr': 3e-05,
@@ -295,11 +295,11 @@ FROZEN = {  # preset -> stage -> dataclasses.asdict(config), from the mapping th
                 'n_eval_problems': 100, 'eval_samples': 2, 'prompts_per_step': 32, 'group_size': 2,
                 'temperature': 1.0, 'max_new_tokens': 64, 'kl_coef': 0.05, 'target_kl': 0.0, 'kl_horizon': 10000,
                 'gamma': 1.0, 'lam': 0.95, 'cliprange': 0.2, 'cliprange_value': 0.2, 'vf_coef': 0.5, 'ent_coef': 0.0,
-                'ppo_epochs': 2, 'minibatches': 2, 'micro_batch_size': 64, 'num_steps': 24, 'lr': 3e-05,
+                'epochs_per_rollout_batch': 2, 'minibatches': 2, 'micro_batch_size': 64, 'num_steps': 24, 'lr': 3e-05,
                 'value_lr': 0.0001, 'warmup_steps': 2, 'weight_decay': 0.0, 'beta1': 0.9, 'beta2': 0.95,
                 'grad_clip': 1.0, 'log_every': 1, 'eval_every': 12, 'checkpoint_every': 24, 'quiet': False},
         'bon': {'name': 'bon', 'out': 'OUT/bon', 'seed': 0, 'device': 'cpu', 'threads': 1, 'init': '<SFT>',
-                'rm': 'OUT/rm/ckpt.pt', 'n_prompts': 64, 'pool_size': 64, 'max_new_tokens': 64, 'temperature': 1.0,
+                'reward_model': 'OUT/rm/ckpt.pt', 'n_prompts': 64, 'group_size': 64, 'max_new_tokens': 64, 'temperature': 1.0,
                 'batch_size': 100, 'quiet': False},
     },
 }
@@ -351,7 +351,7 @@ def test_small_rm_stages_differ_only_in_the_reward_model(preset):
     built = build(preset)
     small = {"reward_model": "OUT/rm_small/ckpt.pt", "out": "OUT/grpo_rm_small"}
     assert built["grpo_rm_small"] == {**built["grpo_rm"], **small}
-    assert built["bon_small"] == {**built["bon"], "rm": "OUT/rm_small/ckpt.pt", "out": "OUT/bon_small"}
+    assert built["bon_small"] == {**built["bon"], "reward_model": "OUT/rm_small/ckpt.pt", "out": "OUT/bon_small"}
     wiring = {"name": "rm_small", "out": "OUT/rm_small", "init": "<SFT>", "seed": 0, "device": "cpu", "threads": 1,
               "length_bias": 0.0}
     expected = {**dataclasses.asdict(stages.reward_model.RMConfig()), **PRESETS[preset].get("rm_small", {}), **wiring}
@@ -373,14 +373,14 @@ def test_every_preset_section_is_a_stage_config():
 
 @pytest.mark.parametrize("preset", sorted(FROZEN))
 def test_expert_iteration_samples_as_many_responses_as_grpo_gold(preset):
-    """The ei stage's budget (presets.py): n_ei_steps x prompts_per_step x rollouts_per_prompt sampled responses,
+    """The ei stage's budget (presets.py): num_steps x prompts_per_step x group_size sampled responses,
     as many as grpo_gold's num_steps x prompts_per_step x group_size; its prompts do not repeat."""
     built = build(preset)
     ei, grpo = built["ei"], built["grpo_gold"]
-    assert ei["n_ei_steps"] * ei["prompts_per_step"] * ei["rollouts_per_prompt"] == \
+    assert ei["num_steps"] * ei["prompts_per_step"] * ei["group_size"] == \
         grpo["num_steps"] * grpo["prompts_per_step"] * grpo["group_size"]
-    assert ei["n_ei_steps"] * ei["prompts_per_step"] <= ei["n_problems"]
-    assert (ei["init"], ei["out"], ei["eval_every"] <= ei["n_ei_steps"]) == ("<SFT>", "OUT/ei", True)
+    assert ei["num_steps"] * ei["prompts_per_step"] <= ei["n_problems"]
+    assert (ei["init"], ei["out"], ei["eval_every"] <= ei["num_steps"]) == ("<SFT>", "OUT/ei", True)
 
 
 def test_unknown_key_names_preset_stage_and_key(monkeypatch):

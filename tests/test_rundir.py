@@ -115,7 +115,7 @@ def test_resume_with_a_config_that_changes_the_run_is_an_error_naming_the_field(
     if flag == "--data":
         (tmp_path / value).write_text("some text " * 200)
         value = str(tmp_path / value)
-    assert pretrain(out, "--resume", flag, value, steps=4) == 2
+    assert pretrain(out, "--resume", flag, value) == 2  # the same --num-steps: the flag is the one difference
     line = one_error_line(capsys)
     assert line.startswith(f"error: {out / 'ckpt.pt'}: --resume with another config: field {field!r}"), line
     assert (out / "ckpt.pt").read_bytes() == before

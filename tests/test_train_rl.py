@@ -214,7 +214,7 @@ def test_ppo_smoke_reward_rises(tmp_path, init_ckpt, tokenizer, monkeypatch):
 
     monkeypatch.setattr(ppo, "compute_ppo_policy_loss", spy)
     cfg = ppo.PPOConfig(init=init_ckpt, out=str(tmp_path), reward="gold", num_steps=10, prompts_per_step=16,
-                        group_size=2, lr=1e-2, value_lr=3e-3, kl_coef=0.01, ppo_epochs=2, minibatches=2,
+                        group_size=2, lr=1e-2, value_lr=3e-3, kl_coef=0.01, epochs_per_rollout_batch=2, minibatches=2,
                         micro_batch_size=32, log_generations_every=10, log_generations_samples=32, **COMMON)
     before = prob_first_token_lowercase(init_ckpt, tokenizer)
     result = ppo.train(cfg, reward_fn=starts_lowercase)
@@ -230,7 +230,7 @@ def test_ppo_smoke_reward_rises(tmp_path, init_ckpt, tokenizer, monkeypatch):
     assert max(s["policy/clipfrac"] for s in steps) > 0
     assert_diagnostics_match_generations(tmp_path, steps, [10], rows=32)
     config = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])["config"]
-    assert config["ppo_epochs"] == 2
+    assert config["epochs_per_rollout_batch"] == 2
     extra = load_checkpoint_extra(tmp_path / "ckpt.pt")  # the value model travels in the policy's checkpoint
     assert {"value_model", "value_optimizer", "kl_coef", "rng"} <= set(extra)
 
@@ -319,7 +319,7 @@ def assert_identical(x, y, where: str = "") -> None:
 
 def test_ppo_adaptive_kl_moves_beta(tmp_path, init_ckpt):
     cfg = ppo.PPOConfig(init=init_ckpt, out=str(tmp_path), reward="gold", num_steps=2, prompts_per_step=4,
-                        group_size=2, kl_coef=0.1, target_kl=100.0, kl_horizon=100, ppo_epochs=1, minibatches=1,
+                        group_size=2, kl_coef=0.1, target_kl=100.0, kl_horizon=100, epochs_per_rollout_batch=1, minibatches=1,
                         **COMMON)
     ppo.train(cfg, reward_fn=starts_lowercase)
     betas = [r["kl/coef"] for r in read_metrics(tmp_path / "metrics.jsonl") if "kl/coef" in r]
@@ -369,7 +369,7 @@ def test_score_rollouts_match_unpadded_forward(rm_ckpt, init_ckpt, tokenizer):
 
 def test_rl_against_a_reward_model_runs(tmp_path, init_ckpt, rm_ckpt):
     ppo.train(ppo.PPOConfig(init=init_ckpt, out=str(tmp_path / "ppo"), reward_model=rm_ckpt, num_steps=2,
-                            prompts_per_step=4, group_size=2, ppo_epochs=1, minibatches=1, **COMMON))
+                            prompts_per_step=4, group_size=2, epochs_per_rollout_batch=1, minibatches=1, **COMMON))
     grpo.train(grpo.GRPOConfig(init=init_ckpt, out=str(tmp_path / "grpo"), reward="rm", reward_model=rm_ckpt,
                                num_steps=2, prompts_per_step=2, group_size=4, **COMMON))
     for run in ("ppo", "grpo"):

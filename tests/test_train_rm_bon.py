@@ -81,7 +81,7 @@ def test_rm_smoke_loss_falls_and_accuracy_rises(trained_rm, pref_files):
 
 
 def test_rm_samples_and_labels_its_own_pairs(tiny_ckpt, tmp_path):
-    cfg = reward_model.RMConfig(init=tiny_ckpt, out=str(tmp_path), n_prompts=4, n_eval_prompts=2, k_samples=3,
+    cfg = reward_model.RMConfig(init=tiny_ckpt, out=str(tmp_path), n_prompts=4, n_eval_prompts=2, group_size=3,
                                 max_new_tokens=8, num_steps=2, batch_size=4, warmup_steps=1, quiet=True)
     result = reward_model.train(cfg)
     train_pairs = load_preferences(tmp_path / "preferences_train.jsonl")

@@ -1,6 +1,6 @@
 """Best-of-N sampling with a reward model: the simplest way to optimise a learned reward, and a ruler for the rest.
 
-    python -m cs336_alignment bon --init runs/sft/ckpt.pt --rm runs/rm/ckpt.pt
+    python -m cs336_alignment bon --init runs/sft/ckpt.pt --reward-model runs/rm/ckpt.pt
 
 For each test prompt we draw one pool of 64 temperature-1 samples from the SFT policy and score every
 sample with the reward model (the proxy) and the gold reward. Best-of-N for N = 1, 2, 4, ..., 64 returns
@@ -32,48 +32,36 @@ from dataclasses import dataclass
 
 import torch
 
-from cs336_alignment.checkpoint import load_model
+from cs336_alignment.config_blocks import LogConfig, PolicyInitConfig, RunConfig, with_defaults
 from cs336_alignment.metrics import best_of_n_kl, best_of_n_weights, distinct_n, pass_at_k
-from cs336_alignment.reward_model import load_reward_model, score_responses
+from cs336_alignment.reward_model import score_responses
 from cs336_alignment.rollout import sample_responses
 from cs336_alignment.tasks import generate_problems, is_worked, prose_lines
-from cs336_alignment.tokenizer import load_tokenizer
-from cs336_alignment.train.common import MetricsLogger, init_or_shipped, parse_config, releases_run_dir, setup_run
+from cs336_alignment.train.common import MetricsLogger, parse_config, releases_run_dir
+from cs336_alignment.train.setup import setup_policy
 from cs336_alignment.verifier import gold_reward
 
 
 @dataclass
-class BoNConfig:
-    # --- run
-    name: str = "bon"
-    """run name: outputs go to runs/<name>/ unless --out is given"""
-    out: str = ""
-    """output directory (metrics.jsonl, bon.json); default runs/<name>"""
-    overwrite: bool = False
-    """replace the run already in --out (without it, a directory that holds a run is an error)"""
-    seed: int = 0
-    """seed of the test prompts and of the samples"""
-    device: str = "auto"
-    """cuda, mps, cpu, or auto (cuda, then mps, then cpu)"""
-    threads: int = 1
-    """torch.set_num_threads; 0 = torch's default (1 was fastest on a shared 2-core CPU)"""
-    init: str = ""
-    """the sampling policy (SFT checkpoint); empty = the shipped tiny SFT model (data/checkpoints/tiny/sft.pt)"""
-    rm: str = "runs/rm/ckpt.pt"
+@with_defaults(name="bon")
+class BoNConfig(LogConfig, PolicyInitConfig, RunConfig):
+    """Best-of-N: the shared run and logging blocks (config_blocks) and its own fields below."""
+
+    reward_model: str = "runs/rm/ckpt.pt"
     """reward-model checkpoint (written by `python -m cs336_alignment rm`)"""
     # --- sampling
     n_prompts: int = 64
     """task-world test prompts"""
-    pool_size: int = 64
-    """samples per prompt; N runs over the powers of two up to it"""
+    group_size: int = 64
+    """samples per prompt (the pool best-of-N picks from); N runs over the powers of two up to it"""
     max_new_tokens: int = 64
     """response length limit"""
     temperature: float = 1.0
     """sampling temperature (the KL formula is for samples of the policy itself, i.e. 1.0)"""
     batch_size: int = 256
     """sequences generated / scored together"""
-    quiet: bool = False
-    """no console lines (metrics.jsonl is still written)"""
+
+    FLAG_ALIASES = {"rm": "reward_model", "pool_size": "group_size"}
 
 
 def best_of_n_curve(proxy: torch.Tensor, gold: torch.Tensor, lengths: torch.Tensor, ns: list[int],
@@ -131,33 +119,30 @@ def best_of_n_curve(proxy: torch.Tensor, gold: torch.Tensor, lengths: torch.Tens
 @releases_run_dir
 def train(cfg: BoNConfig) -> dict:
     """Sample the pools, score them, and write the best-of-N curve. Returns {"rows": [...], "wall_s": ...}."""
-    cfg = init_or_shipped(cfg, "bon")
-    out, device = setup_run(cfg)
-    policy, _ = load_model(cfg.init, device)
-    tokenizer = load_tokenizer(policy.config.tokenizer)  # the checkpoint's own (e.g. a Hugging Face one's)
-    reward_model, _ = load_reward_model(cfg.rm, device)
-    ns = [2 ** i for i in range(int(math.log2(cfg.pool_size)) + 1)]
+    run = setup_policy(cfg, "bon", reference=False, problems=False, optimizer=False)  # the sampler and --reward-model
+    cfg, out, policy, tokenizer, reward_model = run.cfg, run.out, run.policy, run.tokenizer, run.reward_model
+    ns = [2 ** i for i in range(int(math.log2(cfg.group_size)) + 1)]
     logger = MetricsLogger(out, ns[-1], dataclasses.asdict(cfg), quiet=cfg.quiet)
 
     # --- one pool of samples per prompt, scored by the gold reward and the reward model
     t0 = time.perf_counter()
     problems = generate_problems(cfg.n_prompts, "test", cfg.seed)
     questions = [p["question"] for p in problems]
-    pools = sample_responses(policy, tokenizer, questions, cfg.pool_size, max_new_tokens=cfg.max_new_tokens,
+    pools = sample_responses(policy, tokenizer, questions, cfg.group_size, max_new_tokens=cfg.max_new_tokens,
                              temperature=cfg.temperature, seed=cfg.seed, batch_size=cfg.batch_size)
     t_sample = time.perf_counter() - t0
     n_tokens = sum(s["n_tokens"] for pool in pools for s in pool)
-    logger.write(f"bon: {cfg.n_prompts} prompts x {cfg.pool_size} samples, {n_tokens} tokens in {t_sample:.0f} s "
+    logger.write(f"bon: {cfg.n_prompts} prompts x {cfg.group_size} samples, {n_tokens} tokens in {t_sample:.0f} s "
                  f"({n_tokens / t_sample:.0f} tok/s)")
-    flat_q = [q for q in questions for _ in range(cfg.pool_size)]
+    flat_q = [q for q in questions for _ in range(cfg.group_size)]
     flat = [s for pool in pools for s in pool]
     proxy = torch.tensor(score_responses(reward_model, tokenizer, flat_q, [s["text"] for s in flat],
-                                         batch_size=cfg.batch_size)).view(cfg.n_prompts, cfg.pool_size)
+                                         batch_size=cfg.batch_size)).view(cfg.n_prompts, cfg.group_size)
     gold = torch.tensor([gold_reward(s["text"], p["answer"])["reward"] for p, pool in zip(problems, pools)
-                         for s in pool]).view(cfg.n_prompts, cfg.pool_size)
-    lengths = torch.tensor([float(s["n_tokens"]) for s in flat]).view(cfg.n_prompts, cfg.pool_size)
-    worked = torch.tensor([float(is_worked(s["text"])) for s in flat]).view(cfg.n_prompts, cfg.pool_size)
-    prose = torch.tensor([float(prose_lines(s["text"])) for s in flat]).view(cfg.n_prompts, cfg.pool_size)
+                         for s in pool]).view(cfg.n_prompts, cfg.group_size)
+    lengths = torch.tensor([float(s["n_tokens"]) for s in flat]).view(cfg.n_prompts, cfg.group_size)
+    worked = torch.tensor([float(is_worked(s["text"])) for s in flat]).view(cfg.n_prompts, cfg.group_size)
+    prose = torch.tensor([float(prose_lines(s["text"])) for s in flat]).view(cfg.n_prompts, cfg.group_size)
 
     # --- the curve, plus distinct-2 of one concrete best-of-N draw (the first N samples of each pool)
     rows = best_of_n_curve(proxy, gold, lengths, ns, worked, prose)
@@ -166,7 +151,7 @@ def train(cfg: BoNConfig) -> dict:
         picks = [pool[int(proxy[j, :N].argmax())] for j, pool in enumerate(pools)]
         row["response/distinct_2"] = distinct_n([s["tokens"][:s["n_tokens"]] for s in picks], 2)
         logger.log(N, {k: v for k, v in row.items() if k != "n"})
-    result = {"rows": rows, "n_prompts": cfg.n_prompts, "pool_size": cfg.pool_size, "sample_wall_s": t_sample,
+    result = {"rows": rows, "n_prompts": cfg.n_prompts, "pool_size": cfg.group_size, "sample_wall_s": t_sample,
               "wall_s": time.perf_counter() - t0, "perf/tokens_per_s": n_tokens / t_sample}
     (out / "bon.json").write_text(json.dumps(result, indent=1))
     return result

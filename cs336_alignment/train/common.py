@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from cs336_alignment.checkpoint import SHIPPED_SFT, check_resumable, read_checkpoint
 from cs336_alignment.data import DataError, load_problems_file, record_lines
+from cs336_alignment.log_sinks import Sink, check_installed, open_sinks
 from cs336_alignment.presets import PRESETS, section_overrides
 from cs336_alignment.nn_utils import AdamW, get_lr_cosine_schedule
 from cs336_alignment.preferences import conversations
@@ -73,17 +74,23 @@ def field_docs(cls: type) -> dict[str, str]:
 def build_parser(cls: type, prog: str, description: str | None = None) -> argparse.ArgumentParser:
     """An argparse parser with one `--flag` per dataclass field (dashes or underscores), typed, with its doc.
 
-    bool fields become `--flag / --no-flag`; `X | None` fields accept X; defaults are shown by --help.
+    bool fields become `--flag / --no-flag`; `X | None` fields accept X; defaults are shown by --help. A field
+    renamed by the class's FLAG_ALIASES ({old name: field}, config_blocks.RunConfig) also answers to its old flag.
     """
     parser = argparse.ArgumentParser(prog=prog, description=description,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    hints, docs = typing.get_type_hints(cls), field_docs(cls)
+    hints, docs, aliases = typing.get_type_hints(cls), field_docs(cls), getattr(cls, "FLAG_ALIASES", {})
     for f in dataclasses.fields(cls):
         kind = hints[f.name]
         if typing.get_origin(kind) in (typing.Union, types.UnionType):  # `str | None` -> str
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
         names = sorted({f"--{f.name.replace('_', '-')}", f"--{f.name}"}, key=lambda s: "_" in s)
-        kwargs: dict[str, Any] = dict(dest=f.name, default=f.default, help=docs.get(f.name, " ").replace("%", "%%"))
+        doc = docs.get(f.name, " ")
+        old = [name for name, new in aliases.items() if new == f.name]  # renamed fields: the old flags still parse
+        if old:
+            names += [flag for name in old for flag in dict.fromkeys((f"--{name.replace('_', '-')}", f"--{name}"))]
+            doc += f" (old name: {', '.join('--' + name.replace('_', '-') for name in old)})"
+        kwargs: dict[str, Any] = dict(dest=f.name, default=f.default, help=doc.replace("%", "%%"))
         if kind is bool:
             parser.add_argument(*names, action=argparse.BooleanOptionalAction, **kwargs)
         elif typing.get_origin(kind) is typing.Literal:
@@ -109,7 +116,8 @@ def parse_config(cls: type[C], argv: list[str] | None, prog: str, description: s
                              "on one GPU; the pipeline's presets: its settings for this stage)")
     preset = parser.parse_known_args(argv)[0].preset
     if preset:
-        overrides = section_overrides(preset, section)
+        aliases = getattr(cls, "FLAG_ALIASES", {})
+        overrides = {aliases.get(k, k): v for k, v in section_overrides(preset, section).items()}
         unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise ValueError(f"preset {preset!r}: {cls.__name__} has no fields {unknown}")
@@ -122,9 +130,13 @@ def parse_config(cls: type[C], argv: list[str] | None, prog: str, description: s
 def config_from_dict(cls: type[C], values: dict[str, Any]) -> C:
     """Build `cls` from a dict, rejecting unknown keys by name (nanoGPT's configurator is just as strict).
 
+    A renamed field's old key (the class's FLAG_ALIASES) is read as the new one.
+
     Raises:
         ValueError: naming the unknown keys and listing the valid ones.
     """
+    aliases = getattr(cls, "FLAG_ALIASES", {})
+    values = {aliases.get(key, key): value for key, value in values.items()}
     valid = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - valid)
     if unknown:
@@ -144,6 +156,8 @@ def run_dir(name: str, out: str) -> Path:
 
 _HELD: list[RunLock] = []  # the locks setup_run took in this process, released by `releases_run_dir`
 atexit.register(lambda: [lock.release() for lock in _HELD])  # a setup_run called outside a decorated loop
+_SINKS: list[Sink] = []  # the --log-to sinks MetricsLogger opened in this process, closed by `releases_run_dir`
+atexit.register(lambda: [_SINKS.pop().close() for _ in list(_SINKS)])
 
 
 def setup_run(cfg: Any) -> tuple[Path, torch.device]:
@@ -157,8 +171,10 @@ def setup_run(cfg: Any) -> tuple[Path, torch.device]:
     Returns:
         (output directory, torch.device).
     Raises:
-        rundir.RunDirError, checkpoint.CheckpointError (ValueErrors: one line naming the directory or file).
+        rundir.RunDirError, checkpoint.CheckpointError (ValueErrors: one line naming the directory or file);
+        ValueError for an unknown --log-to sink or one whose package is missing (log_sinks.check_installed).
     """
+    check_installed(getattr(cfg, "log_to", ""))  # a --log-to sink without its package: fail before any work
     out = run_dir(cfg.name, cfg.out)
     hold_run_dir(out)
     resume = bool(getattr(cfg, "resume", False))
@@ -179,14 +195,17 @@ def hold_run_dir(out: Path) -> None:
 
 
 def releases_run_dir(train: Callable[..., R]) -> Callable[..., R]:
-    """Decorate a loop's train(): the run-directory locks its `setup_run` took are released when it returns or
-    raises (a killed process's lock is dropped by the kernel and taken over by the next run)."""
+    """Decorate a loop's train(): the run-directory locks its `setup_run` took are released, and the --log-to sinks
+    its MetricsLogger opened are closed, when it returns or raises (a killed process's lock is dropped by the kernel
+    and taken over by the next run)."""
     @functools.wraps(train)
     def wrapper(*args, **kwargs) -> R:
-        depth = len(_HELD)
+        depth, sinks = len(_HELD), len(_SINKS)
         try:
             return train(*args, **kwargs)
         finally:
+            while len(_SINKS) > sinks:
+                _SINKS.pop().close()
             while len(_HELD) > depth:
                 _HELD.pop().release()
     return wrapper
@@ -348,7 +367,8 @@ class MetricsLogger:
     The first line of a run is {"config": {...}} (and {"config": ..., "resumed_from": s} on resume, after
     dropping any records past step s that the interrupted run wrote after its last checkpoint; the same for
     generations.jsonl, which a fresh run starts empty).
-    `write` prints through tqdm so a progress bar (if any) stays at the bottom.
+    `write` prints through tqdm so a progress bar (if any) stays at the bottom. The config's "log_to" names the
+    sinks that also receive every `log` record (log_sinks.py: wandb, tensorboard); metrics.jsonl is always written.
     """
 
     def __init__(self, out_dir: Path, num_steps: int, config: dict[str, Any], resumed_from: int = 0,
@@ -363,11 +383,15 @@ class MetricsLogger:
         if generations or self.generations_path.exists():
             self.generations_path.write_text("".join(line + "\n" for line in generations))
         self.write(f"config: {json.dumps(config)}")
+        self.sinks = open_sinks(config.get("log_to", ""), out_dir, config, resumed_from)
+        _SINKS.extend(self.sinks)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        for sink in self.sinks:
+            sink.log(step, {k: v for k, v in record.items() if k != "step"})
         self.write(format_metrics(step, self.num_steps, metrics))
 
     def log_generations(self, step: int, records: list[dict[str, Any]]) -> None:

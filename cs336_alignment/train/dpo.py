@@ -19,7 +19,6 @@ eval/accuracy/greedy (gold accuracy of greedy answers to test problems) with eva
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -29,7 +28,9 @@ import numpy as np
 import torch
 
 from cs336_alignment import distributed as ddp
-from cs336_alignment.checkpoint import load_model, rng_state, save_checkpoint
+from cs336_alignment.checkpoint import rng_state, save_checkpoint
+from cs336_alignment.config_blocks import (IntervalConfig, LogConfig, OptimConfig, PolicyInitConfig, RunConfig,
+                                           ScheduleConfig, with_defaults)
 from cs336_alignment.data import DataError, collate_chat
 from cs336_alignment.dpo import dpo_loss, sequence_log_probs
 from cs336_alignment.evaluate import evaluate_model
@@ -38,30 +39,17 @@ from cs336_alignment.nn_utils import clip_gradients
 from cs336_alignment.preferences import PreferenceDataConfig, conversations, preference_data
 from cs336_alignment.runtime import autocast
 from cs336_alignment.tasks import generate_problems
-from cs336_alignment.tokenizer import load_tokenizer
-from cs336_alignment.train.common import (MetricsLogger, build_optimizer, check_pairs, cosine_lr, finite_or_raise,
-                                          init_or_shipped, num_params, pair_sources, parse_config, progress_bar,
-                                          releases_run_dir, setup_run, stream_indices)
+from cs336_alignment.train.common import (MetricsLogger, check_pairs, cosine_lr, finite_or_raise, num_params,
+                                          pair_sources, parse_config, progress_bar, releases_run_dir, stream_indices)
+from cs336_alignment.train.setup import setup_policy
 
 
 @dataclass
-class DPOConfig(PreferenceDataConfig):
-    # --- run
-    name: str = "dpo"
-    """run name: outputs go to runs/<name>/ unless --out is given"""
-    out: str = ""
-    """output directory (ckpt.pt, metrics.jsonl); default runs/<name>"""
-    overwrite: bool = False
-    """replace the run already in --out (without it, a directory that holds a run is an error)"""
-    seed: int = 0
-    """seed of the prompts, samples and labels (when made here) and of the pair order"""
-    device: str = "auto"
-    """cuda, mps, cpu, or auto (cuda, then mps, then cpu)"""
-    threads: int = 1
-    """torch.set_num_threads; 0 = torch's default (1 was fastest on a shared 2-core CPU)"""
-    init: str = ""
-    """SFT checkpoint: the initial policy and the frozen reference; empty = the shipped tiny SFT model
-    (data/checkpoints/tiny/sft.pt)"""
+@with_defaults(name="dpo", num_steps=120, beta2=0.999, log_every=10, eval_every=40)
+class DPOConfig(LogConfig, IntervalConfig, ScheduleConfig, OptimConfig, PreferenceDataConfig, PolicyInitConfig,
+                RunConfig):
+    """DPO: the shared blocks (config_blocks), the preference data's (preferences.PreferenceDataConfig) and DPO's."""
+
     # --- DPO
     beta: float = 0.1
     """KL strength: the implicit reward is beta * log(pi / pi_ref)"""
@@ -71,34 +59,12 @@ class DPOConfig(PreferenceDataConfig):
     """assumed label-flip rate (cDPO); sigmoid only"""
     nll_coef: float = 0.0
     """add nll_coef x the chosen responses' NLL per token (RPO, Pang et al. 2024 eq. 1); 0 = plain DPO"""
-    # --- optimisation
-    num_steps: int = 120
-    """optimizer steps"""
     batch_size: int = 32
     """preference pairs per optimizer step"""
-    lr: float = 1e-4
-    """peak learning rate (after linear warmup)"""
-    min_lr: float = 1e-5
-    """learning rate at the end of the cosine decay"""
-    warmup_steps: int = 10
-    """linear warmup steps"""
-    weight_decay: float = 0.0
-    """AdamW decoupled weight decay"""
-    beta1: float = 0.9
-    """AdamW beta1"""
-    beta2: float = 0.999
-    """AdamW beta2"""
-    grad_clip: float = 1.0
-    """clip the global gradient L2 norm to this value"""
-    # --- logging / eval
-    log_every: int = 10
-    """optimizer steps between console/metrics lines"""
-    eval_every: int = 40
-    """optimizer steps between held-out evaluations (and at the last step)"""
     n_gold_problems: int = 128
     """test problems answered greedily at each evaluation (0 = skip the gold evaluation)"""
-    quiet: bool = False
-    """no console lines (metrics.jsonl is still written)"""
+
+    FLAG_ALIASES = {"k_samples": "group_size"}
 
 
 @releases_run_dir
@@ -108,12 +74,9 @@ def train(cfg: DPOConfig) -> dict:
     # ---------------------------------------------------------------------------------------------------
     # Setup: policy, frozen reference, pairs, reference log-probs (once)
     # ---------------------------------------------------------------------------------------------------
-    cfg = init_or_shipped(cfg, "dpo")
-    out, device = ddp.setup_run(cfg)  # under torchrun: rank 0 prepares the directory (distributed.py)
-    model, init_extra = load_model(cfg.init, device)
-    tokenizer = load_tokenizer(model.config.tokenizer)  # the checkpoint's own (e.g. a Hugging Face one's)
-    model_config = TransformerConfig(**init_extra["model_config"])
-    reference = copy.deepcopy(model).eval().requires_grad_(False)
+    run = setup_policy(cfg, "dpo", problems=False)  # the SFT policy, its frozen copy as the reference, AdamW
+    cfg, out, device, model, tokenizer = run.cfg, run.out, run.device, run.policy, run.tokenizer
+    reference, optimizer, model_config = run.reference, run.optimizer, TransformerConfig(**run.model_config)
     context = model_config.context_length
     logger = ddp.metrics_logger(out, cfg.num_steps, dataclasses.asdict(cfg), quiet=cfg.quiet)
     t_data = time.perf_counter()
@@ -160,7 +123,6 @@ def train(cfg: DPOConfig) -> dict:
 
     pair_tokens = [sum(len(tokenizer.render(c)[0]) for c in pair) for pair in train_chats]  # for perf/tokens_per_s
     t_data = time.perf_counter() - t_data
-    optimizer = build_optimizer(model.parameters(), cfg)
     logger.write(f"dpo: {num_params(model) / 1e6:.2f}M parameters, {len(train_pairs)} train / {len(eval_pairs)} "
                  f"held-out pairs, beta {cfg.beta}, held-out reference log-probs precomputed ({t_data:.0f} s with "
                  f"the pairs), device {device}")

@@ -1,11 +1,11 @@
 """Expert iteration: sample from the policy, keep what the verifier accepts, fine-tune on it, repeat.
 
     python -m cs336_alignment ei --init data/checkpoints/tiny/sft.pt                       # 5 rounds, G = 4
-    python -m cs336_alignment ei --init SFT --n-ei-steps 5 --rollouts-per-prompt 8 --sft-epochs 2 --batch-size 32
+    python -m cs336_alignment ei --init SFT --num-steps 5 --group-size 8 --sft-epochs 2 --batch-size 32
 
 One round (Stanford CS336 assignment 5, §5 "expert iteration"; the idea of STaR, Zelikman et al. 2022, and of
 rejection-sampling fine-tuning, Yuan et al. 2023):
-  1. take the round's `prompts_per_step` questions from the prompt pool and sample `rollouts_per_prompt` (G)
+  1. take the round's `prompts_per_step` questions from the prompt pool and sample `group_size` (G)
      responses to each at `temperature` (`rollout.sample_rollouts`, the RL loops' sampler);
   2. keep the responses the gold reward accepts (`verifier.gold_reward`: the right number in "#### N" format) and
      that ended with the stop token, so the model also learns to stop (--keep-unfinished: also those cut at
@@ -31,7 +31,6 @@ sample responses to <out>/generations.jsonl every K rounds, as in grpo.py.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import time
@@ -40,60 +39,33 @@ from typing import Callable
 
 import torch
 
-from cs336_alignment.checkpoint import load_model, save_checkpoint
+from cs336_alignment.checkpoint import save_checkpoint
+from cs336_alignment.config_blocks import (GenerationLogConfig, LogConfig, OptimConfig, PolicyInitConfig, PromptConfig,
+                                           RolloutConfig, RunConfig, with_defaults)
 from cs336_alignment.evaluate import log_generations, run_eval
 from cs336_alignment.logprobs import get_response_log_probs
 from cs336_alignment.masked import masked_mean
 from cs336_alignment.nn_utils import clip_gradients
 from cs336_alignment.rollout import micro_batch, sample_rollouts, sequence_widths
 from cs336_alignment.sft import sft_microbatch_train_step
-from cs336_alignment.tokenizer import load_tokenizer
-from cs336_alignment.train.common import (MetricsLogger, build_optimizer, finite_or_raise, init_or_shipped,
-                                          load_problems, num_params, parse_config, progress_bar, prompt_indices,
-                                          releases_run_dir, setup_run)
+from cs336_alignment.train.common import (MetricsLogger, finite_or_raise, num_params, parse_config, progress_bar,
+                                          prompt_indices, releases_run_dir)
+from cs336_alignment.train.setup import setup_policy
 from cs336_alignment.verifier import gold_reward
 
 
 @dataclass
-class EIConfig:
-    # --- run
-    name: str = "ei"
-    """run name: outputs go to runs/<name>/ unless --out is given"""
-    out: str = ""
-    """output directory (ckpt.pt, metrics.jsonl); default runs/<name>"""
-    overwrite: bool = False
-    """replace the run already in --out (without it, a directory that holds a run is an error)"""
-    seed: int = 0
-    """seed of the prompt order, the sampling and the fine-tuning order"""
-    device: str = "auto"
-    """cuda, mps, cpu, or auto"""
-    threads: int = 1
-    """torch.set_num_threads; 0 = torch's default (1 was fastest on a shared 2-core CPU)"""
-    init: str = ""
-    """the policy to start from (required), e.g. an SFT checkpoint; also the reference of eval/kl/ref"""
-    # --- prompts
-    data: str = ""
-    """jsonl of {"question", "answer"} prompts; empty = the task world's --split"""
-    split: str = "rl"
-    """task-world split of the prompt pool: rl (the half of train that SFT demonstrations from sft never use)
-    or train"""
-    n_problems: int = 4000
-    """task-world prompts in the pool (when --data is empty)"""
+@with_defaults(name="ei")
+class EIConfig(LogConfig, GenerationLogConfig, OptimConfig, RolloutConfig, PromptConfig, PolicyInitConfig, RunConfig):
+    """Expert iteration: the shared blocks (config_blocks) and its own fields below."""
+
     prompts_per_step: int = 256
     """questions per round (CS336's expert-iteration batch D_b), taken in turn from the pool"""
-    n_eval_problems: int = 200
-    """held-out test problems for eval/* (greedy and sampled accuracy)"""
-    eval_samples: int = 2
-    """T = 1 samples per eval problem"""
+    group_size: int = 4
+    """responses sampled per question (G; CS336's rollouts per prompt)"""
     # --- expert iteration
-    n_ei_steps: int = 5
-    """rounds of sample -> filter -> fine-tune"""
-    rollouts_per_prompt: int = 4
-    """responses sampled per question (G)"""
-    temperature: float = 1.0
-    """sampling temperature"""
-    max_new_tokens: int = 64
-    """response length limit"""
+    num_steps: int = 5
+    """rounds of sample -> filter -> fine-tune (CS336's n_ei_steps)"""
     keep_unfinished: bool = False
     """also keep accepted responses cut at max_new_tokens (by default a kept response must end with the stop
     token, so that fine-tuning on it also teaches the model to stop)"""
@@ -103,27 +75,13 @@ class EIConfig:
     """kept responses per optimizer step"""
     micro_batch_size: int = 64
     """rows per forward/backward (gradient accumulation inside an optimizer step)"""
-    # --- optimisation
     lr: float = 1e-4
     """constant learning rate (the matched-compute SFT baseline's; 1e-3, SFT's peak, damages a converged policy)"""
-    weight_decay: float = 0.0
-    """AdamW decoupled weight decay"""
-    beta1: float = 0.9
-    """AdamW beta1"""
-    beta2: float = 0.95
-    """AdamW beta2"""
-    grad_clip: float = 1.0
-    """clip the global gradient L2 norm to this value"""
-    # --- logging / eval
+    # --- eval
     eval_every: int = 1
     """rounds between evaluations (also before the first and after the last)"""
-    log_generations_every: int = 0
-    """rounds between writes of sample responses (prompt, response, ground truth, rewards, entropy) to
-    <out>/generations.jsonl (evaluate.log_generations); 0 = never"""
-    log_generations_samples: int = 16
-    """responses per write: the round's first samples"""
-    quiet: bool = False
-    """no console lines (metrics.jsonl is still written)"""
+
+    FLAG_ALIASES = {"n_ei_steps": "num_steps", "rollouts_per_prompt": "group_size"}
 
 
 @releases_run_dir
@@ -139,23 +97,18 @@ def train(cfg: EIConfig, reward_fn: Callable[[str, str], dict[str, float]] | Non
     # ---------------------------------------------------------------------------------------------------
     # Setup
     # ---------------------------------------------------------------------------------------------------
-    cfg = init_or_shipped(cfg, "ei")
-    for name in ("n_ei_steps", "rollouts_per_prompt", "prompts_per_step", "sft_epochs", "batch_size",
+    for name in ("num_steps", "group_size", "prompts_per_step", "sft_epochs", "batch_size",
                  "micro_batch_size", "max_new_tokens"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
-    out, device = setup_run(cfg)
-    ckpt_path = out / "ckpt.pt"
-    tokenizer = load_tokenizer()
-    policy, init_extra = load_model(cfg.init, device)
-    reference = copy.deepcopy(policy).eval().requires_grad_(False)  # the initial policy: eval/kl/ref
-    problems = load_problems(cfg.data, cfg.n_problems, cfg.split, cfg.seed + 2)
-    eval_problems = load_problems("", cfg.n_eval_problems, "test", 0)
-    optimizer = build_optimizer(policy.parameters(), cfg)
+    run = setup_policy(cfg, "ei")  # the reference is the initial policy: eval/kl/ref
+    cfg, out, device, ckpt_path = run.cfg, run.out, run.device, run.ckpt_path
+    policy, tokenizer, optimizer, reference = run.policy, run.tokenizer, run.optimizer, run.reference
+    problems, eval_problems = run.problems, run.eval_problems
     filter_fn = reward_fn or gold_reward
-    logger = MetricsLogger(out, cfg.n_ei_steps, dataclasses.asdict(cfg), quiet=cfg.quiet)
-    logger.write(f"ei: {num_params(policy) / 1e6:.2f}M parameters, {len(problems)} prompts, {cfg.n_ei_steps} rounds "
-                 f"of {cfg.prompts_per_step} x {cfg.rollouts_per_prompt} samples, device {device}")
+    logger = MetricsLogger(out, cfg.num_steps, dataclasses.asdict(cfg), quiet=cfg.quiet)
+    logger.write(f"ei: {num_params(policy) / 1e6:.2f}M parameters, {len(problems)} prompts, {cfg.num_steps} rounds "
+                 f"of {cfg.prompts_per_step} x {cfg.group_size} samples, device {device}")
     evaluate = functools.partial(run_eval, logger, policy=policy, tokenizer=tokenizer, problems=eval_problems,
                                  reference=reference, reward_model=None, samples=cfg.eval_samples,
                                  max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 1)
@@ -164,17 +117,17 @@ def train(cfg: EIConfig, reward_fn: Callable[[str, str], dict[str, float]] | Non
     # The loop: one round = sample, filter, fine-tune
     # ---------------------------------------------------------------------------------------------------
     last_eval, cpu_s = evaluate(0), 0.0
-    bar = progress_bar(cfg.n_ei_steps, 0, "ei")
-    for step in range(cfg.n_ei_steps):
+    bar = progress_bar(cfg.num_steps, 0, "ei")
+    for step in range(cfg.num_steps):
         cpu0, t0 = time.process_time(), time.perf_counter()
         # --- 1. G samples for each of the round's prompts
         batch = [problems[i] for i in prompt_indices(step, len(problems), cfg.prompts_per_step, cfg.seed)]
         generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step)
         policy.eval()
-        ro = sample_rollouts(policy, tokenizer, [p["question"] for p in batch], cfg.rollouts_per_prompt,
+        ro = sample_rollouts(policy, tokenizer, [p["question"] for p in batch], cfg.group_size,
                              temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, generator=generator,
                              batch_size=max(cfg.micro_batch_size, 64))
-        truths = [p["answer"] for p in batch for _ in range(cfg.rollouts_per_prompt)]
+        truths = [p["answer"] for p in batch for _ in range(cfg.group_size)]
         rollout_s = time.perf_counter() - t0
 
         # --- 2. keep the verified responses (that also ended with the stop token)
@@ -196,7 +149,7 @@ def train(cfg: EIConfig, reward_fn: Callable[[str, str], dict[str, float]] | Non
                                            truths, gold, torch.cat(entropies).tolist(), ro.response_lengths.tolist(),
                                            n_records=cfg.log_generations_samples)
         metrics.update({"ei/kept": float(keep.sum()), "ei/kept_fraction": float(keep.float().mean()),
-                        "ei/prompts_solved": float(keep.view(-1, cfg.rollouts_per_prompt).any(-1).float().mean())})
+                        "ei/prompts_solved": float(keep.view(-1, cfg.group_size).any(-1).float().mean())})
 
         # --- 3. SFT on the kept responses: sft_epochs passes, batch_size rows per optimizer step
         kept = keep.nonzero().squeeze(-1)                                                          # (K,)
@@ -231,12 +184,12 @@ def train(cfg: EIConfig, reward_fn: Callable[[str, str], dict[str, float]] | Non
         logger.log(done, metrics)
         if cfg.log_generations_every and done % cfg.log_generations_every == 0:
             logger.log_generations(done, records)
-        if done % cfg.eval_every == 0 or done == cfg.n_ei_steps:
+        if done % cfg.eval_every == 0 or done == cfg.num_steps:
             last_eval = evaluate(done)
         save_checkpoint(policy, optimizer, done, ckpt_path, config=dataclasses.asdict(cfg),
-                        model_config=init_extra["model_config"], cpu_s=cpu_s)
+                        model_config=run.model_config, cpu_s=cpu_s)
     bar.close()
-    return {"checkpoint": str(ckpt_path), "steps": cfg.n_ei_steps, "cpu_s": cpu_s, "eval": last_eval}
+    return {"checkpoint": str(ckpt_path), "steps": cfg.num_steps, "cpu_s": cpu_s, "eval": last_eval}
 
 
 def main(argv: list[str] | None = None) -> dict:

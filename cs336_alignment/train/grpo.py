@@ -27,10 +27,11 @@ With --reward rm the reward function scores the sampled token ids with the rewar
 (`reward_model.rollout_reward_fn`: responses and prompts as id tuples, never re-tokenized text).
 For every reweighting but none, old log-probs come from a no-grad pass of the policy before the first update, in
 the same micro-batches as the first epoch, so the first ratio is exactly 1 (after that, the clip has work to do).
-The loss flags are the CS336 2026 edition's names; the 2025 edition's --loss-type is kept as an alias that sets
-them (`LOSS_TYPE_ALIASES`): no_baseline = --baseline none --advantage-normalizer none --importance-reweighting none,
-reinforce_with_baseline = --baseline mean --importance-reweighting none, grpo_clip = --baseline mean
---importance-reweighting grpo, grpo_no_clip = --baseline mean --importance-reweighting noclip.
+The loss flags are the CS336 2026 edition's names; the 2025 edition's --loss-type is kept as an alias that
+sets them (`grpo_loss.LOSS_TYPE_ALIASES`): no_baseline = --baseline none --advantage-normalizer none
+--importance-reweighting none, reinforce_with_baseline = --baseline mean --importance-reweighting none,
+grpo_clip = --baseline mean --importance-reweighting grpo, grpo_no_clip = --baseline mean --importance-reweighting
+noclip.
 
 From Python (the pipeline's stages.py calls it with the preset's config), cs336_alignment.train.grpo:
     result = grpo.train(grpo.GRPOConfig(init=sft_ckpt, out=str(run / "grpo"), reward="gold", num_steps=40))
@@ -57,7 +58,6 @@ are `evaluate.evaluate_policy`'s with an "eval/" prefix: eval/accuracy/greedy, e
 from __future__ import annotations
 
 import bisect
-import copy
 import dataclasses
 import functools
 import itertools
@@ -69,98 +69,56 @@ from typing import Callable, Literal
 import torch
 
 from cs336_alignment import distributed as ddp
-from cs336_alignment.advantages import (compute_group_normalized_rewards, compute_group_process_advantages,
-                                        compute_rollout_rewards)
-from cs336_alignment.checkpoint import (load_checkpoint, load_checkpoint_extra, load_model, rng_state, save_checkpoint,
-                                        set_rng_state)
+from cs336_alignment.advantages import (AdvantageNormalizer, Baseline, compute_group_normalized_rewards,
+                                        compute_group_process_advantages, needs_group_statistics, zeroes_equal_groups)
+from cs336_alignment.checkpoint import rng_state, save_checkpoint, set_rng_state
+from cs336_alignment.config_blocks import (GenerationLogConfig, IntervalConfig, LogConfig, MemoryConfig, OptimConfig,
+                                           PolicyInitConfig, PolicyUpdateConfig, PromptConfig, ResumableRunConfig,
+                                           RewardConfig, RolloutConfig, ScheduleConfig, with_defaults)
 from cs336_alignment.evaluate import log_generations, run_eval
-from cs336_alignment.gpu import configure_model
 from cs336_alignment.logprobs import get_response_log_probs
-from cs336_alignment.grpo_loss import needs_old_log_probs, policy_and_kl_backward
+from cs336_alignment.grpo_loss import (LOSS_TYPE_ALIASES, LossNormalization, PolicyLossType, ReweightingMethod,
+                                       needs_old_log_probs, policy_and_kl_backward)
 from cs336_alignment.masked import masked_mean
 from cs336_alignment.nn_utils import clip_gradients
-from cs336_alignment.reward_model import load_reward_model, rollout_reward_fn
 from cs336_alignment.rollout import Rollouts, micro_batch, sample_rollouts, sequence_widths
 from cs336_alignment.runtime import autocast
-from cs336_alignment.tokenizer import build_prompt, load_tokenizer
-from cs336_alignment.train.common import (MetricsLogger, build_optimizer, cosine_lr, finite_or_raise, init_or_shipped,
-                                          load_problems, load_sft_optimizer_state, num_params, parse_config,
-                                          progress_bar, prompt_indices, releases_run_dir, setup_run)
+from cs336_alignment.tokenizer import build_prompt
+from cs336_alignment.train.common import (MetricsLogger, cosine_lr, finite_or_raise, num_params, parse_config,
+                                          progress_bar, prompt_indices, releases_run_dir)
+from cs336_alignment.train.setup import sequence_rewards, setup_policy
 from cs336_alignment.verifier import gold_reward, process_rewards
 
 
 @dataclass
-class GRPOConfig:
-    # --- run
-    name: str = "grpo"
-    """run name: outputs go to runs/<name>/ unless --out is given"""
-    out: str = ""
-    """output directory (ckpt.pt, metrics.jsonl); default runs/<name>"""
-    overwrite: bool = False
-    """replace the run already in --out (without it, a directory that holds a run is an error)"""
-    seed: int = 0
-    """seed of the prompt order and of the sampling"""
-    device: str = "auto"
-    """cuda, mps, cpu, or auto"""
-    threads: int = 1
-    """torch.set_num_threads; 0 = torch's default (1 was fastest on a shared 2-core CPU)"""
-    resume: bool = False
-    """continue from <out>/ckpt.pt"""
-    init: str = ""
-    """the SFT checkpoint to start from, also the frozen reference; empty = the shipped tiny SFT model
-    (data/checkpoints/tiny/sft.pt)"""
-    init_optimizer: bool = False
-    """start AdamW's second moments from those saved in --init (SFT's gradient scale) instead of zeros"""
-    # --- reward and data
-    reward: Literal["gold", "rm"] = "gold"
-    """gold = the task world's verifiable reward; rm = the learned reward model at --reward-model"""
-    reward_model: str = ""
-    """reward-model checkpoint (train/reward_model.py) for --reward rm"""
-    data: str = ""
-    """jsonl of {"question", "answer"} prompts; empty = the task world's --split"""
-    split: str = "rl"
-    """task-world split of the prompt pool: rl, the half of train that SFT demonstrations drawn from sft never use
-    (tasks.train_half), so no RL prompt is a question whose answer the SFT model memorised; train = both halves"""
-    n_problems: int = 4000
-    """task-world prompts in the pool (when --data is empty)"""
-    n_eval_problems: int = 200
-    """held-out test problems for eval/* (greedy and sampled accuracy)"""
-    eval_data: str = ""
-    """jsonl of {"question", "answer"} held-out problems (the first n_eval_problems); empty = the task world's"""
-    eval_samples: int = 2
-    """T = 1 samples per eval problem for eval/sampled_accuracy"""
-    # --- sampling
-    prompts_per_step: int = 32
-    """questions per rollout batch"""
-    group_size: int = 8
-    """responses sampled per question (G)"""
-    temperature: float = 1.0
-    """sampling temperature (log-probs are recomputed at the same temperature)"""
-    max_new_tokens: int = 64
-    """response length limit (task-world answers: at most ~40 tokens terse, ~60 with both prose lines)"""
+@with_defaults(name="grpo", num_steps=40, warmup_steps=3, log_every=1, eval_every=10, checkpoint_every=20)
+class GRPOConfig(LogConfig, GenerationLogConfig, IntervalConfig, MemoryConfig, ScheduleConfig, OptimConfig,
+                 PolicyUpdateConfig, RolloutConfig, RewardConfig, PromptConfig, PolicyInitConfig, ResumableRunConfig):
+    """GRPO / REINFORCE: the shared blocks (config_blocks) and the loss's fields below (the CS336 2026 names)."""
+
+    min_lr: float = 1e-5
+    """learning rate at the end of the cosine decay (lr >= 3e-4 damaged a converged tiny SFT model in 5 steps)"""
     prompt: Literal["chat", "question_only"] = "chat"
     """what the policy reads, in training and in its held-out evaluations (tokenizer.build_prompt): the chat
     template, or the bare question text without it (CS336 a5's prompt ablation; a reward model then reads the
     bare question too)"""
     # --- loss (the CS336 2026 edition's names)
-    baseline: Literal["mean", "none"] = "mean"
+    baseline: Baseline = "mean"
     """subtract the group's mean reward (mean) or nothing (none: REINFORCE on the raw rewards)"""
-    advantage_normalizer: Literal["std", "none", "mean"] = "std"
+    advantage_normalizer: AdvantageNormalizer = "std"
     """divide the advantages by the group's std + eps (GRPO), by nothing (Dr. GRPO) or by its mean reward + eps
     (MaxRL) (advantages.compute_group_normalized_rewards)"""
-    importance_reweighting: Literal["none", "noclip", "grpo", "gspo", "cispo"] = "grpo"
+    importance_reweighting: ReweightingMethod = "grpo"
     """per-token loss (grpo_loss.compute_policy_gradient_loss): none (REINFORCE), noclip (pi / pi_old), grpo
-    (token-level clip), gspo (sequence-level clip), cispo (clipped detached weight)"""
-    cliprange: float = 0.2
-    """clip epsilon of grpo, gspo and cispo"""
+    (token-level clip), gspo (sequence-level clip), cispo (clipped detached weight); the clip uses --cliprange"""
     advantage_eps: float = 1e-6
     """added to the std or mean the advantages are divided by"""
-    loss_normalization: Literal["sequence", "constant"] = "sequence"
+    loss_normalization: LossNormalization = "sequence"
     """per-sequence mean, then the mean over sequences (GRPO), or the sum over a constant (Dr. GRPO)"""
     normalization_constant: float = 0.0
     """the constant of --loss-normalization constant, per optimizer step; 0 = max_new_tokens x the step's rows
     (each response's token sum / max_new_tokens, averaged over the responses)"""
-    loss_type: Literal["", "no_baseline", "reinforce_with_baseline", "grpo_clip", "grpo_no_clip"] = ""
+    loss_type: Literal["", PolicyLossType] = ""
     """the 2025 edition's name for a loss, an alias that sets --baseline and --importance-reweighting (and for
     no_baseline --advantage-normalizer none); empty = use those flags"""
     process_reward: bool = False
@@ -171,54 +129,6 @@ class GRPOConfig:
     """skip groups whose rewards are all equal (advantage 0: no gradient, only cost)"""
     kl_coef: float = 0.0
     """weight of the k3 KL(pi || pi_ref) term in the loss (0 = no reference pass)"""
-    epochs_per_rollout_batch: int = 2
-    """passes over each rollout batch (> 1 makes the updates off-policy: use grpo_clip)"""
-    minibatches: int = 1
-    """optimizer steps per epoch (the kept rows are split evenly)"""
-    micro_batch_size: int = 64
-    """rows per forward/backward (gradient accumulation inside an optimizer step)"""
-    # --- optimisation
-    num_steps: int = 40
-    """rollout batches (each gives epochs_per_rollout_batch * minibatches optimizer steps)"""
-    lr: float = 1e-4
-    """peak learning rate"""
-    min_lr: float = 1e-5
-    """learning rate at the end of the cosine decay (lr >= 3e-4 damaged a converged tiny SFT model in 5 steps)"""
-    warmup_steps: int = 3
-    """rollout batches of linear warmup"""
-    weight_decay: float = 0.0
-    """AdamW decoupled weight decay"""
-    beta1: float = 0.9
-    """AdamW beta1"""
-    beta2: float = 0.95
-    """AdamW beta2"""
-    grad_clip: float = 1.0
-    """clip the global gradient L2 norm to this value"""
-    gradient_checkpointing: bool = False
-    """recompute each transformer block in backward instead of storing its activations (GPU memory for 0.5B+ models)"""
-    compile: bool = False
-    """torch.compile each block's MLP and norms (gpu.configure_model)"""
-    # --- logging / eval / checkpoints
-    log_every: int = 1
-    """rollout batches between console/metrics lines"""
-    eval_every: int = 10
-    """rollout batches between evaluations (also before the first and after the last)"""
-    checkpoint_every: int = 20
-    """rollout batches between checkpoints (and at the last)"""
-    log_generations_every: int = 0
-    """rollout batches between writes of sample responses (prompt, response, ground truth, rewards, entropy) to
-    <out>/generations.jsonl (evaluate.log_generations); 0 = never"""
-    log_generations_samples: int = 16
-    """responses per write: the step's first rows (whole groups when a multiple of group_size)"""
-    quiet: bool = False
-    """no console lines (metrics.jsonl is still written)"""
-
-
-LOSS_TYPE_ALIASES: dict[str, dict[str, str]] = {  # the 2025 edition's --loss-type -> the 2026 flags it sets
-    "no_baseline": {"baseline": "none", "advantage_normalizer": "none", "importance_reweighting": "none"},
-    "reinforce_with_baseline": {"baseline": "mean", "importance_reweighting": "none"},
-    "grpo_clip": {"baseline": "mean", "importance_reweighting": "grpo"},
-    "grpo_no_clip": {"baseline": "mean", "importance_reweighting": "noclip"}}
 
 
 def resolve_loss_type(cfg: GRPOConfig) -> GRPOConfig:
@@ -271,32 +181,20 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
         raise ValueError("--reward rm needs --reward-model CKPT")
     cfg = resolve_loss_type(cfg)
     needs_old_log_probs(cfg.importance_reweighting)  # an unknown method fails here, before any work
-    if cfg.group_size < 2 and (cfg.baseline == "mean" or cfg.advantage_normalizer == "std"):
+    if cfg.group_size < 2 and needs_group_statistics(cfg.baseline, cfg.advantage_normalizer):
         raise ValueError("group baselines (--baseline mean) and --advantage-normalizer std need group_size >= 2")
     if cfg.process_reward and (cfg.reward != "gold" or reward_fn is not None or cfg.baseline != "mean"):
         raise ValueError("--process-reward needs the task world's gold reward (no --reward rm, no reward_fn) "
                          "and --baseline mean")
-    cfg = init_or_shipped(cfg, "grpo")  # RL starts from an SFT policy
-    out, device = ddp.setup_run(cfg)  # under torchrun: rank 0 prepares the directory (distributed.py)
-    ckpt_path = out / "ckpt.pt"
-    policy, init_extra = load_model(cfg.init, device)
-    tokenizer = load_tokenizer(policy.config.tokenizer)  # the checkpoint's own (e.g. a Hugging Face one's)
-    reference = copy.deepcopy(policy).eval().requires_grad_(False)  # frozen SFT policy: KL and eval/kl_ref
-    configure_model(policy, device, gradient_checkpointing=cfg.gradient_checkpointing, compile=cfg.compile)
-    reward_model = None
-    if cfg.reward == "rm" and reward_fn is None:
-        reward_model = load_reward_model(cfg.reward_model, device)[0].requires_grad_(False)
-    problems = load_problems(cfg.data, cfg.n_problems, cfg.split, cfg.seed + 2)
-    eval_problems = load_problems(cfg.eval_data, cfg.n_eval_problems, "test", 0)[:cfg.n_eval_problems]
-    optimizer = build_optimizer(policy.parameters(), cfg)
-    if cfg.init_optimizer:
-        load_sft_optimizer_state(cfg.init, optimizer)
-    start_step, cpu_s = 0, 0.0  # cpu_s: process CPU seconds of training so far (evals and checkpoints excluded)
-    if cfg.resume and ckpt_path.exists():
-        start_step = load_checkpoint(ckpt_path, policy, optimizer)
-        extra = load_checkpoint_extra(ckpt_path)
-        set_rng_state(extra["rng"])
-        cpu_s = extra.get("cpu_s", 0.0)
+    run = setup_policy(cfg, "grpo", load_rm=cfg.reward == "rm" and reward_fn is None)  # RL starts from SFT
+    cfg, out, device, ckpt_path = run.cfg, run.out, run.device, run.ckpt_path
+    policy, tokenizer, optimizer = run.policy, run.tokenizer, run.optimizer
+    reference, reward_model = run.reference, run.reward_model  # the frozen SFT policy: KL and eval/kl/ref
+    problems, eval_problems = run.problems, run.eval_problems
+    start_step, cpu_s = run.start_step, 0.0  # cpu_s: process CPU seconds of training so far (evals excluded)
+    if run.resume_extra:
+        set_rng_state(run.resume_extra["rng"])
+        cpu_s = run.resume_extra.get("cpu_s", 0.0)
     logger = ddp.metrics_logger(out, cfg.num_steps, dataclasses.asdict(cfg), resumed_from=start_step, quiet=cfg.quiet)
     logger.write(f"grpo: {num_params(policy) / 1e6:.2f}M parameters, {len(problems)} prompts, reward {cfg.reward}, "
                  f"{cfg.prompts_per_step} x {cfg.group_size} rollouts per step, device {device}")
@@ -328,18 +226,9 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
 
         # --- 2. rewards -> group-normalized advantages (the gold reward, or the RM score looked up by row)
         gold = [gold_reward(text, truth) for text, truth in zip(ro.response_texts, truths)]
-        metrics = {}
-        if reward_model is None:
-            score_fn, responses, keys = reward_fn or gold_reward, ro.response_texts, truths
-        else:  # the RM scores the sampled token ids (no decode / re-encode): responses and prompts as id tuples
-            score_fn = rollout_reward_fn(reward_model, ro)
-            responses, keys = [tuple(r) for r in ro.response_ids], [tuple(p) for p in ro.prompt_ids]
-        raw_rewards, _ = compute_rollout_rewards(score_fn, responses, keys)                      # (N,)
+        raw_rewards, metrics = sequence_rewards(ro, truths, reward_model, reward_fn)             # (N,)
         advantages, _ = compute_group_normalized_rewards(raw_rewards, cfg.group_size, cfg.baseline, cfg.advantage_eps,
                                                          cfg.advantage_normalizer)               # (N,)
-        if reward_model is not None:
-            proxy = raw_rewards.tolist()
-            metrics["reward/proxy_mean"] = sum(proxy) / len(proxy)
 
         tensors = {"input_ids": ro.input_ids, "labels": ro.labels, "response_mask": ro.response_mask}
         if cfg.process_reward:  # per-token advantages (N, T) from the step rewards replace the per-response ones
@@ -351,7 +240,7 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
         zero_variance = float((~informative).float().mean())  # groups whose training rewards are all equal
         if cfg.process_reward:
             informative = tensors["advantages"].view(-1, cfg.group_size * ro.labels.shape[1]).ne(0).any(dim=-1)
-        if not cfg.drop_zero_variance_groups or cfg.baseline != "mean":  # all-equal groups: A = 0 only with a mean
+        if not cfg.drop_zero_variance_groups or not zeroes_equal_groups(cfg.baseline):  # else A != 0 there
             informative = torch.ones_like(informative)
         keep = informative.repeat_interleave(cfg.group_size).nonzero().squeeze(-1)   # (K,) row indices
         metrics.update({"reward/mean": float(raw_rewards.mean()),
@@ -445,7 +334,7 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
             last_eval = evaluate(done)
         if (done % cfg.checkpoint_every == 0 or done == cfg.num_steps) and ddp.is_main():  # rank 0 alone writes
             save_checkpoint(policy, optimizer, done, ckpt_path, config=dataclasses.asdict(cfg),
-                            model_config=init_extra["model_config"], rng=rng_state(), cpu_s=cpu_s)
+                            model_config=run.model_config, rng=rng_state(), cpu_s=cpu_s)
     bar.close()
     return {"checkpoint": str(ckpt_path), "steps": cfg.num_steps, "cpu_s": cpu_s, "eval": last_eval}
 

@@ -14,7 +14,7 @@ implementation details of RLHF with PPO"):
   3. per-token rewards: -beta * KL_t on every token plus the score on the last one
      (`advantages.compute_kl_shaped_rewards`); then GAE(gamma, lambda) advantages and lambda-returns
      (`advantages.compute_gae`), and whitened advantages (`masked.masked_whiten`);
-  4. `ppo_epochs` passes, each split into `minibatches` optimizer steps: clipped policy loss
+  4. `epochs_per_rollout_batch` passes, each split into `minibatches` optimizer steps: clipped policy loss
      (`policy_losses.compute_ppo_policy_loss`), clipped value loss (`compute_ppo_value_loss`) and an
      optional entropy bonus; the policy and the value model have their own optimizers;
   5. with --target-kl, update beta with `policy_losses.AdaptiveKLController` (Ziegler et al. 2019 §2.2).
@@ -54,74 +54,44 @@ from typing import Callable, Literal
 import torch
 
 from cs336_alignment.advantages import apply_missing_eos_penalty, compute_gae, compute_kl_shaped_rewards
-from cs336_alignment.checkpoint import (load_checkpoint, load_checkpoint_extra, load_model, rng_state, save_checkpoint,
-                                        set_rng_state)
+from cs336_alignment.checkpoint import rng_state, save_checkpoint, set_rng_state
+from cs336_alignment.config_blocks import (GenerationLogConfig, IntervalConfig, LogConfig, OptimConfig,
+                                           PolicyInitConfig, PolicyUpdateConfig, PromptConfig, ResumableRunConfig,
+                                           RewardConfig, RolloutConfig, with_defaults)
 from cs336_alignment.evaluate import log_generations, run_eval
 from cs336_alignment.logprobs import get_response_log_probs
 from cs336_alignment.masked import masked_mean, masked_whiten
 from cs336_alignment.nn_utils import clip_gradients
 from cs336_alignment.policy_losses import (AdaptiveKLController, compute_entropy_bonus, compute_ppo_policy_loss,
                                            compute_ppo_value_loss)
-from cs336_alignment.reward_model import RewardModel, load_reward_model, score_rollouts
+from cs336_alignment.reward_model import RewardModel
 from cs336_alignment.rollout import micro_batch, sample_rollouts, sequence_widths
-from cs336_alignment.tokenizer import load_tokenizer, stop_token_ids
-from cs336_alignment.train.common import (MetricsLogger, build_optimizer, cosine_lr, finite_or_raise, init_or_shipped,
-                                          load_problems, load_sft_optimizer_state, num_params, parse_config,
-                                          progress_bar, prompt_indices, releases_run_dir, setup_run)
+from cs336_alignment.tokenizer import stop_token_ids
+from cs336_alignment.train.common import (MetricsLogger, build_optimizer, cosine_lr, finite_or_raise, num_params,
+                                          parse_config, progress_bar, prompt_indices, releases_run_dir)
+from cs336_alignment.train.setup import sequence_rewards, setup_policy
 from cs336_alignment.verifier import gold_reward
 
 
 @dataclass
-class PPOConfig:
-    # --- run
-    name: str = "ppo"
-    """run name: outputs go to runs/<name>/ unless --out is given"""
-    out: str = ""
-    """output directory (ckpt.pt, metrics.jsonl); default runs/<name>"""
-    overwrite: bool = False
-    """replace the run already in --out (without it, a directory that holds a run is an error)"""
-    seed: int = 0
-    """seed of the prompt order and of the sampling"""
-    device: str = "auto"
-    """cuda, mps, cpu, or auto"""
-    threads: int = 1
-    """torch.set_num_threads; 0 = torch's default"""
-    resume: bool = False
-    """continue from <out>/ckpt.pt (policy, value model, both optimizers, KL coefficient, RNG states)"""
-    init: str = ""
-    """the SFT checkpoint to start from, also the frozen reference; empty = the shipped tiny SFT model
-    (data/checkpoints/tiny/sft.pt)"""
-    init_optimizer: bool = False
-    """start the policy's AdamW second moments from those saved in --init (train.common.load_sft_optimizer_state)"""
-    # --- reward, value model and data
-    reward: Literal["rm", "gold"] = "rm"
-    """rm = the learned reward model at --reward-model; gold = the task world's verifiable reward"""
-    reward_model: str = ""
-    """reward-model checkpoint (train/reward_model.py)"""
+@with_defaults(name="ppo", reward="rm", prompts_per_step=64, group_size=2, minibatches=2, num_steps=30, log_every=1,
+               eval_every=10, checkpoint_every=10)
+class PPOConfig(LogConfig, GenerationLogConfig, IntervalConfig, OptimConfig, PolicyUpdateConfig, RolloutConfig,
+                RewardConfig, PromptConfig, PolicyInitConfig, ResumableRunConfig):
+    """PPO with a value model: the shared blocks (config_blocks) and PPO's own fields below. Weight decay, betas and
+    the gradient clip apply to both models (each clipped alone)."""
+
+    lr: float = 3e-5
+    """policy learning rate"""
+    value_lr: float = 1e-4
+    """value model learning rate"""
+    warmup_steps: int = 2
+    """rollout batches of linear warmup (then the learning rates stay constant)"""
+    # --- value model and reward shaping
     value_init: Literal["auto", "rm", "sft"] = "auto"
     """value model = copy of the RM (rm) or SFT trunk + new head (sft); auto = rm when there is one"""
     missing_eos_penalty: float = 0.0
     """subtracted from the score of a response cut at max_new_tokens (0 = off)"""
-    data: str = ""
-    """jsonl of {"question", "answer"} prompts; empty = the task world's --split"""
-    split: str = "rl"
-    """task-world split of the prompt pool: rl, the half of train that SFT demonstrations drawn from sft never use
-    (tasks.train_half), so no RL prompt is a question whose answer the SFT model memorised; train = both halves"""
-    n_problems: int = 4000
-    """task-world prompts in the pool (when --data is empty)"""
-    n_eval_problems: int = 200
-    """held-out test problems for eval/*"""
-    eval_samples: int = 2
-    """T = 1 samples per eval problem for eval/sampled_accuracy"""
-    # --- sampling
-    prompts_per_step: int = 64
-    """questions per rollout batch"""
-    group_size: int = 2
-    """responses per question"""
-    temperature: float = 1.0
-    """sampling temperature"""
-    max_new_tokens: int = 64
-    """response length limit (task-world answers: at most ~40 tokens terse, ~60 with both prose lines)"""
     # --- PPO
     kl_coef: float = 0.05
     """beta: per-token KL penalty to the reference in the reward (initial value when adaptive)"""
@@ -133,51 +103,14 @@ class PPOConfig:
     """discount"""
     lam: float = 0.95
     """GAE lambda"""
-    cliprange: float = 0.2
-    """policy ratio clip epsilon"""
     cliprange_value: float = 0.2
     """value clip (reward units)"""
     vf_coef: float = 0.5
     """weight of the value loss (the value model has its own optimizer; this scales its gradient)"""
     ent_coef: float = 0.0
     """weight of the entropy bonus"""
-    ppo_epochs: int = 2
-    """passes over each rollout batch"""
-    minibatches: int = 2
-    """optimizer steps per epoch"""
-    micro_batch_size: int = 64
-    """rows per forward/backward"""
-    # --- optimisation
-    num_steps: int = 30
-    """rollout batches"""
-    lr: float = 3e-5
-    """policy learning rate"""
-    value_lr: float = 1e-4
-    """value model learning rate"""
-    warmup_steps: int = 2
-    """rollout batches of linear warmup"""
-    weight_decay: float = 0.0
-    """AdamW decoupled weight decay (both models)"""
-    beta1: float = 0.9
-    """AdamW beta1 (both models)"""
-    beta2: float = 0.95
-    """AdamW beta2 (both models)"""
-    grad_clip: float = 1.0
-    """global gradient-norm clip (each model separately)"""
-    # --- logging / eval / checkpoints
-    log_every: int = 1
-    """rollout batches between console/metrics lines"""
-    eval_every: int = 10
-    """rollout batches between evaluations (also before the first and after the last)"""
-    checkpoint_every: int = 10
-    """rollout batches between checkpoints (and at the last)"""
-    log_generations_every: int = 0
-    """rollout batches between writes of sample responses (prompt, response, ground truth, rewards, entropy) to
-    <out>/generations.jsonl (evaluate.log_generations); 0 = never"""
-    log_generations_samples: int = 16
-    """responses per write: the step's first rows"""
-    quiet: bool = False
-    """no console lines"""
+
+    FLAG_ALIASES = {"ppo_epochs": "epochs_per_rollout_batch"}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -204,30 +137,22 @@ def train(cfg: PPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | No
     # ---------------------------------------------------------------------------------------------------
     if cfg.reward == "rm" and not cfg.reward_model and reward_fn is None:
         raise ValueError("--reward rm needs --reward-model CKPT (or use --reward gold)")
-    cfg = init_or_shipped(cfg, "ppo")  # RL starts from an SFT policy
-    out, device = setup_run(cfg)
-    ckpt_path = out / "ckpt.pt"
-    policy, init_extra = load_model(cfg.init, device)
-    tokenizer = load_tokenizer(policy.config.tokenizer)  # the checkpoint's own (e.g. a Hugging Face one's)
-    reference = copy.deepcopy(policy).eval().requires_grad_(False)  # the SFT policy, also when resuming
-    reward_model = load_reward_model(cfg.reward_model, device)[0].requires_grad_(False) if cfg.reward_model else None
+    run = setup_policy(cfg, "ppo")  # RL starts from an SFT policy, also the frozen reference when resuming
+    cfg, out, device, ckpt_path = run.cfg, run.out, run.device, run.ckpt_path
+    policy, tokenizer, optimizer = run.policy, run.tokenizer, run.optimizer
+    reference, reward_model = run.reference, run.reward_model
+    problems, eval_problems = run.problems, run.eval_problems
     value_init = cfg.value_init if cfg.value_init != "auto" else ("rm" if reward_model is not None else "sft")
     if value_init == "rm" and reward_model is None:
         raise ValueError("--value-init rm needs --reward-model")
     value_model = copy.deepcopy(reward_model) if value_init == "rm" else RewardModel.from_lm(policy)
     value_model.train().requires_grad_(True)
-    problems = load_problems(cfg.data, cfg.n_problems, cfg.split, cfg.seed + 2)
-    eval_problems = load_problems("", cfg.n_eval_problems, "test", 0)
-    optimizer = build_optimizer(policy.parameters(), cfg)
     value_optimizer = build_optimizer(value_model.parameters(), cfg, lr=cfg.value_lr)
-    if cfg.init_optimizer:
-        load_sft_optimizer_state(cfg.init, optimizer)
     kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon) if cfg.target_kl > 0 else None
     kl_coef = cfg.kl_coef
-    start_step, cpu_s = 0, 0.0  # cpu_s: process CPU seconds of training so far (evals and checkpoints excluded)
-    if cfg.resume and ckpt_path.exists():
-        start_step = load_checkpoint(ckpt_path, policy, optimizer)
-        extra = load_checkpoint_extra(ckpt_path)
+    start_step, cpu_s = run.start_step, 0.0  # cpu_s: process CPU seconds of training so far (evals excluded)
+    if run.resume_extra:
+        extra = run.resume_extra
         if "value_model" not in extra:
             raise ValueError(f"{ckpt_path} holds no value model (written before PPO runs could resume): start anew")
         value_model.load_state_dict(extra["value_model"])
@@ -264,16 +189,8 @@ def train(cfg: PPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | No
                              stop_token_ids=stops)
         truths = [p["answer"] for p in batch for _ in range(cfg.group_size)]
         gold = [gold_reward(t, a) for t, a in zip(ro.response_texts, truths)]
-        gold_scores = torch.tensor([g["reward"] for g in gold])                    # (N,)
-        metrics = {}
-        if reward_fn is not None:
-            scores = torch.tensor([float(reward_fn(t, a)["reward"]) for t, a in zip(ro.response_texts, truths)])
-            metrics["reward/proxy_mean"] = float(scores.mean())
-        elif cfg.reward == "rm":
-            scores = score_rollouts(reward_model, ro)                              # (N,)
-            metrics["reward/proxy_mean"] = float(scores.mean())
-        else:
-            scores = gold_scores
+        scorer = reward_model if cfg.reward == "rm" else None  # the RM also scores --reward gold runs' evals
+        scores, metrics = sequence_rewards(ro, truths, scorer, reward_fn)         # (N,)
         if cfg.missing_eos_penalty:
             scores = apply_missing_eos_penalty(scores, ro.labels, ro.response_mask, stops, cfg.missing_eos_penalty)
 
@@ -281,7 +198,7 @@ def train(cfg: PPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | No
         N, widths = len(ro), sequence_widths(ro)
         shuffle = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         plan = [[mini.split(cfg.micro_batch_size) for mini in torch.randperm(N, generator=shuffle)
-                 .tensor_split(min(cfg.minibatches, N))] for _ in range(cfg.ppo_epochs)]
+                 .tensor_split(min(cfg.minibatches, N))] for _ in range(cfg.epochs_per_rollout_batch)]
         tensors = {"input_ids": ro.input_ids, "labels": ro.labels, "response_mask": ro.response_mask}
         for name in ("old_log_probs", "ref_log_probs", "old_values"):
             tensors[name] = torch.zeros(ro.labels.shape)                           # (N, T)
@@ -360,7 +277,7 @@ def train(cfg: PPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | No
             last_eval = evaluate(done)
         if done % cfg.checkpoint_every == 0 or done == cfg.num_steps:
             save_checkpoint(policy, optimizer, done, ckpt_path, config=dataclasses.asdict(cfg),
-                            model_config=init_extra["model_config"], rng=rng_state(),
+                            model_config=run.model_config, rng=rng_state(),
                             value_model=value_model.state_dict(), value_optimizer=value_optimizer.state_dict(),
                             kl_coef=float(kl_coef), cpu_s=cpu_s)
     bar.close()

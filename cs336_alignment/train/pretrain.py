@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from cs336_alignment import tasks
-from cs336_alignment.checkpoint import (load_checkpoint, load_checkpoint_extra, load_model, rng_state, save_checkpoint,
-                                        set_rng_state)
+from cs336_alignment.checkpoint import load_checkpoint, load_checkpoint_extra, load_model, rng_state, save_checkpoint, set_rng_state
+from cs336_alignment.config_blocks import (IntervalConfig, LogConfig, ModelShapeConfig, OptimConfig, ResumableRunConfig,
+                                           ScheduleConfig, with_defaults)
 from cs336_alignment.data import DataError, get_batch
 from cs336_alignment.model import TransformerConfig, TransformerLM
 from cs336_alignment.nn_utils import clip_gradients, cross_entropy
@@ -32,22 +33,11 @@ from cs336_alignment.train.common import (MetricsLogger, build_optimizer, cosine
 
 
 @dataclass
-class PretrainConfig:
-    # --- run
-    name: str = "pretrain"
-    """run name: outputs go to runs/<name>/ unless --out is given"""
-    out: str = ""
-    """output directory (ckpt.pt, metrics.jsonl); empty = runs/<name>"""
-    overwrite: bool = False
-    """replace the run already in --out (without it, a directory that holds a run is an error)"""
-    seed: int = 0
-    """seed of the data, the initialisation and the batch sampling"""
-    device: str = "auto"
-    """cuda, mps, cpu, or auto (cuda, then mps, then cpu)"""
-    threads: int = 1
-    """torch.set_num_threads; 0 = torch's default (1 was fastest on a shared 2-core CPU)"""
-    resume: bool = False
-    """continue from <out>/ckpt.pt (same losses as an uninterrupted run)"""
+@with_defaults(name="pretrain", num_steps=500, lr=3e-3, min_lr=3e-4, warmup_steps=50, weight_decay=0.1,
+               checkpoint_every=200)
+class PretrainConfig(LogConfig, IntervalConfig, ModelShapeConfig, ScheduleConfig, OptimConfig, ResumableRunConfig):
+    """Pretraining from scratch: the shared blocks (config_blocks) and pretraining's own fields below."""
+
     # --- data
     data: str = ""
     """UTF-8 text file to pretrain on; empty = the task world's documents"""
@@ -55,51 +45,16 @@ class PretrainConfig:
     """task-world train-split problems rendered as raw documents (when --data is empty)"""
     val_fraction: float = 0.02
     """fraction of the token stream (its end) held out for eval/loss"""
-    # --- model (CS336 assignment-1 TransformerLM)
-    context_length: int = 128
-    """maximum sequence length (RoPE table size); training windows use all of it"""
-    d_model: int = 128
-    """residual stream width"""
-    num_layers: int = 4
-    """transformer blocks"""
-    num_heads: int = 4
-    """attention heads (d_model / num_heads per head)"""
-    d_ff: int = 384
-    """SwiGLU hidden width (~8/3 d_model, rounded to a multiple of 64)"""
+    # --- model (CS336 assignment-1 TransformerLM; the shape fields are config_blocks.ModelShapeConfig's)
     rope_theta: float = 10000.0
     """RoPE base"""
     # --- optimisation
-    num_steps: int = 500
-    """optimizer steps"""
     batch_size: int = 16
     """sequences per optimizer step (split into grad_accum_steps micro-batches)"""
     grad_accum_steps: int = 1
     """micro-batches per optimizer step; batch_size must be divisible by it"""
-    lr: float = 3e-3
-    """peak learning rate (after linear warmup)"""
-    min_lr: float = 3e-4
-    """learning rate at the end of the cosine decay"""
-    warmup_steps: int = 50
-    """linear warmup steps"""
-    weight_decay: float = 0.1
-    """AdamW decoupled weight decay"""
-    beta1: float = 0.9
-    """AdamW beta1"""
-    beta2: float = 0.95
-    """AdamW beta2"""
-    grad_clip: float = 1.0
-    """clip the global gradient L2 norm to this value"""
-    # --- logging / eval / checkpoints
-    log_every: int = 20
-    """optimizer steps between console/metrics lines"""
-    eval_every: int = 100
-    """optimizer steps between eval/loss measurements (and at the last step)"""
     eval_batches: int = 4
     """micro-batches of held-out windows per eval/loss"""
-    checkpoint_every: int = 200
-    """optimizer steps between checkpoints (and at the last step)"""
-    quiet: bool = False
-    """no console lines (metrics.jsonl is still written)"""
     init: str = ""
     """continue pretraining from this checkpoint (mid-training, e.g. on a knowledge corpus: the model fields
     above are then ignored); empty = a randomly initialised model"""

@@ -35,7 +35,9 @@ import numpy as np
 import torch
 
 from cs336_alignment import distributed as ddp
-from cs336_alignment.checkpoint import load_model, save_checkpoint
+from cs336_alignment.checkpoint import save_checkpoint
+from cs336_alignment.config_blocks import (IntervalConfig, LogConfig, OptimConfig, RunConfig, ScheduleConfig,
+                                           with_defaults)
 from cs336_alignment.data import DataError
 from cs336_alignment.evaluate import batched_sequence_log_probs
 from cs336_alignment.metrics import pairwise_calibration_error
@@ -44,61 +46,32 @@ from cs336_alignment.nn_utils import clip_gradients
 from cs336_alignment.preferences import PreferenceDataConfig, conversations, preference_data
 from cs336_alignment.reward_model import (RewardModel, batch_rewards, bradley_terry_loss, response_start,
                                           reward_accuracy, score_sequences)
-from cs336_alignment.tokenizer import load_tokenizer
 from cs336_alignment.train.common import (MetricsLogger, build_optimizer, check_pairs, cosine_lr, finite_or_raise,
-                                          init_or_shipped, num_params, pair_sources, parse_config, progress_bar,
-                                          releases_run_dir, setup_run, stream_indices)
+                                          num_params, pair_sources, parse_config, progress_bar, releases_run_dir,
+                                          stream_indices)
+from cs336_alignment.train.setup import setup_policy
 
 
 @dataclass
-class RMConfig(PreferenceDataConfig):
-    # --- run
-    name: str = "rm"
-    """run name: outputs go to runs/<name>/ unless --out is given"""
+@with_defaults(name="rm", num_steps=120, beta2=0.999, log_every=10, eval_every=40)
+class RMConfig(LogConfig, IntervalConfig, ScheduleConfig, OptimConfig, PreferenceDataConfig, RunConfig):
+    """Reward model: the shared blocks (config_blocks), the preference data's (preferences.PreferenceDataConfig) and
+    its own fields below."""
+
     out: str = ""
     """output directory (ckpt.pt, metrics.jsonl, preferences_*.jsonl); default runs/<name>"""
-    overwrite: bool = False
-    """replace the run already in --out (without it, a directory that holds a run is an error)"""
-    seed: int = 0
-    """seed of the prompts, the samples, the labels and the pair order"""
-    device: str = "auto"
-    """cuda, mps, cpu, or auto (cuda, then mps, then cpu)"""
-    threads: int = 1
-    """torch.set_num_threads; 0 = torch's default (1 was fastest on a shared 2-core CPU)"""
     init: str = ""
     """SFT checkpoint: the reward model's trunk, and the policy that samples the pairs; empty = the shipped
     tiny SFT model (data/checkpoints/tiny/sft.pt)"""
-    # --- optimisation
-    num_steps: int = 120
-    """optimizer steps"""
     batch_size: int = 32
     """preference pairs per optimizer step (2 x batch_size sequences)"""
-    lr: float = 1e-4
-    """peak learning rate (after linear warmup)"""
-    min_lr: float = 1e-5
-    """learning rate at the end of the cosine decay"""
-    warmup_steps: int = 10
-    """linear warmup steps"""
-    weight_decay: float = 0.0
-    """AdamW decoupled weight decay"""
-    beta1: float = 0.9
-    """AdamW beta1"""
-    beta2: float = 0.999
-    """AdamW beta2"""
-    grad_clip: float = 1.0
-    """clip the global gradient L2 norm to this value"""
     center_coef: float = 0.0
     """reward-centering term of the loss (Eisenstein et al. 2023); the final re-centering is always done"""
     likelihood_coef: float = 0.0
     """nonzero adds a * (mean log-prob per response token under the trunk's own LM head) to the reward, a learnable
     and initialised here (SimPO's length-normalised reward as a feature: `RewardModel`); 0 = the head alone"""
-    # --- logging / eval
-    log_every: int = 10
-    """optimizer steps between console/metrics lines"""
-    eval_every: int = 40
-    """optimizer steps between held-out evaluations (and at the last step)"""
-    quiet: bool = False
-    """no console lines (metrics.jsonl is still written)"""
+
+    FLAG_ALIASES = {"k_samples": "group_size"}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -167,11 +140,9 @@ def train(cfg: RMConfig) -> dict:
     # ---------------------------------------------------------------------------------------------------
     # Setup: the SFT model, preference pairs, the reward model
     # ---------------------------------------------------------------------------------------------------
-    cfg = init_or_shipped(cfg, "rm")
-    out, device = ddp.setup_run(cfg)  # under torchrun: rank 0 prepares the directory (distributed.py)
-    sft_model, init_extra = load_model(cfg.init, device)
-    tokenizer = load_tokenizer(sft_model.config.tokenizer)  # the checkpoint's own (e.g. a Hugging Face one's)
-    model_config = TransformerConfig(**init_extra["model_config"])
+    run = setup_policy(cfg, "rm", reference=False, problems=False, optimizer=False)  # the SFT model: trunk, sampler
+    cfg, out, device, sft_model, tokenizer = run.cfg, run.out, run.device, run.policy, run.tokenizer
+    model_config = TransformerConfig(**run.model_config)
     logger = ddp.metrics_logger(out, cfg.num_steps, dataclasses.asdict(cfg), quiet=cfg.quiet)
     t_data = time.perf_counter()
     train_pairs, eval_pairs = ddp.preference_data(cfg, sft_model, tokenizer, out, cfg.seed, log=logger.write)

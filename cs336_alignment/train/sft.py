@@ -28,6 +28,8 @@ from cs336_alignment import distributed as ddp
 from cs336_alignment import tasks
 from cs336_alignment.checkpoint import (load_checkpoint, load_checkpoint_extra, load_model, rng_state, save_checkpoint,
                                         set_rng_state)
+from cs336_alignment.config_blocks import (IntervalConfig, LogConfig, MemoryConfig, ModelShapeConfig, OptimConfig,
+                                           ResumableRunConfig, ScheduleConfig, with_defaults)
 from cs336_alignment.data import DataError, collate_chat, load_sft_examples
 from cs336_alignment.evaluate import evaluate_policy
 from cs336_alignment.gpu import configure_model
@@ -43,24 +45,13 @@ from cs336_alignment.verifier import gold_reward
 
 
 @dataclass
-class SFTConfig:
-    # --- run
-    name: str = "sft"
-    """run name: outputs go to runs/<name>/ unless --out is given"""
-    out: str = ""
-    """output directory (ckpt.pt, metrics.jsonl); empty = runs/<name>"""
-    overwrite: bool = False
-    """replace the run already in --out (without it, a directory that holds a run is an error)"""
-    seed: int = 0
-    """seed of the task-world data and the example order"""
-    device: str = "auto"
-    """cuda, mps, cpu, or auto (cuda, then mps, then cpu)"""
-    threads: int = 1
-    """torch.set_num_threads; 0 = torch's default (1 was fastest on a shared 2-core CPU)"""
-    resume: bool = False
-    """continue from <out>/ckpt.pt (same losses as an uninterrupted run)"""
+@with_defaults(name="sft", num_steps=400, lr=3e-3, min_lr=3e-4, warmup_steps=20)
+class SFTConfig(LogConfig, IntervalConfig, MemoryConfig, ModelShapeConfig, ScheduleConfig, OptimConfig,
+                ResumableRunConfig):
+    """Supervised fine-tuning: the shared blocks (config_blocks) and SFT's own fields below."""
+
     init: str = ""
-    """checkpoint to start from (e.g. runs/pretrain/ckpt.pt); empty = random init with the model fields below"""
+    """checkpoint to start from (e.g. runs/pretrain/ckpt.pt); empty = random init with the model fields"""
     # --- data
     data: str = ""
     """jsonl of demonstrations; empty = the task world's train split"""
@@ -89,20 +80,7 @@ class SFTConfig:
     """held-out test problems answered at each eval (greedy accuracy and T = 1 sampled accuracy); 0 = loss only"""
     max_new_tokens: int = 64
     """response length limit of those answers"""
-    # --- model (used only without --init)
-    context_length: int = 128
-    """maximum sequence length; longer conversations are cut"""
-    d_model: int = 128
-    """residual stream width"""
-    num_layers: int = 4
-    """transformer blocks"""
-    num_heads: int = 4
-    """attention heads"""
-    d_ff: int = 384
-    """SwiGLU hidden width"""
     # --- optimisation
-    num_steps: int = 400
-    """optimizer steps"""
     max_cpu_s: float = 0.0
     """stop after this many process CPU seconds of training (evals excluded), saving the checkpoint; 0 = no limit
     (the pipeline's matched-compute baseline: SFT trained further for the CPU time GRPO used)"""
@@ -110,35 +88,8 @@ class SFTConfig:
     """conversations per optimizer step (split into grad_accum_steps micro-batches)"""
     grad_accum_steps: int = 1
     """micro-batches per optimizer step; batch_size must be divisible by it"""
-    lr: float = 3e-3
-    """peak learning rate (after linear warmup)"""
-    min_lr: float = 3e-4
-    """learning rate at the end of the cosine decay"""
-    warmup_steps: int = 20
-    """linear warmup steps"""
-    weight_decay: float = 0.0
-    """AdamW decoupled weight decay"""
-    beta1: float = 0.9
-    """AdamW beta1"""
-    beta2: float = 0.95
-    """AdamW beta2"""
-    grad_clip: float = 1.0
-    """clip the global gradient L2 norm to this value"""
     fused_logprobs: bool = True
     """memory-efficient log-probs from hidden states and lm_head (same values as log_softmax + gather)"""
-    gradient_checkpointing: bool = False
-    """recompute each transformer block in backward instead of storing its activations (GPU memory for 0.5B+ models)"""
-    compile: bool = False
-    """torch.compile each block's MLP and norms (gpu.configure_model)"""
-    # --- logging / eval / checkpoints
-    log_every: int = 20
-    """optimizer steps between console/metrics lines"""
-    eval_every: int = 100
-    """optimizer steps between eval/loss measurements (and at the last step)"""
-    checkpoint_every: int = 100
-    """optimizer steps between checkpoints (and at the last step)"""
-    quiet: bool = False
-    """no console lines (metrics.jsonl is still written)"""
 
 
 def load_conversations(cfg: SFTConfig) -> tuple[list, list]:
