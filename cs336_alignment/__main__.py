@@ -18,6 +18,8 @@
     plot       plot one metric of several runs' metrics.jsonl against the step
     handout    build / check the student handout
     grade      grading helpers
+    tasks      print task-world problems (jsonl: GSM8K or chat format; or raw pretraining text)
+    tokenizer  train the task world's BPE tokenizer and write its files (data/tokenizer/ is this command's output)
 
 A mistake in what you asked for (a malformed data line, a missing checkpoint, a bad flag value) prints one line,
 `error: <file>:<line>: <field> ...` or `error: --flag ...`, and exits with status 2; add --debug (anywhere on
@@ -52,6 +54,8 @@ COMMANDS = {  # command -> module with a main(argv), imported only when its comm
     "plot": "cs336_alignment.plotting",
     "handout": "cs336_alignment.handout",
     "grade": "cs336_alignment.grading",
+    "tasks": "cs336_alignment.tasks",
+    "tokenizer": "cs336_alignment.tokenizer",
 }
 
 

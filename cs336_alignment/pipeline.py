@@ -152,7 +152,7 @@ LESSONS = {"safety": SAFETY_LESSON}  # lesson presets name one in their pipeline
 
 
 @releases_run_dir
-def run(preset_name: str = "tiny", out: str = "", name: str = "", threads: int = 1, device: str = "auto",
+def run(preset_name: str = "tiny", *, out: str = "", name: str = "", threads: int = 1, device: str = "auto",
         seed: int = 0, length_bias: float = 0.0, from_scratch: bool = False, skip: tuple[str, ...] = (),
         ship_checkpoints: bool = False, jobs: int = 2, small_rm: bool | None = None, overwrite: bool = False,
         nproc: int = 1) -> dict:
@@ -294,17 +294,19 @@ def main(argv: list[str] | None = None) -> dict:
                              f"{','.join(POST_STAGES)}")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the pipeline run already in the output directory (without it: an error)")
-    parser.add_argument("--ship", action="store_true",
-                        help="(maintainers) train base + SFT from scratch and write them to data/checkpoints/<preset>")
+    # Maintainers only (data/checkpoints/README.md): train base + SFT from scratch and write them to
+    # data/checkpoints/<preset>/. Kept out of --help and the README's synopsis: a user never rewrites shipped files.
+    parser.add_argument("--ship", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--nproc", type=int, default=1,
                         help="processes per data parallel stage (sft, rm, dpo, grpo: torchrun, distributed.py); "
                              "1 = each stage in one process")
     args = parser.parse_args(argv)
     if args.preset in hallucination.PRESETS:  # a lesson with its own stages (hallucination.py)
         return hallucination.run(args.out or f"runs/{args.name or args.preset}", args.seed, args.preset.endswith("_smoke"))
-    return run(args.preset, args.out, args.name, args.threads, args.device, args.seed, args.length_bias,
-               args.from_scratch, tuple(s for s in args.skip.split(",") if s), args.ship, args.jobs, args.small_rm,
-               args.overwrite, args.nproc)
+    return run(args.preset, out=args.out, name=args.name, threads=args.threads, device=args.device, seed=args.seed,
+               length_bias=args.length_bias, from_scratch=args.from_scratch,
+               skip=tuple(s for s in args.skip.split(",") if s), ship_checkpoints=args.ship, jobs=args.jobs,
+               small_rm=args.small_rm, overwrite=args.overwrite, nproc=args.nproc)
 
 
 if __name__ == "__main__":

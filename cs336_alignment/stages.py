@@ -31,7 +31,6 @@ from cs336_alignment.safety import SafetyConfig
 from cs336_alignment.train import bon, dpo, expert_iteration, grpo, ppo, pretrain, reward_model, sft
 from cs336_alignment.train.common import config_from_dict
 
-SHIPPED = SHIPPED_DIR  # data/checkpoints/<preset>/: base/SFT checkpoints per preset (tests point it elsewhere)
 
 # ---------------------------------------------------------------------------------------------------------
 # Preset sections and their config classes
@@ -217,19 +216,19 @@ def post_configs(preset_name: str, out: Path, sft_ckpt: str, seed: int, device: 
 
 def shipped(preset_name: str) -> tuple[Path, Path] | None:
     """(base, sft) checkpoints shipped for a preset under data/checkpoints/<preset>/, or None."""
-    base, sft = SHIPPED / preset_name / "base.pt", SHIPPED / preset_name / "sft.pt"
+    base, sft = SHIPPED_DIR / preset_name / "base.pt", SHIPPED_DIR / preset_name / "sft.pt"
     return (base, sft) if base.is_file() and sft.is_file() else None
 
 
 def shipped_metrics(preset_name: str, stage: str) -> Path:
     """The metrics.jsonl of a shipped base/SFT stage (its training curve, for the report)."""
-    return SHIPPED / preset_name / f"{stage}.metrics.jsonl"
+    return SHIPPED_DIR / preset_name / f"{stage}.metrics.jsonl"
 
 
 def ship(out_dir: Path, preset_name: str, base_stage: str, sft_stage: str) -> Path:
     """Copy the weights (no optimizer state) of a from-scratch run's base and SFT models, and their metrics,
     to data/checkpoints/<preset>/. The same command on the same machine type rewrites the same bytes."""
-    dest = SHIPPED / preset_name
+    dest = SHIPPED_DIR / preset_name
     dest.mkdir(parents=True, exist_ok=True)
     for label, stage in (("base", base_stage), ("sft", sft_stage)):
         src = out_dir / stage / "ckpt.pt"

@@ -49,8 +49,8 @@ Demonstration writers (``sft_examples``)
   pool existed (the writer draws use their own generator).
 
 Command line (jsonl to stdout, or raw pretraining text with --format raw):
-    python -m cs336_alignment.tasks --n 500 --split test --seed 0 > test.jsonl
-    python -m cs336_alignment.tasks --n 4000 --split sft --format chat --verbosity 0.5 --hasty 0.5 > demos.jsonl
+    python -m cs336_alignment tasks --n 500 --split test --seed 0 > test.jsonl
+    python -m cs336_alignment tasks --n 4000 --split sft --format chat --verbosity 0.5 --hasty 0.5 > demos.jsonl
 
 Formats
   * raw (base model, pretraining): ``format_raw_prompt(q) = "Question: {q}\\nAnswer:"``; a document

@@ -14,7 +14,7 @@ a chat turn). The chat template is ``<|user|>{content}<|end|><|assistant|>{conte
 (no newlines added); `render` also returns the assistant mask that SFT trains on.
 
 The shipped ranks in data/tokenizer/ are rebuilt bit-for-bit by
-``python -m cs336_alignment.tokenizer --out data/tokenizer`` (trained on the task world's text).
+``python -m cs336_alignment tokenizer --out data/tokenizer`` (trained on the task world's text).
 """
 from __future__ import annotations
 

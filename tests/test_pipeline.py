@@ -225,7 +225,7 @@ def test_evaluations_fill_idle_workers_and_never_hold_a_stage_back(monkeypatch):
 def test_ship_rebuilds_bit_for_bit(tmp_path, monkeypatch):
     digests = []
     for i in range(2):
-        monkeypatch.setattr(stages_module, "SHIPPED", tmp_path / f"shipped{i}")
+        monkeypatch.setattr(stages_module, "SHIPPED_DIR", tmp_path / f"shipped{i}")
         smoke(tmp_path / f"run{i}", "--ship")
         digests.append({f: hashlib.sha256((tmp_path / f"shipped{i}" / "smoke" / f).read_bytes()).hexdigest()
                         for f in ("base.pt", "sft.pt")})
