@@ -19,7 +19,6 @@ eval/accuracy/greedy (gold accuracy of greedy answers to test problems) with eva
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -28,7 +27,9 @@ from typing import Literal
 import numpy as np
 import torch
 
-from cs336_alignment.checkpoint import load_model, rng_state, save_checkpoint
+from cs336_alignment import lora
+from cs336_alignment.checkpoint import load_model, rng_state
+from cs336_alignment.lora import save_checkpoint  # merged model + adapters with --lora-rank
 from cs336_alignment.data import DataError, collate_chat
 from cs336_alignment.dpo import dpo_loss, sequence_log_probs
 from cs336_alignment.evaluate import evaluate_model
@@ -44,7 +45,7 @@ from cs336_alignment.train.common import (MetricsLogger, build_optimizer, check_
 
 
 @dataclass
-class DPOConfig(PreferenceDataConfig):
+class DPOConfig(PreferenceDataConfig, lora.LoRAConfig):
     # --- run
     name: str = "dpo"
     """run name: outputs go to runs/<name>/ unless --out is given"""
@@ -112,7 +113,8 @@ def train(cfg: DPOConfig) -> dict:
     model, init_extra = load_model(cfg.init, device)
     tokenizer = load_tokenizer(model.config.tokenizer)  # the checkpoint's own (e.g. a Hugging Face one's)
     model_config = TransformerConfig(**init_extra["model_config"])
-    reference = copy.deepcopy(model).eval().requires_grad_(False)
+    trainable = lora.setup(model, cfg)  # every parameter, or (--lora-rank) the adapters alone
+    reference = lora.frozen_reference(model)  # a frozen copy, or (LoRA) the same weights with adapters disabled
     context = model_config.context_length
     logger = MetricsLogger(out, cfg.num_steps, dataclasses.asdict(cfg), quiet=cfg.quiet)
     t_data = time.perf_counter()
@@ -159,7 +161,7 @@ def train(cfg: DPOConfig) -> dict:
 
     pair_tokens = [sum(len(tokenizer.render(c)[0]) for c in pair) for pair in train_chats]  # for perf/tokens_per_s
     t_data = time.perf_counter() - t_data
-    optimizer = build_optimizer(model.parameters(), cfg)
+    optimizer = build_optimizer(trainable, cfg)
     logger.write(f"dpo: {num_params(model) / 1e6:.2f}M parameters, {len(train_pairs)} train / {len(eval_pairs)} "
                  f"held-out pairs, beta {cfg.beta}, held-out reference log-probs precomputed ({t_data:.0f} s with "
                  f"the pairs), device {device}")
@@ -208,7 +210,7 @@ def train(cfg: DPOConfig) -> dict:
 
         # --- backward / update
         loss.backward()
-        grad_norm = clip_gradients(model.parameters(), cfg.grad_clip)
+        grad_norm = clip_gradients(trainable, cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         window["loss"].append(loss.item())

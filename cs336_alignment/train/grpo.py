@@ -57,7 +57,6 @@ are `evaluate.evaluate_policy`'s with an "eval/" prefix: eval/accuracy/greedy, e
 from __future__ import annotations
 
 import bisect
-import copy
 import dataclasses
 import functools
 import itertools
@@ -68,10 +67,11 @@ from typing import Callable, Literal
 
 import torch
 
+from cs336_alignment import lora
 from cs336_alignment.advantages import (compute_group_normalized_rewards, compute_group_process_advantages,
                                         compute_rollout_rewards)
-from cs336_alignment.checkpoint import (load_checkpoint, load_checkpoint_extra, load_model, rng_state, save_checkpoint,
-                                        set_rng_state)
+from cs336_alignment.checkpoint import load_checkpoint_extra, load_model, rng_state, set_rng_state
+from cs336_alignment.lora import load_checkpoint, save_checkpoint  # merged model + adapters with --lora-rank
 from cs336_alignment.evaluate import log_generations, run_eval
 from cs336_alignment.gpu import configure_model
 from cs336_alignment.logprobs import get_response_log_probs
@@ -89,7 +89,7 @@ from cs336_alignment.verifier import gold_reward, process_rewards
 
 
 @dataclass
-class GRPOConfig:
+class GRPOConfig(lora.LoRAConfig):
     # --- run
     name: str = "grpo"
     """run name: outputs go to runs/<name>/ unless --out is given"""
@@ -280,14 +280,15 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
     ckpt_path = out / "ckpt.pt"
     policy, init_extra = load_model(cfg.init, device)
     tokenizer = load_tokenizer(policy.config.tokenizer)  # the checkpoint's own (e.g. a Hugging Face one's)
-    reference = copy.deepcopy(policy).eval().requires_grad_(False)  # frozen SFT policy: KL and eval/kl_ref
+    trainable = lora.setup(policy, cfg)  # every parameter, or (--lora-rank) the adapters alone
+    reference = lora.frozen_reference(policy)  # frozen SFT policy (LoRA: adapters disabled): KL and eval/kl_ref
     configure_model(policy, device, gradient_checkpointing=cfg.gradient_checkpointing, compile=cfg.compile)
     reward_model = None
     if cfg.reward == "rm" and reward_fn is None:
         reward_model = load_reward_model(cfg.reward_model, device)[0].requires_grad_(False)
     problems = load_problems(cfg.data, cfg.n_problems, cfg.split, cfg.seed + 2)
     eval_problems = load_problems(cfg.eval_data, cfg.n_eval_problems, "test", 0)[:cfg.n_eval_problems]
-    optimizer = build_optimizer(policy.parameters(), cfg)
+    optimizer = build_optimizer(trainable, cfg)
     if cfg.init_optimizer:
         load_sft_optimizer_state(cfg.init, optimizer)
     start_step, cpu_s = 0, 0.0  # cpu_s: process CPU seconds of training so far (evals and checkpoints excluded)
@@ -403,7 +404,7 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
                         entropy[rows] = masked_mean(out_lp["token_entropy"].detach().float(), mask, dim=-1).cpu()
                     n_tokens += int(mb["input_ids"].numel())
                 finite_or_raise(stats["loss/policy"][-1], step + 1)
-                norms.append(float(clip_gradients(policy.parameters(), cfg.grad_clip)))
+                norms.append(float(clip_gradients(trainable, cfg.grad_clip)))
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
         cpu_s += time.process_time() - cpu0

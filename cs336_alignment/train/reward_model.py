@@ -34,7 +34,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cs336_alignment.checkpoint import load_model, save_checkpoint
+from cs336_alignment import lora
+from cs336_alignment.checkpoint import load_model
+from cs336_alignment.lora import save_checkpoint  # merged model + adapters with --lora-rank
 from cs336_alignment.data import DataError
 from cs336_alignment.evaluate import batched_sequence_log_probs
 from cs336_alignment.metrics import pairwise_calibration_error
@@ -50,7 +52,7 @@ from cs336_alignment.train.common import (MetricsLogger, build_optimizer, check_
 
 
 @dataclass
-class RMConfig(PreferenceDataConfig):
+class RMConfig(PreferenceDataConfig, lora.LoRAConfig):
     # --- run
     name: str = "rm"
     """run name: outputs go to runs/<name>/ unless --out is given"""
@@ -195,7 +197,8 @@ def train(cfg: RMConfig) -> dict:
     diagnostics = sft_diagnostics(sft_model, tokenizer, eval_pairs, context)
     model = RewardModel.from_lm(sft_model, cfg.likelihood_coef or None).to(device)
     del sft_model
-    optimizer = build_optimizer(model.parameters(), cfg)
+    trainable = lora.setup(model, cfg, keep_trainable=("head.", "likelihood_coef"))  # LoRA: adapters + the head
+    optimizer = build_optimizer(trainable, cfg)
     logger.write(f"rm: {num_params(model) / 1e6:.2f}M parameters, {len(train_pairs)} train / {len(eval_pairs)} "
                  f"held-out pairs ({t_data:.0f} s to make/load them), device {device}")
 
@@ -252,7 +255,7 @@ def train(cfg: RMConfig) -> dict:
 
         # --- backward / update
         loss.backward()
-        grad_norm = clip_gradients(model.parameters(), cfg.grad_clip)
+        grad_norm = clip_gradients(trainable, cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         window["loss"].append(loss.item())
