@@ -2,6 +2,7 @@
 
     python -m cs336_alignment bench generate   # KV-cache generation vs recomputing the prefix; dropping finished rows
     python -m cs336_alignment bench logprobs   # fused log-prob kernels vs naive / F.cross_entropy / native
+    python -m cs336_alignment bench lora       # LoRA vs full fine-tuning (lora_bench.py)
 
 Timings on shared CPUs vary 10-40% run to run: read the ratios, not the absolute times.
 """
@@ -16,6 +17,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from cs336_alignment.logprobs import fused_linear_log_probs, naive_linear_log_probs  # noqa: E402 (after the environ)
 from cs336_alignment.generation import generate  # noqa: E402
 from cs336_alignment.model import TransformerConfig, TransformerLM  # noqa: E402
+from cs336_alignment import lora_bench  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -345,6 +347,7 @@ def main(argv: list[str] | None = None) -> None:
     lp.add_argument("--repeats", type=int, default=3, help="timed repeats per method (median reported)")
     lp.add_argument("--threads", type=int, default=2)
     lp.set_defaults(func=bench_logprobs)
+    lora_bench.add_subcommand(sub)
     args = parser.parse_args(argv)
     args.func(args)
 
