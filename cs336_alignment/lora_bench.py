@@ -214,9 +214,9 @@ def add_subcommand(sub) -> None:
     p.add_argument("--part", choices=["world", "memory", "all"], default="all")
     p.add_argument("--stages", default="sft,grpo", help="world: comma-separated stages (sft, grpo)")
     p.add_argument("--ranks", default="4,16", help="comma-separated LoRA ranks")
-    p.add_argument("--sft-steps", type=int, default=150)
+    p.add_argument("--sft-steps", type=int, default=200, help="the writeup's lora problem: 200")
     p.add_argument("--sft-lr", type=float, default=1e-3, help="full fine-tuning's lr (the tiny preset's)")
-    p.add_argument("--grpo-steps", type=int, default=8)
+    p.add_argument("--grpo-steps", type=int, default=6)
     p.add_argument("--grpo-lr", type=float, default=1e-4, help="full fine-tuning's lr (GRPO's default)")
     p.add_argument("--lora-lr-scale", type=float, default=10.0,
                    help="LoRA's lr = this x full fine-tuning's (LoRA's best lr is ~10x higher)")
