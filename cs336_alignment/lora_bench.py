@@ -12,8 +12,8 @@ problems greedily: gold accuracy and its paired difference to the full run, ± S
 
 `memory`: a TransformerLM built from Qwen2.5-0.5B's config.json fields (d_model 896, 24 layers, 14 heads / 2 kv
 heads, d_ff 4864, vocab 151,936, tied embeddings, QKV bias; random float32 weights), one AdamW step of next-token
-loss on batch 1 x --seq-len tokens: peak RSS of the whole process, full vs LoRA, each in a fresh process run one
-after the other (full fine-tuning needs ~8 GB: weights, gradients and two AdamW moments, 4 bytes each).
+loss on batch 1 x --seq-len tokens: peak RSS during the step (VmHWM reset once the model is built), full vs LoRA,
+each in a fresh process, one after the other (full fine-tuning needs ~8 GB: weights, gradients, two AdamW moments).
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,6 +42,15 @@ def _rss_mib(field: str = "VmHWM") -> float:
             return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 1024
     except (OSError, StopIteration):
         return 0.0
+
+
+def _reset_peak_rss() -> None:
+    """Reset VmHWM to the current RSS (Linux >= 4.0: write 5 to /proc/self/clear_refs); nothing elsewhere."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
 
 
 def _fresh(worker: str, spec: dict) -> dict:
@@ -112,20 +122,33 @@ def bench_world(args: argparse.Namespace) -> dict:
         steps, lr = (args.sft_steps, args.sft_lr) if stage == "sft" else (args.grpo_steps, args.grpo_lr)
         arms = {}
 
-        def arm(name: str, rank: int, n_steps: int, arm_lr: float) -> dict:
+        def arm(item: tuple[str, int, int, float]) -> None:
+            """One run (name, rank, steps, lr) in its own process; its result kept in <out>/<stage>_<name>.json."""
+            name, rank, n_steps, arm_lr = item
             spec = {"stage": stage, "rank": rank, "lr": arm_lr, "steps": n_steps, "out": str(out / f"{stage}_{name}"),
                     "n_eval": args.n_eval, "smoke": args.smoke}
-            arms[name] = {"rank": rank, "lr": arm_lr, **_fresh("_world_worker", spec)}
+            saved = out / f"{stage}_{name}.json"
+            if saved.exists() and json.loads(saved.read_text())["spec"] == spec:    # a finished run is not redone
+                arms[name] = json.loads(saved.read_text())["result"]
+            else:
+                arms[name] = {"rank": rank, "lr": arm_lr, **_fresh("_world_worker", spec)}
+                saved.write_text(json.dumps({"spec": spec, "result": arms[name]}))
             print(f"{stage} {name}: {n_steps} steps, {arms[name]['cpu_s']:.0f} CPU-s", flush=True)
-            return arms[name]
 
-        full = arm("full", 0, steps, lr)
-        for rank in ranks:
-            equal = arm(f"r{rank}", rank, steps, lr * args.lora_lr_scale)
-            per_step = equal["cpu_s"] / max(1, equal["steps"])
-            cpu_steps = max(1, round(full["cpu_s"] / per_step))
+        def run_all(items: list) -> None:   # --jobs processes at a time (each is timed by its own CPU clock)
+            out.mkdir(parents=True, exist_ok=True)
+            with ThreadPoolExecutor(args.jobs) as pool:
+                list(pool.map(arm, items))
+
+        run_all([("full", 0, steps, lr)] + [(f"r{r}", r, steps, lr * args.lora_lr_scale) for r in ranks])
+        more = []
+        for rank in ranks:    # equal CPU: LoRA for the full run's CPU seconds, at its own CPU-s per step
+            per_step = arms[f"r{rank}"]["cpu_s"] / max(1, arms[f"r{rank}"]["steps"])
+            cpu_steps = max(1, round(arms["full"]["cpu_s"] / per_step))
             if abs(cpu_steps - steps) > 0.05 * steps:
-                arm(f"r{rank}_cpu", rank, cpu_steps, lr * args.lora_lr_scale)
+                more.append((f"r{rank}_cpu", rank, cpu_steps, lr * args.lora_lr_scale))
+        run_all(more)
+        full = arms["full"]
         for name, a in arms.items():
             a["accuracy"] = sum(a["greedy"]) / len(a["greedy"])
             a["se"] = (a["accuracy"] * (1 - a["accuracy"]) / max(1, len(a["greedy"]) - 1)) ** 0.5
@@ -141,7 +164,7 @@ def world_table(stage: str, arms: dict) -> str:
     lines = [f"\n{stage}: gold accuracy (greedy) on the same held-out problems; difference to full fine-tuning ± paired SE",
              "| run | rank | lr | steps | trainable params | CPU s/step | peak RSS MiB | accuracy ± SE | vs full ± SE |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for name, a in arms.items():
+    for name, a in sorted(arms.items(), key=lambda kv: (kv[1]["rank"], kv[0])):
         lines.append(f"| {name} | {a['rank'] or '-'} | {a['lr']:g} | {a['steps']} | {a['trainable']:,} of "
                      f"{a['total']:,} | {a['cpu_s'] / max(1, a['steps']):.2f} | {a['peak_rss_mib']:.0f} | "
                      f"{a['accuracy']:.3f} ± {a['se']:.3f} | {a['vs_full'][0]:+.3f} ± {a['vs_full'][1]:.3f} |")
@@ -163,10 +186,11 @@ def _memory_worker(spec: dict) -> dict:
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    smoke = {"num_hidden_layers": 2, "vocab_size": 8192} if spec.get("smoke") else {}
+    smoke = {"num_hidden_layers": 1, "vocab_size": 1024} if spec.get("smoke") else {}
     config = config_from_hf({**QWEN2_5_0_5B, **smoke})
     model = TransformerLM(config)
     built = _rss_mib("VmRSS")
+    _reset_peak_rss()   # the step's peak, not the random initialisation's temporaries
     cfg = argparse.Namespace(lora_rank=spec["rank"], lora_alpha=0.0, lora_dropout=0.0, lora_targets="q,k,v,o,w1,w2,w3",
                              seed=0)
     params = lora.setup(model, cfg)
@@ -189,8 +213,8 @@ def bench_memory(args: argparse.Namespace) -> list[dict]:
         rows.append(_fresh("_memory_worker", {"rank": rank, "seq_len": args.seq_len, "smoke": args.smoke}))
         print(f"rank {rank or 'full'}: peak RSS {rows[-1]['peak_rss_mib']:.0f} MiB", flush=True)
     lines = [f"\nOne AdamW step, batch 1 x {args.seq_len} tokens, float32, CPU, model of Qwen2.5-0.5B's shapes"
-             f"{' (smoke: 2 layers, vocab 8192)' if args.smoke else ''}",
-             "| run | trainable params | RSS after building the model MiB | peak RSS MiB | step CPU-s |", "|---|---|---|---|---|"]
+             f"{' (smoke: 1 layer, vocab 1024)' if args.smoke else ''}",
+             "| run | trainable params | RSS after building the model MiB | peak RSS during the step MiB | step CPU-s |", "|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {'LoRA r=' + str(r['rank']) if r['rank'] else 'full'} | {r['trainable']:,} of {r['total']:,} | "
                      f"{r['rss_after_build_mib']:.0f} | {r['peak_rss_mib']:.0f} | {r['step_cpu_s']:.1f} |")
@@ -221,7 +245,8 @@ def add_subcommand(sub) -> None:
     p.add_argument("--lora-lr-scale", type=float, default=10.0,
                    help="LoRA's lr = this x full fine-tuning's (LoRA's best lr is ~10x higher)")
     p.add_argument("--n-eval", type=int, default=200, help="held-out test problems answered greedily by every run")
+    p.add_argument("--jobs", type=int, default=1, help="world: runs at once (each its own process and CPU clock)")
     p.add_argument("--seq-len", type=int, default=64, help="memory: tokens of the one training sequence")
-    p.add_argument("--smoke", action="store_true", help="tiny settings (CI): a 2-layer memory model, small batches")
+    p.add_argument("--smoke", action="store_true", help="tiny settings: a 1-layer memory model with vocab 1024, small batches")
     p.add_argument("--out", default="", help="directory for the runs and bench_lora_*.json (default: a temp dir)")
     p.set_defaults(func=bench_lora)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -227,3 +228,15 @@ def test_sft_with_lora_from_a_hugging_face_directory(hf_dir, gsm8k, tmp_path):
     rebuilt = lora.load_adapters(tmp_path / "adapter.pt", base)
     with torch.no_grad():
         torch.testing.assert_close(merged(IDS), rebuilt(IDS), rtol=0, atol=1e-5)
+
+
+def test_bench_lora_memory_worker_counts_the_adapters_by_hand():
+    """`bench lora --part memory --smoke`'s worker (Qwen2.5-0.5B's widths, 1 layer, vocab 1024), LoRA r = 4 on all
+    seven projections: r (d_in + d_out) per projection, d 896, kv 2 x 64, d_ff 4864; one finite training step."""
+    from cs336_alignment.lora_bench import _memory_worker
+
+    row = _memory_worker({"rank": 4, "seq_len": 8, "smoke": True})
+    d, kv, ff = 896, 128, 4864
+    per_layer = (d + d) + (d + kv) + (d + kv) + (d + d) + 3 * (d + ff)
+    assert row["trainable"] == 4 * per_layer == 91_648
+    assert math.isfinite(row["loss"]) and row["step_cpu_s"] > 0
