@@ -4,6 +4,7 @@
     python -m cs336_alignment bench logprobs   # fused log-prob kernels vs naive / F.cross_entropy / native
     python -m cs336_alignment bench ddp        # one stage at 1 vs N torchrun processes (bench_ddp.py)
     python -m cs336_alignment bench peers      # vs transformers + TRL (optional extra), see bench_peers.py
+    python -m cs336_alignment bench lora       # LoRA vs full fine-tuning (lora_bench.py)
 
 Timings on shared CPUs vary 10-40% run to run: read the ratios, not the absolute times.
 """
@@ -20,6 +21,7 @@ from cs336_alignment.logprobs import fused_linear_log_probs, naive_linear_log_pr
 from cs336_alignment.generation import generate  # noqa: E402
 from cs336_alignment import bench_ddp  # noqa: E402
 from cs336_alignment.model import TransformerConfig, TransformerLM  # noqa: E402
+from cs336_alignment import lora_bench  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -351,6 +353,7 @@ def main(argv: list[str] | None = None) -> int | None:
     lp.set_defaults(func=bench_logprobs)
     bench_ddp.add_parser(sub)
     add_peers_parser(sub)
+    lora_bench.add_subcommand(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -12,6 +12,13 @@ in x out). Dropout, when asked for, applies to the adapter's input only.
     save_adapters(model, "adapter.pt"); load_adapters("adapter.pt", base_model)   # adapter-only checkpoints
     merge_lora(model)                                           # W0 += (alpha / r) B A; plain layers again (export)
 
+The training loops (sft, dpo, grpo, rm) take the `LoRAConfig` fields (`--lora-rank 8 --lora-targets q,v`; rank 0,
+the default, trains every weight as before) and call `setup` (wrap, freeze, return what the optimizer gets),
+`frozen_reference` (DPO's and GRPO's reference: the base with adapters disabled, no copy), and this module's
+`save_checkpoint` / `load_checkpoint` instead of checkpoint.py's: the run's ckpt.pt holds the MERGED model, so every
+consumer of a checkpoint works unchanged, plus the adapters and their optimizer state for an exact --resume;
+adapter.pt beside it holds the adapters alone.
+
 Wrapped layers keep the base layer's parameter names (`weight`, `bias`) and add `lora_A` and `lora_B`, so a
 wrapped model's state dict is the base model's plus the adapters', and `merge_lora` gives back exactly the base
 model's keys (what `export` and `save_pretrained` write).
@@ -19,13 +26,19 @@ model's keys (what `export` and `save_pretrained` write).
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
+import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from cs336_alignment.checkpoint import PathOrFile, save_checkpoint
+from cs336_alignment import checkpoint
+from cs336_alignment.checkpoint import CheckpointError, PathOrFile, read_checkpoint
 
 # --lora-targets short names -> the TransformerLM module names they wrap (attention q/k/v/output, SwiGLU w1/w2/w3)
 TARGETS = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "output_proj", "w1": "w1", "w2": "w2", "w3": "w3"}
@@ -176,7 +189,7 @@ class _Adapters(nn.Module):
 def save_adapters(model: nn.Module, out: PathOrFile, **extra) -> None:
     """An adapter-only checkpoint (atomic, weights_only-safe): A and B of every wrapped layer, and the LoRA config.
     Its size is the adapters', not the model's."""
-    save_checkpoint(_Adapters(model), None, 0, out, lora=lora_config(model), **extra)
+    checkpoint.save_checkpoint(_Adapters(model), None, 0, out, lora=lora_config(model), **extra)
 
 
 def load_adapters(src: PathOrFile, model: nn.Module, dropout: float = 0.0) -> nn.Module:
@@ -207,3 +220,151 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts (a tied weight counted once)."""
     params = {id(p): p for p in model.parameters()}.values()
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Glue for the training loops: config fields, setup, the reference, merged checkpoints and exact resume
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoRAConfig:
+    """The LoRA fields every adapter-capable loop's config inherits (sft, dpo, grpo, rm)."""
+    lora_rank: int = 0
+    """LoRA: train rank-r adapters on --lora-targets and freeze every base weight (Hu et al. 2021); 0 = off (every
+    weight trains)"""
+    lora_alpha: float = 0.0
+    """LoRA scale numerator: the update is (alpha / r) B A; 0 = 2 * lora_rank (the same scale at every rank)"""
+    lora_dropout: float = 0.0
+    """dropout on the adapters' input (training only)"""
+    lora_targets: str = "q,k,v,o,w1,w2,w3"
+    """comma-separated projections that get adapters: q, k, v, o (attention), w1, w2, w3 (SwiGLU)"""
+
+
+def setup(model: nn.Module, cfg: Any, keep_trainable: Sequence[str] = ()) -> list[nn.Parameter]:
+    """Wrap `model` as cfg's LoRA fields say (nothing when cfg.lora_rank == 0) and return the parameters the
+    optimizer should get: every parameter without LoRA; with it, the adapters (and the parameters whose names
+    start with one of `keep_trainable`, e.g. a reward model's new head), the base weights frozen, so the optimizer
+    keeps no state for them. A's initialisation draws from its own generator (seeded by cfg.seed), so the run's
+    data and sampling draws are the same with and without LoRA.
+
+    Raises:
+        ValueError: "--lora-rank must be >= 0", an unknown --lora-targets name, --lora-dropout outside [0, 1),
+            or --init-optimizer (an SFT optimizer state for every weight) together with LoRA.
+    """
+    rank = cfg.lora_rank
+    if rank < 0:
+        raise ValueError(f"--lora-rank must be >= 0 (0 = off), got {rank}")
+    if rank == 0:
+        return list(model.parameters())
+    if getattr(cfg, "init_optimizer", False):
+        raise ValueError("--init-optimizer loads the SFT optimizer state of every weight; with --lora-rank only the "
+                         "adapters train: use --no-init-optimizer")
+    targets = [t.strip() for t in cfg.lora_targets.split(",") if t.strip()]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        apply_lora(model, rank, cfg.lora_alpha or 2.0 * rank, cfg.lora_dropout, targets)
+    for name, param in model.named_parameters():
+        if any(name.startswith(prefix) for prefix in keep_trainable):
+            param.requires_grad_(True)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+class BaseModel(nn.Module):
+    """The wrapped `model` with its adapters disabled: the frozen reference policy (DPO's pi_ref, GRPO's KL
+    reference) computed by the same weights, without a second copy. Calls run under `adapters_disabled`;
+    `lm_head` and `config` are the model's. `train()`/`eval()` on the view leave the policy's mode alone."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, *, return_hidden: bool = False,
+                **kwargs) -> Tensor:
+        with adapters_disabled(self.model):
+            return self.model(input_ids, attention_mask, return_hidden=return_hidden, **kwargs)
+
+    @property
+    def lm_head(self) -> nn.Module:
+        return self.model.lm_head
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def train(self, mode: bool = True) -> BaseModel:
+        return self
+
+
+def frozen_reference(model: nn.Module) -> nn.Module:
+    """The loop's frozen reference policy: the base with adapters disabled (`BaseModel`) when `model` has LoRA
+    adapters, else a frozen deep copy (eval mode, no gradients), as without LoRA."""
+    if any(True for _ in lora_layers(model)):
+        return BaseModel(model)
+    return copy.deepcopy(model).eval().requires_grad_(False)
+
+
+class _Merged(nn.Module):
+    """A view of a wrapped model whose state dict is the merged model's: W0 + (alpha / r) B A under the base keys,
+    no adapter keys (what `merge_lora` would leave, without changing the model)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.__dict__["_model"] = model   # not a submodule: only state_dict is used
+
+    def state_dict(self, *args, **kwargs) -> dict[str, Tensor]:
+        state = {k: v for k, v in self._model.state_dict().items() if not k.endswith((".lora_A", ".lora_B"))}
+        for name, layer in lora_layers(self._model):
+            if layer.enabled:
+                state[f"{name}.weight"] = (layer.weight + layer.delta_weight().to(layer.weight.dtype)).detach()
+        return state
+
+
+def adapter_path(ckpt_path: str | os.PathLike) -> Path:
+    """Where a loop writes its adapter-only checkpoint: adapter.pt beside ckpt.pt."""
+    return Path(ckpt_path).with_name("adapter.pt")
+
+
+def save_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer | None, iteration: int,
+                           path: str | os.PathLike, **extra) -> None:
+    """`checkpoint.save_checkpoint` of a loop: without adapters, exactly it. With adapters, ckpt.pt holds the MERGED
+    model (the base model's keys: evaluate, export and the pipeline load it as any checkpoint), the adapters'
+    optimizer state, and extra["lora"] = {rank, alpha, targets, adapters} for `load_checkpoint`; adapter.pt beside
+    it holds the adapters alone (`save_adapters`)."""
+    if not any(True for _ in lora_layers(model)):
+        checkpoint.save_checkpoint(model, optimizer, iteration, path, **extra)
+        return
+    adapters = _Adapters(model).state_dict()
+    checkpoint.save_checkpoint(_Merged(model), optimizer, iteration, path,
+                               lora={**lora_config(model), "adapters": adapters}, **extra)
+    save_adapters(model, adapter_path(path), step=int(iteration))
+
+
+def load_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> int:
+    """`checkpoint.load_checkpoint` for a loop's --resume: without adapters, exactly it. With adapters, `model` is
+    the base it started from, wrapped by `setup` (the base weights never change): the adapters and the optimizer
+    state come from the checkpoint (its merged weights are for the consumers). Returns the saved iteration.
+
+    Raises:
+        CheckpointError: the checkpoint has no adapters (a full fine-tuning run), or adapters of other names/shapes.
+    """
+    if not any(True for _ in lora_layers(model)):
+        return checkpoint.load_checkpoint(path, model, optimizer)
+    state = read_checkpoint(path)
+    saved = state["extra"].get("lora")
+    if not isinstance(saved, dict) or not isinstance(saved.get("adapters"), dict):
+        raise CheckpointError(f"{path}: field 'lora': missing: a run without --lora-rank cannot be resumed with it")
+    expected = _Adapters(model).state_dict()
+    for key, tensor in expected.items():
+        got = saved["adapters"].get(key)
+        if not isinstance(got, Tensor) or got.shape != tensor.shape:
+            raise CheckpointError(f"{path}: adapter {key!r}: missing or of another shape (another --lora-rank or "
+                                  f"--lora-targets?)")
+    layers = dict(lora_layers(model))
+    with torch.no_grad():
+        for key, tensor in saved["adapters"].items():
+            name, _, which = key.rpartition(".")
+            getattr(layers[name], which).copy_(tensor)
+    if optimizer is not None and state["optimizer"] is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    return state["iteration"]

@@ -26,7 +26,7 @@ except ImportError:  # Windows: pid liveness only
 
 LOCK_NAME = ".lock"
 TEMP_SUFFIX = ".partial"  # checkpoint.save_checkpoint's temporary files: .<name>.<hex>.partial
-RUN_FILES = ("ckpt.pt", "metrics.jsonl", "generations.jsonl")  # what makes a directory hold a run
+RUN_FILES = ("ckpt.pt", "metrics.jsonl", "generations.jsonl", "adapter.pt")  # what makes a directory hold a run
 # Config fields that do not change what a run computes: a resumed run may differ from the saved one in these.
 NOT_RUN_FIELDS = frozenset({"out", "name", "resume", "overwrite", "threads", "device", "quiet", "log_every",
                             "checkpoint_every", "log_generations_every", "log_generations_samples", "log_to"})

@@ -28,9 +28,11 @@ import numpy as np
 import torch
 
 from cs336_alignment import distributed as ddp
-from cs336_alignment.checkpoint import rng_state, save_checkpoint
+from cs336_alignment import lora
+from cs336_alignment.checkpoint import rng_state
 from cs336_alignment.config_blocks import (IntervalConfig, LogConfig, OptimConfig, PolicyInitConfig, RunConfig,
                                            ScheduleConfig, with_defaults)
+from cs336_alignment.lora import save_checkpoint  # merged model + adapters with --lora-rank
 from cs336_alignment.data import DataError, collate_chat
 from cs336_alignment.dpo import dpo_loss, sequence_log_probs
 from cs336_alignment.evaluate import evaluate_model
@@ -47,7 +49,7 @@ from cs336_alignment.train.setup import setup_policy
 @dataclass
 @with_defaults(name="dpo", num_steps=120, beta2=0.999, log_every=10, eval_every=40)
 class DPOConfig(LogConfig, IntervalConfig, ScheduleConfig, OptimConfig, PreferenceDataConfig, PolicyInitConfig,
-                RunConfig):
+                RunConfig, lora.LoRAConfig):
     """DPO: the shared blocks (config_blocks), the preference data's (preferences.PreferenceDataConfig) and DPO's."""
 
     # --- DPO
@@ -77,6 +79,7 @@ def train(cfg: DPOConfig) -> dict:
     run = setup_policy(cfg, "dpo", problems=False)  # the SFT policy, its frozen copy as the reference, AdamW
     cfg, out, device, model, tokenizer = run.cfg, run.out, run.device, run.policy, run.tokenizer
     reference, optimizer, model_config = run.reference, run.optimizer, TransformerConfig(**run.model_config)
+    trainable = run.trainable  # every parameter, or (--lora-rank) the adapters alone; the reference: adapters off
     context = model_config.context_length
     logger = ddp.metrics_logger(out, cfg.num_steps, dataclasses.asdict(cfg), quiet=cfg.quiet)
     t_data = time.perf_counter()
@@ -173,7 +176,7 @@ def train(cfg: DPOConfig) -> dict:
         # --- backward / update
         loss.backward()
         ddp.all_reduce_gradients(model.parameters())  # mean over ranks (equal shards): the whole batch's gradient
-        grad_norm = clip_gradients(model.parameters(), cfg.grad_clip)
+        grad_norm = clip_gradients(trainable, cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         window["loss"].append(loss.item())

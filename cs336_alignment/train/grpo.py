@@ -69,12 +69,14 @@ from typing import Callable, Literal
 import torch
 
 from cs336_alignment import distributed as ddp
+from cs336_alignment import lora
 from cs336_alignment.advantages import (AdvantageNormalizer, Baseline, compute_group_normalized_rewards,
                                         compute_group_process_advantages, needs_group_statistics, zeroes_equal_groups)
-from cs336_alignment.checkpoint import rng_state, save_checkpoint, set_rng_state
+from cs336_alignment.checkpoint import rng_state, set_rng_state
 from cs336_alignment.config_blocks import (GenerationLogConfig, IntervalConfig, LogConfig, MemoryConfig, OptimConfig,
                                            PolicyInitConfig, PolicyUpdateConfig, PromptConfig, ResumableRunConfig,
                                            RewardConfig, RolloutConfig, ScheduleConfig, with_defaults)
+from cs336_alignment.lora import save_checkpoint  # merged model + adapters with --lora-rank
 from cs336_alignment.evaluate import log_generations, run_eval
 from cs336_alignment.logprobs import get_response_log_probs
 from cs336_alignment.grpo_loss import (LOSS_TYPE_ALIASES, LossNormalization, PolicyLossType, ReweightingMethod,
@@ -93,7 +95,8 @@ from cs336_alignment.verifier import gold_reward, process_rewards
 @dataclass
 @with_defaults(name="grpo", num_steps=40, warmup_steps=3, log_every=1, eval_every=10, checkpoint_every=20)
 class GRPOConfig(LogConfig, GenerationLogConfig, IntervalConfig, MemoryConfig, ScheduleConfig, OptimConfig,
-                 PolicyUpdateConfig, RolloutConfig, RewardConfig, PromptConfig, PolicyInitConfig, ResumableRunConfig):
+                 PolicyUpdateConfig, RolloutConfig, RewardConfig, PromptConfig, PolicyInitConfig, ResumableRunConfig,
+                 lora.LoRAConfig):
     """GRPO / REINFORCE: the shared blocks (config_blocks) and the loss's fields below (the CS336 2026 names)."""
 
     min_lr: float = 1e-5
@@ -189,6 +192,7 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
     run = setup_policy(cfg, "grpo", load_rm=cfg.reward == "rm" and reward_fn is None)  # RL starts from SFT
     cfg, out, device, ckpt_path = run.cfg, run.out, run.device, run.ckpt_path
     policy, tokenizer, optimizer = run.policy, run.tokenizer, run.optimizer
+    trainable = run.trainable  # every parameter, or (--lora-rank) the adapters alone; the reference: adapters off
     reference, reward_model = run.reference, run.reward_model  # the frozen SFT policy: KL and eval/kl/ref
     problems, eval_problems = run.problems, run.eval_problems
     start_step, cpu_s = run.start_step, 0.0  # cpu_s: process CPU seconds of training so far (evals excluded)
@@ -307,7 +311,7 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
                 if micros:  # a rank may hold no rows of this step (their groups had no signal)
                     finite_or_raise(stats["loss/policy"][-1], step + 1)
                 ddp.all_reduce_gradients(policy.parameters(), average=False)  # each rank's loss is its share
-                norms.append(float(clip_gradients(policy.parameters(), cfg.grad_clip)))
+                norms.append(float(clip_gradients(trainable, cfg.grad_clip)))
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
         cpu_s += ddp.sum_across_ranks(time.process_time() - cpu0)[0]  # every rank's CPU seconds

@@ -35,9 +35,10 @@ import numpy as np
 import torch
 
 from cs336_alignment import distributed as ddp
-from cs336_alignment.checkpoint import save_checkpoint
+from cs336_alignment import lora
 from cs336_alignment.config_blocks import (IntervalConfig, LogConfig, OptimConfig, RunConfig, ScheduleConfig,
                                            with_defaults)
+from cs336_alignment.lora import save_checkpoint  # merged model + adapters with --lora-rank
 from cs336_alignment.data import DataError
 from cs336_alignment.evaluate import batched_sequence_log_probs
 from cs336_alignment.metrics import pairwise_calibration_error
@@ -54,7 +55,8 @@ from cs336_alignment.train.setup import setup_policy
 
 @dataclass
 @with_defaults(name="rm", num_steps=120, beta2=0.999, log_every=10, eval_every=40)
-class RMConfig(LogConfig, IntervalConfig, ScheduleConfig, OptimConfig, PreferenceDataConfig, RunConfig):
+class RMConfig(LogConfig, IntervalConfig, ScheduleConfig, OptimConfig, PreferenceDataConfig, RunConfig,
+               lora.LoRAConfig):
     """Reward model: the shared blocks (config_blocks), the preference data's (preferences.PreferenceDataConfig) and
     its own fields below."""
 
@@ -167,7 +169,8 @@ def train(cfg: RMConfig) -> dict:
     diagnostics = sft_diagnostics(sft_model, tokenizer, eval_pairs, context)
     model = RewardModel.from_lm(sft_model, cfg.likelihood_coef or None).to(device)
     del sft_model
-    optimizer = build_optimizer(model.parameters(), cfg)
+    trainable = lora.setup(model, cfg, keep_trainable=("head.", "likelihood_coef"))  # LoRA: adapters + the head
+    optimizer = build_optimizer(trainable, cfg)
     logger.write(f"rm: {num_params(model) / 1e6:.2f}M parameters, {len(train_pairs)} train / {len(eval_pairs)} "
                  f"held-out pairs ({t_data:.0f} s to make/load them), device {device}")
 
@@ -226,7 +229,7 @@ def train(cfg: RMConfig) -> dict:
         # --- backward / update
         loss.backward()
         ddp.all_reduce_gradients(model.parameters())  # mean over ranks (equal shards): the whole batch's gradient
-        grad_norm = clip_gradients(model.parameters(), cfg.grad_clip)
+        grad_norm = clip_gradients(trainable, cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         window["loss"].append(loss.item())

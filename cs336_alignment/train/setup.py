@@ -7,7 +7,6 @@ The loops keep their steps written out in full (CleanRL style); only their commo
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,8 +16,9 @@ from typing import Any
 import torch
 
 from cs336_alignment import distributed as ddp
+from cs336_alignment import lora
 from cs336_alignment.advantages import compute_rollout_rewards
-from cs336_alignment.checkpoint import load_checkpoint, load_checkpoint_extra, load_model
+from cs336_alignment.checkpoint import load_checkpoint_extra, load_model
 from cs336_alignment.gpu import configure_model
 from cs336_alignment.nn_utils import AdamW
 from cs336_alignment.reward_model import RewardModel, load_reward_model, score_rollouts
@@ -44,7 +44,8 @@ class PolicySetup:
     reward_model: RewardModel | None      # frozen, when the config names one (--reward-model)
     problems: list[dict[str, str]]        # the prompt pool ({"question", "answer"}; [] when not asked for)
     eval_problems: list[dict[str, str]]   # the held-out problems (--eval-data, or the task world's test split)
-    optimizer: AdamW | None               # AdamW over the policy (None when not asked for)
+    optimizer: AdamW | None               # AdamW over `trainable` (None when not asked for)
+    trainable: list[torch.nn.Parameter] = dataclasses.field(default_factory=list)  # all, or (LoRA) the adapters
     start_step: int = 0                   # the step a resumed run continues from
     resume_extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # the checkpoint's extra dict on resume
 
@@ -57,14 +58,16 @@ def setup_policy(cfg: Any, stage: str, *, reference: bool = True, load_rm: bool 
                  optimizer: bool = True) -> PolicySetup:
     """The first lines of a loop that starts from a policy: grpo, ppo and ei use all of it; dpo, rm and bon the
     parts they need (`reference`, `problems`, `optimizer` False leave those out). In this order: an empty --init
-    becomes the shipped SFT model (`init_or_shipped`); `setup_run` (run directory and lock, threads, seed, device);
-    the policy from --init and the checkpoint's own tokenizer (a Hugging Face checkpoint's, or ours); a frozen deep
-    copy of it as the reference; `gpu.configure_model` when the config has gradient_checkpointing / compile; the
-    frozen reward model at cfg.reward_model (when `load_rm`, by default whenever a path is given); the prompt pool
-    (cfg.data or the task world's cfg.split, seeded cfg.seed + 2) and the first cfg.n_eval_problems held-out
-    problems (cfg.eval_data or the task world's test split); AdamW over the policy (with --init-optimizer, SFT's
-    second moments); on --resume with <out>/ckpt.pt, the policy and optimizer state of that checkpoint and its
-    extra dict (the loop restores the RNG state from it once it has built everything else).
+    becomes the shipped SFT model (`init_or_shipped`); `setup_run` (run directory and lock, threads, seed, device;
+    under torchrun, `distributed.setup_run`); the policy from --init and the checkpoint's own tokenizer (a Hugging
+    Face checkpoint's, or ours); with --lora-rank and `optimizer`, its adapters (`lora.setup`); the frozen
+    reference (`lora.frozen_reference`: a deep copy, or the base with the adapters disabled); `gpu.configure_model`
+    when the config has gradient_checkpointing / compile; the frozen reward model at cfg.reward_model (when
+    `load_rm`, by default whenever a path is given); the prompt pool (cfg.data or the task world's cfg.split,
+    seeded cfg.seed + 2) and the first cfg.n_eval_problems held-out problems (cfg.eval_data or the task world's
+    test split); AdamW over the trainable parameters (with --init-optimizer, SFT's second moments); on --resume
+    with <out>/ckpt.pt, the policy (LoRA: its adapters) and optimizer state of that checkpoint and its extra dict
+    (the loop restores the RNG state from it once it has built everything else).
 
     Nothing here draws from the global random generators after `setup_run` seeds them, except the model
     constructors of load_model / load_reward_model, in that order (the loops' own draws keep their order).
@@ -76,20 +79,23 @@ def setup_policy(cfg: Any, stage: str, *, reference: bool = True, load_rm: bool 
     out, device = ddp.setup_run(cfg)  # under torchrun: rank 0 prepares the directory (distributed.py)
     policy, init_extra = load_model(cfg.init, device)
     tokenizer = load_tokenizer(policy.config.tokenizer)  # the checkpoint's own (e.g. a Hugging Face one's)
-    frozen = copy.deepcopy(policy).eval().requires_grad_(False) if reference else None
+    # The policy trains every weight, or with --lora-rank (when it is trained here: `optimizer`) only the adapters;
+    # the reference is then the same weights with the adapters disabled (lora.py), not a second copy.
+    trainable = lora.setup(policy, cfg) if optimizer and hasattr(cfg, "lora_rank") else list(policy.parameters())
+    frozen = lora.frozen_reference(policy) if reference else None
     if hasattr(cfg, "gradient_checkpointing"):
         configure_model(policy, device, gradient_checkpointing=cfg.gradient_checkpointing, compile=cfg.compile)
     rm_path = getattr(cfg, "reward_model", "")
     rm = load_reward_model(rm_path, device)[0].requires_grad_(False) if rm_path and load_rm is not False else None
     pool = load_problems(cfg.data, cfg.n_problems, cfg.split, cfg.seed + 2) if problems else []
     held_out = load_problems(cfg.eval_data, cfg.n_eval_problems, "test", 0)[:cfg.n_eval_problems] if problems else []
-    adamw = build_optimizer(policy.parameters(), cfg) if optimizer else None
+    adamw = build_optimizer(trainable, cfg) if optimizer else None
     if adamw is not None and getattr(cfg, "init_optimizer", False):
         load_sft_optimizer_state(cfg.init, adamw)
     setup = PolicySetup(cfg, out, device, policy, init_extra["model_config"], tokenizer, frozen, rm, pool, held_out,
-                        adamw)
+                        adamw, trainable)
     if getattr(cfg, "resume", False) and setup.ckpt_path.exists():
-        setup.start_step = load_checkpoint(setup.ckpt_path, policy, adamw)
+        setup.start_step = lora.load_checkpoint(setup.ckpt_path, policy, adamw)  # (LoRA: the adapters)
         setup.resume_extra = load_checkpoint_extra(setup.ckpt_path)
     return setup
 

@@ -25,11 +25,12 @@ import numpy as np
 import torch
 
 from cs336_alignment import distributed as ddp
+from cs336_alignment import lora
 from cs336_alignment import tasks
-from cs336_alignment.checkpoint import (load_checkpoint, load_checkpoint_extra, load_model, rng_state, save_checkpoint,
-                                        set_rng_state)
+from cs336_alignment.checkpoint import load_checkpoint_extra, load_model, rng_state, set_rng_state
 from cs336_alignment.config_blocks import (IntervalConfig, LogConfig, MemoryConfig, ModelShapeConfig, OptimConfig,
                                            ResumableRunConfig, ScheduleConfig, with_defaults)
+from cs336_alignment.lora import load_checkpoint, save_checkpoint  # merged model + adapters with --lora-rank
 from cs336_alignment.data import DataError, collate_chat, load_sft_examples
 from cs336_alignment.evaluate import evaluate_policy
 from cs336_alignment.gpu import configure_model
@@ -47,7 +48,7 @@ from cs336_alignment.verifier import gold_reward
 @dataclass
 @with_defaults(name="sft", num_steps=400, lr=3e-3, min_lr=3e-4, warmup_steps=20)
 class SFTConfig(LogConfig, IntervalConfig, MemoryConfig, ModelShapeConfig, ScheduleConfig, OptimConfig,
-                ResumableRunConfig):
+                ResumableRunConfig, lora.LoRAConfig):
     """Supervised fine-tuning: the shared blocks (config_blocks) and SFT's own fields below."""
 
     init: str = ""
@@ -151,6 +152,7 @@ def train(cfg: SFTConfig) -> dict:
                                          d_model=cfg.d_model, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
                                          d_ff=cfg.d_ff)
         model = TransformerLM(model_config).to(device)
+    trainable = lora.setup(model, cfg)  # every parameter, or (--lora-rank) the adapters alone
     configure_model(model, device, gradient_checkpointing=cfg.gradient_checkpointing, compile=cfg.compile)
     context = model_config.context_length
     train_chats, eval_chats = load_conversations(cfg)
@@ -164,7 +166,7 @@ def train(cfg: SFTConfig) -> dict:
                         f"context_length {context}")
     # One constant for the whole run: the mean number of trained-on tokens per conversation.
     normalize_constant = float(np.mean([n for n in n_trained if n > 0]))
-    optimizer = build_optimizer(model.parameters(), cfg)
+    optimizer = build_optimizer(trainable, cfg)
 
     start_step, cpu_s = 0, 0.0  # cpu_s: process CPU seconds of training so far (evals and checkpoints excluded)
     if cfg.resume and ckpt_path.exists():
@@ -246,7 +248,7 @@ def train(cfg: SFTConfig) -> dict:
 
         # --- update
         ddp.all_reduce_gradients(model.parameters())  # mean over ranks (equal shards): the whole batch's gradient
-        grad_norm = clip_gradients(model.parameters(), cfg.grad_clip)
+        grad_norm = clip_gradients(trainable, cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         window_nll, window_count = window_nll + step_nll, window_count + step_count
