@@ -8,14 +8,16 @@ The loops (train/sft.py, dpo.py, reward_model.py, grpo.py) call the functions be
 torchrun: WORLD_SIZE unset or 1) every one of them is the identity or the plain single-process call, so a run
 without torchrun computes exactly what it computed before this module existed.
 
-Design (the standard recipe of PyTorch DDP, nanoGPT/nanochat and CS336 assignment 2, written out):
+Design (the standard recipe of PyTorch DDP, Li et al. 2020, "PyTorch Distributed", VLDB §3; nanoGPT/nanochat
+and CS336 assignment 2, written out):
 - `init` reads torchrun's RANK / WORLD_SIZE / LOCAL_RANK and joins the process group: gloo on CPU, NCCL on
   CUDA (one GPU per rank: cuda:LOCAL_RANK). Every rank seeds its generators with the same --seed, so a model
   initialised from scratch starts identical on every rank.
 - Data: each optimizer step's items (examples, pairs, RL prompts) are the same seeded, resumable stream as with
   one process (`train.common.stream_indices`); `shard` gives rank r the r-th contiguous slice of the step's
   items. The shards are disjoint, their union is the single-process batch, and since the stream is a pure
-  function of the step, `--resume` works at any world size that divides the batch.
+  function of the step, `--resume` works at any world size that divides the batch. GRPO's sampling generator adds
+  7919 x rank to its seed (rank 0 draws what one process draws for its prompts).
 - Gradients: an explicit all-reduce of the gradients after the last backward of an optimizer step
   (`all_reduce_gradients`: one flat buffer, one collective), not `DistributedDataParallel`. Our loops accumulate
   gradients over micro-batches by hand and some ranks may have nothing to back-propagate (GRPO drops
@@ -31,7 +33,9 @@ Design (the standard recipe of PyTorch DDP, nanoGPT/nanochat and CS336 assignmen
   averaged. Either way one optimizer step on N ranks equals the step on one rank that accumulates the same
   items (tests/test_distributed.py checks it at 2 ranks, float64, within 1e-10 on the gradients).
 - Metrics: `reduce_metrics` gathers every rank's dict and averages each key (NaNs, e.g. the mean length of
-  correct responses on a rank with none, are left out); throughput keys are summed.
+  correct responses on a rank with none, are left out); throughput keys are summed. CPU seconds (perf/cpu_s and
+  the `max_cpu_s` budget) are summed over ranks, so every rank stops at the same step. Held-out evaluations run
+  on every rank (the same numbers) and rank 0 logs them.
 - Writes: rank 0 alone locks and prepares the run directory (`setup_run`), writes metrics.jsonl
   (`metrics_logger` hands the other ranks a silent logger), the preference pairs it samples
   (`preference_data`) and, guarded by `is_main()` in the loops, the checkpoints (atomically, as with one process:
