@@ -38,10 +38,10 @@ from cs336_alignment.dpo import dpo_loss, sequence_log_probs
 from cs336_alignment.evaluate import evaluate_model
 from cs336_alignment.model import TransformerConfig
 from cs336_alignment.nn_utils import clip_gradients
-from cs336_alignment.preferences import PreferenceDataConfig, conversations, preference_data
+from cs336_alignment.preferences import PreferenceDataConfig, conversations
 from cs336_alignment.runtime import autocast
 from cs336_alignment.tasks import generate_problems
-from cs336_alignment.train.common import (MetricsLogger, check_pairs, cosine_lr, finite_or_raise, num_params,
+from cs336_alignment.train.common import (check_pairs, cosine_lr, finite_or_raise, num_params,
                                           pair_sources, parse_config, progress_bar, releases_run_dir, stream_indices)
 from cs336_alignment.train.setup import setup_policy
 

@@ -86,7 +86,7 @@ from cs336_alignment.nn_utils import clip_gradients
 from cs336_alignment.rollout import Rollouts, micro_batch, sample_rollouts, sequence_widths
 from cs336_alignment.runtime import autocast
 from cs336_alignment.tokenizer import build_prompt
-from cs336_alignment.train.common import (MetricsLogger, cosine_lr, finite_or_raise, num_params, parse_config,
+from cs336_alignment.train.common import (cosine_lr, finite_or_raise, num_params, parse_config,
                                           progress_bar, prompt_indices, releases_run_dir)
 from cs336_alignment.train.setup import sequence_rewards, setup_policy
 from cs336_alignment.verifier import gold_reward, process_rewards

@@ -44,10 +44,10 @@ from cs336_alignment.evaluate import batched_sequence_log_probs
 from cs336_alignment.metrics import pairwise_calibration_error
 from cs336_alignment.model import TransformerConfig
 from cs336_alignment.nn_utils import clip_gradients
-from cs336_alignment.preferences import PreferenceDataConfig, conversations, preference_data
+from cs336_alignment.preferences import PreferenceDataConfig, conversations
 from cs336_alignment.reward_model import (RewardModel, batch_rewards, bradley_terry_loss, response_start,
                                           reward_accuracy, score_sequences)
-from cs336_alignment.train.common import (MetricsLogger, build_optimizer, check_pairs, cosine_lr, finite_or_raise,
+from cs336_alignment.train.common import (build_optimizer, check_pairs, cosine_lr, finite_or_raise,
                                           num_params, pair_sources, parse_config, progress_bar, releases_run_dir,
                                           stream_indices)
 from cs336_alignment.train.setup import setup_policy

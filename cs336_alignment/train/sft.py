@@ -40,8 +40,8 @@ from cs336_alignment.nn_utils import clip_gradients
 from cs336_alignment.runtime import autocast
 from cs336_alignment.sft import sft_microbatch_train_step
 from cs336_alignment.tokenizer import load_tokenizer
-from cs336_alignment.train.common import (MetricsLogger, build_optimizer, cosine_lr, finite_or_raise, num_params,
-                                          parse_config, progress_bar, releases_run_dir, setup_run, stream_indices)
+from cs336_alignment.train.common import (build_optimizer, cosine_lr, finite_or_raise, num_params,
+                                          parse_config, progress_bar, releases_run_dir, stream_indices)
 from cs336_alignment.verifier import gold_reward
 
 
