@@ -286,15 +286,12 @@ def sampling(ours, peer, tokenizer, n_prompts: int, new_tokens: int, repeats: in
 def matmul_peak_flops(n: int = 1024, repeats: int = 5) -> float:
     """Single-thread float32 matmul FLOP/s on this CPU: the best of `repeats` (n x n) @ (n x n) products."""
     a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
-    return 2 * n ** 3 / best
-
-
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+    seconds = []
+    for _ in range(repeats + 1):  # the first is a warm-up
+        t0 = time.perf_counter()
+        a @ b
+        seconds.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / min(seconds[1:])
 
 
 # ---------------------------------------------------------------------------------------------------------
