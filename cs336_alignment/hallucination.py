@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import random
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -34,6 +35,7 @@ from cs336_alignment.knowledge import SFT_MODES, KnowledgeWorld
 from cs336_alignment.metrics import paired_difference
 from cs336_alignment.rollout import generate_responses
 from cs336_alignment.tokenizer import load_tokenizer
+from cs336_alignment.train.common import field_docs
 from cs336_alignment.train.grpo import GRPOConfig
 from cs336_alignment.train.grpo import train as grpo_train
 from cs336_alignment.train.pretrain import PretrainConfig
@@ -75,15 +77,19 @@ class HallucinationConfig:
     """GRPO peak learning rate"""
     max_new_tokens: int = 40
     """response length limit (a worked answer is ~25 tokens)"""
-    eval_limit: int = 0
-    """evaluate on the first this many held-out questions (0 = all)"""
+    eval_limit: int = 400
+    """evaluate on this many held-out questions, half about known facts and half about unknown ones, drawn evenly
+    (a seeded shuffle; 0 = all 1,440): the rates' binomial SEs are then at most 3.5 points"""
+    reuse_stages: bool = False
+    """keep a stage already trained in the output directory (its ckpt.pt) instead of training it again"""
     mid_init: str = ""
     """a mid-trained checkpoint of the same world to start the SFTs from, skipping stage 1 (a cheaper seed
     sub-run: only the SFTs and RL are reseeded); empty = mid-train here"""
 
 
 PRESETS = {"hallucination": HallucinationConfig(),
-           "hallucination_smoke": HallucinationConfig(n_shops=4, n_items=4, heldout_fraction=0.5, repeats=4, task_documents=20, mid_steps=6,
+           "hallucination_smoke": HallucinationConfig(n_shops=4, n_items=4, heldout_fraction=0.5, repeats=4,
+                                                      task_documents=20, mid_steps=6,
                                                       sft_per_fact=2, sft_steps=4, penalties="0,3", rl_steps=1,
                                                       eval_limit=24)}
 
@@ -123,11 +129,21 @@ def run(out: str | Path, seed: int = 0, smoke: bool = False, cfg: HallucinationC
     heldout = [q for known in (True, False) for split in ("train", "test")
                for q in world.questions(world.select(known=known, heldout=True), split)]
     sft_facts_test = world.questions(world.select(heldout=False), "test")
-    if cfg.eval_limit:  # half about known facts, half about unknown ones
+    if cfg.eval_limit:  # half about known facts, half about unknown ones, spread over the facts
+        random.Random(f"eval/{cfg.world_seed}").shuffle(heldout)
+        random.Random(f"eval/{cfg.world_seed}").shuffle(sft_facts_test)
         heldout = ([q for q in heldout if q["known"]][:cfg.eval_limit // 2]
                    + [q for q in heldout if not q["known"]][:cfg.eval_limit // 2])
         sft_facts_test = sft_facts_test[:cfg.eval_limit]
     common = dict(overwrite=True, seed=seed, threads=1, device="cpu", quiet=quiet)
+
+    def trained(train_fn, stage_cfg, **kwargs) -> dict:
+        ckpt = Path(stage_cfg.out) / "ckpt.pt"
+        if cfg.reuse_stages and ckpt.is_file():
+            return {"checkpoint": str(ckpt), "steps": stage_cfg.num_steps, "loss/train": float("nan"),
+                    "eval/loss": float("nan")}
+        return train_fn(stage_cfg, **kwargs)
+
     stages: dict[str, dict] = {}
 
     # 1. mid-training on the knowledge corpus
@@ -136,20 +152,23 @@ def run(out: str | Path, seed: int = 0, smoke: bool = False, cfg: HallucinationC
     if cfg.mid_init:
         mid = {"checkpoint": cfg.mid_init, "steps": 0, "loss/train": float("nan"), "eval/loss": float("nan")}
     else:
-        mid = pretrain_train(PretrainConfig(name="midtrain", out=str(out / "midtrain"), init=str(BASE),
+        mid = trained(pretrain_train, PretrainConfig(name="midtrain", out=str(out / "midtrain"), init=str(BASE),
                                             data=str(corpus), num_steps=cfg.mid_steps, lr=3e-3, min_lr=3e-4,
                                             warmup_steps=min(10, cfg.mid_steps), weight_decay=0.0, val_fraction=0.01,
                                             eval_every=100, checkpoint_every=cfg.mid_steps, **common))
     checkpoints = {}
 
     # 2. three SFTs
-    eval_chats = _jsonl(out / "sft_eval.jsonl", [{"messages": c} for c in world.sft_demonstrations("answer", 1, seed + 1)[:32]])
+    eval_chats = _jsonl(out / "sft_eval.jsonl",
+                        [{"messages": c} for c in world.sft_demonstrations("answer", 1, seed + 1)[:32]])
     for mode in SFT_MODES:
-        data = _jsonl(out / f"sft_{mode}.jsonl", [{"messages": c} for c in world.sft_demonstrations(mode, cfg.sft_per_fact, seed)])
-        result = sft_train(SFTConfig(name=f"sft_{mode}", out=str(out / f"sft_{mode}"), init=mid["checkpoint"], data=data,
-                                     eval_data=eval_chats, n_examples=0, num_steps=cfg.sft_steps, lr=1e-3, min_lr=1e-4,
-                                     warmup_steps=min(10, cfg.sft_steps), eval_every=max(cfg.sft_steps // 2, 1),
-                                     checkpoint_every=cfg.sft_steps, **common))
+        data = _jsonl(out / f"sft_{mode}.jsonl",
+                      [{"messages": c} for c in world.sft_demonstrations(mode, cfg.sft_per_fact, seed)])
+        result = trained(sft_train, SFTConfig(name=f"sft_{mode}", out=str(out / f"sft_{mode}"), init=mid["checkpoint"],
+                                              data=data, eval_data=eval_chats, n_examples=0, num_steps=cfg.sft_steps,
+                                              lr=1e-3, min_lr=1e-4, warmup_steps=min(10, cfg.sft_steps),
+                                              eval_every=max(cfg.sft_steps // 2, 1), checkpoint_every=cfg.sft_steps,
+                                              **common))
         checkpoints[f"sft_{mode}"] = result["checkpoint"]
 
     # 3. GRPO with the abstention reward, one run per penalty, from the abstention SFT model
@@ -161,7 +180,7 @@ def run(out: str | Path, seed: int = 0, smoke: bool = False, cfg: HallucinationC
                         n_problems=10 ** 6, n_eval_problems=0, prompts_per_step=16, group_size=8,
                         max_new_tokens=cfg.max_new_tokens, num_steps=cfg.rl_steps, lr=cfg.rl_lr, min_lr=cfg.rl_lr / 10,
                         warmup_steps=min(3, cfg.rl_steps), eval_every=10 ** 6, checkpoint_every=cfg.rl_steps, **common)
-        result = grpo_train(rl, reward_fn=functools.partial(abstention_reward, wrong_penalty=p))
+        result = trained(grpo_train, rl, reward_fn=functools.partial(abstention_reward, wrong_penalty=p))
         checkpoints[name] = result["checkpoint"]
 
     # evaluation on held-out facts (and, for known-fact accuracy, on test questions about the SFT facts)
@@ -170,7 +189,8 @@ def run(out: str | Path, seed: int = 0, smoke: bool = False, cfg: HallucinationC
         metrics, rows = evaluate_knowledge(ckpt, heldout, cfg.max_new_tokens)
         in_sft, _ = evaluate_knowledge(ckpt, sft_facts_test, cfg.max_new_tokens)
         metrics["knowledge/accuracy_known_sft_facts"] = in_sft["knowledge/accuracy_known"]
-        stages[name] = {"metrics": metrics, "samples": [r for r in rows if not r["known"]][:4] + [r for r in rows if r["known"]][:2]}
+        samples = [r for r in rows if not r["known"]][:4] + [r for r in rows if r["known"]][:2]
+        stages[name] = {"metrics": metrics, "samples": samples}
         per_question[name] = rows
 
     def diff(a: str, b: str, known: bool, key: str) -> list[float] | None:
@@ -233,7 +253,8 @@ def write_report(out: Path, report: dict) -> Path:
              f"known, {w['heldout_unknown']} unknown ({w['heldout_questions']} questions). Mid-training: "
              + (f"{report['midtrain']['steps']} steps, final train loss {report['midtrain']['loss/train']:.3f}." if
               report["midtrain"]["steps"] else f"reused ({report['config']['mid_init']})."), "",
-             "| model | accuracy known | false abstention | fabrication | abstention | accuracy known (SFT facts, test) |",
+             "| model | accuracy known | false abstention | fabrication | abstention "
+             "| accuracy known (SFT facts, test) |",
              "|---|---|---|---|---|---|"]
     for name, run_ in report["runs"].items():
         m = run_["metrics"]
@@ -251,12 +272,16 @@ def write_report(out: Path, report: dict) -> Path:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m cs336_alignment.hallucination", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m cs336_alignment.hallucination",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="hallucination")
     parser.add_argument("--out", default="", help="output directory; empty = runs/<preset>")
     parser.add_argument("--seed", type=int, default=0, help="seed of the training (the world has --world-seed)")
+    docs = field_docs(HallucinationConfig)
     for field, value in asdict(HallucinationConfig()).items():
-        parser.add_argument("--" + field.replace("_", "-"), type=type(value), default=None)
+        kind = (lambda v: v.lower() in ("1", "true", "yes")) if isinstance(value, bool) else type(value)
+        parser.add_argument("--" + field.replace("_", "-"), type=kind, default=None,
+                            help=f"{docs.get(field, '')} (preset hallucination: {value})")
     args = parser.parse_args(argv)
     overrides = {f: getattr(args, f) for f in asdict(HallucinationConfig()) if getattr(args, f) is not None}
     cfg = replace(PRESETS[args.preset], **overrides)
