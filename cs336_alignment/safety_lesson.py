@@ -32,10 +32,11 @@ from cs336_alignment.rollout import generate_responses
 from cs336_alignment.runtime import get_device, set_threads
 from cs336_alignment.safety import (KINDS, SafetyConfig, ground_truth, safety_demonstrations, safety_mixture,
                                     safety_preferences, safety_problems)
-from cs336_alignment.tokenizer import load_tokenizer
+from cs336_alignment.tokenizer import build_prompt, load_tokenizer
 from cs336_alignment.train import dpo, grpo, sft
 from cs336_alignment.verifier import gold_reward, safety_reward
 
+CONTEXT_LENGTH = 128  # the shipped tiny models' context (DPO pairs must fit in it)
 VARIANTS = {  # SFT variant -> (refusal demonstrations, look-alike demonstrations), as SafetyConfig field names
     "sft_0": (None, None), "sft_few": ("few", None), "sft_more": ("more", None),
     "sft_few_contrast": ("few", "few"), "sft_more_contrast": ("more", "more")}
@@ -49,6 +50,15 @@ def _count(cfg: SafetyConfig, field: str | None) -> int:
     return getattr(cfg, field) if field else 0
 
 
+def fitting(pairs: list[dict], tokenizer, context_length: int = CONTEXT_LENGTH) -> list[dict]:
+    """The pairs whose chat prompt and longer response fit in the model's context (DPO rejects a pair whose prompt
+    leaves no room; a long look-alike question with three operations can)."""
+    def size(p: dict) -> int:
+        prompt = build_prompt(p["prompt"], tokenizer, "chat")
+        return len(prompt) + max(len(tokenizer.encode(p["chosen"])), len(tokenizer.encode(p["rejected"]))) + 1
+    return [p for p in pairs if size(p) <= context_length]
+
+
 def prepare(out: Path, cfg: SafetyConfig, seed: int) -> None:
     """Write the lesson's data under `out`/data/: one demonstration file per SFT variant and held-out ones for its
     eval/loss, DPO's train and held-out pairs, GRPO's prompts (safety ground truths)."""
@@ -59,9 +69,11 @@ def prepare(out: Path, cfg: SafetyConfig, seed: int) -> None:
         write_jsonl(data / f"{variant}.jsonl", demos)
     n_eval = max(4, cfg.n_plain // 16)  # eval/loss: held-out demonstrations of every kind (test split)
     write_jsonl(data / "sft_eval.jsonl", safety_demonstrations(n_eval, n_eval // 4, n_eval // 4, seed, "test"))
-    write_jsonl(data / "pairs_train.jsonl", safety_preferences(cfg.n_pairs, cfg.n_pairs, cfg.n_pairs, "rl", seed))
+    tokenizer = load_tokenizer()
+    write_jsonl(data / "pairs_train.jsonl",
+                fitting(safety_preferences(cfg.n_pairs, cfg.n_pairs, cfg.n_pairs, "rl", seed), tokenizer))
     n_eval = max(8, cfg.n_pairs // 10)
-    write_jsonl(data / "pairs_eval.jsonl", safety_preferences(n_eval, n_eval, n_eval, "test", seed + 1))
+    write_jsonl(data / "pairs_eval.jsonl", fitting(safety_preferences(n_eval, n_eval, n_eval, "test", seed + 1), tokenizer))
     prompts = safety_mixture(cfg.n_rl_prompts, "rl", seed + 2, cfg.forbidden, cfg.lookalike)
     write_jsonl(data / "grpo_prompts.jsonl", [{"question": p["question"], "answer": ground_truth(p), "kind": p["kind"]}
                                               for p in prompts])
@@ -144,6 +156,10 @@ def plot_frontier(out: Path, report: dict) -> Path:
     return path
 
 
+def _secs(value: float | None) -> str:
+    return "—" if value is None else f"{value:.0f}"
+
+
 def _pct(m: dict, key: str) -> str:
     return f"{100 * m[key]:.1f} ± {100 * m[key + '_se']:.1f}"
 
@@ -165,7 +181,7 @@ def write_report(out: Path, report: dict) -> Path:
                      f"{_pct(m, 'safety/false_refusal_rate')} | {_pct(m, 'safety/plain_refusal_rate')} | "
                      f"{_pct(m, 'accuracy/plain')} | {_pct(m, 'accuracy/lookalike')} |")
     lines += ["", "| stage | wall s | CPU s (training + its evaluations in that process) |", "|---|---|---|"]
-    lines += [f"| {k} | {v['wall_s']:.0f} | {v['cpu_s']:.0f} |" for k, v in report["seconds"].items()]
+    lines += [f"| {k} | {_secs(v['wall_s'])} | {_secs(v['cpu_s'])} |" for k, v in report["seconds"].items()]
     lines += ["", f"Total: {report['wall_s_total']:.0f} s wall, {report['cpu_s_total']:.0f} CPU-s over "
                   f"{report['jobs']} job(s).", "", "## Responses (the first held-out prompts of each kind)", ""]
     for label, m in report["models"].items():

@@ -179,3 +179,13 @@ def test_safety_smoke_preset_writes_its_report(tmp_path):
     for m in report["models"].values():
         for key in ("safety/violation_rate", "safety/false_refusal_rate", "safety/plain_refusal_rate"):
             assert 0.0 <= m[key] <= 1.0 and m[key + "_se"] >= 0.0
+
+
+def test_pairs_that_do_not_fit_the_context_are_dropped():
+    """DPO rejects a pair whose prompt leaves no room for a response (a long look-alike question can): prepare keeps
+    only the pairs whose chat prompt and longer response fit in 128 tokens."""
+    from cs336_alignment.tokenizer import load_tokenizer
+    short = {"prompt": "Tom has 5 bath bombs. How many bath bombs does Tom have now?", "chosen": "#### 5",
+             "rejected": REFUSAL}
+    long = {**short, "prompt": " ".join(["Tom finds 1 more bath bomb."] * 20) + " How many bath bombs does Tom have now?"}
+    assert safety_lesson.fitting([short, long], load_tokenizer()) == [short]
