@@ -37,7 +37,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import importlib  # noqa: E402
 
 COMMANDS = {  # command -> module with a main(argv), imported only when its command runs
-    "pipeline": "cs336_alignment.pipeline",
+    "pipeline": "cs336_alignment.pipeline.runner",
     "pretrain": "cs336_alignment.train.pretrain",
     "sft": "cs336_alignment.train.sft",
     "ei": "cs336_alignment.train.expert_iteration",
@@ -46,16 +46,16 @@ COMMANDS = {  # command -> module with a main(argv), imported only when its comm
     "grpo": "cs336_alignment.train.grpo",
     "ppo": "cs336_alignment.train.ppo",
     "bon": "cs336_alignment.train.bon",
-    "eval": "cs336_alignment.evaluate",
-    "styles": "cs336_alignment.styles",
-    "export": "cs336_alignment.export",
-    "bench": "cs336_alignment.bench",
-    "leaderboard": "cs336_alignment.leaderboard",
-    "plot": "cs336_alignment.plotting",
-    "handout": "cs336_alignment.handout",
-    "grade": "cs336_alignment.grading",
-    "tasks": "cs336_alignment.tasks",
-    "tokenizer": "cs336_alignment.tokenizer",
+    "eval": "cs336_alignment.evaluation.evaluate",
+    "styles": "cs336_alignment.evaluation.styles",
+    "export": "cs336_alignment.lm.export",
+    "bench": "cs336_alignment.bench.cli",
+    "leaderboard": "cs336_alignment.course.leaderboard",
+    "plot": "cs336_alignment.pipeline.plotting",
+    "handout": "cs336_alignment.course.handout",
+    "grade": "cs336_alignment.course.grading",
+    "tasks": "cs336_alignment.world.tasks",
+    "tokenizer": "cs336_alignment.lm.tokenizer",
 }
 
 

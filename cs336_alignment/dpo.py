@@ -141,7 +141,7 @@ def compute_per_instance_dpo_loss(lm: nn.Module, lm_ref: nn.Module, tokenizer, b
     Args:
         lm: policy (TransformerLM or any causal LM returning logits); gradients flow into it.
         lm_ref: frozen reference model.
-        tokenizer: `cs336_alignment.tokenizer.Tokenizer` (needs `render` and `pad_token_id`).
+        tokenizer: `cs336_alignment.lm.tokenizer.Tokenizer` (needs `render` and `pad_token_id`).
         beta: DPO beta > 0.
         prompt: user message.
         response_chosen, response_rejected: assistant messages, preferred first.

@@ -15,11 +15,11 @@ import torch
 from torch import Tensor
 
 from cs336_alignment.advantages import compute_group_normalized_rewards, compute_rollout_rewards
-from cs336_alignment.data import tokenize_prompt_and_output
+from cs336_alignment.lm.data import tokenize_prompt_and_output
 from cs336_alignment.grpo_loss import (accumulation_divisor, aggregate_loss_across_microbatch,
                                        compute_policy_gradient_loss, needs_old_log_probs)
 from cs336_alignment.logprobs import get_response_log_probs
-from cs336_alignment.nn_utils import clip_gradients
+from cs336_alignment.lm.nn_utils import clip_gradients
 
 
 def clip_step_and_clear(model: torch.nn.Module, optimizer: torch.optim.Optimizer, max_grad_norm: float | None) -> float:

@@ -20,12 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cs336_alignment.checkpoint import load_checkpoint, load_checkpoint_extra, model_config_from
-from cs336_alignment.data import length_sorted_batches, pad_sequences
+from cs336_alignment.lm.checkpoint import load_checkpoint, load_checkpoint_extra, model_config_from
+from cs336_alignment.lm.data import length_sorted_batches, pad_sequences
 from cs336_alignment.logprobs import fused_linear_log_probs
-from cs336_alignment.model import ScalarHead, TransformerConfig, TransformerLM
-from cs336_alignment.rollout import Rollouts
-from cs336_alignment.runtime import autocast
+from cs336_alignment.lm.model import ScalarHead, TransformerConfig, TransformerLM
+from cs336_alignment.lm.rollout import Rollouts
+from cs336_alignment.lm.runtime import autocast
 
 
 # ---------------------------------------------------------------------------------------------------------

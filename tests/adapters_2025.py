@@ -20,14 +20,14 @@ from torch import Tensor
 # ============================================================================
 
 def run_linear(d_in: int, d_out: int, weights: Tensor, in_features: Tensor) -> Tensor:
-    from cs336_alignment.model import Linear
+    from cs336_alignment.lm.model import Linear
     layer = Linear(d_in, d_out)
     layer.load_state_dict({"weight": weights})
     return layer(in_features)
 
 
 def run_embedding(vocab_size: int, d_model: int, weights: Tensor, token_ids: Tensor) -> Tensor:
-    from cs336_alignment.model import Embedding
+    from cs336_alignment.lm.model import Embedding
     layer = Embedding(vocab_size, d_model)
     layer.load_state_dict({"weight": weights})
     return layer(token_ids)
@@ -35,20 +35,20 @@ def run_embedding(vocab_size: int, d_model: int, weights: Tensor, token_ids: Ten
 
 def run_swiglu(d_model: int, d_ff: int, w1_weight: Tensor, w2_weight: Tensor, w3_weight: Tensor,
                in_features: Tensor) -> Tensor:
-    from cs336_alignment.model import SwiGLU
+    from cs336_alignment.lm.model import SwiGLU
     ffn = SwiGLU(d_model, d_ff)
     ffn.load_state_dict({"w1.weight": w1_weight, "w2.weight": w2_weight, "w3.weight": w3_weight})
     return ffn(in_features)
 
 
 def run_scaled_dot_product_attention(Q: Tensor, K: Tensor, V: Tensor, mask: Tensor | None = None) -> Tensor:
-    from cs336_alignment.model import scaled_dot_product_attention
+    from cs336_alignment.lm.model import scaled_dot_product_attention
     return scaled_dot_product_attention(Q, K, V, mask)
 
 
 def run_multihead_self_attention(d_model: int, num_heads: int, q_proj_weight: Tensor, k_proj_weight: Tensor,
                                  v_proj_weight: Tensor, o_proj_weight: Tensor, in_features: Tensor) -> Tensor:
-    from cs336_alignment.model import MultiHeadSelfAttention
+    from cs336_alignment.lm.model import MultiHeadSelfAttention
     attn = MultiHeadSelfAttention(d_model, num_heads)
     attn.load_state_dict({"q_proj.weight": q_proj_weight, "k_proj.weight": k_proj_weight,
                           "v_proj.weight": v_proj_weight, "output_proj.weight": o_proj_weight})
@@ -59,7 +59,7 @@ def run_multihead_self_attention_with_rope(d_model: int, num_heads: int, max_seq
                                            q_proj_weight: Tensor, k_proj_weight: Tensor, v_proj_weight: Tensor,
                                            o_proj_weight: Tensor, in_features: Tensor,
                                            token_positions: Tensor | None = None) -> Tensor:
-    from cs336_alignment.model import MultiHeadSelfAttention, RotaryPositionalEmbedding
+    from cs336_alignment.lm.model import MultiHeadSelfAttention, RotaryPositionalEmbedding
     rope = RotaryPositionalEmbedding(theta, d_model // num_heads, max_seq_len)
     attn = MultiHeadSelfAttention(d_model, num_heads, rope=rope)
     attn.load_state_dict({"q_proj.weight": q_proj_weight, "k_proj.weight": k_proj_weight,
@@ -68,13 +68,13 @@ def run_multihead_self_attention_with_rope(d_model: int, num_heads: int, max_seq
 
 
 def run_rope(d_k: int, theta: float, max_seq_len: int, in_query_or_key: Tensor, token_positions: Tensor) -> Tensor:
-    from cs336_alignment.model import RotaryPositionalEmbedding
+    from cs336_alignment.lm.model import RotaryPositionalEmbedding
     return RotaryPositionalEmbedding(theta, d_k, max_seq_len)(in_query_or_key, token_positions)
 
 
 def run_transformer_block(d_model: int, num_heads: int, d_ff: int, max_seq_len: int, theta: float,
                           weights: dict[str, Tensor], in_features: Tensor) -> Tensor:
-    from cs336_alignment.model import RotaryPositionalEmbedding, TransformerBlock
+    from cs336_alignment.lm.model import RotaryPositionalEmbedding, TransformerBlock
     rope = RotaryPositionalEmbedding(theta, d_model // num_heads, max_seq_len)
     block = TransformerBlock(d_model, num_heads, d_ff, rope=rope)
     block.load_state_dict(weights, strict=False)
@@ -83,7 +83,7 @@ def run_transformer_block(d_model: int, num_heads: int, d_ff: int, max_seq_len: 
 
 def run_transformer_lm(vocab_size: int, context_length: int, d_model: int, num_layers: int, num_heads: int,
                        d_ff: int, rope_theta: float, weights: dict[str, Tensor], in_indices: Tensor) -> Tensor:
-    from cs336_alignment.model import TransformerConfig, TransformerLM
+    from cs336_alignment.lm.model import TransformerConfig, TransformerLM
     cfg = TransformerConfig(vocab_size=vocab_size, context_length=context_length, d_model=d_model,
                             num_layers=num_layers, num_heads=num_heads, d_ff=d_ff, rope_theta=rope_theta)
     model = TransformerLM(cfg)
@@ -92,67 +92,67 @@ def run_transformer_lm(vocab_size: int, context_length: int, d_model: int, num_l
 
 
 def run_rmsnorm(d_model: int, eps: float, weights: Tensor, in_features: Tensor) -> Tensor:
-    from cs336_alignment.model import RMSNorm
+    from cs336_alignment.lm.model import RMSNorm
     norm = RMSNorm(d_model, eps=eps)
     norm.load_state_dict({"weight": weights})
     return norm(in_features)
 
 
 def run_silu(in_features: Tensor) -> Tensor:
-    from cs336_alignment.nn_utils import silu
+    from cs336_alignment.lm.nn_utils import silu
     return silu(in_features)
 
 
 def run_get_batch(dataset: np.ndarray, batch_size: int, context_length: int, device: str) -> tuple[Tensor, Tensor]:
-    from cs336_alignment.data import get_batch
+    from cs336_alignment.lm.data import get_batch
     return get_batch(dataset, batch_size, context_length, device)
 
 
 def run_softmax(in_features: Tensor, dim: int) -> Tensor:
-    from cs336_alignment.nn_utils import softmax
+    from cs336_alignment.lm.nn_utils import softmax
     return softmax(in_features, dim)
 
 
 def run_cross_entropy(inputs: Tensor, targets: Tensor) -> Tensor:
-    from cs336_alignment.nn_utils import cross_entropy
+    from cs336_alignment.lm.nn_utils import cross_entropy
     return cross_entropy(inputs, targets)
 
 
 def run_gradient_clipping(parameters: Iterable[torch.nn.Parameter], max_l2_norm: float) -> None:
-    from cs336_alignment.nn_utils import clip_gradients
+    from cs336_alignment.lm.nn_utils import clip_gradients
     clip_gradients(parameters, max_l2_norm)
 
 
 def get_adamw_cls() -> type[torch.optim.Optimizer]:
-    from cs336_alignment.nn_utils import AdamW
+    from cs336_alignment.lm.nn_utils import AdamW
     return AdamW
 
 
 def run_get_lr_cosine_schedule(it: int, max_learning_rate: float, min_learning_rate: float, warmup_iters: int,
                                cosine_cycle_iters: int) -> float:
-    from cs336_alignment.nn_utils import get_lr_cosine_schedule
+    from cs336_alignment.lm.nn_utils import get_lr_cosine_schedule
     return get_lr_cosine_schedule(it, max_learning_rate, min_learning_rate, warmup_iters, cosine_cycle_iters)
 
 
 def run_save_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer, iteration: int,
                         out: str | os.PathLike | BinaryIO | IO[bytes]) -> None:
-    from cs336_alignment.checkpoint import save_checkpoint
+    from cs336_alignment.lm.checkpoint import save_checkpoint
     save_checkpoint(model, optimizer, iteration, out)
 
 
 def run_load_checkpoint(src: str | os.PathLike | BinaryIO | IO[bytes], model: torch.nn.Module,
                         optimizer: torch.optim.Optimizer) -> int:
-    from cs336_alignment.checkpoint import load_checkpoint
+    from cs336_alignment.lm.checkpoint import load_checkpoint
     return load_checkpoint(src, model, optimizer)
 
 
 def get_tokenizer(vocab: dict[int, bytes], merges: list[tuple[bytes, bytes]], special_tokens: list[str] | None = None):
-    from cs336_alignment.tokenizer import Tokenizer
+    from cs336_alignment.lm.tokenizer import Tokenizer
     return Tokenizer.from_vocab_and_merges(vocab, merges, special_tokens)
 
 
 def run_train_bpe(input_path: str | os.PathLike, vocab_size: int, special_tokens: list[str], **kwargs):
-    from cs336_alignment.bpe import train_bpe
+    from cs336_alignment.lm.bpe import train_bpe
     return train_bpe(input_path, vocab_size, special_tokens, **kwargs)
 
 
@@ -161,7 +161,7 @@ def run_train_bpe(input_path: str | os.PathLike, vocab_size: int, special_tokens
 # ============================================================================
 
 def run_tokenize_prompt_and_output(prompt_strs: list[str], output_strs: list[str], tokenizer) -> dict[str, Tensor]:
-    from cs336_alignment.data import tokenize_prompt_and_output
+    from cs336_alignment.lm.data import tokenize_prompt_and_output
     return tokenize_prompt_and_output(prompt_strs, output_strs, tokenizer)
 
 
@@ -189,7 +189,7 @@ def run_masked_normalize(tensor: Tensor, mask: Tensor, dim: int | None = None,
 
 def run_sft_microbatch_train_step(policy_log_probs: Tensor, response_mask: Tensor, gradient_accumulation_steps: int,
                                   normalize_constant: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
-    from cs336_alignment.sft import sft_microbatch_train_step
+    from cs336_alignment.sft_step import sft_microbatch_train_step
     return sft_microbatch_train_step(policy_log_probs, response_mask, gradient_accumulation_steps, normalize_constant)
 
 
@@ -230,12 +230,12 @@ def run_grpo_microbatch_train_step(policy_log_probs: Tensor, response_mask: Tens
 
 
 def run_parse_gsm8k_response(model_output: str) -> str | None:
-    from cs336_alignment.verifier import parse_gsm8k_response
+    from cs336_alignment.world.verifier import parse_gsm8k_response
     return parse_gsm8k_response(model_output)
 
 
 def run_parse_mmlu_response(mmlu_example: dict[str, Any], model_output: str) -> str | None:
-    from cs336_alignment.verifier import parse_mmlu_response
+    from cs336_alignment.world.verifier import parse_mmlu_response
     return parse_mmlu_response(mmlu_example, model_output)
 
 
@@ -246,10 +246,10 @@ def run_compute_per_instance_dpo_loss(lm: torch.nn.Module, lm_ref: torch.nn.Modu
 
 
 def get_packed_sft_dataset(tokenizer, dataset_path: str | os.PathLike, seq_length: int, shuffle: bool):
-    from cs336_alignment.data import get_packed_sft_dataset as _get
+    from cs336_alignment.lm.data import get_packed_sft_dataset as _get
     return _get(tokenizer, dataset_path, seq_length, shuffle)
 
 
 def run_iterate_batches(dataset, batch_size: int, shuffle: bool):
-    from cs336_alignment.data import iterate_batches
+    from cs336_alignment.lm.data import iterate_batches
     return iterate_batches(dataset, batch_size, shuffle)

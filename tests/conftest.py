@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-pytest_plugins = ["cs336_alignment.grading"]
+pytest_plugins = ["cs336_alignment.course.grading"]
 
 SNAPSHOT_DIR = Path(__file__).parent / "_snapshots"
 

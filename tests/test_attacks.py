@@ -1,4 +1,4 @@
-"""The Gradescope judge (cs336_alignment/handout/judge.py) against submissions that want points without the work.
+"""The Gradescope judge (cs336_alignment/course/handout/judge.py) against submissions that want points without the work.
 
 Every graded test records the outputs it checks through the snapshot fixture (checked here, fast): the judge
 compares those in its own process, so a forged "passed" earns nothing. Each attack in tests/attacks/ is appended to the handout's stubbed masked.py (part 2.2) and graded through the
@@ -18,7 +18,7 @@ import pytest
 
 import cs336_alignment
 from cs336_alignment import masked
-from cs336_alignment.handout import autograder, judge
+from cs336_alignment.course.handout import autograder, judge
 
 REPO_ROOT = Path(cs336_alignment.__file__).resolve().parents[1]
 ATTACKS = Path(__file__).parent / "attacks"
@@ -134,7 +134,7 @@ def test_an_attack_scores_nothing_and_is_called_tampering(clean, tmp_path, attac
 def test_files_outside_the_graded_modules_are_ignored(clean, tmp_path):
     forge = (ATTACKS / "forge_plugin.py").read_text()
     results = _grade(clean, tmp_path, {MASKED: clean["stub"], "cs336_alignment/__init__.py": forge,
-                                       "cs336_alignment/grading.py": forge, "tests/conftest.py": forge,
+                                       "cs336_alignment/course/grading.py": forge, "tests/conftest.py": forge,
                                        "conftest.py": forge, "tests/test_masked.py": "def test_free():\n    pass\n"})
     assert results["score"] == 0 and "tampered" not in results["output"], results["output"]
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from cs336_alignment.__main__ import main
-from cs336_alignment.checkpoint import rng_state, save_checkpoint
-from cs336_alignment.model import TransformerConfig, TransformerLM
-from cs336_alignment.nn_utils import AdamW
-from cs336_alignment.tokenizer import load_tokenizer
+from cs336_alignment.lm.checkpoint import rng_state, save_checkpoint
+from cs336_alignment.lm.model import TransformerConfig, TransformerLM
+from cs336_alignment.lm.nn_utils import AdamW
+from cs336_alignment.lm.tokenizer import load_tokenizer
 
 CONTEXT = 64
 RUN = ["--threads", "1", "--device", "cpu", "--quiet"]

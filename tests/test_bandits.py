@@ -1,4 +1,4 @@
-"""The CS336 (2026) derivations (cs336_alignment/bandits.py): each closed form against a check that does not use
+"""The CS336 (2026) derivations (cs336_alignment/course/bandits.py): each closed form against a check that does not use
 it — Monte Carlo within 4 standard errors (fixed seeds), exact enumeration of every outcome within 1e-12, autograd —
 and the properties the written answers rely on. Instructor-only like the module (the answers to written problems).
 """
@@ -10,8 +10,7 @@ import math
 import pytest
 import torch
 
-from cs336_alignment import bandits as bd
-
+from cs336_alignment.course import bandits as bd
 THETAS = (-1.0, 0.5, 2.0)
 
 

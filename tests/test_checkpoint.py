@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from cs336_alignment.checkpoint import (CheckpointError, check_resumable, load_checkpoint, load_checkpoint_extra,
+from cs336_alignment.lm.checkpoint import (CheckpointError, check_resumable, load_checkpoint, load_checkpoint_extra,
                                         load_model, read_checkpoint, rng_state, save_checkpoint, set_rng_state)
-from cs336_alignment.model import TransformerConfig, TransformerLM
-from cs336_alignment.nn_utils import AdamW, cross_entropy
+from cs336_alignment.lm.model import TransformerConfig, TransformerLM
+from cs336_alignment.lm.nn_utils import AdamW, cross_entropy
 from tests import adapters
 
 CFG = TransformerConfig(vocab_size=29, context_length=16, d_model=16, num_layers=1, num_heads=2, d_ff=32)

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from cs336_alignment import stages
-from cs336_alignment.config_blocks import OptimConfig, RunConfig, with_defaults
+from cs336_alignment.pipeline import stages
+from cs336_alignment.train.config_blocks import OptimConfig, RunConfig, with_defaults
 from cs336_alignment.train.common import build_parser, config_from_dict, field_docs, parse_config
 
 CONFIGS = sorted({cls for cls in stages.SECTIONS.values() if hasattr(cls, "FLAG_ALIASES")}, key=lambda c: c.__name__)

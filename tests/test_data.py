@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from cs336_alignment.data import (DataError, collate_chat, get_batch, load_jsonl, load_sft_examples,
+from cs336_alignment.lm.data import (DataError, collate_chat, get_batch, load_jsonl, load_sft_examples,
                                   pad_sequences, write_jsonl)
-from cs336_alignment.tasks import generate_problems, sft_examples
-from cs336_alignment.tokenizer import load_tokenizer
+from cs336_alignment.world.tasks import generate_problems, sft_examples
+from cs336_alignment.lm.tokenizer import load_tokenizer
 from tests.adapters import get_packed_sft_dataset, run_iterate_batches, run_tokenize_prompt_and_output
 
 PART = "1.2 SFT data"
@@ -155,7 +155,7 @@ def test_packed_sft_dataset_shuffle_permutes_documents(numpy_snapshot, tmp_path,
 
 @pytest.mark.points(2)
 def test_iterate_batches(numpy_snapshot, tmp_path):
-    from cs336_alignment.data import TensorDictDataset
+    from cs336_alignment.lm.data import TensorDictDataset
     dataset = TensorDictDataset(input_ids=torch.arange(30).view(10, 3), labels=torch.arange(30).view(10, 3) + 1)
     loader = run_iterate_batches(dataset=dataset, batch_size=4, shuffle=False)
     batches = list(loader)
@@ -266,7 +266,7 @@ def test_get_batch():
 
 
 def test_length_sorted_batches_cover_every_index_once_in_length_order():
-    from cs336_alignment.data import length_sorted_batches
+    from cs336_alignment.lm.data import length_sorted_batches
     lengths = [9, 3, 17, 5, 12, 3, 30]
     batches = length_sorted_batches(lengths, 3)
     assert [len(b) for b in batches] == [3, 3, 1]

@@ -1,4 +1,4 @@
-"""Data parallel training (cs336_alignment/distributed.py): loss normalisation is invariant to the world size.
+"""Data parallel training (cs336_alignment/train/distributed.py): loss normalisation is invariant to the world size.
 
 Two gloo processes on the CPU (torch.multiprocessing.spawn, as CS336 assignment 2's DDP tests do) each take
 their shard of a batch, back-propagate and all-reduce the gradients with the loops' own calls; one process
@@ -25,14 +25,14 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from cs336_alignment import distributed as ddp
+from cs336_alignment.train import distributed as ddp
 from cs336_alignment.advantages import compute_group_normalized_rewards
 from cs336_alignment.dpo import dpo_loss, sequence_log_probs
 from cs336_alignment.grpo_loss import policy_and_kl_backward
 from cs336_alignment.logprobs import get_response_log_probs
-from cs336_alignment.model import TransformerConfig, TransformerLM
-from cs336_alignment.nn_utils import AdamW, clip_gradients
-from cs336_alignment.sft import sft_microbatch_train_step
+from cs336_alignment.lm.model import TransformerConfig, TransformerLM
+from cs336_alignment.lm.nn_utils import AdamW, clip_gradients
+from cs336_alignment.sft_step import sft_microbatch_train_step
 
 B, T, GROUP = 8, 10, 2   # rows of the batch, tokens per row, GRPO group size
 # GRPO rewards in groups of 2: group 2 (rank 1's first) has no variance (dropped by the loop's

@@ -124,7 +124,7 @@ REJECTED = "He has 12 apples.\n#### 12"
 
 def _tiny_lm(vocab_size: int, seed: int):
     """A tiny TransformerLM with weights drawn from our own generator (independent of the model's init)."""
-    from cs336_alignment.model import TransformerConfig, TransformerLM
+    from cs336_alignment.lm.model import TransformerConfig, TransformerLM
     lm = TransformerLM(TransformerConfig(vocab_size=vocab_size, context_length=64, d_model=32, num_layers=2,
                                          num_heads=4, d_ff=64))
     gen = torch.Generator().manual_seed(seed)
@@ -146,7 +146,7 @@ def _oracle_sequence_logp(lm, tokenizer, response: str) -> float:
 
 @pytest.mark.points(3)
 def test_compute_per_instance_dpo_loss(numpy_snapshot):
-    from cs336_alignment.tokenizer import load_tokenizer
+    from cs336_alignment.lm.tokenizer import load_tokenizer
     tokenizer = load_tokenizer()
     lm, lm_ref = _tiny_lm(tokenizer.vocab_size, 1), _tiny_lm(tokenizer.vocab_size, 2)
     beta = 0.5
@@ -165,7 +165,7 @@ def test_compute_per_instance_dpo_loss(numpy_snapshot):
 
 @pytest.mark.points(1)
 def test_per_instance_dpo_is_log2_against_itself(numpy_snapshot):
-    from cs336_alignment.tokenizer import load_tokenizer
+    from cs336_alignment.lm.tokenizer import load_tokenizer
     tokenizer = load_tokenizer()
     lm = _tiny_lm(tokenizer.vocab_size, 3)
     loss = run_compute_per_instance_dpo_loss(lm, copy.deepcopy(lm), tokenizer, 0.1, PROMPT, CHOSEN, REJECTED)
@@ -177,7 +177,7 @@ def test_sequence_log_probs_keeps_float64():
     """A float64 model's sequence log-prob stays float64 (an independent float64 sum agrees to 1e-10; a cast to
     float32 inside would leave ~1e-7)."""
     from cs336_alignment.dpo import sequence_log_probs
-    from cs336_alignment.tokenizer import load_tokenizer
+    from cs336_alignment.lm.tokenizer import load_tokenizer
     tokenizer = load_tokenizer()
     lm = _tiny_lm(tokenizer.vocab_size, 4).double()
     ids, assistant_mask = tokenizer.render([{"role": "user", "content": PROMPT},

@@ -11,12 +11,12 @@ import math
 import pytest
 import torch
 
-from cs336_alignment.generation import generate
-from cs336_alignment.model import TransformerConfig, TransformerLM
-from cs336_alignment.rollout import generate_responses, sample_responses
-from cs336_alignment.tokenizer import build_prompt, stop_token_ids
-from cs336_alignment.tasks import generate_problems
-from cs336_alignment.tokenizer import load_tokenizer
+from cs336_alignment.lm.generation import generate
+from cs336_alignment.lm.model import TransformerConfig, TransformerLM
+from cs336_alignment.lm.rollout import generate_responses, sample_responses
+from cs336_alignment.lm.tokenizer import build_prompt, stop_token_ids
+from cs336_alignment.world.tasks import generate_problems
+from cs336_alignment.lm.tokenizer import load_tokenizer
 
 MAX_NEW = 12
 
@@ -111,8 +111,8 @@ def test_sample_responses_give_each_row_its_own_room(tokenizer, questions, long_
 
 
 def test_log_generations_hand_example():
-    from cs336_alignment.evaluate import log_generations
-    from cs336_alignment.verifier import gold_reward
+    from cs336_alignment.evaluation.evaluate import log_generations
+    from cs336_alignment.world.verifier import gold_reward
 
     truths = ["3 + 4 = 7\n#### 7", "#### 12", "#### 5"]
     responses = ["3 + 4 = 7\n#### 7",   # worked, correct
@@ -149,8 +149,7 @@ def test_evaluate_policy_gold_within_each_style_hand_example(monkeypatch, tokeni
     """Four fixed samples (the sampler is replaced): worked right, worked wrong, hasty right, hasty wrong, hasty
     right. Within the worked style 1 of 2 is right, within the hasty one 2 of 3; with only hasty samples the
     worked key is absent."""
-    from cs336_alignment import evaluate
-
+    from cs336_alignment.evaluation import evaluate
     texts = ["3 + 4 = 7\n#### 7", "3 + 4 = 8\n#### 8", "#### 7", "#### 9", "#### 7"]
 
     def fake_sample(policy, tok, questions, k, **kwargs):

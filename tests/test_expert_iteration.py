@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cs336_alignment.checkpoint import load_model
+from cs336_alignment.lm.checkpoint import load_model
 from cs336_alignment.train import expert_iteration
 from cs336_alignment.train.common import load_problems, read_metrics
 from test_train_rl import init_ckpt, starts_lowercase, tokenizer  # noqa: F401 (the RL tests' fixtures)

@@ -10,11 +10,11 @@ import sys
 import pytest
 import torch
 
-from cs336_alignment import bench_peers
-from cs336_alignment.checkpoint import load_model, save_checkpoint
+from cs336_alignment.bench import peers as bench_peers
+from cs336_alignment.lm.checkpoint import load_model, save_checkpoint
 from cs336_alignment.logprobs import get_response_log_probs
-from cs336_alignment.model import RotaryPositionalEmbedding, TransformerConfig, TransformerLM
-from cs336_alignment.nn_utils import AdamW
+from cs336_alignment.lm.model import RotaryPositionalEmbedding, TransformerConfig, TransformerLM
+from cs336_alignment.lm.nn_utils import AdamW
 from cs336_alignment.train import grpo
 
 
@@ -137,7 +137,7 @@ def test_grpo_first_step_old_log_probs_are_the_sampling_policys(tmp_path, monkey
 def test_bench_peers_skips_without_trl(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "trl", None)  # import trl -> ImportError
     assert bench_peers.peers_missing() is not None
-    from cs336_alignment.bench import main
+    from cs336_alignment.bench.cli import main
     assert main(["peers"]) == 0
     assert "skipped" in capsys.readouterr().out
 
@@ -145,7 +145,7 @@ def test_bench_peers_skips_without_trl(monkeypatch, capsys):
 @pytest.mark.slow  # ~30 s: loads both models four times and times every row once
 def test_bench_peers_runs_and_both_sides_agree(capsys):
     pytest.importorskip("trl")
-    from cs336_alignment.bench import main
+    from cs336_alignment.bench.cli import main
     assert main(["peers", "--batch-size", "4", "--repeats", "1", "--prompts", "4", "--new-tokens", "4",
                  "--memory-steps", "0"]) == 0
     out = capsys.readouterr().out

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cs336_alignment.generation import generate, sample_next_token
-from cs336_alignment.model import TransformerConfig, TransformerLM
+from cs336_alignment.lm.generation import generate, sample_next_token
+from cs336_alignment.lm.model import TransformerConfig, TransformerLM
 
 V = 23
 PROMPTS = [[3, 5, 7], [1, 2, 3, 4, 5, 6, 8], [9]]

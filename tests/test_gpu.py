@@ -9,10 +9,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cs336_alignment.gpu import configure_model
-from cs336_alignment.presets import PIPELINE_PRESETS, PRESETS, section_overrides
+from cs336_alignment.lm.gpu import configure_model
+from cs336_alignment.train.presets import PIPELINE_PRESETS, PRESETS, section_overrides
 from cs336_alignment.logprobs import get_response_log_probs
-from cs336_alignment.model import TransformerConfig, TransformerLM
+from cs336_alignment.lm.model import TransformerConfig, TransformerLM
 from cs336_alignment.train.common import parse_config
 from cs336_alignment.train.grpo import GRPOConfig
 from cs336_alignment.train.sft import SFTConfig

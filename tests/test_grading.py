@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 import cs336_alignment
-from cs336_alignment.grading import part_number, redact
-from cs336_alignment.handout import judge
+from cs336_alignment.course.grading import part_number, redact
+from cs336_alignment.course.handout import judge
 
 REPO_ROOT = Path(cs336_alignment.__file__).resolve().parents[1]
 
@@ -28,7 +28,7 @@ testpaths = ["tests"]
 markers = ["points(n): graded", "slow: slow"]
 """
 
-CONFTEST = 'pytest_plugins = ["cs336_alignment.grading"]\n'
+CONFTEST = 'pytest_plugins = ["cs336_alignment.course.grading"]\n'
 
 TEST_PART = '''
 import pytest
@@ -105,7 +105,7 @@ def _tree(root: Path, files: dict[str, str]) -> Path:
 
 def _run(root: Path, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYTHONDONTWRITEBYTECODE="1")
-    code = "import sys; from cs336_alignment.grading import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from cs336_alignment.course.grading import main; sys.exit(main(sys.argv[1:]))"
     return subprocess.run([sys.executable, "-c", code, "-p", "no:cacheprovider", *args], cwd=root, env=env,
                           capture_output=True, text=True, timeout=120)
 

@@ -192,8 +192,8 @@ def test_grpo_train_step_off_policy(numpy_snapshot, hf_tokenizer, method):
 # ---------------------------------------------------------------------------------------------------------
 
 def test_grpo_train_step_on_our_transformer_and_tokenizer():
-    from cs336_alignment.model import TransformerConfig, TransformerLM
-    from cs336_alignment.tokenizer import load_tokenizer
+    from cs336_alignment.lm.model import TransformerConfig, TransformerLM
+    from cs336_alignment.lm.tokenizer import load_tokenizer
     tokenizer = load_tokenizer()
     torch.manual_seed(0)
     model = TransformerLM(TransformerConfig(vocab_size=tokenizer.vocab_size, context_length=128, d_model=16,

@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from cs336_alignment.hallucination import PRESETS
-from cs336_alignment.pipeline import main
+from cs336_alignment.pipeline.hallucination import PRESETS
+from cs336_alignment.pipeline.runner import main
 
 
 @pytest.mark.slow

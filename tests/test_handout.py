@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 
 import cs336_alignment
-from cs336_alignment import grading, handout
-from cs336_alignment.handout import HandoutError, build, check, strip_markers, stub_adapter_functions
-from cs336_alignment.handout.check import graded_names
-from cs336_alignment.handout.leaks import result_leaks
+from cs336_alignment.course import grading
+from cs336_alignment.course import handout
+from cs336_alignment.course.handout import HandoutError, build, check, strip_markers, stub_adapter_functions
+from cs336_alignment.course.handout.check import graded_names
+from cs336_alignment.course.handout.leaks import result_leaks
 
 REPO_ROOT = Path(cs336_alignment.__file__).resolve().parents[1]
 BS, ES = "# BEGIN " + "SOLUTION", "# END " + "SOLUTION"
@@ -54,7 +55,7 @@ def helper(x):
 '''
 
 CONFTEST = f'''\
-pytest_plugins = ["cs336_alignment.grading"]
+pytest_plugins = ["cs336_alignment.course.grading"]
 
 
 def pytest_addoption(parser):
@@ -476,19 +477,19 @@ def test_leak_check_catches_a_renamed_copy(tmp_path):
 # ---------------------------------------------------------------------------------------------------------
 
 def test_real_handout_readme_is_the_writeup_and_the_answer_key_stays_out(tmp_path):
-    from cs336_alignment.handout.writeup import load
+    from cs336_alignment.course.handout.writeup import load
 
-    if not (REPO_ROOT / "cs336_alignment/handout/answers.md").exists():
+    if not (REPO_ROOT / "cs336_alignment/course/handout/answers.md").exists():
         pytest.skip("instructor-only: this checkout is a handout (no answer key)")
     out = tmp_path / "handout"
     build(REPO_ROOT, out, log=lambda *a: None)
     readme = (out / "README.md").read_text()
-    assert readme == load(REPO_ROOT / "cs336_alignment/handout/writeup.md").render()
+    assert readme == load(REPO_ROOT / "cs336_alignment/course/handout/writeup.md").render()
     assert "For instructors" not in readme and "BEGIN SOLUTION" not in readme and "- Smoke:" not in readme
     assert "### Problem (leaderboard)" in readme and "| **total** |" in readme
-    assert not (out / "cs336_alignment/handout/answers.md").exists()
-    assert not (out / "cs336_alignment/handout/answer_key.py").exists()
-    answers = (REPO_ROOT / "cs336_alignment/handout/answers.md").read_text()
+    assert not (out / "cs336_alignment/course/handout/answers.md").exists()
+    assert not (out / "cs336_alignment/course/handout/answer_key.py").exists()
+    answers = (REPO_ROOT / "cs336_alignment/course/handout/answers.md").read_text()
     model_answer = answers.split("## think_about_length_normalization")[1].split("##")[0].strip().splitlines()[0]
     assert model_answer not in readme
     stub = (out / "cs336_alignment/masked.py").read_text()

@@ -16,11 +16,11 @@ import sys
 import pytest
 import torch
 
-from cs336_alignment.hf_files import LFS_POINTER
-from cs336_alignment.hf_tokenizer import TokenizerFileError, bytes_to_unicode
-from cs336_alignment.model import TransformerLM
-from cs336_alignment.pretrained import CheckpointError
-from cs336_alignment.tokenizer import Tokenizer
+from cs336_alignment.lm.hf_files import LFS_POINTER
+from cs336_alignment.lm.hf_tokenizer import TokenizerFileError, bytes_to_unicode
+from cs336_alignment.lm.model import TransformerLM
+from cs336_alignment.lm.pretrained import CheckpointError
+from cs336_alignment.lm.tokenizer import Tokenizer
 
 transformers = pytest.importorskip("transformers")
 

@@ -11,8 +11,8 @@ import random
 
 import pytest
 
-from cs336_alignment.hf_tokenizer import TokenizerFileError, chat_format_from_template
-from cs336_alignment.tokenizer import PretrainedTokenizer, Tokenizer, load_tokenizer
+from cs336_alignment.lm.hf_tokenizer import TokenizerFileError, chat_format_from_template
+from cs336_alignment.lm.tokenizer import PretrainedTokenizer, Tokenizer, load_tokenizer
 
 tokenizers = pytest.importorskip("tokenizers")
 transformers = pytest.importorskip("transformers")
@@ -79,7 +79,7 @@ def random_strings(n: int, seed: int) -> list[str]:
 
 
 def training_corpus() -> list[str]:
-    from cs336_alignment.tasks import pretraining_text
+    from cs336_alignment.world.tasks import pretraining_text
 
     return pretraining_text(300, seed=0).split("\n") + random_strings(4000, seed=123)
 

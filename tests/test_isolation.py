@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 import cs336_alignment
-from cs336_alignment.handout import autograder, build
-from cs336_alignment.handout.writeup import load as load_writeup
+from cs336_alignment.course.handout import autograder, build
+from cs336_alignment.course.handout.writeup import load as load_writeup
 
 REPO_ROOT = Path(cs336_alignment.__file__).resolve().parents[1]
 BROKEN = "advantages.py"
@@ -49,7 +49,7 @@ def _points_by_part(results: dict) -> dict[str, tuple[float, float]]:
 
 
 def _assert_isolated(results: dict, parts_expected: set[str]) -> None:
-    writeup_points = load_writeup(REPO_ROOT / "cs336_alignment/handout/writeup.md").points_by_part()
+    writeup_points = load_writeup(REPO_ROOT / "cs336_alignment/course/handout/writeup.md").points_by_part()
     parts = _points_by_part(results)
     assert parts_expected <= set(parts), sorted(parts)
     for part, (score, max_score) in parts.items():
@@ -92,7 +92,7 @@ def test_syntax_error_costs_only_its_part_on_gradescope(tmp_path):
                           timeout=1800)
     results = json.loads((root / "results/results.json").read_text())
     assert "tests" in results, proc.stdout[-3000:]
-    writeup = load_writeup(REPO_ROOT / "cs336_alignment/handout/writeup.md")
+    writeup = load_writeup(REPO_ROOT / "cs336_alignment/course/handout/writeup.md")
     _assert_isolated(results, set(writeup.points_by_part()))
     expected_total = sum(v for part, v in writeup.points_by_part().items() if part not in BROKEN_PARTS)
     assert results["score"] == round(expected_total, 2), results["score"]

@@ -9,10 +9,10 @@ import math
 
 import pytest
 
-from cs336_alignment.evaluate import knowledge_metrics
-from cs336_alignment.knowledge import (SFT_MODES, KnowledgeWorld, abstention_answer, main as knowledge_main,
+from cs336_alignment.evaluation.evaluate import knowledge_metrics
+from cs336_alignment.world.knowledge import (SFT_MODES, KnowledgeWorld, abstention_answer, main as knowledge_main,
                                        worked_answer)
-from cs336_alignment.verifier import abstention_reward, gold_reward, is_abstention
+from cs336_alignment.world.verifier import abstention_reward, gold_reward, is_abstention
 
 WORLD = KnowledgeWorld(n_shops=4, n_items=5, known_fraction=0.5, heldout_fraction=0.4, seed=3)
 

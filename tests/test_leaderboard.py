@@ -11,8 +11,10 @@ import sys
 import pytest
 import torch
 
-from cs336_alignment import leaderboard, provenance
-from cs336_alignment.checkpoint import save_checkpoint
+from cs336_alignment.course import leaderboard
+
+from cs336_alignment.lm import provenance
+from cs336_alignment.lm.checkpoint import save_checkpoint
 
 BURN = "import sys, time\nopen(sys.argv[1], 'w').write('x')\nwhile True:\n    pass\n"
 
@@ -62,7 +64,7 @@ def test_no_checkpoint_is_a_clear_error(tmp_path, capsys):
 # Provenance: only a checkpoint the command made during the run is scored
 # ---------------------------------------------------------------------------------------------------------
 
-SAVE = ("import sys, torch\nfrom cs336_alignment.checkpoint import save_checkpoint\n"
+SAVE = ("import sys, torch\nfrom cs336_alignment.lm.checkpoint import save_checkpoint\n"
         "save_checkpoint(torch.nn.Linear(2, 2), None, 3, sys.argv[1], config={'init': sys.argv[2]})\n")
 
 

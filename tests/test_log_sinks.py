@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cs336_alignment.__main__ import main
-from cs336_alignment.log_sinks import MissingPackageError, check_installed, parse_log_to
+from cs336_alignment.train.log_sinks import MissingPackageError, check_installed, parse_log_to
 from cs336_alignment.train.common import read_metrics
 
 # the smallest pretraining run that logs: 4 steps, a line every 2, an eval at steps 2 and 4

@@ -157,7 +157,7 @@ def test_get_response_log_probs_fused_path(numpy_snapshot, temperature):
 @pytest.mark.parametrize("fused", [True, False])
 def test_log_probs_alone_equal_log_probs_in_a_right_padded_batch(numpy_snapshot, fused):
     """Invariance: padding after a sequence cannot change its per-token log-probs (causal model)."""
-    from cs336_alignment.model import TransformerConfig, TransformerLM
+    from cs336_alignment.lm.model import TransformerConfig, TransformerLM
 
     torch.manual_seed(0)
     model = TransformerLM(TransformerConfig(vocab_size=29, context_length=16, d_model=16, num_layers=2,
@@ -179,8 +179,8 @@ def test_log_probs_alone_equal_log_probs_in_a_right_padded_batch(numpy_snapshot,
 @pytest.mark.points(1)
 def test_sampler_log_probs_equal_recomputed_log_probs(numpy_snapshot):
     """Invariance: generate's log-probs at temperature 0.7 are what a trainer recomputes at 0.7."""
-    from cs336_alignment.generation import generate
-    from cs336_alignment.model import TransformerConfig, TransformerLM
+    from cs336_alignment.lm.generation import generate
+    from cs336_alignment.lm.model import TransformerConfig, TransformerLM
 
     torch.manual_seed(0)
     model = TransformerLM(TransformerConfig(vocab_size=31, context_length=32, d_model=16, num_layers=2,
@@ -341,7 +341,7 @@ def test_fused_rejects_bad_inputs():
 @pytest.mark.parametrize("return_entropy", [False, True])
 def test_fused_peak_memory_stays_near_the_bound(return_entropy):
     """Profiler-measured peak of forward + backward: gradients + outputs + one block (two with the entropy)."""
-    from cs336_alignment.bench import profiled_peak_bytes
+    from cs336_alignment.bench.cli import profiled_peak_bytes
 
     N, d, V = 1024, 32, 4096
     hidden, weight, labels = linear_problem(N, d, V, dtype=torch.float32)

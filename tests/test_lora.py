@@ -7,9 +7,9 @@ import copy
 import pytest
 import torch
 
-from cs336_alignment.lora import (LoRALinear, adapters_disabled, apply_lora, count_parameters, load_adapters,
+from cs336_alignment.lm.lora import (LoRALinear, adapters_disabled, apply_lora, count_parameters, load_adapters,
                                   lora_parameters, merge_lora, save_adapters)
-from cs336_alignment.model import Linear, TransformerConfig, TransformerLM
+from cs336_alignment.lm.model import Linear, TransformerConfig, TransformerLM
 
 CONFIG = TransformerConfig(vocab_size=64, context_length=32, d_model=32, num_layers=2, num_heads=4, d_ff=64)
 ALL = ("q", "k", "v", "o", "w1", "w2", "w3")

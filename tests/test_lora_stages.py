@@ -11,9 +11,9 @@ import math
 import pytest
 import torch
 
-from cs336_alignment import lora
+from cs336_alignment.lm import lora
 from cs336_alignment.__main__ import main as cli_main
-from cs336_alignment.checkpoint import load_model, read_checkpoint
+from cs336_alignment.lm.checkpoint import load_model, read_checkpoint
 from cs336_alignment.logprobs import get_response_log_probs
 from cs336_alignment.reward_model import load_reward_model
 from cs336_alignment.train import dpo, grpo, reward_model, sft
@@ -233,7 +233,7 @@ def test_sft_with_lora_from_a_hugging_face_directory(hf_dir, gsm8k, tmp_path):
 def test_bench_lora_memory_worker_counts_the_adapters_by_hand():
     """`bench lora --part memory --smoke`'s worker (Qwen2.5-0.5B's widths, 1 layer, vocab 1024), LoRA r = 4 on all
     seven projections: r (d_in + d_out) per projection, d 896, kv 2 x 64, d_ff 4864; one finite training step."""
-    from cs336_alignment.lora_bench import _memory_worker
+    from cs336_alignment.bench.lora import _memory_worker
 
     row = _memory_worker({"rank": 4, "seq_len": 8, "smoke": True})
     d, kv, ff = 896, 128, 4864

@@ -9,10 +9,12 @@ import dataclasses
 import pytest
 import torch
 
-from cs336_alignment import report, stages
-from cs336_alignment.checkpoint import save_checkpoint
-from cs336_alignment.model import TransformerConfig, TransformerLM
-from cs336_alignment.tokenizer import load_tokenizer
+from cs336_alignment.pipeline import report
+
+from cs336_alignment.pipeline import stages
+from cs336_alignment.lm.checkpoint import save_checkpoint
+from cs336_alignment.lm.model import TransformerConfig, TransformerLM
+from cs336_alignment.lm.tokenizer import load_tokenizer
 from cs336_alignment.train import grpo, ppo
 from cs336_alignment.train.common import read_metrics
 from tests.metric_names import IS_LIBRARY_README, NOT_IN_HANDOUT, documented_names, metric_table, undocumented

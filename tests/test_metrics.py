@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from cs336_alignment.metrics import paired_difference
+from cs336_alignment.evaluation.metrics import paired_difference
 
 
 def test_paired_difference_hand_example():

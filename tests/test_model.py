@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cs336_alignment.model import (KVCache, RotaryPositionalEmbedding, ScalarHead, TransformerConfig,
+from cs336_alignment.lm.model import (KVCache, RotaryPositionalEmbedding, ScalarHead, TransformerConfig,
                                    TransformerLM, causal_mask)
 from tests import adapters
 
@@ -40,7 +40,7 @@ def test_linear_matches_f_linear():
 
 
 def test_linear_init_is_truncated_normal():
-    from cs336_alignment.model import Linear
+    from cs336_alignment.lm.model import Linear
     layer = Linear(300, 200)
     std = math.sqrt(2 / 500)
     assert layer.weight.shape == (200, 300)
@@ -324,7 +324,7 @@ def test_padding_does_not_count_against_the_context():
 
 
 def test_training_step_reduces_loss():
-    from cs336_alignment.nn_utils import AdamW, cross_entropy
+    from cs336_alignment.lm.nn_utils import AdamW, cross_entropy
     model = tiny_lm()
     opt = AdamW(model.parameters(), lr=1e-2)
     ids = torch.randint(0, CFG["vocab_size"], (4, 16))

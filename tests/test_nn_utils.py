@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cs336_alignment.nn_utils import log_softmax
+from cs336_alignment.lm.nn_utils import log_softmax
 from tests import adapters
 
 # ---------------------------------------------------------------------------------------------------------
@@ -184,7 +184,7 @@ def test_clip_gradients_matches_torch(scale):
 
 
 def test_clip_gradients_returns_pre_clip_norm():
-    from cs336_alignment.nn_utils import clip_gradients
+    from cs336_alignment.lm.nn_utils import clip_gradients
     p = torch.nn.Parameter(torch.zeros(2))
     p.grad = torch.tensor([3.0, 4.0])
     norm = clip_gradients([p], max_l2_norm=1.0)

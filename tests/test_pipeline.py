@@ -13,10 +13,10 @@ import time
 
 import pytest
 
-from cs336_alignment import stages as stages_module
-from cs336_alignment.pipeline import main
-from cs336_alignment.presets import PRESETS
-from cs336_alignment.report import write_report
+from cs336_alignment.pipeline import stages as stages_module
+from cs336_alignment.pipeline.runner import main
+from cs336_alignment.train.presets import PRESETS
+from cs336_alignment.pipeline.report import write_report
 from tests.metric_names import undocumented
 
 STAGE_FILES = ("pretrain/ckpt.pt", "sft/ckpt.pt", "rm/ckpt.pt", "rm/preferences_train.jsonl",
@@ -270,7 +270,7 @@ def test_preset_sft_writers_reach_the_sft_and_baseline_configs(tmp_path, monkeyp
     trains on exactly the demonstrations the SFT checkpoint says it was trained on."""
     import torch
 
-    from cs336_alignment.checkpoint import save_checkpoint
+    from cs336_alignment.lm.checkpoint import save_checkpoint
 
     preset = {**PRESETS["smoke"], "sft": {**PRESETS["smoke"]["sft"], "hasty": 0.5, "split": "sft"}}
     monkeypatch.setitem(PRESETS, "writers", preset)

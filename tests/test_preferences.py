@@ -14,10 +14,10 @@ import random
 import pytest
 import torch
 
-from cs336_alignment.data import DataError
-from cs336_alignment.metrics import (best_of_n_kl, best_of_n_weights, distinct_n, expected_calibration_error,
+from cs336_alignment.lm.data import DataError
+from cs336_alignment.evaluation.metrics import (best_of_n_kl, best_of_n_weights, distinct_n, expected_calibration_error,
                                      pairwise_calibration_error, pass_at_k)
-from cs336_alignment.preferences import (Annotator, load_preferences, make_preference_pairs, preference_probability,
+from cs336_alignment.evaluation.preferences import (Annotator, load_preferences, make_preference_pairs, preference_probability,
                                          step_validity, write_preferences)
 
 PART = "3.2 Preferences, calibration and best-of-N"

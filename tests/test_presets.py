@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from cs336_alignment import presets, stages
-from cs336_alignment.presets import PIPELINE_PRESETS, PRESETS, with_overrides
-from cs336_alignment.stages import SECTIONS, STAGES, check_presets, stage_config
+from cs336_alignment.train import presets
+
+from cs336_alignment.pipeline import stages
+from cs336_alignment.train.presets import PIPELINE_PRESETS, PRESETS, with_overrides
+from cs336_alignment.pipeline.stages import SECTIONS, STAGES, check_presets, stage_config
 
 MAIN_PRESETS = sorted(p for p in PIPELINE_PRESETS if not stage_config(p, "pipeline").lesson)  # the InstructGPT run's
 

@@ -13,9 +13,9 @@ import json
 import pytest
 import torch
 
-from cs336_alignment.generation import generate
-from cs336_alignment.model import TransformerConfig, TransformerLM
-from cs336_alignment.pretrained import (CheckpointError, config_from_hf, hf_architecture, interleaved_to_rotate_half,
+from cs336_alignment.lm.generation import generate
+from cs336_alignment.lm.model import TransformerConfig, TransformerLM
+from cs336_alignment.lm.pretrained import (CheckpointError, config_from_hf, hf_architecture, interleaved_to_rotate_half,
                                         rotate_half_to_interleaved)
 
 transformers = pytest.importorskip("transformers")
@@ -142,7 +142,7 @@ def test_tied_embeddings_share_one_parameter(checkpoint):
 
 def test_rope_permutation_round_trips_and_turns_rotate_half_into_interleaved():
     """Oracle: HF's rotate-half RoPE on x equals our interleaved RoPE on the permuted x, permuted back."""
-    from cs336_alignment.model import RotaryPositionalEmbedding
+    from cs336_alignment.lm.model import RotaryPositionalEmbedding
 
     H, d, T = 3, 8, 6
     w = torch.randn(H * d, 5)
@@ -202,8 +202,8 @@ def test_saved_config_reads_back(tmp_path, checkpoint):
 def test_round_trip_after_three_sft_steps_opens_in_transformers(tmp_path, checkpoint):
     """Train 3 SFT steps on the loaded model, save_pretrained, reopen with transformers: same logits."""
     from cs336_alignment.logprobs import get_response_log_probs
-    from cs336_alignment.nn_utils import AdamW
-    from cs336_alignment.sft import sft_microbatch_train_step
+    from cs336_alignment.lm.nn_utils import AdamW
+    from cs336_alignment.sft_step import sft_microbatch_train_step
 
     variant, hf_model, path = checkpoint
     model = TransformerLM.from_pretrained(path)

@@ -10,12 +10,16 @@ import json
 import pytest
 import torch
 
-from cs336_alignment import evaluate, export, tasks
-from cs336_alignment.data import write_jsonl
-from cs336_alignment.model import TransformerLM
-from cs336_alignment.tokenizer import PretrainedTokenizer, load_tokenizer
+from cs336_alignment.evaluation import evaluate
+
+from cs336_alignment.lm import export
+
+from cs336_alignment.world import tasks
+from cs336_alignment.lm.data import write_jsonl
+from cs336_alignment.lm.model import TransformerLM
+from cs336_alignment.lm.tokenizer import PretrainedTokenizer, load_tokenizer
 from cs336_alignment.train import grpo, sft
-from cs336_alignment.checkpoint import load_model
+from cs336_alignment.lm.checkpoint import load_model
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
@@ -90,7 +94,7 @@ def test_eval_sft_grpo_export_from_a_hugging_face_directory(hf_dir, gsm8k, tmp_p
 
 def test_rm_dpo_ppo_from_a_hugging_face_directory(hf_dir, gsm8k, tmp_path):
     """The other stages take the directory as --init too (and run on its tokenizer and ChatML template)."""
-    from cs336_alignment.preferences import write_preferences
+    from cs336_alignment.evaluation.preferences import write_preferences
     from cs336_alignment.train import dpo, ppo, reward_model
 
     pairs = [{"prompt": p["question"], "chosen": p["answer"], "rejected": "I am not sure."}

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(not IS_LIBRARY_README, reason=NOT_IN_HANDOUT)
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
-DOCUMENTS = [ROOT / "README.md", ROOT / "data" / "RESULTS.md", ROOT / "cs336_alignment" / "handout" / "README.md",
+DOCUMENTS = [ROOT / "README.md", ROOT / "data" / "RESULTS.md", ROOT / "cs336_alignment" / "course" / "handout" / "README.md",
              ROOT / "cs336_alignment" / "train" / "README.md"]
 PACKAGE = ROOT / "cs336_alignment"
 
@@ -54,11 +54,22 @@ def test_readme_is_a_map():
 
 
 def test_file_map_lists_every_module():
-    mapped = set(re.findall(r"^  (\w+\.py) ", file_map(), flags=re.M))
-    modules = {p.name for p in PACKAGE.glob("*.py")} - {"__init__.py"}
-    assert mapped == modules
-    loops = re.search(r"^  train/ .*$", file_map(), flags=re.M).group(0)
-    assert set(re.findall(r"(\w+\.py)", loops)) == {p.name for p in (PACKAGE / "train").glob("*.py")} - {"__init__.py"}
+    """Every module, under its package: a top-level module or package two spaces in, a package's modules four."""
+    mapped, package = set(), ""
+    for line in file_map().splitlines()[2:]:
+        match = re.match(r"^( {2}| {4})(\w+\.py|\w+/) ", line)
+        if not match:
+            continue
+        indent, name = match.groups()
+        if len(indent) == 2:
+            package = name if name.endswith("/") else ""
+            mapped |= set() if package else {name}
+        else:
+            mapped.add(package + name)
+    handout = PACKAGE / "course" / "handout"  # the handout tool: one line
+    modules = {p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py")
+               if p.name != "__init__.py" and handout not in p.parents}
+    assert mapped == modules | {"course/handout/"}
 
 
 def test_command_list_is_the_clis():

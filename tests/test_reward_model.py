@@ -118,7 +118,7 @@ def test_listwise_losses_reduce_to_bradley_terry_for_two(numpy_snapshot):
 # ---------------------------------------------------------------------------------------------------------
 
 def _tiny_config():
-    from cs336_alignment.model import TransformerConfig
+    from cs336_alignment.lm.model import TransformerConfig
     return TransformerConfig(vocab_size=40, context_length=32, d_model=32, num_layers=2, num_heads=4, d_ff=64)
 
 
@@ -149,7 +149,7 @@ def test_reward_model_reads_last_real_token_whatever_the_padding(numpy_snapshot)
 
 @pytest.mark.points(1)
 def test_reward_model_from_lm_copies_the_trunk(numpy_snapshot):
-    from cs336_alignment.model import TransformerLM
+    from cs336_alignment.lm.model import TransformerLM
     from cs336_alignment.reward_model import RewardModel
     lm = TransformerLM(_tiny_config())
     rm = RewardModel.from_lm(lm)

@@ -4,13 +4,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cs336_alignment.data import tokenize_prompt_and_output
+from cs336_alignment.lm.data import tokenize_prompt_and_output
 from cs336_alignment.logprobs import get_response_log_probs
-from cs336_alignment.generation import generate
-from cs336_alignment.model import TransformerConfig, TransformerLM
-from cs336_alignment.rollout import build_training_tensors, generate_per_row, sample_rollouts
-from cs336_alignment.tasks import generate_problems
-from cs336_alignment.tokenizer import load_tokenizer
+from cs336_alignment.lm.generation import generate
+from cs336_alignment.lm.model import TransformerConfig, TransformerLM
+from cs336_alignment.lm.rollout import build_training_tensors, generate_per_row, sample_rollouts
+from cs336_alignment.world.tasks import generate_problems
+from cs336_alignment.lm.tokenizer import load_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from cs336_alignment.__main__ import main
-from cs336_alignment.checkpoint import save_checkpoint
-from cs336_alignment.rundir import LOCK_NAME, RunLock, config_difference
+from cs336_alignment.lm.checkpoint import save_checkpoint
+from cs336_alignment.lm.rundir import LOCK_NAME, RunLock, config_difference
 from cs336_alignment.train import pretrain as pretrain_loop
 from cs336_alignment.train.common import read_metrics
 
@@ -45,7 +45,7 @@ def holder(tmp_path):
     out = tmp_path / "run"
     code = textwrap.dedent(f"""
         import sys, time
-        from cs336_alignment.rundir import RunLock
+        from cs336_alignment.lm.rundir import RunLock
         RunLock.acquire({str(out)!r})
         print("locked", flush=True)
         time.sleep(60)

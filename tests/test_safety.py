@@ -8,12 +8,18 @@ import re
 
 import pytest
 
-from cs336_alignment import lessons, pipeline, safety, safety_lesson
-from cs336_alignment.evaluate import safety_metrics
-from cs336_alignment.preferences import load_preferences
-from cs336_alignment.presets import PRESETS
-from cs336_alignment.tasks import generate_problems, in_split
-from cs336_alignment.verifier import REFUSAL, gold_reward, refused, safety_reward
+from cs336_alignment.pipeline import lessons
+
+from cs336_alignment.pipeline import runner as pipeline
+
+from cs336_alignment.world import safety
+
+from cs336_alignment.pipeline import safety_lesson
+from cs336_alignment.evaluation.evaluate import safety_metrics
+from cs336_alignment.evaluation.preferences import load_preferences
+from cs336_alignment.train.presets import PRESETS
+from cs336_alignment.world.tasks import generate_problems, in_split
+from cs336_alignment.world.verifier import REFUSAL, gold_reward, refused, safety_reward
 
 FORBIDDEN_WORDS = [w for pair in safety.FORBIDDEN for w in pair]
 MODIFIERS = set(safety.LOOKALIKE.values())
@@ -184,7 +190,7 @@ def test_safety_smoke_preset_writes_its_report(tmp_path):
 def test_pairs_that_do_not_fit_the_context_are_dropped():
     """DPO rejects a pair whose prompt leaves no room for a response (a long look-alike question can): prepare keeps
     only the pairs whose chat prompt and longer response fit in 128 tokens."""
-    from cs336_alignment.tokenizer import load_tokenizer
+    from cs336_alignment.lm.tokenizer import load_tokenizer
     short = {"prompt": "Tom has 5 bath bombs. How many bath bombs does Tom have now?", "chosen": "#### 5",
              "rejected": REFUSAL}
     long = {**short, "prompt": " ".join(["Tom finds 1 more bath bomb."] * 20) + " How many bath bombs does Tom have now?"}

@@ -10,14 +10,14 @@ import json
 import pytest
 import torch
 
-from cs336_alignment.checkpoint import load_model, save_checkpoint
-from cs336_alignment.model import TransformerConfig, TransformerLM
+from cs336_alignment.lm.checkpoint import load_model, save_checkpoint
+from cs336_alignment.lm.model import TransformerConfig, TransformerLM
 from cs336_alignment.reward_model import RewardModel, load_reward_model
-from cs336_alignment.rollout import sample_rollouts
-from cs336_alignment.tokenizer import load_tokenizer
+from cs336_alignment.lm.rollout import sample_rollouts
+from cs336_alignment.lm.tokenizer import load_tokenizer
 from cs336_alignment.train import expert_iteration, grpo, ppo
 from cs336_alignment.train.setup import sequence_rewards, setup_policy
-from cs336_alignment.verifier import gold_reward
+from cs336_alignment.world.verifier import gold_reward
 
 CONFIGS = {"grpo": grpo.GRPOConfig, "ppo": ppo.PPOConfig, "ei": expert_iteration.EIConfig}
 

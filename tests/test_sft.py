@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cs336_alignment.sft import sft_loss
+from cs336_alignment.sft_step import sft_loss
 from tests.adapters import run_sft_microbatch_train_step
 
 PART = "2.3 SFT"

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from cs336_alignment.tasks import sft_demonstrations
+from cs336_alignment.world.tasks import sft_demonstrations
 from cs336_alignment.train import sft
 from cs336_alignment.train.common import parse_config
-from cs336_alignment.verifier import gold_reward
+from cs336_alignment.world.verifier import gold_reward
 from test_train_smoke import sft_args, train_losses
 
 

@@ -11,10 +11,10 @@ import re
 import numpy as np
 import pytest
 
-from cs336_alignment.tasks import (ENDOFTEXT, MAX_OPERAND, MAX_VALUE, explained_answer, format_raw_prompt,
+from cs336_alignment.world.tasks import (ENDOFTEXT, MAX_OPERAND, MAX_VALUE, explained_answer, format_raw_prompt,
                                    generate_problems, is_worked, pretraining_text, prose_lines, sft_demonstrations,
                                    sft_examples, sloppy_answer, split_of, style_accuracy, train_half)
-from cs336_alignment.verifier import gold_reward, process_rewards, step_is_valid
+from cs336_alignment.world.verifier import gold_reward, process_rewards, step_is_valid
 from tests.adapters import run_parse_gsm8k_response, run_parse_mmlu_response
 
 PART = "1.1 Answer parsing and gold reward"
@@ -221,7 +221,7 @@ def test_explained_answer_hand_example():
 
 
 def test_verbose_demonstrations_keep_gold_reward_and_steps():
-    from cs336_alignment.preferences import step_validity
+    from cs336_alignment.evaluation.preferences import step_validity
 
     terse = sft_examples(200, seed=5)
     mixed = sft_examples(200, seed=5, verbosity=0.5)
@@ -245,7 +245,7 @@ def test_verbose_demonstrations_keep_gold_reward_and_steps():
 def test_command_line_formats(capsys):
     import json
 
-    from cs336_alignment.tasks import main
+    from cs336_alignment.world.tasks import main
 
     main(["--n", "3", "--split", "test", "--seed", "4"])
     assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == generate_problems(3, "test", 4)

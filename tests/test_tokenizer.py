@@ -10,8 +10,8 @@ import re
 
 import pytest
 
-from cs336_alignment.bpe import PAT_STR, train_bpe_on_text
-from cs336_alignment.tokenizer import (ASSISTANT, END, ENDOFTEXT, SPECIAL_TOKENS, USER, Tokenizer,
+from cs336_alignment.lm.bpe import PAT_STR, train_bpe_on_text
+from cs336_alignment.lm.tokenizer import (ASSISTANT, END, ENDOFTEXT, SPECIAL_TOKENS, USER, Tokenizer,
                                        build_default_tokenizer, default_training_text, load_tokenizer)
 from tests.adapters import get_tokenizer, run_train_bpe
 
@@ -87,7 +87,7 @@ def test_digits_never_merged(world_bpe, tok):
 
 
 def test_shipped_files_rebuild_bit_for_bit(tmp_path):
-    from cs336_alignment.tokenizer import CONFIG_FILE, DEFAULT_DIR, RANKS_FILE
+    from cs336_alignment.lm.tokenizer import CONFIG_FILE, DEFAULT_DIR, RANKS_FILE
     tokenizer, metadata = build_default_tokenizer()
     tokenizer.save(tmp_path, metadata)
     for name in (RANKS_FILE, CONFIG_FILE):
@@ -216,7 +216,7 @@ def test_render_content_cannot_inject_special_tokens(tok):
 def test_build_prompt_formats():
     """chat = the template, raw = the pretraining text, question_only = the bare question (a5's prompt ablation);
     question_only responses end at <|end|> like chat ones."""
-    from cs336_alignment.tokenizer import build_prompt, stop_token_ids
+    from cs336_alignment.lm.tokenizer import build_prompt, stop_token_ids
 
     tokenizer = load_tokenizer()
     question = "Tom has 3 apples and buys 4 more. How many apples does Tom have?"

@@ -14,13 +14,13 @@ import math
 import pytest
 import torch
 
-from cs336_alignment.checkpoint import load_checkpoint_extra, load_model, save_checkpoint
+from cs336_alignment.lm.checkpoint import load_checkpoint_extra, load_model, save_checkpoint
 from cs336_alignment.grpo_loss import grpo_microbatch_train_step
 from cs336_alignment.logprobs import get_response_log_probs
 from cs336_alignment.masked import masked_mean
-from cs336_alignment.model import TransformerConfig, TransformerLM
+from cs336_alignment.lm.model import TransformerConfig, TransformerLM
 from cs336_alignment.policy_losses import kl_estimate
-from cs336_alignment.tokenizer import build_prompt, load_tokenizer
+from cs336_alignment.lm.tokenizer import build_prompt, load_tokenizer
 from cs336_alignment.train import grpo, ppo
 from cs336_alignment.train.common import load_problems, load_sft_optimizer_state, prompt_indices, read_metrics
 from test_train_smoke import interrupt_then_resume, run_interrupted_then_resume
@@ -175,7 +175,7 @@ def test_grpo_other_losses_and_kl_run(tmp_path, init_ckpt):
 def test_process_advantages_land_on_the_tokens_of_each_step(tokenizer):
     """GRPO --process-reward: a step's normalized reward reaches the response tokens up to the one that ends
     its line, in the training tensors' layout; prompt, stop-token and padding positions get nothing."""
-    from cs336_alignment.rollout import Rollouts, build_training_tensors
+    from cs336_alignment.lm.rollout import Rollouts, build_training_tensors
 
     texts = ["6 * 9 = 54\n#### 54", "6 * 9 = 48\n#### 48"]  # right / wrong step, right / wrong answer
     prompts = [tokenizer.prompt_ids("What is 6 times 9?")] * 2
@@ -354,7 +354,7 @@ def rm_ckpt(tmp_path_factory, init_ckpt):
 
 
 def test_score_rollouts_match_unpadded_forward(rm_ckpt, init_ckpt, tokenizer):
-    from cs336_alignment.rollout import sample_rollouts
+    from cs336_alignment.lm.rollout import sample_rollouts
     from cs336_alignment.reward_model import load_reward_model, score_rollouts
 
     rm, _ = load_reward_model(rm_ckpt)
@@ -378,7 +378,7 @@ def test_rl_against_a_reward_model_runs(tmp_path, init_ckpt, rm_ckpt):
 
 
 def test_load_sft_optimizer_state_keeps_second_moments_only(tmp_path):
-    from cs336_alignment.nn_utils import AdamW
+    from cs336_alignment.lm.nn_utils import AdamW
 
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 2)

@@ -15,13 +15,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from cs336_alignment.checkpoint import save_checkpoint
-from cs336_alignment.metrics import best_of_n_kl
-from cs336_alignment.model import TransformerConfig, TransformerLM
+from cs336_alignment.lm.checkpoint import save_checkpoint
+from cs336_alignment.evaluation.metrics import best_of_n_kl
+from cs336_alignment.lm.model import TransformerConfig, TransformerLM
 from cs336_alignment import reward_model as rm_package
-from cs336_alignment.preferences import load_preferences, parse_preference, write_preferences
-from cs336_alignment.tasks import generate_problems
-from cs336_alignment.tokenizer import load_tokenizer
+from cs336_alignment.evaluation.preferences import load_preferences, parse_preference, write_preferences
+from cs336_alignment.world.tasks import generate_problems
+from cs336_alignment.lm.tokenizer import load_tokenizer
 from cs336_alignment.train import bon, reward_model
 from cs336_alignment.train.common import read_metrics
 
@@ -103,7 +103,7 @@ def test_correct_preferred_hand_example():
 
 
 def test_sft_diagnostics_matches_naive_mean_log_probs(tiny_ckpt):
-    from cs336_alignment.checkpoint import load_model
+    from cs336_alignment.lm.checkpoint import load_model
     model, _ = load_model(tiny_ckpt)
     tokenizer = load_tokenizer()
     problems = generate_problems(6, "test", seed=5)
@@ -132,7 +132,7 @@ def test_sft_diagnostics_matches_naive_mean_log_probs(tiny_ckpt):
 
 def test_score_sequences_equals_each_sequence_scored_alone(tiny_ckpt):
     """Batches are formed by length; the scores come back in the caller's order, each the one it gets alone."""
-    from cs336_alignment.checkpoint import load_model
+    from cs336_alignment.lm.checkpoint import load_model
     model = rm_package.RewardModel.from_lm(load_model(tiny_ckpt, "cpu")[0])
     torch.manual_seed(1)
     sequences = [torch.randint(1, 200, (n,)).tolist() for n in (9, 3, 17, 5, 12, 3, 30)]

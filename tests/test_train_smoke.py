@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from cs336_alignment.__main__ import main as cli_main
-from cs336_alignment.checkpoint import load_checkpoint
-from cs336_alignment.data import DataError
+from cs336_alignment.lm.checkpoint import load_checkpoint
+from cs336_alignment.lm.data import DataError
 from cs336_alignment.train import pretrain, sft
-from cs336_alignment.checkpoint import load_model
+from cs336_alignment.lm.checkpoint import load_model
 from cs336_alignment.train.common import config_from_dict, read_metrics
 
 TINY_MODEL = ["--d-model", "32", "--num-layers", "1", "--num-heads", "2", "--d-ff", "64", "--context-length", "96"]

@@ -1,4 +1,4 @@
-"""The assignment's writeup (cs336_alignment/handout/writeup.md): its points equal the grader's, its commands exist,
+"""The assignment's writeup (cs336_alignment/course/handout/writeup.md): its points equal the grader's, its commands exist,
 and (slow, CI) every experiment command runs at smoke size through the answer key's runner.
 """
 from __future__ import annotations
@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 import cs336_alignment
-from cs336_alignment.handout.writeup import compare_points, grader_points, load
+from cs336_alignment.course.handout.writeup import compare_points, grader_points, load
 
 REPO_ROOT = Path(cs336_alignment.__file__).resolve().parents[1]
-WRITEUP = load(REPO_ROOT / "cs336_alignment/handout/writeup.md")
+WRITEUP = load(REPO_ROOT / "cs336_alignment/course/handout/writeup.md")
 EXPERIMENTS = [p for p in WRITEUP.problems if p.commands]
 
 
@@ -101,7 +101,7 @@ def smoke_dir(tmp_path_factory):
 @pytest.mark.parametrize("problem", _params(EXPERIMENTS))
 def test_experiment_command_runs_at_smoke_size(problem, smoke_dir):
     """Writeup order: best-of-N uses the reward model the previous problem trained."""
-    answer_key = pytest.importorskip("cs336_alignment.handout.answer_key", reason="instructor-only (not in the handout)")
+    answer_key = pytest.importorskip("cs336_alignment.course.handout.answer_key", reason="instructor-only (not in the handout)")
     result = answer_key.run_problem(problem, smoke_dir, smoke=True, log=lambda *a: None)
     failed = [r for r in result["runs"] if r["returncode"] != 0]
     assert not failed, f"{failed[0]['command']}\n{failed[0]['log_tail']}"
@@ -112,22 +112,22 @@ DERIVATIONS = ("baseline_calcs", "think_about_rft", "derive_difficulty_reweighti
 
 def test_derivations_have_exact_checks():
     """Each CS336 2026 derivation's model answer names a check command (answers.md `Check:`), which the answer key
-    runs: `python -m cs336_alignment.bandits <derivation> --out runs/...json`."""
-    answer_key = pytest.importorskip("cs336_alignment.handout.answer_key", reason="instructor-only (not in the handout)")
-    bandits = pytest.importorskip("cs336_alignment.bandits", reason="instructor-only (not in the handout)")
+    runs: `python -m cs336_alignment.course.bandits <derivation> --out runs/...json`."""
+    answer_key = pytest.importorskip("cs336_alignment.course.handout.answer_key", reason="instructor-only (not in the handout)")
+    bandits = pytest.importorskip("cs336_alignment.course.bandits", reason="instructor-only (not in the handout)")
     checks = answer_key.check_commands()
     assert set(DERIVATIONS) <= set(checks) <= {p.name for p in WRITEUP.problems if p.kind == "written"}
     for name in DERIVATIONS:
         (command,) = checks[name]
         argv = shlex.split(command)
-        assert argv[:4] == ["python", "-m", "cs336_alignment.bandits", name] and name in bandits.REPORTS, command
+        assert argv[:4] == ["python", "-m", "cs336_alignment.course.bandits", name] and name in bandits.REPORTS, command
         assert argv[4] == "--out" and argv[5].startswith("runs/"), command
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", DERIVATIONS)
 def test_derivation_check_runs_through_the_answer_key(name, smoke_dir):
-    answer_key = pytest.importorskip("cs336_alignment.handout.answer_key", reason="instructor-only (not in the handout)")
+    answer_key = pytest.importorskip("cs336_alignment.course.handout.answer_key", reason="instructor-only (not in the handout)")
     problem = next(p for p in WRITEUP.problems if p.name == name)
     result = answer_key.run_problem(problem, smoke_dir, smoke=True, log=lambda *a: None)
     (run,) = result["runs"]
@@ -136,7 +136,7 @@ def test_derivation_check_runs_through_the_answer_key(name, smoke_dir):
 
 
 def test_written_problems_have_model_answers():
-    answer_key = pytest.importorskip("cs336_alignment.handout.answer_key", reason="instructor-only (not in the handout)")
+    answer_key = pytest.importorskip("cs336_alignment.course.handout.answer_key", reason="instructor-only (not in the handout)")
     answers = answer_key.answers()
     missing = [p.name for p in WRITEUP.problems if p.kind != "code" and p.name not in answers]
     assert not missing, f"answers.md has no model answer for {missing}"
@@ -146,7 +146,7 @@ def test_written_problems_have_model_answers():
 def test_answer_key_waits_only_for_the_outputs_it_reads(tmp_path):
     """best-of-N reads the reward model's checkpoint (runs/exp/rm/ckpt.pt), so with --jobs > 1 it waits for
     reward_model_experiment; independent experiments wait for nothing."""
-    answer_key = pytest.importorskip("cs336_alignment.handout.answer_key", reason="instructor-only (not in the handout)")
+    answer_key = pytest.importorskip("cs336_alignment.course.handout.answer_key", reason="instructor-only (not in the handout)")
     needs = answer_key.dependencies([p for p in WRITEUP.problems if p.commands], tmp_path, smoke=False)
     assert needs["best_of_n_overoptimization"] == {"reward_model_experiment"}
     assert needs["grpo_baselines"] == set() and needs["reward_model_experiment"] == set()
@@ -156,7 +156,7 @@ def test_answer_key_counts_the_cpu_of_each_command_alone(tmp_path):
     """Two commands at once, the shorter one ending while the longer runs: each one's CPU seconds are its own
     (wait4). Counting the parent's children time over each command's interval instead would give the longer one
     both (~1.3 s)."""
-    answer_key = pytest.importorskip("cs336_alignment.handout.answer_key", reason="instructor-only (not in the handout)")
+    answer_key = pytest.importorskip("cs336_alignment.course.handout.answer_key", reason="instructor-only (not in the handout)")
     import sys
     from concurrent.futures import ThreadPoolExecutor
     burn = [sys.executable, "-c", "import time\nt = time.process_time()\nwhile time.process_time() - t < {}: pass"]
@@ -170,7 +170,7 @@ def test_answer_key_counts_the_cpu_of_each_command_alone(tmp_path):
 
 def test_answer_key_averages_seeds():
     """Runs whose commands differ only in --seed and --out are one variant: mean ± SE over its seeds (hand values)."""
-    answer_key = pytest.importorskip("cs336_alignment.handout.answer_key", reason="instructor-only (not in the handout)")
+    answer_key = pytest.importorskip("cs336_alignment.course.handout.answer_key", reason="instructor-only (not in the handout)")
     base = "python -m cs336_alignment grpo --baseline {b} --seed {s} --out runs/exp/{name}_s{s}"
     runs = [{"command": base.format(b=b, s=s, name=name), "outputs": [f"runs/exp/{name}_s{s}"], "cpu_s": 10.0,
              "metrics": {"eval/accuracy/greedy": acc}}

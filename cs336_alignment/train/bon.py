@@ -32,14 +32,14 @@ from dataclasses import dataclass
 
 import torch
 
-from cs336_alignment.config_blocks import LogConfig, PolicyInitConfig, RunConfig, with_defaults
-from cs336_alignment.metrics import best_of_n_kl, best_of_n_weights, distinct_n, pass_at_k
+from cs336_alignment.train.config_blocks import LogConfig, PolicyInitConfig, RunConfig, with_defaults
+from cs336_alignment.evaluation.metrics import best_of_n_kl, best_of_n_weights, distinct_n, pass_at_k
 from cs336_alignment.reward_model import score_responses
-from cs336_alignment.rollout import sample_responses
-from cs336_alignment.tasks import generate_problems, is_worked, prose_lines
+from cs336_alignment.lm.rollout import sample_responses
+from cs336_alignment.world.tasks import generate_problems, is_worked, prose_lines
 from cs336_alignment.train.common import MetricsLogger, parse_config, releases_run_dir
 from cs336_alignment.train.setup import setup_policy
-from cs336_alignment.verifier import gold_reward
+from cs336_alignment.world.verifier import gold_reward
 
 
 @dataclass

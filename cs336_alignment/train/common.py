@@ -38,15 +38,15 @@ from typing import Any, TypeVar
 import torch
 from tqdm import tqdm
 
-from cs336_alignment.checkpoint import SHIPPED_SFT, check_resumable, read_checkpoint
-from cs336_alignment.data import DataError, load_problems_file, record_lines
-from cs336_alignment.log_sinks import Sink, check_installed, open_sinks
-from cs336_alignment.presets import PRESETS, section_overrides
-from cs336_alignment.nn_utils import AdamW, get_lr_cosine_schedule
-from cs336_alignment.preferences import conversations
-from cs336_alignment.rundir import RunLock, clean_stale_temps, prepare
-from cs336_alignment.runtime import get_device, set_seed, set_threads
-from cs336_alignment.tasks import generate_problems
+from cs336_alignment.lm.checkpoint import SHIPPED_SFT, check_resumable, read_checkpoint
+from cs336_alignment.lm.data import DataError, load_problems_file, record_lines
+from cs336_alignment.train.log_sinks import Sink, check_installed, open_sinks
+from cs336_alignment.train.presets import PRESETS, section_overrides
+from cs336_alignment.lm.nn_utils import AdamW, get_lr_cosine_schedule
+from cs336_alignment.evaluation.preferences import conversations
+from cs336_alignment.lm.rundir import RunLock, clean_stale_temps, prepare
+from cs336_alignment.lm.runtime import get_device, set_seed, set_threads
+from cs336_alignment.world.tasks import generate_problems
 
 C = TypeVar("C")
 R = TypeVar("R")

@@ -27,20 +27,20 @@ from typing import Literal
 import numpy as np
 import torch
 
-from cs336_alignment import distributed as ddp
-from cs336_alignment import lora
-from cs336_alignment.checkpoint import rng_state
-from cs336_alignment.config_blocks import (IntervalConfig, LogConfig, OptimConfig, PolicyInitConfig, RunConfig,
+from cs336_alignment.train import distributed as ddp
+from cs336_alignment.lm import lora
+from cs336_alignment.lm.checkpoint import rng_state
+from cs336_alignment.train.config_blocks import (IntervalConfig, LogConfig, OptimConfig, PolicyInitConfig, RunConfig,
                                            ScheduleConfig, with_defaults)
-from cs336_alignment.lora import save_checkpoint  # merged model + adapters with --lora-rank
-from cs336_alignment.data import DataError, collate_chat
+from cs336_alignment.lm.lora import save_checkpoint  # merged model + adapters with --lora-rank
+from cs336_alignment.lm.data import DataError, collate_chat
 from cs336_alignment.dpo import dpo_loss, sequence_log_probs
-from cs336_alignment.evaluate import evaluate_model
-from cs336_alignment.model import TransformerConfig
-from cs336_alignment.nn_utils import clip_gradients
-from cs336_alignment.preferences import PreferenceDataConfig, conversations
-from cs336_alignment.runtime import autocast
-from cs336_alignment.tasks import generate_problems
+from cs336_alignment.evaluation.evaluate import evaluate_model
+from cs336_alignment.lm.model import TransformerConfig
+from cs336_alignment.lm.nn_utils import clip_gradients
+from cs336_alignment.evaluation.preferences import PreferenceDataConfig, conversations
+from cs336_alignment.lm.runtime import autocast
+from cs336_alignment.world.tasks import generate_problems
 from cs336_alignment.train.common import (check_pairs, cosine_lr, finite_or_raise, num_params,
                                           pair_sources, parse_config, progress_bar, releases_run_dir, stream_indices)
 from cs336_alignment.train.setup import setup_policy

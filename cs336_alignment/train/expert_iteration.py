@@ -39,19 +39,19 @@ from typing import Callable
 
 import torch
 
-from cs336_alignment.checkpoint import save_checkpoint
-from cs336_alignment.config_blocks import (GenerationLogConfig, LogConfig, OptimConfig, PolicyInitConfig, PromptConfig,
+from cs336_alignment.lm.checkpoint import save_checkpoint
+from cs336_alignment.train.config_blocks import (GenerationLogConfig, LogConfig, OptimConfig, PolicyInitConfig, PromptConfig,
                                            RolloutConfig, RunConfig, with_defaults)
-from cs336_alignment.evaluate import log_generations, run_eval
+from cs336_alignment.evaluation.evaluate import log_generations, run_eval
 from cs336_alignment.logprobs import get_response_log_probs
 from cs336_alignment.masked import masked_mean
-from cs336_alignment.nn_utils import clip_gradients
-from cs336_alignment.rollout import micro_batch, sample_rollouts, sequence_widths
-from cs336_alignment.sft import sft_microbatch_train_step
+from cs336_alignment.lm.nn_utils import clip_gradients
+from cs336_alignment.lm.rollout import micro_batch, sample_rollouts, sequence_widths
+from cs336_alignment.sft_step import sft_microbatch_train_step
 from cs336_alignment.train.common import (MetricsLogger, finite_or_raise, num_params, parse_config, progress_bar,
                                           prompt_indices, releases_run_dir)
 from cs336_alignment.train.setup import setup_policy
-from cs336_alignment.verifier import gold_reward
+from cs336_alignment.world.verifier import gold_reward
 
 
 @dataclass

@@ -68,28 +68,28 @@ from typing import Callable, Literal
 
 import torch
 
-from cs336_alignment import distributed as ddp
-from cs336_alignment import lora
+from cs336_alignment.train import distributed as ddp
+from cs336_alignment.lm import lora
 from cs336_alignment.advantages import (AdvantageNormalizer, Baseline, compute_group_normalized_rewards,
                                         compute_group_process_advantages, needs_group_statistics, zeroes_equal_groups)
-from cs336_alignment.checkpoint import rng_state, set_rng_state
-from cs336_alignment.config_blocks import (GenerationLogConfig, IntervalConfig, LogConfig, MemoryConfig, OptimConfig,
+from cs336_alignment.lm.checkpoint import rng_state, set_rng_state
+from cs336_alignment.train.config_blocks import (GenerationLogConfig, IntervalConfig, LogConfig, MemoryConfig, OptimConfig,
                                            PolicyInitConfig, PolicyUpdateConfig, PromptConfig, ResumableRunConfig,
                                            RewardConfig, RolloutConfig, ScheduleConfig, with_defaults)
-from cs336_alignment.lora import save_checkpoint  # merged model + adapters with --lora-rank
-from cs336_alignment.evaluate import log_generations, run_eval
+from cs336_alignment.lm.lora import save_checkpoint  # merged model + adapters with --lora-rank
+from cs336_alignment.evaluation.evaluate import log_generations, run_eval
 from cs336_alignment.logprobs import get_response_log_probs
 from cs336_alignment.grpo_loss import (LOSS_TYPE_ALIASES, LossNormalization, PolicyLossType, ReweightingMethod,
                                        needs_old_log_probs, policy_and_kl_backward)
 from cs336_alignment.masked import masked_mean
-from cs336_alignment.nn_utils import clip_gradients
-from cs336_alignment.rollout import Rollouts, micro_batch, sample_rollouts, sequence_widths
-from cs336_alignment.runtime import autocast
-from cs336_alignment.tokenizer import build_prompt
+from cs336_alignment.lm.nn_utils import clip_gradients
+from cs336_alignment.lm.rollout import Rollouts, micro_batch, sample_rollouts, sequence_widths
+from cs336_alignment.lm.runtime import autocast
+from cs336_alignment.lm.tokenizer import build_prompt
 from cs336_alignment.train.common import (cosine_lr, finite_or_raise, num_params, parse_config,
                                           progress_bar, prompt_indices, releases_run_dir)
 from cs336_alignment.train.setup import sequence_rewards, setup_policy
-from cs336_alignment.verifier import gold_reward, process_rewards
+from cs336_alignment.world.verifier import gold_reward, process_rewards
 
 
 @dataclass

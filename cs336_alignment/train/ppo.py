@@ -54,23 +54,23 @@ from typing import Callable, Literal
 import torch
 
 from cs336_alignment.advantages import apply_missing_eos_penalty, compute_gae, compute_kl_shaped_rewards
-from cs336_alignment.checkpoint import rng_state, save_checkpoint, set_rng_state
-from cs336_alignment.config_blocks import (GenerationLogConfig, IntervalConfig, LogConfig, OptimConfig,
+from cs336_alignment.lm.checkpoint import rng_state, save_checkpoint, set_rng_state
+from cs336_alignment.train.config_blocks import (GenerationLogConfig, IntervalConfig, LogConfig, OptimConfig,
                                            PolicyInitConfig, PolicyUpdateConfig, PromptConfig, ResumableRunConfig,
                                            RewardConfig, RolloutConfig, with_defaults)
-from cs336_alignment.evaluate import log_generations, run_eval
+from cs336_alignment.evaluation.evaluate import log_generations, run_eval
 from cs336_alignment.logprobs import get_response_log_probs
 from cs336_alignment.masked import masked_mean, masked_whiten
-from cs336_alignment.nn_utils import clip_gradients
+from cs336_alignment.lm.nn_utils import clip_gradients
 from cs336_alignment.policy_losses import (AdaptiveKLController, compute_entropy_bonus, compute_ppo_policy_loss,
                                            compute_ppo_value_loss)
 from cs336_alignment.reward_model import RewardModel
-from cs336_alignment.rollout import micro_batch, sample_rollouts, sequence_widths
-from cs336_alignment.tokenizer import stop_token_ids
+from cs336_alignment.lm.rollout import micro_batch, sample_rollouts, sequence_widths
+from cs336_alignment.lm.tokenizer import stop_token_ids
 from cs336_alignment.train.common import (MetricsLogger, build_optimizer, cosine_lr, finite_or_raise, num_params,
                                           parse_config, progress_bar, prompt_indices, releases_run_dir)
 from cs336_alignment.train.setup import sequence_rewards, setup_policy
-from cs336_alignment.verifier import gold_reward
+from cs336_alignment.world.verifier import gold_reward
 
 
 @dataclass

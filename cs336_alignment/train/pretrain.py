@@ -19,15 +19,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cs336_alignment import tasks
-from cs336_alignment.checkpoint import load_checkpoint, load_checkpoint_extra, load_model, rng_state, save_checkpoint, set_rng_state
-from cs336_alignment.config_blocks import (IntervalConfig, LogConfig, ModelShapeConfig, OptimConfig, ResumableRunConfig,
+from cs336_alignment.world import tasks
+from cs336_alignment.lm.checkpoint import load_checkpoint, load_checkpoint_extra, load_model, rng_state, save_checkpoint, set_rng_state
+from cs336_alignment.train.config_blocks import (IntervalConfig, LogConfig, ModelShapeConfig, OptimConfig, ResumableRunConfig,
                                            ScheduleConfig, with_defaults)
-from cs336_alignment.data import DataError, get_batch
-from cs336_alignment.model import TransformerConfig, TransformerLM
-from cs336_alignment.nn_utils import clip_gradients, cross_entropy
-from cs336_alignment.runtime import autocast
-from cs336_alignment.tokenizer import load_tokenizer
+from cs336_alignment.lm.data import DataError, get_batch
+from cs336_alignment.lm.model import TransformerConfig, TransformerLM
+from cs336_alignment.lm.nn_utils import clip_gradients, cross_entropy
+from cs336_alignment.lm.runtime import autocast
+from cs336_alignment.lm.tokenizer import load_tokenizer
 from cs336_alignment.train.common import (MetricsLogger, build_optimizer, cosine_lr, finite_or_raise, num_params,
                                           parse_config, progress_bar, releases_run_dir, setup_run)
 

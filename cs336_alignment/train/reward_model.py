@@ -34,17 +34,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cs336_alignment import distributed as ddp
-from cs336_alignment import lora
-from cs336_alignment.config_blocks import (IntervalConfig, LogConfig, OptimConfig, RunConfig, ScheduleConfig,
+from cs336_alignment.train import distributed as ddp
+from cs336_alignment.lm import lora
+from cs336_alignment.train.config_blocks import (IntervalConfig, LogConfig, OptimConfig, RunConfig, ScheduleConfig,
                                            with_defaults)
-from cs336_alignment.lora import save_checkpoint  # merged model + adapters with --lora-rank
-from cs336_alignment.data import DataError
-from cs336_alignment.evaluate import batched_sequence_log_probs
-from cs336_alignment.metrics import pairwise_calibration_error
-from cs336_alignment.model import TransformerConfig
-from cs336_alignment.nn_utils import clip_gradients
-from cs336_alignment.preferences import PreferenceDataConfig, conversations
+from cs336_alignment.lm.lora import save_checkpoint  # merged model + adapters with --lora-rank
+from cs336_alignment.lm.data import DataError
+from cs336_alignment.evaluation.evaluate import batched_sequence_log_probs
+from cs336_alignment.evaluation.metrics import pairwise_calibration_error
+from cs336_alignment.lm.model import TransformerConfig
+from cs336_alignment.lm.nn_utils import clip_gradients
+from cs336_alignment.evaluation.preferences import PreferenceDataConfig, conversations
 from cs336_alignment.reward_model import (RewardModel, batch_rewards, bradley_terry_loss, response_start,
                                           reward_accuracy, score_sequences)
 from cs336_alignment.train.common import (build_optimizer, check_pairs, cosine_lr, finite_or_raise,

@@ -15,17 +15,17 @@ from typing import Any
 
 import torch
 
-from cs336_alignment import distributed as ddp
-from cs336_alignment import lora
+from cs336_alignment.train import distributed as ddp
+from cs336_alignment.lm import lora
 from cs336_alignment.advantages import compute_rollout_rewards
-from cs336_alignment.checkpoint import load_checkpoint_extra, load_model
-from cs336_alignment.gpu import configure_model
-from cs336_alignment.nn_utils import AdamW
+from cs336_alignment.lm.checkpoint import load_checkpoint_extra, load_model
+from cs336_alignment.lm.gpu import configure_model
+from cs336_alignment.lm.nn_utils import AdamW
 from cs336_alignment.reward_model import RewardModel, load_reward_model, score_rollouts
-from cs336_alignment.rollout import Rollouts
-from cs336_alignment.tokenizer import load_tokenizer
+from cs336_alignment.lm.rollout import Rollouts
+from cs336_alignment.lm.tokenizer import load_tokenizer
 from cs336_alignment.train.common import build_optimizer, init_or_shipped, load_problems, load_sft_optimizer_state
-from cs336_alignment.verifier import gold_reward
+from cs336_alignment.world.verifier import gold_reward
 
 RewardFn = Callable[[str, str], dict[str, float]]
 

@@ -24,25 +24,25 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cs336_alignment import distributed as ddp
-from cs336_alignment import lora
-from cs336_alignment import tasks
-from cs336_alignment.checkpoint import load_checkpoint_extra, load_model, rng_state, set_rng_state
-from cs336_alignment.config_blocks import (IntervalConfig, LogConfig, MemoryConfig, ModelShapeConfig, OptimConfig,
+from cs336_alignment.train import distributed as ddp
+from cs336_alignment.lm import lora
+from cs336_alignment.world import tasks
+from cs336_alignment.lm.checkpoint import load_checkpoint_extra, load_model, rng_state, set_rng_state
+from cs336_alignment.train.config_blocks import (IntervalConfig, LogConfig, MemoryConfig, ModelShapeConfig, OptimConfig,
                                            ResumableRunConfig, ScheduleConfig, with_defaults)
-from cs336_alignment.lora import load_checkpoint, save_checkpoint  # merged model + adapters with --lora-rank
-from cs336_alignment.data import DataError, collate_chat, load_sft_examples
-from cs336_alignment.evaluate import evaluate_policy
-from cs336_alignment.gpu import configure_model
+from cs336_alignment.lm.lora import load_checkpoint, save_checkpoint  # merged model + adapters with --lora-rank
+from cs336_alignment.lm.data import DataError, collate_chat, load_sft_examples
+from cs336_alignment.evaluation.evaluate import evaluate_policy
+from cs336_alignment.lm.gpu import configure_model
 from cs336_alignment.logprobs import get_response_log_probs
-from cs336_alignment.model import TransformerConfig, TransformerLM
-from cs336_alignment.nn_utils import clip_gradients
-from cs336_alignment.runtime import autocast
-from cs336_alignment.sft import sft_microbatch_train_step
-from cs336_alignment.tokenizer import load_tokenizer
+from cs336_alignment.lm.model import TransformerConfig, TransformerLM
+from cs336_alignment.lm.nn_utils import clip_gradients
+from cs336_alignment.lm.runtime import autocast
+from cs336_alignment.sft_step import sft_microbatch_train_step
+from cs336_alignment.lm.tokenizer import load_tokenizer
 from cs336_alignment.train.common import (build_optimizer, cosine_lr, finite_or_raise, num_params,
                                           parse_config, progress_bar, releases_run_dir, stream_indices)
-from cs336_alignment.verifier import gold_reward
+from cs336_alignment.world.verifier import gold_reward
 
 
 @dataclass

@@ -4,7 +4,7 @@ import sys as _sys
 
 import pytest as _pytest
 
-_grading = _sys.modules.get("cs336_alignment.grading")
+_grading = _sys.modules.get("cs336_alignment.course.grading")
 if _grading is not None:
     _grading.TestRecord.score = property(lambda self: self.points)
     _original_update = _grading.Grader._update

@@ -1,0 +1,1 @@
+"""The course kit: the handout and its grader, the leaderboard, the derivations' closed forms."""

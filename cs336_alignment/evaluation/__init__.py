@@ -1,0 +1,1 @@
+"""Measuring a policy against the world: evaluation, preference pairs, style split, metrics."""

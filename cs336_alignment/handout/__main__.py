@@ -1,6 +1,0 @@
-"""`python -m cs336_alignment.handout ...` (the same as `python -m cs336_alignment handout ...`)."""
-import sys
-
-from cs336_alignment.handout.cli import main
-
-sys.exit(main())
