@@ -27,22 +27,16 @@ from pathlib import Path
 from typing import Any
 
 from cs336_alignment.train.presets import PRESETS
+from cs336_alignment.pipeline.stages import Wiring as StageWiring
 from cs336_alignment.pipeline.stages import cpu_seconds, make_pool, shipped, stage_config
 from cs336_alignment.train.common import config_from_dict
 
 
 @dataclasses.dataclass(frozen=True)
-class Wiring:
-    """What the run decides for every stage of a lesson."""
-    out: Path          # the run directory; a stage writes to out/<stage>/
-    seed: int
-    device: str
-    threads: int
-    sft_ckpt: str      # the shipped SFT model (a stage with no `needs` starts from it)
+class Wiring(StageWiring):
+    """What the run decides for every stage of a lesson: the pipeline's wiring (run directory, seed, hardware; its
+    sft_ckpt is the shipped SFT model, which a stage with no `needs` starts from) and --overwrite."""
     overwrite: bool = False
-
-    def ckpt(self, stage: str) -> str:
-        return str(self.out / stage / "ckpt.pt")
 
     def common(self, stage: str, needs: str | None) -> dict:
         """Directory, seed, hardware and the model a stage starts from."""
@@ -109,7 +103,7 @@ def run_lesson(lesson: Lesson, preset_name: str, out_dir: Path, seed: int = 0, d
     if ready is None:
         raise ValueError(f"lesson {lesson.name!r} starts from the shipped models of preset {shipped_as!r}, which are "
                          f"missing (data/checkpoints/{shipped_as}/)")
-    wiring = Wiring(out_dir, seed, device, threads, str(ready[1]), overwrite)
+    wiring = Wiring(out_dir, seed, device, threads, str(ready[1]), overwrite=overwrite)
     stage_list = lesson.stages(cfg)
     names = [s.name for s in stage_list]
     for s in stage_list:
