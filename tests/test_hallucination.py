@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from cs336_alignment.pipeline.hallucination import PRESETS
+from cs336_alignment.pipeline.hallucination import preset
 from cs336_alignment.pipeline.runner import main
 
 
@@ -28,5 +28,5 @@ def test_hallucination_smoke_writes_its_report(tmp_path):
 
 
 def test_smoke_preset_is_smaller_than_the_lesson():
-    smoke, full = PRESETS["hallucination_smoke"], PRESETS["hallucination"]
+    smoke, full = preset("hallucination_smoke"), preset("hallucination")
     assert smoke.mid_steps < full.mid_steps and smoke.sft_steps < full.sft_steps and smoke.rl_steps < full.rl_steps

@@ -35,11 +35,12 @@ from cs336_alignment.world.knowledge import SFT_MODES, KnowledgeWorld
 from cs336_alignment.evaluation.metrics import paired_difference
 from cs336_alignment.lm.rollout import generate_responses
 from cs336_alignment.lm.tokenizer import load_tokenizer
-from cs336_alignment.train.common import field_docs
+from cs336_alignment.train.common import config_from_dict, field_docs
 from cs336_alignment.train.grpo import GRPOConfig
 from cs336_alignment.train.grpo import train as grpo_train
 from cs336_alignment.train.pretrain import PretrainConfig
 from cs336_alignment.train.pretrain import train as pretrain_train
+from cs336_alignment.train.presets import PRESETS
 from cs336_alignment.train.sft import SFTConfig
 from cs336_alignment.train.sft import train as sft_train
 from cs336_alignment.world.verifier import abstention_reward, is_abstention
@@ -87,11 +88,12 @@ class HallucinationConfig:
     sub-run: only the SFTs and RL are reseeded); empty = mid-train here"""
 
 
-PRESETS = {"hallucination": HallucinationConfig(),
-           "hallucination_smoke": HallucinationConfig(n_shops=4, n_items=4, heldout_fraction=0.5, repeats=4,
-                                                      task_documents=20, mid_steps=6,
-                                                      sft_per_fact=2, sft_steps=4, penalties="0,3", rl_steps=1,
-                                                      eval_limit=24)}
+def preset(name: str) -> HallucinationConfig:
+    """The lesson's config in preset `name` of the one registry (train/presets.py: its "hallucination" section).
+    Raises ValueError for an unknown preset or key (train.common.config_from_dict)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return config_from_dict(HallucinationConfig, PRESETS[name].get("hallucination", {}))
 
 
 def _jsonl(path: Path, rows: list) -> str:
@@ -118,7 +120,7 @@ def run(out: str | Path, seed: int = 0, smoke: bool = False, cfg: HallucinationC
         quiet: bool = True) -> dict:
     """The lesson (module docstring): every stage into `out`, then report.json, report.md and the plot.
     Returns the report dict. Raises ValueError on a bad penalty list."""
-    cfg = cfg or PRESETS["hallucination_smoke" if smoke else "hallucination"]
+    cfg = cfg or preset("hallucination_smoke" if smoke else "hallucination")
     penalties = [float(p) for p in cfg.penalties.split(",") if p.strip()]
     if any(p < 0 for p in penalties):
         raise ValueError(f"penalties must be >= 0, got {cfg.penalties!r}")
@@ -274,7 +276,8 @@ def write_report(out: Path, report: dict) -> Path:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m cs336_alignment.pipeline.hallucination",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="hallucination")
+    parser.add_argument("--preset", choices=[n for n in sorted(PRESETS) if "hallucination" in PRESETS[n]],
+                        default="hallucination")
     parser.add_argument("--out", default="", help="output directory; empty = runs/<preset>")
     parser.add_argument("--seed", type=int, default=0, help="seed of the training (the world has --world-seed)")
     docs = field_docs(HallucinationConfig)
@@ -284,7 +287,7 @@ def main(argv: list[str] | None = None) -> dict:
                             help=f"{docs.get(field, '')} (preset hallucination: {value})")
     args = parser.parse_args(argv)
     overrides = {f: getattr(args, f) for f in asdict(HallucinationConfig()) if getattr(args, f) is not None}
-    cfg = replace(PRESETS[args.preset], **overrides)
+    cfg = replace(preset(args.preset), **overrides)
     report = run(args.out or f"runs/{args.preset}", args.seed, args.preset.endswith("smoke"), cfg, quiet=False)
     print((Path(args.out or f"runs/{args.preset}") / "report.md").read_text())
     return report

@@ -182,6 +182,8 @@ def run(preset_name: str = "tiny", *, out: str = "", name: str = "", threads: in
                           f"{', ...' if len(present) > 4 else ''}): pass --overwrite to replace it, or choose another "
                           f"--out")
     lesson = stage_config(preset_name, "pipeline").lesson
+    if lesson == "hallucination":  # a lesson with its own runner (pipeline/hallucination.py)
+        return hallucination.run(out_dir, seed, cfg=stage_config(preset_name, "hallucination"))
     if lesson:  # a lesson preset: its own stages and report (lessons.py)
         return run_lesson(LESSONS[lesson], preset_name, out_dir, seed, device, threads, jobs, overwrite)
     set_threads(threads)
@@ -270,9 +272,10 @@ def run(preset_name: str = "tiny", *, out: str = "", name: str = "", threads: in
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m cs336_alignment pipeline", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--preset", choices=sorted(PIPELINE_PRESETS) + sorted(hallucination.PRESETS), default="tiny",
+    parser.add_argument("--preset", choices=sorted(PIPELINE_PRESETS), default="tiny",
                         help="smoke (seconds), tiny (the CPU run), tiny_rl10 (tiny with 10x the GRPO budget), "
-                             "small (one GPU), safety (the safety lesson; safety_smoke: seconds; safety_headline: its headline SFT pair)")
+                             "small (one GPU); the lessons: safety (safety_smoke: seconds; safety_headline: its "
+                             "headline SFT pair), hallucination (hallucination_smoke: seconds)")
     parser.add_argument("--name", default="", help="run name: outputs go to runs/<name>/; empty = the preset's name")
     parser.add_argument("--out", default="", help="output directory; empty = runs/<name>")
     parser.add_argument("--threads", type=int, default=1,
@@ -301,8 +304,6 @@ def main(argv: list[str] | None = None) -> dict:
                         help="processes per data parallel stage (sft, rm, dpo, grpo: torchrun, distributed.py); "
                              "1 = each stage in one process")
     args = parser.parse_args(argv)
-    if args.preset in hallucination.PRESETS:  # a lesson with its own stages (hallucination.py)
-        return hallucination.run(args.out or f"runs/{args.name or args.preset}", args.seed, args.preset.endswith("_smoke"))
     return run(args.preset, out=args.out, name=args.name, threads=args.threads, device=args.device, seed=args.seed,
                length_bias=args.length_bias, from_scratch=args.from_scratch,
                skip=tuple(s for s in args.skip.split(",") if s), ship_checkpoints=args.ship, jobs=args.jobs,

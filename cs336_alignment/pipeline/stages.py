@@ -28,6 +28,7 @@ from cs336_alignment.lm.checkpoint import SHIPPED_DIR, load_checkpoint, load_che
 from cs336_alignment.lm.model import TransformerConfig, TransformerLM
 from cs336_alignment.train.presets import PRESETS, EvalConfig, PipelineConfig
 from cs336_alignment.world.safety import SafetyConfig
+from cs336_alignment.pipeline.hallucination import HallucinationConfig
 from cs336_alignment.train import bon, dpo, expert_iteration, grpo, ppo, pretrain, reward_model, sft
 from cs336_alignment.train.common import config_from_dict
 
@@ -40,7 +41,7 @@ SECTIONS: dict[str, type] = {"pretrain": pretrain.PretrainConfig, "sft": sft.SFT
                              "sft_baseline": sft.SFTConfig, "rm": reward_model.RMConfig, "rm_small": reward_model.RMConfig,
                              "dpo": dpo.DPOConfig, "grpo": grpo.GRPOConfig, "ppo": ppo.PPOConfig, "bon": bon.BoNConfig,
                              "ei": expert_iteration.EIConfig, "eval": EvalConfig, "pipeline": PipelineConfig,
-                             "safety": SafetyConfig}
+                             "safety": SafetyConfig, "hallucination": HallucinationConfig}
 
 
 def stage_config(preset_name: str, section: str, **wiring):

@@ -53,7 +53,7 @@ class PipelineConfig:
     checkpoints: str = ""
     """use the base/SFT models shipped under data/checkpoints/<this>/; empty = the preset's own name"""
     lesson: str = ""
-    """run this lesson's own stages and report instead of the pipeline's (lessons.py; e.g. "safety"); empty = none"""
+    """run a lesson instead of the InstructGPT run: "safety" (lessons.py) or "hallucination"; empty = none"""
 
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
@@ -202,7 +202,19 @@ PRESETS["gpu"] = {
                  micro_batch_size=16, num_steps=100, lr=3e-6, min_lr=3e-7, warmup_steps=5, kl_coef=0.0,
                  n_eval_problems=200, eval_samples=1, eval_every=25, checkpoint_every=25, gradient_checkpointing=True),
 }
-PIPELINE_PRESETS = tuple(name for name, sections in PRESETS.items() if "eval" in sections)  # runnable by `pipeline`
+# The hallucination lesson (pipeline/hallucination.py): mid-training on a knowledge corpus, three SFTs that differ in
+# what they do with facts the model never saw, GRPO with an abstention-aware reward; its own stages and report.
+PRESETS["hallucination"] = {"hallucination": {}, "pipeline": {"checkpoints": "tiny", "lesson": "hallucination"}}
+# The same lesson at a few steps of everything (CI, writeup smoke runs): the numbers mean nothing.
+PRESETS["hallucination_smoke"] = {
+    "hallucination": {"n_shops": 4, "n_items": 4, "heldout_fraction": 0.5, "repeats": 4, "task_documents": 20,
+                      "mid_steps": 6, "sft_per_fact": 2, "sft_steps": 4, "penalties": "0,3", "rl_steps": 1,
+                      "eval_limit": 24},
+    "pipeline": {"checkpoints": "tiny", "lesson": "hallucination"},
+}
+
+PIPELINE_PRESETS = tuple(name for name, sections in PRESETS.items()  # runnable by `pipeline`: the run, the lessons
+                         if "eval" in sections or sections.get("pipeline", {}).get("lesson"))
 
 
 def section_overrides(preset_name: str, section: str) -> dict[str, Any]:
