@@ -36,7 +36,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import importlib  # noqa: E402
 
-COMMANDS = {  # command -> module with a main(argv), imported only when its command runs
+# command -> module with a main(argv), imported only when its command runs (so `eval` never imports the RL loops).
+# A literal, not read from the stage table (pipeline/stages.py), which imports every loop; tests/test_cli.py checks
+# that every stage's loop is a command here.
+COMMANDS = {
     "pipeline": "cs336_alignment.pipeline.runner",
     "pretrain": "cs336_alignment.train.pretrain",
     "sft": "cs336_alignment.train.sft",

@@ -18,6 +18,13 @@ def test_every_command_help_renders(command, capsys):
     assert out.startswith("usage:") and "--help" in out
 
 
+def test_every_stage_of_the_table_is_a_command():
+    """The stage table (pipeline/stages.py) and the CLI agree: every stage's loop runs alone as a command."""
+    from cs336_alignment.pipeline.stages import STAGES
+
+    assert {stage.train.__module__ for stage in STAGES.values()} <= set(COMMANDS.values())
+
+
 def test_a_user_error_is_one_line_and_status_2(tmp_path, capsys):
     """A malformed data line and a missing checkpoint: `error: <file>:<line>: <field> ...`, no traceback."""
     from cs336_alignment.__main__ import main
