@@ -5,6 +5,7 @@
     python -m cs336_alignment bench ddp        # one stage at 1 vs N torchrun processes (bench_ddp.py)
     python -m cs336_alignment bench peers      # vs transformers + TRL (optional extra), see bench_peers.py
     python -m cs336_alignment bench lora       # LoRA vs full fine-tuning (lora_bench.py)
+    python -m cs336_alignment bench gpu        # bf16 SFT/GRPO steps, full vs LoRA, sampling; NCCL (bench/gpu.py)
 
 Timings on shared CPUs vary 10-40% run to run: read the ratios, not the absolute times.
 """
@@ -22,6 +23,7 @@ from cs336_alignment.lm.generation import generate  # noqa: E402
 from cs336_alignment.bench import ddp as bench_ddp  # noqa: E402
 from cs336_alignment.lm.model import TransformerConfig, TransformerLM  # noqa: E402
 from cs336_alignment.bench import lora as lora_bench  # noqa: E402
+from cs336_alignment.bench import gpu as bench_gpu  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -354,6 +356,7 @@ def main(argv: list[str] | None = None) -> int | None:
     bench_ddp.add_parser(sub)
     add_peers_parser(sub)
     lora_bench.add_subcommand(sub)
+    bench_gpu.add_parser(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 
