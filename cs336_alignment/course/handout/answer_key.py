@@ -36,7 +36,7 @@ from pathlib import Path
 from cs336_alignment.course.handout.writeup import Problem, Writeup, load
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
+REPO = HERE.parents[2]
 METRIC_RE = re.compile(r"`((?:eval|reward|loss|policy|response|rm|dpo|value|kl)/[\w/]+)`")
 
 
