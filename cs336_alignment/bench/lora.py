@@ -72,6 +72,8 @@ def _fresh(worker: str, spec: dict) -> dict:
 
 def _world_worker(spec: dict) -> dict:
     """Train one arm (spec: stage, rank, lr, steps, out, n_eval, smoke) and evaluate its merged checkpoint."""
+    # Imported here, in the worker process only: the launcher imports neither torch nor the package, so each
+    # run's peak RSS is its own (this module's docstring).
     import torch
 
     from cs336_alignment.lm import lora
@@ -179,6 +181,8 @@ def world_table(stage: str, arms: dict) -> str:
 
 def _memory_worker(spec: dict) -> dict:
     """Build the model (random float32), one AdamW step (full or LoRA) on batch 1 x seq_len; peak RSS."""
+    # Imported here, in the worker process only: the launcher imports neither torch nor the package, so each
+    # run's peak RSS is its own (this module's docstring).
     import torch
 
     from cs336_alignment.lm import lora
