@@ -30,15 +30,20 @@ from cs336_alignment.advantages import compute_group_normalized_rewards
 from cs336_alignment.dpo import dpo_loss, sequence_log_probs
 from cs336_alignment.grpo_loss import policy_and_kl_backward
 from cs336_alignment.logprobs import get_response_log_probs
+from cs336_alignment.masked import masked_whiten
 from cs336_alignment.lm.model import TransformerConfig, TransformerLM
 from cs336_alignment.lm.nn_utils import AdamW, clip_gradients
+from cs336_alignment.lm.rollout import micro_batch
+from cs336_alignment.policy_losses import compute_entropy_bonus, compute_ppo_policy_loss, compute_ppo_value_loss
+from cs336_alignment.reward_model import RewardModel
 from cs336_alignment.sft_step import sft_microbatch_train_step
 
 B, T, GROUP = 8, 10, 2   # rows of the batch, tokens per row, GRPO group size
 # GRPO rewards in groups of 2: group 2 (rank 1's first) has no variance (dropped by the loop's
 # zero-advantage skip), so rank 0 keeps 4 rows and rank 1 keeps 2 ("uneven"); in "empty" rank 1 keeps none.
 REWARDS = {"uneven": [1., 0., 0., 1., 1., 1., 0., 1.], "empty": [1., 0., 0., 1., 1., 1., 0., 0.]}
-CASES = ["sft", "dpo", "grpo_sequence", "grpo_constant", "grpo_sequence_empty", "grpo_naive"]
+CASES = ["sft", "dpo", "grpo_sequence", "grpo_constant", "grpo_sequence_empty", "grpo_naive", "ppo", "ei"]
+EI_KEPT = [[1, 2], [3, 4, 5, 6, 7]]  # expert iteration: the rows each rank's verifier kept (2 and 5: uneven)
 
 
 def _model(seed: int = 0) -> TransformerLM:
@@ -69,9 +74,87 @@ def _rows(case: str, world: int, accum: int, rank: int) -> list[list[int]]:
     return halves if world == 1 else [halves[rank]]
 
 
+def _snapshot(models: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
+    return {f"{m}.{n}": p.grad.clone() if p.grad is not None else torch.zeros_like(p)
+            for m, model in models.items() for n, p in model.named_parameters()}
+
+
+def _finish(models: dict[str, torch.nn.Module], average: bool) -> dict[str, dict[str, torch.Tensor]]:
+    """The loops' end of an optimizer step for each model: all-reduce, clip, AdamW; gradients before the clip."""
+    for model in models.values():
+        ddp.all_reduce_gradients(model.parameters(), average=average)
+    grads = _snapshot(models)
+    for model in models.values():
+        clip_gradients(model.parameters(), 1.0)
+        AdamW(model.parameters(), lr=1e-2).step()
+    return {"grads": grads, "params": {f"{m}.{n}": p.detach().clone() for m, model in models.items()
+                                       for n, p in model.named_parameters()}}
+
+
+def _ppo_step(world: int, rank: int) -> dict:
+    """train/ppo.py's update on rollouts spread over the ranks (rank r holds rows 4r .. 4r + 3, two micro-batches
+    of 2): advantages whitened with every rank's moments (`ddp.masked_whiten`; one rank: masked.masked_whiten,
+    the oracle), each micro-batch weighed by its share of the minibatch's global rows, policy and value model
+    gradients summed over ranks. The value head is initialised from a rank-dependent seed and broadcast from rank 0
+    (`ddp.broadcast_parameters`), as the loop does."""
+    policy, other = _model(0), _model(1)
+    torch.manual_seed(3 + rank)
+    value = RewardModel.from_lm(_model(2)).double()
+    ddp.broadcast_parameters(value)
+    batch, g = _batch(0), torch.Generator().manual_seed(5)
+    raw_adv, returns, old_values = (torch.randn(B, T, generator=g, dtype=torch.float64) for _ in range(3))
+    micros = [[0, 1], [2, 3], [4, 5], [6, 7]] if world == 1 else [[4 * rank, 4 * rank + 1], [4 * rank + 2, 4 * rank + 3]]
+    mine = [i for rows in micros for i in rows]
+    advantages = torch.zeros(B, T, dtype=torch.float64)
+    advantages[mine] = ddp.masked_whiten(raw_adv[mine], batch["response_mask"][mine])
+    mini_rows = ddp.global_count(len(mine))
+    for rows in micros:
+        mb = {k: v[rows] for k, v in batch.items()}
+        m = mb["response_mask"]
+        with torch.no_grad():
+            old = get_response_log_probs(other, mb["input_ids"], mb["labels"], fused=False)["log_probs"]
+        out = get_response_log_probs(policy, mb["input_ids"], mb["labels"], return_token_entropy=True, fused=False)
+        pg_loss, _ = compute_ppo_policy_loss(advantages[rows], out["log_probs"], old, m, 0.2)
+        ent_loss, _ = compute_entropy_bonus(out["token_entropy"], m)
+        vf_loss, _ = compute_ppo_value_loss(value.token_scores(mb["input_ids"]), old_values[rows], returns[rows], m, 0.2)
+        ((pg_loss + 0.01 * ent_loss + 0.5 * vf_loss) * len(rows) / mini_rows).backward()
+    return _finish({"policy": policy, "value": value}, average=False)
+
+
+def _ei_rows() -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """`_batch(0)` as rollout tensors: row i has 10 - i % 3 real positions (padding 0, no response after)."""
+    batch, widths = _batch(0), torch.tensor([T - i % 3 for i in range(B)])
+    for i in range(B):
+        batch["input_ids"][i, widths[i]:] = 0
+        batch["labels"][i, widths[i]:] = 0
+        batch["response_mask"][i, widths[i]:] = False
+    return batch, widths
+
+
+def _ei_step(world: int, rank: int) -> dict:
+    """train/expert_iteration.py's optimizer step: every rank's kept rows gathered (`ddp.all_gather_rows`; ranks
+    keep 2 and 5 rows of different widths), the step's 7 shuffled rows split 3 / 4 by `ddp.shard_uneven` into
+    micro-batches of 2 (one rank: 2, 2, 2, 1 — another grouping of the same rows), each micro-batch's SFT loss
+    weighed by len(micro) / len(step rows), normalised by the mean kept length, gradients summed."""
+    model = _model(0)
+    batch, widths = _ei_rows()
+    kept = sum(EI_KEPT, []) if world == 1 else EI_KEPT[rank]
+    rows_all, widths_all = ddp.all_gather_rows({k: v[kept] for k, v in batch.items()}, widths[kept])
+    normalize_constant = float(rows_all["response_mask"].sum(-1).double().mean())
+    step_rows = torch.randperm(len(widths_all), generator=torch.Generator().manual_seed(0))
+    for micro in ddp.shard_uneven(step_rows).split(2):
+        mb = micro_batch(rows_all, micro, widths_all, torch.device("cpu"))
+        log_probs = get_response_log_probs(model, mb["input_ids"], mb["labels"], fused=False)["log_probs"]
+        sft_microbatch_train_step(log_probs, mb["response_mask"], len(step_rows) / len(micro),
+                                  normalize_constant=normalize_constant)
+    return {**_finish({"policy": model}, average=False), "gathered": {**rows_all, "widths": widths_all}}
+
+
 def _step(case: str, world: int, accum: int, rank: int) -> dict[str, torch.Tensor]:
     """One optimizer step of `case` on this rank: the gradients after the all-reduce, the parameters after
     clip + AdamW."""
+    if case in ("ppo", "ei"):
+        return _ppo_step(world, rank) if case == "ppo" else _ei_step(world, rank)
     model, other = _model(0), _model(1)  # other: DPO's reference and GRPO's old / reference policy
     batch, micros = _batch(0), _rows(case, world, accum, rank)
     pairs = _batch(1)  # DPO: row i of `batch` is chosen, row i of `pairs` rejected
@@ -162,12 +245,12 @@ def _scale(a: dict[str, torch.Tensor]) -> float:
 
 
 @pytest.mark.parametrize("case,accum", [("sft", 1), ("sft", 2), ("dpo", 1), ("dpo", 2), ("grpo_sequence", 1),
-                                        ("grpo_constant", 1), ("grpo_sequence_empty", 1)])
+                                        ("grpo_constant", 1), ("grpo_sequence_empty", 1), ("ppo", 1), ("ei", 1)])
 def test_two_ranks_equal_one_rank_accumulating(case, accum):
     """2 ranks x `accum` micro-batches == 1 rank x 2 * accum micro-batches (the same rows): the gradients within
     1e-10 (float64), the parameters after clip + AdamW within 1e-6 (the brief's bound; observed ~1e-16), and both
     ranks hold the same parameters."""
-    reference = _step(case, 1, 2 * accum, 0) if not case.startswith("grpo") else _step(case, 1, 1, 0)
+    reference = _step(case, 1, 2 * accum, 0) if case.startswith(("sft", "dpo")) else _step(case, 1, 1, 0)
     got = two_ranks()[0][(case, accum)]
     assert _scale(reference["grads"]) > 1e-3                       # a real gradient, not zeros on both sides
     assert _max_diff(got["grads"], reference["grads"]) < 1e-10
@@ -182,6 +265,16 @@ def test_per_rank_mean_of_uneven_grpo_rows_is_not_invariant():
     assert _max_diff(two_ranks()[0][("grpo_naive", 1)]["grads"], reference["grads"]) > 1e-4
 
 
+def test_ei_gathers_every_ranks_kept_rows_in_rank_order():
+    """Both ranks hold the 7 kept rows, rank 0's first, padded to the longest (rank 0's are 9 wide, rank 1's 10)."""
+    batch, widths = _ei_rows()
+    kept = sum(EI_KEPT, [])
+    for r in range(2):
+        got = dict(two_ranks()[r][("ei", 1)]["gathered"])
+        assert torch.equal(got.pop("widths"), widths[kept])
+        assert all(torch.equal(got[k], batch[k][kept]) for k in batch)
+
+
 def test_shard_is_disjoint_and_covers_the_batch(monkeypatch):
     items = list(range(12))
     shards = []
@@ -192,6 +285,11 @@ def test_shard_is_disjoint_and_covers_the_batch(monkeypatch):
     assert sum(shards, []) == items                                # in rank order, disjoint, complete
     with pytest.raises(ValueError, match="not divisible by the number of processes 3"):
         ddp.shard(list(range(10)), "batch_size")
+    uneven = []
+    for r in range(3):
+        monkeypatch.setenv("RANK", str(r))
+        uneven.append(ddp.shard_uneven(list(range(7))))
+    assert uneven == [[0, 1], [2, 3], [4, 5, 6]]                   # contiguous, sizes differ by at most one
 
 
 def test_one_process_is_the_identity():
@@ -204,6 +302,10 @@ def test_one_process_is_the_identity():
     assert ddp.sum_across_ranks(1.5, 2.0) == (1.5, 2.0) and ddp.global_count(7) == 7
     assert ddp.reduce_metrics({"a": 1.0}) == {"a": 1.0} and ddp.world_size() == 1 and ddp.is_main()
     assert ddp.policy_loss_scaling("sequence", 6, 2, 60.0) == (3.0, 60.0)
+    rows, widths = {"x": torch.arange(6).view(2, 3)}, torch.tensor([3, 2])
+    assert ddp.all_gather_rows(rows, widths) == (rows, widths) and ddp.shard_uneven([1, 2, 3]) == [1, 2, 3]
+    adv, mask = torch.randn(3, 4, dtype=torch.float64), torch.rand(3, 4) > 0.3
+    assert torch.equal(ddp.masked_whiten(adv, mask), masked_whiten(adv, mask))
 
 
 # ---------------------------------------------------------------------------------------------------------

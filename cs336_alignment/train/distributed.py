@@ -60,6 +60,7 @@ import torch
 import torch.distributed as dist
 
 from cs336_alignment.evaluation import preferences
+from cs336_alignment.masked import masked_whiten as whiten_one
 from cs336_alignment.lm.runtime import get_device, set_seed, set_threads
 from cs336_alignment.train import common
 
@@ -161,6 +162,75 @@ def shard(items: Sequence[T], what: str = "batch") -> list[T]:
     return list(items[rank() * size:(rank() + 1) * size])
 
 
+def shard_uneven(items):
+    """This rank's contiguous slice of `items` (a list or a tensor's first dimension; the same type comes back)
+    when len(items) need not divide by the world size (expert iteration's optimizer steps over a variable number
+    of kept samples): rank r gets items[r * n // W : (r + 1) * n // W], so slices differ by at most one item, some
+    may be empty, and their concatenation in rank order is `items`. All of them with one process."""
+    n, w, r = len(items), world_size(), rank()
+    return items[r * n // w:(r + 1) * n // w]
+
+
+def all_gather_rows(tensors: dict[str, torch.Tensor], widths: torch.Tensor,
+                    pad: int = 0) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Every rank's rows, concatenated in rank order, on every rank (the inputs unchanged with one process).
+
+    Args:
+        tensors: {name: (n_r, T_r) tensor} of this rank's rows (right-padded; T_r and n_r may differ by rank,
+            n_r may be 0); every rank passes the same names.
+        widths: (n_r,) long, the real positions of each row (`rollout.sequence_widths`).
+        pad: the filler of the positions past a row's width (its values reach no masked loss: causal attention).
+    Returns:
+        ({name: (sum n_r, max T_r) tensor on the CPU}, (sum n_r,) widths). Collective (all_gather_object): every
+        rank must call it.
+    """
+    if world_size() == 1:
+        return tensors, widths
+    mine = {"widths": widths.cpu(), **{k: v[:, :int(widths.max()) if len(widths) else 0].cpu()
+                                        for k, v in tensors.items()}}
+    gathered: list[dict[str, torch.Tensor]] = [{} for _ in range(world_size())]
+    dist.all_gather_object(gathered, mine)
+    width = max((g[k].shape[1] for g in gathered for k in tensors), default=0)
+    out = {k: torch.cat([torch.nn.functional.pad(g[k], (0, width - g[k].shape[1]),
+                                                 value=False if g[k].dtype == torch.bool else pad) for g in gathered])
+           for k in tensors}
+    return out, torch.cat([g["widths"] for g in gathered])
+
+
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """`masked.masked_whiten` with the mean and the unbiased variance of the masked entries of *every* rank's
+    `values` (PPO's advantage whitening over the whole rollout batch; Huang et al. 2024, "The N+ implementation
+    details of RLHF with PPO", detail 6): two all-reduces, of (sum, count), then of the summed squared deviations
+    from the global mean. With one process: `masked.masked_whiten` itself.
+
+    Args:
+        values: (n_r, T) float, this rank's rows. mask: (n_r, T) bool.
+    Returns:
+        (n_r, T), same dtype; masked-out positions are 0.
+    Raises:
+        ValueError: fewer than 2 masked entries over all ranks (no variance).
+    """
+    if world_size() == 1:
+        return whiten_one(values, mask, eps=eps)
+    mask = mask.bool()
+    total, count = sum_across_ranks(float(torch.where(mask, values, 0).double().sum()), float(mask.sum()))
+    if count < 2:
+        raise ValueError("masked_whiten needs at least 2 masked entries over all ranks to estimate a variance")
+    mean = total / count
+    squares = sum_across_ranks(float(torch.where(mask, (values.double() - mean) ** 2, 0).sum()))[0]
+    whitened = (values - mean) * torch.rsqrt(torch.tensor(squares / (count - 1) + eps, dtype=values.dtype))
+    return torch.where(mask, whitened, 0)
+
+
+def broadcast_parameters(module: torch.nn.Module) -> None:
+    """Copy rank 0's parameters and buffers into every rank's `module` (nothing with one process): a model whose
+    initialisation draws random numbers (PPO's value head) starts identical on every rank."""
+    if world_size() == 1:
+        return
+    for tensor in [*module.parameters(), *module.buffers()]:
+        dist.broadcast(tensor.data, src=0)
+
+
 def _sum(values: Sequence[float], device: torch.device | None = None) -> list[float]:
     buf = torch.tensor(list(values), dtype=torch.float64, device=device)
     dist.all_reduce(buf, op=dist.ReduceOp.SUM)
@@ -190,20 +260,24 @@ def all_reduce_gradients(parameters: Iterable[torch.nn.Parameter], average: bool
     """Replace each trainable parameter's .grad by its mean over ranks (average=True: each rank's loss was a mean
     over equally many items) or its sum (average=False: each rank's loss was already its share of the global
     loss, `policy_loss_scaling`). One flat buffer, one all-reduce. A parameter without a gradient on some rank
-    (a rank with nothing to back-propagate) counts as zero there. With one process: nothing is done.
+    (a rank with nothing to back-propagate) counts as zero there; one without a gradient on every rank (a reward
+    or value model's unused LM head) keeps .grad None, so the optimizer skips it (no weight decay) as with one
+    process. With one process: nothing is done.
     Call it after the step's last backward and before clipping (the clip then sees the global norm).
     """
     if world_size() == 1:
         return
     params = [p for p in parameters if p.requires_grad]
-    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+    has_grad = torch.tensor([float(p.grad is not None) for p in params], device=params[0].device)
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]
+                     + [has_grad.to(params[0].dtype)])
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     if average:
         flat /= world_size()
     offset = 0
-    for p in params:
+    for p, flag in zip(params, flat[-len(params):].tolist()):
         n = p.numel()
-        p.grad = flat[offset:offset + n].view_as(p).clone()
+        p.grad = flat[offset:offset + n].view_as(p).clone() if flag > 0 else None
         offset += n
 
 
@@ -302,7 +376,8 @@ def preference_data(cfg: Any, model, tokenizer, out: Path, seed: int, log=print)
 # ---------------------------------------------------------------------------------------------------------
 
 DATA_PARALLEL_LOOPS = ("cs336_alignment.train.sft", "cs336_alignment.train.reward_model",
-                       "cs336_alignment.train.dpo", "cs336_alignment.train.grpo")  # the loops wired above
+                       "cs336_alignment.train.dpo", "cs336_alignment.train.grpo", "cs336_alignment.train.ppo",
+                       "cs336_alignment.train.expert_iteration")  # the loops wired above
 
 
 def data_parallel(train_fn) -> bool:

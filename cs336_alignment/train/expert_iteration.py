@@ -48,7 +48,8 @@ from cs336_alignment.masked import masked_mean
 from cs336_alignment.lm.nn_utils import clip_gradients
 from cs336_alignment.lm.rollout import micro_batch, sample_rollouts, sequence_widths
 from cs336_alignment.sft_step import sft_microbatch_train_step
-from cs336_alignment.train.common import (MetricsLogger, finite_or_raise, num_params, parse_config, progress_bar,
+from cs336_alignment.train import distributed as ddp
+from cs336_alignment.train.common import (finite_or_raise, num_params, parse_config, progress_bar,
                                           prompt_indices, releases_run_dir)
 from cs336_alignment.train.setup import setup_policy
 from cs336_alignment.world.verifier import gold_reward
@@ -106,7 +107,7 @@ def train(cfg: EIConfig, reward_fn: Callable[[str, str], dict[str, float]] | Non
     policy, tokenizer, optimizer, reference = run.policy, run.tokenizer, run.optimizer, run.reference
     problems, eval_problems = run.problems, run.eval_problems
     filter_fn = reward_fn or gold_reward
-    logger = MetricsLogger(out, cfg.num_steps, dataclasses.asdict(cfg), quiet=cfg.quiet)
+    logger = ddp.metrics_logger(out, cfg.num_steps, dataclasses.asdict(cfg), quiet=cfg.quiet)
     logger.write(f"ei: {num_params(policy) / 1e6:.2f}M parameters, {len(problems)} prompts, {cfg.num_steps} rounds "
                  f"of {cfg.prompts_per_step} x {cfg.group_size} samples, device {device}")
     evaluate = functools.partial(run_eval, logger, policy=policy, tokenizer=tokenizer, problems=eval_problems,
@@ -121,8 +122,9 @@ def train(cfg: EIConfig, reward_fn: Callable[[str, str], dict[str, float]] | Non
     for step in range(cfg.num_steps):
         cpu0, t0 = time.process_time(), time.perf_counter()
         # --- 1. G samples for each of the round's prompts
-        batch = [problems[i] for i in prompt_indices(step, len(problems), cfg.prompts_per_step, cfg.seed)]
-        generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step)
+        batch = [problems[i] for i in ddp.shard(prompt_indices(step, len(problems), cfg.prompts_per_step, cfg.seed),
+                                                "prompts_per_step")]  # this rank's prompts (torchrun: a share)
+        generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step + 7919 * ddp.rank())
         policy.eval()
         ro = sample_rollouts(policy, tokenizer, [p["question"] for p in batch], cfg.group_size,
                              temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, generator=generator,
@@ -151,17 +153,21 @@ def train(cfg: EIConfig, reward_fn: Callable[[str, str], dict[str, float]] | Non
         metrics.update({"ei/kept": float(keep.sum()), "ei/kept_fraction": float(keep.float().mean()),
                         "ei/prompts_solved": float(keep.view(-1, cfg.group_size).any(-1).float().mean())})
 
-        # --- 3. SFT on the kept responses: sft_epochs passes, batch_size rows per optimizer step
+        # --- 3. SFT on the kept responses: sft_epochs passes, batch_size rows per optimizer step. Under torchrun
+        # every rank gathers all ranks' kept rows (rank order) and takes its contiguous slice of each step's rows.
         kept = keep.nonzero().squeeze(-1)                                                          # (K,)
+        sft_rows, sft_widths = ddp.all_gather_rows({k: v[kept] for k, v in tensors.items()}, widths[kept],
+                                                   pad=ro.pad_token_id)
+        kept_lengths = sft_rows["response_mask"].sum(-1)                                           # (K_all,)
         # one normaliser per round, the mean kept response length (train/sft.py: nats per token)
-        normalize_constant = float(ro.response_lengths[kept].float().mean()) if len(kept) else 1.0
+        normalize_constant = float(kept_lengths.float().mean()) if len(kept_lengths) else 1.0
         shuffle = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         policy.train()
         nll, n_tokens, norms = 0.0, 0, []
-        for _ in range(cfg.sft_epochs if len(kept) else 0):
-            for rows in kept[torch.randperm(len(kept), generator=shuffle)].split(cfg.batch_size):
-                for micro in rows.split(cfg.micro_batch_size):
-                    mb = micro_batch(tensors, micro, widths, device)
+        for _ in range(cfg.sft_epochs if len(kept_lengths) else 0):
+            for rows in torch.randperm(len(kept_lengths), generator=shuffle).split(cfg.batch_size):
+                for micro in ddp.shard_uneven(rows).split(cfg.micro_batch_size):  # this rank's rows of the step
+                    mb = micro_batch(sft_rows, micro, sft_widths, device)
                     log_probs = get_response_log_probs(policy, mb["input_ids"], mb["labels"])["log_probs"]  # (b, T')
                     # per row: -sum of response log-probs / normalize_constant; mean over the rows; weighed by
                     # the micro-batch's share of the optimizer step's rows. Calls backward.
@@ -170,10 +176,12 @@ def train(cfg: EIConfig, reward_fn: Callable[[str, str], dict[str, float]] | Non
                     nll -= float((log_probs.detach().float() * mb["response_mask"]).sum())
                     n_tokens += int(mb["response_mask"].sum())
                 finite_or_raise(nll, step + 1)
+                ddp.all_reduce_gradients(policy.parameters(), average=False)  # each rank's loss: its share
                 norms.append(float(clip_gradients(policy.parameters(), cfg.grad_clip)))
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-        cpu_s += time.process_time() - cpu0
+        cpu_s += ddp.sum_across_ranks(time.process_time() - cpu0)[0]  # every rank's CPU seconds
+        nll, n_tokens = ddp.sum_across_ranks(nll, n_tokens)
         bar.update(1)
 
         # --- log / eval / checkpoint
@@ -181,13 +189,14 @@ def train(cfg: EIConfig, reward_fn: Callable[[str, str], dict[str, float]] | Non
         metrics.update({"loss/train": nll / n_tokens if n_tokens else float("nan"),
                         "grad_norm": sum(norms) / len(norms) if norms else 0.0, "ei/optimizer_steps": len(norms),
                         "perf/rollout_s": rollout_s, "perf/step_s": time.perf_counter() - t0, "perf/cpu_s": cpu_s})
-        logger.log(done, metrics)
+        logger.log(done, ddp.reduce_metrics(metrics, summed=("ei/kept",)))  # means over ranks (equal prompts)
         if cfg.log_generations_every and done % cfg.log_generations_every == 0:
             logger.log_generations(done, records)
         if done % cfg.eval_every == 0 or done == cfg.num_steps:
             last_eval = evaluate(done)
-        save_checkpoint(policy, optimizer, done, ckpt_path, config=dataclasses.asdict(cfg),
-                        model_config=run.model_config, cpu_s=cpu_s)
+        if ddp.is_main():  # rank 0 alone writes
+            save_checkpoint(policy, optimizer, done, ckpt_path, config=dataclasses.asdict(cfg),
+                            model_config=run.model_config, cpu_s=cpu_s)
     bar.close()
     return {"checkpoint": str(ckpt_path), "steps": cfg.num_steps, "cpu_s": cpu_s, "eval": last_eval}
 

@@ -60,14 +60,15 @@ from cs336_alignment.train.config_blocks import (GenerationLogConfig, IntervalCo
                                            RewardConfig, RolloutConfig, with_defaults)
 from cs336_alignment.evaluation.evaluate import log_generations, run_eval
 from cs336_alignment.logprobs import get_response_log_probs
-from cs336_alignment.masked import masked_mean, masked_whiten
+from cs336_alignment.masked import masked_mean
 from cs336_alignment.lm.nn_utils import clip_gradients
 from cs336_alignment.policy_losses import (AdaptiveKLController, compute_entropy_bonus, compute_ppo_policy_loss,
                                            compute_ppo_value_loss)
 from cs336_alignment.reward_model import RewardModel
 from cs336_alignment.lm.rollout import micro_batch, sample_rollouts, sequence_widths
 from cs336_alignment.lm.tokenizer import stop_token_ids
-from cs336_alignment.train.common import (MetricsLogger, build_optimizer, cosine_lr, finite_or_raise, num_params,
+from cs336_alignment.train import distributed as ddp
+from cs336_alignment.train.common import (build_optimizer, cosine_lr, finite_or_raise, num_params,
                                           parse_config, progress_bar, prompt_indices, releases_run_dir)
 from cs336_alignment.train.setup import sequence_rewards, setup_policy
 from cs336_alignment.world.verifier import gold_reward
@@ -147,6 +148,7 @@ def train(cfg: PPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | No
         raise ValueError("--value-init rm needs --reward-model")
     value_model = copy.deepcopy(reward_model) if value_init == "rm" else RewardModel.from_lm(policy)
     value_model.train().requires_grad_(True)
+    ddp.broadcast_parameters(value_model)  # torchrun: rank 0's value head on every rank (a no-op with one process)
     value_optimizer = build_optimizer(value_model.parameters(), cfg, lr=cfg.value_lr)
     kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon) if cfg.target_kl > 0 else None
     kl_coef = cfg.kl_coef
@@ -163,7 +165,7 @@ def train(cfg: PPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | No
         set_rng_state(extra["rng"])
         cpu_s = extra.get("cpu_s", 0.0)
     stops = stop_token_ids(tokenizer, "chat")
-    logger = MetricsLogger(out, cfg.num_steps, dataclasses.asdict(cfg), resumed_from=start_step, quiet=cfg.quiet)
+    logger = ddp.metrics_logger(out, cfg.num_steps, dataclasses.asdict(cfg), resumed_from=start_step, quiet=cfg.quiet)
     logger.write(f"ppo: {num_params(policy) / 1e6:.2f}M-parameter policy, value from {value_init}, reward "
                  f"{cfg.reward}, {cfg.prompts_per_step} x {cfg.group_size} rollouts per step, device {device}"
                  + (f", resumed at step {start_step}" if start_step else ""))
@@ -182,8 +184,9 @@ def train(cfg: PPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | No
                 group["lr"] = lr * lr_scale
 
         # --- 1. rollouts and sequence scores
-        batch = [problems[i] for i in prompt_indices(step, len(problems), cfg.prompts_per_step, cfg.seed)]
-        generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step)
+        batch = [problems[i] for i in ddp.shard(prompt_indices(step, len(problems), cfg.prompts_per_step, cfg.seed),
+                                                "prompts_per_step")]  # this rank's prompts (torchrun: a share)
+        generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step + 7919 * ddp.rank())
         ro = sample_rollouts(policy, tokenizer, [p["question"] for p in batch], cfg.group_size,
                              temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, generator=generator,
                              stop_token_ids=stops)
@@ -217,9 +220,12 @@ def train(cfg: PPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | No
         rewards, kl_info = compute_kl_shaped_rewards(scores, tensors["old_log_probs"], tensors["ref_log_probs"],
                                                      mask, kl_coef)             # (N, T)
         advantages, returns = compute_gae(rewards, tensors["old_values"], mask, cfg.gamma, cfg.lam)
-        tensors["advantages"] = masked_whiten(advantages, mask) if int(mask.sum()) > 1 else advantages
+        # whitened with the moments of every rank's advantages (one process: masked.masked_whiten)
+        whiten = ddp.global_count(int(mask.sum())) > 1
+        tensors["advantages"] = ddp.masked_whiten(advantages, mask) if whiten else advantages
         tensors["returns"] = returns
-        metrics.update({"kl/ref": float(kl_info["objective/kl"]), "kl/coef": kl_coef,
+        kl_ref = ddp.sum_across_ranks(float(kl_info["objective/kl"]))[0] / ddp.world_size()  # equal rows per rank
+        metrics.update({"kl/ref": kl_ref, "kl/coef": kl_coef,
                         "reward/kl_penalty": float(kl_info["objective/non_score_reward"])})
 
         # --- 4. clipped PPO epochs over minibatches
@@ -228,7 +234,7 @@ def train(cfg: PPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | No
         entropy = torch.zeros(N)  # (N,) each response's mean token entropy in the first epoch (covers every row)
         for epoch, minibatches in enumerate(plan):
             for micros in minibatches:
-                mini_rows = sum(len(rows) for rows in micros)
+                mini_rows = ddp.global_count(sum(len(rows) for rows in micros))  # the step's rows, all ranks
                 for rows in micros:
                     mb = micro_batch(tensors, rows, widths, device)
                     m, weight = mb["response_mask"], len(rows) / mini_rows  # micro-batch share of the minibatch
@@ -249,14 +255,16 @@ def train(cfg: PPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | No
                         entropy[rows] = masked_mean(out_lp["token_entropy"].detach().float(), m, dim=-1).cpu()
                     n_tokens += 2 * int(mb["input_ids"].numel())  # through the policy and the value model
                 finite_or_raise(stats["loss/policy"][-1] + stats["loss/value"][-1], step + 1)
+                for model in (policy, value_model):  # torchrun: each rank's loss is its share, so sum
+                    ddp.all_reduce_gradients(model.parameters(), average=False)
                 stats.setdefault("grad_norm", []).append(float(clip_gradients(policy.parameters(), cfg.grad_clip)))
                 clip_gradients(value_model.parameters(), cfg.grad_clip)
                 for opt in (optimizer, value_optimizer):
                     opt.step()
                     opt.zero_grad(set_to_none=True)
         if kl_ctl is not None:
-            kl_coef = kl_ctl.update(metrics["kl/ref"], N)
-        cpu_s += time.process_time() - cpu0
+            kl_coef = kl_ctl.update(metrics["kl/ref"], N * ddp.world_size())
+        cpu_s += ddp.sum_across_ranks(time.process_time() - cpu0)[0]  # every rank's CPU seconds
         bar.update(1)
 
         # --- log / eval / checkpoint
@@ -269,13 +277,14 @@ def train(cfg: PPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | No
         metrics.update({k: sum(v) / len(v) for k, v in stats.items()})
         metrics.update({"perf/tokens_per_s": n_tokens / max(time.perf_counter() - train_t0, 1e-9),
                         "perf/step_s": time.perf_counter() - t0, "perf/cpu_s": cpu_s})
+        metrics = ddp.reduce_metrics(metrics)  # means over ranks (equal rollouts each), tokens/s summed
         if done % cfg.log_every == 0 or done == cfg.num_steps:
             logger.log(done, metrics)
         if cfg.log_generations_every and done % cfg.log_generations_every == 0:
             logger.log_generations(done, records)
         if done % cfg.eval_every == 0 or done == cfg.num_steps:
             last_eval = evaluate(done)
-        if done % cfg.checkpoint_every == 0 or done == cfg.num_steps:
+        if (done % cfg.checkpoint_every == 0 or done == cfg.num_steps) and ddp.is_main():  # rank 0 alone writes
             save_checkpoint(policy, optimizer, done, ckpt_path, config=dataclasses.asdict(cfg),
                             model_config=run.model_config, rng=rng_state(),
                             value_model=value_model.state_dict(), value_optimizer=value_optimizer.state_dict(),
