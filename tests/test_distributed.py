@@ -359,12 +359,37 @@ def test_torchrun_two_processes_runs_every_stage(tmp_path):
 
 @pytest.mark.slow
 def test_pipeline_nproc_runs_the_data_parallel_stages_under_torchrun(tmp_path):
-    """`pipeline --preset smoke --jobs 1 --nproc 2`: sft-type, rm, dpo and grpo stages through `distributed.launch`,
-    the others in the process; the report is written and says nproc 2."""
+    """`pipeline --preset smoke --jobs 2 --nproc 2`: two stages at a time, each data parallel stage (rm, dpo, grpo,
+    ppo, ei) in its own torchrun group of 2 through `distributed.launch` (two groups at once, each with its own
+    ports), bon in a worker; the report is written and says nproc 2, and every group's per-rank logs are in its
+    stage's directory (what a failure's message quotes)."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "cs336_alignment", "pipeline", "--preset", "smoke", "--jobs", "1",
+    done = subprocess.run([sys.executable, "-m", "cs336_alignment", "pipeline", "--preset", "smoke", "--jobs", "2",
                            "--nproc", "2", "--out", str(tmp_path / "p")], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, done.stderr[-6000:]
     report = json.loads((tmp_path / "p" / "report.json").read_text())
-    assert report["nproc"] == 2 and {"rm", "dpo", "grpo_gold"} <= set(report["stages"])
+    parallel = {"rm", "dpo", "grpo_gold", "ppo", "ei"}
+    assert report["nproc"] == 2 and parallel <= set(report["stages"])
+    for stage in parallel:
+        assert len(list((tmp_path / "p" / stage / "torchrun").glob("*/attempt_0/[01]/stderr.log"))) == 2, stage
+
+
+@pytest.mark.slow
+def test_a_failing_rank_ends_the_group_with_its_message(tmp_path):
+    """Bad states fail, they do not hang: a stage whose ranks both fail at setup raises a RuntimeError that quotes
+    the ranks' stderr; and a rank that raises while the other waits in a collective ends the whole group (torchrun
+    stops the survivor) with a non-zero status well inside the timeout."""
+    from cs336_alignment.train import dpo
+    missing = tmp_path / "missing.pt"
+    with pytest.raises(RuntimeError, match="the ranks' stderr ends") as error:
+        ddp.launch(dpo.train, dpo.DPOConfig(init=str(missing), out=str(tmp_path / "dpo"), quiet=True), 2)
+    assert str(error.value).count("missing.pt") >= 2                       # both ranks' lines, naming the file
+    script = tmp_path / "one_rank_fails.py"
+    script.write_text("import torch, torch.distributed as dist\nfrom cs336_alignment.train import distributed as ddp\n"
+                      "ddp.init('cpu')\nif ddp.rank() == 1:\n    raise SystemExit('rank 1 stops here')\n"
+                      "dist.all_reduce(torch.ones(3))\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "rank 1 stops here" in done.stderr

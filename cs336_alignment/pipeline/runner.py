@@ -159,7 +159,7 @@ def run(preset_name: str = "tiny", *, out: str = "", name: str = "", threads: in
     """Every stage, then the evaluation and the report; returns the report dict (also written to report.json).
     small_rm: run the SMALL_RM_STAGES; None = when length_bias > 0. The output directory is locked for the run
     (rundir.RunLock); one that holds a pipeline run (report.json or a stage's run) is replaced only with
-    `overwrite`, which every stage then gets too. nproc > 1: the data parallel stages (sft, rm, dpo, grpo) each run
+    `overwrite`, which every stage then gets too. nproc > 1: the data parallel stages (sft, rm, dpo, grpo, ppo, ei) each run
     in nproc torchrun processes (`stages.run_stage`).
 
     Raises:
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> dict:
     # data/checkpoints/<preset>/. Kept out of --help and the README's synopsis: a user never rewrites shipped files.
     parser.add_argument("--ship", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--nproc", type=int, default=1,
-                        help="processes per data parallel stage (sft, rm, dpo, grpo: torchrun, distributed.py); "
+                        help="processes per data parallel stage (sft, rm, dpo, grpo, ppo, ei: torchrun, distributed.py); "
                              "1 = each stage in one process")
     args = parser.parse_args(argv)
     return run(args.preset, out=args.out, name=args.name, threads=args.threads, device=args.device, seed=args.seed,

@@ -281,7 +281,7 @@ def make_pool(jobs: int) -> Executor:
 
 def run_stage(stage: str, cfg, nproc: int = 1) -> tuple[dict, float, float]:
     """The stage's loop, STAGES[stage].train(cfg), in the calling process (a worker's, with --jobs > 1); with
-    nproc > 1 and a data parallel loop (sft, rm, dpo, grpo: `distributed.data_parallel`), in nproc torchrun
+    nproc > 1 and a data parallel loop (sft, rm, dpo, grpo, ppo, ei: `distributed.data_parallel`), in nproc torchrun
     processes instead (`distributed.launch`; CPU seconds: theirs).
 
     Returns:

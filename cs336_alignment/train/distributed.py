@@ -4,7 +4,7 @@ all-reduced, rank 0 alone writes.
     torchrun --standalone --nproc_per_node 4 -m cs336_alignment sft --preset smoke   # 4 processes, one batch
     python -m cs336_alignment sft --preset smoke                                     # 1 process: unchanged
 
-The loops (train/sft.py, dpo.py, reward_model.py, grpo.py) call the functions below; with one process (no
+The loops (train/sft.py, dpo.py, reward_model.py, grpo.py, ppo.py, expert_iteration.py) call the functions below; with one process (no
 torchrun: WORLD_SIZE unset or 1) every one of them is the identity or the plain single-process call, so a run
 without torchrun computes exactly what it computed before this module existed.
 
@@ -16,8 +16,10 @@ and CS336 assignment 2, written out):
 - Data: each optimizer step's items (examples, pairs, RL prompts) are the same seeded, resumable stream as with
   one process (`train.common.stream_indices`); `shard` gives rank r the r-th contiguous slice of the step's
   items. The shards are disjoint, their union is the single-process batch, and since the stream is a pure
-  function of the step, `--resume` works at any world size that divides the batch. GRPO's sampling generator adds
-  7919 x rank to its seed (rank 0 draws what one process draws for its prompts).
+  function of the step, `--resume` works at any world size that divides the batch. The RL loops' sampling
+  generators add 7919 x rank to their seed (rank 0 draws what one process draws for its prompts). PPO whitens
+  its advantages with every rank's moments (`masked_whiten`); expert iteration gathers every rank's kept samples
+  (`all_gather_rows`) and splits each optimizer step's rows over the ranks (`shard_uneven`: counts may differ).
 - Gradients: an explicit all-reduce of the gradients after the last backward of an optimizer step
   (`all_reduce_gradients`: one flat buffer, one collective), not `DistributedDataParallel`. Our loops accumulate
   gradients over micro-batches by hand and some ranks may have nothing to back-propagate (GRPO drops
@@ -28,7 +30,8 @@ and CS336 assignment 2, written out):
   with the number of GPUs"): where every rank holds the same number of items (SFT's conversations, DPO's and
   the reward model's pairs) each rank's loss is the mean over its items, and the mean of the ranks' gradients
   is the gradient of the mean over the whole batch. Where ranks hold different numbers of items (GRPO keeps
-  only the groups with signal) the counts are all-reduced first (`global_count`) and each micro-batch is
+  only the groups with signal; expert iteration's step rows; PPO's minibatches, equal but treated alike) the
+  counts are all-reduced first (`global_count`) and each micro-batch is
   weighted by its share of the global batch (`policy_loss_scaling`); then the gradients are summed, not
   averaged. Either way one optimizer step on N ranks equals the step on one rank that accumulates the same
   items (tests/test_distributed.py checks it at 2 ranks, float64, within 1e-10 on the gradients).
@@ -387,15 +390,17 @@ def data_parallel(train_fn) -> bool:
 
 def launch(train_fn, cfg: Any, nproc: int) -> tuple[dict, float, float]:
     """Run `train_fn(cfg)` (a loop's train, `data_parallel`) in `nproc` fresh processes: `torchrun --standalone
-    --nproc_per_node nproc` (a free port of its own), or one plain process when nproc == 1. The config travels as
-    JSON (every field of the loops' configs is a str, number or bool); each process runs with OMP_NUM_THREADS =
-    cfg.threads (1 by default).
+    --nproc_per_node nproc`, or one plain process when nproc == 1. `--standalone` makes each launch its own group:
+    torchrun's agent binds its rendezvous store and the workers' store to port 0 (a free port the kernel picks),
+    so launches at once cannot share a port. The config travels as JSON (every field of the loops' configs is a
+    str, number or bool); each process runs with OMP_NUM_THREADS = cfg.threads (1 by default). Each rank's
+    output goes to this process's and to <cfg.out>/torchrun/ (torchrun --tee 3).
 
     Returns:
         (rank 0's result dict, wall seconds, CPU seconds of the child processes).
     Raises:
         ValueError: nproc < 1, or a loop that is not data parallel with nproc > 1.
-        RuntimeError: the processes failed (their stderr has gone to this process's stderr).
+        RuntimeError: the processes failed: the message ends with the last lines of each rank's stderr.
     """
     if nproc < 1 or (nproc > 1 and not data_parallel(train_fn)):
         raise ValueError(f"--nproc {nproc}: only {', '.join(m.rsplit('.', 1)[1] for m in DATA_PARALLEL_LOOPS)} "
@@ -406,13 +411,18 @@ def launch(train_fn, cfg: Any, nproc: int) -> tuple[dict, float, float]:
                 "result": str(Path(tmp) / "result.json")}
         spec_path = Path(tmp) / "spec.json"
         spec_path.write_text(json.dumps(spec))
-        runner = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)] if nproc > 1 else []
+        logs = Path(cfg.out or tmp) / "torchrun"
+        runner = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), "--log-dir",
+                  str(logs), "--tee", "3"] if nproc > 1 else []
         env = {**os.environ, "OMP_NUM_THREADS": str(max(1, getattr(cfg, "threads", 1)))}
         before, t0 = os.times(), time.perf_counter()
         done = subprocess.run([sys.executable, *runner, "-m", "cs336_alignment.train.distributed", str(spec_path)], env=env)
         wall, after = time.perf_counter() - t0, os.times()
         if done.returncode != 0:
-            raise RuntimeError(f"{train_fn.__module__} with {nproc} process(es) exited with status {done.returncode}")
+            tails = "".join(f"\n--- {path}:\n" + "\n".join(path.read_text(errors="replace").splitlines()[-12:])
+                            for path in sorted(logs.glob("*/attempt_*/*/stderr.log")))
+            raise RuntimeError(f"{train_fn.__module__} with {nproc} process(es) exited with status {done.returncode}"
+                               + (f"; the ranks' stderr ends:{tails}" if tails else ""))
         result = json.loads(Path(spec["result"]).read_text())
     cpu = (after.children_user + after.children_system) - (before.children_user + before.children_system)
     return result, wall, cpu
@@ -430,6 +440,7 @@ def main(argv: list[str] | None = None) -> None:
     result = _resolve(spec["train"])(common.config_from_dict(_resolve(spec["config"]), spec["values"]))
     if rank() == 0:
         Path(spec["result"]).write_text(json.dumps(result, default=float))
+    cleanup()  # every rank leaves together, after rank 0 wrote
 
 
 if __name__ == "__main__":
