@@ -103,7 +103,8 @@ def _ppo_step(world: int, rank: int) -> dict:
     ddp.broadcast_parameters(value)
     batch, g = _batch(0), torch.Generator().manual_seed(5)
     raw_adv, returns, old_values = (torch.randn(B, T, generator=g, dtype=torch.float64) for _ in range(3))
-    micros = [[0, 1], [2, 3], [4, 5], [6, 7]] if world == 1 else [[4 * rank, 4 * rank + 1], [4 * rank + 2, 4 * rank + 3]]
+    micros = [[0, 1], [2, 3], [4, 5], [6, 7]] if world == 1 else [[4 * rank, 4 * rank + 1],
+                                                                  [4 * rank + 2, 4 * rank + 3]]
     mine = [i for rows in micros for i in rows]
     advantages = torch.zeros(B, T, dtype=torch.float64)
     advantages[mine] = ddp.masked_whiten(raw_adv[mine], batch["response_mask"][mine])
@@ -116,7 +117,8 @@ def _ppo_step(world: int, rank: int) -> dict:
         out = get_response_log_probs(policy, mb["input_ids"], mb["labels"], return_token_entropy=True, fused=False)
         pg_loss, _ = compute_ppo_policy_loss(advantages[rows], out["log_probs"], old, m, 0.2)
         ent_loss, _ = compute_entropy_bonus(out["token_entropy"], m)
-        vf_loss, _ = compute_ppo_value_loss(value.token_scores(mb["input_ids"]), old_values[rows], returns[rows], m, 0.2)
+        values = value.token_scores(mb["input_ids"])
+        vf_loss, _ = compute_ppo_value_loss(values, old_values[rows], returns[rows], m, 0.2)
         ((pg_loss + 0.01 * ent_loss + 0.5 * vf_loss) * len(rows) / mini_rows).backward()
     return _finish({"policy": policy, "value": value}, average=False)
 
@@ -304,7 +306,12 @@ def test_one_process_is_the_identity():
     assert ddp.policy_loss_scaling("sequence", 6, 2, 60.0) == (3.0, 60.0)
     rows, widths = {"x": torch.arange(6).view(2, 3)}, torch.tensor([3, 2])
     assert ddp.all_gather_rows(rows, widths) == (rows, widths) and ddp.shard_uneven([1, 2, 3]) == [1, 2, 3]
-    adv, mask = torch.randn(3, 4, dtype=torch.float64), torch.rand(3, 4) > 0.3
+
+
+def test_one_process_whitens_with_masked_whiten():
+    """PPO's whitening without torchrun is `masked.masked_whiten` itself (the same numbers as before DDP)."""
+    g = torch.Generator().manual_seed(0)
+    adv, mask = torch.randn(3, 4, dtype=torch.float64, generator=g), torch.rand(3, 4, generator=g) > 0.3
     assert torch.equal(ddp.masked_whiten(adv, mask), masked_whiten(adv, mask))
 
 
@@ -322,12 +329,13 @@ def _torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_torchrun_two_processes_runs_every_stage(tmp_path):
-    """sft, rm, dpo and grpo run under torchrun with 2 gloo ranks; SFT's checkpoint equals the one process run
-    with 2 accumulation steps (same examples, same normalisation) within 1e-6, and a 2-process run stopped after
-    its step-4 checkpoint and resumed by 1 process ends where the uninterrupted 2-process run ended."""
-    for stage in ("sft", "rm", "dpo", "grpo"):
-        extra = {"sft": ["--grad-accum-steps", "1"], "dpo": ["--n-prompts", "8", "--n-eval-prompts", "4",
-                                                              "--k-samples", "3"]}.get(stage, [])
+    """sft, rm, dpo, grpo, ppo (--reward gold: smoke has no reward model) and ei run under torchrun with 2 gloo
+    ranks; SFT's checkpoint equals the one process run with 2 accumulation steps (same examples, same
+    normalisation) within 1e-6, and a 2-process run stopped after its step-4 checkpoint and resumed by 1 process
+    ends where the uninterrupted 2-process run ended."""
+    for stage in ("sft", "rm", "dpo", "grpo", "ppo", "ei"):
+        extra = {"sft": ["--grad-accum-steps", "1"], "ppo": ["--reward", "gold"],
+                 "dpo": ["--n-prompts", "8", "--n-eval-prompts", "4", "--k-samples", "3"]}.get(stage, [])
         done = _torchrun([stage, "--preset", "smoke", "--out", str(tmp_path / stage), *extra], tmp_path)
         assert done.returncode == 0, f"{stage}: {done.stderr[-2000:]}"
         assert (tmp_path / stage / "ckpt.pt").exists() and (tmp_path / stage / "metrics.jsonl").exists()

@@ -4,9 +4,9 @@ all-reduced, rank 0 alone writes.
     torchrun --standalone --nproc_per_node 4 -m cs336_alignment sft --preset smoke   # 4 processes, one batch
     python -m cs336_alignment sft --preset smoke                                     # 1 process: unchanged
 
-The loops (train/sft.py, dpo.py, reward_model.py, grpo.py, ppo.py, expert_iteration.py) call the functions below; with one process (no
-torchrun: WORLD_SIZE unset or 1) every one of them is the identity or the plain single-process call, so a run
-without torchrun computes exactly what it computed before this module existed.
+The loops (train/sft.py, dpo.py, reward_model.py, grpo.py, ppo.py, expert_iteration.py) call the functions below;
+with one process (no torchrun: WORLD_SIZE unset or 1) every one of them is the identity or the plain
+single-process call, so a run without torchrun computes exactly what it computed before this module existed.
 
 Design (the standard recipe of PyTorch DDP, Li et al. 2020, "PyTorch Distributed", VLDB §3; nanoGPT/nanochat
 and CS336 assignment 2, written out):
