@@ -42,7 +42,8 @@ B, T, GROUP = 8, 10, 2   # rows of the batch, tokens per row, GRPO group size
 # GRPO rewards in groups of 2: group 2 (rank 1's first) has no variance (dropped by the loop's
 # zero-advantage skip), so rank 0 keeps 4 rows and rank 1 keeps 2 ("uneven"); in "empty" rank 1 keeps none.
 REWARDS = {"uneven": [1., 0., 0., 1., 1., 1., 0., 1.], "empty": [1., 0., 0., 1., 1., 1., 0., 0.]}
-CASES = ["sft", "dpo", "grpo_sequence", "grpo_constant", "grpo_sequence_empty", "grpo_naive", "ppo", "ei"]
+CASES = ["sft", "dpo", "grpo_sequence", "grpo_constant", "grpo_sequence_empty", "grpo_naive", "ppo", "ei",
+         "ei_one_row"]
 EI_KEPT = [[1, 2], [3, 4, 5, 6, 7]]  # expert iteration: the rows each rank's verifier kept (2 and 5: uneven)
 
 
@@ -133,18 +134,20 @@ def _ei_rows() -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     return batch, widths
 
 
-def _ei_step(world: int, rank: int) -> dict:
+def _ei_step(world: int, rank: int, n_rows: int = 7) -> dict:
     """train/expert_iteration.py's optimizer step: every rank's kept rows gathered (`ddp.all_gather_rows`; ranks
     keep 2 and 5 rows of different widths), the step's 7 shuffled rows split 3 / 4 by `ddp.shard_uneven` into
     micro-batches of 2 (one rank: 2, 2, 2, 1 — another grouping of the same rows), each micro-batch's SFT loss
-    weighed by len(micro) / len(step rows), normalised by the mean kept length, gradients summed."""
+    weighed by len(micro) / len(step rows), normalised by the mean kept length, gradients summed. n_rows = 1 (a
+    round's last step of one row): rank 0's share is empty, rank 1 trains on the row."""
     model = _model(0)
     batch, widths = _ei_rows()
     kept = sum(EI_KEPT, []) if world == 1 else EI_KEPT[rank]
     rows_all, widths_all = ddp.all_gather_rows({k: v[kept] for k, v in batch.items()}, widths[kept])
     normalize_constant = float(rows_all["response_mask"].sum(-1).double().mean())
-    step_rows = torch.randperm(len(widths_all), generator=torch.Generator().manual_seed(0))
-    for micro in ddp.shard_uneven(step_rows).split(2):
+    step_rows = torch.randperm(len(widths_all), generator=torch.Generator().manual_seed(0))[-n_rows:]
+    mine = ddp.shard_uneven(step_rows)
+    for micro in mine.split(2) if len(mine) else ():
         mb = micro_batch(rows_all, micro, widths_all, torch.device("cpu"))
         log_probs = get_response_log_probs(model, mb["input_ids"], mb["labels"], fused=False)["log_probs"]
         sft_microbatch_train_step(log_probs, mb["response_mask"], len(step_rows) / len(micro),
@@ -155,8 +158,8 @@ def _ei_step(world: int, rank: int) -> dict:
 def _step(case: str, world: int, accum: int, rank: int) -> dict[str, torch.Tensor]:
     """One optimizer step of `case` on this rank: the gradients after the all-reduce, the parameters after
     clip + AdamW."""
-    if case in ("ppo", "ei"):
-        return _ppo_step(world, rank) if case == "ppo" else _ei_step(world, rank)
+    if case.startswith(("ppo", "ei")):
+        return _ppo_step(world, rank) if case == "ppo" else _ei_step(world, rank, 1 if case == "ei_one_row" else 7)
     model, other = _model(0), _model(1)  # other: DPO's reference and GRPO's old / reference policy
     batch, micros = _batch(0), _rows(case, world, accum, rank)
     pairs = _batch(1)  # DPO: row i of `batch` is chosen, row i of `pairs` rejected
@@ -247,7 +250,8 @@ def _scale(a: dict[str, torch.Tensor]) -> float:
 
 
 @pytest.mark.parametrize("case,accum", [("sft", 1), ("sft", 2), ("dpo", 1), ("dpo", 2), ("grpo_sequence", 1),
-                                        ("grpo_constant", 1), ("grpo_sequence_empty", 1), ("ppo", 1), ("ei", 1)])
+                                        ("grpo_constant", 1), ("grpo_sequence_empty", 1), ("ppo", 1), ("ei", 1),
+                                        ("ei_one_row", 1)])
 def test_two_ranks_equal_one_rank_accumulating(case, accum):
     """2 ranks x `accum` micro-batches == 1 rank x 2 * accum micro-batches (the same rows): the gradients within
     1e-10 (float64), the parameters after clip + AdamW within 1e-6 (the brief's bound; observed ~1e-16), and both

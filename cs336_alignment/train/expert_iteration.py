@@ -13,6 +13,9 @@ rejection-sampling fine-tuning, Yuan et al. 2023):
   3. fine-tune on the kept responses for `sft_epochs` epochs of `batch_size` rows: the SFT loss on the sampled
      response tokens (`sft.sft_microbatch_train_step`, per-token log-probs from `logprobs.get_response_log_probs`),
      normalised by the mean kept response length, as train/sft.py does.
+Data parallel (`torchrun --nproc_per_node N -m cs336_alignment ei ...`, train/distributed.py): each rank samples its
+share of the prompts; the kept samples of every rank are gathered, and each optimizer step's rows are split over
+the ranks, each micro-batch weighed by its share of the step's rows, the gradients summed.
 No reward model, no advantage, no reference: the only signal is which samples the verifier kept, so expert
 iteration can only re-weight behaviours the policy already samples (pass@G becomes pass@1), as GRPO mostly does.
 The optimizer (AdamW, constant `lr`) carries over from round to round. The prompt pool comes by default from the
@@ -166,7 +169,8 @@ def train(cfg: EIConfig, reward_fn: Callable[[str, str], dict[str, float]] | Non
         nll, n_tokens, norms = 0.0, 0, []
         for _ in range(cfg.sft_epochs if len(kept_lengths) else 0):
             for rows in torch.randperm(len(kept_lengths), generator=shuffle).split(cfg.batch_size):
-                for micro in ddp.shard_uneven(rows).split(cfg.micro_batch_size):  # this rank's rows of the step
+                mine = ddp.shard_uneven(rows)  # this rank's rows of the step (torchrun: maybe none)
+                for micro in mine.split(cfg.micro_batch_size) if len(mine) else ():
                     mb = micro_batch(sft_rows, micro, sft_widths, device)
                     log_probs = get_response_log_probs(policy, mb["input_ids"], mb["labels"])["log_probs"]  # (b, T')
                     # per row: -sum of response log-probs / normalize_constant; mean over the rows; weighed by

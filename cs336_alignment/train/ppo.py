@@ -21,6 +21,9 @@ implementation details of RLHF with PPO"):
 The value model is a RewardModel (LM trunk + ScalarHead): a copy of the reward model (InstructGPT) or of
 the SFT trunk with a new head. On the first minibatch of the first epoch the policy is the rollout policy,
 so the ratio pi / pi_old is exactly 1 there.
+Data parallel (`torchrun --nproc_per_node N -m cs336_alignment ppo ...`, train/distributed.py): each rank samples
+its share of the prompts; the advantages are whitened with every rank's moments and the policy's and the value
+model's gradients are summed over ranks, each micro-batch weighed by its share of the minibatch's global rows.
 
 Checkpoints: <out>/ckpt.pt holds the policy and its optimizer (what `load_model` and the other stages read)
 and, in its extra dict, everything else a resumed run needs: the value model ("value_model") and its
