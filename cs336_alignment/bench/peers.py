@@ -386,12 +386,13 @@ def bench_peers(args: argparse.Namespace) -> int:
                          max(2, args.repeats // 4)))
 
     peak = matmul_peak_flops()
-    flops = statistics.mean(sft_flops(ours, b, tok.pad_token_id) for b in sft_batches)
+    flops, done = (statistics.mean(sft_flops(ours, b, tok.pad_token_id, pad) for b in sft_batches) for pad in (0, 1))
     sft = next(r for r in rows if r["name"] == "sft")
     print(f"SFT reaches {flops / sft['ours_cpu_s'] / peak:.0%} of the 1-thread float32 matmul peak by CPU time "
           f"({peak / 1e9:.0f} GFLOP/s on 1024^3, best of 5; {flops / 1e9:.2f} GFLOP/step: per real token "
-          f"6 N + 12 L d T, N without the input embedding, T the row's length, PaLM appendix B); load average "
-          f"{load_average()}")
+          f"6 N + 12 L d T, N without the input embedding, T the row's length, PaLM appendix B); counting the "
+          f"padded positions the kernels compute ({done / 1e9:.2f} GFLOP/step): {done / sft['ours_cpu_s'] / peak:.0%}"
+          f"; load average {load_average()}")
     if args.memory_steps:
         mem = {side: _fresh({"side": side, "ckpt": args.ckpt, "steps": args.memory_steps, "pairs": 16})["rss_mib"]
                for side in ("ours", "peer")}
@@ -406,11 +407,14 @@ def bench_peers(args: argparse.Namespace) -> int:
     return 0
 
 
-def sft_flops(model, b: dict, pad_token_id: int) -> float:
-    """Training FLOPs of one SFT batch's real tokens: sum over rows of n_i (6 N + 12 L d n_i) (PaLM appendix B,
-    with the row's own length n_i as the attention span; N = parameters without the input embedding table)."""
+def sft_flops(model, b: dict, pad_token_id: int, padded: bool = False) -> float:
+    """Training FLOPs of one SFT batch: sum over rows of n_i (6 N + 12 L d n_i) (PaLM appendix B, with the row's
+    own length n_i as the attention span; N = parameters without the input embedding table). n_i counts the real
+    tokens, or with padded=True the batch's padded width (what the kernels compute, padding included)."""
     c, n = model.config, model.num_params(include_embeddings=False)
     lengths = (b["input_ids"] != pad_token_id).sum(dim=1).double()  # (B,)
+    if padded:
+        lengths = torch.full_like(lengths, b["input_ids"].shape[1])
     return float((lengths * (6 * n + 12 * c.num_layers * c.d_model * lengths)).sum())
 
 
