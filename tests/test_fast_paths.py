@@ -148,9 +148,10 @@ def test_bench_peers_skips_without_trl(monkeypatch, capsys):
 def test_bench_peers_runs_and_both_sides_agree(capsys):
     pytest.importorskip("trl")
     from cs336_alignment.bench.cli import main
-    assert main(["peers", "--batch-size", "4", "--repeats", "1", "--prompts", "4", "--new-tokens", "4",
-                 "--memory-steps", "0"]) == 0
+    assert main(["peers", "--batch-size", "4", "--repeats", "2", "--prompts", "4", "--new-tokens", "4",
+                 "--memory-steps", "0", "--variant", "plain-logprobs"]) == 0
     out = capsys.readouterr().out
+    assert "median thread CPU time" in out and "vs ours" in out and "padded positions" in out
     for row in ("fwd+bwd", "sft", "dpo", "grpo", "sample"):
         assert f"\n{row} " in out
     diffs = [float(part.split()[-1].rstrip(",")) for line in out.splitlines() if "loss rel diff" in line
