@@ -1,6 +1,7 @@
 """The fast paths give the numbers of the readable forms they replace: RoPE as one complex multiplication, AdamW
 on lists of parameters (torch._foreach_*), GRPO's first optimizer step reusing its own forward for the old
-log-probs; and `bench peers` skips cleanly without TRL. The oracles are the old forms, written out here."""
+log-probs; the plain log-prob path against the fused kernel on our model (`bench peers --variant plain-logprobs`);
+and `bench peers` (its clocks, and it skips cleanly without TRL). The oracles are the old forms, written out here."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,9 +11,10 @@ import sys
 import pytest
 import torch
 
+from cs336_alignment.bench import clocks
 from cs336_alignment.bench import peers as bench_peers
 from cs336_alignment.lm.checkpoint import load_model, save_checkpoint
-from cs336_alignment.logprobs import get_response_log_probs
+from cs336_alignment.logprobs import get_response_log_probs, naive_entropy
 from cs336_alignment.lm.model import RotaryPositionalEmbedding, TransformerConfig, TransformerLM
 from cs336_alignment.lm.nn_utils import AdamW
 from cs336_alignment.train import grpo
@@ -146,9 +148,10 @@ def test_bench_peers_skips_without_trl(monkeypatch, capsys):
 def test_bench_peers_runs_and_both_sides_agree(capsys):
     pytest.importorskip("trl")
     from cs336_alignment.bench.cli import main
-    assert main(["peers", "--batch-size", "4", "--repeats", "1", "--prompts", "4", "--new-tokens", "4",
-                 "--memory-steps", "0"]) == 0
+    assert main(["peers", "--batch-size", "4", "--repeats", "2", "--prompts", "4", "--new-tokens", "4",
+                 "--memory-steps", "0", "--variant", "plain-logprobs"]) == 0
     out = capsys.readouterr().out
+    assert "median thread CPU time" in out and "vs ours" in out and "padded positions" in out
     for row in ("fwd+bwd", "sft", "dpo", "grpo", "sample"):
         assert f"\n{row} " in out
     diffs = [float(part.split()[-1].rstrip(",")) for line in out.splitlines() if "loss rel diff" in line
@@ -179,3 +182,54 @@ def test_fast_kernels_stay_within_rounding_of_the_course_forms():
     torch.testing.assert_close(torch.nn.functional.silu(x), x / (1 + torch.exp(-x)), rtol=1e-12, atol=1e-12)
     ms = x.pow(2).mean() + 1e-5
     torch.testing.assert_close(x * torch.rsqrt(ms), x / torch.sqrt(ms), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+def test_plain_and_fused_log_prob_paths_agree_on_the_transformer(dtype, tol):
+    """Both paths of get_response_log_probs on a TransformerLM: log-probs, entropies and every parameter's gradient
+    agree within rounding, and both match the naive formula on the model's own logits."""
+    torch.manual_seed(0)
+    config = TransformerConfig(vocab_size=96, context_length=16, d_model=32, num_layers=2, num_heads=2, d_ff=96)
+    model = TransformerLM(config).to(dtype)
+    ids = torch.randint(0, 96, (3, 16))
+    labels = torch.roll(ids, -1, dims=1)
+    outs = []
+    for fused in (True, False):
+        out = get_response_log_probs(model, ids, labels, return_token_entropy=True, fused=fused)
+        loss = (out["log_probs"] * torch.linspace(-1, 1, 16, dtype=dtype)).sum() + 0.3 * out["token_entropy"].sum()
+        outs.append((out["log_probs"], out["token_entropy"], torch.autograd.grad(loss, list(model.parameters()))))
+    with torch.no_grad():
+        logits = model(ids).double()
+    oracle = torch.log_softmax(logits, -1).gather(-1, labels[..., None]).squeeze(-1)
+    for log_probs, entropy, _ in outs:
+        torch.testing.assert_close(log_probs.double(), oracle, rtol=tol, atol=tol)
+        torch.testing.assert_close(entropy.double(), naive_entropy(logits), rtol=tol, atol=tol)
+    for a, b in zip(outs[0][2], outs[1][2]):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+def test_clocks_ratio_spread_and_interleaved_order():
+    """compare() on hand-made times; a constant per-round ratio has zero spread; interleave reverses the order
+    every round and times only the rounds after the warm-up."""
+    times = {"ours": [(1.0, 2.0), (3.0, 4.0), (2.0, 9.0)], "peer": [(2.0, 2.0), (6.0, 8.0), (4.0, 1.0)]}
+    row = clocks.compare("x", times)
+    assert (row["ours_cpu_s"], row["peer_cpu_s"], row["ours_wall_s"], row["peer_wall_s"]) == (2.0, 4.0, 4.0, 2.0)
+    assert (row["ratio"], row["ratio_wall"], row["spread"]) == (0.5, 2.0, 0.0)  # cpu ratio 0.5 every round
+    assert clocks.bootstrap_spread([1.0, 2.0, 1.0, 3.0], [1.0, 1.0, 2.0, 1.0]) > 0
+    assert clocks.bootstrap_spread([1.0], [2.0]) == 0.0
+
+    class Fake:
+        def __init__(self, name):
+            self.name, self.last = name, (0.0, 0.0)
+
+    calls = []
+
+    def step(side, x):
+        calls.append((side.name, x))
+        side.last = (float(x), 1.0)
+
+    row = clocks.interleave("y", [Fake("ours"), Fake("peer")], step, [10, 20, 30], repeats=3, warmup=1)
+    assert calls == [("ours", 10), ("peer", 10), ("peer", 20), ("ours", 20), ("ours", 30), ("peer", 30),
+                     ("peer", 10), ("ours", 10)]
+    assert len(row["times"]["ours"]) == len(row["times"]["peer"]) == 3
+    assert row["steps_compared"] == 4 and row["loss_rel_diff"] == 0.0

@@ -29,18 +29,20 @@ Hugging Face Llama directory (`TransformerLM.save_pretrained`) and opened with `
 TRL's trainers themselves (datasets, accelerate, a Hugging Face tokenizer) are not driven: the losses are
 computed on the same batches as TRL's trainers compute them, with TRL's own functions where it has them. The
 losses and gradient norms of both sides are compared step for step (they start from the same weights and see the
-same batches; the optimizers differ only in rounding). Timings on a shared CPU are noisy: read the medians.
+same batches; the optimizers differ only in rounding). Timing (bench/clocks.py): each step's thread CPU time and
+wall time, sides interleaved; the ratio uses the median CPU times, ± the bootstrap spread a rerun would show.
+`--variant` times a changed copy of ours in the same rounds (one change, before/after in one run).
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +52,7 @@ from cs336_alignment.lm.data import collate_chat
 from cs336_alignment.dpo import dpo_loss, sequence_log_probs
 from cs336_alignment.lm.generation import generate
 from cs336_alignment.grpo_loss import policy_and_kl_backward
+from cs336_alignment.bench.clocks import Rows, compare, interleave, load_average, matmul_peak_flops, timed
 from cs336_alignment.logprobs import get_response_log_probs
 from cs336_alignment.lm.nn_utils import clip_gradients
 from cs336_alignment.sft_step import sft_microbatch_train_step
@@ -130,15 +133,24 @@ def pair_chats(n: int, seed: int, bad_answers: bool = True) -> list[list[dict]]:
     return out
 
 
+# --variant NAME adds a third side, "ours+NAME": our model and loops with one setting changed, timed in the same
+# rounds, so a change is measured before/after in one run (its ratio to "ours" and that ratio's spread).
+VARIANTS = {"plain-logprobs": "get_response_log_probs(..., fused=False): the model's logits, selective_log_softmax",
+            "fast-kernels": "TransformerLM.use_fast_kernels (F.silu, rsqrt)"}
+
+
 class Side:
-    """One side's model, optimizer and step functions; `last` holds the last step's (loss, grad_norm)."""
+    """One side's model, optimizer and step functions; `last` holds the last step's (loss, grad_norm).
+
+    Ours: `fused` is the log-prob path (the loops': fused), `old_forward` adds GRPO's old no-grad forward."""
 
     def __init__(self, name: str, model, params_opt):
         self.name, self.model, self.opt, self.last = name, model, params_opt, (0.0, 0.0)
+        self.fused, self.old_forward = True, False
 
     def update(self, loss: torch.Tensor, clip=True) -> None:
         params = [p for p in self.model.parameters() if p.grad is not None]
-        if self.name == "ours":
+        if self.name != "peer":
             norm = clip_gradients(params, 1.0)
         else:
             norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -147,17 +159,27 @@ class Side:
         self.last = (float(loss.detach()), float(norm))
 
 
-def make_sides(ours, peer, old_forward: bool):
+def make_sides(ours, peer, old_forward: bool, variant: str = ""):
+    """[ours, peer] and, with a variant, "ours+variant" on a copy of our model (same weights)."""
+    alt = copy.deepcopy(ours) if variant else None
     o = Side("ours", ours, build_optimizer(ours.parameters(), _Opt))
     p = Side("peer", peer, torch.optim.AdamW(peer.parameters(), lr=LR, betas=(0.9, 0.999), weight_decay=0.0,
                                              fused=True))
     o.old_forward = old_forward
-    return o, p
+    if not variant:
+        return [o, p]
+    a = Side(f"ours+{variant}", alt, build_optimizer(alt.parameters(), _Opt))
+    a.old_forward = old_forward
+    if variant == "fast-kernels":
+        alt.use_fast_kernels()
+    else:
+        a.fused = False
+    return [o, p, a]
 
 
 def fwd_bwd(side: Side, b: dict) -> None:
     ids, labels = b["input_ids"], b["labels"]
-    logits = side.model(ids) if side.name == "ours" else side.model(input_ids=ids, use_cache=False).logits
+    logits = side.model(ids) if side.name != "peer" else side.model(input_ids=ids, use_cache=False).logits
     loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten())
     loss.backward()
     side.model.zero_grad(set_to_none=True)
@@ -165,8 +187,9 @@ def fwd_bwd(side: Side, b: dict) -> None:
 
 
 def sft_step(side: Side, b: dict) -> None:
-    if side.name == "ours":
-        lp = get_response_log_probs(side.model, b["input_ids"], b["labels"])["log_probs"]
+    if side.name != "peer":
+        lp = get_response_log_probs(side.model, b["input_ids"], b["labels"],
+                                    fused=side.fused)["log_probs"]
         n_tokens = int(b["response_mask"].sum())
         loss, _ = sft_microbatch_train_step(lp, b["response_mask"], 1, normalize_constant=n_tokens / len(lp))
     else:
@@ -185,7 +208,7 @@ def _peer_logps(model, b: dict) -> torch.Tensor:
 
 
 def dpo_step(side: Side, b: dict) -> None:
-    if side.name == "ours":
+    if side.name != "peer":
         logps = sequence_log_probs(side.model, b["input_ids"], b["labels"], b["response_mask"])  # (2B,)
         loss, _ = dpo_loss(logps[0::2], logps[1::2], b["ref"][0::2], b["ref"][1::2], BETA)
     else:
@@ -199,12 +222,13 @@ def dpo_step(side: Side, b: dict) -> None:
 def grpo_step(side: Side, b: dict) -> None:
     mask, adv = b["response_mask"], b["advantages"]
     n_tokens = float(mask.sum())
-    if side.name == "ours":
-        old = None
+    if side.name != "peer":
+        old, fused = None, side.fused
         if side.old_forward:  # what the loop did before reusing the first pass (ratio exactly 1 either way)
             with torch.no_grad():
-                old = get_response_log_probs(side.model, b["input_ids"], b["labels"])["log_probs"]
-        out = get_response_log_probs(side.model, b["input_ids"], b["labels"], return_token_entropy=True)
+                old = get_response_log_probs(side.model, b["input_ids"], b["labels"], fused=fused)["log_probs"]
+        out = get_response_log_probs(side.model, b["input_ids"], b["labels"], return_token_entropy=True,
+                                     fused=fused)
         lp = out["log_probs"]
         info, _ = policy_and_kl_backward(lp, mask, 1.0, "grpo", weights=adv[:, None],
                                          old_log_probs=lp.detach() if old is None else old, cliprange=CLIP,
@@ -230,68 +254,41 @@ def grpo_step(side: Side, b: dict) -> None:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def interleave(name: str, sides, step, batches: list[dict], repeats: int, warmup: int = 2) -> dict:
-    """Run `step` on both sides alternately (A B B A ...) over the same batches; medians and step-wise checks."""
-    times = {s.name: [] for s in sides}
-    trace = {s.name: [] for s in sides}
-    for i in range(warmup + repeats):
-        order = sides if i % 2 == 0 else sides[::-1]
-        for s in order:
-            t0 = time.perf_counter()
-            step(s, batches[i % len(batches)])
-            if i >= warmup:
-                times[s.name].append(time.perf_counter() - t0)
-            trace[s.name].append(s.last)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    diffs = [(abs(a[0] - b[0]) / max(abs(b[0]), 1e-12), abs(a[1] - b[1]) / max(abs(b[1]), 1e-12))
-             for a, b in zip(trace["ours"], trace["peer"])]
-    return {"name": name, "ours_s": med["ours"], "peer_s": med["peer"], "ratio": med["ours"] / med["peer"],
-            "loss_rel_diff": max(d[0] for d in diffs), "grad_norm_rel_diff": max(d[1] for d in diffs),
-            "steps_compared": len(diffs)}
+def sampling(models: dict, tokenizer, n_prompts: int, new_tokens: int, repeats: int) -> dict:
+    """CPU and wall seconds to sample n_prompts responses, ours vs generate (both batched, temperature 1).
 
-
-def sampling(ours, peer, tokenizer, n_prompts: int, new_tokens: int, repeats: int) -> dict:
-    """Seconds to sample n_prompts responses, ours vs generate (both batched, temperature 1)."""
+    models: {"ours": TransformerLM, "peer": LlamaForCausalLM} and optionally "ours+variant" (another ours)."""
+    context = models["ours"].config.context_length
     prompts = [tokenizer.prompt_ids(p["question"]) for p in generate_problems(4 * n_prompts, "test", 0)]
-    prompts = [p for p in prompts if len(p) + new_tokens <= ours.config.context_length][:n_prompts]  # room to end
+    prompts = [p for p in prompts if len(p) + new_tokens <= context][:n_prompts]  # room to end
     end, pad = tokenizer.end_of_turn_id, tokenizer.pad_token_id
     width = max(map(len, prompts))
     ids = torch.full((len(prompts), width), pad)
     attn = torch.zeros_like(ids)
     for i, p in enumerate(prompts):  # left padding, as generate expects
         ids[i, width - len(p):], attn[i, width - len(p):] = torch.tensor(p), 1
-    times, new = {"ours": [], "peer": []}, {"ours": 0, "peer": 0}
-    for r in range(repeats):
-        for name in (("ours", "peer") if r % 2 == 0 else ("peer", "ours")):
-            torch.manual_seed(r)
-            t0 = time.perf_counter()
-            if name == "ours":
-                out = generate(ours, prompts, max_new_tokens=new_tokens, temperature=1.0, eos_token_id=end,
-                               pad_token_id=pad, generator=torch.Generator().manual_seed(r))
-                new[name] = sum(len(t) for t in out.tokens)
-            else:
-                with torch.no_grad():
-                    out = peer.generate(input_ids=ids, attention_mask=attn, do_sample=True, temperature=1.0,
+    times, new = {name: [] for name in models}, {name: 0 for name in models}
+
+    def run(name: str, r: int) -> None:
+        torch.manual_seed(r)
+        if name != "peer":
+            out = generate(models[name], prompts, max_new_tokens=new_tokens, temperature=1.0, eos_token_id=end,
+                           pad_token_id=pad, generator=torch.Generator().manual_seed(r))
+            new[name] = sum(len(t) for t in out.tokens)
+            return
+        with torch.no_grad():
+            out = models[name].generate(input_ids=ids, attention_mask=attn, do_sample=True, temperature=1.0,
                                         top_k=0, top_p=1.0, max_new_tokens=new_tokens, eos_token_id=end,
                                         pad_token_id=pad, use_cache=True)
-                gen = out[:, width:]
-                stopped = (gen == end).long().cumsum(-1)
-                new[name] = int(((stopped == 0) | ((stopped == 1) & (gen == end))).sum())
-            times[name].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    return {"name": "sample", "ours_s": med["ours"], "peer_s": med["peer"], "ratio": med["ours"] / med["peer"],
-            "ours_tokens": new["ours"], "peer_tokens": new["peer"]}
+        gen = out[:, width:]
+        stopped = (gen == end).long().cumsum(-1)
+        new[name] = int(((stopped == 0) | ((stopped == 1) & (gen == end))).sum())
 
-
-def matmul_peak_flops(n: int = 1024, repeats: int = 5) -> float:
-    """Single-thread float32 matmul FLOP/s on this CPU: the best of `repeats` (n x n) @ (n x n) products."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    seconds = []
-    for _ in range(repeats + 1):  # the first is a warm-up
-        t0 = time.perf_counter()
-        a @ b
-        seconds.append(time.perf_counter() - t0)
-    return 2 * n ** 3 / min(seconds[1:])
+    names = list(models)
+    for r in range(repeats):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            times[name].append(timed(lambda: run(name, r)))
+    return dict(compare("sample", times), tokens=new)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -353,17 +350,18 @@ def bench_peers(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         ours, peer, tok = load_pair(args.ckpt, tmp, args.fast_kernels)
     add_fused_lm_head(peer)  # TRL's DPO forward; without fused_lm_head=True the forward is the original one
-    context = ours.config.context_length
+    context, variant = ours.config.context_length, args.variant
     print(f"bench peers: {ours.num_params() / 1e6:.2f}M params ({args.ckpt}), torch {torch.__version__}, "
           f"transformers {transformers.__version__}, trl {trl.__version__}, 1 thread, batch {args.batch_size}, "
-          f"median of {args.repeats} interleaved steps; ratio = ours / peer (< 1: ours faster)"
-          + ("; ours with use_fast_kernels" if args.fast_kernels else ""))
+          f"{args.repeats} interleaved steps per side; ratio = median thread CPU time ours / peer (< 1: ours "
+          f"faster), ± its bootstrap sd (the spread a rerun would show); wall = the same by wall clock; load "
+          f"average {load_average()}" + ("; ours with use_fast_kernels" if args.fast_kernels else "")
+          + (f"; ours+{variant}: {VARIANTS[variant]}" if variant else ""))
     rows = Rows()
     sft_batches = [chat_batch(tok, sft_chats(args.batch_size * 4, 0)[i::4], context) for i in range(4)]
-    o, p = make_sides(ours, peer, args.old_forward)
-    rows.append(interleave("fwd+bwd", (o, p), fwd_bwd, sft_batches, args.repeats))
-    rows.append(interleave("sft", (o, p), sft_step, sft_batches, args.repeats))
-    tokens_per_step = statistics.mean(int((b["input_ids"] != tok.pad_token_id).sum()) for b in sft_batches)
+    sides = make_sides(ours, peer, args.old_forward, variant)
+    rows.append(interleave("fwd+bwd", sides, fwd_bwd, sft_batches, args.repeats))
+    rows.append(interleave("sft", sides, sft_step, sft_batches, args.repeats))
 
     pairs = pair_chats(args.batch_size // 2 * 4, 1)
     dpo_batches = []
@@ -372,8 +370,8 @@ def bench_peers(args: argparse.Namespace) -> int:
         with torch.no_grad():  # the frozen reference = the starting weights
             b["ref"] = sequence_log_probs(ours, b["input_ids"], b["labels"], b["response_mask"])
         dpo_batches.append(b)
-    o, p = make_sides(*load_pair_again(args.ckpt, args.fast_kernels), args.old_forward)
-    rows.append(interleave("dpo", (o, p), dpo_step, dpo_batches, args.repeats))
+    sides = make_sides(*load_pair_again(args.ckpt, args.fast_kernels), args.old_forward, variant)
+    rows.append(interleave("dpo", sides, dpo_step, dpo_batches, args.repeats))
 
     g = torch.Generator().manual_seed(2)
     grpo_batches = []
@@ -381,18 +379,20 @@ def bench_peers(args: argparse.Namespace) -> int:
         b = chat_batch(tok, sft_chats(args.batch_size * 4, 3)[i::4], context)
         b["advantages"] = torch.randn(len(b["input_ids"]), generator=g)
         grpo_batches.append(b)
-    o, p = make_sides(*load_pair_again(args.ckpt, args.fast_kernels), args.old_forward)
-    rows.append(interleave("grpo", (o, p), grpo_step, grpo_batches, args.repeats))
-    ours, peer = load_pair_again(args.ckpt, args.fast_kernels)
-    rows.append(sampling(ours.eval(), peer.eval(), tok, args.prompts, args.new_tokens, max(1, args.repeats // 4)))
+    sides = make_sides(*load_pair_again(args.ckpt, args.fast_kernels), args.old_forward, variant)
+    rows.append(interleave("grpo", sides, grpo_step, grpo_batches, args.repeats))
+    sides = make_sides(*load_pair_again(args.ckpt, args.fast_kernels), False, variant)
+    rows.append(sampling({s.name: s.model.eval() for s in sides}, tok, args.prompts, args.new_tokens,
+                         max(2, args.repeats // 4)))
 
     peak = matmul_peak_flops()
-    n = ours.num_params()
-    c = ours.config
-    flops = tokens_per_step * (6 * n + 12 * c.num_layers * c.d_model * context)  # PaLM appendix B estimate
+    flops, done = (statistics.mean(sft_flops(ours, b, tok.pad_token_id, pad) for b in sft_batches) for pad in (0, 1))
     sft = next(r for r in rows if r["name"] == "sft")
-    print(f"SFT reaches {flops / sft['ours_s'] / peak:.0%} of the 1-thread float32 matmul peak "
-          f"({peak / 1e9:.0f} GFLOP/s measured on 1024^3; {tokens_per_step:.0f} tokens/step, 6N + 12 L d T per token)")
+    print(f"SFT reaches {flops / sft['ours_cpu_s'] / peak:.0%} of the 1-thread float32 matmul peak by CPU time "
+          f"({peak / 1e9:.0f} GFLOP/s on 1024^3, best of 5; {flops / 1e9:.2f} GFLOP/step: per real token "
+          f"6 N + 12 L d T, N without the input embedding, T the row's length, PaLM appendix B); counting the "
+          f"padded positions the kernels compute ({done / 1e9:.2f} GFLOP/step): {done / sft['ours_cpu_s'] / peak:.0%}"
+          f"; load average {load_average()}")
     if args.memory_steps:
         mem = {side: _fresh({"side": side, "ckpt": args.ckpt, "steps": args.memory_steps, "pairs": 16})["rss_mib"]
                for side in ("ours", "peer")}
@@ -407,17 +407,15 @@ def bench_peers(args: argparse.Namespace) -> int:
     return 0
 
 
-class Rows(list):
-    """The result rows; each is printed as it is appended (a crash later keeps what was measured)."""
-
-    def append(self, r: dict) -> None:
-        if not self:
-            print(f"{'what':<9}{'ours s':>9}{'peer s':>9}{'ratio':>7}  check")
-        check = (f"{r['steps_compared']} steps: loss rel diff {r['loss_rel_diff']:.1e}, grad norm "
-                 f"{r['grad_norm_rel_diff']:.1e}" if "steps_compared" in r else
-                 f"new tokens ours {r['ours_tokens']} / peer {r['peer_tokens']} (sampled)")
-        print(f"{r['name']:<9}{r['ours_s']:>9.4f}{r['peer_s']:>9.4f}{r['ratio']:>7.2f}  {check}", flush=True)
-        super().append(r)
+def sft_flops(model, b: dict, pad_token_id: int, padded: bool = False) -> float:
+    """Training FLOPs of one SFT batch: sum over rows of n_i (6 N + 12 L d n_i) (PaLM appendix B, with the row's
+    own length n_i as the attention span; N = parameters without the input embedding table). n_i counts the real
+    tokens, or with padded=True the batch's padded width (what the kernels compute, padding included)."""
+    c, n = model.config, model.num_params(include_embeddings=False)
+    lengths = (b["input_ids"] != pad_token_id).sum(dim=1).double()  # (B,)
+    if padded:
+        lengths = torch.full_like(lengths, b["input_ids"].shape[1])
+    return float((lengths * (6 * n + 12 * c.num_layers * c.d_model * lengths)).sum())
 
 
 def load_pair_again(ckpt: str, fast_kernels: bool = False):
@@ -435,7 +433,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("peers", help="ours vs transformers + TRL (optional extra): steps, sampling, DPO memory")
     p.add_argument("--ckpt", default=str(SHIPPED_SFT), help="checkpoint both sides start from")
     p.add_argument("--batch-size", type=int, default=32, help="rows per step (DPO: 2 rows per pair)")
-    p.add_argument("--repeats", type=int, default=8, help="timed steps per side (median)")
+    p.add_argument("--repeats", type=int, default=16, help="timed steps per side (median; sampling: a quarter)")
     p.add_argument("--prompts", type=int, default=256)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--memory-steps", type=int, default=100, help="DPO steps of the memory check (0 = skip)")
@@ -443,5 +441,8 @@ def add_parser(sub) -> None:
                    help="GRPO: also run the no-grad forward for old log-probs (the loop before it reused the first pass)")
     p.add_argument("--fast-kernels", action="store_true",
                    help="ours with TransformerLM.use_fast_kernels (F.silu, rsqrt: other float rounding; off by default)")
+    p.add_argument("--variant", choices=sorted(VARIANTS), default="",
+                   help="also time ours with one setting changed, in the same rounds: " + "; ".join(
+                       f"{k}: {v}" for k, v in VARIANTS.items()))
     p.add_argument("--json", default="", help="also write the rows here")
     p.set_defaults(func=bench_peers)
