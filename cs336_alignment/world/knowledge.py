@@ -132,7 +132,9 @@ class KnowledgeWorld:
         """SFT chats on the SFT facts (neither held out nor RL facts), `per_fact` train questions each (drawn with
         ``random.Random(f"sft/{seed}")``), shuffled. Known facts get the worked answer; unknown facts get, by
         `mode`: "answer" the worked answer with the true price (which the model cannot know), "abstain" the
-        abstention line, "omit" no demonstration.
+        abstention line, "omit" no demonstration. Worked answers recall the fact in `recall_phrasing`
+        (`worked_answer`); with `abstain_recall` an abstention starts with the same attempted recall
+        (`abstention_answer`).
         Raises ValueError on an unknown mode."""
         if mode not in SFT_MODES:
             raise ValueError(f"mode must be one of {SFT_MODES}, got {mode!r}")
@@ -154,7 +156,7 @@ class KnowledgeWorld:
 class HallucinationConfig:
     """The hallucination lesson's knobs (pipeline/hallucination.py; presets' "hallucination" section): this world's
     knobs, then the recipe of its stages."""
-    n_shops: int = 8
+    n_shops: int = 12
     """shops of the knowledge world (x n_items facts)"""
     n_items: int = 10
     """items per shop"""
@@ -176,19 +178,19 @@ class HallucinationConfig:
     """mid-training peak learning rate (cosine to a tenth)"""
     sft_per_fact: int = 8
     """SFT demonstrations per (not held-out) fact"""
-    recall_phrasing: int = 0
+    recall_phrasing: int = 1
     """the corpus phrasing (0..3) in which a worked SFT answer recalls the fact (1: "At Kim's shop a pen costs ...")"""
     abstain_recall: bool = False
     """an abstention demonstration first attempts the recall ("At Kim's shop a pen costs"), then abstains"""
-    sft_steps: int = 200
+    sft_steps: int = 100
     """SFT steps of 32 chats, the same for the three SFT modes"""
-    sft_lr: float = 1e-3
+    sft_lr: float = 6e-4
     """SFT peak learning rate (cosine to a tenth)"""
     penalties: str = "0,1,3"
     """GRPO runs, one per penalty of a wrong answer (abstention_reward's wrong_penalty)"""
-    rl_steps: int = 20
+    rl_steps: int = 30
     """GRPO rollout batches of 16 prompts x 8 samples"""
-    rl_lr: float = 1e-4
+    rl_lr: float = 3e-5
     """GRPO peak learning rate"""
     max_new_tokens: int = 40
     """response length limit (a worked answer is ~25 tokens)"""
