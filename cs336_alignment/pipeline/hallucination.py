@@ -1,6 +1,6 @@
 """The hallucination trap, as one run: mid-training on a knowledge corpus, three SFTs, RL with an abstention reward.
 
-    python -m cs336_alignment pipeline --preset hallucination            # the lesson (~10 CPU-min, 1 thread)
+    python -m cs336_alignment pipeline --preset hallucination            # the lesson (~8 CPU-min; --jobs 2: side by side)
     python -m cs336_alignment pipeline --preset hallucination_smoke      # seconds; CI runs this
     python -m cs336_alignment.pipeline.hallucination --penalties 0,1,3 --seed 1   # the same, with its knobs
 
