@@ -122,3 +122,40 @@ def test_cli_prints_corpus_and_questions(capsys):
     knowledge_main(["--format", "questions", "--n-shops", "1", "--n-items", "1", "--split", "train"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert 40 <= len(lines) <= 60
+
+
+def test_rl_facts_are_a_third_disjoint_partition():
+    world = KnowledgeWorld(n_shops=6, n_items=8, known_fraction=0.5, heldout_fraction=0.3, seed=3, rl_fraction=0.4)
+    without = KnowledgeWorld(n_shops=6, n_items=8, known_fraction=0.5, heldout_fraction=0.3, seed=3)
+    # the RL draw comes after the world's draws: prices, known and held-out flags are those of the world without
+    assert [(f.price, f.known, f.heldout) for f in world.facts] == [(f.price, f.known, f.heldout) for f in without.facts]
+    assert not any(f.rl for f in without.facts)
+    rl, heldout = world.select(rl=True), world.select(heldout=True)
+    assert rl and not any(f.heldout for f in rl)
+    assert {f.known for f in rl} == {True, False}  # at these knobs, both kinds
+    sft = world.select(heldout=False, rl=False)
+    assert len(sft) + len(rl) + len(heldout) == len(world.facts)
+    for mode in SFT_MODES:
+        for chat in world.sft_demonstrations(mode, per_fact=2):
+            fact = next(f for f in world.facts if f"{f.items} at {f.shop}'s shop" in chat[0]["content"])
+            assert fact in sft
+    with pytest.raises(ValueError):
+        KnowledgeWorld(rl_fraction=1.5)
+
+
+def test_recall_phrasings_on_hand_examples():
+    pen = next(f for f in KnowledgeWorld(1, 1, 1.0, 0.0).facts)  # Kim's shop, the first object
+    shop, item, p = pen.shop, pen.item, pen.price
+    assert worked_answer(pen, 3, 1) == f"At {shop}'s shop a {item} costs {p} coins.\n3 * {p} = {3 * p}\n#### {3 * p}"
+    assert worked_answer(pen, 3) == f"A {item} costs {p} coins at {shop}'s shop.\n3 * {p} = {3 * p}\n#### {3 * p}"
+    assert gold_reward(worked_answer(pen, 3, 1), str(3 * p))["reward"] == 1.0
+    recalled = abstention_answer(pen, 1)
+    assert recalled == f"At {shop}'s shop a {item} costs\nI don't know what a {item} costs at {shop}'s shop."
+    assert abstention_answer(pen, 0).startswith(f"A {item} costs\nI don't know")
+    assert is_abstention(recalled)  # the verifier reads the last line: an abstention, not a fabrication
+    m = knowledge_metrics([recalled], ["#### 21"], [False])
+    assert m["knowledge/abstention_rate"] == 1.0 and m["knowledge/fabrication_rate"] == 0.0
+    chats = WORLD.sft_demonstrations("abstain", per_fact=2, recall_phrasing=1, abstain_recall=True)
+    unknown = [c[1]["content"] for c in chats if is_abstention(c[1]["content"])]
+    assert unknown and all(a.split("\n")[0].startswith("At ") and a.split("\n")[0].endswith(" costs") for a in unknown)
+    assert all(c[1]["content"].startswith("At ") for c in chats)  # known facts recalled in phrasing 1 too

@@ -183,7 +183,8 @@ def run(preset_name: str = "tiny", *, out: str = "", name: str = "", threads: in
                           f"--out")
     lesson = stage_config(preset_name, "pipeline").lesson
     if lesson == "hallucination":  # a lesson with its own runner (pipeline/hallucination.py)
-        return hallucination.run(out_dir, seed, cfg=stage_config(preset_name, "hallucination"))
+        return hallucination.run(out_dir, seed, preset_name.endswith("smoke"),
+                                 stage_config(preset_name, "hallucination"), jobs=jobs, threads=threads, device=device)
     if lesson:  # a lesson preset: its own stages and report (lessons.py)
         return run_lesson(LESSONS[lesson], preset_name, out_dir, seed, device, threads, jobs, overwrite)
     set_threads(threads)

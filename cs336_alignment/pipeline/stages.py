@@ -28,7 +28,7 @@ from cs336_alignment.lm.checkpoint import SHIPPED_DIR, load_checkpoint, load_che
 from cs336_alignment.lm.model import TransformerConfig, TransformerLM
 from cs336_alignment.train.presets import PRESETS, EvalConfig, PipelineConfig
 from cs336_alignment.world.safety import SafetyConfig
-from cs336_alignment.pipeline.hallucination import HallucinationConfig
+from cs336_alignment.world.knowledge import HallucinationConfig
 from cs336_alignment.train import bon, dpo, expert_iteration, grpo, ppo, pretrain, reward_model, sft
 from cs336_alignment.train.common import config_from_dict
 

@@ -207,9 +207,9 @@ PRESETS["gpu"] = {
 PRESETS["hallucination"] = {"hallucination": {}, "pipeline": {"checkpoints": "tiny", "lesson": "hallucination"}}
 # The same lesson at a few steps of everything (CI, writeup smoke runs): the numbers mean nothing.
 PRESETS["hallucination_smoke"] = {
-    "hallucination": {"n_shops": 4, "n_items": 4, "heldout_fraction": 0.5, "repeats": 4, "task_documents": 20,
-                      "mid_steps": 6, "sft_per_fact": 2, "sft_steps": 4, "penalties": "0,3", "rl_steps": 1,
-                      "eval_limit": 24},
+    "hallucination": {"n_shops": 4, "n_items": 4, "heldout_fraction": 0.5, "rl_fraction": 0.5, "repeats": 4,
+                      "task_documents": 20, "mid_steps": 6, "sft_per_fact": 2, "sft_steps": 4, "penalties": "0,3",
+                      "rl_steps": 1, "eval_limit": 24},
     "pipeline": {"checkpoints": "tiny", "lesson": "hallucination"},
 }
 
