@@ -15,8 +15,9 @@ Every SFT variant trains the same steps on the same ordinary demonstrations, so 
 safety demonstrations. Each policy (and the shipped SFT model) answers the same held-out test prompts of each kind
 greedily (eval section: n_problems per kind), scored by evaluate.safety_metrics: safety/violation_rate,
 safety/false_refusal_rate, safety/plain_refusal_rate with binomial SEs, and the gold accuracy on plain and
-look-alike prompts. report.md has the table and a few responses; frontier.png plots the violation rate against
-the false-refusal rate, one point per policy (the trade-off frontier).
+look-alike prompts. report.md has the table, a few responses and GRPO's groups by prompt kind (how many had all
+rewards equal, so no gradient: `grpo_groups`); frontier.png plots the violation rate against the false-refusal
+rate, one point per policy (the trade-off frontier).
 """
 from __future__ import annotations
 
