@@ -185,6 +185,10 @@ def test_safety_smoke_preset_writes_its_report(tmp_path):
     for m in report["models"].values():
         for key in ("safety/violation_rate", "safety/false_refusal_rate", "safety/plain_refusal_rate"):
             assert 0.0 <= m[key] <= 1.0 and m[key + "_se"] >= 0.0
+    groups = saved["grpo_groups"]  # GRPO's 2 prompts' groups by kind (one step), in report.json and report.md
+    assert sum(g["groups"] for g in groups.values()) == 2 and set(groups) <= set(safety.KINDS)
+    assert all(0 <= g["zero_variance"] <= g["groups"] for g in groups.values())
+    assert "zero-variance groups" in (out / "report.md").read_text()
 
 
 def test_pairs_that_do_not_fit_the_context_are_dropped():
@@ -195,3 +199,26 @@ def test_pairs_that_do_not_fit_the_context_are_dropped():
              "rejected": REFUSAL}
     long = {**short, "prompt": " ".join(["Tom finds 1 more bath bomb."] * 20) + " How many bath bombs does Tom have now?"}
     assert safety_lesson.fitting([short, long], load_tokenizer()) == [short]
+
+
+def test_zero_variance_groups_are_counted_by_kind():
+    """grpo.zero_variance_by_kind on a hand example: 4 groups of 3 (rewards written out), kinds from the prompts."""
+    import torch
+    from cs336_alignment.train.grpo import zero_variance_by_kind
+    batch = [{"kind": "forbidden"}, {"kind": "forbidden"}, {"kind": "lookalike"}, {"kind": "plain"}]
+    rewards = torch.tensor([[0., 0., 0.], [0., 1., 0.], [1., 1., 1.], [0., 1., 1.]])
+    assert zero_variance_by_kind(batch, rewards) == {
+        "groups/forbidden/n": 2.0, "groups/forbidden/zero_variance": 1.0, "groups/lookalike/n": 1.0,
+        "groups/lookalike/zero_variance": 1.0, "groups/plain/n": 1.0, "groups/plain/zero_variance": 0.0}
+    assert zero_variance_by_kind([{}, {}], torch.zeros(2, 3)) == {}  # prompts without a kind: nothing logged
+
+
+def test_grpo_groups_sum_the_logged_steps(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [
+        {"config": {}}, {"step": 1, "groups/forbidden/n": 4, "groups/forbidden/zero_variance": 4},
+        {"step": 2, "groups/forbidden/n": 3, "groups/forbidden/zero_variance": 1, "groups/plain/n": 5,
+         "groups/plain/zero_variance": 2}]) + "\n")
+    assert safety_lesson.grpo_groups(path) == {"forbidden": {"groups": 7.0, "zero_variance": 5.0},
+                                               "plain": {"groups": 5.0, "zero_variance": 2.0}}
+    assert safety_lesson.grpo_groups(tmp_path / "missing.jsonl") == {}

@@ -15,12 +15,14 @@ Every SFT variant trains the same steps on the same ordinary demonstrations, so 
 safety demonstrations. Each policy (and the shipped SFT model) answers the same held-out test prompts of each kind
 greedily (eval section: n_problems per kind), scored by evaluate.safety_metrics: safety/violation_rate,
 safety/false_refusal_rate, safety/plain_refusal_rate with binomial SEs, and the gold accuracy on plain and
-look-alike prompts. report.md has the table and a few responses; frontier.png plots the violation rate against
-the false-refusal rate, one point per policy (the trade-off frontier).
+look-alike prompts. report.md has the table, a few responses and GRPO's groups by prompt kind (how many had all
+rewards equal, so no gradient: `grpo_groups`); frontier.png plots the violation rate against the false-refusal
+rate, one point per policy (the trade-off frontier).
 """
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 
 from cs336_alignment.lm.checkpoint import load_model
@@ -34,6 +36,7 @@ from cs336_alignment.world.safety import (KINDS, SafetyConfig, ground_truth, saf
                                     safety_preferences, safety_problems)
 from cs336_alignment.lm.tokenizer import build_prompt, load_tokenizer
 from cs336_alignment.train import dpo, grpo, sft
+from cs336_alignment.train.common import read_metrics
 from cs336_alignment.world.verifier import gold_reward, safety_reward
 
 CONTEXT_LENGTH = 128  # the shipped tiny models' context (DPO pairs must fit in it)
@@ -156,6 +159,21 @@ def plot_frontier(out: Path, report: dict) -> Path:
     return path
 
 
+def grpo_groups(metrics_path: Path) -> dict[str, dict[str, float]]:
+    """GRPO's groups per prompt kind, summed over its logged steps (grpo.zero_variance_by_kind; the safety presets
+    log every step): {kind: {"groups": n, "zero_variance": n with all rewards equal}}; {} without the file."""
+    if not metrics_path.exists():
+        return {}
+    out: dict[str, dict[str, float]] = {}
+    for record in read_metrics(metrics_path):
+        for kind in KINDS:
+            if f"groups/{kind}/n" in record:
+                row = out.setdefault(kind, {"groups": 0.0, "zero_variance": 0.0})
+                row["groups"] += record[f"groups/{kind}/n"]
+                row["zero_variance"] += record[f"groups/{kind}/zero_variance"]
+    return out
+
+
 def _secs(value: float | None) -> str:
     return "—" if value is None else f"{value:.0f}"
 
@@ -191,6 +209,15 @@ def write_report(out: Path, report: dict) -> Path:
             for s in samples:
                 response = s["response"].replace("\n", " / ")
                 lines.append(f"- {kind}: {s['question']} → `{response}`")
+        lines.append("")
+    groups = grpo_groups(out / "grpo" / "metrics.jsonl")
+    if groups:
+        report["grpo_groups"] = groups
+        (out / "report.json").write_text(json.dumps(report, indent=2))
+        lines += ["## GRPO's groups by prompt kind (a group whose rewards are all equal gives no gradient)", "",
+                  "| kind | groups | zero-variance groups | zero-variance (%) |", "|---|---|---|---|"]
+        lines += [f"| {kind} | {g['groups']:.0f} | {g['zero_variance']:.0f} | "
+                  f"{100 * g['zero_variance'] / max(g['groups'], 1):.1f} |" for kind, g in groups.items()]
         lines.append("")
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")

@@ -40,6 +40,8 @@ and runs/<name>/grpo/metrics.jsonl holds one line per step (names below) and the
 
 Metrics, one line per rollout batch: reward/mean (the training reward), reward/proxy_mean (with an RM),
 groups/kept_fraction, groups/zero_variance_fraction (groups whose training rewards are all equal: no signal);
+with prompts that carry a "kind" (the safety lesson's forbidden / lookalike / plain), groups/<kind>/n and
+groups/<kind>/zero_variance (this step's groups of that kind, and how many had all rewards equal);
 the rollouts' diagnostics from `evaluate.log_generations`: reward/gold_mean, reward/format_mean,
 reward/answer_mean, policy/entropy (mean over the trained responses of each one's mean token entropy in the
 first epoch, nats per token), response/length_mean, response/length_correct_mean,
@@ -165,6 +167,24 @@ def process_advantages(rollouts: Rollouts, truths: list[str], tokenizer, advanta
     return out
 
 
+def zero_variance_by_kind(batch: list[dict], grouped: torch.Tensor) -> dict[str, float]:
+    """{"groups/<kind>/n": groups, "groups/<kind>/zero_variance": groups whose rewards are all equal} for the
+    prompts of `batch` that carry a "kind" field (the safety lesson's prompts); {} when none does.
+
+    Args:
+        batch: the step's prompts, one per group, in group order.
+        grouped: (n_prompts, G) float training rewards.
+    """
+    out: dict[str, float] = {}
+    equal = (grouped == grouped[:, :1]).all(dim=-1).tolist()                           # (n_prompts,)
+    for problem, flat in zip(batch, equal):
+        kind = problem.get("kind")
+        if kind:
+            out[f"groups/{kind}/n"] = out.get(f"groups/{kind}/n", 0.0) + 1.0
+            out[f"groups/{kind}/zero_variance"] = out.get(f"groups/{kind}/zero_variance", 0.0) + float(flat)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------------------
@@ -250,6 +270,7 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
         metrics.update({"reward/mean": float(raw_rewards.mean()),
                         "groups/kept_fraction": float(informative.float().mean()),
                         "groups/zero_variance_fraction": zero_variance})
+        metrics.update(zero_variance_by_kind(batch, grouped))
 
         # --- 4. policy-gradient epochs over the kept rows
         widths = sequence_widths(ro)
@@ -329,7 +350,9 @@ def train(cfg: GRPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | N
         metrics.update({"grad_norm": sum(norms) / len(norms) if norms else 0.0, "lr": lr,
                         "perf/tokens_per_s": n_tokens / max(time.perf_counter() - train_t0, 1e-9),
                         "perf/rollout_s": rollout_s, "perf/step_s": time.perf_counter() - t0, "perf/cpu_s": cpu_s})
-        metrics = ddp.reduce_metrics(metrics)  # means over ranks (equal rollouts each), tokens/s summed
+        counts = tuple(k for k in metrics if k.startswith("groups/") and k.endswith(("/n", "/zero_variance")))
+        metrics = ddp.reduce_metrics(metrics, summed=("perf/tokens_per_s", *counts))  # means over ranks, tokens/s
+        # and the per-kind group counts summed
         if done % cfg.log_every == 0 or done == cfg.num_steps:
             logger.log(done, metrics)
         if cfg.log_generations_every and done % cfg.log_generations_every == 0:
