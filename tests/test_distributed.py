@@ -94,7 +94,7 @@ def _finish(models: dict[str, torch.nn.Module], average: bool) -> dict[str, dict
 
 def _ppo_step(world: int, rank: int) -> dict:
     """train/ppo.py's update on rollouts spread over the ranks (rank r holds rows 4r .. 4r + 3, two micro-batches
-    of 2): advantages whitened with every rank's moments (`ddp.masked_whiten`; one rank: masked.masked_whiten,
+    of 2): advantages whitened with every rank's moments (`ddp.whiten_across_ranks`; one rank: masked.masked_whiten,
     the oracle), each micro-batch weighed by its share of the minibatch's global rows, policy and value model
     gradients summed over ranks. The value head is initialised from a rank-dependent seed and broadcast from rank 0
     (`ddp.broadcast_parameters`), as the loop does."""
@@ -108,7 +108,7 @@ def _ppo_step(world: int, rank: int) -> dict:
                                                                   [4 * rank + 2, 4 * rank + 3]]
     mine = [i for rows in micros for i in rows]
     advantages = torch.zeros(B, T, dtype=torch.float64)
-    advantages[mine] = ddp.masked_whiten(raw_adv[mine], batch["response_mask"][mine])
+    advantages[mine] = ddp.whiten_across_ranks(raw_adv[mine], batch["response_mask"][mine])
     mini_rows = ddp.global_count(len(mine))
     for rows in micros:
         mb = {k: v[rows] for k, v in batch.items()}
@@ -316,7 +316,7 @@ def test_one_process_whitens_with_masked_whiten():
     """PPO's whitening without torchrun is `masked.masked_whiten` itself (the same numbers as before DDP)."""
     g = torch.Generator().manual_seed(0)
     adv, mask = torch.randn(3, 4, dtype=torch.float64, generator=g), torch.rand(3, 4, generator=g) > 0.3
-    assert torch.equal(ddp.masked_whiten(adv, mask), masked_whiten(adv, mask))
+    assert torch.equal(ddp.whiten_across_ranks(adv, mask), masked_whiten(adv, mask))
 
 
 # ---------------------------------------------------------------------------------------------------------

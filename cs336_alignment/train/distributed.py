@@ -18,7 +18,7 @@ and CS336 assignment 2, written out):
   items. The shards are disjoint, their union is the single-process batch, and since the stream is a pure
   function of the step, `--resume` works at any world size that divides the batch. The RL loops' sampling
   generators add 7919 x rank to their seed (rank 0 draws what one process draws for its prompts). PPO whitens
-  its advantages with every rank's moments (`masked_whiten`); expert iteration gathers every rank's kept samples
+  its advantages with every rank's moments (`whiten_across_ranks`); expert iteration gathers every rank's kept samples
   (`all_gather_rows`) and splits each optimizer step's rows over the ranks (`shard_uneven`: counts may differ).
 - Gradients: an explicit all-reduce of the gradients after the last backward of an optimizer step
   (`all_reduce_gradients`: one flat buffer, one collective), not `DistributedDataParallel`. Our loops accumulate
@@ -63,7 +63,7 @@ import torch
 import torch.distributed as dist
 
 from cs336_alignment.evaluation import preferences
-from cs336_alignment.masked import masked_whiten as whiten_one
+from cs336_alignment.masked import masked_whiten
 from cs336_alignment.lm.runtime import get_device, set_seed, set_threads
 from cs336_alignment.train import common
 
@@ -200,7 +200,7 @@ def all_gather_rows(tensors: dict[str, torch.Tensor], widths: torch.Tensor,
     return out, torch.cat([g["widths"] for g in gathered])
 
 
-def masked_whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+def whiten_across_ranks(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """`masked.masked_whiten` with the mean and the unbiased variance of the masked entries of *every* rank's
     `values` (PPO's advantage whitening over the whole rollout batch; Huang et al. 2024, "The N+ implementation
     details of RLHF with PPO", detail 6): two all-reduces, of (sum, count), then of the summed squared deviations
@@ -214,11 +214,11 @@ def masked_whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -
         ValueError: fewer than 2 masked entries over all ranks (no variance).
     """
     if world_size() == 1:
-        return whiten_one(values, mask, eps=eps)
+        return masked_whiten(values, mask, eps=eps)
     mask = mask.bool()
     total, count = sum_across_ranks(float(torch.where(mask, values, 0).double().sum()), float(mask.sum()))
     if count < 2:
-        raise ValueError("masked_whiten needs at least 2 masked entries over all ranks to estimate a variance")
+        raise ValueError("whiten_across_ranks needs at least 2 masked entries over all ranks to estimate a variance")
     mean = total / count
     squares = sum_across_ranks(float(torch.where(mask, (values.double() - mean) ** 2, 0).sum()))[0]
     whitened = (values - mean) * torch.rsqrt(torch.tensor(squares / (count - 1) + eps, dtype=values.dtype))

@@ -225,7 +225,7 @@ def train(cfg: PPOConfig, reward_fn: Callable[[str, str], dict[str, float]] | No
         advantages, returns = compute_gae(rewards, tensors["old_values"], mask, cfg.gamma, cfg.lam)
         # whitened with the moments of every rank's advantages (one process: masked.masked_whiten)
         whiten = ddp.global_count(int(mask.sum())) > 1
-        tensors["advantages"] = ddp.masked_whiten(advantages, mask) if whiten else advantages
+        tensors["advantages"] = ddp.whiten_across_ranks(advantages, mask) if whiten else advantages
         tensors["returns"] = returns
         kl_ref = ddp.sum_across_ranks(float(kl_info["objective/kl"]))[0] / ddp.world_size()  # equal rows per rank
         metrics.update({"kl/ref": kl_ref, "kl/coef": kl_coef,
